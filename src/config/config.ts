@@ -1,0 +1,290 @@
+import { promises as fs } from 'node:fs';
+import path from 'node:path';
+import { parse as parseToml } from 'smol-toml';
+
+/** An OCI runtime the daemon can run sandboxes with, selected by the CRI runtime handler. */
+export interface RuntimeHandlerConfig {
+  name: string;
+  /** Binary: a bare name is looked up in PATH, else an absolute path. */
+  path: string;
+  /** The runtime's state root (`--root`); kept under Corral's state dir by default. */
+  root: string;
+  /** `vm` runtimes always get a sandbox (pause) container with the netns path in its spec. */
+  type: 'oci' | 'vm';
+  /** A CNI conf dir of this handler's own; empty = the daemon's. */
+  cniConfDir: string;
+  /** Networks loaded from cniConfDir (0 = all); only meaningful with cniConfDir. */
+  cniMaxNetworks: number;
+}
+
+export interface CniConfig {
+  confDir: string;
+  binDirs: string[];
+  /** How many conf files to load, in name order (0 = all). The first is the default network on eth0. */
+  maxNetworks: number;
+  /** libcni's cache root; results live in `<cacheDir>/results`. */
+  cacheDir: string;
+  /** Which address of the default network's eth0 becomes the pod IP. */
+  ipPreference: 'ipv4' | 'ipv6' | 'cni';
+}
+
+export interface CorralConfig {
+  rootDir: string;
+  stateDir: string;
+  socket: string;
+  netnsDir: string;
+  cgroupDriver: 'cgroupfs';
+  logLevel: 'trace' | 'debug' | 'info' | 'warn' | 'error';
+  /** Empty = Corral's built-in pause image (no registry needed). */
+  sandboxImage: string;
+  defaultRuntime: string;
+  /** Skip the pause process where nothing needs it (oci handler, private PID namespace not shared). */
+  dropInfraContainer: boolean;
+  /** Clamp oom_score_adj to the daemon's own: `auto` detects whether it must (no CAP_SYS_RESOURCE). */
+  restrictOomScoreAdj: 'auto' | 'true' | 'false';
+  /** Seconds a graceful shutdown waits for in-flight calls. */
+  shutdownGraceSeconds: number;
+  cni: CniConfig;
+  runtimes: Record<string, RuntimeHandlerConfig>;
+}
+
+export const DEFAULT_CONFIG_PATH = '/etc/corral/config.toml';
+export const BUILTIN_SANDBOX_IMAGE = '';
+
+export class ConfigError extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = 'ConfigError';
+  }
+}
+
+/** The configuration with nothing set: what a fresh node runs with. */
+export function defaultConfig(): CorralConfig {
+  const stateDir = '/run/corral';
+  return {
+    rootDir: '/var/lib/corral',
+    stateDir,
+    socket: path.join(stateDir, 'corral.sock'),
+    netnsDir: '/var/run/netns',
+    cgroupDriver: 'cgroupfs',
+    logLevel: 'info',
+    sandboxImage: BUILTIN_SANDBOX_IMAGE,
+    defaultRuntime: 'runc',
+    dropInfraContainer: true,
+    restrictOomScoreAdj: 'auto',
+    shutdownGraceSeconds: 10,
+    cni: {
+      confDir: '/etc/cni/net.d',
+      binDirs: ['/opt/cni/bin', '/usr/lib/cni'],
+      maxNetworks: 1,
+      cacheDir: '/var/lib/cni',
+      ipPreference: 'ipv4',
+    },
+    runtimes: {
+      runc: handler('runc', 'runc', path.join(stateDir, 'runc')),
+      crun: handler('crun', 'crun', path.join(stateDir, 'crun')),
+    },
+  };
+}
+
+function handler(name: string, bin: string, root: string): RuntimeHandlerConfig {
+  return { name, path: bin, root, type: 'oci', cniConfDir: '', cniMaxNetworks: 0 };
+}
+
+/** Overrides given on the command line; they win over the file. */
+export interface ConfigOverrides {
+  socket?: string;
+  rootDir?: string;
+  stateDir?: string;
+  logLevel?: string;
+}
+
+/**
+ * Reads the TOML file (absent = defaults when it is the default path), validates every
+ * key and applies command-line overrides. Any unknown key or bad value is a ConfigError
+ * naming the key and the reason.
+ */
+export async function loadConfig(file: string | undefined, overrides: ConfigOverrides = {}): Promise<CorralConfig> {
+  const configPath = file ?? DEFAULT_CONFIG_PATH;
+  let text: string | undefined;
+  try {
+    text = await fs.readFile(configPath, 'utf8');
+  } catch (e) {
+    if ((e as NodeJS.ErrnoException).code !== 'ENOENT' || file !== undefined) {
+      throw new ConfigError(`cannot read config file ${configPath}: ${(e as Error).message}`);
+    }
+  }
+  let raw: Record<string, unknown> = {};
+  if (text !== undefined) {
+    try {
+      raw = parseToml(text) as Record<string, unknown>;
+    } catch (e) {
+      throw new ConfigError(`${configPath}: not valid TOML: ${(e as Error).message}`);
+    }
+  }
+  return resolveConfig(raw, overrides, configPath);
+}
+
+/** Pure: merges a parsed TOML document and overrides over the defaults. */
+export function resolveConfig(raw: Record<string, unknown>, overrides: ConfigOverrides = {}, source = 'config'): CorralConfig {
+  const r = new Reader(raw, source);
+  const d = defaultConfig();
+  const stateDir = overrides.stateDir ?? r.absPath('state_dir', d.stateDir);
+  const cfg: CorralConfig = {
+    rootDir: overrides.rootDir ?? r.absPath('root_dir', d.rootDir),
+    stateDir,
+    socket: overrides.socket ?? r.absPath('socket', path.join(stateDir, 'corral.sock')),
+    netnsDir: r.absPath('netns_dir', d.netnsDir),
+    cgroupDriver: r.oneOf('cgroup_driver', ['cgroupfs'] as const, d.cgroupDriver),
+    logLevel: r.oneOf('log_level', ['trace', 'debug', 'info', 'warn', 'error'] as const, d.logLevel),
+    sandboxImage: r.string('sandbox_image', d.sandboxImage),
+    defaultRuntime: r.string('default_runtime', d.defaultRuntime),
+    dropInfraContainer: r.bool('drop_infra_container', d.dropInfraContainer),
+    restrictOomScoreAdj: r.oneOf('restrict_oom_score_adj', ['auto', 'true', 'false'] as const, d.restrictOomScoreAdj, true),
+    shutdownGraceSeconds: r.int('shutdown_grace_seconds', d.shutdownGraceSeconds, 0, 3600),
+    cni: d.cni,
+    runtimes: {},
+  };
+  if (overrides.logLevel !== undefined) {
+    const levels = ['trace', 'debug', 'info', 'warn', 'error'];
+    if (!levels.includes(overrides.logLevel)) throw new ConfigError(`--log-level: must be one of ${levels.join(', ')}, got "${overrides.logLevel}"`);
+    cfg.logLevel = overrides.logLevel as CorralConfig['logLevel'];
+  }
+
+  const cni = r.table('cni');
+  cfg.cni = {
+    confDir: cni.absPath('conf_dir', d.cni.confDir),
+    binDirs: cni.absPathList('bin_dirs', d.cni.binDirs),
+    maxNetworks: cni.int('max_networks', d.cni.maxNetworks, 0, 64),
+    cacheDir: cni.absPath('cache_dir', d.cni.cacheDir),
+    ipPreference: cni.oneOf('ip_preference', ['ipv4', 'ipv6', 'cni'] as const, d.cni.ipPreference),
+  };
+  cni.done();
+
+  const runtimes = r.table('runtimes');
+  const names = runtimes.keys();
+  if (names.length === 0) {
+    for (const [name, h] of Object.entries(d.runtimes)) cfg.runtimes[name] = { ...h, root: path.join(stateDir, name) };
+  }
+  for (const name of names) {
+    if (!/^[a-zA-Z0-9][a-zA-Z0-9_.-]*$/.test(name)) throw new ConfigError(`${source}: runtimes.${name}: handler names may use letters, digits, '_', '.', '-'`);
+    const t = runtimes.table(name);
+    const bin = t.string('path', name);
+    if (bin.includes('/') && !path.isAbsolute(bin)) throw new ConfigError(`${source}: runtimes.${name}.path: must be a bare program name or an absolute path, got "${bin}"`);
+    cfg.runtimes[name] = {
+      name,
+      path: bin,
+      root: t.absPath('root', path.join(stateDir, name)),
+      type: t.oneOf('type', ['oci', 'vm'] as const, 'oci'),
+      cniConfDir: t.string('cni_conf_dir', ''),
+      cniMaxNetworks: t.int('cni_max_networks', 0, 0, 64),
+    };
+    if (cfg.runtimes[name].cniConfDir && !path.isAbsolute(cfg.runtimes[name].cniConfDir)) {
+      throw new ConfigError(`${source}: runtimes.${name}.cni_conf_dir: must be an absolute path`);
+    }
+    t.done();
+  }
+  runtimes.done();
+  if (!cfg.runtimes[cfg.defaultRuntime]) {
+    throw new ConfigError(`${source}: default_runtime: "${cfg.defaultRuntime}" is not a configured runtime (have: ${Object.keys(cfg.runtimes).join(', ')})`);
+  }
+  r.done();
+  return cfg;
+}
+
+/** Reads typed keys from one TOML table and remembers which were used, to refuse the rest. */
+class Reader {
+  private readonly used = new Set<string>();
+
+  constructor(private readonly raw: Record<string, unknown>, private readonly where: string, private readonly prefix = '') {}
+
+  private key(k: string): string {
+    return this.prefix ? `${this.prefix}.${k}` : k;
+  }
+
+  private fail(k: string, why: string): never {
+    throw new ConfigError(`${this.where}: ${this.key(k)}: ${why}`);
+  }
+
+  private get(k: string): unknown {
+    this.used.add(k);
+    return this.raw[k];
+  }
+
+  keys(): string[] {
+    const ks = Object.keys(this.raw);
+    ks.forEach((k) => this.used.add(k));
+    return ks;
+  }
+
+  string(k: string, def: string): string {
+    const v = this.get(k);
+    if (v === undefined) return def;
+    if (typeof v !== 'string') this.fail(k, `must be a string, got ${describe(v)}`);
+    return v;
+  }
+
+  absPath(k: string, def: string): string {
+    const v = this.string(k, def);
+    if (!path.isAbsolute(v)) this.fail(k, `must be an absolute path, got "${v}"`);
+    return path.normalize(v);
+  }
+
+  absPathList(k: string, def: string[]): string[] {
+    const v = this.get(k);
+    if (v === undefined) return def;
+    if (!Array.isArray(v) || v.length === 0) this.fail(k, `must be a non-empty list of absolute paths`);
+    return v.map((p, i) => {
+      if (typeof p !== 'string' || !path.isAbsolute(p)) this.fail(k, `entry ${i} must be an absolute path, got ${describe(p)}`);
+      return path.normalize(p);
+    });
+  }
+
+  bool(k: string, def: boolean): boolean {
+    const v = this.get(k);
+    if (v === undefined) return def;
+    if (typeof v !== 'boolean') this.fail(k, `must be true or false, got ${describe(v)}`);
+    return v;
+  }
+
+  int(k: string, def: number, min: number, max: number): number {
+    const v = this.get(k);
+    if (v === undefined) return def;
+    const n = typeof v === 'bigint' ? Number(v) : v;
+    if (typeof n !== 'number' || !Number.isInteger(n)) this.fail(k, `must be a whole number, got ${describe(v)}`);
+    if (n < min || n > max) this.fail(k, `must be between ${min} and ${max}, got ${n}`);
+    return n;
+  }
+
+  oneOf<T extends string>(k: string, allowed: readonly T[], def: T, acceptBool = false): T {
+    let v = this.get(k);
+    if (v === undefined) return def;
+    if (acceptBool && typeof v === 'boolean') v = String(v);
+    if (typeof v !== 'string' || !(allowed as readonly string[]).includes(v)) {
+      this.fail(k, `must be one of ${allowed.map((a) => `"${a}"`).join(', ')}, got ${describe(v)}`);
+    }
+    return v as T;
+  }
+
+  table(k: string): Reader {
+    const v = this.get(k);
+    if (v === undefined) return new Reader({}, this.where, this.key(k));
+    if (typeof v !== 'object' || v === null || Array.isArray(v) || v instanceof Date) this.fail(k, `must be a table, got ${describe(v)}`);
+    return new Reader(v as Record<string, unknown>, this.where, this.key(k));
+  }
+
+  /** Refuses any key of this table that nothing read. */
+  done(): void {
+    for (const k of Object.keys(this.raw)) {
+      if (!this.used.has(k)) throw new ConfigError(`${this.where}: ${this.key(k)}: unknown key`);
+    }
+  }
+}
+
+function describe(v: unknown): string {
+  if (Array.isArray(v)) return 'a list';
+  if (v instanceof Date) return 'a date';
+  if (typeof v === 'string') return `"${v}"`;
+  if (typeof v === 'object' && v !== null) return 'a table';
+  return String(v);
+}

@@ -1,0 +1,62 @@
+import { spawn } from 'node:child_process';
+
+export interface ExecOptions {
+  input?: string | Buffer;
+  env?: NodeJS.ProcessEnv;
+  timeoutMs?: number;
+  cwd?: string;
+}
+
+export interface ExecResult {
+  code: number | null;
+  signal: NodeJS.Signals | null;
+  stdout: string;
+  stderr: string;
+}
+
+export class ExecError extends Error {
+  constructor(readonly command: string, readonly result: ExecResult) {
+    const detail = (result.stderr || result.stdout).trim();
+    const how = result.signal ? `killed by ${result.signal}` : `exit status ${result.code}`;
+    super(`${command}: ${how}${detail ? `: ${detail}` : ''}`);
+    this.name = 'ExecError';
+  }
+}
+
+/** Runs a program to completion, collecting its output. Never throws for a non-zero exit. */
+export function execFile(file: string, args: readonly string[], opts: ExecOptions = {}): Promise<ExecResult> {
+  return new Promise((resolve, reject) => {
+    const child = spawn(file, args, {
+      env: opts.env ?? process.env,
+      cwd: opts.cwd,
+      stdio: [opts.input === undefined ? 'ignore' : 'pipe', 'pipe', 'pipe'],
+    });
+    const out: Buffer[] = [];
+    const err: Buffer[] = [];
+    child.stdout!.on('data', (b: Buffer) => out.push(b));
+    child.stderr!.on('data', (b: Buffer) => err.push(b));
+    let timer: NodeJS.Timeout | undefined;
+    if (opts.timeoutMs) {
+      timer = setTimeout(() => child.kill('SIGKILL'), opts.timeoutMs);
+    }
+    child.on('error', (e) => {
+      if (timer) clearTimeout(timer);
+      reject(e);
+    });
+    child.on('close', (code, signal) => {
+      if (timer) clearTimeout(timer);
+      resolve({ code, signal, stdout: Buffer.concat(out).toString('utf8'), stderr: Buffer.concat(err).toString('utf8') });
+    });
+    if (opts.input !== undefined) {
+      child.stdin!.on('error', () => { /* the program may exit without reading its input */ });
+      child.stdin!.end(opts.input);
+    }
+  });
+}
+
+/** Like execFile, but a non-zero exit becomes an ExecError carrying the program's output. */
+export async function execChecked(file: string, args: readonly string[], opts: ExecOptions = {}): Promise<ExecResult> {
+  const result = await execFile(file, args, opts);
+  if (result.code !== 0) throw new ExecError([file, ...args].join(' '), result);
+  return result;
+}
