@@ -1,0 +1,105 @@
+/** RuntimeService handlers for the PodSandbox RPC group. */
+import type { SandboxService } from '../sandbox/service.js';
+import type { SandboxRecord } from '../sandbox/record.js';
+import { namespaceChoice } from '../sandbox/options.js';
+import { invalidArgument } from './errors.js';
+
+export function sandboxHandlers(sandboxes: SandboxService) {
+  return {
+    async RunPodSandbox(req: any) {
+      if (!req.config) throw invalidArgument('RunPodSandbox needs a sandbox config');
+      const podSandboxId = await sandboxes.run(req.config, req.runtimeHandler ?? '');
+      return { podSandboxId };
+    },
+
+    async StopPodSandbox(req: any) {
+      await sandboxes.stop(requireId(req.podSandboxId));
+      return {};
+    },
+
+    async RemovePodSandbox(req: any) {
+      await sandboxes.remove(requireId(req.podSandboxId));
+      return {};
+    },
+
+    async PodSandboxStatus(req: any) {
+      const rec = sandboxes.get(requireId(req.podSandboxId));
+      const state = await sandboxes.liveState(rec);
+      const status = {
+        id: rec.id,
+        metadata: rec.metadata,
+        state,
+        createdAt: rec.createdAt,
+        network: rec.network ? { ip: rec.network.podIp, additionalIps: rec.network.additionalIps.map((ip) => ({ ip })) } : { ip: '', additionalIps: [] },
+        linux: { namespaces: { options: namespaceOptions(rec) } },
+        labels: rec.config.labels ?? {},
+        annotations: rec.config.annotations ?? {},
+        runtimeHandler: rec.runtimeHandler,
+      };
+      const info: Record<string, string> = {};
+      if (req.verbose) info.info = JSON.stringify(verboseInfo(rec));
+      return { status, info, containersStatuses: [], timestamp: (BigInt(Date.now()) * 1_000_000n).toString() };
+    },
+
+    async ListPodSandbox(req: any) {
+      const filter = req.filter ?? {};
+      let records = sandboxes.all();
+      if (filter.id) {
+        let id: string | undefined;
+        try {
+          id = sandboxes.index.tryResolve(filter.id);
+        } catch {
+          id = undefined; // an ambiguous prefix matches nothing in a filter
+        }
+        records = records.filter((r) => r.id === id);
+      }
+      const selector: Record<string, string> = filter.labelSelector ?? {};
+      records = records.filter((r) => Object.entries(selector).every(([k, v]) => (r.config.labels ?? {})[k] === v));
+      const items = [];
+      for (const r of records) {
+        const state = await sandboxes.liveState(r);
+        if (filter.state && filter.state.state !== state) continue;
+        items.push({
+          id: r.id,
+          metadata: r.metadata,
+          state,
+          createdAt: r.createdAt,
+          labels: r.config.labels ?? {},
+          annotations: r.config.annotations ?? {},
+          runtimeHandler: r.runtimeHandler,
+        });
+      }
+      return { items };
+    },
+  };
+}
+
+function requireId(id: unknown): string {
+  if (typeof id !== 'string' || id === '') throw invalidArgument('pod sandbox ID must not be empty');
+  return id;
+}
+
+function namespaceOptions(rec: SandboxRecord) {
+  const ns = namespaceChoice(rec.config);
+  const o = rec.config?.linux?.securityContext?.namespaceOptions ?? {};
+  return { network: ns.network, pid: ns.pid, ipc: ns.ipc, targetId: o.targetId ?? '' };
+}
+
+function verboseInfo(rec: SandboxRecord) {
+  return {
+    id: rec.id,
+    name: rec.name,
+    runtimeHandler: rec.runtimeHandler,
+    infraMode: rec.infraMode,
+    networkOrder: rec.networkOrder,
+    netnsPath: rec.netnsPath,
+    hostNetwork: rec.hostNetwork,
+    privileged: rec.privileged,
+    pid: rec.pid,
+    cniResult: rec.network?.attachments ?? [],
+    resources: rec.resources,
+    timings: rec.timings,
+    lastError: rec.lastError,
+    config: rec.config,
+  };
+}

@@ -1,0 +1,123 @@
+/**
+ * Pure decisions RunPodSandbox takes from a PodSandboxConfig and the daemon config:
+ * no I/O here, so each rule is unit-tested without root.
+ */
+import type { CorralConfig, RuntimeHandlerConfig } from '../config/config.js';
+import { invalidArgument, failedPrecondition } from '../cri/errors.js';
+import type { InfraMode, NetworkOrder, PodMetadata } from './record.js';
+
+/** Corral's own per-pod switch for the order of CNI and sandbox start. */
+export const NETWORK_ORDER_ANNOTATION = 'io.corral.sandbox.network-order';
+/** iSulad's switch: "true" = network first, "false" = sandbox started first. */
+export const ISULAD_NETWORK_SETUP_ANNOTATION = 'cri.sandbox.network.setup.v2';
+export const UNTRUSTED_WORKLOAD_ANNOTATION = 'io.kubernetes.cri.untrusted-workload';
+export const UNTRUSTED_HANDLER = 'untrusted';
+
+export type NamespaceMode = 'POD' | 'CONTAINER' | 'NODE' | 'TARGET';
+
+export interface NamespaceChoice {
+  network: NamespaceMode;
+  pid: NamespaceMode;
+  ipc: NamespaceMode;
+}
+
+export function podMetadata(config: any): PodMetadata {
+  const m = config?.metadata;
+  if (!m) throw invalidArgument('sandbox config must include metadata (name, namespace, uid)');
+  for (const key of ['name', 'namespace', 'uid'] as const) {
+    if (typeof m[key] !== 'string' || m[key] === '') throw invalidArgument(`sandbox config metadata.${key} must not be empty`);
+  }
+  return { name: m.name, namespace: m.namespace, uid: m.uid, attempt: Number(m.attempt ?? 0) };
+}
+
+export function namespaceChoice(config: any): NamespaceChoice {
+  const o = config?.linux?.securityContext?.namespaceOptions ?? {};
+  return { network: o.network ?? 'POD', pid: o.pid ?? 'POD', ipc: o.ipc ?? 'POD' };
+}
+
+/** Privileged when asked for, or when the pod reaches into the host's network, PID or IPC namespace. */
+export function isPrivileged(config: any, ns: NamespaceChoice): boolean {
+  return Boolean(config?.linux?.securityContext?.privileged) || ns.network === 'NODE' || ns.pid === 'NODE' || ns.ipc === 'NODE';
+}
+
+/** Picks the runtime handler for a pod, applying the untrusted-workload rules. */
+export function selectHandler(requested: string, annotations: Record<string, string>, ns: NamespaceChoice, cfg: Pick<CorralConfig, 'runtimes' | 'defaultRuntime'>): RuntimeHandlerConfig {
+  let name = requested || cfg.defaultRuntime;
+  if (annotations[UNTRUSTED_WORKLOAD_ANNOTATION] === 'true') {
+    if (requested !== '' && requested !== UNTRUSTED_HANDLER) {
+      throw invalidArgument(`untrusted workload annotation conflicts with runtime handler "${requested}": use no handler or "${UNTRUSTED_HANDLER}"`);
+    }
+    if (ns.network === 'NODE' || ns.pid === 'NODE' || ns.ipc === 'NODE') {
+      throw invalidArgument('untrusted workload with host access (host network, PID or IPC namespace) is not allowed');
+    }
+    if (!cfg.runtimes[UNTRUSTED_HANDLER]) {
+      throw failedPrecondition(`pod is marked as an untrusted workload but no "${UNTRUSTED_HANDLER}" runtime handler is configured (configured: ${Object.keys(cfg.runtimes).join(', ')})`);
+    }
+    name = UNTRUSTED_HANDLER;
+  }
+  const handler = cfg.runtimes[name];
+  if (!handler) {
+    throw invalidArgument(`unknown runtime handler "${name}"; configured handlers: ${Object.keys(cfg.runtimes).join(', ')}`);
+  }
+  return handler;
+}
+
+/** Network first unless the pod asks, through Corral's or iSulad's annotation, to start the sandbox first. */
+export function networkOrder(annotations: Record<string, string>): NetworkOrder {
+  const own = annotations[NETWORK_ORDER_ANNOTATION];
+  if (own !== undefined) {
+    if (own !== 'network-first' && own !== 'start-first') {
+      throw invalidArgument(`annotation ${NETWORK_ORDER_ANNOTATION} must be "network-first" or "start-first", got "${own}"`);
+    }
+    return own;
+  }
+  const isulad = annotations[ISULAD_NETWORK_SETUP_ANNOTATION];
+  if (isulad !== undefined) {
+    if (isulad === 'true') return 'network-first';
+    if (isulad === 'false') return 'start-first';
+    throw invalidArgument(`annotation ${ISULAD_NETWORK_SETUP_ANNOTATION} must be "true" or "false", got "${isulad}"`);
+  }
+  return 'network-first';
+}
+
+/**
+ * A pause process is kept when something needs one: a VM runtime (it boots the VM for the
+ * sandbox container), a PID namespace shared by the pod (something must be its init), or
+ * a config that asks to always run one. Otherwise the namespaces are pinned by mounts only.
+ */
+export function infraMode(handler: RuntimeHandlerConfig, ns: NamespaceChoice, dropInfraContainer: boolean): InfraMode {
+  if (handler.type === 'vm' || !dropInfraContainer) return 'pause';
+  if (ns.pid === 'POD') return 'pause';
+  return 'pinned';
+}
+
+/** resolv.conf content for a DNSConfig, or null when the pod did not give one (use the host's). */
+export function resolvConf(dns: any): string | null {
+  if (!dns) return null;
+  const servers: string[] = dns.servers ?? [];
+  const searches: string[] = dns.searches ?? [];
+  const options: string[] = dns.options ?? [];
+  if (servers.length === 0 && searches.length === 0 && options.length === 0) return null;
+  let out = '';
+  if (searches.length > 0) out += `search ${searches.join(' ')}\n`;
+  for (const s of servers) out += `nameserver ${s}\n`;
+  if (options.length > 0) out += `options ${options.join(' ')}\n`;
+  return out;
+}
+
+/** CNI portMappings capability entries from CRI port mappings (only those with a host port). */
+export function cniPortMappings(portMappings: any[] | undefined): { hostPort: number; containerPort: number; protocol: string; hostIP: string }[] {
+  return (portMappings ?? [])
+    .filter((p) => Number(p.hostPort) > 0)
+    .map((p) => ({
+      hostPort: Number(p.hostPort),
+      containerPort: Number(p.containerPort),
+      protocol: String(p.protocol ?? 'TCP').toLowerCase(),
+      hostIP: p.hostIp ?? '',
+    }));
+}
+
+export function podHostname(config: any, hostNetwork: boolean, nodeHostname: string): string {
+  if (config?.hostname) return String(config.hostname);
+  return hostNetwork ? nodeHostname : String(config?.metadata?.name ?? 'pod');
+}

@@ -1,0 +1,66 @@
+/** What Corral remembers of one pod sandbox, on disk and in memory. */
+
+export type SandboxState = 'creating' | 'ready' | 'notready';
+
+/** How the pod's namespaces are held: by a pause process, or by bind mounts alone. */
+export type InfraMode = 'pause' | 'pinned';
+
+/** network-first: CNI before the sandbox container exists; start-first: after it started. */
+export type NetworkOrder = 'network-first' | 'start-first';
+
+export interface PodMetadata {
+  name: string;
+  uid: string;
+  namespace: string;
+  attempt: number;
+}
+
+export interface SandboxNetwork {
+  podIp: string;
+  additionalIps: string[];
+  /** The CNI results per attachment, as cached (1.1.0 shape). */
+  attachments: { networkName: string; ifName: string; result: unknown }[];
+}
+
+/**
+ * Done-markers. Every side effect is recorded as intended before it happens and as
+ * undone after it was undone, so Stop, Remove and the restart sweep know what is left.
+ */
+export interface SandboxResources {
+  /** Pinned namespace files (net, and ipc/uts in pinned mode) that may exist. */
+  pins: string[];
+  /** CNI ADD was attempted and no successful DEL followed. */
+  cniAttached: boolean;
+  /** A tmpfs may be mounted at this path. */
+  shmMount: string | null;
+  /** The OCI runtime may know a container with the sandbox ID. */
+  container: boolean;
+}
+
+export interface SandboxRecord {
+  version: 1;
+  id: string;
+  name: string;
+  metadata: PodMetadata;
+  /** The PodSandboxConfig as received (camelCase), kept for status and containers. */
+  config: any;
+  runtimeHandler: string;
+  infraMode: InfraMode;
+  networkOrder: NetworkOrder;
+  hostNetwork: boolean;
+  privileged: boolean;
+  netnsPath: string | null;
+  state: SandboxState;
+  /** Nanoseconds since the epoch, as a decimal string (int64 on the wire). */
+  createdAt: string;
+  updatedAt?: string;
+  network: SandboxNetwork | null;
+  resources: SandboxResources;
+  /** The pause process, to tell cheaply whether it still runs. */
+  pid: number;
+  pidStartTime: string;
+  /** Milliseconds per step of the last Run / Stop. */
+  timings: Record<string, number>;
+  /** Why the sandbox is not ready, when something went wrong. */
+  lastError?: string;
+}

@@ -1,0 +1,478 @@
+/**
+ * The pod sandbox lifecycle: RunPodSandbox, StopPodSandbox, RemovePodSandbox, status,
+ * listing, and recovery after a restart. Every side effect is recorded on disk before it
+ * happens; RunPodSandbox undoes each finished step in reverse when a later one fails.
+ */
+import { promises as fs } from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { performance } from 'node:perf_hooks';
+import type { CorralConfig, RuntimeHandlerConfig } from '../config/config.js';
+import { CriError, invalidArgument, internalError } from '../cri/errors.js';
+import type { Logger } from '../util/log.js';
+import { UndoStack } from '../util/undo.js';
+import type { SandboxStore } from '../store/sandbox-store.js';
+import { IdIndex, generateId } from './ids.js';
+import { NameRegistry, sandboxName } from './names.js';
+import {
+  cniPortMappings,
+  infraMode,
+  isPrivileged,
+  namespaceChoice,
+  networkOrder,
+  podHostname,
+  podMetadata,
+  resolvConf,
+  selectHandler,
+} from './options.js';
+import type { SandboxNetwork, SandboxRecord } from './record.js';
+import { mountShm, processStartTime, sandboxFilePaths, unmountShm, writeSandboxFiles } from './files.js';
+
+/** What the sandbox lifecycle needs from the network layer (CNI) of one handler. */
+export interface PodNetworkDriver {
+  setUp(req: {
+    containerId: string;
+    netnsPath: string;
+    podName: string;
+    podNamespace: string;
+    podUid: string;
+    portMappings: ReturnType<typeof cniPortMappings>;
+    annotations: Record<string, string>;
+    dns?: { servers: string[]; searches: string[]; options: string[] };
+    cgroupPath?: string;
+  }): Promise<SandboxNetwork>;
+  tearDown(req: { containerId: string; netnsPath: string; podName: string; podNamespace: string; podUid: string }): Promise<void>;
+}
+
+/** Pinning and unpinning namespaces (a helper process does the syscalls). */
+export interface NamespacePinner {
+  pathFor(sandboxId: string): string;
+  create(netnsPath: string, opts: { sysctls: Record<string, string>; ipcPath?: string; utsPath?: string; hostname?: string }): Promise<void>;
+  remove(paths: string[]): Promise<void>;
+  isPinned(path: string): Promise<boolean>;
+}
+
+/** The pause container: creating, starting and stopping it through the handler's OCI runtime. */
+export interface SandboxContainerRuntime {
+  /** Writes the bundle and runs `create`; undo is `destroy`. */
+  create(handler: RuntimeHandlerConfig, record: SandboxRecord, bundle: SandboxBundleInput): Promise<void>;
+  /** Runs `start`; returns the pause PID. */
+  start(handler: RuntimeHandlerConfig, id: string): Promise<number>;
+  /** Stops and deletes the container; unknown to the runtime is fine. */
+  destroy(handler: RuntimeHandlerConfig, id: string): Promise<void>;
+}
+
+export interface SandboxBundleInput {
+  bundleDir: string;
+  hostname: string;
+  hostnamePath: string;
+  hostsPath: string;
+  resolvConfPath: string;
+  shmPath: string | null;
+  logDirectory: string;
+  sysctls: Record<string, string>;
+}
+
+export interface SandboxServiceDeps {
+  config: CorralConfig;
+  store: SandboxStore;
+  logger: Logger;
+  network: (handler: RuntimeHandlerConfig) => PodNetworkDriver;
+  pinner: NamespacePinner;
+  runtime: SandboxContainerRuntime;
+  /** Validates sysctls against the pod's namespaces; throws with the reason. */
+  validateSysctls: (sysctls: Record<string, string>, opts: { hostNetwork: boolean; hostIpc: boolean }) => void;
+}
+
+export class SandboxService {
+  readonly index = new IdIndex('pod sandbox');
+  private readonly names = new NameRegistry();
+  private readonly records = new Map<string, SandboxRecord>();
+  /** Serialises Stop/Remove/Run-completion per sandbox. */
+  private readonly locks = new Map<string, Promise<unknown>>();
+
+  constructor(private readonly deps: SandboxServiceDeps) {}
+
+  // ---------------------------------------------------------------- Run
+
+  async run(config: any, runtimeHandler: string): Promise<string> {
+    const metadata = podMetadata(config);
+    const name = sandboxName(metadata);
+    const existing = this.names.get(name);
+    if (existing) return this.joinExisting(name, existing.id, existing.creation);
+
+    const id = generateId();
+    let settle!: (id: string) => void;
+    let fail!: (e: unknown) => void;
+    const creation = new Promise<string>((res, rej) => {
+      settle = res;
+      fail = rej;
+    });
+    creation.catch(() => { /* observed by joiners only */ });
+    const raced = this.names.reserve(name, id, creation);
+    if (raced) return this.joinExisting(name, raced.id, raced.creation);
+
+    try {
+      await this.create(id, name, metadata, config, runtimeHandler);
+      this.names.settle(name, id);
+      settle(id);
+      return id;
+    } catch (e) {
+      fail(e);
+      throw e;
+    }
+  }
+
+  /** A retry (or a concurrent twin) of a Run for a name that is taken. */
+  private async joinExisting(name: string, id: string, creation: Promise<string> | undefined): Promise<string> {
+    if (creation) return creation;
+    const rec = this.records.get(id);
+    if (rec) return id;
+    throw internalError(`pod sandbox name "${name}" is reserved for ${id}, which no longer exists`);
+  }
+
+  private async create(id: string, name: string, metadata: SandboxRecord['metadata'], config: any, requestedHandler: string): Promise<void> {
+    const { config: cfg, store, logger, pinner, runtime } = this.deps;
+    const log = logger.child({ sandbox: id, pod: `${metadata.namespace}/${metadata.name}` });
+    const timings: Record<string, number> = {};
+    const timed = async <T>(step: string, fn: () => Promise<T>): Promise<T> => {
+      const t0 = performance.now();
+      try {
+        return await fn();
+      } finally {
+        timings[step] = Math.round((performance.now() - t0) * 100) / 100;
+      }
+    };
+    const t0 = performance.now();
+
+    // Decide everything that can be refused before touching the host.
+    const annotations: Record<string, string> = config.annotations ?? {};
+    const ns = namespaceChoice(config);
+    const hostNetwork = ns.network === 'NODE';
+    const hostIpc = ns.ipc === 'NODE';
+    const handler = selectHandler(requestedHandler, annotations, ns, cfg);
+    const order = networkOrder(annotations);
+    const mode = infraMode(handler, ns, cfg.dropInfraContainer);
+    const sysctls: Record<string, string> = config.linux?.sysctls ?? {};
+    try {
+      this.deps.validateSysctls(sysctls, { hostNetwork, hostIpc });
+    } catch (e) {
+      throw e instanceof CriError ? e : invalidArgument((e as Error).message);
+    }
+    const logDirectory: string = config.logDirectory ?? '';
+    if (logDirectory && !path.isAbsolute(logDirectory)) throw invalidArgument(`log_directory must be an absolute path, got "${logDirectory}"`);
+    const hostname = podHostname(config, hostNetwork, os.hostname());
+    const network = this.deps.network(handler);
+
+    const record: SandboxRecord = {
+      version: 1,
+      id,
+      name,
+      metadata,
+      config,
+      runtimeHandler: handler.name,
+      infraMode: mode,
+      networkOrder: order,
+      hostNetwork,
+      privileged: isPrivileged(config, ns),
+      netnsPath: null,
+      state: 'creating',
+      createdAt: (BigInt(Date.now()) * 1_000_000n).toString(),
+      network: null,
+      resources: { pins: [], cniAttached: false, shmMount: null, container: false },
+      pid: 0,
+      pidStartTime: '',
+      timings,
+    };
+    const volatileDir = this.volatileDir(id);
+    const undo = new UndoStack();
+    const persist = () => store.save(record);
+
+    try {
+      // 1. The record first: from here on a crash is rolled back by the restart sweep.
+      await timed('record', persist);
+      undo.push('forget sandbox record', async (failed) => {
+        if (failed === 0) await store.remove(id);
+      });
+      this.records.set(id, record);
+      this.index.add(id);
+      undo.push('drop from index', async (failed) => {
+        if (failed > 0) return; // keep it visible (NOTREADY) so Stop/Remove can finish
+        this.index.delete(id);
+        this.records.delete(id);
+      });
+
+      await fs.mkdir(volatileDir, { recursive: true, mode: 0o711 });
+      undo.push('remove sandbox state dir', async (failed) => {
+        if (failed === 0) await fs.rm(volatileDir, { recursive: true, force: true });
+      });
+
+      // 2. The pod's network namespace, pinned before anything else of the pod exists.
+      if (!hostNetwork) {
+        const netnsPath = pinner.pathFor(id);
+        const pins = [netnsPath];
+        const pinOpts: Parameters<NamespacePinner['create']>[1] = { sysctls: netSysctls(sysctls) };
+        if (mode === 'pinned') {
+          // No pause process will hold IPC and UTS: pin them too.
+          pinOpts.utsPath = path.join(volatileDir, 'utsns');
+          pinOpts.hostname = hostname;
+          pins.push(pinOpts.utsPath);
+          if (!hostIpc) {
+            pinOpts.ipcPath = path.join(volatileDir, 'ipcns');
+            pins.push(pinOpts.ipcPath);
+          }
+        }
+        record.netnsPath = netnsPath;
+        record.resources.pins = pins;
+        await persist(); // intent: the pins may exist from here on
+        await timed('netns', () => pinner.create(netnsPath, pinOpts));
+        undo.push('remove pinned namespaces', () => pinner.remove(pins));
+      }
+
+      // 3. hostname, hosts, resolv.conf and the pod's /dev/shm.
+      const files = sandboxFilePaths(volatileDir);
+      await timed('files', () => writeSandboxFiles(files, hostname, resolvConf(config.dnsConfig)));
+      let shmPath: string | null = null;
+      if (!hostIpc) {
+        shmPath = path.join(volatileDir, 'shm');
+        record.resources.shmMount = shmPath;
+        await persist();
+        undo.push('unmount shm', () => unmountShm(shmPath!));
+        await timed('shm', () => mountShm(shmPath!));
+      }
+
+      const attachNetwork = async () => {
+        if (hostNetwork) return;
+        record.resources.cniAttached = true;
+        await persist();
+        // Pushed before ADD: a failed ADD may still have reserved an IP.
+        undo.push('CNI DEL', () => network.tearDown(this.networkIdentity(record)));
+        record.network = await timed('cni', () =>
+          network.setUp({
+            ...this.networkIdentity(record),
+            portMappings: cniPortMappings(config.portMappings),
+            annotations,
+            dns: config.dnsConfig ? { servers: config.dnsConfig.servers ?? [], searches: config.dnsConfig.searches ?? [], options: config.dnsConfig.options ?? [] } : undefined,
+            cgroupPath: config.linux?.cgroupParent || undefined,
+          }),
+        );
+        await persist();
+      };
+
+      // 4. Network first (default): the netns is wired before the sandbox container is created.
+      if (order === 'network-first' || mode === 'pinned') await attachNetwork();
+
+      // 5. The pause container, if this pod needs one.
+      if (mode === 'pause') {
+        record.resources.container = true;
+        await persist();
+        undo.push('delete sandbox container', () => runtime.destroy(handler, id));
+        await timed('create', () =>
+          runtime.create(handler, record, {
+            bundleDir: path.join(volatileDir, 'bundle'),
+            hostname,
+            hostnamePath: files.hostname,
+            hostsPath: files.hosts,
+            resolvConfPath: files.resolvConf,
+            shmPath,
+            logDirectory,
+            sysctls,
+          }),
+        );
+        record.pid = await timed('start', () => runtime.start(handler, id));
+        record.pidStartTime = (await processStartTime(record.pid)) ?? '';
+      }
+
+      // 6. Start first (by annotation): the network is wired into the running sandbox.
+      if (order === 'start-first' && mode === 'pause') await attachNetwork();
+
+      record.state = 'ready';
+      timings.total = Math.round((performance.now() - t0) * 100) / 100;
+      await persist();
+      undo.commit();
+      log.info({ timings, handler: handler.name, mode, order, ip: record.network?.podIp }, 'pod sandbox ready');
+    } catch (e) {
+      const err = e as Error;
+      log.warn({ err: err.message, undo: undo.size }, 'RunPodSandbox failed, rolling back');
+      const failures = await undo.unwind();
+      if (failures.length > 0) {
+        // Something could not be undone: keep the sandbox visible as NOTREADY, its name
+        // reserved, so kubelet's Stop/Remove (or the restart sweep) finish the job.
+        record.state = 'notready';
+        record.lastError = `${err.message}; rollback incomplete: ${failures.map((f) => `${f.step}: ${f.error.message}`).join('; ')}`;
+        await store.save(record).catch(() => {});
+        log.error({ failures: failures.map((f) => ({ step: f.step, err: f.error.message })) }, 'rollback incomplete');
+      } else {
+        this.names.release(name, id);
+      }
+      throw e instanceof CriError ? e : internalError(`RunPodSandbox for pod ${metadata.namespace}/${metadata.name}: ${err.message}`);
+    }
+  }
+
+  private networkIdentity(record: SandboxRecord) {
+    return {
+      containerId: record.id,
+      netnsPath: record.netnsPath ?? '',
+      podName: record.metadata.name,
+      podNamespace: record.metadata.namespace,
+      podUid: record.metadata.uid,
+    };
+  }
+
+  volatileDir(id: string): string {
+    return path.join(this.deps.config.stateDir, 'sandboxes', id);
+  }
+
+  // ---------------------------------------------------------------- Stop / Remove
+
+  /** Makes "nothing of the sandbox runs and its network is released" true. Unknown IDs are fine. */
+  async stop(idOrPrefix: string): Promise<void> {
+    const id = this.index.tryResolve(idOrPrefix);
+    if (id === undefined) return;
+    await this.locked(id, () => this.stopLocked(id));
+  }
+
+  private async stopLocked(id: string): Promise<void> {
+    const record = this.records.get(id);
+    if (!record) return;
+    const { store, pinner, runtime, logger } = this.deps;
+    const handler = this.deps.config.runtimes[record.runtimeHandler];
+    const res = record.resources;
+    const timings: Record<string, number> = {};
+    const step = async (name: string, fn: () => Promise<void>) => {
+      const t0 = performance.now();
+      await fn();
+      timings[name] = Math.round((performance.now() - t0) * 100) / 100;
+    };
+    try {
+      if (res.container) {
+        if (!handler) throw new Error(`runtime handler "${record.runtimeHandler}" is no longer configured; cannot stop its container`);
+        await step('container', () => runtime.destroy(handler, id));
+        res.container = false;
+        record.pid = 0;
+        await store.save(record);
+      }
+      if (res.cniAttached) {
+        const netnsPath = record.netnsPath && (await pinner.isPinned(record.netnsPath)) ? record.netnsPath : '';
+        const driver = handler ? this.deps.network(handler) : this.deps.network(this.deps.config.runtimes[this.deps.config.defaultRuntime]!);
+        await step('cni', () => driver.tearDown({ ...this.networkIdentity(record), netnsPath }));
+        res.cniAttached = false;
+        await store.save(record);
+      }
+      if (res.shmMount) {
+        await step('shm', () => unmountShm(res.shmMount!));
+        res.shmMount = null;
+        await store.save(record);
+      }
+      if (res.pins.length > 0) {
+        await step('netns', () => pinner.remove(res.pins));
+        res.pins = [];
+        await store.save(record);
+      }
+      if (record.state !== 'notready' || record.lastError) {
+        record.state = 'notready';
+        delete record.lastError;
+        await store.save(record);
+      }
+      logger.info({ sandbox: id, timings }, 'pod sandbox stopped');
+    } catch (e) {
+      const msg = (e as Error).message;
+      record.state = 'notready';
+      record.lastError = `stop incomplete: ${msg}`;
+      await store.save(record).catch(() => {});
+      logger.warn({ sandbox: id, err: msg }, 'StopPodSandbox incomplete; the next Stop retries');
+      throw internalError(`stopping pod sandbox ${id}: ${msg}`);
+    }
+  }
+
+  /** Stops if needed, then forgets the sandbox and frees its name. Unknown IDs are fine. */
+  async remove(idOrPrefix: string): Promise<void> {
+    const id = this.index.tryResolve(idOrPrefix);
+    if (id === undefined) return;
+    await this.locked(id, async () => {
+      const record = this.records.get(id);
+      if (!record) return;
+      await this.stopLocked(id);
+      await fs.rm(this.volatileDir(id), { recursive: true, force: true });
+      await this.deps.store.remove(id);
+      this.records.delete(id);
+      this.index.delete(id);
+      this.names.release(record.name, id);
+      this.deps.logger.info({ sandbox: id }, 'pod sandbox removed');
+    });
+  }
+
+  private async locked<T>(id: string, fn: () => Promise<T>): Promise<T> {
+    const prev = this.locks.get(id) ?? Promise.resolve();
+    const next = prev.then(fn, fn);
+    const tail = next.catch(() => {});
+    this.locks.set(id, tail);
+    try {
+      return await next;
+    } finally {
+      if (this.locks.get(id) === tail) this.locks.delete(id);
+    }
+  }
+
+  // ---------------------------------------------------------------- Status / List
+
+  get(idOrPrefix: string): SandboxRecord {
+    const id = this.index.resolve(idOrPrefix);
+    const rec = this.records.get(id);
+    if (!rec) throw internalError(`pod sandbox ${id} is indexed but has no record`);
+    return rec;
+  }
+
+  all(): SandboxRecord[] {
+    return [...this.records.values()];
+  }
+
+  /** READY only while its namespaces are held: the pause process alive, or the pins in place. */
+  async liveState(rec: SandboxRecord): Promise<'SANDBOX_READY' | 'SANDBOX_NOTREADY'> {
+    if (rec.state !== 'ready') return 'SANDBOX_NOTREADY';
+    if (rec.infraMode === 'pause') {
+      const start = await processStartTime(rec.pid);
+      if (start === null || start !== rec.pidStartTime) return 'SANDBOX_NOTREADY';
+    } else if (rec.netnsPath && !(await this.deps.pinner.isPinned(rec.netnsPath))) {
+      return 'SANDBOX_NOTREADY';
+    }
+    return 'SANDBOX_READY';
+  }
+
+  // ---------------------------------------------------------------- Recovery
+
+  /**
+   * Loads every record after a restart. Sandboxes caught half-created are rolled back;
+   * a record that cannot be read is reported and left alone, never fatal.
+   */
+  async recover(): Promise<{ recovered: number; rolledBack: number; unreadable: number }> {
+    const { store, logger } = this.deps;
+    const loaded = await store.loadAll();
+    for (const bad of loaded.errors) logger.error({ dir: bad.dir, err: bad.error }, 'unreadable sandbox record skipped');
+    let rolledBack = 0;
+    for (const rec of loaded.records) {
+      this.records.set(rec.id, rec);
+      this.index.add(rec.id);
+      this.names.reserve(rec.name, rec.id);
+    }
+    await Promise.all(
+      loaded.records
+        .filter((rec) => rec.state === 'creating')
+        .map(async (rec) => {
+          try {
+            await this.remove(rec.id);
+            rolledBack++;
+            logger.warn({ sandbox: rec.id }, 'half-created sandbox from before the restart rolled back');
+          } catch (e) {
+            logger.error({ sandbox: rec.id, err: (e as Error).message }, 'rolling back a half-created sandbox failed; it stays NOTREADY');
+          }
+        }),
+    );
+    return { recovered: this.records.size, rolledBack, unreadable: loaded.errors.length };
+  }
+}
+
+/** The net.* sysctls are applied by the namespace helper when it creates the netns. */
+function netSysctls(sysctls: Record<string, string>): Record<string, string> {
+  return Object.fromEntries(Object.entries(sysctls).filter(([k]) => k.startsWith('net.')));
+}
