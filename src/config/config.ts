@@ -129,11 +129,15 @@ export async function loadConfig(file: string | undefined, overrides: ConfigOver
 export function resolveConfig(raw: Record<string, unknown>, overrides: ConfigOverrides = {}, source = 'config'): CorralConfig {
   const r = new Reader(raw, source);
   const d = defaultConfig();
-  const stateDir = overrides.stateDir ?? r.absPath('state_dir', d.stateDir);
+  // File values are always read (so each is validated), then command-line overrides win.
+  const fileStateDir = r.absPath('state_dir', d.stateDir);
+  const stateDir = overrides.stateDir ?? fileStateDir;
+  const fileRootDir = r.absPath('root_dir', d.rootDir);
+  const fileSocket = r.absPath('socket', path.join(stateDir, 'corral.sock'));
   const cfg: CorralConfig = {
-    rootDir: overrides.rootDir ?? r.absPath('root_dir', d.rootDir),
+    rootDir: overrides.rootDir ?? fileRootDir,
     stateDir,
-    socket: overrides.socket ?? r.absPath('socket', path.join(stateDir, 'corral.sock')),
+    socket: overrides.socket ?? fileSocket,
     netnsDir: r.absPath('netns_dir', d.netnsDir),
     cgroupDriver: r.oneOf('cgroup_driver', ['cgroupfs'] as const, d.cgroupDriver),
     logLevel: r.oneOf('log_level', ['trace', 'debug', 'info', 'warn', 'error'] as const, d.logLevel),

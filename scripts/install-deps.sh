@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Installs what Corral needs on a Debian machine (as root) and builds it. Idempotent:
+# packages already present are not fetched again, and npm ci/build run only when needed.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+packages=(runc crun conmon containernetworking-plugins iproute2 iptables util-linux mount procps iputils-ping gcc libc6-dev)
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+done
+if [ "${#missing[@]}" -gt 0 ]; then
+  echo "corral: installing Debian packages: ${missing[*]}" >&2
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+if ! command -v node >/dev/null 2>&1; then
+  echo "corral: Node.js 20 or newer is required (apt-get install nodejs npm)" >&2
+  exit 1
+fi
+major=$(node -p 'process.versions.node.split(".")[0]')
+if [ "$major" -lt 20 ]; then
+  echo "corral: Node.js $(node --version) is too old; 20 or newer is required" >&2
+  exit 1
+fi
+
+if [ ! -d node_modules ] || [ package-lock.json -nt node_modules/.package-lock.json ]; then
+  npm ci --no-audit --no-fund --loglevel=error
+fi
+npm run --silent build

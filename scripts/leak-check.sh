@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Lists host state that Corral or its tests may have left behind, and fails if any.
+set -u
+leaks=0
+report() { echo "leak: $*" >&2; leaks=1; }
+
+for dir in /var/run/netns /run/netns; do
+  [ -d "$dir" ] || continue
+  n=$(find "$dir" -maxdepth 1 -name 'corral*' | wc -l)
+  [ "$n" -gt 0 ] && report "$n corral network namespace file(s) in $dir: $(find "$dir" -maxdepth 1 -name 'corral*' | head -3 | tr '\n' ' ')"
+done
+n=$(ip -o link show type veth 2>/dev/null | wc -l)
+[ "$n" -gt 0 ] && report "$n veth interface(s): $(ip -o link show type veth | awk -F': ' '{print $2}' | head -5 | tr '\n' ' ')"
+n=$(grep -cE ' (/var/run/netns|/run/netns)/corral| overlay |/corral' /proc/self/mounts)
+[ "$n" -gt 0 ] && report "$n corral/netns/overlay mount(s): $(grep -E ' (/var/run/netns|/run/netns)/corral| overlay |/corral' /proc/self/mounts | awk '{print $2}' | head -3 | tr '\n' ' ')"
+for rt in runc crun; do
+  command -v "$rt" >/dev/null 2>&1 || continue
+  for root in /run/$rt /run/corral/$rt /run/corral-test*/$rt; do
+    [ -d "$root" ] || continue
+    n=$($rt --root "$root" list -q 2>/dev/null | wc -l)
+    [ "$n" -gt 0 ] && report "$n $rt container(s) under $root"
+  done
+done
+n=$(pgrep -x conmon | wc -l)
+[ "$n" -gt 0 ] && report "$n conmon process(es)"
+n=$(pgrep -f corral-pause | wc -l)
+[ "$n" -gt 0 ] && report "$n corral-pause process(es)"
+for d in /var/lib/cni/networks/*/; do
+  [ -d "$d" ] || continue
+  n=$(find "$d" -maxdepth 1 -type f -name '[0-9a-f]*[.:]*' | wc -l)
+  [ "$n" -gt 0 ] && report "$n IP reservation(s) in $d"
+done
+if [ "$leaks" -eq 0 ]; then echo "leak check: nothing left behind"; fi
+exit $leaks

@@ -1,0 +1,87 @@
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { mkdtemp, writeFile, rm } from 'node:fs/promises';
+import os from 'node:os';
+import path from 'node:path';
+import { ConfigError, defaultConfig, loadConfig, resolveConfig } from '../../src/config/config.js';
+
+test('an empty document gives the documented defaults', () => {
+  const cfg = resolveConfig({});
+  assert.equal(cfg.rootDir, '/var/lib/corral');
+  assert.equal(cfg.stateDir, '/run/corral');
+  assert.equal(cfg.socket, '/run/corral/corral.sock');
+  assert.equal(cfg.netnsDir, '/var/run/netns');
+  assert.equal(cfg.cni.confDir, '/etc/cni/net.d');
+  assert.deepEqual(cfg.cni.binDirs, ['/opt/cni/bin', '/usr/lib/cni']);
+  assert.equal(cfg.cni.maxNetworks, 1);
+  assert.equal(cfg.cgroupDriver, 'cgroupfs');
+  assert.deepEqual(Object.keys(cfg.runtimes).sort(), ['crun', 'runc']);
+  assert.equal(cfg.runtimes.runc!.root, '/run/corral/runc');
+  assert.deepEqual(cfg, defaultConfig());
+});
+
+test('state_dir moves the socket and runtime roots with it unless they are set', () => {
+  const cfg = resolveConfig({ state_dir: '/tmp/x' });
+  assert.equal(cfg.socket, '/tmp/x/corral.sock');
+  assert.equal(cfg.runtimes.crun!.root, '/tmp/x/crun');
+});
+
+test('command-line overrides win over the file', () => {
+  const cfg = resolveConfig({ socket: '/a.sock', root_dir: '/r' }, { socket: '/b.sock', rootDir: '/q', logLevel: 'debug' });
+  assert.equal(cfg.socket, '/b.sock');
+  assert.equal(cfg.rootDir, '/q');
+  assert.equal(cfg.logLevel, 'debug');
+});
+
+test('runtime handlers are read with their type and own CNI conf dir', () => {
+  const cfg = resolveConfig({
+    default_runtime: 'kata',
+    runtimes: { kata: { path: '/usr/local/bin/kata-runtime', type: 'vm', cni_conf_dir: '/etc/cni/kata.d', cni_max_networks: 2 } },
+  });
+  assert.deepEqual(Object.keys(cfg.runtimes), ['kata']);
+  assert.equal(cfg.runtimes.kata!.type, 'vm');
+  assert.equal(cfg.runtimes.kata!.cniConfDir, '/etc/cni/kata.d');
+  assert.equal(cfg.runtimes.kata!.root, '/run/corral/kata');
+});
+
+test('unknown keys and bad values are refused with the key and the reason', () => {
+  const cases: [Record<string, unknown>, RegExp][] = [
+    [{ bogus: 1 }, /bogus: unknown key/],
+    [{ cni: { conf: '/x' } }, /cni\.conf: unknown key/],
+    [{ root_dir: 'relative' }, /root_dir: must be an absolute path/],
+    [{ cgroup_driver: 'systemd' }, /cgroup_driver: must be one of "cgroupfs"/],
+    [{ cni: { max_networks: -1 } }, /cni\.max_networks: must be between 0 and 64/],
+    [{ cni: { bin_dirs: [] } }, /cni\.bin_dirs: must be a non-empty list/],
+    [{ log_level: 3 }, /log_level: must be one of/],
+    [{ default_runtime: 'nope' }, /default_runtime: "nope" is not a configured runtime/],
+    [{ runtimes: { x: { path: 'bin/x' } } }, /runtimes\.x\.path: must be a bare program name or an absolute path/],
+    [{ runtimes: { x: { type: 'kvm' } } }, /runtimes\.x\.type: must be one of "oci", "vm"/],
+    [{ runtimes: { x: { colour: 'red' } }, default_runtime: 'x' }, /runtimes\.x\.colour: unknown key/],
+    [{ drop_infra_container: 'yes' }, /drop_infra_container: must be true or false/],
+  ];
+  for (const [raw, re] of cases) {
+    assert.throws(() => resolveConfig(raw), (e: unknown) => e instanceof ConfigError && re.test((e as Error).message), JSON.stringify(raw));
+  }
+});
+
+test('restrict_oom_score_adj accepts booleans and "auto"', () => {
+  assert.equal(resolveConfig({ restrict_oom_score_adj: true }).restrictOomScoreAdj, 'true');
+  assert.equal(resolveConfig({ restrict_oom_score_adj: 'auto' }).restrictOomScoreAdj, 'auto');
+});
+
+test('loadConfig: absent default file means defaults, absent named file is an error, bad TOML names the file', async () => {
+  const dir = await mkdtemp(path.join(os.tmpdir(), 'corral-cfg-'));
+  try {
+    await assert.rejects(loadConfig(path.join(dir, 'missing.toml')), /cannot read config file/);
+    const bad = path.join(dir, 'bad.toml');
+    await writeFile(bad, 'root_dir = \n');
+    await assert.rejects(loadConfig(bad), (e: Error) => e.message.startsWith(bad) && /not valid TOML/.test(e.message));
+    const good = path.join(dir, 'good.toml');
+    await writeFile(good, 'netns_dir = "/run/netns"\n[cni]\nmax_networks = 2\n');
+    const cfg = await loadConfig(good);
+    assert.equal(cfg.netnsDir, '/run/netns');
+    assert.equal(cfg.cni.maxNetworks, 2);
+  } finally {
+    await rm(dir, { recursive: true, force: true });
+  }
+});
