@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# Builds Corral's native helpers from native/*.c into dist/native/:
+#   native/pause.c    -> dist/native/corral-pause
+#   native/nshelper.c -> dist/native/corral-nshelper
+# Static binaries (gcc -O2 -static -Wall -Werror), so they need only the kernel.
+# A binary is rebuilt only when its source (or this script) is newer than it.
+# Needs gcc and libc6-dev (which ships the static libc.a) on Debian/Ubuntu.
+# Set FORCE=1 to rebuild unconditionally, CC to use another gcc-compatible compiler.
+set -euo pipefail
+
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+src_dir="$root/native"
+out_dir="$root/dist/native"
+cc="${CC:-gcc}"
+script="$root/scripts/build-native.sh"
+
+if ! command -v "$cc" >/dev/null 2>&1; then
+  echo "build-native: '$cc' not found; install a C compiler and static libc (Debian: apt-get install gcc libc6-dev)" >&2
+  exit 1
+fi
+
+mkdir -p "$out_dir"
+
+build() {
+  local name="$1" src="$src_dir/$2" out="$out_dir/$1"
+  if [[ ! -f "$src" ]]; then
+    echo "build-native: missing source $src" >&2
+    exit 1
+  fi
+  if [[ -z "${FORCE:-}" && -x "$out" && "$out" -nt "$src" && "$out" -nt "$script" ]]; then
+    echo "build-native: $name is up to date"
+    return 0
+  fi
+  local tmp="$out.tmp.$$"
+  if ! "$cc" -O2 -static -Wall -Werror -o "$tmp" "$src"; then
+    rm -f "$tmp"
+    echo "build-native: compiling $src failed (a static build needs libc6-dev: apt-get install libc6-dev)" >&2
+    exit 1
+  fi
+  chmod 0755 "$tmp"
+  mv -f "$tmp" "$out"
+  echo "build-native: built $out"
+}
+
+build corral-pause pause.c
+build corral-nshelper nshelper.c
