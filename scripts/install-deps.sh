@@ -16,6 +16,8 @@ if [ "${#missing[@]}" -gt 0 ]; then
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
+bash scripts/prepare-cgroups.sh
+
 if ! command -v node >/dev/null 2>&1; then
   echo "corral: Node.js 20 or newer is required (apt-get install nodejs npm)" >&2
   exit 1

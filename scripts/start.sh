@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Installs what is missing, builds Corral, gives it a default CNI network if the conf dir
+# has none, and runs the daemon in the foreground with the built-in sandbox image.
+# Extra arguments go to `corral serve` (e.g. --config FILE, --log-level debug).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+if [ "$(id -u)" -ne 0 ]; then
+  echo "corral: run as root (network namespaces, mounts, OCI runtimes)" >&2
+  exit 1
+fi
+bash scripts/install-deps.sh
+
+conf_dir=/etc/cni/net.d
+if ! ls "$conf_dir"/*.conf "$conf_dir"/*.conflist "$conf_dir"/*.json >/dev/null 2>&1; then
+  mkdir -p "$conf_dir"
+  cp config/cni/10-corral.conflist "$conf_dir/10-corral.conflist"
+  echo "corral: installed the default pod network $conf_dir/10-corral.conflist (bridge corral0, 10.88.0.0/16)" >&2
+fi
+exec node dist/src/cli/main.js serve "$@"

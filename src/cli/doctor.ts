@@ -1,0 +1,123 @@
+/** `corral doctor`: checks every host prerequisite and says what to install or change. */
+import { promises as fs, constants as fsc } from 'node:fs';
+import path from 'node:path';
+import { parseArgs } from 'node:util';
+import { loadConfig } from '../config/config.js';
+import { nativeBinary } from '../util/paths.js';
+
+interface Finding {
+  level: 'ok' | 'warn' | 'fail';
+  what: string;
+  fix?: string;
+}
+
+export async function doctorCommand(argv: string[]): Promise<number> {
+  const { values } = parseArgs({ args: argv, options: { config: { type: 'string', short: 'c' } } });
+  const cfg = await loadConfig(values.config);
+  const findings: Finding[] = [];
+  const add = (level: Finding['level'], what: string, fix?: string) => findings.push({ level, what, fix });
+
+  add(process.getuid?.() === 0 ? 'ok' : 'fail', 'running as root', 'run corral as root');
+
+  for (const h of Object.values(cfg.runtimes)) {
+    const bin = await findExecutable(h.path);
+    if (bin) add('ok', `runtime handler "${h.name}": ${bin}`);
+    else add('fail', `runtime handler "${h.name}": ${h.path} not found`, debianPackage(h.path));
+  }
+  const conmon = await findExecutable('conmon');
+  add(conmon ? 'ok' : 'warn', conmon ? `conmon: ${conmon}` : 'conmon not found (needed for containers)', 'apt-get install conmon');
+
+  for (const bin of ['corral-nshelper', 'corral-pause']) {
+    const p = nativeBinary(bin);
+    add((await isExecutable(p)) ? 'ok' : 'fail', `${bin}: ${p}`, 'build Corral: npm run build (needs gcc and libc6-dev)');
+  }
+
+  const needed = ['bridge', 'host-local', 'loopback', 'portmap'];
+  for (const plugin of needed) {
+    const found = await firstIn(cfg.cni.binDirs, plugin);
+    if (found) add('ok', `CNI plugin ${plugin}: ${found}`);
+    else add(plugin === 'portmap' ? 'warn' : 'fail', `CNI plugin ${plugin} not found in ${cfg.cni.binDirs.join(', ')}`, 'apt-get install containernetworking-plugins');
+  }
+  const confs = await listConfs(cfg.cni.confDir);
+  if (confs.length > 0) add('ok', `CNI config: ${confs.length} file(s) in ${cfg.cni.confDir} (${confs.slice(0, 3).join(', ')})`);
+  else add('warn', `no CNI config in ${cfg.cni.confDir}: pods other than host-network ones cannot start`, 'write a .conflist there, or start Corral with scripts/start.sh, which installs a default bridge network');
+
+  const mounts = await fs.readFile('/proc/self/mounts', 'utf8');
+  if (/ \/sys\/fs\/cgroup cgroup2 /.test(mounts)) add('ok', 'cgroups: v2 (unified)');
+  else if (/ cgroup .*memory/.test(mounts)) add('ok', 'cgroups: v1 (with memory controller)');
+  else add('fail', 'no cgroup file system mounted at /sys/fs/cgroup', 'mount cgroups (systemd does this on a normal boot)');
+  const v2InHybrid = await fs.readFile('/sys/fs/cgroup/unified/cgroup.controllers', 'utf8').catch(() => '');
+  if (v2InHybrid.trim() !== '') {
+    add('fail', `hybrid cgroups with controllers left on the v2 tree (${v2InHybrid.trim()}): crun refuses to run`, 'run scripts/prepare-cgroups.sh (mounts them as v1 hierarchies)');
+  }
+
+  const filesystems = await fs.readFile('/proc/filesystems', 'utf8');
+  add(/\toverlay\n/.test(filesystems) ? 'ok' : 'warn', 'overlayfs in the kernel', 'modprobe overlay');
+  add(/\tnsfs\n/.test(filesystems) || (await exists('/proc/self/ns/net')) ? 'ok' : 'fail', 'network namespaces (nsfs)', 'a kernel with CONFIG_NET_NS');
+
+  const netnsDirOk = await ensureDirWritable(cfg.netnsDir);
+  add(netnsDirOk ? 'ok' : 'fail', `netns dir ${cfg.netnsDir} writable`, `create ${cfg.netnsDir} on a tmpfs (e.g. /run)`);
+
+  const status = await fs.readFile('/proc/self/status', 'utf8');
+  const capEff = BigInt('0x' + (/CapEff:\s*([0-9a-f]+)/.exec(status)?.[1] ?? '0'));
+  const sysResource = (capEff >> 24n) & 1n;
+  if (sysResource === 1n) add('ok', 'CAP_SYS_RESOURCE: oom_score_adj of sandboxes can be set to -998');
+  else add('warn', 'no CAP_SYS_RESOURCE: runc cannot lower oom_score_adj below the daemon\'s own; Corral clamps it (restrict_oom_score_adj = "auto")');
+
+  const mark = { ok: 'ok  ', warn: 'warn', fail: 'FAIL' } as const;
+  for (const f of findings) process.stdout.write(`[${mark[f.level]}] ${f.what}${f.level !== 'ok' && f.fix ? `\n       → ${f.fix}` : ''}\n`);
+  const failed = findings.filter((f) => f.level === 'fail').length;
+  process.stdout.write(failed === 0 ? 'corral doctor: this host can run Corral\n' : `corral doctor: ${failed} problem(s) to fix\n`);
+  return failed === 0 ? 0 : 1;
+}
+
+function debianPackage(bin: string): string {
+  const name = path.basename(bin);
+  return ['runc', 'crun'].includes(name) ? `apt-get install ${name}` : `install ${bin}`;
+}
+
+async function isExecutable(p: string): Promise<boolean> {
+  try {
+    const st = await fs.stat(p);
+    if (!st.isFile()) return false;
+    await fs.access(p, fsc.X_OK);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+async function exists(p: string): Promise<boolean> {
+  return fs.access(p).then(() => true, () => false);
+}
+
+async function findExecutable(bin: string): Promise<string | undefined> {
+  if (bin.includes('/')) return (await isExecutable(bin)) ? bin : undefined;
+  return firstIn((process.env.PATH ?? '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin').split(':'), bin);
+}
+
+async function firstIn(dirs: string[], name: string): Promise<string | undefined> {
+  for (const d of dirs) {
+    const p = path.join(d, name);
+    if (await isExecutable(p)) return p;
+  }
+  return undefined;
+}
+
+async function listConfs(dir: string): Promise<string[]> {
+  try {
+    return (await fs.readdir(dir)).filter((n) => /\.(conf|conflist|json)$/.test(n)).sort();
+  } catch {
+    return [];
+  }
+}
+
+async function ensureDirWritable(dir: string): Promise<boolean> {
+  try {
+    await fs.mkdir(dir, { recursive: true });
+    await fs.access(dir, fsc.W_OK);
+    return true;
+  } catch {
+    return false;
+  }
+}
