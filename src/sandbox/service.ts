@@ -80,8 +80,8 @@ export interface SandboxServiceDeps {
   network: (handler: RuntimeHandlerConfig) => PodNetworkDriver;
   pinner: NamespacePinner;
   runtime: SandboxContainerRuntime;
-  /** Validates sysctls against the pod's namespaces; throws with the reason. */
-  validateSysctls: (sysctls: Record<string, string>, opts: { hostNetwork: boolean; hostIpc: boolean }) => void;
+  /** Validates the pod's sysctls against its namespaces (throws with the reason) and adds the runtime's defaults. */
+  prepareSysctls: (sysctls: Record<string, string>, opts: { hostNetwork: boolean; hostIpc: boolean }) => Record<string, string>;
 }
 
 export class SandboxService {
@@ -153,9 +153,9 @@ export class SandboxService {
     const handler = selectHandler(requestedHandler, annotations, ns, cfg);
     const order = networkOrder(annotations);
     const mode = infraMode(handler, ns, cfg.dropInfraContainer);
-    const sysctls: Record<string, string> = config.linux?.sysctls ?? {};
+    let sysctls: Record<string, string>;
     try {
-      this.deps.validateSysctls(sysctls, { hostNetwork, hostIpc });
+      sysctls = this.deps.prepareSysctls(config.linux?.sysctls ?? {}, { hostNetwork, hostIpc });
     } catch (e) {
       throw e instanceof CriError ? e : invalidArgument((e as Error).message);
     }

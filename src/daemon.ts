@@ -1,0 +1,255 @@
+/**
+ * The daemon: wires configuration, the CNI layer, namespace pinning, the OCI runtimes and
+ * the sandbox lifecycle into the CRI server, recovers state from the last run, and shuts
+ * down gracefully. Pods keep running across a daemon restart.
+ */
+import { promises as fs, existsSync } from 'node:fs';
+import path from 'node:path';
+import type { CorralConfig, RuntimeHandlerConfig } from './config/config.js';
+import type { Logger } from './util/log.js';
+import { nativeBinary } from './util/paths.js';
+import { CniManager, bandwidthFromAnnotations } from './network/cni/index.js';
+import { createPinnedNetns, isNetnsPinned, listCorralNetns, netnsPathFor, removePinnedNetns, sandboxIdFromNetnsPath } from './network/netns.js';
+import { OciRuntime, currentCapabilities, oomScoreAdjFloor } from './oci/runtime.js';
+import {
+  BUILTIN_SANDBOX_IMAGE_NAME, DEFAULT_SANDBOX_OOM_SCORE_ADJ, buildSandboxSpec, cgroupfsCgroupsPath, clampOomScoreAdj, validateSysctls, withDefaultSysctls,
+} from './oci/spec.js';
+import { ensureBuiltinSandboxRootfs, writeBundle } from './oci/sandbox-rootfs.js';
+import { SandboxStore } from './store/sandbox-store.js';
+import { SandboxService, type NamespacePinner, type PodNetworkDriver, type SandboxContainerRuntime } from './sandbox/service.js';
+import { namespaceChoice } from './sandbox/options.js';
+import { CriServer } from './cri/server.js';
+import { RuntimeSettings, runtimeInfoHandlers } from './cri/runtime-info-rpc.js';
+import { sandboxHandlers } from './cri/sandbox-rpc.js';
+import { imageHandlers } from './cri/image-rpc.js';
+import { invalidArgument } from './cri/errors.js';
+
+export interface Daemon {
+  sandboxes: SandboxService;
+  server: CriServer;
+  shutdown(graceMs: number): Promise<void>;
+}
+
+/** How often (at most) the CNI conf dir is re-read when asked for readiness or a pod. */
+const CNI_RELOAD_INTERVAL_MS = 1000;
+
+export async function startDaemon(cfg: CorralConfig, logger: Logger): Promise<Daemon> {
+  const t0 = Date.now();
+  for (const bin of ['corral-nshelper', 'corral-pause']) {
+    if (!existsSync(nativeBinary(bin))) throw new Error(`${nativeBinary(bin)} is missing: build Corral first (npm run build)`);
+  }
+  await fs.mkdir(cfg.rootDir, { recursive: true, mode: 0o711 });
+  await fs.mkdir(cfg.stateDir, { recursive: true, mode: 0o711 });
+  await fs.mkdir(cfg.netnsDir, { recursive: true, mode: 0o755 });
+
+  const settings = new RuntimeSettings();
+  const networks = new CniNetworks(cfg, logger);
+  await networks.reloadAll();
+
+  // 'auto' clamps only where the daemon cannot lower scores (no CAP_SYS_RESOURCE); 'true' always clamps.
+  const oomFloor =
+    cfg.restrictOomScoreAdj === 'false' ? -1000
+    : cfg.restrictOomScoreAdj === 'true' ? Number((await fs.readFile('/proc/self/oom_score_adj', 'utf8')).trim())
+    : await oomScoreAdjFloor();
+  const sandboxOomScoreAdj = clampOomScoreAdj(DEFAULT_SANDBOX_OOM_SCORE_ADJ, oomFloor);
+  if (sandboxOomScoreAdj !== DEFAULT_SANDBOX_OOM_SCORE_ADJ) {
+    logger.info({ requested: DEFAULT_SANDBOX_OOM_SCORE_ADJ, used: sandboxOomScoreAdj }, 'cannot lower oom_score_adj (no CAP_SYS_RESOURCE): clamping sandbox oom_score_adj');
+  }
+  const pauseRootfs = await ensureBuiltinSandboxRootfs(cfg.rootDir, nativeBinary('corral-pause'));
+  // Privileged pods get every capability the daemon itself holds (runc refuses more).
+  const availableCapabilities = await currentCapabilities();
+
+  const pinner: NamespacePinner = {
+    pathFor: (id) => netnsPathFor(cfg.netnsDir, id),
+    create: (netnsPath, opts) => createPinnedNetns(netnsPath, opts),
+    remove: async (paths) => {
+      for (const p of paths) await removePinnedNetns(p);
+    },
+    isPinned: (p) => isNetnsPinned(p),
+  };
+
+  const runtimes = new Map<string, OciRuntime>();
+  const runtimeFor = (h: RuntimeHandlerConfig) => {
+    let r = runtimes.get(h.name);
+    if (!r) runtimes.set(h.name, (r = new OciRuntime(h, logger)));
+    return r;
+  };
+  const containerRuntime: SandboxContainerRuntime = {
+    async create(handler, record, b) {
+      const ns = namespaceChoice(record.config);
+      const sc = record.config.linux?.securityContext ?? {};
+      const spec = buildSandboxSpec({
+        sandboxId: record.id,
+        name: record.metadata.name,
+        namespace: record.metadata.namespace,
+        uid: record.metadata.uid,
+        attempt: record.metadata.attempt,
+        hostname: b.hostname,
+        logDirectory: b.logDirectory,
+        imageName: cfg.sandboxImage || BUILTIN_SANDBOX_IMAGE_NAME,
+        netnsPath: record.netnsPath,
+        hostPid: ns.pid === 'NODE',
+        hostIpc: ns.ipc === 'NODE',
+        sharedPidNamespace: ns.pid === 'POD',
+        privileged: record.privileged,
+        readOnlyRootfs: true,
+        runAsUser: sc.runAsUser ? Number(sc.runAsUser.value) : undefined,
+        runAsGroup: sc.runAsGroup ? Number(sc.runAsGroup.value) : undefined,
+        supplementalGroups: (sc.supplementalGroups ?? []).map(Number),
+        cgroupsPath: cgroupfsCgroupsPath(record.config.linux?.cgroupParent ?? '', record.id),
+        sysctls: b.sysctls,
+        oomScoreAdj: sandboxOomScoreAdj,
+        noNewPrivileges: true,
+        seccomp: seccompChoice(sc.seccomp),
+        resolvConfPath: b.resolvConfPath,
+        hostnamePath: b.hostnamePath,
+        hostsPath: b.hostsPath,
+        shmPath: b.shmPath,
+        annotations: record.config.annotations ?? {},
+        availableCapabilities,
+      });
+      await writeBundle(b.bundleDir, spec, pauseRootfs);
+      await runtimeFor(handler).create(record.id, b.bundleDir, { pidFile: path.join(b.bundleDir, 'pid') });
+    },
+    async start(handler, id) {
+      const rt = runtimeFor(handler);
+      await rt.start(id);
+      const st = await rt.state(id);
+      if (!st || st.status !== 'running' || !(st.pid > 0)) throw new Error(`sandbox container ${id} is not running after start (${st ? st.status : 'unknown to the runtime'})`);
+      return st.pid;
+    },
+    destroy: (handler, id) => runtimeFor(handler).stopAndDelete(id, 10_000),
+  };
+
+  const store = new SandboxStore(cfg.rootDir);
+  const sandboxes = new SandboxService({
+    config: cfg,
+    store,
+    logger,
+    network: (handler) => networks.driverFor(handler, settings),
+    pinner,
+    runtime: containerRuntime,
+    prepareSysctls: (sysctls, opts) => {
+      validateSysctls(sysctls, opts);
+      return withDefaultSysctls(sysctls, opts);
+    },
+  });
+  const recovered = await sandboxes.recover();
+  const swept = await sweepOrphanNetns(cfg.netnsDir, sandboxes, logger);
+  logger.info({ ...recovered, sweptNetns: swept }, 'state recovered');
+
+  const server = await CriServer.start({
+    socketPath: cfg.socket,
+    socketMode: 0o660,
+    logger,
+    runtimeHandlers: {
+      ...runtimeInfoHandlers(cfg, settings, () => networks.readiness(), () => ({ cni: networks.describe() })),
+      ...sandboxHandlers(sandboxes),
+    },
+    imageHandlers: imageHandlers(cfg),
+  });
+  logger.info({ socket: cfg.socket, startupMs: Date.now() - t0 }, 'corral is serving');
+
+  return {
+    sandboxes,
+    server,
+    async shutdown(graceMs: number) {
+      await server.shutdown(graceMs);
+      logger.info('corral stopped; pods keep running');
+    },
+  };
+}
+
+function seccompChoice(profile: any): { type: 'unconfined' } | { type: 'runtimeDefault' } {
+  const t = profile?.profileType;
+  if (t === 'RuntimeDefault') return { type: 'runtimeDefault' };
+  if (t === 'Localhost') throw invalidArgument('Localhost seccomp profiles are not supported for pod sandboxes yet');
+  return { type: 'unconfined' };
+}
+
+/** Pins left under our prefix that no sandbox record owns (e.g. a record deleted by hand). */
+async function sweepOrphanNetns(netnsDir: string, sandboxes: SandboxService, logger: Logger): Promise<number> {
+  let swept = 0;
+  for (const p of await listCorralNetns(netnsDir)) {
+    const id = sandboxIdFromNetnsPath(p);
+    if (id && sandboxes.index.has(id)) continue;
+    try {
+      await removePinnedNetns(p);
+      swept++;
+      logger.warn({ netns: p }, 'removed a network namespace no sandbox owns');
+    } catch (e) {
+      logger.error({ netns: p, err: (e as Error).message }, 'cannot remove an orphaned network namespace');
+    }
+  }
+  return swept;
+}
+
+/** One CNI manager per conf dir: the daemon's, and any handler's own. */
+class CniNetworks {
+  private readonly managers = new Map<string, { manager: CniManager; loadedAt: number }>();
+
+  constructor(private readonly cfg: CorralConfig, private readonly logger: Logger) {
+    this.add(cfg.cni.confDir, cfg.cni.maxNetworks);
+    for (const h of Object.values(cfg.runtimes)) if (h.cniConfDir) this.add(h.cniConfDir, h.cniMaxNetworks);
+  }
+
+  private add(confDir: string, maxNetworks: number): void {
+    if (this.managers.has(confDir)) return;
+    const c = this.cfg.cni;
+    const manager = new CniManager({ confDir, binDirs: c.binDirs, maxNetworks, cacheDir: c.cacheDir, ipPreference: c.ipPreference, logger: this.logger });
+    this.managers.set(confDir, { manager, loadedAt: 0 });
+  }
+
+  async reloadAll(): Promise<void> {
+    await Promise.all([...this.managers.keys()].map((d) => this.fresh(d, true)));
+  }
+
+  /** Re-reads a conf dir at most once a second, so a config dropped in later is picked up. */
+  private async fresh(confDir: string, force = false): Promise<CniManager> {
+    const entry = this.managers.get(confDir)!;
+    if (force || Date.now() - entry.loadedAt > CNI_RELOAD_INTERVAL_MS) {
+      entry.loadedAt = Date.now();
+      await entry.manager.reload();
+    }
+    return entry.manager;
+  }
+
+  readiness(): { ready: boolean; message: string } {
+    const entry = this.managers.get(this.cfg.cni.confDir)!;
+    void this.fresh(this.cfg.cni.confDir).catch(() => {});
+    const s = entry.manager.loadStatus();
+    return { ready: s.ready, message: s.message };
+  }
+
+  describe(): Record<string, unknown> {
+    return Object.fromEntries([...this.managers].map(([dir, e]) => [dir, e.manager.loadStatus()]));
+  }
+
+  driverFor(handler: RuntimeHandlerConfig, settings: RuntimeSettings): PodNetworkDriver {
+    const confDir = handler.cniConfDir || this.cfg.cni.confDir;
+    return {
+      setUp: async (req) => {
+        const manager = await this.fresh(confDir);
+        const ipRanges = settings.podCidrs.map((subnet) => [{ subnet }]);
+        const result = await manager.setUp({
+          containerId: req.containerId,
+          netnsPath: req.netnsPath,
+          podName: req.podName,
+          podNamespace: req.podNamespace,
+          podUid: req.podUid,
+          portMappings: req.portMappings,
+          bandwidth: bandwidthFromAnnotations(req.annotations),
+          dns: req.dns,
+          ipRanges: ipRanges.length > 0 ? ipRanges : undefined,
+          cgroupPath: req.cgroupPath,
+          podAnnotations: req.annotations,
+        });
+        return { podIp: result.podIp, additionalIps: result.additionalIps, attachments: result.attachments };
+      },
+      tearDown: async (req) => {
+        const manager = await this.fresh(confDir);
+        await manager.tearDown(req.containerId, req.netnsPath, { podName: req.podName, podNamespace: req.podNamespace, podUid: req.podUid });
+      },
+    };
+  }
+}

@@ -1,0 +1,294 @@
+/**
+ * Drives an OCI runtime binary (runc or crun; they share the CLI) for sandbox containers.
+ *
+ * Every invocation gets `--root <handler.root> --log <tmpfile> --log-format json`, so the
+ * runtime's own diagnostics land in a file we read back, whatever it prints on stderr.
+ * `create` runs with all stdio on /dev/null: the container process inherits the runtime's
+ * stdio, and a pipe held open by the pause would keep us waiting forever.
+ */
+import { spawn } from 'node:child_process';
+import { promises as fs } from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { randomBytes } from 'node:crypto';
+import type { RuntimeHandlerConfig } from '../config/config.js';
+import type { Logger } from '../util/log.js';
+import { capabilitiesFromMask } from './spec.js';
+
+export type OciStatus = 'creating' | 'created' | 'running' | 'stopped' | 'paused';
+
+export interface OciState {
+  status: OciStatus;
+  pid: number;
+}
+
+/** An OCI runtime command failed; the message carries the runtime's own words. */
+export class OciRuntimeError extends Error {
+  constructor(
+    readonly runtime: string,
+    readonly subcommand: string,
+    readonly containerId: string | undefined,
+    readonly exitCode: number | null,
+    readonly detail: string,
+  ) {
+    super(`${runtime} ${subcommand}${containerId ? ` ${containerId}` : ''} failed${exitCode !== null ? ` (exit status ${exitCode})` : ''}${detail ? `: ${detail}` : ''}`);
+    this.name = 'OciRuntimeError';
+  }
+}
+
+interface RunResult {
+  code: number | null;
+  signal: NodeJS.Signals | null;
+  stdout: string;
+  /** The runtime's diagnostics: error-level messages from its JSON log, else its stderr. */
+  detail: string;
+}
+
+const CAP_SYS_RESOURCE = 24n;
+
+/**
+ * Pure: the lowest oom_score_adj this process may give its children. Lowering the
+ * value below one's own needs CAP_SYS_RESOURCE; without it the own value is the floor.
+ */
+export function oomScoreAdjFloorFrom(procStatus: string, ownOomScoreAdj: string): number {
+  const m = /^CapEff:\s*([0-9a-fA-F]+)\s*$/m.exec(procStatus);
+  const own = Number.parseInt(ownOomScoreAdj.trim(), 10);
+  if (!Number.isInteger(own)) throw new Error(`cannot parse oom_score_adj "${ownOomScoreAdj.trim()}"`);
+  if (m && (BigInt('0x' + m[1]) >> CAP_SYS_RESOURCE) & 1n) return -1000;
+  return own;
+}
+
+/** The lowest oom_score_adj the runtime can set for a container started by this daemon. */
+export async function oomScoreAdjFloor(): Promise<number> {
+  const [status, adj] = await Promise.all([
+    fs.readFile('/proc/self/status', 'utf8'),
+    fs.readFile('/proc/self/oom_score_adj', 'utf8'),
+  ]);
+  return oomScoreAdjFloorFrom(status, adj);
+}
+
+/**
+ * The capabilities this process can pass on to a container (its bounding set); give
+ * them to buildSandboxSpec as availableCapabilities, or runc/crun fail with EPERM when a
+ * privileged sandbox asks for one the daemon lacks (e.g. CAP_SYS_RESOURCE on these hosts).
+ */
+export async function currentCapabilities(): Promise<string[]> {
+  const status = await fs.readFile('/proc/self/status', 'utf8');
+  const m = /^CapBnd:\s*([0-9a-fA-F]+)\s*$/m.exec(status);
+  if (!m) throw new Error('cannot find CapBnd in /proc/self/status');
+  return capabilitiesFromMask(m[1]);
+}
+
+/** Pulls the messages out of a runtime log: JSON lines (`msg`, by level) or plain text. */
+export function parseRuntimeLog(text: string): string {
+  const errors: string[] = [];
+  const plain: string[] = [];
+  for (const line of text.split('\n')) {
+    const l = line.trim();
+    if (!l) continue;
+    if (l.startsWith('{')) {
+      try {
+        const rec = JSON.parse(l) as { msg?: unknown; level?: unknown };
+        if (typeof rec.msg === 'string') {
+          const level = String(rec.level ?? 'error');
+          if (level === 'error' || level === 'fatal' || level === 'panic') errors.push(rec.msg.trim());
+          continue;
+        }
+      } catch {
+        /* not JSON after all */
+      }
+    }
+    plain.push(l);
+  }
+  return [...new Set(errors.length ? errors : plain)].join('; ');
+}
+
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+export interface OciRuntimeOptions {
+  /** Upper bound for any single runtime command (default 60 s); the command is killed after it. */
+  commandTimeoutMs?: number;
+}
+
+export class OciRuntime {
+  readonly name: string;
+  readonly binary: string;
+  readonly root: string;
+  private readonly commandTimeoutMs: number;
+
+  constructor(handler: RuntimeHandlerConfig, private readonly logger?: Logger, opts: OciRuntimeOptions = {}) {
+    this.name = handler.name;
+    this.binary = handler.path;
+    this.root = handler.root;
+    this.commandTimeoutMs = opts.commandTimeoutMs ?? 60_000;
+  }
+
+  /** Creates the container (process waiting before exec) from a bundle. */
+  async create(id: string, bundleDir: string, opts: { pidFile?: string } = {}): Promise<void> {
+    const args = ['create', '--bundle', bundleDir];
+    if (opts.pidFile) args.push('--pid-file', opts.pidFile);
+    args.push(id);
+    // Some runtimes report bundle problems before their log is open, and create's stderr
+    // must be /dev/null (the container inherits it), so check the bundle here first.
+    try {
+      await fs.access(path.join(bundleDir, 'config.json'), fs.constants.R_OK);
+    } catch (e) {
+      throw new OciRuntimeError(this.name, 'create', id, null, `bundle ${bundleDir} has no readable config.json: ${(e as Error).message}`);
+    }
+    await fs.mkdir(this.root, { recursive: true, mode: 0o700 });
+    const r = await this.run(args, { quiet: true });
+    if (r.code !== 0) throw this.error('create', id, r);
+  }
+
+  async start(id: string): Promise<void> {
+    const r = await this.run(['start', id]);
+    if (r.code !== 0) throw this.error('start', id, r);
+  }
+
+  /** The runtime's view of a container; null when it has no such container. */
+  async state(id: string): Promise<OciState | null> {
+    const r = await this.run(['state', id]);
+    if (r.code !== 0) {
+      if (!(await this.knows(id)) || /does not exist|not found/i.test(r.detail)) return null;
+      throw this.error('state', id, r);
+    }
+    let parsed: { status?: unknown; pid?: unknown };
+    try {
+      parsed = JSON.parse(r.stdout) as typeof parsed;
+    } catch {
+      throw new OciRuntimeError(this.name, 'state', id, r.code, `unreadable state output: ${r.stdout.slice(0, 200)}`);
+    }
+    const status = String(parsed.status ?? '') as OciStatus;
+    if (!['creating', 'created', 'running', 'stopped', 'paused'].includes(status)) {
+      throw new OciRuntimeError(this.name, 'state', id, r.code, `unknown status "${status}"`);
+    }
+    const pid = typeof parsed.pid === 'number' && status !== 'stopped' ? parsed.pid : 0;
+    return { status, pid };
+  }
+
+  /**
+   * Signals the container's init (or, with `all`, every process in it). A container that
+   * has already stopped, or that the runtime no longer knows, is not an error.
+   */
+  async kill(id: string, signal: string = 'KILL', all = false): Promise<void> {
+    const args = ['kill'];
+    if (all) args.push('--all');
+    args.push(id, signal);
+    const r = await this.run(args);
+    if (r.code === 0) return;
+    const st = await this.state(id).catch(() => undefined);
+    if (st === null || st?.status === 'stopped') return;
+    throw this.error('kill', id, r);
+  }
+
+  /** Deletes the container (with `force`, killing it first). Unknown ids are fine. */
+  async delete(id: string, force = true): Promise<void> {
+    const args = ['delete'];
+    if (force) args.push('--force');
+    args.push(id);
+    const r = await this.run(args);
+    if (r.code === 0) return;
+    if (!(await this.knows(id))) return;
+    const st = await this.state(id).catch(() => undefined);
+    if (st === null) return;
+    throw this.error('delete', id, r);
+  }
+
+  /** The ids of every container under this runtime's root. */
+  async list(): Promise<string[]> {
+    try {
+      await fs.access(this.root);
+    } catch {
+      return [];
+    }
+    const r = await this.run(['list', '--quiet']);
+    if (r.code !== 0) throw this.error('list', undefined, r);
+    return r.stdout.split('\n').map((s) => s.trim()).filter((s) => s && s !== 'ID');
+  }
+
+  /**
+   * SIGTERM, up to `timeoutMs` for the container to stop, then SIGKILL, then delete.
+   * Safe to call again, or for a container that is already gone.
+   */
+  async stopAndDelete(id: string, timeoutMs: number): Promise<void> {
+    let st = await this.state(id);
+    if (st === null) return;
+    if (st.status === 'running' || st.status === 'created' || st.status === 'creating') {
+      await this.kill(id, 'TERM');
+      st = await this.waitStopped(id, timeoutMs);
+      if (st !== null && st.status !== 'stopped') {
+        this.logger?.debug({ id, runtime: this.name }, 'sandbox container ignored SIGTERM; killing');
+        await this.kill(id, 'KILL', false);
+        await this.waitStopped(id, 5_000);
+      }
+    }
+    await this.delete(id, true);
+    const after = await this.state(id);
+    if (after !== null) {
+      throw new OciRuntimeError(this.name, 'delete', id, null, `container is still known after delete (status ${after.status})`);
+    }
+  }
+
+  private async waitStopped(id: string, timeoutMs: number): Promise<OciState | null> {
+    const deadline = Date.now() + Math.max(0, timeoutMs);
+    for (;;) {
+      const st = await this.state(id);
+      if (st === null || st.status === 'stopped') return st;
+      if (Date.now() >= deadline) return st;
+      await sleep(Math.min(50, Math.max(1, deadline - Date.now())));
+    }
+  }
+
+  /** Whether the runtime keeps a state dir for this id (both runc and crun use `<root>/<id>`). */
+  private async knows(id: string): Promise<boolean> {
+    if (id.includes('/') || id === '.' || id === '..') return false;
+    try {
+      return (await fs.stat(path.join(this.root, id))).isDirectory();
+    } catch {
+      return false;
+    }
+  }
+
+  private error(sub: string, id: string | undefined, r: RunResult): OciRuntimeError {
+    const how = r.signal ? `killed by ${r.signal}` : '';
+    return new OciRuntimeError(this.name, sub, id, r.code, [how, r.detail].filter(Boolean).join(': '));
+  }
+
+  /** Runs `<bin> --root R --log L --log-format json <args>`; quiet = all stdio on /dev/null. */
+  private async run(args: string[], opts: { quiet?: boolean } = {}): Promise<RunResult> {
+    const logFile = path.join(os.tmpdir(), `corral-oci-${process.pid}-${randomBytes(6).toString('hex')}.log`);
+    const full = ['--root', this.root, '--log', logFile, '--log-format', 'json', ...args];
+    this.logger?.debug({ runtime: this.name, args: full }, 'oci runtime command');
+    try {
+      const res = await new Promise<{ code: number | null; signal: NodeJS.Signals | null; stdout: string; stderr: string }>(
+        (resolve, reject) => {
+          const child = spawn(this.binary, full, {
+            stdio: opts.quiet ? ['ignore', 'ignore', 'ignore'] : ['ignore', 'pipe', 'pipe'],
+            detached: true,
+          });
+          const out: Buffer[] = [];
+          const err: Buffer[] = [];
+          child.stdout?.on('data', (b: Buffer) => out.push(b));
+          child.stderr?.on('data', (b: Buffer) => err.push(b));
+          const timer = setTimeout(() => child.kill('SIGKILL'), this.commandTimeoutMs);
+          child.on('error', (e) => {
+            clearTimeout(timer);
+            reject(new OciRuntimeError(this.name, args[0], undefined, null, `cannot run ${this.binary}: ${e.message}`));
+          });
+          child.on('close', (code, signal) => {
+            clearTimeout(timer);
+            resolve({ code, signal, stdout: Buffer.concat(out).toString('utf8'), stderr: Buffer.concat(err).toString('utf8') });
+          });
+        },
+      );
+      let detail = '';
+      if (res.code !== 0) {
+        const logText = await fs.readFile(logFile, 'utf8').catch(() => '');
+        detail = parseRuntimeLog(logText) || parseRuntimeLog(res.stderr) || 'the runtime gave no reason';
+      }
+      return { code: res.code, signal: res.signal, stdout: res.stdout, detail };
+    } finally {
+      await fs.rm(logFile, { force: true });
+    }
+  }
+}
