@@ -231,6 +231,12 @@ class CniNetworks {
       setUp: async (req) => {
         const manager = await this.fresh(confDir);
         const ipRanges = settings.podCidrs.map((subnet) => [{ subnet }]);
+        let bandwidth;
+        try {
+          bandwidth = bandwidthFromAnnotations(req.annotations);
+        } catch (e) {
+          throw invalidArgument(`pod bandwidth annotation: ${(e as Error).message}`);
+        }
         const result = await manager.setUp({
           containerId: req.containerId,
           netnsPath: req.netnsPath,
@@ -238,7 +244,7 @@ class CniNetworks {
           podNamespace: req.podNamespace,
           podUid: req.podUid,
           portMappings: req.portMappings,
-          bandwidth: bandwidthFromAnnotations(req.annotations),
+          bandwidth,
           dns: req.dns,
           ipRanges: ipRanges.length > 0 ? ipRanges : undefined,
           cgroupPath: req.cgroupPath,

@@ -1,0 +1,238 @@
+/**
+ * Running one CNI plugin: finding its binary, building its environment and stdin,
+ * executing it and turning a failure into a CniPluginError.
+ */
+import { spawn } from 'node:child_process';
+import { promises as fs, constants as fsConstants } from 'node:fs';
+import path from 'node:path';
+import type { ExecResult } from '../../util/exec.js';
+import { isErrno } from '../../util/atomic.js';
+import { CniError, CniPluginError, type CniVerb } from './errors.js';
+import type { NetworkConfigList, PluginConf } from './conf.js';
+import { truncate } from './result.js';
+
+const CONTAINER_ID_RE = /^[a-zA-Z0-9][a-zA-Z0-9_.-]*$/;
+
+export function validateContainerId(id: string): void {
+  if (!CONTAINER_ID_RE.test(id)) throw new CniError(`invalid container ID ${JSON.stringify(id)}: must match ${CONTAINER_ID_RE.source}`);
+}
+
+export function validateIfName(name: string): void {
+  if (name === '') throw new CniError('interface name is empty');
+  if (name.length > 15) throw new CniError(`interface name "${name}" is longer than 15 characters`);
+  if (name === '.' || name === '..') throw new CniError(`interface name "${name}" is not allowed`);
+  if (/[/:\s]/.test(name)) throw new CniError(`interface name ${JSON.stringify(name)} contains "/", ":" or whitespace`);
+}
+
+/** CNI_ARGS pairs, in order. */
+export type CniArgs = [string, string][];
+
+/** The CNI_ARGS Kubernetes runtimes send for a pod. */
+export function podCniArgs(pod: { containerId: string; podName?: string; podNamespace?: string; podUid?: string }): CniArgs {
+  return [
+    ['IgnoreUnknown', '1'],
+    ['K8S_POD_NAMESPACE', pod.podNamespace ?? ''],
+    ['K8S_POD_NAME', pod.podName ?? ''],
+    ['K8S_POD_INFRA_CONTAINER_ID', pod.containerId],
+    ['K8S_POD_UID', pod.podUid ?? ''],
+  ];
+}
+
+export function formatCniArgs(args: CniArgs): string {
+  for (const [k, v] of args) {
+    if (k === '' || /[;=]/.test(k) || v.includes(';')) throw new CniError(`invalid CNI_ARGS pair ${JSON.stringify([k, v])}: keys must be non-empty without ";" or "=", values without ";"`);
+  }
+  return args.map(([k, v]) => `${k}=${v}`).join(';');
+}
+
+/** What a plugin runs against: everything in the environment besides the command. */
+export interface RuntimeConf {
+  containerId: string;
+  netns: string;
+  ifName: string;
+  args: CniArgs;
+  /** Capability args by capability name (portMappings, bandwidth, ...). */
+  capabilityArgs: Record<string, unknown>;
+}
+
+export interface InvokeOptions {
+  binDirs: string[];
+  /** Kill a plugin that runs longer than this; 0 = no limit. */
+  timeoutMs?: number;
+  /** Pause between "text file busy" retries (tests shorten it). */
+  busyRetryDelayMs?: number;
+  /** Extra environment on top of process.env (tests use it). */
+  baseEnv?: NodeJS.ProcessEnv;
+}
+
+/**
+ * The first regular, executable file named `type` in the bin dirs, in order.
+ * Throws when `type` is not a bare name or no dir has it.
+ */
+export async function findPlugin(type: string, binDirs: readonly string[]): Promise<string | undefined> {
+  if (type === '' || type === '.' || type === '..' || type.includes('/') || type.includes('\\') || type.includes('\0')) {
+    throw new CniError(`invalid plugin type ${JSON.stringify(type)}: must be a bare file name`);
+  }
+  for (const dir of binDirs) {
+    const file = path.join(dir, type);
+    try {
+      const st = await fs.stat(file);
+      if (!st.isFile()) continue;
+      await fs.access(file, fsConstants.X_OK);
+      return file;
+    } catch {
+      continue;
+    }
+  }
+  return undefined;
+}
+
+export function buildEnv(command: CniVerb, rt: RuntimeConf | undefined, binDirs: readonly string[], base: NodeJS.ProcessEnv = process.env): NodeJS.ProcessEnv {
+  const env: NodeJS.ProcessEnv = { ...base };
+  env.CNI_COMMAND = command;
+  if (rt) {
+    env.CNI_CONTAINERID = rt.containerId;
+    env.CNI_NETNS = rt.netns;
+    env.CNI_IFNAME = rt.ifName;
+    env.CNI_ARGS = formatCniArgs(rt.args);
+  } else {
+    delete env.CNI_CONTAINERID;
+    delete env.CNI_NETNS;
+    delete env.CNI_IFNAME;
+    delete env.CNI_ARGS;
+  }
+  env.CNI_PATH = binDirs.join(':');
+  return env;
+}
+
+/** The capability args a plugin asked for (its `capabilities` keys set to true) and that the runtime has. */
+export function runtimeConfigFor(plugin: PluginConf, capabilityArgs: Record<string, unknown>): Record<string, unknown> {
+  const caps = plugin.capabilities;
+  const rc: Record<string, unknown> = {};
+  if (typeof caps !== 'object' || caps === null || Array.isArray(caps)) return rc;
+  for (const [key, enabled] of Object.entries(caps as Record<string, unknown>)) {
+    if (enabled === true && capabilityArgs[key] !== undefined) rc[key] = capabilityArgs[key];
+  }
+  return rc;
+}
+
+/**
+ * A plugin's stdin: its own JSON with the list's name and cniVersion, the
+ * runtimeConfig it asked for, and prevResult when there is one.
+ */
+export function buildPluginConfig(
+  list: Pick<NetworkConfigList, 'name' | 'cniVersion'>,
+  plugin: PluginConf,
+  capabilityArgs: Record<string, unknown>,
+  prevResult: Record<string, unknown> | undefined,
+): Record<string, unknown> {
+  const conf: Record<string, unknown> = { ...plugin, name: list.name, cniVersion: list.cniVersion };
+  const rc = runtimeConfigFor(plugin, capabilityArgs);
+  if (Object.keys(rc).length > 0) conf.runtimeConfig = rc;
+  if (prevResult !== undefined) conf.prevResult = prevResult;
+  else delete conf.prevResult;
+  return conf;
+}
+
+/** Turns a failed run into the error a person can act on. */
+export function pluginFailure(network: string, pluginType: string, verb: CniVerb, run: ExecResult): CniPluginError {
+  const stdout = run.stdout.trim();
+  const stderr = run.stderr.trim();
+  const how = run.signal ? `killed by ${run.signal}` : `exit status ${run.code}`;
+  if (stdout === '') {
+    return new CniPluginError({ network, pluginType, verb, msg: stderr ? truncate(stderr, 2000) : `plugin failed (${how}) with no error message`, stderr, ran: true });
+  }
+  let parsed: unknown;
+  try {
+    parsed = JSON.parse(stdout);
+  } catch {
+    return new CniPluginError({ network, pluginType, verb, msg: `plugin failed (${how}) and its output is not a CNI error: ${JSON.stringify(truncate(stdout, 2000))}`, stderr, ran: true });
+  }
+  if (typeof parsed !== 'object' || parsed === null || Array.isArray(parsed)) {
+    return new CniPluginError({ network, pluginType, verb, msg: `plugin failed (${how}) and its output is not a CNI error: ${JSON.stringify(truncate(stdout, 2000))}`, stderr, ran: true });
+  }
+  const o = parsed as Record<string, unknown>;
+  const code = typeof o.code === 'number' ? o.code : undefined;
+  const msg = typeof o.msg === 'string' && o.msg !== '' ? o.msg : stderr || `plugin failed (${how})`;
+  const details = typeof o.details === 'string' ? o.details : '';
+  return new CniPluginError({ network, pluginType, verb, code, msg, details, stderr, ran: true });
+}
+
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+/**
+ * Runs a plugin like util/exec's execFile, but in its own process group so that a
+ * timeout kills everything it started (a plugin stuck in a child such as iptables
+ * would otherwise keep the output pipes, and us, waiting).
+ */
+function runPlugin(file: string, input: string, env: NodeJS.ProcessEnv, timeoutMs: number): Promise<ExecResult> {
+  return new Promise((resolve, reject) => {
+    const child = spawn(file, [], { env, stdio: ['pipe', 'pipe', 'pipe'], detached: true });
+    const out: Buffer[] = [];
+    const err: Buffer[] = [];
+    child.stdout.on('data', (b: Buffer) => out.push(b));
+    child.stderr.on('data', (b: Buffer) => err.push(b));
+    let timer: NodeJS.Timeout | undefined;
+    if (timeoutMs > 0) {
+      timer = setTimeout(() => {
+        try {
+          if (child.pid) process.kill(-child.pid, 'SIGKILL');
+        } catch {
+          child.kill('SIGKILL');
+        }
+      }, timeoutMs);
+    }
+    child.on('error', (e) => {
+      if (timer) clearTimeout(timer);
+      reject(e);
+    });
+    child.on('close', (code, signal) => {
+      if (timer) clearTimeout(timer);
+      resolve({ code, signal, stdout: Buffer.concat(out).toString('utf8'), stderr: Buffer.concat(err).toString('utf8') });
+    });
+    child.stdin.on('error', () => { /* the plugin may exit without reading its config */ });
+    child.stdin.end(input);
+  });
+}
+
+/**
+ * Runs one plugin with `stdin` as its config; returns its stdout. A missing
+ * binary, an exec failure, a timeout or a non-zero exit becomes a CniPluginError.
+ */
+export async function execPlugin(
+  network: string,
+  pluginType: string,
+  verb: CniVerb,
+  stdin: Record<string, unknown>,
+  rt: RuntimeConf | undefined,
+  opts: InvokeOptions,
+): Promise<string> {
+  const file = await findPlugin(pluginType, opts.binDirs);
+  if (!file) {
+    throw new CniPluginError({ network, pluginType, verb, msg: `plugin binary "${pluginType}" not found in ${opts.binDirs.length ? opts.binDirs.join(', ') : '(no bin dirs configured)'}` });
+  }
+  const env = buildEnv(verb, rt, opts.binDirs, opts.baseEnv ?? process.env);
+  const input = JSON.stringify(stdin);
+  const delay = opts.busyRetryDelayMs ?? 1000;
+  let run: ExecResult | undefined;
+  for (let attempt = 0; ; attempt++) {
+    try {
+      run = await runPlugin(file, input, env, opts.timeoutMs ?? 0);
+      break;
+    } catch (e) {
+      // The binary is being replaced (plugin upgrade): wait and retry a few times.
+      if (isErrno(e, 'ETXTBSY') && attempt < 5) {
+        await sleep(delay);
+        continue;
+      }
+      throw new CniPluginError({ network, pluginType, verb, msg: `cannot execute ${file}: ${(e as Error).message}` });
+    }
+  }
+  if (run.code !== 0) {
+    if (run.signal === 'SIGKILL' && opts.timeoutMs) {
+      throw new CniPluginError({ network, pluginType, verb, msg: `plugin did not finish within ${opts.timeoutMs} ms and was killed`, stderr: run.stderr });
+    }
+    throw pluginFailure(network, pluginType, verb, run);
+  }
+  return run.stdout;
+}

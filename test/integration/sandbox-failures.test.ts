@@ -1,0 +1,195 @@
+/**
+ * Failure injection: every refused or failed RunPodSandbox leaves the host as it was,
+ * a failed CNI DEL is reported and retried by the next Stop, and the network readiness
+ * the Status RPC reports follows the CNI conf dir.
+ */
+import { test, before, after, afterEach } from 'node:test';
+import assert from 'node:assert/strict';
+import { promises as fs } from 'node:fs';
+import path from 'node:path';
+import { status } from '@grpc/grpc-js';
+import { execFile } from '../../src/util/exec.js';
+import { TestDaemon, hostTraces, podConfig, vethCount } from '../helpers/daemon.js';
+
+// A chained CNI plugin controlled by flag files: fails ADD or DEL on demand, else passes prevResult on.
+const FLAKY_PLUGIN = `#!/bin/bash
+conf=$(cat)
+dir=$(dirname "$0")
+if [ "$CNI_COMMAND" = VERSION ]; then echo '{"cniVersion":"1.0.0","supportedVersions":["0.3.1","0.4.0","1.0.0"]}'; exit 0; fi
+if [ "$CNI_COMMAND" = ADD ] && [ -e "$dir/fail-add" ]; then
+  echo '{"cniVersion":"1.0.0","code":11,"msg":"injected ADD failure","details":"flag file fail-add"}'; exit 1
+fi
+if [ "$CNI_COMMAND" = DEL ] && [ -e "$dir/fail-del" ]; then
+  echo '{"cniVersion":"1.0.0","code":11,"msg":"injected DEL failure","details":"flag file fail-del"}'; exit 1
+fi
+if [ "$CNI_COMMAND" = ADD ]; then
+  printf '%s' "$conf" | python3 -c 'import json,sys; print(json.dumps(json.load(sys.stdin)["prevResult"]))'
+fi
+exit 0
+`;
+
+// A runtime handler that is runc, except that "start" fails.
+const FAILING_START_RUNTIME = `#!/bin/bash
+for a in "$@"; do
+  if [ "$a" = start ]; then echo "injected start failure" >&2; exit 1; fi
+done
+exec runc "$@"
+`;
+
+const d = new TestDaemon({
+  conflist: (t) => withFlaky(t),
+  extraToml: (t) => `[runtimes.runc]\npath = "runc"\n[runtimes.failstart]\npath = "${t.binDir}/failstart-runtime"\n`,
+});
+const binDir = d.binDir;
+
+before(async () => {
+  await d.writeScript('bin/flaky', FLAKY_PLUGIN);
+  await d.writeScript('bin/failstart-runtime', FAILING_START_RUNTIME);
+  await d.start();
+});
+after(async () => {
+  await d.cleanup();
+});
+afterEach(async () => {
+  await fs.rm(path.join(binDir, 'fail-add'), { force: true });
+  await fs.rm(path.join(binDir, 'fail-del'), { force: true });
+  const { items } = await d.rpc('ListPodSandbox', {});
+  for (const i of items) await d.rpc('RemovePodSandbox', { podSandboxId: i.id }).catch(() => {});
+});
+
+function withFlaky(t: TestDaemon): object {
+  const base = t.defaultConflist() as any;
+  return { ...base, plugins: [...base.plugins, { type: 'flaky' }] };
+}
+
+async function assertHostClean(vethsBefore: number) {
+  const traces = await hostTraces(d);
+  assert.deepEqual(traces.netns, [], 'no netns pin left');
+  assert.deepEqual(traces.reservations, [], 'no IP reservation left');
+  assert.deepEqual(traces.runtimeContainers, [], 'no runtime container left');
+  assert.deepEqual(traces.mounts.filter((m) => m.includes('/sandboxes/')), [], 'no sandbox mount left');
+  assert.equal(await vethCount(), vethsBefore, 'no veth left');
+  assert.deepEqual(await fs.readdir(path.join(d.rootDir, 'sandboxes')).catch(() => []), [], 'no sandbox record left');
+  assert.deepEqual(await fs.readdir(path.join(d.stateDir, 'sandboxes')).catch(() => []), [], 'no sandbox state dir left');
+  assert.deepEqual((await d.rpc('ListPodSandbox', {})).items, []);
+}
+
+test('refused before any side effect: bad sysctls, unknown handler, relative log directory', async () => {
+  const vethsBefore = await vethCount();
+  const cases: [object, string, RegExp][] = [
+    [podConfig({ linux: { sysctls: { 'kernel.hostname': 'x' }, securityContext: { namespaceOptions: { network: 'POD', pid: 'CONTAINER', ipc: 'POD' } } } }), '', /kernel\.hostname/],
+    [podConfig({ linux: { sysctls: { 'net.ipv4.ip_forward': '1' }, securityContext: { namespaceOptions: { network: 'NODE', pid: 'CONTAINER', ipc: 'POD' } } } }), '', /net\.ipv4\.ip_forward/],
+    [podConfig(), 'kata', /unknown runtime handler "kata"; configured handlers: runc, failstart/],
+    [podConfig({ logDirectory: 'relative/logs' }), '', /log_directory must be an absolute path/],
+  ];
+  for (const [config, runtimeHandler, re] of cases) {
+    await assert.rejects(d.rpc('RunPodSandbox', { config, runtimeHandler }), (e: any) => e.code === status.INVALID_ARGUMENT && re.test(e.details), String(re));
+  }
+  await assertHostClean(vethsBefore);
+});
+
+test('a CNI plugin failing ADD after IPAM allocated: the error names the plugin, everything is rolled back, the name is free', async () => {
+  const vethsBefore = await vethCount();
+  await fs.writeFile(path.join(binDir, 'fail-add'), '');
+  const config = podConfig();
+  await assert.rejects(d.rpc('RunPodSandbox', { config }), (e: any) => {
+    assert.match(e.details, /flaky/);
+    assert.match(e.details, /injected ADD failure/);
+    assert.match(e.details, /flag file fail-add/);
+    return true;
+  });
+  await assertHostClean(vethsBefore);
+  await fs.rm(path.join(binDir, 'fail-add'));
+  const { podSandboxId } = await d.rpc('RunPodSandbox', { config });
+  assert.equal((await d.rpc('PodSandboxStatus', { podSandboxId })).status.state, 'SANDBOX_READY');
+});
+
+test('a runtime failing start: the created container is deleted and nothing is left', async () => {
+  const vethsBefore = await vethCount();
+  const config = podConfig({ linux: { securityContext: { namespaceOptions: { network: 'POD', pid: 'POD', ipc: 'POD' } } } });
+  await assert.rejects(d.rpc('RunPodSandbox', { config, runtimeHandler: 'failstart' }), (e: any) => /injected start failure/.test(e.details));
+  await assertHostClean(vethsBefore);
+  const { podSandboxId } = await d.rpc('RunPodSandbox', { config, runtimeHandler: 'runc' });
+  assert.ok(podSandboxId);
+});
+
+test('a failing CNI DEL is reported by Stop, the sandbox stays NOTREADY, and the next Stop finishes the job', async () => {
+  const vethsBefore = await vethCount();
+  const { podSandboxId } = await d.rpc('RunPodSandbox', { config: podConfig() });
+  await fs.writeFile(path.join(binDir, 'fail-del'), '');
+  await assert.rejects(d.rpc('StopPodSandbox', { podSandboxId }), (e: any) => /injected DEL failure/.test(e.details));
+  const st = await d.rpc('PodSandboxStatus', { podSandboxId, verbose: true });
+  assert.equal(st.status.state, 'SANDBOX_NOTREADY');
+  assert.match(JSON.parse(st.info.info).lastError, /injected DEL failure/);
+  assert.equal((await hostTraces(d)).reservations.length, 1, 'the IP stays reserved until DEL succeeds');
+  await fs.rm(path.join(binDir, 'fail-del'));
+  await d.rpc('StopPodSandbox', { podSandboxId });
+  assert.deepEqual((await hostTraces(d)).reservations, []);
+  await d.rpc('RemovePodSandbox', { podSandboxId });
+  await assertHostClean(vethsBefore);
+});
+
+test('DEL works from the cache after the conf dir was emptied', async () => {
+  const vethsBefore = await vethCount();
+  const { podSandboxId } = await d.rpc('RunPodSandbox', { config: podConfig() });
+  await d.writeConflist(null);
+  try {
+    await d.rpc('StopPodSandbox', { podSandboxId });
+    await d.rpc('RemovePodSandbox', { podSandboxId });
+    await assertHostClean(vethsBefore);
+  } finally {
+    await d.writeConflist(withFlaky(d));
+  }
+});
+
+test('NetworkReady follows the conf dir; host-network pods run without CNI; pod networks are refused with a reason', async () => {
+  await d.writeConflist(null);
+  try {
+    await new Promise((r) => setTimeout(r, 1200));
+    await d.rpc('Status', {});
+    await new Promise((r) => setTimeout(r, 100));
+    const st = await d.rpc('Status', {});
+    const net = st.status.conditions.find((c: any) => c.type === 'NetworkReady');
+    assert.equal(net.status, false);
+    assert.equal(net.reason, 'NetworkPluginNotReady');
+    assert.match(net.message, /net\.d|no network/i);
+    assert.equal(st.status.conditions.find((c: any) => c.type === 'RuntimeReady').status, true);
+
+    await assert.rejects(d.rpc('RunPodSandbox', { config: podConfig() }), (e: any) => e.code !== status.OK && /network/i.test(e.details));
+    assert.deepEqual((await hostTraces(d)).netns, []);
+    const hostPod = podConfig({ linux: { securityContext: { namespaceOptions: { network: 'NODE', pid: 'CONTAINER', ipc: 'POD' } } } });
+    const { podSandboxId } = await d.rpc('RunPodSandbox', { config: hostPod });
+    assert.equal((await d.rpc('PodSandboxStatus', { podSandboxId })).status.state, 'SANDBOX_READY');
+  } finally {
+    await d.writeConflist(withFlaky(d));
+  }
+  await new Promise((r) => setTimeout(r, 1200));
+  await d.rpc('Status', {});
+  await new Promise((r) => setTimeout(r, 100));
+  const again = await d.rpc('Status', {});
+  assert.equal(again.status.conditions.find((c: any) => c.type === 'NetworkReady').status, true);
+});
+
+test('UpdateRuntimeConfig pod CIDR reaches host-local as the ipRanges capability', async () => {
+  const base = d.defaultConflist() as any;
+  const cidr = d.subnet.replace(/\.0\/24$/, '.128/25');
+  await d.writeConflist({
+    ...base,
+    // A bridge of its own: the test bridge already carries the gateway of the /24.
+    plugins: [{ ...base.plugins[0], bridge: `${d.bridge}r`, capabilities: { ipRanges: true }, ipam: { type: 'host-local' } }, base.plugins[1]],
+  });
+  try {
+    await new Promise((r) => setTimeout(r, 1200));
+    await d.rpc('UpdateRuntimeConfig', { runtimeConfig: { networkConfig: { podCidr: cidr } } });
+    const { podSandboxId } = await d.rpc('RunPodSandbox', { config: podConfig() });
+    const ip: string = (await d.rpc('PodSandboxStatus', { podSandboxId })).status.network.ip;
+    assert.ok(Number(ip.split('.')[3]) > 128, `${ip} in ${cidr}`);
+  } finally {
+    await d.rpc('UpdateRuntimeConfig', { runtimeConfig: { networkConfig: { podCidr: '' } } });
+    const { items } = await d.rpc('ListPodSandbox', {});
+    for (const i of items) await d.rpc('RemovePodSandbox', { podSandboxId: i.id });
+    await d.writeConflist(withFlaky(d));
+    await execFile('ip', ['link', 'del', `${d.bridge}r`]);
+    await new Promise((r) => setTimeout(r, 1200));
+  }
+});
