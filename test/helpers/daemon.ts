@@ -156,10 +156,13 @@ export class TestDaemon {
     } finally {
       await this.stopDaemon('SIGTERM');
       // Belt and braces: anything the API could not remove must still go, or later tests and the host suffer.
-      for (const rt of ['runc', 'crun']) {
-        const root = path.join(this.stateDir, rt);
-        const list = await execFile(rt, ['--root', root, 'list', '-q']).catch(() => undefined);
-        for (const id of (list?.stdout ?? '').split('\n').filter(Boolean)) await execFile(rt, ['--root', root, 'delete', '-f', id]);
+      const roots = (await fs.readdir(this.stateDir, { withFileTypes: true }).catch(() => [])).filter((e) => e.isDirectory() && e.name !== 'sandboxes');
+      for (const r of roots) {
+        const root = path.join(this.stateDir, r.name);
+        for (const rt of ['runc', 'crun']) {
+          const list = await execFile(rt, ['--root', root, 'list', '-q']).catch(() => undefined);
+          for (const id of (list?.stdout ?? '').split('\n').filter(Boolean)) await execFile(rt, ['--root', root, 'delete', '-f', id]);
+        }
       }
       const mounts = await fs.readFile('/proc/self/mounts', 'utf8');
       const ours = mounts.split('\n').map((l) => l.split(' ')[1] ?? '').filter((m) => m.startsWith(this.dir)).sort().reverse();
@@ -193,10 +196,15 @@ export async function hostTraces(d: TestDaemon): Promise<{ netns: string[]; rese
   const resDir = `/var/lib/cni/networks/${d.networkName}`;
   const reservations = (await fs.readdir(resDir).catch(() => [] as string[])).filter((f) => /^[0-9a-f.:]+$/.test(f) && f.includes('.'));
   const runtimeContainers: string[] = [];
-  for (const rt of ['runc', 'crun']) {
-    const list = await execFile(rt, ['--root', path.join(d.stateDir, rt), 'list', '-q']).catch(() => undefined);
-    runtimeContainers.push(...(list?.stdout ?? '').split('\n').filter(Boolean));
+  // Every handler's runtime root lives under the state dir, named after the handler.
+  const roots = (await fs.readdir(d.stateDir, { withFileTypes: true }).catch(() => [])).filter((e) => e.isDirectory() && e.name !== 'sandboxes');
+  for (const root of roots) {
+    for (const rt of ['runc', 'crun']) {
+      const list = await execFile(rt, ['--root', path.join(d.stateDir, root.name), 'list', '-q']).catch(() => undefined);
+      runtimeContainers.push(...(list?.stdout ?? '').split('\n').filter(Boolean));
+    }
   }
+  runtimeContainers.splice(0, runtimeContainers.length, ...new Set(runtimeContainers));
   const mounts = (await fs.readFile('/proc/self/mounts', 'utf8')).split('\n').map((l) => l.split(' ')[1] ?? '').filter((m) => m.startsWith(d.dir));
   return { netns, reservations, runtimeContainers, mounts };
 }
