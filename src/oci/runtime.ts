@@ -254,16 +254,24 @@ export class OciRuntime {
     return new OciRuntimeError(this.name, sub, id, r.code, [how, r.detail].filter(Boolean).join(': '));
   }
 
-  /** Runs `<bin> --root R --log L --log-format json <args>`; quiet = all stdio on /dev/null. */
+  /**
+   * Runs `<bin> --root R --log L --log-format json <args>`. quiet: stdin and stdout on
+   * /dev/null and stderr to a file, never a pipe: the container process inherits them,
+   * and a pipe it holds open would keep us waiting. The file still catches a runtime
+   * (or wrapper) that explains a failure on stderr only.
+   */
   private async run(args: string[], opts: { quiet?: boolean } = {}): Promise<RunResult> {
-    const logFile = path.join(os.tmpdir(), `corral-oci-${process.pid}-${randomBytes(6).toString('hex')}.log`);
+    const base = path.join(os.tmpdir(), `corral-oci-${process.pid}-${randomBytes(6).toString('hex')}`);
+    const logFile = `${base}.log`;
+    const errFile = `${base}.err`;
+    const errFh = opts.quiet ? await fs.open(errFile, 'w+', 0o600) : undefined;
     const full = ['--root', this.root, '--log', logFile, '--log-format', 'json', ...args];
     this.logger?.debug({ runtime: this.name, args: full }, 'oci runtime command');
     try {
       const res = await new Promise<{ code: number | null; signal: NodeJS.Signals | null; stdout: string; stderr: string }>(
         (resolve, reject) => {
           const child = spawn(this.binary, full, {
-            stdio: opts.quiet ? ['ignore', 'ignore', 'ignore'] : ['ignore', 'pipe', 'pipe'],
+            stdio: errFh ? ['ignore', 'ignore', errFh.fd] : ['ignore', 'pipe', 'pipe'],
             detached: true,
           });
           const out: Buffer[] = [];
@@ -284,11 +292,13 @@ export class OciRuntime {
       let detail = '';
       if (res.code !== 0) {
         const logText = await fs.readFile(logFile, 'utf8').catch(() => '');
-        detail = parseRuntimeLog(logText) || parseRuntimeLog(res.stderr) || 'the runtime gave no reason';
+        const stderr = errFh ? await fs.readFile(errFile, 'utf8').catch(() => '') : res.stderr;
+        detail = parseRuntimeLog(logText) || parseRuntimeLog(stderr) || 'the runtime gave no reason';
       }
       return { code: res.code, signal: res.signal, stdout: res.stdout, detail };
     } finally {
-      await fs.rm(logFile, { force: true });
+      await errFh?.close();
+      await Promise.all([fs.rm(logFile, { force: true }), fs.rm(errFile, { force: true })]);
     }
   }
 }
