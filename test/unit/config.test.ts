@@ -85,3 +85,11 @@ test('loadConfig: absent default file means defaults, absent named file is an er
     await rm(dir, { recursive: true, force: true });
   }
 });
+
+test('config/config.example.toml, the documented reference, is exactly the defaults', async () => {
+  const { readFile } = await import('node:fs/promises');
+  const { parse } = await import('smol-toml');
+  const { packageRoot } = await import('../../src/util/paths.js');
+  const text = await readFile(path.join(packageRoot(), 'config', 'config.example.toml'), 'utf8');
+  assert.deepEqual(resolveConfig(parse(text) as Record<string, unknown>), defaultConfig());
+});
