@@ -23,6 +23,10 @@ for rt in runc crun; do
 done
 n=$(pgrep -x conmon | wc -l)
 [ "$n" -gt 0 ] && report "$n conmon process(es)"
+n=$(pgrep -f '^runc init' | wc -l)
+[ "$n" -gt 0 ] && report "$n 'runc init' process(es) (containers created and never started or deleted)"
+n=$(find /sys/fs/cgroup/*/corral /sys/fs/cgroup/*/corral-test* -mindepth 1 -maxdepth 1 -type d 2>/dev/null | wc -l)
+[ "$n" -gt 0 ] && report "$n pod cgroup(s) under /sys/fs/cgroup/*/corral"
 n=$(pgrep -f corral-pause | wc -l)
 [ "$n" -gt 0 ] && report "$n corral-pause process(es)"
 for d in /var/lib/cni/networks/*/; do
