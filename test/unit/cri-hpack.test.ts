@@ -4,7 +4,7 @@ import http2 from 'node:http2';
 import { Duplex } from 'node:stream';
 import {
   ClientStreamRewriter, HpackDecoder, HpackError, encodeStateless, huffmanDecode, isValidAuthority,
-} from '../../src/cri/server.js';
+} from '../../src/cri/http2-authority.js';
 
 const hex = (s: string) => Buffer.from(s.replace(/\s+/g, ''), 'hex');
 const pairs = (fields: { name: string; value: string }[]) => fields.map((f) => [f.name, f.value]);

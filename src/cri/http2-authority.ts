@@ -1,0 +1,483 @@
+// Accepting the socket path as HTTP/2 :authority (for 1.26-era CRI clients).
+//
+// The authority problem
+// ---------------------
+// Kubelet-era CRI clients of the 1.26 line (crictl/critest v1.26.x and kubelets of
+// that time) dial a unix socket and send the socket *path* ("/run/corral/corral.sock")
+// as the HTTP/2 `:authority`. nghttp2 (the HTTP/2 library inside Node) checks the
+// characters of :authority and `host` against the RFC 3986 authority grammar; a '/'
+// fails that check and nghttp2 resets the stream with PROTOCOL_ERROR before grpc-js
+// ever sees it. Node exposes no option that turns the check off (nghttp2's
+// no_http_messaging option is not reachable from JS), so the bytes have to be fixed
+// before they reach nghttp2.
+//
+// How: grpc-js does not listen on the socket itself. Corral's own net.Server accepts
+// each connection and hands grpc-js (through `Server.createConnectionInjector`) a
+// Duplex that forwards the server's bytes untouched and passes the client's bytes
+// through a small HTTP/2 frame parser (ClientStreamRewriter). The parser keeps an
+// HPACK decoder whose dynamic table mirrors the client's encoder exactly (every
+// header block is decoded, in order, always). While no block needs fixing, the
+// client's frames are forwarded byte for byte, so nghttp2's table is the same as
+// ours. The first block that carries an invalid :authority/host switches the
+// connection to "re-encoded" mode for good: from then on every header block is
+// re-encoded with only static-table references and literals *without indexing*.
+// Those never touch nghttp2's dynamic table (it simply stays frozen as it was), so
+// the client's encoder state (tracked by our decoder) and nghttp2's decoder state
+// can never disagree, whatever the client indexes, evicts or resizes. Re-encoded
+// blocks are re-framed as HEADERS + CONTINUATION frames of at most 16384 bytes (the
+// smallest SETTINGS_MAX_FRAME_SIZE a peer may advertise), keeping END_STREAM and the
+// PRIORITY fields; padding is dropped. An invalid authority is replaced by
+// "localhost", which is what current clients send.
+//
+// If the client's bytes cannot be parsed while the connection is still in
+// pass-through mode, the rewriter stops interpreting and forwards everything raw,
+// so nghttp2 answers the client exactly as it would without Corral in between. In
+// re-encoded mode the connection is closed instead (nghttp2's table no longer
+// matches the client's, so raw forwarding would be unsafe).
+
+
+export class HpackError extends Error {}
+
+/** RFC 7541 Appendix A; entry i is static index i+1. */
+const STATIC_TABLE: ReadonlyArray<readonly [string, string]> = [
+  [':authority', ''], [':method', 'GET'], [':method', 'POST'], [':path', '/'], [':path', '/index.html'],
+  [':scheme', 'http'], [':scheme', 'https'], [':status', '200'], [':status', '204'], [':status', '206'],
+  [':status', '304'], [':status', '400'], [':status', '404'], [':status', '500'], ['accept-charset', ''],
+  ['accept-encoding', 'gzip, deflate'], ['accept-language', ''], ['accept-ranges', ''], ['accept', ''],
+  ['access-control-allow-origin', ''], ['age', ''], ['allow', ''], ['authorization', ''], ['cache-control', ''],
+  ['content-disposition', ''], ['content-encoding', ''], ['content-language', ''], ['content-length', ''],
+  ['content-location', ''], ['content-range', ''], ['content-type', ''], ['cookie', ''], ['date', ''],
+  ['etag', ''], ['expect', ''], ['expires', ''], ['from', ''], ['host', ''], ['if-match', ''],
+  ['if-modified-since', ''], ['if-none-match', ''], ['if-range', ''], ['if-unmodified-since', ''],
+  ['last-modified', ''], ['link', ''], ['location', ''], ['max-forwards', ''], ['proxy-authenticate', ''],
+  ['proxy-authorization', ''], ['range', ''], ['referer', ''], ['refresh', ''], ['retry-after', ''],
+  ['server', ''], ['set-cookie', ''], ['strict-transport-security', ''], ['transfer-encoding', ''],
+  ['user-agent', ''], ['vary', ''], ['via', ''], ['www-authenticate', ''],
+];
+const STATIC_EXACT = new Map<string, number>();
+const STATIC_NAME = new Map<string, number>();
+STATIC_TABLE.forEach(([name, value], i) => {
+  if (!STATIC_NAME.has(name)) STATIC_NAME.set(name, i + 1);
+  STATIC_EXACT.set(name + '\0' + value, i + 1);
+});
+
+/**
+ * Code lengths of the HPACK Huffman code (RFC 7541 Appendix B) for symbols 0..255 and
+ * EOS (256). The code is canonical: codes are assigned in order of (length, symbol).
+ */
+const HUFFMAN_LENGTHS = [
+  13, 23, 28, 28, 28, 28, 28, 28, 28, 24, 30, 28, 28, 30, 28, 28, 28, 28, 28, 28, 28, 28, 30, 28, 28, 28, 28, 28, 28, 28, 28, 28,
+  6, 10, 10, 12, 13, 6, 8, 11, 10, 10, 8, 11, 8, 6, 6, 6, 5, 5, 5, 6, 6, 6, 6, 6, 6, 6, 7, 8, 15, 6, 12, 10,
+  13, 6, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 8, 7, 8, 13, 19, 13, 14, 6,
+  15, 5, 6, 5, 6, 5, 6, 6, 6, 5, 7, 7, 6, 6, 6, 5, 6, 7, 6, 5, 5, 6, 7, 7, 7, 7, 7, 15, 11, 14, 13, 28,
+  20, 22, 20, 20, 22, 22, 22, 23, 22, 23, 23, 23, 23, 23, 24, 23, 24, 24, 22, 23, 24, 23, 23, 23, 23, 21, 22, 23, 22, 23, 23, 24,
+  22, 21, 20, 22, 22, 23, 23, 21, 23, 22, 22, 24, 21, 22, 23, 23, 21, 21, 22, 21, 23, 22, 23, 23, 20, 22, 22, 22, 23, 22, 22, 23,
+  26, 26, 20, 19, 22, 23, 22, 25, 26, 26, 26, 27, 27, 26, 24, 25, 19, 21, 26, 27, 27, 26, 27, 24, 21, 21, 26, 26, 28, 27, 27, 27,
+  20, 24, 20, 21, 22, 21, 21, 23, 22, 22, 25, 25, 24, 24, 26, 23, 26, 27, 26, 26, 27, 27, 27, 27, 27, 28, 27, 27, 27, 27, 27, 26,
+  30,
+];
+const EOS = 256;
+
+/** Binary decoding trie: node n has children at [2n] (bit 0) and [2n+1] (bit 1); a leaf is stored as -(symbol+1). */
+const HUFFMAN_TRIE: Int32Array = (() => {
+  const symbols = HUFFMAN_LENGTHS.map((_, s) => s).sort((a, b) => HUFFMAN_LENGTHS[a]! - HUFFMAN_LENGTHS[b]! || a - b);
+  const trie = new Int32Array(2 * 512);
+  let nodes = 1;
+  let code = 0;
+  let prevLen = HUFFMAN_LENGTHS[symbols[0]!]!;
+  for (const sym of symbols) {
+    const len = HUFFMAN_LENGTHS[sym]!;
+    code <<= len - prevLen;
+    prevLen = len;
+    let node = 0;
+    for (let bit = len - 1; bit >= 0; bit--) {
+      const slot = 2 * node + ((code >>> bit) & 1);
+      if (bit === 0) trie[slot] = -(sym + 1);
+      else {
+        if (trie[slot] === 0) trie[slot] = nodes++;
+        node = trie[slot]!;
+      }
+    }
+    code++;
+  }
+  return trie;
+})();
+
+export function huffmanDecode(data: Uint8Array): Buffer {
+  const out: number[] = [];
+  let node = 0;
+  let depth = 0; // bits consumed since the last complete symbol
+  let allOnes = true;
+  for (const byte of data) {
+    for (let bit = 7; bit >= 0; bit--) {
+      const b = (byte >>> bit) & 1;
+      const next = HUFFMAN_TRIE[2 * node + b]!;
+      depth++;
+      allOnes &&= b === 1;
+      if (next < 0) {
+        const sym = -next - 1;
+        if (sym === EOS) throw new HpackError('EOS symbol inside a Huffman string');
+        out.push(sym);
+        node = 0;
+        depth = 0;
+        allOnes = true;
+      } else {
+        node = next;
+      }
+    }
+  }
+  if (depth > 7 || !allOnes) throw new HpackError('bad Huffman padding');
+  return Buffer.from(out);
+}
+
+export interface HeaderField {
+  name: string;
+  value: string;
+  /** Sent as "never indexed" (a sensitive field); kept that way when re-encoding. */
+  neverIndex: boolean;
+}
+
+class Reader {
+  pos = 0;
+  constructor(readonly buf: Buffer) {}
+  byte(): number {
+    if (this.pos >= this.buf.length) throw new HpackError('header block ends inside a field');
+    return this.buf[this.pos++]!;
+  }
+  int(prefixBits: number): number {
+    const mask = (1 << prefixBits) - 1;
+    let value = this.byte() & mask;
+    if (value < mask) return value;
+    let shift = 0;
+    for (;;) {
+      const b = this.byte();
+      value += (b & 0x7f) * 2 ** shift;
+      shift += 7;
+      if ((b & 0x80) === 0) return value;
+      if (shift > 28) throw new HpackError('HPACK integer too large');
+    }
+  }
+  string(): string {
+    const huffman = (this.buf[this.pos] ?? 0) & 0x80;
+    const len = this.int(7);
+    if (this.pos + len > this.buf.length) throw new HpackError('header block ends inside a string');
+    const raw = this.buf.subarray(this.pos, this.pos + len);
+    this.pos += len;
+    return (huffman ? huffmanDecode(raw) : raw).toString('latin1');
+  }
+}
+
+/** An HPACK decoder that tracks the peer encoder's dynamic table exactly. */
+export class HpackDecoder {
+  private table: Array<[string, string]> = []; // newest first
+  private size = 0;
+  private maxSize: number;
+
+  /** @param settingsLimit our SETTINGS_HEADER_TABLE_SIZE (the most the encoder may use); @param maxHeaderListBytes decoded-size cap per block. */
+  constructor(private readonly settingsLimit = 4096, private readonly maxHeaderListBytes = 256 * 1024) {
+    this.maxSize = settingsLimit;
+  }
+
+  get dynamicTableSize(): number { return this.size; }
+  get dynamicTableEntries(): number { return this.table.length; }
+
+  private entry(index: number): readonly [string, string] {
+    if (index <= 0) throw new HpackError('HPACK index 0');
+    if (index <= STATIC_TABLE.length) return STATIC_TABLE[index - 1]!;
+    const e = this.table[index - STATIC_TABLE.length - 1];
+    if (!e) throw new HpackError(`HPACK index ${index} is beyond the dynamic table`);
+    return e;
+  }
+
+  private evictTo(limit: number): void {
+    while (this.size > limit) {
+      const [n, v] = this.table.pop()!;
+      this.size -= n.length + v.length + 32;
+    }
+  }
+
+  private insert(name: string, value: string): void {
+    const entrySize = name.length + value.length + 32;
+    if (entrySize > this.maxSize) {
+      this.table = [];
+      this.size = 0;
+      return;
+    }
+    this.evictTo(this.maxSize - entrySize);
+    this.table.unshift([name, value]);
+    this.size += entrySize;
+  }
+
+  decode(block: Buffer): HeaderField[] {
+    const r = new Reader(block);
+    const fields: HeaderField[] = [];
+    let listBytes = 0;
+    while (r.pos < block.length) {
+      const first = block[r.pos]!;
+      let name: string;
+      let value: string;
+      let neverIndex = false;
+      if (first & 0x80) {
+        [name, value] = this.entry(r.int(7));
+      } else if (first & 0x40) {
+        const idx = r.int(6);
+        name = idx ? this.entry(idx)[0] : r.string();
+        value = r.string();
+        this.insert(name, value);
+      } else if (first & 0x20) {
+        if (fields.length) throw new HpackError('dynamic table size update after a header field');
+        const newMax = r.int(5);
+        if (newMax > this.settingsLimit) throw new HpackError(`dynamic table size update ${newMax} exceeds ${this.settingsLimit}`);
+        this.maxSize = newMax;
+        this.evictTo(newMax);
+        continue;
+      } else {
+        neverIndex = (first & 0x10) !== 0;
+        const idx = r.int(4);
+        name = idx ? this.entry(idx)[0] : r.string();
+        value = r.string();
+      }
+      listBytes += name.length + value.length + 32;
+      if (listBytes > this.maxHeaderListBytes) throw new HpackError('header list too large');
+      fields.push({ name, value, neverIndex });
+    }
+    return fields;
+  }
+}
+
+function encodeInt(out: number[], value: number, prefixBits: number, firstByteFlags: number): void {
+  const mask = (1 << prefixBits) - 1;
+  if (value < mask) {
+    out.push(firstByteFlags | value);
+    return;
+  }
+  out.push(firstByteFlags | mask);
+  value -= mask;
+  while (value >= 0x80) {
+    out.push((value % 0x80) | 0x80);
+    value = Math.floor(value / 0x80);
+  }
+  out.push(value);
+}
+
+function encodeString(out: number[], s: string): void {
+  const bytes = Buffer.from(s, 'latin1');
+  encodeInt(out, bytes.length, 7, 0x00);
+  for (const b of bytes) out.push(b);
+}
+
+/**
+ * Encode a header list using only the static table and literals without indexing
+ * (or never-indexed, where the client said so): the decoder's dynamic table is never
+ * read or changed.
+ */
+export function encodeStateless(fields: readonly HeaderField[]): Buffer {
+  const out: number[] = [];
+  for (const f of fields) {
+    const exact = f.neverIndex ? undefined : STATIC_EXACT.get(f.name + '\0' + f.value);
+    if (exact !== undefined) {
+      encodeInt(out, exact, 7, 0x80);
+      continue;
+    }
+    const nameIdx = STATIC_NAME.get(f.name) ?? 0;
+    encodeInt(out, nameIdx, 4, f.neverIndex ? 0x10 : 0x00);
+    if (!nameIdx) encodeString(out, f.name);
+    encodeString(out, f.value);
+  }
+  return Buffer.from(out);
+}
+
+/** Characters nghttp2 accepts in :authority / host (RFC 3986 authority: unreserved, sub-delims, ':', '@', '[', ']', '%'). */
+const AUTHORITY_OK = new Uint8Array(256);
+for (let c = 0x21; c <= 0x7e; c++) AUTHORITY_OK[c] = 1;
+for (const ch of '"#/<>?\\^`{|}') AUTHORITY_OK[ch.charCodeAt(0)] = 0;
+
+export function isValidAuthority(value: string): boolean {
+  for (let i = 0; i < value.length; i++) if (!AUTHORITY_OK[value.charCodeAt(i) & 0xffff] || value.charCodeAt(i) > 0xff) return false;
+  return true;
+}
+
+/** What an invalid :authority or host is replaced with. */
+export const REPLACEMENT_AUTHORITY = 'localhost';
+
+// ─────────────────────────────────────────────────────────────────────────────
+// HTTP/2 framing of the client → server byte stream.
+
+const PREFACE = Buffer.from('PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n', 'latin1');
+const FRAME_HEADER = 9;
+const TYPE_HEADERS = 0x1;
+const TYPE_CONTINUATION = 0x9;
+const FLAG_END_STREAM = 0x1;
+const FLAG_END_HEADERS = 0x4;
+const FLAG_PADDED = 0x8;
+const FLAG_PRIORITY = 0x20;
+/** The smallest SETTINGS_MAX_FRAME_SIZE there can be; frames we build never exceed it. */
+const MIN_MAX_FRAME_SIZE = 16384;
+/** Cap on one compressed header block (all its frames), so a client cannot make us buffer without bound. */
+const MAX_HEADER_BLOCK_BYTES = 256 * 1024;
+
+class FramingError extends Error {}
+
+interface OpenBlock {
+  streamId: number;
+  endStream: boolean;
+  priority: Buffer | null;
+  frames: Buffer[];
+  fragments: Buffer[];
+  bytes: number;
+}
+
+function frameHeader(length: number, type: number, flags: number, streamId: number): Buffer {
+  const h = Buffer.alloc(FRAME_HEADER);
+  h.writeUIntBE(length, 0, 3);
+  h[3] = type;
+  h[4] = flags;
+  h.writeUInt32BE(streamId & 0x7fffffff, 5);
+  return h;
+}
+
+/**
+ * Parses the bytes a client sends on one HTTP/2 connection and returns what to hand
+ * to nghttp2 instead; see the comment at the top of this file.
+ */
+export class ClientStreamRewriter {
+  /** Number of header blocks whose :authority/host was replaced. */
+  rewrites = 0;
+  /** True once header blocks are being re-encoded (nghttp2's HPACK table frozen). */
+  reencoding = false;
+  /** True once the rewriter gave up interpreting (unparseable input before re-encoding started). */
+  passthrough = false;
+  /** Set to the original authority of the first rewritten block (for logging). */
+  originalAuthority: string | undefined;
+
+  private readonly decoder = new HpackDecoder();
+  private pending: Buffer = Buffer.alloc(0);
+  private prefaceSeen = 0;
+  private payloadToForward = 0;
+  private block: OpenBlock | null = null;
+
+  /** Feed client bytes; returns the bytes for nghttp2. Throws when the connection must be closed. */
+  push(chunk: Buffer): Buffer[] {
+    if (this.passthrough) return [chunk];
+    const out: Buffer[] = [];
+    let buf = this.pending.length ? Buffer.concat([this.pending, chunk]) : chunk;
+    try {
+      for (;;) {
+        if (this.prefaceSeen < PREFACE.length) {
+          const n = Math.min(PREFACE.length - this.prefaceSeen, buf.length);
+          if (n === 0) break;
+          if (!buf.subarray(0, n).equals(PREFACE.subarray(this.prefaceSeen, this.prefaceSeen + n))) throw new FramingError('not an HTTP/2 connection preface');
+          out.push(buf.subarray(0, n));
+          this.prefaceSeen += n;
+          buf = buf.subarray(n);
+          continue;
+        }
+        if (this.payloadToForward > 0) {
+          const n = Math.min(this.payloadToForward, buf.length);
+          if (n === 0) break;
+          out.push(buf.subarray(0, n));
+          this.payloadToForward -= n;
+          buf = buf.subarray(n);
+          continue;
+        }
+        if (buf.length < FRAME_HEADER) break;
+        const length = buf.readUIntBE(0, 3);
+        const type = buf[3]!;
+        if (type !== TYPE_HEADERS && type !== TYPE_CONTINUATION) {
+          if (this.block) throw new FramingError('frame interleaved inside a header block');
+          out.push(buf.subarray(0, FRAME_HEADER));
+          this.payloadToForward = length;
+          buf = buf.subarray(FRAME_HEADER);
+          continue;
+        }
+        if ((this.block?.bytes ?? 0) + length > MAX_HEADER_BLOCK_BYTES) throw new FramingError('header block too large');
+        if (buf.length < FRAME_HEADER + length) break;
+        const frame = Buffer.from(buf.subarray(0, FRAME_HEADER + length)); // copy: kept across chunks
+        buf = buf.subarray(FRAME_HEADER + length);
+        const done = this.headerFrame(frame, type);
+        if (done) out.push(...done);
+      }
+    } catch (err) {
+      if (err instanceof FramingError || err instanceof HpackError) {
+        if (this.reencoding) throw err;
+        // Still in step with nghttp2: let it judge the raw bytes itself from here on.
+        this.passthrough = true;
+        if (this.block) out.push(...this.block.frames);
+        this.block = null;
+        out.push(buf);
+        this.pending = Buffer.alloc(0);
+        return out;
+      }
+      throw err;
+    }
+    this.pending = buf.length ? Buffer.from(buf) : Buffer.alloc(0);
+    return out;
+  }
+
+  /** Handle one complete HEADERS or CONTINUATION frame; returns frames to forward once the block is complete. */
+  private headerFrame(frame: Buffer, type: number): Buffer[] | null {
+    const flags = frame[4]!;
+    const streamId = frame.readUInt32BE(5) & 0x7fffffff;
+    let payload = frame.subarray(FRAME_HEADER);
+    if (type === TYPE_HEADERS) {
+      if (this.block) throw new FramingError('HEADERS inside an open header block');
+      if (flags & FLAG_PADDED) {
+        if (payload.length < 1) throw new FramingError('short padded HEADERS');
+        const pad = payload[0]!;
+        if (pad >= payload.length) throw new FramingError('HEADERS padding exceeds payload');
+        payload = payload.subarray(1, payload.length - pad);
+      }
+      let priority: Buffer | null = null;
+      if (flags & FLAG_PRIORITY) {
+        if (payload.length < 5) throw new FramingError('short HEADERS priority');
+        priority = payload.subarray(0, 5);
+        payload = payload.subarray(5);
+      }
+      this.block = { streamId, endStream: (flags & FLAG_END_STREAM) !== 0, priority, frames: [frame], fragments: [payload], bytes: frame.length };
+    } else {
+      if (!this.block || this.block.streamId !== streamId) throw new FramingError('unexpected CONTINUATION');
+      this.block.frames.push(frame);
+      this.block.fragments.push(payload);
+      this.block.bytes += frame.length;
+    }
+    if (!(flags & FLAG_END_HEADERS)) return null;
+    const block = this.block!;
+    this.block = null;
+    return this.finishBlock(block);
+  }
+
+  private finishBlock(block: OpenBlock): Buffer[] {
+    const fields = this.decoder.decode(Buffer.concat(block.fragments));
+    let changed = false;
+    for (const f of fields) {
+      if ((f.name === ':authority' || f.name === 'host') && !isValidAuthority(f.value)) {
+        this.originalAuthority ??= f.value;
+        f.value = REPLACEMENT_AUTHORITY;
+        changed = true;
+      }
+    }
+    if (changed) this.rewrites++;
+    if (!changed && !this.reencoding) return block.frames;
+    this.reencoding = true;
+    return this.frame(block, encodeStateless(fields));
+  }
+
+  private frame(block: OpenBlock, encoded: Buffer): Buffer[] {
+    const out: Buffer[] = [];
+    const prio = block.priority;
+    const firstRoom = MIN_MAX_FRAME_SIZE - (prio ? 5 : 0);
+    let first = encoded.subarray(0, firstRoom);
+    let rest = encoded.subarray(first.length);
+    let flags = (block.endStream ? FLAG_END_STREAM : 0) | (prio ? FLAG_PRIORITY : 0) | (rest.length ? 0 : FLAG_END_HEADERS);
+    out.push(frameHeader(first.length + (prio ? 5 : 0), TYPE_HEADERS, flags, block.streamId));
+    if (prio) out.push(prio);
+    out.push(first);
+    while (rest.length) {
+      first = rest.subarray(0, MIN_MAX_FRAME_SIZE);
+      rest = rest.subarray(first.length);
+      flags = rest.length ? 0 : FLAG_END_HEADERS;
+      out.push(frameHeader(first.length, TYPE_CONTINUATION, flags, block.streamId), first);
+    }
+    return out;
+  }
+}
