@@ -88,6 +88,13 @@ test('refused before any side effect: bad sysctls, unknown handler, relative log
   await assertHostClean(vethsBefore);
 });
 
+test('the namespace helper failing (a net.* sysctl the kernel refuses): nothing is left', async () => {
+  const vethsBefore = await vethCount();
+  const config = podConfig({ linux: { sysctls: { 'net.ipv4.ip_unprivileged_port_start': 'not-a-number' }, securityContext: { namespaceOptions: { network: 'POD', pid: 'CONTAINER', ipc: 'POD' } } } });
+  await assert.rejects(d.rpc('RunPodSandbox', { config }), (e: any) => /network namespace/.test(e.details) && /ip_unprivileged_port_start/.test(e.details));
+  await assertHostClean(vethsBefore);
+});
+
 test('a CNI plugin failing ADD after IPAM allocated: the error names the plugin, everything is rolled back, the name is free', async () => {
   const vethsBefore = await vethCount();
   await fs.writeFile(path.join(binDir, 'fail-add'), '');

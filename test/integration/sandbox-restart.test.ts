@@ -7,6 +7,7 @@ import { test, before, after, afterEach } from 'node:test';
 import assert from 'node:assert/strict';
 import { promises as fs } from 'node:fs';
 import path from 'node:path';
+import { status } from '@grpc/grpc-js';
 import { TestDaemon, hostTraces, podConfig, vethCount } from '../helpers/daemon.js';
 import { isNetnsPinned } from '../../src/network/netns.js';
 
@@ -111,6 +112,15 @@ test('kill -9 in the middle of RunPodSandbox: the next start rolls the half-crea
   assert.deepEqual(await fs.readdir(path.join(d.rootDir, 'sandboxes')), []);
   const logs = await d.logLines();
   assert.ok(logs.some((l) => /half-created sandbox .* rolled back/.test(l.msg)), 'the rollback is logged');
+});
+
+test('a Run whose client deadline expires keeps going; the retry gets the same sandbox', async () => {
+  const config = pausePod();
+  await assert.rejects(d.rpc('RunPodSandbox', { config, runtimeHandler: 'slow' }, 500), (e: any) => e.code === status.DEADLINE_EXCEEDED);
+  const { podSandboxId } = await d.rpc('RunPodSandbox', { config, runtimeHandler: 'slow' });
+  assert.equal((await d.rpc('PodSandboxStatus', { podSandboxId })).status.state, 'SANDBOX_READY');
+  const { items } = await d.rpc('ListPodSandbox', {});
+  assert.deepEqual(items.map((i: any) => i.id), [podSandboxId], 'exactly one sandbox for the name');
 });
 
 test('an unreadable record is reported and skipped; the daemon serves the others', async () => {
