@@ -17,6 +17,8 @@ import { execFile } from '../../src/util/exec.js';
 export interface TestDaemonOptions {
   /** Extra TOML appended to the generated config (a function gets the daemon, for its paths). */
   extraToml?: string | ((d: TestDaemon) => string);
+  /** Extra keys inside the [cni] table. */
+  cniToml?: string;
   /** The conflist to install (default: bridge + host-local + portmap); null = none. */
   conflist?: object | null | ((d: TestDaemon) => object);
   /** Subnet of the default bridge network. */
@@ -76,6 +78,7 @@ export class TestDaemon {
         `conf_dir = "${this.confDir}"`,
         `cache_dir = "${this.cacheDir}"`,
         `bin_dirs = ["${this.binDir}", "/usr/lib/cni"]`,
+        this.opts.cniToml ?? '',
       ].join('\n') + '\n',
     );
     await this.spawnDaemon();
