@@ -23,13 +23,18 @@ export class ExecError extends Error {
   }
 }
 
-/** Runs a program to completion, collecting its output. Never throws for a non-zero exit. */
+/**
+ * Runs a program to completion, collecting its output. Never throws for a non-zero exit.
+ * The program gets a process group of its own, so a timeout kills whatever it started
+ * too (a child left holding the output pipes would otherwise keep us waiting).
+ */
 export function execFile(file: string, args: readonly string[], opts: ExecOptions = {}): Promise<ExecResult> {
   return new Promise((resolve, reject) => {
     const child = spawn(file, args, {
       env: opts.env ?? process.env,
       cwd: opts.cwd,
       stdio: [opts.input === undefined ? 'ignore' : 'pipe', 'pipe', 'pipe'],
+      detached: true,
     });
     const out: Buffer[] = [];
     const err: Buffer[] = [];
@@ -37,7 +42,13 @@ export function execFile(file: string, args: readonly string[], opts: ExecOption
     child.stderr!.on('data', (b: Buffer) => err.push(b));
     let timer: NodeJS.Timeout | undefined;
     if (opts.timeoutMs) {
-      timer = setTimeout(() => child.kill('SIGKILL'), opts.timeoutMs);
+      timer = setTimeout(() => {
+        try {
+          if (child.pid) process.kill(-child.pid, 'SIGKILL');
+        } catch {
+          child.kill('SIGKILL');
+        }
+      }, opts.timeoutMs);
     }
     child.on('error', (e) => {
       if (timer) clearTimeout(timer);

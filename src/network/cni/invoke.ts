@@ -2,10 +2,9 @@
  * Running one CNI plugin: finding its binary, building its environment and stdin,
  * executing it and turning a failure into a CniPluginError.
  */
-import { spawn } from 'node:child_process';
 import { promises as fs, constants as fsConstants } from 'node:fs';
 import path from 'node:path';
-import type { ExecResult } from '../../util/exec.js';
+import { execFile, type ExecResult } from '../../util/exec.js';
 import { isErrno } from '../../util/atomic.js';
 import { CniError, CniPluginError, type CniVerb } from './errors.js';
 import type { NetworkConfigList, PluginConf } from './conf.js';
@@ -161,41 +160,6 @@ export function pluginFailure(network: string, pluginType: string, verb: CniVerb
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
 /**
- * Runs a plugin like util/exec's execFile, but in its own process group so that a
- * timeout kills everything it started (a plugin stuck in a child such as iptables
- * would otherwise keep the output pipes, and us, waiting).
- */
-function runPlugin(file: string, input: string, env: NodeJS.ProcessEnv, timeoutMs: number): Promise<ExecResult> {
-  return new Promise((resolve, reject) => {
-    const child = spawn(file, [], { env, stdio: ['pipe', 'pipe', 'pipe'], detached: true });
-    const out: Buffer[] = [];
-    const err: Buffer[] = [];
-    child.stdout.on('data', (b: Buffer) => out.push(b));
-    child.stderr.on('data', (b: Buffer) => err.push(b));
-    let timer: NodeJS.Timeout | undefined;
-    if (timeoutMs > 0) {
-      timer = setTimeout(() => {
-        try {
-          if (child.pid) process.kill(-child.pid, 'SIGKILL');
-        } catch {
-          child.kill('SIGKILL');
-        }
-      }, timeoutMs);
-    }
-    child.on('error', (e) => {
-      if (timer) clearTimeout(timer);
-      reject(e);
-    });
-    child.on('close', (code, signal) => {
-      if (timer) clearTimeout(timer);
-      resolve({ code, signal, stdout: Buffer.concat(out).toString('utf8'), stderr: Buffer.concat(err).toString('utf8') });
-    });
-    child.stdin.on('error', () => { /* the plugin may exit without reading its config */ });
-    child.stdin.end(input);
-  });
-}
-
-/**
  * Runs one plugin with `stdin` as its config; returns its stdout. A missing
  * binary, an exec failure, a timeout or a non-zero exit becomes a CniPluginError.
  */
@@ -217,7 +181,7 @@ export async function execPlugin(
   let run: ExecResult | undefined;
   for (let attempt = 0; ; attempt++) {
     try {
-      run = await runPlugin(file, input, env, opts.timeoutMs ?? 0);
+      run = await execFile(file, [], { input, env, timeoutMs: opts.timeoutMs || undefined });
       break;
     } catch (e) {
       // The binary is being replaced (plugin upgrade): wait and retry a few times.
