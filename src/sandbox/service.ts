@@ -118,6 +118,9 @@ export class SandboxService {
       settle(id);
       return id;
     } catch (e) {
+      // Refused before anything existed, or rolled back completely: the name is free again.
+      // (An incomplete rollback keeps the record, and with it the name, for Stop/Remove.)
+      if (!this.records.has(id)) this.names.release(name, id);
       fail(e);
       throw e;
     }

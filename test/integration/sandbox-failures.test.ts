@@ -86,6 +86,10 @@ test('refused before any side effect: bad sysctls, unknown handler, relative log
     await assert.rejects(d.rpc('RunPodSandbox', { config, runtimeHandler }), (e: any) => e.code === status.INVALID_ARGUMENT && re.test(e.details), String(re));
   }
   await assertHostClean(vethsBefore);
+  // A refusal does not keep the name: the corrected request for the same pod goes through.
+  const [, , [unknownHandlerPod]] = cases;
+  const { podSandboxId } = await d.rpc('RunPodSandbox', { config: unknownHandlerPod, runtimeHandler: 'runc' });
+  assert.equal((await d.rpc('PodSandboxStatus', { podSandboxId })).status.state, 'SANDBOX_READY');
 });
 
 test('the namespace helper failing (a net.* sysctl the kernel refuses): nothing is left', async () => {
