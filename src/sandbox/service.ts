@@ -167,6 +167,28 @@ export class SandboxService {
     const hostname = podHostname(config, hostNetwork, os.hostname());
     const network = this.deps.network(handler);
 
+    // Every resource this Run may create, decided up front and recorded as intent in one
+    // durable write before the first side effect: teardown of each is idempotent, so a
+    // crash at any point is rolled back from this record alone (two writes per Run).
+    const volatileDir = this.volatileDir(id);
+    const netnsPath = hostNetwork ? null : pinner.pathFor(id);
+    const pinOpts: Parameters<NamespacePinner['create']>[1] = { sysctls: netSysctls(sysctls) };
+    const pins: string[] = [];
+    if (netnsPath) {
+      pins.push(netnsPath);
+      if (mode === 'pinned') {
+        // No pause process will hold IPC and UTS: pin them too.
+        pinOpts.utsPath = path.join(volatileDir, 'utsns');
+        pinOpts.hostname = hostname;
+        pins.push(pinOpts.utsPath);
+        if (!hostIpc) {
+          pinOpts.ipcPath = path.join(volatileDir, 'ipcns');
+          pins.push(pinOpts.ipcPath);
+        }
+      }
+    }
+    const shmPath = hostIpc ? null : path.join(volatileDir, 'shm');
+
     const record: SandboxRecord = {
       version: 1,
       id,
@@ -178,22 +200,20 @@ export class SandboxService {
       networkOrder: order,
       hostNetwork,
       privileged: isPrivileged(config, ns),
-      netnsPath: null,
+      netnsPath,
       state: 'creating',
       createdAt: (BigInt(Date.now()) * 1_000_000n).toString(),
       network: null,
-      resources: { pins: [], cniAttached: false, shmMount: null, container: false },
+      resources: { pins, cniAttached: !hostNetwork, shmMount: shmPath, container: mode === 'pause' },
       pid: 0,
       pidStartTime: '',
       timings,
     };
-    const volatileDir = this.volatileDir(id);
     const undo = new UndoStack();
-    const persist = () => store.save(record);
 
     try {
       // 1. The record first: from here on a crash is rolled back by the restart sweep.
-      await timed('record', persist);
+      await timed('record', () => store.save(record));
       undo.push('forget sandbox record', async (failed) => {
         if (failed === 0) await store.remove(id);
       });
@@ -211,23 +231,7 @@ export class SandboxService {
       });
 
       // 2. The pod's network namespace, pinned before anything else of the pod exists.
-      if (!hostNetwork) {
-        const netnsPath = pinner.pathFor(id);
-        const pins = [netnsPath];
-        const pinOpts: Parameters<NamespacePinner['create']>[1] = { sysctls: netSysctls(sysctls) };
-        if (mode === 'pinned') {
-          // No pause process will hold IPC and UTS: pin them too.
-          pinOpts.utsPath = path.join(volatileDir, 'utsns');
-          pinOpts.hostname = hostname;
-          pins.push(pinOpts.utsPath);
-          if (!hostIpc) {
-            pinOpts.ipcPath = path.join(volatileDir, 'ipcns');
-            pins.push(pinOpts.ipcPath);
-          }
-        }
-        record.netnsPath = netnsPath;
-        record.resources.pins = pins;
-        await persist(); // intent: the pins may exist from here on
+      if (netnsPath) {
         await timed('netns', () => pinner.create(netnsPath, pinOpts));
         undo.push('remove pinned namespaces', () => pinner.remove(pins));
       }
@@ -235,19 +239,13 @@ export class SandboxService {
       // 3. hostname, hosts, resolv.conf and the pod's /dev/shm.
       const files = sandboxFilePaths(volatileDir);
       await timed('files', () => writeSandboxFiles(files, hostname, resolvConf(config.dnsConfig)));
-      let shmPath: string | null = null;
-      if (!hostIpc) {
-        shmPath = path.join(volatileDir, 'shm');
-        record.resources.shmMount = shmPath;
-        await persist();
-        undo.push('unmount shm', () => unmountShm(shmPath!));
-        await timed('shm', () => mountShm(shmPath!));
+      if (shmPath) {
+        undo.push('unmount shm', () => unmountShm(shmPath));
+        await timed('shm', () => mountShm(shmPath));
       }
 
       const attachNetwork = async () => {
         if (hostNetwork) return;
-        record.resources.cniAttached = true;
-        await persist();
         // Pushed before ADD: a failed ADD may still have reserved an IP.
         undo.push('CNI DEL', () => network.tearDown(this.networkIdentity(record)));
         record.network = await timed('cni', () =>
@@ -259,7 +257,6 @@ export class SandboxService {
             cgroupPath: config.linux?.cgroupParent || undefined,
           }),
         );
-        await persist();
       };
 
       // 4. Network first (default): the netns is wired before the sandbox container is created.
@@ -267,8 +264,6 @@ export class SandboxService {
 
       // 5. The pause container, if this pod needs one.
       if (mode === 'pause') {
-        record.resources.container = true;
-        await persist();
         undo.push('delete sandbox container', () => runtime.destroy(handler, id));
         await timed('create', () =>
           runtime.create(handler, record, {
@@ -291,7 +286,7 @@ export class SandboxService {
 
       record.state = 'ready';
       timings.total = Math.round((performance.now() - t0) * 100) / 100;
-      await persist();
+      await store.save(record);
       undo.commit();
       log.info({ timings, handler: handler.name, mode, order, ip: record.network?.podIp }, 'pod sandbox ready');
     } catch (e) {

@@ -212,7 +212,8 @@ export async function hostTraces(d: TestDaemon): Promise<{ netns: string[]; rese
   return { netns, reservations, runtimeContainers, mounts };
 }
 
-export async function vethCount(): Promise<number> {
+/** Host-side veths on this daemon's bridges (others on the machine are not ours to count). */
+export async function vethCount(d: TestDaemon): Promise<number> {
   const r = await execFile('ip', ['-o', 'link', 'show', 'type', 'veth']);
-  return r.stdout.split('\n').filter(Boolean).length;
+  return r.stdout.split('\n').filter((l) => new RegExp(`master ${d.bridge}[a-z]? `).test(l)).length;
 }

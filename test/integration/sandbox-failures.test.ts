@@ -68,14 +68,14 @@ async function assertHostClean(vethsBefore: number) {
   assert.deepEqual(traces.reservations, [], 'no IP reservation left');
   assert.deepEqual(traces.runtimeContainers, [], 'no runtime container left');
   assert.deepEqual(traces.mounts.filter((m) => m.includes('/sandboxes/')), [], 'no sandbox mount left');
-  assert.equal(await vethCount(), vethsBefore, 'no veth left');
+  assert.equal(await vethCount(d), vethsBefore, 'no veth left');
   assert.deepEqual(await fs.readdir(path.join(d.rootDir, 'sandboxes')).catch(() => []), [], 'no sandbox record left');
   assert.deepEqual(await fs.readdir(path.join(d.stateDir, 'sandboxes')).catch(() => []), [], 'no sandbox state dir left');
   assert.deepEqual((await d.rpc('ListPodSandbox', {})).items, []);
 }
 
 test('refused before any side effect: bad sysctls, unknown handler, relative log directory', async () => {
-  const vethsBefore = await vethCount();
+  const vethsBefore = await vethCount(d);
   const cases: [object, string, RegExp][] = [
     [podConfig({ linux: { sysctls: { 'kernel.hostname': 'x' }, securityContext: { namespaceOptions: { network: 'POD', pid: 'CONTAINER', ipc: 'POD' } } } }), '', /kernel\.hostname/],
     [podConfig({ linux: { sysctls: { 'net.ipv4.ip_forward': '1' }, securityContext: { namespaceOptions: { network: 'NODE', pid: 'CONTAINER', ipc: 'POD' } } } }), '', /net\.ipv4\.ip_forward/],
@@ -93,14 +93,14 @@ test('refused before any side effect: bad sysctls, unknown handler, relative log
 });
 
 test('the namespace helper failing (a net.* sysctl the kernel refuses): nothing is left', async () => {
-  const vethsBefore = await vethCount();
+  const vethsBefore = await vethCount(d);
   const config = podConfig({ linux: { sysctls: { 'net.ipv4.ip_unprivileged_port_start': 'not-a-number' }, securityContext: { namespaceOptions: { network: 'POD', pid: 'CONTAINER', ipc: 'POD' } } } });
   await assert.rejects(d.rpc('RunPodSandbox', { config }), (e: any) => /network namespace/.test(e.details) && /ip_unprivileged_port_start/.test(e.details));
   await assertHostClean(vethsBefore);
 });
 
 test('a CNI plugin failing ADD after IPAM allocated: the error names the plugin, everything is rolled back, the name is free', async () => {
-  const vethsBefore = await vethCount();
+  const vethsBefore = await vethCount(d);
   await fs.writeFile(path.join(binDir, 'fail-add'), '');
   const config = podConfig();
   await assert.rejects(d.rpc('RunPodSandbox', { config }), (e: any) => {
@@ -116,7 +116,7 @@ test('a CNI plugin failing ADD after IPAM allocated: the error names the plugin,
 });
 
 test('a runtime failing start: the created container is deleted and nothing is left', async () => {
-  const vethsBefore = await vethCount();
+  const vethsBefore = await vethCount(d);
   const config = podConfig({ linux: { securityContext: { namespaceOptions: { network: 'POD', pid: 'POD', ipc: 'POD' } } } });
   await assert.rejects(d.rpc('RunPodSandbox', { config, runtimeHandler: 'failstart' }), (e: any) => /injected start failure/.test(e.details));
   await assertHostClean(vethsBefore);
@@ -125,7 +125,7 @@ test('a runtime failing start: the created container is deleted and nothing is l
 });
 
 test('a failing CNI DEL is reported by Stop, the sandbox stays NOTREADY, and the next Stop finishes the job', async () => {
-  const vethsBefore = await vethCount();
+  const vethsBefore = await vethCount(d);
   const { podSandboxId } = await d.rpc('RunPodSandbox', { config: podConfig() });
   await fs.writeFile(path.join(binDir, 'fail-del'), '');
   await assert.rejects(d.rpc('StopPodSandbox', { podSandboxId }), (e: any) => /injected DEL failure/.test(e.details));
@@ -141,7 +141,7 @@ test('a failing CNI DEL is reported by Stop, the sandbox stays NOTREADY, and the
 });
 
 test('DEL works from the cache after the conf dir was emptied', async () => {
-  const vethsBefore = await vethCount();
+  const vethsBefore = await vethCount(d);
   const { podSandboxId } = await d.rpc('RunPodSandbox', { config: podConfig() });
   await d.writeConflist(null);
   try {

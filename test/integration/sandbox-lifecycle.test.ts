@@ -34,7 +34,7 @@ for (const handler of ['runc', 'crun']) {
   for (const pid of ['POD', 'CONTAINER']) {
     const mode = pid === 'POD' ? 'pause' : 'pinned';
     test(`${handler}, ${mode} mode: a pod gets a pinned netns and a reachable IP; stop twice and remove leave nothing`, async () => {
-      const vethsBefore = await vethCount();
+      const vethsBefore = await vethCount(d);
       const config = podConfig({ linux: { securityContext: { namespaceOptions: { network: 'POD', pid, ipc: 'POD' } } } });
       const { podSandboxId: id } = await d.rpc('RunPodSandbox', { config, runtimeHandler: handler });
       assert.match(id, /^[0-9a-f]{64}$/);
@@ -66,14 +66,14 @@ for (const handler of ['runc', 'crun']) {
       assert.match(eth0.stdout, new RegExp(`inet ${st.status.network.ip.replace(/\./g, '\\.')}/`));
       const ping = await execFile('ping', ['-c', '1', '-W', '3', st.status.network.ip]);
       assert.equal(ping.code, 0, `ping ${st.status.network.ip}: ${ping.stdout}${ping.stderr}`);
-      assert.equal(await vethCount(), vethsBefore + 1);
+      assert.equal(await vethCount(d), vethsBefore + 1);
 
       await d.rpc('StopPodSandbox', { podSandboxId: id });
       const stopped = await d.rpc('PodSandboxStatus', { podSandboxId: id });
       assert.equal(stopped.status.state, 'SANDBOX_NOTREADY');
       await d.rpc('StopPodSandbox', { podSandboxId: id });
       assert.equal((await d.rpc('PodSandboxStatus', { podSandboxId: id })).status.state, 'SANDBOX_NOTREADY');
-      assert.equal(await vethCount(), vethsBefore, 'veth removed by Stop');
+      assert.equal(await vethCount(d), vethsBefore, 'veth removed by Stop');
       assert.equal(await isNetnsPinned(info.netnsPath), false);
       const traces = await hostTraces(d);
       assert.deepEqual(traces.reservations, [], 'IP released by Stop');

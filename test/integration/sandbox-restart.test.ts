@@ -70,17 +70,17 @@ test('SIGTERM exits 0, pods keep running, and a restarted daemon finds them with
 
   process.kill(pausePid, 'SIGKILL');
   await waitFor('pause to die', async () => (await d.rpc('PodSandboxStatus', { podSandboxId: pauseId })).status.state === 'SANDBOX_NOTREADY');
-  const vethsBefore = await vethCount();
+  const vethsBefore = await vethCount(d);
   await d.rpc('StopPodSandbox', { podSandboxId: pauseId });
   await d.rpc('RemovePodSandbox', { podSandboxId: pauseId });
   await d.rpc('RemovePodSandbox', { podSandboxId: pinnedId });
-  assert.equal(await vethCount(), vethsBefore - 2);
+  assert.equal(await vethCount(d), vethsBefore - 2);
   const traces = await hostTraces(d);
   assert.deepEqual([traces.netns, traces.reservations, traces.runtimeContainers], [[], [], []]);
 });
 
 test('kill -9 in the middle of RunPodSandbox: the next start rolls the half-created sandbox back', async () => {
-  const vethsBefore = await vethCount();
+  const vethsBefore = await vethCount(d);
   const started = path.join(d.binDir, 'create-started');
   const done = path.join(d.binDir, 'create-done');
   await fs.rm(started, { force: true });
@@ -108,7 +108,7 @@ test('kill -9 in the middle of RunPodSandbox: the next start rolls the half-crea
   assert.deepEqual(traces.reservations, [], 'IP released');
   assert.deepEqual(traces.runtimeContainers, [], 'runtime container deleted');
   assert.deepEqual(traces.mounts.filter((m) => m.includes('/sandboxes/')), [], 'shm unmounted');
-  assert.equal(await vethCount(), vethsBefore);
+  assert.equal(await vethCount(d), vethsBefore);
   assert.deepEqual(await fs.readdir(path.join(d.rootDir, 'sandboxes')), []);
   const logs = await d.logLines();
   assert.ok(logs.some((l) => /half-created sandbox .* rolled back/.test(l.msg)), 'the rollback is logged');
