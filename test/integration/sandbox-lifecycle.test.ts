@@ -166,3 +166,15 @@ test('20 pods in parallel get 20 distinct IPs, and all are cleaned up', async ()
   assert.deepEqual(traces.reservations, []);
   for (const id of ids) await assertNothingLeft(id);
 });
+
+test('Version, RuntimeConfig and Status describe the runtime', async () => {
+  const v = await d.rpc('Version', { version: 'v1' });
+  assert.deepEqual([v.runtimeName, v.runtimeApiVersion], ['corral', 'v1']);
+  assert.equal((await d.rpc('RuntimeConfig', {})).linux.cgroupDriver, 'CGROUPFS');
+  const st = await d.rpc('Status', { verbose: true });
+  assert.deepEqual(st.status.conditions.map((c: any) => [c.type, c.status]), [['RuntimeReady', true], ['NetworkReady', true]]);
+  assert.deepEqual(st.runtimeHandlers.map((h: any) => h.name), ['', 'runc', 'crun']);
+  const cni = JSON.parse(st.info.cni);
+  assert.deepEqual(cni[d.confDir].networks, [d.networkName]);
+  assert.equal(JSON.parse(st.info.config).netnsDir, d.netnsDir);
+});
