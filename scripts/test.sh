@@ -10,8 +10,14 @@ if [ "$(id -u)" -ne 0 ]; then
 fi
 bash scripts/install-deps.sh
 
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
 status=0
-node --test --test-concurrency=1 --test-reporter=spec dist/test/unit/ || status=1
-node --test --test-concurrency=1 --test-reporter=spec dist/test/integration/ || status=1
+node --test --test-concurrency=1 --test-reporter=spec dist/test/unit/ 2>&1 | tee -a "$log" || status=1
+node --test --test-concurrency=1 --test-reporter=spec dist/test/integration/ 2>&1 | tee -a "$log" || status=1
 bash scripts/leak-check.sh || status=1
+
+passed=$(awk '/^ℹ pass /{s+=$3} END{print s+0}' "$log")
+failed=$(awk '/^ℹ fail /{s+=$3} END{print s+0}' "$log")
+echo "tests: $passed passed, $failed failed"
 exit $status
