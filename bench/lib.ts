@@ -1,0 +1,241 @@
+/**
+ * Shared pieces of the pod benchmark: statistics, an RSS sampler, a cleanup registry that
+ * also runs on Ctrl-C, kubelet-like pod configs, a concurrency pool and table printing.
+ * Nothing here asserts: the benchmark only measures and prints.
+ */
+import { readFileSync, readdirSync } from 'node:fs';
+import { performance } from 'node:perf_hooks';
+import { randomBytes } from 'node:crypto';
+
+// ---------------------------------------------------------------- statistics
+
+/** Nearest-rank percentile (p in 0..100) of the values; NaN when there are none. */
+export function percentile(values: number[], p: number): number {
+  if (values.length === 0) return NaN;
+  const sorted = [...values].sort((a, b) => a - b);
+  const rank = Math.max(1, Math.ceil((p / 100) * sorted.length));
+  return sorted[Math.min(rank, sorted.length) - 1]!;
+}
+
+export const p50 = (v: number[]) => percentile(v, 50);
+export const p95 = (v: number[]) => percentile(v, 95);
+
+export function fmtMs(v: number): string {
+  if (!Number.isFinite(v)) return '-';
+  return v >= 100 ? v.toFixed(0) : v >= 10 ? v.toFixed(1) : v.toFixed(2);
+}
+
+export function fmtNum(v: number, digits = 1): string {
+  return Number.isFinite(v) ? v.toFixed(digits) : '-';
+}
+
+export function fmtMiB(kib: number): string {
+  return Number.isFinite(kib) ? `${(kib / 1024).toFixed(1)} MiB` : '-';
+}
+
+/** a / b as "1.23x", or "-" when either is missing. */
+export function ratio(a: number, b: number): string {
+  return Number.isFinite(a) && Number.isFinite(b) && b > 0 ? `${(a / b).toFixed(2)}x` : '-';
+}
+
+/** Prints rows as an aligned text table (first row is the header; the first leftCols columns are left-aligned). */
+export function printTable(rows: string[][], leftCols = 1, indent = '  '): void {
+  const widths: number[] = [];
+  for (const r of rows) r.forEach((c, i) => (widths[i] = Math.max(widths[i] ?? 0, c.length)));
+  rows.forEach((r, n) => {
+    console.log(indent + r.map((c, i) => (i < leftCols ? c.padEnd(widths[i]!) : c.padStart(widths[i]!))).join('  '));
+    if (n === 0) console.log(indent + widths.map((w) => '-'.repeat(w)).join('  '));
+  });
+}
+
+// ---------------------------------------------------------------- RSS
+
+/** VmRSS of a process in KiB (0 if it is gone). */
+export function rssKiB(pid: number): number {
+  try {
+    const m = /^VmRSS:\s+(\d+)\s+kB/m.exec(readFileSync(`/proc/${pid}/status`, 'utf8'));
+    return m ? Number(m[1]) : 0;
+  } catch {
+    return 0;
+  }
+}
+
+/** Proportional set size of a process in KiB (shared pages split among their users; 0 if it is gone). */
+export function pssKiB(pid: number): number {
+  try {
+    const m = /^Pss:\s+(\d+)\s+kB/m.exec(readFileSync(`/proc/${pid}/smaps_rollup`, 'utf8'));
+    return m ? Number(m[1]) : 0;
+  } catch {
+    return 0;
+  }
+}
+
+/** PIDs whose command line contains every one of the strings (reads /proc). */
+export function pidsWithCmdline(...needles: string[]): number[] {
+  const out: number[] = [];
+  for (const e of readdirSync('/proc')) {
+    if (!/^\d+$/.test(e)) continue;
+    let cmd: string;
+    try {
+      cmd = readFileSync(`/proc/${e}/cmdline`, 'utf8').replace(/\0/g, ' ');
+    } catch {
+      continue;
+    }
+    if (needles.every((n) => cmd.includes(n))) out.push(Number(e));
+  }
+  return out;
+}
+
+/**
+ * Samples the RSS of a main process (and optionally of helper processes, e.g.
+ * containerd's shims, re-discovered every 250 ms) every 50 ms and keeps the peaks.
+ */
+export class RssSampler {
+  peakMain = 0;
+  peakHelpers = 0;
+  peakTotal = 0;
+  private timer: NodeJS.Timeout | undefined;
+  private helpers: number[] = [];
+  private ticks = 0;
+
+  constructor(private readonly mainPid: number, private readonly findHelpers?: () => number[]) {}
+
+  start(): this {
+    this.sample();
+    this.timer = setInterval(() => this.sample(), 50);
+    return this;
+  }
+
+  stop(): this {
+    if (this.timer) clearInterval(this.timer);
+    this.timer = undefined;
+    this.sample();
+    return this;
+  }
+
+  private sample(): void {
+    if (this.findHelpers && this.ticks++ % 5 === 0) this.helpers = this.findHelpers();
+    const main = rssKiB(this.mainPid);
+    const helpers = this.helpers.reduce((s, p) => s + rssKiB(p), 0);
+    this.peakMain = Math.max(this.peakMain, main);
+    this.peakHelpers = Math.max(this.peakHelpers, helpers);
+    this.peakTotal = Math.max(this.peakTotal, main + helpers);
+  }
+}
+
+// ---------------------------------------------------------------- cleanup
+
+type Cleanup = { what: string; fn: () => Promise<void> };
+const cleanups: Cleanup[] = [];
+let aborted = false;
+let cleaningUp: Promise<void> | undefined;
+/** Work items of pool() still running: cleanup waits for them, so nothing is created behind its back. */
+let inflight = 0;
+
+/** Registers something to undo at the end (run in reverse order of registration). */
+export function onCleanup(what: string, fn: () => Promise<void>): void {
+  cleanups.push({ what, fn });
+}
+
+/** True once Ctrl-C (or SIGTERM) arrived: long loops stop starting new work. */
+export function isAborted(): boolean {
+  return aborted;
+}
+
+/** Runs every registered cleanup once, in reverse; failures are printed, never thrown. */
+export function runCleanups(): Promise<void> {
+  cleaningUp ??= (async () => {
+    const deadline = Date.now() + 120_000;
+    while (inflight > 0 && Date.now() < deadline) await sleep(100);
+    while (cleanups.length > 0) {
+      const c = cleanups.pop()!;
+      try {
+        await c.fn();
+      } catch (e) {
+        console.error(`cleanup "${c.what}" failed: ${(e as Error).message}`);
+      }
+    }
+  })();
+  return cleaningUp;
+}
+
+/**
+ * On SIGINT/SIGTERM/SIGHUP, or an error nothing caught: stop starting work, clean
+ * everything up, exit. A closed stdout (`| head`) must not kill the process before
+ * cleanup either, so write errors on stdout/stderr are ignored.
+ */
+export function installSignalHandlers(): void {
+  const abort = (why: string, code: number) => {
+    if (aborted) {
+      console.error(`\n${why} again: cleanup is still running, please wait`);
+      return;
+    }
+    aborted = true;
+    console.error(`\n${why}: cleaning up what the benchmark started ...`);
+    void runCleanups().finally(() => process.exit(code));
+  };
+  for (const sig of ['SIGINT', 'SIGTERM', 'SIGHUP'] as const) process.on(sig, () => abort(sig, 130));
+  process.on('uncaughtException', (e) => abort(`uncaught error: ${e.stack ?? e}`, 1));
+  process.on('unhandledRejection', (e) => abort(`unhandled rejection: ${(e as Error)?.stack ?? e}`, 1));
+  process.stdout.on('error', () => {});
+  process.stderr.on('error', () => {});
+}
+
+// ---------------------------------------------------------------- pods
+
+export type PidMode = 'CONTAINER' | 'POD';
+
+let podCounter = 0;
+
+/** A pod sandbox config shaped like kubelet's (no cgroup parent, no port mappings). */
+export function kubeletPodConfig(namespace: string, logRoot: string, pid: PidMode): any {
+  const n = ++podCounter;
+  const name = `bench-${n}-${randomBytes(3).toString('hex')}`;
+  const uid = `${randomBytes(4).toString('hex')}-${randomBytes(2).toString('hex')}-${randomBytes(2).toString('hex')}-${randomBytes(6).toString('hex')}`;
+  return {
+    metadata: { name, namespace, uid, attempt: 0 },
+    hostname: name,
+    logDirectory: `${logRoot}/${namespace}_${name}_${uid}`,
+    dnsConfig: { servers: ['10.96.0.10'], searches: [`${namespace}.svc.cluster.local`, 'svc.cluster.local', 'cluster.local'], options: ['ndots:5'] },
+    portMappings: [],
+    labels: { 'io.kubernetes.pod.name': name, 'io.kubernetes.pod.namespace': namespace, 'io.kubernetes.pod.uid': uid, app: 'podbench' },
+    annotations: { 'kubernetes.io/config.seen': new Date().toISOString(), 'kubernetes.io/config.source': 'api' },
+    linux: {
+      securityContext: { namespaceOptions: { network: 'POD', pid, ipc: 'POD' } },
+    },
+  };
+}
+
+/** Runs fn over the items with at most `concurrency` in flight; stops starting new ones once aborted. */
+export async function pool<T>(items: T[], concurrency: number, fn: (item: T, index: number) => Promise<void>): Promise<void> {
+  let next = 0;
+  const worker = async () => {
+    while (!aborted) {
+      const i = next++;
+      if (i >= items.length) return;
+      inflight++;
+      try {
+        await fn(items[i]!, i);
+      } finally {
+        inflight--;
+      }
+    }
+  };
+  await Promise.all(Array.from({ length: Math.max(1, Math.min(concurrency, items.length)) }, worker));
+}
+
+/** Times an async call in milliseconds. */
+export async function timed<T>(fn: () => Promise<T>): Promise<{ ms: number; value: T }> {
+  const t0 = performance.now();
+  const value = await fn();
+  return { ms: performance.now() - t0, value };
+}
+
+export function sleep(ms: number): Promise<void> {
+  return new Promise((r) => setTimeout(r, ms));
+}
+
+export function errMessage(e: unknown): string {
+  const err = e as { details?: string; message?: string };
+  return err?.details || err?.message || String(e);
+}
