@@ -28,6 +28,18 @@ export interface CniConfig {
   ipPreference: 'ipv4' | 'ipv6' | 'cni';
 }
 
+/** How to reach one registry host (e.g. "docker.io", "registry.k8s.io", "127.0.0.1:5000"). */
+export interface RegistryConfig {
+  /** Endpoints tried in order before the registry itself, e.g. "http://127.0.0.1:5000" (same repository paths). */
+  mirrors: string[];
+  /** Plain HTTP for the registry itself (localhost and 127.0.0.1 are plain HTTP by default). */
+  insecure: boolean;
+  /** Verify TLS certificates (of the registry and its https mirrors). */
+  tlsVerify: boolean;
+  /** Extra CA bundle (PEM) trusted for this registry and its mirrors; empty = system CAs only. */
+  caFile: string;
+}
+
 export interface CorralConfig {
   rootDir: string;
   stateDir: string;
@@ -46,6 +58,8 @@ export interface CorralConfig {
   shutdownGraceSeconds: number;
   cni: CniConfig;
   runtimes: Record<string, RuntimeHandlerConfig>;
+  /** Per-registry settings, keyed by registry host[:port]. */
+  registries: Record<string, RegistryConfig>;
 }
 
 export const DEFAULT_CONFIG_PATH = '/etc/corral/config.toml';
@@ -84,6 +98,7 @@ export function defaultConfig(): CorralConfig {
       runc: handler('runc', 'runc', path.join(stateDir, 'runc')),
       crun: handler('crun', 'crun', path.join(stateDir, 'crun')),
     },
+    registries: {},
   };
 }
 
@@ -148,6 +163,7 @@ export function resolveConfig(raw: Record<string, unknown>, overrides: ConfigOve
     shutdownGraceSeconds: r.int('shutdown_grace_seconds', d.shutdownGraceSeconds, 0, 3600),
     cni: d.cni,
     runtimes: {},
+    registries: {},
   };
   if (overrides.logLevel !== undefined) {
     const levels = ['trace', 'debug', 'info', 'warn', 'error'];
@@ -189,6 +205,30 @@ export function resolveConfig(raw: Record<string, unknown>, overrides: ConfigOve
     t.done();
   }
   runtimes.done();
+
+  const registries = r.table('registries');
+  for (const host of registries.keys()) {
+    if (!/^[a-zA-Z0-9.-]+(:[0-9]+)?$/.test(host)) throw new ConfigError(`${source}: registries."${host}": not a registry host[:port]`);
+    const t = registries.table(host);
+    const mirrors = t.stringList('mirrors', []);
+    mirrors.forEach((m, i) => {
+      let u: URL | undefined;
+      try {
+        u = new URL(m);
+      } catch {
+        u = undefined;
+      }
+      if (!u || (u.protocol !== 'http:' && u.protocol !== 'https:') || u.search || u.hash) {
+        throw new ConfigError(`${source}: registries."${host}".mirrors: entry ${i} must be an http:// or https:// URL, got "${m}"`);
+      }
+    });
+    const caFile = t.string('ca_file', '');
+    if (caFile && !path.isAbsolute(caFile)) throw new ConfigError(`${source}: registries."${host}".ca_file: must be an absolute path`);
+    cfg.registries[host] = { mirrors, insecure: t.bool('insecure', false), tlsVerify: t.bool('tls_verify', true), caFile };
+    t.done();
+  }
+  registries.done();
+
   if (!cfg.runtimes[cfg.defaultRuntime]) {
     throw new ConfigError(`${source}: default_runtime: "${cfg.defaultRuntime}" is not a configured runtime (have: ${Object.keys(cfg.runtimes).join(', ')})`);
   }
@@ -226,6 +266,13 @@ class Reader {
     if (v === undefined) return def;
     if (typeof v !== 'string') this.fail(k, `must be a string, got ${describe(v)}`);
     return v;
+  }
+
+  stringList(k: string, def: string[]): string[] {
+    const v = this.get(k);
+    if (v === undefined) return def;
+    if (!Array.isArray(v) || v.some((x) => typeof x !== 'string')) this.fail(k, 'must be a list of strings');
+    return v as string[];
   }
 
   absPath(k: string, def: string): string {

@@ -93,3 +93,18 @@ test('config/config.example.toml, the documented reference, is exactly the defau
   const text = await readFile(path.join(packageRoot(), 'config', 'config.example.toml'), 'utf8');
   assert.deepEqual(resolveConfig(parse(text) as Record<string, unknown>), defaultConfig());
 });
+
+test('registries: mirrors, insecure, TLS and CA settings per host; bad ones refused', () => {
+  const cfg = resolveConfig({
+    registries: {
+      'registry.k8s.io': { mirrors: ['http://127.0.0.1:5000'] },
+      'myreg.example:5443': { insecure: true, tls_verify: false, ca_file: '/etc/corral/ca.pem' },
+    },
+  });
+  assert.deepEqual(cfg.registries['registry.k8s.io'], { mirrors: ['http://127.0.0.1:5000'], insecure: false, tlsVerify: true, caFile: '' });
+  assert.deepEqual(cfg.registries['myreg.example:5443'], { mirrors: [], insecure: true, tlsVerify: false, caFile: '/etc/corral/ca.pem' });
+  assert.throws(() => resolveConfig({ registries: { 'a.io': { mirrors: ['ftp://x'] } } }), /registries\."a\.io"\.mirrors: entry 0 must be an http/);
+  assert.throws(() => resolveConfig({ registries: { 'a.io': { mirror: [] } } }), /registries\.a\.io\.mirror: unknown key/);
+  assert.throws(() => resolveConfig({ registries: { 'a.io': { ca_file: 'ca.pem' } } }), /ca_file: must be an absolute path/);
+  assert.throws(() => resolveConfig({ registries: { 'http://a.io': {} } }), /not a registry host/);
+});
