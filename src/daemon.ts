@@ -118,7 +118,8 @@ export async function startDaemon(cfg: CorralConfig, logger: Logger): Promise<Da
       if (!st || st.status !== 'running' || !(st.pid > 0)) throw new Error(`sandbox container ${id} is not running after start (${st ? st.status : 'unknown to the runtime'})`);
       return st.pid;
     },
-    destroy: (handler, id) => runtimeFor(handler).stopAndDelete(id, 10_000),
+    // The pause holds namespaces and nothing else: SIGKILL and delete in one runtime call.
+    destroy: (handler, id) => runtimeFor(handler).forceDelete(id),
   };
 
   const store = new SandboxStore(cfg.rootDir);

@@ -229,6 +229,18 @@ export class OciRuntime {
     }
   }
 
+  /**
+   * SIGKILL and delete in one runtime call (`delete --force`), for processes with nothing
+   * to flush, like the pause. Unknown ids are fine; an id still known afterwards is an error.
+   */
+  async forceDelete(id: string): Promise<void> {
+    if (!(await this.knows(id))) return;
+    await this.delete(id, true);
+    if (await this.knows(id)) {
+      throw new OciRuntimeError(this.name, 'delete', id, null, 'container is still known after delete --force');
+    }
+  }
+
   private async waitStopped(id: string, timeoutMs: number): Promise<OciState | null> {
     const deadline = Date.now() + Math.max(0, timeoutMs);
     for (;;) {

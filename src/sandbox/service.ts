@@ -330,7 +330,8 @@ export class SandboxService {
     await this.locked(id, () => this.stopLocked(id));
   }
 
-  private async stopLocked(id: string): Promise<void> {
+  /** persist=false when the record is about to be deleted anyway (Remove). */
+  private async stopLocked(id: string, persist = true): Promise<void> {
     const record = this.records.get(id);
     if (!record) return;
     const { store, pinner, runtime, logger } = this.deps;
@@ -342,35 +343,33 @@ export class SandboxService {
       await fn();
       timings[name] = Math.round((performance.now() - t0) * 100) / 100;
     };
+    // Each step is idempotent and guarded by its done-marker; the record is written once at
+    // the end (or on failure): a crash in between only means the next Stop redoes a step.
     try {
       if (res.container) {
         if (!handler) throw new Error(`runtime handler "${record.runtimeHandler}" is no longer configured; cannot stop its container`);
         await step('container', () => runtime.destroy(handler, id));
         res.container = false;
         record.pid = 0;
-        await store.save(record);
       }
       if (res.cniAttached) {
         const netnsPath = record.netnsPath && (await pinner.isPinned(record.netnsPath)) ? record.netnsPath : '';
         const driver = handler ? this.deps.network(handler) : this.deps.network(this.deps.config.runtimes[this.deps.config.defaultRuntime]!);
         await step('cni', () => driver.tearDown({ ...this.networkIdentity(record), netnsPath }));
         res.cniAttached = false;
-        await store.save(record);
       }
       if (res.shmMount) {
         await step('shm', () => unmountShm(res.shmMount!));
         res.shmMount = null;
-        await store.save(record);
       }
       if (res.pins.length > 0) {
         await step('netns', () => pinner.remove(res.pins));
         res.pins = [];
-        await store.save(record);
       }
-      if (record.state !== 'notready' || record.lastError) {
+      if (record.state !== 'notready' || record.lastError || Object.keys(timings).length > 0) {
         record.state = 'notready';
         delete record.lastError;
-        await store.save(record);
+        if (persist) await store.save(record);
       }
       logger.info({ sandbox: id, timings }, 'pod sandbox stopped');
     } catch (e) {
@@ -390,7 +389,7 @@ export class SandboxService {
     await this.locked(id, async () => {
       const record = this.records.get(id);
       if (!record) return;
-      await this.stopLocked(id);
+      await this.stopLocked(id, false);
       await fs.rm(this.volatileDir(id), { recursive: true, force: true });
       await this.deps.store.remove(id);
       this.records.delete(id);
