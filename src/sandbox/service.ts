@@ -346,18 +346,25 @@ export class SandboxService {
     // Each step is idempotent and guarded by its done-marker; the record is written once at
     // the end (or on failure): a crash in between only means the next Stop redoes a step.
     try {
-      if (res.container) {
+      // The pause and the CNI attachments do not depend on each other (the netns is held
+      // by its pin either way), so they are released concurrently.
+      const stopContainer = async () => {
+        if (!res.container) return;
         if (!handler) throw new Error(`runtime handler "${record.runtimeHandler}" is no longer configured; cannot stop its container`);
         await step('container', () => runtime.destroy(handler, id));
         res.container = false;
         record.pid = 0;
-      }
-      if (res.cniAttached) {
+      };
+      const detachNetwork = async () => {
+        if (!res.cniAttached) return;
         const netnsPath = record.netnsPath && (await pinner.isPinned(record.netnsPath)) ? record.netnsPath : '';
-        const driver = handler ? this.deps.network(handler) : this.deps.network(this.deps.config.runtimes[this.deps.config.defaultRuntime]!);
+        const driver = this.deps.network(handler ?? this.deps.config.runtimes[this.deps.config.defaultRuntime]!);
         await step('cni', () => driver.tearDown({ ...this.networkIdentity(record), netnsPath }));
         res.cniAttached = false;
-      }
+      };
+      const released = await Promise.allSettled([stopContainer(), detachNetwork()]);
+      const failed = released.flatMap((r) => (r.status === 'rejected' ? [(r.reason as Error).message] : []));
+      if (failed.length > 0) throw new Error(failed.join('; '));
       if (res.shmMount) {
         await step('shm', () => unmountShm(res.shmMount!));
         res.shmMount = null;
