@@ -109,15 +109,14 @@ export async function startDaemon(cfg: CorralConfig, logger: Logger): Promise<Da
         availableCapabilities,
       });
       await writeBundle(b.bundleDir, spec, pauseRootfs);
-      await runtimeFor(handler).create(record.id, b.bundleDir, { pidFile: path.join(b.bundleDir, 'pid') });
+      const pidFile = path.join(b.bundleDir, 'pid');
+      await runtimeFor(handler).create(record.id, b.bundleDir, { pidFile });
+      // The runtime writes the init PID at create; start keeps it (no extra `state` call).
+      const pid = Number((await fs.readFile(pidFile, 'utf8')).trim());
+      if (!(pid > 0)) throw new Error(`sandbox container ${record.id}: the runtime wrote no PID to ${pidFile}`);
+      return pid;
     },
-    async start(handler, id) {
-      const rt = runtimeFor(handler);
-      await rt.start(id);
-      const st = await rt.state(id);
-      if (!st || st.status !== 'running' || !(st.pid > 0)) throw new Error(`sandbox container ${id} is not running after start (${st ? st.status : 'unknown to the runtime'})`);
-      return st.pid;
-    },
+    start: (handler, id) => runtimeFor(handler).start(id),
     // The pause holds namespaces and nothing else: SIGKILL and delete in one runtime call.
     destroy: (handler, id) => runtimeFor(handler).forceDelete(id),
   };

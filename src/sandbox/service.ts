@@ -54,10 +54,10 @@ export interface NamespacePinner {
 
 /** The pause container: creating, starting and stopping it through the handler's OCI runtime. */
 export interface SandboxContainerRuntime {
-  /** Writes the bundle and runs `create`; undo is `destroy`. */
-  create(handler: RuntimeHandlerConfig, record: SandboxRecord, bundle: SandboxBundleInput): Promise<void>;
-  /** Runs `start`; returns the pause PID. */
-  start(handler: RuntimeHandlerConfig, id: string): Promise<number>;
+  /** Writes the bundle and runs `create`; returns the pause PID. Undo is `destroy`. */
+  create(handler: RuntimeHandlerConfig, record: SandboxRecord, bundle: SandboxBundleInput): Promise<number>;
+  /** Runs `start`. */
+  start(handler: RuntimeHandlerConfig, id: string): Promise<void>;
   /** Stops and deletes the container; unknown to the runtime is fine. */
   destroy(handler: RuntimeHandlerConfig, id: string): Promise<void>;
 }
@@ -265,7 +265,7 @@ export class SandboxService {
       // 5. The pause container, if this pod needs one.
       if (mode === 'pause') {
         undo.push('delete sandbox container', () => runtime.destroy(handler, id));
-        await timed('create', () =>
+        record.pid = await timed('create', () =>
           runtime.create(handler, record, {
             bundleDir: path.join(volatileDir, 'bundle'),
             hostname,
@@ -277,8 +277,10 @@ export class SandboxService {
             sysctls,
           }),
         );
-        record.pid = await timed('start', () => runtime.start(handler, id));
-        record.pidStartTime = (await processStartTime(record.pid)) ?? '';
+        await timed('start', () => runtime.start(handler, id));
+        const started = await processStartTime(record.pid);
+        if (started === null) throw new Error(`the sandbox container's process ${record.pid} exited right after start`);
+        record.pidStartTime = started;
       }
 
       // 6. Start first (by annotation): the network is wired into the running sandbox.
