@@ -98,9 +98,6 @@ export class SandboxService {
   async run(config: any, runtimeHandler: string): Promise<string> {
     const metadata = podMetadata(config);
     const name = sandboxName(metadata);
-    const existing = this.names.get(name);
-    if (existing) return this.joinExisting(name, existing.id, existing.creation);
-
     const id = generateId();
     let settle!: (id: string) => void;
     let fail!: (e: unknown) => void;
@@ -109,8 +106,8 @@ export class SandboxService {
       fail = rej;
     });
     creation.catch(() => { /* observed by joiners only */ });
-    const raced = this.names.reserve(name, id, creation);
-    if (raced) return this.joinExisting(name, raced.id, raced.creation);
+    const taken = this.names.reserve(name, id, creation);
+    if (taken) return this.joinExisting(name, taken.id, taken.creation);
 
     try {
       await this.create(id, name, metadata, config, runtimeHandler);
