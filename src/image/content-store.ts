@@ -1,0 +1,240 @@
+/**
+ * Content-addressed blob storage: every manifest, index, config and layer Corral has
+ * lives at `<root>/blobs/sha256/<hex>`, written once and verified on the way in.
+ *
+ * A blob is streamed into `<root>/ingest/<hex>.<pid>.<random>.partial` while its sha256
+ * and length are computed, fsynced, and renamed into place only when both match, so
+ * nothing unverified or partial is ever visible at blobPath(). Concurrent ingests of the
+ * same digest in one process share one download. Temp files left by a process that died
+ * are removed the first time the store is used.
+ */
+import { promises as fs } from 'node:fs';
+import path from 'node:path';
+import { createHash, randomBytes } from 'node:crypto';
+import { digestHex, validateDigest } from './reference.js';
+
+/** A blob did not have the digest or size it was ingested under. */
+export class BlobVerificationError extends Error {
+  constructor(
+    readonly digest: string,
+    readonly check: 'digest' | 'size',
+    readonly expected: string | number,
+    readonly actual: string | number,
+  ) {
+    super(
+      check === 'digest'
+        ? `blob ${digest}: digest mismatch: expected ${expected}, got ${actual}`
+        : `blob ${digest}: size mismatch: expected ${expected} bytes, got ${actual}${typeof actual === 'number' && actual > Number(expected) ? ' or more' : ''}`,
+    );
+    this.name = 'BlobVerificationError';
+  }
+}
+
+/** A partial file older than this is stale even if its writer's PID is alive (PID reuse). */
+const STALE_INGEST_MS = 24 * 3600 * 1000;
+/** How often a waiter joins a failed shared ingest of the same digest before giving up. */
+const MAX_SHARED_ATTEMPTS = 3;
+
+export class ContentStore {
+  readonly blobsDir: string;
+  readonly ingestDir: string;
+  private readonly inflight = new Map<string, Promise<void>>();
+  private prepared: Promise<void> | undefined;
+
+  constructor(readonly root: string) {
+    this.blobsDir = path.join(root, 'blobs', 'sha256');
+    this.ingestDir = path.join(root, 'ingest');
+  }
+
+  /** Where a blob lives (whether or not it is present). */
+  blobPath(digest: string): string {
+    return path.join(this.blobsDir, digestHex(digest));
+  }
+
+  async has(digest: string): Promise<boolean> {
+    return (await this.size(digest)) !== null;
+  }
+
+  /** The blob's size in bytes, or null when it is not present. */
+  async size(digest: string): Promise<number | null> {
+    try {
+      const st = await fs.stat(this.blobPath(digest));
+      return st.isFile() ? st.size : null;
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code === 'ENOENT') return null;
+      throw e;
+    }
+  }
+
+  /**
+   * Writes a blob from a stream, verifying sha256 and size while streaming. Present blobs
+   * return at once without calling open(). A concurrent ingest of the same digest awaits
+   * the one under way instead of downloading again (and tries itself if that one fails).
+   * Throws BlobVerificationError on a digest or size mismatch; nothing is left behind.
+   * onProgress gets the running byte count of this caller's own download.
+   */
+  async ingest(
+    digest: string,
+    expectedSize: number | undefined,
+    open: () => Promise<NodeJS.ReadableStream>,
+    onProgress?: (bytes: number) => void,
+  ): Promise<void> {
+    validateDigest(digest, 'blob digest');
+    if (expectedSize !== undefined && (!Number.isSafeInteger(expectedSize) || expectedSize < 0)) {
+      throw new Error(`blob ${digest}: invalid expected size ${expectedSize}`);
+    }
+    await this.prepare();
+    let sharedFailures = 0;
+    for (;;) {
+      if (await this.has(digest)) return;
+      const running = this.inflight.get(digest);
+      if (running) {
+        try {
+          await running;
+          return;
+        } catch (e) {
+          if (++sharedFailures >= MAX_SHARED_ATTEMPTS) throw e;
+          continue;
+        }
+      }
+      const attempt: Promise<void> = this.write(digest, expectedSize, open, onProgress).finally(() => {
+        if (this.inflight.get(digest) === attempt) this.inflight.delete(digest);
+      });
+      this.inflight.set(digest, attempt);
+      return attempt;
+    }
+  }
+
+  private async write(
+    digest: string,
+    expectedSize: number | undefined,
+    open: () => Promise<NodeJS.ReadableStream>,
+    onProgress?: (bytes: number) => void,
+  ): Promise<void> {
+    const hex = digestHex(digest);
+    const tmp = path.join(this.ingestDir, `${hex}.${process.pid}.${randomBytes(6).toString('hex')}.partial`);
+    const hash = createHash('sha256');
+    let written = 0;
+    const fh = await fs.open(tmp, 'wx', 0o644);
+    let closed = false;
+    try {
+      const source = await open();
+      for await (const piece of source as AsyncIterable<Buffer | string>) {
+        const chunk = typeof piece === 'string' ? Buffer.from(piece) : piece;
+        written += chunk.length;
+        if (expectedSize !== undefined && written > expectedSize) {
+          throw new BlobVerificationError(digest, 'size', expectedSize, written);
+        }
+        hash.update(chunk);
+        let off = 0;
+        while (off < chunk.length) off += (await fh.write(chunk, off, chunk.length - off)).bytesWritten;
+        onProgress?.(written);
+      }
+      if (expectedSize !== undefined && written !== expectedSize) {
+        throw new BlobVerificationError(digest, 'size', expectedSize, written);
+      }
+      const actual = `sha256:${hash.digest('hex')}`;
+      if (actual !== digest) throw new BlobVerificationError(digest, 'digest', digest, actual);
+      await fh.sync();
+      await fh.close();
+      closed = true;
+      await fs.rename(tmp, path.join(this.blobsDir, hex));
+    } catch (e) {
+      if (!closed) await fh.close().catch(() => undefined);
+      await fs.rm(tmp, { force: true });
+      throw e;
+    }
+    await syncDir(this.blobsDir);
+  }
+
+  async readBuffer(digest: string): Promise<Buffer> {
+    try {
+      return await fs.readFile(this.blobPath(digest));
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code === 'ENOENT') {
+        const err = new Error(`blob ${digest} is not in the content store`) as NodeJS.ErrnoException;
+        err.code = 'ENOENT';
+        throw err;
+      }
+      throw e;
+    }
+  }
+
+  async readJson<T>(digest: string): Promise<T> {
+    const buf = await this.readBuffer(digest);
+    try {
+      return JSON.parse(buf.toString('utf8')) as T;
+    } catch (e) {
+      throw new Error(`blob ${digest} is not valid JSON: ${(e as Error).message}`);
+    }
+  }
+
+  /** Removes a blob; absent is fine. */
+  async delete(digest: string): Promise<void> {
+    await fs.rm(this.blobPath(digest), { force: true });
+  }
+
+  /** Digests of every blob present. */
+  async list(): Promise<string[]> {
+    let names: string[];
+    try {
+      names = await fs.readdir(this.blobsDir);
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code === 'ENOENT') return [];
+      throw e;
+    }
+    return names.filter((n) => /^[a-f0-9]{64}$/.test(n)).map((n) => `sha256:${n}`);
+  }
+
+  /** Creates the directories and removes stale partial files; once per store. */
+  private prepare(): Promise<void> {
+    this.prepared ??= (async () => {
+      await fs.mkdir(this.blobsDir, { recursive: true });
+      await fs.mkdir(this.ingestDir, { recursive: true });
+      await this.removeStaleIngests();
+    })().catch((e) => {
+      this.prepared = undefined;
+      throw e;
+    });
+    return this.prepared;
+  }
+
+  private async removeStaleIngests(): Promise<void> {
+    const now = Date.now();
+    for (const name of await fs.readdir(this.ingestDir)) {
+      const file = path.join(this.ingestDir, name);
+      const m = /^[a-f0-9]{64}\.(\d+)\.[a-f0-9]+\.partial$/.exec(name);
+      let stale = !m;
+      if (m) {
+        const pid = Number(m[1]);
+        if (pid !== process.pid && !processAlive(pid)) stale = true;
+      }
+      if (!stale) {
+        try {
+          stale = now - (await fs.stat(file)).mtimeMs > STALE_INGEST_MS;
+        } catch {
+          continue;
+        }
+      }
+      if (stale) await fs.rm(file, { force: true, recursive: true });
+    }
+  }
+}
+
+function processAlive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (e) {
+    return (e as NodeJS.ErrnoException).code === 'EPERM';
+  }
+}
+
+async function syncDir(dir: string): Promise<void> {
+  const dh = await fs.open(dir, 'r');
+  try {
+    await dh.sync();
+  } finally {
+    await dh.close();
+  }
+}

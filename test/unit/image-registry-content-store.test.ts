@@ -1,0 +1,153 @@
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { createHash } from 'node:crypto';
+import { promises as fs } from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { PassThrough, Readable } from 'node:stream';
+import { BlobVerificationError, ContentStore } from '../../src/image/content-store.js';
+
+const digestOf = (b: Buffer | string) => `sha256:${createHash('sha256').update(b).digest('hex')}`;
+
+async function withStore(fn: (store: ContentStore, root: string) => Promise<void>): Promise<void> {
+  const root = await fs.mkdtemp(path.join(os.tmpdir(), 'corral-cs-'));
+  try {
+    await fn(new ContentStore(root), root);
+  } finally {
+    await fs.rm(root, { recursive: true, force: true });
+  }
+}
+
+const fromChunks = (...chunks: (Buffer | string)[]) => async () => Readable.from(chunks.map((c) => Buffer.from(c)));
+
+test('ingest, has, size, read, list, delete', () =>
+  withStore(async (store, root) => {
+    const data = Buffer.from(JSON.stringify({ hello: 'world' }));
+    const d = digestOf(data);
+    assert.equal(await store.has(d), false);
+    assert.equal(await store.size(d), null);
+    assert.deepEqual(await store.list(), []);
+    const progress: number[] = [];
+    await store.ingest(d, data.length, fromChunks(data.subarray(0, 5), data.subarray(5)), (n) => progress.push(n));
+    assert.deepEqual(progress, [5, data.length]);
+    assert.equal(store.blobPath(d), path.join(root, 'blobs', 'sha256', d.slice(7)));
+    assert.equal(await store.has(d), true);
+    assert.equal(await store.size(d), data.length);
+    assert.deepEqual(await store.readBuffer(d), data);
+    assert.deepEqual(await store.readJson(d), { hello: 'world' });
+    assert.deepEqual(await store.list(), [d]);
+    // Present: open() is not called at all.
+    await store.ingest(d, data.length, async () => assert.fail('open() called for a present blob'));
+    await store.delete(d);
+    await store.delete(d);
+    assert.equal(await store.has(d), false);
+    await assert.rejects(store.readBuffer(d), (e: NodeJS.ErrnoException) => e.code === 'ENOENT' && /not in the content store/.test(e.message));
+    // Size unknown is fine too.
+    await store.ingest(digestOf('x'), undefined, fromChunks('x'));
+    assert.equal(await store.size(digestOf('x')), 1);
+  }));
+
+test('digest and size mismatches are refused, naming expected and actual, leaving nothing', () =>
+  withStore(async (store) => {
+    const good = Buffer.from('the real content');
+    const d = digestOf(good);
+    const actual = digestOf('tampered content');
+    await assert.rejects(store.ingest(d, undefined, fromChunks('tampered content')), (e: unknown) => {
+      assert.ok(e instanceof BlobVerificationError);
+      assert.equal(e.check, 'digest');
+      assert.ok(e.message.includes(`expected ${d}`) && e.message.includes(`got ${actual}`), e.message);
+      return true;
+    });
+    await assert.rejects(store.ingest(d, good.length + 5, fromChunks(good)), /size mismatch: expected 21 bytes, got 16/);
+    await assert.rejects(store.ingest(d, 4, fromChunks(good)), (e: unknown) => e instanceof BlobVerificationError && e.check === 'size' && /expected 4 bytes, got 16 or more/.test(e.message));
+    await assert.rejects(store.ingest('sha256:abc', 1, fromChunks('x')), /64 lowercase hexadecimal/);
+    await assert.rejects(store.ingest(`sha512:${'a'.repeat(128)}`, 1, fromChunks('x')), /unsupported digest algorithm/);
+    assert.equal(await store.has(d), false);
+    assert.deepEqual(await fs.readdir(store.ingestDir), []);
+    await store.ingest(d, good.length, fromChunks(good));
+    assert.equal(await store.has(d), true);
+  }));
+
+test('a broken stream leaves no partial blob visible and no temp file', () =>
+  withStore(async (store) => {
+    const data = Buffer.alloc(256 * 1024, 7);
+    const d = digestOf(data);
+    let sawPartial = false;
+    const p = store.ingest(d, data.length, async () => {
+      const s = new PassThrough();
+      s.write(data.subarray(0, 100 * 1024));
+      setTimeout(async () => {
+        // Mid-download: bytes are in the ingest dir, never at blobPath.
+        sawPartial = (await fs.readdir(store.ingestDir)).length === 1;
+        assert.equal(await store.has(d), false);
+        s.destroy(Object.assign(new Error('connection reset'), { code: 'ECONNRESET' }));
+      }, 50);
+      return s;
+    });
+    await assert.rejects(p, /connection reset/);
+    assert.ok(sawPartial, 'the partial download lived in the ingest dir');
+    assert.equal(await store.has(d), false);
+    await assert.rejects(fs.stat(store.blobPath(d)), { code: 'ENOENT' });
+    assert.deepEqual(await fs.readdir(store.ingestDir), []);
+    // A failing open() is cleaned up as well.
+    await assert.rejects(store.ingest(d, data.length, async () => { throw new Error('cannot open'); }), /cannot open/);
+    assert.deepEqual(await fs.readdir(store.ingestDir), []);
+  }));
+
+test('concurrent ingests of one digest share one download', () =>
+  withStore(async (store) => {
+    const data = Buffer.alloc(64 * 1024, 1);
+    const d = digestOf(data);
+    let opens = 0;
+    const open = async () => {
+      opens++;
+      const s = new PassThrough();
+      setTimeout(() => s.end(data), 30);
+      return s;
+    };
+    await Promise.all([store.ingest(d, data.length, open), store.ingest(d, data.length, open), store.ingest(d, data.length, open)]);
+    assert.equal(opens, 1);
+    assert.equal(await store.has(d), true);
+  }));
+
+test('a waiter whose shared download failed tries itself', () =>
+  withStore(async (store) => {
+    const data = Buffer.from('retry me');
+    const d = digestOf(data);
+    let opens = 0;
+    const first = store.ingest(d, data.length, async () => {
+      opens++;
+      const s = new PassThrough();
+      setTimeout(() => s.destroy(new Error('first attempt broke')), 20);
+      return s;
+    });
+    const second = store.ingest(d, data.length, async () => {
+      opens++;
+      return Readable.from([data]);
+    });
+    await assert.rejects(first, /first attempt broke/);
+    await second;
+    assert.equal(opens, 2);
+    assert.equal(await store.has(d), true);
+  }));
+
+test('stale partial files of dead processes are removed on first use; live ones stay', async () => {
+  const root = await fs.mkdtemp(path.join(os.tmpdir(), 'corral-cs-'));
+  try {
+    const ingest = path.join(root, 'ingest');
+    await fs.mkdir(ingest, { recursive: true });
+    const hex = 'b'.repeat(64);
+    const dead = path.join(ingest, `${hex}.999999999.abcdef.partial`);
+    const junk = path.join(ingest, 'junk.tmp');
+    const live = path.join(ingest, `${hex}.1.abcdef.partial`); // PID 1 is alive
+    const old = path.join(ingest, `${hex}.1.012345.partial`);
+    for (const f of [dead, junk, live, old]) await fs.writeFile(f, 'partial');
+    const longAgo = new Date(Date.now() - 48 * 3600 * 1000);
+    await fs.utimes(old, longAgo, longAgo);
+    const store = new ContentStore(root);
+    await store.ingest(digestOf('y'), 1, fromChunks('y'));
+    assert.deepEqual((await fs.readdir(ingest)).sort(), [path.basename(live)]);
+  } finally {
+    await fs.rm(root, { recursive: true, force: true });
+  }
+});
