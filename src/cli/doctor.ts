@@ -27,7 +27,7 @@ export async function doctorCommand(argv: string[]): Promise<number> {
   const conmon = await findExecutable('conmon');
   add(conmon ? 'ok' : 'warn', conmon ? `conmon: ${conmon}` : 'conmon not found (needed for containers)', 'apt-get install conmon');
 
-  for (const bin of ['corral-nshelper', 'corral-pause']) {
+  for (const bin of ['corral-nshelper', 'corral-pause', 'corral-fsnodes']) {
     const p = nativeBinary(bin);
     add((await isExecutable(p)) ? 'ok' : 'fail', `${bin}: ${p}`, 'build Corral: npm run build (needs gcc and libc6-dev)');
   }

@@ -85,7 +85,12 @@ export interface TestPlatform {
 /** One tar entry. Paths are relative ("bin/sh"); directories may end in "/". */
 export interface TarEntry {
   path: string;
-  type?: 'file' | 'directory' | 'symlink' | 'link';
+  type?: 'file' | 'directory' | 'symlink' | 'link' | 'character-device' | 'block-device' | 'fifo';
+  /** Device numbers for character and block devices. */
+  devmajor?: number;
+  devminor?: number;
+  /** Keep the path exactly as given (hostile archives: absolute names); else a leading "/" is dropped. */
+  raw?: boolean;
   /** File content. */
   content?: Buffer | string;
   /** Symlink target, or the path of the file a hard link ("link") points at. */
@@ -152,7 +157,7 @@ export async function makeTar(entries: TarEntry[]): Promise<Buffer> {
   for (const e of entries) {
     const type = e.type ?? (e.path.endsWith('/') ? 'directory' : 'file');
     const header: Partial<TarHeader> & { name: string } = {
-      name: e.path.replace(/^\/+/, ''),
+      name: e.raw ? e.path : e.path.replace(/^\/+/, ''),
       type,
       mode: e.mode ?? (type === 'directory' ? 0o755 : type === 'symlink' ? 0o777 : 0o644),
       uid: e.uid ?? 0,
@@ -162,6 +167,7 @@ export async function makeTar(entries: TarEntry[]): Promise<Buffer> {
       mtime: e.mtime ?? EPOCH,
     };
     if (type === 'symlink' || type === 'link') header.linkname = e.linkname ?? '';
+    if (type === 'character-device' || type === 'block-device') Object.assign(header, { devmajor: e.devmajor ?? 0, devminor: e.devminor ?? 0 });
     const content = type === 'file' ? (typeof e.content === 'string' ? Buffer.from(e.content) : e.content ?? Buffer.alloc(0)) : undefined;
     await new Promise<void>((resolve, reject) => {
       const cb = (err?: Error | null) => (err ? reject(err) : resolve());

@@ -1,0 +1,364 @@
+/**
+ * Unpacking one image layer into an empty directory that overlayfs later uses as a
+ * lower layer. tar-stream parses the archive; what no tar library does is written here:
+ *
+ * - OCI whiteouts become overlayfs ones: `.wh.NAME` → a 0/0 character device NAME,
+ *   `.wh..wh..opq` → the `trusted.overlay.opaque=y` xattr on its directory;
+ * - escape checks: an entry (or hard-link target) with a `..` component, an absolute
+ *   name, or a parent that is a symlink is refused, and the whole layer with it (the
+ *   caller unpacks into a temporary directory it removes on failure, so nothing is left);
+ * - device nodes, fifos and xattrs (Node has no mknod or setxattr) are made in one batch
+ *   by the corral-fsnodes helper.
+ *
+ * Modes (with setuid/setgid/sticky), numeric owners, mtimes, symlinks and hard links
+ * are kept. The uncompressed stream is hashed on the way, giving the layer's diff ID.
+ */
+import { spawn } from 'node:child_process';
+import { createHash } from 'node:crypto';
+import { createReadStream, createWriteStream, promises as fs } from 'node:fs';
+import { createRequire } from 'node:module';
+import path from 'node:path';
+import { Transform, type Readable } from 'node:stream';
+import { pipeline } from 'node:stream/promises';
+import { createGunzip } from 'node:zlib';
+import tarStream from 'tar-stream';
+import { execFile } from '../util/exec.js';
+import { nativeBinary } from '../util/paths.js';
+
+export interface AppliedLayer {
+  /** "sha256:<hex>" of the uncompressed tar. */
+  diffId: string;
+  /** Bytes of the uncompressed tar. */
+  size: number;
+}
+
+export class LayerRefusedError extends Error {
+  constructor(entry: string, reason: string) {
+    super(`refusing layer entry ${JSON.stringify(entry)}: ${reason}`);
+    this.name = 'LayerRefusedError';
+  }
+}
+
+const WHITEOUT_PREFIX = '.wh.';
+const OPAQUE_MARKER = '.wh..wh..opq';
+const OVERLAY_OPAQUE_XATTR = 'trusted.overlay.opaque';
+const PAX_XATTR_PREFIX = 'SCHILY.xattr.';
+
+const S_IFCHR = 0o020000;
+const S_IFBLK = 0o060000;
+const S_IFIFO = 0o010000;
+
+/** Unpacks the layer blob `layerFile` (gzip, zstd or plain tar) into the empty directory `targetDir`. */
+export async function applyLayer(layerFile: string, mediaType: string, targetDir: string): Promise<AppliedLayer> {
+  if (!/\btar\b|\.tar/.test(mediaType) || /encrypted/.test(mediaType)) {
+    throw new Error(`unsupported layer media type ${mediaType}`);
+  }
+  preserveBinaryPaxXattrs();
+  const root = path.resolve(targetDir);
+  const hash = createHash('sha256');
+  let size = 0;
+  const hasher = new Transform({
+    transform(chunk: Buffer, _enc, done) {
+      hash.update(chunk);
+      size += chunk.length;
+      done(null, chunk);
+    },
+  });
+  const { stream: tarBytes, finished: decompressed } = await openDecompressed(layerFile);
+  const extract = tarStream.extract();
+  const fed = pipeline(tarBytes, hasher, extract as unknown as NodeJS.WritableStream);
+  // If the consumer below stops early, the feeding pipeline's error is the one to report.
+  fed.catch(() => {});
+  const writer = new LayerWriter(root);
+  try {
+    for await (const entry of extract) {
+      await writer.apply(entry.header, entry as unknown as Readable);
+    }
+    await fed;
+    await decompressed;
+    await writer.finish();
+  } catch (e) {
+    tarBytes.destroy();
+    const fedError = await fed.then(() => undefined, (err: Error) => err);
+    throw fedError && !(e instanceof LayerRefusedError) ? fedError : e;
+  }
+  return { diffId: `sha256:${hash.digest('hex')}`, size };
+}
+
+/** The uncompressed tar stream of a layer blob, by its first bytes (media types lie). */
+async function openDecompressed(file: string): Promise<{ stream: Readable; finished: Promise<void> }> {
+  const head = Buffer.alloc(4);
+  const fh = await fs.open(file, 'r');
+  try {
+    await fh.read(head, 0, 4, 0);
+  } finally {
+    await fh.close();
+  }
+  if (head[0] === 0x1f && head[1] === 0x8b) {
+    const gunzip = createGunzip();
+    createReadStream(file).on('error', (e) => gunzip.destroy(e)).pipe(gunzip);
+    return { stream: gunzip, finished: Promise.resolve() };
+  }
+  if (head.readUInt32LE(0) === 0xfd2fb528) {
+    // Node 20 has no zstd; Debian's zstd tool decompresses as fast as anything would.
+    const child = spawn('zstd', ['-d', '-c', '-q', file], { stdio: ['ignore', 'pipe', 'pipe'] });
+    const stderr: Buffer[] = [];
+    child.stderr.on('data', (b: Buffer) => stderr.push(b));
+    const finished = new Promise<void>((resolve, reject) => {
+      child.on('error', (e) => reject(new Error(`zstd layer: cannot run zstd (apt-get install zstd): ${e.message}`)));
+      child.on('close', (code, signal) => {
+        if (code === 0) resolve();
+        else reject(new Error(`zstd layer: zstd ${signal ? `killed by ${signal}` : `exit status ${code}`}: ${Buffer.concat(stderr).toString().trim()}`));
+      });
+    });
+    finished.catch(() => {});
+    return { stream: child.stdout, finished };
+  }
+  return { stream: createReadStream(file), finished: Promise.resolve() };
+}
+
+type FsnodeOp = { op: 'mknod'; path: string; mode: number; major: number; minor: number } | { op: 'xattr'; path: string; name: string; value: Buffer };
+
+/** Writes the entries of one layer under root, deferring what must come last. */
+class LayerWriter {
+  /** Directories known to exist and not be symlinks (relative paths). */
+  private readonly safeDirs = new Set<string>(['']);
+  private readonly nodes = new Map<string, FsnodeOp & { op: 'mknod' }>();
+  private readonly xattrs: (FsnodeOp & { op: 'xattr' })[] = [];
+  /** Metadata applied once every entry exists: node owners, then directory times. */
+  private readonly nodeOwners = new Map<string, { uid: number; gid: number; mtime: Date }>();
+  private readonly dirTimes = new Map<string, Date>();
+
+  constructor(private readonly root: string) {}
+
+  async apply(h: tarStream.Header, body: Readable): Promise<void> {
+    try {
+      await this.applyEntry(h, body);
+    } finally {
+      body.resume(); // a skipped or failed entry must still be drained for the next one to come
+    }
+  }
+
+  private async applyEntry(h: tarStream.Header, body: Readable): Promise<void> {
+    const rel = checkedRelative(h.name);
+    if (rel === '') return; // the layer root itself: the snapshot dir keeps its own attributes
+    const parent = path.posix.dirname(rel) === '.' ? '' : path.posix.dirname(rel);
+    const base = path.posix.basename(rel);
+
+    if (base === OPAQUE_MARKER) {
+      await this.ensureDir(parent, h.name);
+      this.xattrs.push({ op: 'xattr', path: this.abs(parent), name: OVERLAY_OPAQUE_XATTR, value: Buffer.from('y') });
+      return;
+    }
+    if (base.startsWith(WHITEOUT_PREFIX)) {
+      if (base.startsWith(`${WHITEOUT_PREFIX}${WHITEOUT_PREFIX}`)) return; // AUFS metadata (.wh..wh.plnk ...): no overlay meaning
+      const hidden = path.posix.join(parent, base.slice(WHITEOUT_PREFIX.length));
+      await this.ensureDir(parent, h.name);
+      await this.clear(hidden);
+      this.nodes.set(hidden, { op: 'mknod', path: this.abs(hidden), mode: S_IFCHR, major: 0, minor: 0 });
+      return;
+    }
+
+    await this.ensureDir(parent, h.name);
+    const abs = this.abs(rel);
+    const mode = (h.mode ?? 0o644) & 0o7777;
+    const uid = h.uid ?? 0;
+    const gid = h.gid ?? 0;
+    const mtime = h.mtime ?? new Date(0);
+    if (h.type === 'directory') {
+      const existing = await lstatOrNull(abs);
+      if (existing && !existing.isDirectory()) await this.clear(rel);
+      if (!existing || !existing.isDirectory()) await fs.mkdir(abs, { mode: 0o700 });
+      this.safeDirs.add(rel);
+      await fs.chown(abs, uid, gid);
+      await fs.chmod(abs, mode);
+      this.dirTimes.set(rel, mtime);
+    } else {
+      await this.clear(rel);
+      switch (h.type) {
+        case 'file':
+        case 'contiguous-file':
+          await pipeline(body, createWriteStream(abs, { flags: 'wx', mode: 0o600 }));
+          await fs.chown(abs, uid, gid);
+          await fs.chmod(abs, mode); // after chown, which drops setuid/setgid bits
+          await fs.utimes(abs, mtime, mtime);
+          break;
+        case 'symlink':
+          await fs.symlink(h.linkname ?? '', abs);
+          await fs.lchown(abs, uid, gid);
+          await fs.lutimes(abs, mtime, mtime);
+          break;
+        case 'link': {
+          const target = checkedRelative(h.linkname ?? '');
+          if (target === '') throw new LayerRefusedError(h.name, 'a hard link to the layer root');
+          await this.checkParents(target, h.name);
+          const st = await lstatOrNull(this.abs(target));
+          if (!st || st.isDirectory()) {
+            throw new LayerRefusedError(h.name, `its hard-link target ${JSON.stringify(h.linkname)} is not a file earlier in this layer`);
+          }
+          await fs.link(this.abs(target), abs);
+          break;
+        }
+        case 'character-device':
+        case 'block-device':
+        case 'fifo': {
+          const type = h.type === 'fifo' ? S_IFIFO : h.type === 'block-device' ? S_IFBLK : S_IFCHR;
+          this.nodes.set(rel, { op: 'mknod', path: abs, mode: type | mode, major: h.devmajor ?? 0, minor: h.devminor ?? 0 });
+          this.nodeOwners.set(rel, { uid, gid, mtime });
+          break;
+        }
+        default:
+          throw new LayerRefusedError(h.name, `unsupported tar entry type ${h.type}`);
+      }
+    }
+    for (const [key, value] of Object.entries(h.pax ?? {})) {
+      if (!key.startsWith(PAX_XATTR_PREFIX)) continue;
+      const name = key.slice(PAX_XATTR_PREFIX.length);
+      // overlayfs's own xattrs in a layer would redirect lookups; only Corral sets those.
+      if (name.startsWith('trusted.overlay.')) continue;
+      this.xattrs.push({ op: 'xattr', path: abs, name, value: Buffer.from(String(value), 'latin1') });
+    }
+  }
+
+  /** Device nodes and xattrs in one helper run, then their owners, then directory times. */
+  async finish(): Promise<void> {
+    const ops: FsnodeOp[] = [...this.nodes.values()];
+    await runFsnodes(ops);
+    for (const [rel, o] of this.nodeOwners) {
+      if (!this.nodes.has(rel)) continue;
+      await fs.lchown(this.abs(rel), o.uid, o.gid);
+      await fs.lutimes(this.abs(rel), o.mtime, o.mtime);
+    }
+    // xattrs last: chown clears security.capability.
+    await runFsnodes(this.xattrs);
+    for (const [rel, mtime] of this.dirTimes) {
+      await fs.utimes(this.abs(rel), mtime, mtime).catch(() => {}); // a later entry may have replaced it
+    }
+  }
+
+  private abs(rel: string): string {
+    return rel === '' ? this.root : path.join(this.root, rel);
+  }
+
+  /** Every parent of rel exists in this layer as a real directory; refuses symlinks on the way. */
+  private async checkParents(rel: string, entryName: string): Promise<void> {
+    const parent = path.posix.dirname(rel);
+    if (parent !== '.') await this.ensureDir(parent, entryName, false);
+  }
+
+  /** Makes rel (and its parents) a directory if missing, 0755 like containerd; refuses a symlink or file in the way. */
+  private async ensureDir(rel: string, entryName: string, create = true): Promise<void> {
+    if (this.safeDirs.has(rel)) return;
+    const parts = rel.split('/');
+    let cur = '';
+    for (const part of parts) {
+      cur = cur === '' ? part : `${cur}/${part}`;
+      if (this.safeDirs.has(cur)) continue;
+      const st = await lstatOrNull(this.abs(cur));
+      if (st?.isSymbolicLink()) throw new LayerRefusedError(entryName, `its path goes through the symlink ${JSON.stringify(cur)}`);
+      if (st && !st.isDirectory()) throw new LayerRefusedError(entryName, `its parent ${JSON.stringify(cur)} is not a directory`);
+      if (!st) {
+        if (!create) throw new LayerRefusedError(entryName, `${JSON.stringify(cur)} does not exist in this layer`);
+        await fs.mkdir(this.abs(cur), { mode: 0o755 });
+      }
+      this.safeDirs.add(cur);
+    }
+  }
+
+  /** Removes whatever an earlier entry put at rel, so a later entry replaces it. */
+  private async clear(rel: string): Promise<void> {
+    this.nodes.delete(rel);
+    this.nodeOwners.delete(rel);
+    const st = await lstatOrNull(this.abs(rel));
+    if (!st) return;
+    if (st.isDirectory()) {
+      for (const d of [...this.safeDirs]) if (d === rel || d.startsWith(`${rel}/`)) this.safeDirs.delete(d);
+      for (const d of [...this.dirTimes.keys()]) if (d === rel || d.startsWith(`${rel}/`)) this.dirTimes.delete(d);
+      for (const n of [...this.nodes.keys()]) if (n.startsWith(`${rel}/`)) this.nodes.delete(n);
+    }
+    await fs.rm(this.abs(rel), { recursive: true, force: true });
+  }
+}
+
+/**
+ * A tar entry name as a path relative to the layer root ('' for the root itself):
+ * `./` prefixes and trailing slashes dropped; absolute names and `..` refused.
+ */
+export function checkedRelative(name: string): string {
+  if (name.includes('\0')) throw new LayerRefusedError(name, 'a NUL byte in the name');
+  if (name.startsWith('/')) throw new LayerRefusedError(name, 'an absolute path would land outside the layer');
+  const parts = name.split('/').filter((p) => p !== '' && p !== '.');
+  if (parts.includes('..')) throw new LayerRefusedError(name, "a '..' component would land outside the layer");
+  return parts.join('/');
+}
+
+async function lstatOrNull(p: string) {
+  try {
+    return await fs.lstat(p);
+  } catch (e) {
+    if ((e as NodeJS.ErrnoException).code === 'ENOENT') return null;
+    throw e;
+  }
+}
+
+async function runFsnodes(ops: FsnodeOp[]): Promise<void> {
+  if (ops.length === 0) return;
+  const fields: Buffer[] = [];
+  const field = (s: string | Buffer) => fields.push(Buffer.isBuffer(s) ? s : Buffer.from(s), Buffer.from([0]));
+  for (const o of ops) {
+    field(o.op);
+    field(o.path);
+    if (o.op === 'mknod') {
+      field(o.mode.toString(8));
+      field(String(o.major));
+      field(String(o.minor));
+    } else {
+      field(o.name);
+      field(o.value.toString('hex'));
+    }
+  }
+  const r = await execFile(nativeBinary('corral-fsnodes'), [], { input: Buffer.concat(fields), timeoutMs: 60_000 });
+  if (r.code !== 0) {
+    let detail = (r.stdout || r.stderr).trim();
+    try {
+      const j = JSON.parse(r.stdout) as { error: string; op: string; path: string };
+      detail = `${j.op} ${j.path}: ${j.error}`;
+    } catch {
+      /* not JSON: keep the raw text */
+    }
+    throw new Error(`making device nodes and xattrs failed: ${detail}`);
+  }
+}
+
+let paxPatched = false;
+/**
+ * tar-stream decodes PAX records as UTF-8, which mangles binary xattr values such as
+ * security.capability. Its extractor looks the decoder up on its headers module at each
+ * use, so decoding `SCHILY.xattr.*` values as latin1 (byte for byte) here keeps them.
+ */
+function preserveBinaryPaxXattrs(): void {
+  if (paxPatched) return;
+  paxPatched = true;
+  const require = createRequire(import.meta.url);
+  const headersPath = path.join(path.dirname(require.resolve('tar-stream')), 'headers.js');
+  const headers = require(headersPath) as { decodePax?: (buf: Buffer) => Record<string, string> };
+  if (typeof headers.decodePax !== 'function') {
+    throw new Error(`tar-stream changed: ${headersPath} has no decodePax to extend; binary xattrs would be lost`);
+  }
+  headers.decodePax = (buf: Buffer) => {
+    const out: Record<string, string> = {};
+    let rest = buf;
+    while (rest.length > 0) {
+      const space = rest.indexOf(0x20);
+      const len = space > 0 ? parseInt(rest.subarray(0, space).toString('ascii'), 10) : NaN;
+      if (!(len > space + 1) || len > rest.length) break;
+      const record = rest.subarray(space + 1, len - 1); // drop the trailing newline
+      const eq = record.indexOf(0x3d);
+      if (eq < 0) break;
+      const key = record.subarray(0, eq).toString('utf8');
+      out[key] = record.subarray(eq + 1).toString(key.startsWith(PAX_XATTR_PREFIX) ? 'latin1' : 'utf8');
+      rest = rest.subarray(len);
+    }
+    return out;
+  };
+}
