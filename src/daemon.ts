@@ -22,6 +22,7 @@ import { CriServer } from './cri/server.js';
 import { RuntimeSettings, runtimeInfoHandlers } from './cri/runtime-info-rpc.js';
 import { sandboxHandlers } from './cri/sandbox-rpc.js';
 import { imageHandlers } from './cri/image-rpc.js';
+import { ImageService } from './image/image-service.js';
 import { invalidArgument } from './cri/errors.js';
 
 export interface Daemon {
@@ -35,7 +36,7 @@ const CNI_RELOAD_INTERVAL_MS = 1000;
 
 export async function startDaemon(cfg: CorralConfig, logger: Logger): Promise<Daemon> {
   const t0 = Date.now();
-  for (const bin of ['corral-nshelper', 'corral-pause']) {
+  for (const bin of ['corral-nshelper', 'corral-pause', 'corral-fsnodes']) {
     if (!existsSync(nativeBinary(bin))) throw new Error(`${nativeBinary(bin)} is missing: build Corral first (npm run build)`);
   }
   await fs.mkdir(cfg.rootDir, { recursive: true, mode: 0o711 });
@@ -138,6 +139,11 @@ export async function startDaemon(cfg: CorralConfig, logger: Logger): Promise<Da
   const swept = await sweepOrphanNetns(cfg.netnsDir, sandboxes, logger);
   logger.info({ ...recovered, sweptNetns: swept }, 'state recovered');
 
+  const images = new ImageService(cfg, logger);
+  await images.store.refresh();
+  const staleLayers = await images.store.snapshots.removeLeftovers();
+  if (staleLayers.length > 0) logger.info({ removed: staleLayers }, 'removed unfinished layer unpacks');
+
   const server = await CriServer.start({
     socketPath: cfg.socket,
     socketMode: 0o660,
@@ -146,7 +152,7 @@ export async function startDaemon(cfg: CorralConfig, logger: Logger): Promise<Da
       ...runtimeInfoHandlers(cfg, settings, () => networks.readiness(), () => ({ cni: networks.describe() })),
       ...sandboxHandlers(sandboxes),
     },
-    imageHandlers: imageHandlers(cfg),
+    imageHandlers: imageHandlers(cfg, images),
   });
   logger.info({ socket: cfg.socket, startupMs: Date.now() - t0 }, 'corral is serving');
 
@@ -155,6 +161,7 @@ export async function startDaemon(cfg: CorralConfig, logger: Logger): Promise<Da
     server,
     async shutdown(graceMs: number) {
       await server.shutdown(graceMs);
+      images.close();
       logger.info('corral stopped; pods keep running');
     },
   };

@@ -1,6 +1,7 @@
 /** crictl-style client subcommands over the CRI socket. */
 import { promises as fs } from 'node:fs';
 import { parseArgs, type ParseArgsConfig } from 'node:util';
+import { table } from './format.js';
 import { toCamelCaseFields } from './json-input.js';
 import type { RuntimeRpcName } from '../cri/proto.js';
 
@@ -122,9 +123,4 @@ function ago(createdAtNs: string): string {
   if (secs < 60) return `${secs} seconds ago`;
   if (secs < 3600) return `${Math.round(secs / 60)} minutes ago`;
   return `${Math.round(secs / 3600)} hours ago`;
-}
-
-function table(head: string[], rows: string[][]): string {
-  const widths = head.map((h, i) => Math.max(h.length, ...rows.map((r) => r[i]!.length)));
-  return [head, ...rows].map((r) => r.map((c, i) => c.padEnd(widths[i]!)).join('   ').trimEnd()).join('\n');
 }

@@ -20,6 +20,13 @@ client (talks to the daemon; -r/--runtime-endpoint or CONTAINER_RUNTIME_ENDPOINT
   rmp         remove pod sandboxes                               [--all] [--force] ID...
   pods        list pod sandboxes   [--id PREFIX] [--state ready|notready] [--label k=v]... [-q] [-o table|json]
   inspectp    pod sandbox status (verbose)                       ID...
+  pull        pull an image, showing each layer's progress      [--creds USER:PASS] IMAGE
+  images      list images                                        [-q] [-o table|json] [IMAGE]
+  inspecti    image status (verbose)                             IMAGE...
+  rmi         remove images (by tag, ID, ID prefix or digest)    IMAGE...
+
+images on this node (no daemon needed; run as root):
+  image import FILE   load an OCI image layout archive or a "docker save" archive   [--config FILE]
 `;
 
 const clientFlags = {
@@ -43,6 +50,15 @@ async function main(argv: string[]): Promise<number> {
     case 'pods':
     case 'inspectp':
       return (await import('./client-commands.js')).clientCommand(command, rest, clientFlags as ParseArgsConfig['options']);
+    case 'pull':
+    case 'images':
+    case 'inspecti':
+    case 'rmi':
+      return (await import('./image-commands.js')).imageCommand(command, rest, clientFlags as ParseArgsConfig['options']);
+    case 'image':
+      if (rest[0] === 'import') return (await import('./image-commands.js')).importCommand(rest.slice(1));
+      process.stderr.write(`corral: unknown image subcommand "${rest[0] ?? ''}" (try: corral image import FILE)\n`);
+      return 2;
     case undefined:
     case 'help':
     case '-h':

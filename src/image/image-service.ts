@@ -1,0 +1,80 @@
+/**
+ * Image operations behind the CRI ImageService: pull (deduplicated per reference),
+ * status, list and removal, on top of the image store and the registry client.
+ */
+import path from 'node:path';
+import type { CorralConfig } from '../config/config.js';
+import type { Logger } from '../util/log.js';
+import { ImageStore, type ImageRecord } from './image-store.js';
+import { parseReference } from './reference.js';
+import { RegistryClient, pullImageContent, type AuthConfig, type PullProgress } from './registry/index.js';
+
+export class ImageService {
+  readonly store: ImageStore;
+  private readonly client: RegistryClient;
+  private readonly inflight = new Map<string, Promise<ImageRecord>>();
+
+  constructor(private readonly cfg: CorralConfig, private readonly logger: Logger) {
+    this.store = new ImageStore(path.join(cfg.rootDir, 'images'), logger.child({ component: 'images' }));
+    this.client = new RegistryClient({ registries: cfg.registries, logger });
+  }
+
+  /** Pulls an image; a second pull of the same reference while one runs shares it. */
+  async pull(reference: string, auth?: AuthConfig, onProgress?: (p: PullProgress) => void): Promise<ImageRecord> {
+    const ref = parseReference(reference);
+    const key = ref.toString();
+    const running = this.inflight.get(key);
+    if (running) return running;
+    const p = this.doPull(key, auth, onProgress).finally(() => this.inflight.delete(key));
+    this.inflight.set(key, p);
+    return p;
+  }
+
+  private async doPull(reference: string, auth: AuthConfig | undefined, onProgress?: (p: PullProgress) => void): Promise<ImageRecord> {
+    const t0 = Date.now();
+    const release = this.store.holdGarbageCollection();
+    try {
+      const pulled = await pullImageContent(reference, this.store.content, { client: this.client, auth, concurrency: 3, onProgress, logger: this.logger });
+      const image = await this.store.register(reference, {
+        manifestDigest: pulled.manifestDigest,
+        referenceDigest: pulled.referenceDigest,
+        configDigest: pulled.configDigest,
+        layers: pulled.layers.map((l) => ({ digest: l.digest, size: l.size, mediaType: l.mediaType })),
+      });
+      this.logger.info({ image: reference, id: image.id, downloaded: pulled.downloaded.length, ms: Date.now() - t0 }, 'image pulled');
+      return image;
+    } finally {
+      release();
+    }
+  }
+
+  async find(reference: string): Promise<ImageRecord | undefined> {
+    await this.store.refresh();
+    return this.store.find(reference);
+  }
+
+  async list(): Promise<ImageRecord[]> {
+    await this.store.refresh();
+    return this.store.all();
+  }
+
+  async remove(reference: string): Promise<void> {
+    await this.store.remove(reference);
+  }
+
+  /** The configured sandbox image is pinned: kubelet's image GC must not remove it. */
+  isPinned(image: ImageRecord): boolean {
+    if (!this.cfg.sandboxImage) return false;
+    try {
+      const r = parseReference(this.cfg.sandboxImage);
+      const ref = r.digest ? `${r.name}@${r.digest}` : `${r.name}:${r.tag ?? 'latest'}`;
+      return image.repoTags.includes(ref) || image.repoDigests.includes(ref);
+    } catch {
+      return false;
+    }
+  }
+
+  close(): void {
+    this.client.close();
+  }
+}

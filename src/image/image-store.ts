@@ -1,0 +1,274 @@
+/**
+ * Corral's images: which images exist (ID = config digest), their tags and digests, and
+ * the layers they stand on. Blobs live in the content store, unpacked layers in the
+ * snapshot store (shared by every image that has them); this module ties them together
+ * for pull, import, status, list and removal, and collects what nothing uses any more.
+ */
+import { promises as fs } from 'node:fs';
+import path from 'node:path';
+import type { Logger } from '../util/log.js';
+import { readJsonIfExists, writeJsonAtomic } from '../util/atomic.js';
+import { invalidArgument } from '../cri/errors.js';
+import { ContentStore } from './content-store.js';
+import { parseReference } from './reference.js';
+import { SnapshotStore, chainIds } from './snapshots.js';
+import { applyLayer } from './unpack.js';
+
+export interface ImageRecord {
+  /** The config digest, "sha256:<hex>". */
+  id: string;
+  /** Normalised "domain/path:tag" references pointing at this image. */
+  repoTags: string[];
+  /** "domain/path@sha256:<hex>" references (manifest or index digest as pulled). */
+  repoDigests: string[];
+  manifestDigest: string;
+  configDigest: string;
+  /** Layer blobs, bottom first. */
+  layers: { digest: string; size: number; mediaType: string }[];
+  diffIds: string[];
+  chainIds: string[];
+  /** Bytes of config plus compressed layers, as ImageStatus reports it. */
+  size: number;
+  /** The image config's User, for ImageStatus uid/username. */
+  user: string;
+  createdAt: string;
+}
+
+interface ImagesFile {
+  version: 1;
+  images: Record<string, ImageRecord>;
+}
+
+/** A resolved image, as the pull or import side hands it over before registration. */
+export interface ResolvedContent {
+  manifestDigest: string;
+  /** The digest a reference was pulled by (index or manifest), for repoDigests. */
+  referenceDigest: string;
+  configDigest: string;
+  layers: { digest: string; size: number; mediaType: string }[];
+}
+
+export class ImageStore {
+  readonly content: ContentStore;
+  readonly snapshots: SnapshotStore;
+  private readonly file: string;
+  private images = new Map<string, ImageRecord>();
+  private loadedMtimeMs = -1;
+  /** Serialises every change to images.json and the GC that follows it. */
+  private queue: Promise<unknown> = Promise.resolve();
+  /** Pulls in flight: their blobs and layers are not registered yet, so GC must wait. */
+  private gcHolds = 0;
+
+  constructor(readonly root: string, private readonly logger: Logger) {
+    this.content = new ContentStore(root);
+    this.snapshots = new SnapshotStore(root);
+    this.file = path.join(root, 'images.json');
+  }
+
+  /** Re-reads images.json if it changed on disk (an offline `corral image import`). */
+  async refresh(): Promise<void> {
+    let mtimeMs: number;
+    try {
+      mtimeMs = (await fs.stat(this.file)).mtimeMs;
+    } catch {
+      mtimeMs = 0;
+    }
+    if (mtimeMs === this.loadedMtimeMs) return;
+    const data = await readJsonIfExists<ImagesFile>(this.file);
+    this.images = new Map(Object.entries(data?.images ?? {}));
+    this.loadedMtimeMs = mtimeMs;
+  }
+
+  private async save(): Promise<void> {
+    const data: ImagesFile = { version: 1, images: Object.fromEntries(this.images) };
+    await writeJsonAtomic(this.file, data, 0o644);
+    this.loadedMtimeMs = (await fs.stat(this.file)).mtimeMs;
+  }
+
+  /**
+   * Runs fn alone: queued within this process, and under a lock file across processes
+   * (the daemon and an offline `corral image import` may both change images.json).
+   */
+  private serialized<T>(fn: () => Promise<T>): Promise<T> {
+    const locked = () => withLockFile(path.join(this.root, 'images.lock'), fn);
+    const next = this.queue.then(locked, locked);
+    this.queue = next.catch(() => {});
+    return next;
+  }
+
+  /** Keeps garbage collection from running until the returned function is called. */
+  holdGarbageCollection(): () => void {
+    this.gcHolds++;
+    let released = false;
+    return () => {
+      if (!released) {
+        released = true;
+        this.gcHolds--;
+      }
+    };
+  }
+
+  all(): ImageRecord[] {
+    return [...this.images.values()];
+  }
+
+  /**
+   * Finds an image by ID ("sha256:<hex>" or bare hex), unique ID prefix, tag (any form
+   * kubelet may send: "busybox", "docker.io/library/busybox:latest") or digest reference.
+   */
+  find(ref: string): ImageRecord | undefined {
+    if (ref === '') return undefined;
+    const byId = this.images.get(ref) ?? this.images.get(`sha256:${ref}`);
+    if (byId) return byId;
+    if (/^(sha256:)?[0-9a-f]{3,64}$/.test(ref)) {
+      const hex = ref.replace(/^sha256:/, '');
+      const matches = this.all().filter((i) => i.id.slice(7).startsWith(hex));
+      if (matches.length === 1) return matches[0];
+    }
+    let normalised: string;
+    try {
+      const r = parseReference(ref);
+      normalised = r.digest ? `${r.name}@${r.digest}` : `${r.name}:${r.tag ?? 'latest'}`;
+    } catch {
+      return undefined;
+    }
+    return this.all().find((i) => i.repoTags.includes(normalised) || i.repoDigests.includes(normalised));
+  }
+
+  /**
+   * Unpacks the layers of resolved content (once per chain ID, shared) and records the
+   * image under the reference; a tag moves away from any image that had it.
+   */
+  async register(reference: string, resolved: ResolvedContent): Promise<ImageRecord> {
+    const config = await this.content.readJson<any>(resolved.configDigest);
+    const diffIds: string[] = config?.rootfs?.diff_ids ?? [];
+    if (diffIds.length !== resolved.layers.length) {
+      throw new Error(`image ${reference}: its config lists ${diffIds.length} layer diff IDs but the manifest has ${resolved.layers.length} layers`);
+    }
+    const chain = chainIds(diffIds);
+    for (const [i, layer] of resolved.layers.entries()) {
+      await this.snapshots.prepare(chain[i]!, async (dir: string) => {
+        const { diffId } = await applyLayer(this.content.blobPath(layer.digest), layer.mediaType, dir);
+        if (diffId !== diffIds[i]) {
+          throw new Error(`image ${reference}: layer ${layer.digest} unpacks to ${diffId}, but the config says ${diffIds[i]}`);
+        }
+      });
+    }
+    const r = parseReference(reference);
+    return this.serialized(async () => {
+      await this.refresh();
+      const configSize = (await this.content.size(resolved.configDigest)) ?? 0;
+      const existing = this.images.get(resolved.configDigest);
+      const record: ImageRecord = existing ?? {
+        id: resolved.configDigest,
+        repoTags: [],
+        repoDigests: [],
+        manifestDigest: resolved.manifestDigest,
+        configDigest: resolved.configDigest,
+        layers: resolved.layers,
+        diffIds,
+        chainIds: chain,
+        size: configSize + resolved.layers.reduce((n, l) => n + l.size, 0),
+        user: String(config?.config?.User ?? ''),
+        createdAt: new Date().toISOString(),
+      };
+      const tag = r.tag || !r.digest ? `${r.name}:${r.tag ?? 'latest'}` : undefined;
+      if (tag) {
+        for (const other of this.images.values()) {
+          if (other !== record) other.repoTags = other.repoTags.filter((t) => t !== tag);
+        }
+        if (!record.repoTags.includes(tag)) record.repoTags.push(tag);
+      }
+      const digestRef = `${r.name}@${resolved.referenceDigest}`;
+      if (!record.repoDigests.includes(digestRef)) record.repoDigests.push(digestRef);
+      this.images.set(record.id, record);
+      // An image left with no name at all is unreachable: drop it.
+      for (const [id, other] of this.images) {
+        if (other.repoTags.length === 0 && other.repoDigests.length === 0) this.images.delete(id);
+      }
+      await this.save();
+      return record;
+    });
+  }
+
+  /**
+   * Removes by reference. A tag removes only that tag when the image has others (as
+   * containerd does); an ID or digest reference removes the image. Unknown is fine.
+   * Then collects snapshots and blobs nothing references, keeping those in `inUse`.
+   */
+  async remove(ref: string, inUse: () => Set<string> = () => new Set()): Promise<void> {
+    if (ref === '') throw invalidArgument('image reference must not be empty');
+    await this.serialized(async () => {
+      await this.refresh();
+      const image = this.find(ref);
+      if (!image) return;
+      let tag: string | undefined;
+      try {
+        const r = parseReference(ref);
+        if (!r.digest && !/^(sha256:)?[0-9a-f]{3,64}$/.test(ref)) tag = `${r.name}:${r.tag ?? 'latest'}`;
+      } catch {
+        tag = undefined;
+      }
+      if (tag && image.repoTags.includes(tag) && image.repoTags.length > 1) {
+        image.repoTags = image.repoTags.filter((t) => t !== tag);
+      } else {
+        this.images.delete(image.id);
+      }
+      await this.save();
+      await this.collectGarbage(inUse());
+    });
+  }
+
+  /** Deletes snapshots and blobs that no image (and no running container) references. */
+  private async collectGarbage(inUseChainIds: Set<string>): Promise<void> {
+    if (this.gcHolds > 0) return; // a later removal collects what is left
+    const liveChains = new Set(inUseChainIds);
+    const liveBlobs = new Set<string>();
+    for (const i of this.images.values()) {
+      i.chainIds.forEach((c) => liveChains.add(c));
+      [i.manifestDigest, i.configDigest, ...i.layers.map((l) => l.digest), ...i.repoDigests.map((d) => d.slice(d.indexOf('@') + 1))].forEach((d) => liveBlobs.add(d));
+    }
+    for (const c of await this.snapshots.list()) {
+      if (!liveChains.has(c)) await this.snapshots.remove(c);
+    }
+    for (const d of await this.content.list()) {
+      if (!liveBlobs.has(d)) await this.content.delete(d);
+    }
+    this.logger.debug({ images: this.images.size }, 'image garbage collected');
+  }
+}
+
+/** Holds `<lockPath>` (created exclusively, with our PID) while fn runs; a dead holder's lock is taken over. */
+async function withLockFile<T>(lockPath: string, fn: () => Promise<T>, timeoutMs = 30_000): Promise<T> {
+  await fs.mkdir(path.dirname(lockPath), { recursive: true });
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    try {
+      await fs.writeFile(lockPath, String(process.pid), { flag: 'wx', mode: 0o600 });
+      break;
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code !== 'EEXIST') throw e;
+      const holder = Number(await fs.readFile(lockPath, 'utf8').catch(() => '0'));
+      if (!(holder > 0) || !processAlive(holder)) {
+        await fs.rm(lockPath, { force: true });
+        continue;
+      }
+      if (Date.now() > deadline) throw new Error(`image store is locked by process ${holder} (${lockPath})`);
+      await new Promise((r) => setTimeout(r, 50));
+    }
+  }
+  try {
+    return await fn();
+  } finally {
+    await fs.rm(lockPath, { force: true });
+  }
+}
+
+function processAlive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (e) {
+    return (e as NodeJS.ErrnoException).code === 'EPERM';
+  }
+}
