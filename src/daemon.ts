@@ -16,14 +16,15 @@ import {
 } from './oci/spec.js';
 import { ensureBuiltinSandboxRootfs, writeBundle } from './oci/sandbox-rootfs.js';
 import { SandboxStore } from './store/sandbox-store.js';
-import { SandboxService, type NamespacePinner, type PodNetworkDriver, type SandboxContainerRuntime } from './sandbox/service.js';
+import { SandboxService, type NamespacePinner, type PodNetworkDriver, type SandboxContainerRuntime, type SandboxImageSource } from './sandbox/service.js';
 import { namespaceChoice } from './sandbox/options.js';
 import { CriServer } from './cri/server.js';
 import { RuntimeSettings, runtimeInfoHandlers } from './cri/runtime-info-rpc.js';
 import { sandboxHandlers } from './cri/sandbox-rpc.js';
 import { imageHandlers } from './cri/image-rpc.js';
 import { ImageService } from './image/image-service.js';
-import { invalidArgument } from './cri/errors.js';
+import { mountOverlayRootfs, unmountOverlayRootfs } from './image/snapshots.js';
+import { CriError, invalidArgument } from './cri/errors.js';
 
 export interface Daemon {
   sandboxes: SandboxService;
@@ -109,7 +110,8 @@ export async function startDaemon(cfg: CorralConfig, logger: Logger): Promise<Da
         annotations: record.config.annotations ?? {},
         availableCapabilities,
       });
-      await writeBundle(b.bundleDir, spec, pauseRootfs);
+      spec.process.args = b.args;
+      await writeBundle(b.bundleDir, spec, b.rootfsPath);
       const pidFile = path.join(b.bundleDir, 'pid');
       await runtimeFor(handler).create(record.id, b.bundleDir, { pidFile });
       // The runtime writes the init PID at create; start keeps it (no extra `state` call).
@@ -122,8 +124,39 @@ export async function startDaemon(cfg: CorralConfig, logger: Logger): Promise<Da
     destroy: (handler, id) => runtimeFor(handler).forceDelete(id),
   };
 
+  const images = new ImageService(cfg, logger);
+  await images.store.refresh();
+  const staleLayers = await images.store.snapshots.removeLeftovers();
+  if (staleLayers.length > 0) logger.info({ removed: staleLayers }, 'removed unfinished layer unpacks');
+
+  const sandboxImage: SandboxImageSource = cfg.sandboxImage
+    ? {
+        async resolve() {
+          let image;
+          try {
+            image = await images.ensure(cfg.sandboxImage);
+          } catch (e) {
+            if (e instanceof CriError) throw new CriError(e.code, `sandbox image ${cfg.sandboxImage}: ${e.message}`);
+            throw new Error(`sandbox image ${cfg.sandboxImage}: ${(e as Error).message}`);
+          }
+          const c = await images.runtimeConfig(image);
+          const args = [...(c.Entrypoint ?? []), ...(c.Cmd ?? [])];
+          return { chain: image.chainIds, args: args.length > 0 ? args : ['/pause'] };
+        },
+        mount: (chain, target, layerDir) => mountOverlayRootfs(images.store.snapshots, { chain, target, layerDir }),
+        unmount: (target) => unmountOverlayRootfs(target),
+      }
+    : {
+        resolve: async () => ({ path: pauseRootfs, args: ['/pause'] }),
+        mount: async () => {
+          throw new Error('the built-in sandbox image is not mounted per pod');
+        },
+        unmount: (target) => unmountOverlayRootfs(target),
+      };
+
   const store = new SandboxStore(cfg.rootDir);
   const sandboxes = new SandboxService({
+    sandboxImage,
     config: cfg,
     store,
     logger,
@@ -139,10 +172,8 @@ export async function startDaemon(cfg: CorralConfig, logger: Logger): Promise<Da
   const swept = await sweepOrphanNetns(cfg.netnsDir, sandboxes, logger);
   logger.info({ ...recovered, sweptNetns: swept }, 'state recovered');
 
-  const images = new ImageService(cfg, logger);
-  await images.store.refresh();
-  const staleLayers = await images.store.snapshots.removeLeftovers();
-  if (staleLayers.length > 0) logger.info({ removed: staleLayers }, 'removed unfinished layer unpacks');
+  images.layersInUse = () => sandboxes.layersInUse();
+  await images.store.collect(images.layersInUse);
 
   const server = await CriServer.start({
     socketPath: cfg.socket,

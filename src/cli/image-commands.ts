@@ -102,7 +102,14 @@ export async function importCommand(argv: string[]): Promise<number> {
   const { ImageStore } = await import('../image/image-store.js');
   const { importArchive } = await import('../image/archive.js');
   const store = new ImageStore(path.join(cfg.rootDir, 'images'), silentLogger());
-  const imported = await importArchive(file, store);
+  // Blobs stored before registration must survive a removal the daemon runs meanwhile.
+  const release = await store.holdGarbageCollection(true);
+  let imported;
+  try {
+    imported = await importArchive(file, store);
+  } finally {
+    await release();
+  }
   for (const i of imported) process.stdout.write(`Imported ${i.repoTags.join(', ') || i.id} (${i.id})\n`);
   return 0;
 }

@@ -13,6 +13,8 @@ export class ImageService {
   readonly store: ImageStore;
   private readonly client: RegistryClient;
   private readonly inflight = new Map<string, Promise<ImageRecord>>();
+  /** Layers (chain IDs) that running sandboxes and containers have mounted. */
+  layersInUse: () => Set<string> = () => new Set();
 
   constructor(private readonly cfg: CorralConfig, private readonly logger: Logger) {
     this.store = new ImageStore(path.join(cfg.rootDir, 'images'), logger.child({ component: 'images' }));
@@ -32,7 +34,7 @@ export class ImageService {
 
   private async doPull(reference: string, auth: AuthConfig | undefined, onProgress?: (p: PullProgress) => void): Promise<ImageRecord> {
     const t0 = Date.now();
-    const release = this.store.holdGarbageCollection();
+    const release = await this.store.holdGarbageCollection();
     try {
       const pulled = await pullImageContent(reference, this.store.content, { client: this.client, auth, concurrency: 3, onProgress, logger: this.logger });
       const image = await this.store.register(reference, {
@@ -44,7 +46,7 @@ export class ImageService {
       this.logger.info({ image: reference, id: image.id, downloaded: pulled.downloaded.length, ms: Date.now() - t0 }, 'image pulled');
       return image;
     } finally {
-      release();
+      await release();
     }
   }
 
@@ -58,8 +60,20 @@ export class ImageService {
     return this.store.all();
   }
 
+  /** Removes by reference; layers still mounted by a pod stay until a later collection. */
   async remove(reference: string): Promise<void> {
-    await this.store.remove(reference);
+    await this.store.remove(reference, () => this.layersInUse());
+  }
+
+  /** The image, pulled first if it is not here (the sandbox image, on a pod's first Run). */
+  async ensure(reference: string): Promise<ImageRecord> {
+    return (await this.find(reference)) ?? this.pull(reference);
+  }
+
+  /** The image config's `config` object (Entrypoint, Cmd, Env, User ...). */
+  async runtimeConfig(image: ImageRecord): Promise<{ Entrypoint?: string[] | null; Cmd?: string[] | null; [k: string]: unknown }> {
+    const config = await this.store.content.readJson<any>(image.configDigest);
+    return config?.config ?? {};
   }
 
   /** The configured sandbox image is pinned: kubelet's image GC must not remove it. */

@@ -96,16 +96,38 @@ export class ImageStore {
     return next;
   }
 
-  /** Keeps garbage collection from running until the returned function is called. */
-  holdGarbageCollection(): () => void {
+  /**
+   * Keeps garbage collection from running until the returned function is called. With
+   * `acrossProcesses` (an offline import), a hold file with our PID also stops the
+   * daemon's collector from deleting blobs this process has stored but not registered.
+   */
+  async holdGarbageCollection(acrossProcesses = false): Promise<() => Promise<void>> {
     this.gcHolds++;
+    const holdFile = path.join(this.root, `gc-hold.${process.pid}`);
+    if (acrossProcesses) {
+      await fs.mkdir(this.root, { recursive: true });
+      await fs.writeFile(holdFile, String(process.pid));
+    }
     let released = false;
-    return () => {
-      if (!released) {
-        released = true;
-        this.gcHolds--;
-      }
+    return async () => {
+      if (released) return;
+      released = true;
+      this.gcHolds--;
+      if (acrossProcesses) await fs.rm(holdFile, { force: true });
     };
+  }
+
+  /** Whether a live process (other than this one) holds garbage collection off. */
+  private async heldByAnotherProcess(): Promise<boolean> {
+    const names = await fs.readdir(this.root).catch(() => [] as string[]);
+    for (const n of names) {
+      const m = /^gc-hold\.(\d+)$/.exec(n);
+      if (!m) continue;
+      const pid = Number(m[1]);
+      if (pid !== process.pid && processAlive(pid)) return true;
+      if (pid !== process.pid) await fs.rm(path.join(this.root, n), { force: true }); // its holder died
+    }
+    return false;
   }
 
   all(): ImageRecord[] {
@@ -201,7 +223,11 @@ export class ImageStore {
     await this.serialized(async () => {
       await this.refresh();
       const image = this.find(ref);
-      if (!image) return;
+      if (!image) {
+        // Nothing to remove, but layers a pod has released since may be collectable now.
+        await this.collectGarbage(inUse());
+        return;
+      }
       let tag: string | undefined;
       try {
         const r = parseReference(ref);
@@ -219,9 +245,17 @@ export class ImageStore {
     });
   }
 
+  /** Collects what nothing references any more (at start, after a crash left some). */
+  collect(inUse: () => Set<string>): Promise<void> {
+    return this.serialized(async () => {
+      await this.refresh();
+      await this.collectGarbage(inUse());
+    });
+  }
+
   /** Deletes snapshots and blobs that no image (and no running container) references. */
   private async collectGarbage(inUseChainIds: Set<string>): Promise<void> {
-    if (this.gcHolds > 0) return; // a later removal collects what is left
+    if (this.gcHolds > 0 || (await this.heldByAnotherProcess())) return; // a later removal collects what is left
     const liveChains = new Set(inUseChainIds);
     const liveBlobs = new Set<string>();
     for (const i of this.images.values()) {

@@ -76,6 +76,8 @@ export async function processStartTime(pid: number): Promise<string | null> {
     const stat = await fs.readFile(`/proc/${pid}/stat`, 'utf8');
     // Fields after the command name (which may contain spaces) start after the last ')'.
     const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+    // A zombie (Z) or dead (X) process has exited; its PID is not reaped yet (or never, when PID 1 does not reap).
+    if (fields[0] === 'Z' || fields[0] === 'X') return null;
     return fields[19] ?? null;
   } catch {
     return null;

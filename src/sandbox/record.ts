@@ -35,6 +35,11 @@ export interface SandboxResources {
   shmMount: string | null;
   /** The OCI runtime may know a container with the sandbox ID. */
   container: boolean;
+  /**
+   * A sandbox image from the image store: its overlay root filesystem may be mounted at
+   * target, and its layers (chain IDs) are in use. Null for the built-in sandbox image.
+   */
+  rootfs?: { target: string; chain: string[] } | null;
 }
 
 export interface SandboxRecord {

@@ -64,6 +64,9 @@ export interface SandboxContainerRuntime {
 
 export interface SandboxBundleInput {
   bundleDir: string;
+  /** The sandbox root filesystem (absolute) and the pause command in it. */
+  rootfsPath: string;
+  args: string[];
   hostname: string;
   hostnamePath: string;
   hostsPath: string;
@@ -73,6 +76,18 @@ export interface SandboxBundleInput {
   sysctls: Record<string, string>;
 }
 
+/** The root filesystem of pause containers. */
+export interface SandboxImageSource {
+  /**
+   * The built-in rootfs (shared, read-only: `path`), or a sandbox image (pulled if
+   * missing) whose layers are mounted per pod (`chain`). `args` is the pause command.
+   */
+  resolve(): Promise<{ path: string; args: string[] } | { chain: string[]; args: string[] }>;
+  mount(chain: string[], target: string, layerDir: string): Promise<void>;
+  /** Unmounts; not mounted is fine. */
+  unmount(target: string): Promise<void>;
+}
+
 export interface SandboxServiceDeps {
   config: CorralConfig;
   store: SandboxStore;
@@ -80,6 +95,8 @@ export interface SandboxServiceDeps {
   network: (handler: RuntimeHandlerConfig) => PodNetworkDriver;
   pinner: NamespacePinner;
   runtime: SandboxContainerRuntime;
+  /** Where pause containers get their root filesystem: the built-in one or a sandbox image's layers. */
+  sandboxImage: SandboxImageSource;
   /** Validates the pod's sysctls against its namespaces (throws with the reason) and adds the runtime's defaults. */
   prepareSysctls: (sysctls: Record<string, string>, opts: { hostNetwork: boolean; hostIpc: boolean }) => Record<string, string>;
 }
@@ -163,6 +180,8 @@ export class SandboxService {
     if (logDirectory && !path.isAbsolute(logDirectory)) throw invalidArgument(`log_directory must be an absolute path, got "${logDirectory}"`);
     const hostname = podHostname(config, hostNetwork, os.hostname());
     const network = this.deps.network(handler);
+    // The sandbox image is pulled (if it must be) before anything of the pod exists.
+    const sandboxRootfs = mode === 'pause' ? await timed('image', () => this.deps.sandboxImage.resolve()) : undefined;
 
     // Every resource this Run may create, decided up front and recorded as intent in one
     // durable write before the first side effect: teardown of each is idempotent, so a
@@ -201,7 +220,13 @@ export class SandboxService {
       state: 'creating',
       createdAt: (BigInt(Date.now()) * 1_000_000n).toString(),
       network: null,
-      resources: { pins, cniAttached: !hostNetwork, shmMount: shmPath, container: mode === 'pause' },
+      resources: {
+        pins,
+        cniAttached: !hostNetwork,
+        shmMount: shmPath,
+        container: mode === 'pause',
+        rootfs: sandboxRootfs && 'chain' in sandboxRootfs ? { target: path.join(volatileDir, 'rootfs'), chain: sandboxRootfs.chain } : null,
+      },
       pid: 0,
       pidStartTime: '',
       timings,
@@ -256,6 +281,12 @@ export class SandboxService {
         );
       };
 
+      const rootfs = record.resources.rootfs;
+      if (rootfs) {
+        undo.push('unmount sandbox rootfs', () => this.deps.sandboxImage.unmount(rootfs.target));
+        await timed('rootfs', () => this.deps.sandboxImage.mount(rootfs.chain, rootfs.target, path.join(volatileDir, 'rootfs-layer')));
+      }
+
       // 4. Network first (default): the netns is wired before the sandbox container is created.
       if (order === 'network-first' || mode === 'pinned') await attachNetwork();
 
@@ -265,6 +296,8 @@ export class SandboxService {
         record.pid = await timed('create', () =>
           runtime.create(handler, record, {
             bundleDir: path.join(volatileDir, 'bundle'),
+            rootfsPath: rootfs ? rootfs.target : (sandboxRootfs as { path: string }).path,
+            args: sandboxRootfs!.args,
             hostname,
             hostnamePath: files.hostname,
             hostsPath: files.hosts,
@@ -364,6 +397,11 @@ export class SandboxService {
       const released = await Promise.allSettled([stopContainer(), detachNetwork()]);
       const failed = released.flatMap((r) => (r.status === 'rejected' ? [(r.reason as Error).message] : []));
       if (failed.length > 0) throw new Error(failed.join('; '));
+      if (res.rootfs) {
+        const target = res.rootfs.target;
+        await step('rootfs', () => this.deps.sandboxImage.unmount(target));
+        res.rootfs = null;
+      }
       if (res.shmMount) {
         await step('shm', () => unmountShm(res.shmMount!));
         res.shmMount = null;
@@ -440,6 +478,13 @@ export class SandboxService {
       return 'SANDBOX_NOTREADY';
     }
     return 'SANDBOX_READY';
+  }
+
+  /** Chain IDs of image layers mounted by sandboxes: image garbage collection keeps them. */
+  layersInUse(): Set<string> {
+    const out = new Set<string>();
+    for (const r of this.records.values()) r.resources.rootfs?.chain.forEach((c) => out.add(c));
+    return out;
   }
 
   // ---------------------------------------------------------------- Recovery
