@@ -411,7 +411,9 @@ export type ProxyAction =
   /** Close the connection without answering. */
   | { hangup: true }
   /** Pass it on unchanged after a pause. */
-  | { delayMs: number };
+  | { delayMs: number }
+  /** Pass it on, sending the body `chunkBytes` at a time with `intervalMs` between chunks. */
+  | { trickle: { chunkBytes: number; intervalMs: number } };
 
 export interface TestProxy {
   url: string;
@@ -482,6 +484,20 @@ export async function startProxy(target: string, onRequest?: (r: ProxiedRequest)
             ur.destroy();
             setTimeout(() => res.socket?.destroy(), 20);
           }
+        });
+        return;
+      }
+      if (action && 'trickle' in action) {
+        res.writeHead(ur.statusCode ?? 502, ur.headers);
+        const chunks: Buffer[] = [];
+        ur.on('data', (c: Buffer) => chunks.push(c));
+        ur.on('end', async () => {
+          const body = Buffer.concat(chunks);
+          for (let at = 0; at < body.length && !res.destroyed; at += action.trickle.chunkBytes) {
+            res.write(body.subarray(at, at + action.trickle.chunkBytes));
+            await new Promise((r) => setTimeout(r, action.trickle.intervalMs));
+          }
+          res.end();
         });
         return;
       }

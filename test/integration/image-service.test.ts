@@ -9,7 +9,7 @@ import { promises as fs } from 'node:fs';
 import path from 'node:path';
 import { status } from '@grpc/grpc-js';
 import { TestDaemon } from '../helpers/daemon.js';
-import { pushImage, startRegistry, type TestRegistry } from '../helpers/registry.js';
+import { pushImage, startProxy, startRegistry, type TestRegistry } from '../helpers/registry.js';
 import { busyboxImage, buildImage, buildLayer, multiArchIndex, tinyImage, whiteoutImage, type TestImage } from '../helpers/test-images.js';
 import { createImageClient, call } from '../../src/cri/client.js';
 import type { ImageRpcName } from '../../src/cri/proto.js';
@@ -163,4 +163,19 @@ test('two images that share a base layer unpack it once', async () => {
   await irpc('RemoveImage', { image: { image: `${reg.host}/test/derived:latest` } });
   assert.equal((await fs.readdir(path.join(imagesDir(), 'snapshots'))).length, 1, 'the shared base stays for busybox');
   await irpc('RemoveImage', { image: { image: `${reg.host}/test/busybox:1` } });
+});
+
+test('concurrent PullImage calls of one image download each blob once; a re-pull downloads none', async () => {
+  const proxy = await startProxy(reg.url, (r) => (r.method === 'GET' && /\/blobs\//.test(r.path) ? { delayMs: 100 } : undefined));
+  try {
+    const ref = `${proxy.host}/test/busybox:1`;
+    const ids = await Promise.all([1, 2, 3, 4].map(() => irpc('PullImage', { image: { image: ref } })));
+    assert.deepEqual(new Set(ids.map((r) => r.imageRef)), new Set([busybox.config.digest]));
+    for (const b of busybox.blobs) assert.equal(proxy.count('GET', new RegExp(`/blobs/${b.digest}`)), 1, b.digest);
+    await irpc('PullImage', { image: { image: ref } });
+    assert.equal(proxy.count('GET', /\/blobs\//), busybox.blobs.length, 'a re-pull fetches no blob');
+    await irpc('RemoveImage', { image: { image: ref } });
+  } finally {
+    await proxy.stop();
+  }
 });

@@ -1,0 +1,49 @@
+/**
+ * Runs the real critest (kubernetes-sigs/cri-tools, built from its v1.26.1 tag; not in
+ * Debian, so not part of CI) against a throwaway Corral daemon, with the images critest
+ * pulls built locally and served by Debian's docker-registry on 127.0.0.1 through
+ * Corral's mirror configuration for gcr.io and registry.k8s.io.
+ *
+ *   node dist/test/conformance/run-critest.js [--critest PATH] [--focus REGEX] [--skip REGEX]
+ *
+ * Defaults: critest from PATH, focus "Image Manager|PodSandbox", skip the spec pinned to
+ * an upstream digest. Exit status is critest's. Everything started is cleaned up.
+ */
+import { spawn } from 'node:child_process';
+import { parseArgs } from 'node:util';
+import { TestDaemon } from '../helpers/daemon.js';
+import { pushImage, startRegistry } from '../helpers/registry.js';
+import { critestMirrorToml, pushCritestImages } from '../helpers/critest-images.js';
+import { busyboxImage } from '../helpers/test-images.js';
+
+const { values } = parseArgs({
+  options: {
+    critest: { type: 'string', default: 'critest' },
+    focus: { type: 'string', default: 'Image Manager|PodSandbox' },
+    skip: { type: 'string', default: 'public image with digest' },
+  },
+});
+
+const reg = await startRegistry();
+const d = new TestDaemon({ extraToml: critestMirrorToml(reg) });
+let code = 1;
+try {
+  await pushCritestImages(reg);
+  // critest's default container image (DefaultTestContainerImage).
+  await pushImage(reg, 'e2e-test-images/busybox', '1.29-2', await busyboxImage());
+  await d.start();
+  const endpoint = `unix://${d.socket}`;
+  const args = [`--runtime-endpoint=${endpoint}`, `--image-endpoint=${endpoint}`, `--ginkgo.focus=${values.focus}`, `--ginkgo.skip=${values.skip}`, '--ginkgo.no-color'];
+  console.log(`critest ${args.join(' ')}`);
+  code = await new Promise<number>((resolve, reject) => {
+    const child = spawn(values.critest!, args, { stdio: 'inherit' });
+    child.on('error', (e) => reject(new Error(`cannot run ${values.critest}: ${e.message} (build critest from cri-tools v1.26.1 and put it on PATH)`)));
+    child.on('close', (c) => resolve(c ?? 1));
+  });
+} catch (e) {
+  console.error((e as Error).message);
+} finally {
+  await d.cleanup();
+  await reg.stop();
+}
+process.exit(code);
