@@ -27,6 +27,9 @@ export async function doctorCommand(argv: string[]): Promise<number> {
   const conmon = await findExecutable('conmon');
   add(conmon ? 'ok' : 'warn', conmon ? `conmon: ${conmon}` : 'conmon not found (needed for containers)', 'apt-get install conmon');
 
+  const zstd = await findExecutable('zstd');
+  add(zstd ? 'ok' : 'warn', zstd ? `zstd: ${zstd}` : 'zstd not found: images with zstd-compressed layers cannot be unpacked', 'apt-get install zstd');
+
   for (const bin of ['corral-nshelper', 'corral-pause', 'corral-fsnodes']) {
     const p = nativeBinary(bin);
     add((await isExecutable(p)) ? 'ok' : 'fail', `${bin}: ${p}`, 'build Corral: npm run build (needs gcc and libc6-dev)');
