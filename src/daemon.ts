@@ -22,6 +22,8 @@ import { CriServer } from './cri/server.js';
 import { RuntimeSettings, runtimeInfoHandlers } from './cri/runtime-info-rpc.js';
 import { sandboxHandlers } from './cri/sandbox-rpc.js';
 import { imageHandlers } from './cri/image-rpc.js';
+import { containerHandlers } from './cri/container-rpc.js';
+import { ContainerService } from './container/service.js';
 import { ImageService } from './image/image-service.js';
 import { mountOverlayRootfs, unmountOverlayRootfs } from './image/snapshots.js';
 import { CriError, invalidArgument } from './cri/errors.js';
@@ -168,11 +170,23 @@ export async function startDaemon(cfg: CorralConfig, logger: Logger): Promise<Da
       return withDefaultSysctls(sysctls, opts);
     },
   });
+  const containers = new ContainerService({
+    config: cfg,
+    logger,
+    sandboxes,
+    images,
+    runtimeFor,
+    availableCapabilities,
+    oomScoreAdjFloor: oomFloor,
+    seccompChoice,
+  });
+  sandboxes.containers = { stopAll: (id) => containers.stopAllIn(id), removeAll: (id) => containers.removeAllIn(id) };
   const recovered = await sandboxes.recover();
+  const recoveredContainers = await containers.recover();
   const swept = await sweepOrphanNetns(cfg.netnsDir, sandboxes, logger);
-  logger.info({ ...recovered, sweptNetns: swept }, 'state recovered');
+  logger.info({ ...recovered, containers: recoveredContainers, sweptNetns: swept }, 'state recovered');
 
-  images.layersInUse = () => sandboxes.layersInUse();
+  images.layersInUse = () => new Set([...sandboxes.layersInUse(), ...containers.layersInUse()]);
   await images.store.collect(images.layersInUse);
 
   const server = await CriServer.start({
@@ -182,6 +196,7 @@ export async function startDaemon(cfg: CorralConfig, logger: Logger): Promise<Da
     runtimeHandlers: {
       ...runtimeInfoHandlers(cfg, settings, () => networks.readiness(), () => ({ cni: networks.describe() })),
       ...sandboxHandlers(sandboxes),
+      ...containerHandlers(containers),
     },
     imageHandlers: imageHandlers(cfg, images),
   });

@@ -3,7 +3,7 @@ import { promises as fs, constants as fsc } from 'node:fs';
 import path from 'node:path';
 import { parseArgs } from 'node:util';
 import { loadConfig } from '../config/config.js';
-import { nativeBinary } from '../util/paths.js';
+import { findExecutable, isExecutable, nativeBinary } from '../util/paths.js';
 
 interface Finding {
   level: 'ok' | 'warn' | 'fail';
@@ -79,24 +79,9 @@ function debianPackage(bin: string): string {
   return ['runc', 'crun'].includes(name) ? `apt-get install ${name}` : `install ${bin}`;
 }
 
-async function isExecutable(p: string): Promise<boolean> {
-  try {
-    const st = await fs.stat(p);
-    if (!st.isFile()) return false;
-    await fs.access(p, fsc.X_OK);
-    return true;
-  } catch {
-    return false;
-  }
-}
 
 async function exists(p: string): Promise<boolean> {
   return fs.access(p).then(() => true, () => false);
-}
-
-async function findExecutable(bin: string): Promise<string | undefined> {
-  if (bin.includes('/')) return (await isExecutable(bin)) ? bin : undefined;
-  return firstIn((process.env.PATH ?? '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin').split(':'), bin);
 }
 
 async function firstIn(dirs: string[], name: string): Promise<string | undefined> {

@@ -194,6 +194,41 @@ export class OciRuntime {
     throw this.error('delete', id, r);
   }
 
+  /**
+   * Runs a command in a running container (`exec`, with the container's own process
+   * settings), collecting its output as bytes. A timeout kills it and resolves with
+   * timedOut set; the exit code is the command's own.
+   */
+  async exec(id: string, args: string[], timeoutMs: number): Promise<{ exitCode: number; stdout: Buffer; stderr: Buffer; timedOut: boolean }> {
+    return new Promise((resolve, reject) => {
+      const child = spawn(this.binary, ['--root', this.root, 'exec', id, ...args], { stdio: ['ignore', 'pipe', 'pipe'], detached: true });
+      const out: Buffer[] = [];
+      const err: Buffer[] = [];
+      let timedOut = false;
+      child.stdout.on('data', (b: Buffer) => out.push(b));
+      child.stderr.on('data', (b: Buffer) => err.push(b));
+      const timer =
+        timeoutMs > 0
+          ? setTimeout(() => {
+              timedOut = true;
+              try {
+                process.kill(-child.pid!, 'SIGKILL');
+              } catch {
+                child.kill('SIGKILL');
+              }
+            }, timeoutMs)
+          : undefined;
+      child.on('error', (e) => {
+        if (timer) clearTimeout(timer);
+        reject(new OciRuntimeError(this.name, 'exec', id, null, `cannot run ${this.binary}: ${e.message}`));
+      });
+      child.on('close', (code, signal) => {
+        if (timer) clearTimeout(timer);
+        resolve({ exitCode: code ?? (signal ? 128 + (os.constants.signals[signal] ?? 9) : 1), stdout: Buffer.concat(out), stderr: Buffer.concat(err), timedOut });
+      });
+    });
+  }
+
   /** The ids of every container under this runtime's root. */
   async list(): Promise<string[]> {
     try {

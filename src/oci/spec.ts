@@ -150,6 +150,7 @@ export const Annotations = {
   sandboxUid: 'io.kubernetes.cri.sandbox-uid',
   sandboxLogDirectory: 'io.kubernetes.cri.sandbox-log-directory',
   imageName: 'io.kubernetes.cri.image-name',
+  containerName: 'io.kubernetes.cri.container-name',
   podSandboxImageName: 'io.kubernetes.cri.podsandbox.image-name',
   crioContainerType: 'io.kubernetes.cri-o.ContainerType',
   crioSandboxId: 'io.kubernetes.cri-o.SandboxID',
@@ -517,7 +518,8 @@ export interface SandboxSpecInput {
 
 const SHM_TMPFS_OPTIONS = ['nosuid', 'noexec', 'nodev', 'mode=1777', 'size=65536k'];
 
-function defaultMounts(input: SandboxSpecInput): OciMount[] {
+/** The mounts every container of a pod gets: proc, dev, sys, the pod's shm and its hostname, hosts and resolv.conf. */
+export function podMounts(input: Pick<SandboxSpecInput, 'shmPath' | 'hostIpc' | 'privileged' | 'resolvConfPath' | 'hostnamePath' | 'hostsPath'>): OciMount[] {
   const roBind = (destination: string, source: string): OciMount => ({
     destination,
     type: 'bind',
@@ -546,7 +548,7 @@ function defaultMounts(input: SandboxSpecInput): OciMount[] {
   ];
 }
 
-function seccompFor(input: SandboxSpecInput, caps: readonly string[]): OciSeccomp | undefined {
+export function seccompFor(input: Pick<SandboxSpecInput, 'privileged' | 'seccomp'>, caps: readonly string[]): OciSeccomp | undefined {
   if (input.privileged) return undefined;
   switch (input.seccomp.type) {
     case 'unconfined':
@@ -621,7 +623,7 @@ export function buildSandboxSpec(input: SandboxSpecInput): OciSpec {
     },
     // The pause rootfs is always read-only; readOnlyRootfs is accepted for symmetry with app containers.
     root: { path: 'rootfs', readonly: true },
-    mounts: defaultMounts(input),
+    mounts: podMounts(input),
     annotations,
     linux,
   };

@@ -108,6 +108,12 @@ export class SandboxService {
   /** Serialises Stop/Remove/Run-completion per sandbox. */
   private readonly locks = new Map<string, Promise<unknown>>();
 
+  /** The pod's application containers: stopped with it, removed with it (set by the daemon). */
+  containers: { stopAll(sandboxId: string): Promise<void>; removeAll(sandboxId: string): Promise<void> } = {
+    stopAll: async () => {},
+    removeAll: async () => {},
+  };
+
   constructor(private readonly deps: SandboxServiceDeps) {}
 
   // ---------------------------------------------------------------- Run
@@ -188,7 +194,8 @@ export class SandboxService {
     // crash at any point is rolled back from this record alone (two writes per Run).
     const volatileDir = this.volatileDir(id);
     const netnsPath = hostNetwork ? null : pinner.pathFor(id);
-    const pinOpts: Parameters<NamespacePinner['create']>[1] = { sysctls: netSysctls(sysctls) };
+    // Without a pause, the pins hold IPC and UTS too, so the helper applies their sysctls as well.
+    const pinOpts: Parameters<NamespacePinner['create']>[1] = { sysctls: mode === 'pinned' ? sysctls : netSysctls(sysctls) };
     const pins: string[] = [];
     if (netnsPath) {
       pins.push(netnsPath);
@@ -394,6 +401,8 @@ export class SandboxService {
         await step('cni', () => driver.tearDown({ ...this.networkIdentity(record), netnsPath }));
         res.cniAttached = false;
       };
+      // Application containers first: they live in the namespaces released below.
+      await this.containers.stopAll(id);
       const released = await Promise.allSettled([stopContainer(), detachNetwork()]);
       const failed = released.flatMap((r) => (r.status === 'rejected' ? [(r.reason as Error).message] : []));
       if (failed.length > 0) throw new Error(failed.join('; '));
@@ -433,6 +442,7 @@ export class SandboxService {
     await this.locked(id, async () => {
       const record = this.records.get(id);
       if (!record) return;
+      await this.containers.removeAll(id);
       await this.stopLocked(id, false);
       await fs.rm(this.volatileDir(id), { recursive: true, force: true });
       await this.deps.store.remove(id);

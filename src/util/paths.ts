@@ -1,4 +1,4 @@
-import { existsSync } from 'node:fs';
+import { existsSync, promises as fs, constants as fsConstants } from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 
@@ -25,4 +25,24 @@ export function nativeBinary(name: string): string {
 /** Corral's CRI proto definition. */
 export function protoFile(): string {
   return path.join(packageRoot(), 'proto', 'runtime', 'v1', 'api.proto');
+}
+
+/** Whether p is a regular file this process may execute. */
+export async function isExecutable(p: string): Promise<boolean> {
+  try {
+    await fs.access(p, fsConstants.X_OK);
+    return (await fs.stat(p)).isFile();
+  } catch {
+    return false;
+  }
+}
+
+/** An absolute path for a program: as given when it has a slash, else the first match in PATH. */
+export async function findExecutable(bin: string): Promise<string | undefined> {
+  if (bin.includes('/')) return (await isExecutable(bin)) ? bin : undefined;
+  for (const d of (process.env.PATH ?? '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin').split(':')) {
+    const p = path.join(d, bin);
+    if (await isExecutable(p)) return p;
+  }
+  return undefined;
 }

@@ -30,7 +30,7 @@ let code = 1;
 try {
   await pushCritestImages(reg);
   // critest's default container image (DefaultTestContainerImage).
-  await pushImage(reg, 'e2e-test-images/busybox', '1.29-2', await busyboxImage());
+  await pushImage(reg, 'e2e-test-images/busybox', '1.29-2', await busyboxImage({ allApplets: true }));
   await d.start();
   const endpoint = `unix://${d.socket}`;
   const args = [`--runtime-endpoint=${endpoint}`, `--image-endpoint=${endpoint}`, `--ginkgo.focus=${values.focus}`, `--ginkgo.skip=${values.skip}`, '--ginkgo.no-color'];

@@ -13,7 +13,7 @@
  * Every blob is a TestBlob ({ mediaType, digest, size, bytes }); `descriptor(blob)` gives
  * the manifest descriptor. Push them with test/helpers/registry.ts pushImage().
  */
-import { spawn } from 'node:child_process';
+import { execFileSync, spawn } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import { gzipSync } from 'node:zlib';
@@ -200,12 +200,12 @@ export const BUSYBOX_APPLETS = ['sh', 'ls', 'cat', 'echo', 'sleep', 'true', 'fal
  * A minimal root filesystem: /bin/busybox with its applets as symlinks (/bin/sh → busybox…),
  * /etc/passwd and /etc/group (root, nobody and "app" 1000:1000), /tmp (1777), /root, /home/app.
  */
-export function busyboxEntries(): TarEntry[] {
+export function busyboxEntries(applets: readonly string[] = BUSYBOX_APPLETS): TarEntry[] {
   const busybox = readFileSync('/bin/busybox');
   return [
     { path: 'bin/', type: 'directory' },
     { path: 'bin/busybox', content: busybox, mode: 0o755 },
-    ...BUSYBOX_APPLETS.map((a): TarEntry => ({ path: `bin/${a}`, type: 'symlink', linkname: 'busybox' })),
+    ...applets.map((a): TarEntry => ({ path: `bin/${a}`, type: 'symlink', linkname: 'busybox' })),
     { path: 'etc/', type: 'directory' },
     { path: 'etc/passwd', content: 'root:x:0:0:root:/root:/bin/sh\napp:x:1000:1000:app:/home/app:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/bin/false\n' },
     { path: 'etc/group', content: 'root:x:0:\napp:x:1000:\nnogroup:x:65534:\n' },
@@ -315,12 +315,20 @@ export interface BusyboxImageOptions {
   config?: TestImageConfig;
   /** More layers on top of the busybox one. */
   extraLayers?: TestLayer[];
+  /** Link every applet this busybox has (`busybox --list`), like the real busybox images. */
+  allApplets?: boolean;
+}
+
+/** Every applet name the host's /bin/busybox offers, except those that would clash with the layer's own entries. */
+export function allBusyboxApplets(): string[] {
+  const out = execFileSync('/bin/busybox', ['--list']).toString();
+  return out.split('\n').map((s) => s.trim()).filter((s) => s && s !== 'busybox' && /^[a-zA-Z0-9_.\[-]+$/.test(s));
 }
 
 /** The single-layer busybox image (plus any extra layers). */
 export async function busyboxImage(opts: BusyboxImageOptions = {}): Promise<TestImage> {
   const format = opts.format ?? 'oci';
-  const base = await buildLayer(busyboxEntries(), opts.compression ?? 'gzip', format);
+  const base = await buildLayer(busyboxEntries(opts.allApplets ? allBusyboxApplets() : BUSYBOX_APPLETS), opts.compression ?? 'gzip', format);
   return buildImage({ layers: [base, ...(opts.extraLayers ?? [])], format, platform: opts.platform, config: opts.config });
 }
 

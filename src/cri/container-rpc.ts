@@ -1,0 +1,94 @@
+/** RuntimeService handlers for the container RPC group, and ExecSync. */
+import type { ContainerService } from '../container/service.js';
+import type { ContainerRecord } from '../container/record.js';
+import { invalidArgument } from './errors.js';
+
+const CRI_STATE: Record<ContainerRecord['state'], string> = {
+  creating: 'CONTAINER_UNKNOWN',
+  created: 'CONTAINER_CREATED',
+  running: 'CONTAINER_RUNNING',
+  exited: 'CONTAINER_EXITED',
+};
+
+export function containerHandlers(containers: ContainerService) {
+  const summary = (r: ContainerRecord) => ({
+    id: r.id,
+    podSandboxId: r.sandboxId,
+    metadata: r.metadata,
+    image: { image: r.imageRef },
+    imageRef: r.imageId,
+    state: CRI_STATE[r.state],
+    createdAt: r.createdAt,
+    labels: r.config.labels ?? {},
+    annotations: r.config.annotations ?? {},
+  });
+
+  return {
+    async CreateContainer(req: any) {
+      if (!req.config) throw invalidArgument('CreateContainer needs a container config');
+      const containerId = await containers.create(req.podSandboxId ?? '', req.config);
+      return { containerId };
+    },
+
+    async StartContainer(req: any) {
+      await containers.start(requireId(req.containerId));
+      return {};
+    },
+
+    async StopContainer(req: any) {
+      await containers.stop(requireId(req.containerId), Number(req.timeout ?? 0));
+      return {};
+    },
+
+    async RemoveContainer(req: any) {
+      await containers.remove(requireId(req.containerId));
+      return {};
+    },
+
+    async ListContainers(req: any) {
+      const f = req.filter ?? {};
+      let list = await containers.list();
+      if (f.id) {
+        let id: string | undefined;
+        try {
+          id = containers.index.tryResolve(f.id);
+        } catch {
+          id = undefined;
+        }
+        list = list.filter((r) => r.id === id);
+      }
+      if (f.podSandboxId) list = list.filter((r) => r.sandboxId.startsWith(f.podSandboxId));
+      if (f.state) list = list.filter((r) => CRI_STATE[r.state] === f.state.state);
+      const selector: Record<string, string> = f.labelSelector ?? {};
+      list = list.filter((r) => Object.entries(selector).every(([k, v]) => (r.config.labels ?? {})[k] === v));
+      return { containers: list.map(summary) };
+    },
+
+    async ContainerStatus(req: any) {
+      const r = await containers.status(requireId(req.containerId));
+      const status = {
+        ...summary(r),
+        startedAt: r.startedAt,
+        finishedAt: r.finishedAt,
+        exitCode: r.exitCode,
+        reason: r.reason,
+        message: r.message,
+        mounts: (r.config.mounts ?? []).map((m: any) => ({ containerPath: m.containerPath, hostPath: m.hostPath, readonly: Boolean(m.readonly), propagation: m.propagation })),
+        logPath: r.logPath,
+      };
+      const info: Record<string, string> = {};
+      if (req.verbose) info.info = JSON.stringify({ pid: r.pid, sandboxId: r.sandboxId, runtimeHandler: r.runtimeHandler, resources: r.resources, config: r.config });
+      return { status, info };
+    },
+
+    async ExecSync(req: any) {
+      const r = await containers.execSync(requireId(req.containerId), req.cmd ?? [], Number(req.timeout ?? 0));
+      return { stdout: r.stdout, stderr: r.stderr, exitCode: r.exitCode };
+    },
+  };
+}
+
+function requireId(id: unknown): string {
+  if (typeof id !== 'string' || id === '') throw invalidArgument('container_id is required');
+  return id;
+}

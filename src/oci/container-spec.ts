@@ -1,0 +1,263 @@
+/**
+ * The config.json of an application container: pure functions from the CRI
+ * ContainerConfig, the image config and what the pod sandbox holds (its namespaces,
+ * files and cgroup parent) to an OCI spec, so every rule can be unit-tested without root.
+ */
+import {
+  ALL_CAPABILITIES,
+  Annotations,
+  DEFAULT_CAPABILITIES,
+  DEFAULT_MASKED_PATHS,
+  DEFAULT_PATH_ENV,
+  DEFAULT_READONLY_PATHS,
+  OCI_VERSION,
+  podMounts,
+  seccompFor,
+  type OciLinux,
+  type OciMount,
+  type OciNamespace,
+  type OciSpec,
+  type OciUser,
+  type SeccompChoice,
+} from './spec.js';
+
+export const CONTAINER_TYPE_CONTAINER = 'container';
+
+/** The parts of the image config a container's process comes from. */
+export interface ImageProcessConfig {
+  Entrypoint?: string[] | null;
+  Cmd?: string[] | null;
+  Env?: string[] | null;
+  WorkingDir?: string;
+  User?: string;
+  StopSignal?: string;
+}
+
+/**
+ * Kubernetes' rule: `command` replaces the image entrypoint (and drops its Cmd); `args`
+ * alone replace the image Cmd; neither = entrypoint + Cmd.
+ */
+export function containerArgs(command: readonly string[], args: readonly string[], image: ImageProcessConfig): string[] {
+  const entrypoint = image.Entrypoint ?? [];
+  const cmd = image.Cmd ?? [];
+  if (command.length > 0) return [...command, ...args];
+  if (args.length > 0) return [...entrypoint, ...args];
+  return [...entrypoint, ...cmd];
+}
+
+/** Image Env, then the container's envs (a later key replaces an earlier one in place); PATH defaulted. */
+export function containerEnv(imageEnv: readonly string[], envs: readonly { key: string; value: string }[]): string[] {
+  const order: string[] = [];
+  const values = new Map<string, string>();
+  const set = (key: string, value: string) => {
+    if (!values.has(key)) order.push(key);
+    values.set(key, value);
+  };
+  for (const e of imageEnv) {
+    const eq = e.indexOf('=');
+    set(eq < 0 ? e : e.slice(0, eq), eq < 0 ? '' : e.slice(eq + 1));
+  }
+  for (const e of envs) set(e.key, e.value);
+  if (!values.has('PATH')) set('PATH', DEFAULT_PATH_ENV.slice('PATH='.length));
+  return order.map((k) => `${k}=${values.get(k)}`);
+}
+
+/** Capabilities: the default (or, privileged, every available) set, with CRI add/drop ("ALL" allowed). */
+export function containerCapabilities(privileged: boolean, add: readonly string[], drop: readonly string[], available?: readonly string[]): string[] {
+  const norm = (c: string) => (c.toUpperCase().startsWith('CAP_') ? c.toUpperCase() : `CAP_${c.toUpperCase()}`);
+  const avail = available ? new Set(available) : null;
+  const within = (caps: readonly string[]) => (avail ? caps.filter((c) => avail.has(c)) : [...caps]);
+  if (privileged) return within(ALL_CAPABILITIES);
+  let caps = new Set<string>(DEFAULT_CAPABILITIES);
+  if (add.some((c) => c.toUpperCase() === 'ALL')) caps = new Set(ALL_CAPABILITIES);
+  else add.map(norm).forEach((c) => caps.add(c));
+  if (drop.some((c) => c.toUpperCase() === 'ALL')) caps.clear();
+  else drop.map(norm).forEach((c) => caps.delete(c));
+  return within([...caps]);
+}
+
+/** How the container joins the pod's namespaces: a path to join, 'new' or 'host'. */
+export interface PodNamespaces {
+  network: string | 'host';
+  ipc: string | 'host';
+  uts: string | 'host';
+  /** 'new' = a PID namespace of the container's own. */
+  pid: string | 'host' | 'new';
+}
+
+export interface BindMount {
+  containerPath: string;
+  hostPath: string;
+  readonly: boolean;
+  /** CRI MountPropagation: PROPAGATION_PRIVATE (default), _HOST_TO_CONTAINER, _BIDIRECTIONAL. */
+  propagation?: string;
+}
+
+export interface ContainerSpecInput {
+  containerId: string;
+  containerName: string;
+  sandboxId: string;
+  sandboxName: string;
+  sandboxNamespace: string;
+  sandboxUid: string;
+  imageName: string;
+  rootfsPath: string;
+  args: string[];
+  env: string[];
+  cwd: string;
+  user: OciUser;
+  namespaces: PodNamespaces;
+  privileged: boolean;
+  readOnlyRootfs: boolean;
+  noNewPrivileges: boolean;
+  capabilities: string[];
+  seccomp: SeccompChoice;
+  cgroupsPath: string;
+  oomScoreAdj?: number;
+  resources?: { cpuShares?: number; cpuQuota?: number; cpuPeriod?: number; memoryLimitInBytes?: number; cpusetCpus?: string; cpusetMems?: string };
+  mounts: BindMount[];
+  maskedPaths?: string[];
+  readonlyPaths?: string[];
+  /** The pod's files and shm, as in the sandbox spec. */
+  hostnamePath: string;
+  hostsPath: string;
+  resolvConfPath: string;
+  shmPath: string | null;
+  annotations: Record<string, string>;
+}
+
+function bindOptions(m: BindMount): string[] {
+  const opts = ['rbind', m.readonly ? 'ro' : 'rw'];
+  if (m.propagation === 'PROPAGATION_BIDIRECTIONAL') opts.push('rshared');
+  else if (m.propagation === 'PROPAGATION_HOST_TO_CONTAINER') opts.push('rslave');
+  else opts.push('rprivate');
+  return opts;
+}
+
+export function buildContainerSpec(input: ContainerSpecInput): OciSpec {
+  const ns = input.namespaces;
+  const namespaces: OciNamespace[] = [{ type: 'mount' }];
+  if (ns.pid === 'new') namespaces.push({ type: 'pid' });
+  else if (ns.pid !== 'host') namespaces.push({ type: 'pid', path: ns.pid });
+  if (ns.ipc !== 'host') namespaces.push({ type: 'ipc', path: ns.ipc });
+  if (ns.uts !== 'host') namespaces.push({ type: 'uts', path: ns.uts });
+  if (ns.network !== 'host') namespaces.push({ type: 'network', path: ns.network });
+
+  // A mount the kubelet asks for (e.g. its own /etc/hosts) replaces the pod default at that path.
+  const userMounts: OciMount[] = input.mounts.map((m) => ({ destination: m.containerPath, type: 'bind', source: m.hostPath, options: bindOptions(m) }));
+  const taken = new Set(userMounts.map((m) => m.destination));
+  const base = podMounts({
+    shmPath: input.shmPath,
+    hostIpc: ns.ipc === 'host',
+    privileged: input.privileged,
+    resolvConfPath: input.resolvConfPath,
+    hostnamePath: input.hostnamePath,
+    hostsPath: input.hostsPath,
+  }).filter((m) => !taken.has(m.destination));
+
+  const linux: OciLinux = {
+    namespaces,
+    resources: { devices: [{ allow: input.privileged, access: 'rwm' }] },
+    cgroupsPath: input.cgroupsPath,
+  };
+  const r = input.resources;
+  if (r) {
+    if (r.cpuShares || r.cpuQuota || r.cpuPeriod || r.cpusetCpus || r.cpusetMems) {
+      linux.resources!.cpu = {
+        ...(r.cpuShares ? { shares: r.cpuShares } : {}),
+        ...(r.cpuQuota ? { quota: r.cpuQuota } : {}),
+        ...(r.cpuPeriod ? { period: r.cpuPeriod } : {}),
+        ...(r.cpusetCpus ? { cpus: r.cpusetCpus } : {}),
+        ...(r.cpusetMems ? { mems: r.cpusetMems } : {}),
+      };
+    }
+    if (r.memoryLimitInBytes) linux.resources!.memory = { limit: r.memoryLimitInBytes };
+  }
+  if (!input.privileged) {
+    linux.maskedPaths = input.maskedPaths ?? [...DEFAULT_MASKED_PATHS];
+    linux.readonlyPaths = input.readonlyPaths ?? [...DEFAULT_READONLY_PATHS];
+  }
+  const seccomp = seccompFor({ privileged: input.privileged, seccomp: input.seccomp }, input.capabilities);
+  if (seccomp) linux.seccomp = seccomp;
+
+  const caps = input.capabilities;
+  return {
+    ociVersion: OCI_VERSION,
+    process: {
+      terminal: false,
+      user: input.user,
+      args: input.args,
+      env: input.env,
+      cwd: input.cwd || '/',
+      capabilities: { bounding: [...caps], effective: [...caps], permitted: [...caps] },
+      noNewPrivileges: input.noNewPrivileges,
+      ...(input.oomScoreAdj !== undefined ? { oomScoreAdj: input.oomScoreAdj } : {}),
+    },
+    root: { path: input.rootfsPath, readonly: input.readOnlyRootfs },
+    mounts: [...base, ...userMounts],
+    annotations: {
+      ...input.annotations,
+      [Annotations.containerType]: CONTAINER_TYPE_CONTAINER,
+      [Annotations.sandboxId]: input.sandboxId,
+      [Annotations.sandboxName]: input.sandboxName,
+      [Annotations.sandboxNamespace]: input.sandboxNamespace,
+      [Annotations.sandboxUid]: input.sandboxUid,
+      [Annotations.containerName]: input.containerName,
+      [Annotations.imageName]: input.imageName,
+      [Annotations.crioContainerType]: CONTAINER_TYPE_CONTAINER,
+      [Annotations.crioSandboxId]: input.sandboxId,
+    },
+    linux,
+  };
+}
+
+/**
+ * The user a container runs as. `runAsUser` wins; else the image User ("uid", "uid:gid",
+ * "name", "name:group"), names looked up in the container's /etc/passwd and /etc/group
+ * (passed as text); the primary group defaults to the passwd entry's.
+ */
+export function resolveUser(opts: { runAsUser?: number; runAsGroup?: number; runAsUsername?: string; imageUser: string; supplementalGroups?: number[]; passwd: string; group: string }): OciUser {
+  const passwd = parseColonFile(opts.passwd);
+  const groups = parseColonFile(opts.group);
+  const [userPart = '', groupPart] = (opts.runAsUsername ?? opts.imageUser).split(':');
+  let uid: number;
+  let gid: number | undefined;
+  if (opts.runAsUser !== undefined) {
+    uid = opts.runAsUser;
+    gid = passwd.find((p) => Number(p[2]) === uid)?.[3] !== undefined ? Number(passwd.find((p) => Number(p[2]) === uid)![3]) : undefined;
+  } else if (userPart === '') {
+    uid = 0;
+    gid = 0;
+  } else if (/^\d+$/.test(userPart)) {
+    uid = Number(userPart);
+    const entry = passwd.find((p) => Number(p[2]) === uid);
+    gid = entry ? Number(entry[3]) : undefined;
+  } else {
+    const entry = passwd.find((p) => p[0] === userPart);
+    if (!entry) throw new Error(`user "${userPart}" is not in the image's /etc/passwd`);
+    uid = Number(entry[2]);
+    gid = Number(entry[3]);
+  }
+  if (opts.runAsUser === undefined && groupPart !== undefined && groupPart !== '') {
+    if (/^\d+$/.test(groupPart)) gid = Number(groupPart);
+    else {
+      const g = groups.find((e) => e[0] === groupPart);
+      if (!g) throw new Error(`group "${groupPart}" is not in the image's /etc/group`);
+      gid = Number(g[2]);
+    }
+  }
+  if (opts.runAsGroup !== undefined) gid = opts.runAsGroup;
+  const user: OciUser = { uid, gid: gid ?? 0 };
+  const name = passwd.find((p) => Number(p[2]) === uid)?.[0];
+  const member = name ? groups.filter((g) => (g[3] ?? '').split(',').includes(name)).map((g) => Number(g[2])) : [];
+  const extra = [...new Set([...member, ...(opts.supplementalGroups ?? [])])].filter((g) => g !== user.gid);
+  if (extra.length > 0) user.additionalGids = extra;
+  return user;
+}
+
+function parseColonFile(text: string): string[][] {
+  return text
+    .split('\n')
+    .filter((l) => l && !l.startsWith('#'))
+    .map((l) => l.split(':'));
+}

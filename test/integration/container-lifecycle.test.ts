@@ -1,0 +1,165 @@
+/**
+ * Application containers end to end through the CRI: a busybox image from the local
+ * registry, containers in pause-mode and pinned-mode pods, the CRI log written by
+ * conmon, ExecSync seeing the pod's sysctls, hostname and network, stop with exit codes,
+ * removal with the pod, an image removed while a container uses it, and a daemon
+ * restart with a container running. Nothing is left behind.
+ */
+import { test, before, after, afterEach } from 'node:test';
+import assert from 'node:assert/strict';
+import { promises as fs } from 'node:fs';
+import path from 'node:path';
+import { status } from '@grpc/grpc-js';
+import { TestDaemon, hostTraces, podConfig } from '../helpers/daemon.js';
+import { pushImage, startRegistry, type TestRegistry } from '../helpers/registry.js';
+import { busyboxImage, type TestImage } from '../helpers/test-images.js';
+import { createImageClient, call } from '../../src/cri/client.js';
+
+let reg: TestRegistry;
+let d: TestDaemon;
+let images: ReturnType<typeof createImageClient>;
+let busybox: TestImage;
+let image: string;
+const irpc = (m: 'PullImage' | 'RemoveImage' | 'ImageStatus', req: object) => call<any>(images, m, req, { deadlineMs: 60_000 });
+
+before(async () => {
+  reg = await startRegistry();
+  busybox = await busyboxImage();
+  await pushImage(reg, 'test/busybox', '1', busybox);
+  image = `${reg.host}/test/busybox:1`;
+  d = new TestDaemon();
+  await d.start();
+  images = createImageClient(d.socket);
+  await irpc('PullImage', { image: { image } });
+});
+
+afterEach(async () => {
+  for (const p of (await d.rpc('ListPodSandbox', {})).items) await d.rpc('RemovePodSandbox', { podSandboxId: p.id });
+});
+
+after(async () => {
+  images?.close();
+  await d?.cleanup();
+  await reg?.stop();
+});
+
+const pausePod = (extra: object = {}) => podConfig({ linux: { securityContext: { namespaceOptions: { network: 'POD', pid: 'POD', ipc: 'POD' } } }, ...extra });
+const pinnedPod = (extra: object = {}) => podConfig({ linux: { securityContext: { namespaceOptions: { network: 'POD', pid: 'CONTAINER', ipc: 'POD' } } }, ...extra });
+
+function containerConfig(name: string, command: string[], extra: object = {}) {
+  return { metadata: { name, attempt: 0 }, image: { image }, command, logPath: `${name}.log`, linux: {}, ...extra };
+}
+
+async function runContainer(podId: string, podCfg: any, name: string, command: string[], extra: object = {}) {
+  const { containerId } = await d.rpc('CreateContainer', { podSandboxId: podId, config: containerConfig(name, command, extra), sandboxConfig: podCfg });
+  await d.rpc('StartContainer', { containerId });
+  return containerId as string;
+}
+
+const exec = (containerId: string, cmd: string[], timeout = 10) => d.rpc('ExecSync', { containerId, cmd, timeout });
+
+async function waitExited(id: string, ms = 10_000) {
+  const until = Date.now() + ms;
+  for (;;) {
+    const st = (await d.rpc('ContainerStatus', { containerId: id })).status;
+    if (st.state === 'CONTAINER_EXITED' || Date.now() > until) return st;
+    await new Promise((r) => setTimeout(r, 100));
+  }
+}
+
+test('a container in a pause-mode pod: log, sysctls, hostname and network of the pod; exec exit codes; stop and remove', async () => {
+  const cfg = pausePod({ linux: { sysctls: { 'kernel.shm_rmid_forced': '1' }, securityContext: { namespaceOptions: { network: 'POD', pid: 'POD', ipc: 'POD' } } } });
+  const podId = (await d.rpc('RunPodSandbox', { config: cfg })).podSandboxId;
+  const pod = (await d.rpc('PodSandboxStatus', { podSandboxId: podId })).status;
+  const id = await runContainer(podId, cfg, 'web', ['sh', '-c', 'echo hello; echo oops >&2; exec sleep 1000']);
+  const st = (await d.rpc('ContainerStatus', { containerId: id.slice(0, 10) })).status;
+  assert.equal(st.state, 'CONTAINER_RUNNING');
+  assert.equal(st.imageRef, busybox.config.digest);
+  assert.equal(st.logPath, path.join(cfg.logDirectory, 'web.log'));
+
+  assert.equal((await exec(id, ['cat', '/proc/sys/kernel/shm_rmid_forced'])).stdout.toString().trim(), '1', 'the pod sysctl is visible');
+  assert.equal((await exec(id, ['hostname'])).stdout.toString().trim(), cfg.hostname);
+  assert.match((await exec(id, ['ip', 'addr', 'show', 'eth0'])).stdout.toString(), new RegExp(`inet ${pod.network.ip.replace(/\./g, '\\.')}/`));
+  const failing = await exec(id, ['sh', '-c', 'echo out; echo err >&2; exit 3']);
+  assert.deepEqual([failing.exitCode, failing.stdout.toString(), failing.stderr.toString()], [3, 'out\n', 'err\n']);
+  await assert.rejects(exec(id, ['sleep', '30'], 1), (e: any) => e.code === status.DEADLINE_EXCEEDED);
+
+  const log = await fs.readFile(st.logPath, 'utf8');
+  assert.match(log, /^\S+ stdout F hello$/m);
+  assert.match(log, /^\S+ stderr F oops$/m);
+
+  const listed = (await d.rpc('ListContainers', { filter: { podSandboxId: podId } })).containers;
+  assert.deepEqual(listed.map((c: any) => [c.id, c.state, c.metadata.name]), [[id, 'CONTAINER_RUNNING', 'web']]);
+  assert.equal((await d.rpc('ListContainers', { filter: { state: { state: 'CONTAINER_EXITED' } } })).containers.length, 0);
+
+  await d.rpc('StopContainer', { containerId: id, timeout: 5 });
+  await d.rpc('StopContainer', { containerId: id, timeout: 5 });
+  const stopped = (await d.rpc('ContainerStatus', { containerId: id })).status;
+  assert.equal(stopped.state, 'CONTAINER_EXITED');
+  assert.equal(stopped.exitCode, 143, 'SIGTERM');
+  assert.ok(BigInt(stopped.finishedAt) >= BigInt(stopped.startedAt));
+  await assert.rejects(exec(id, ['true']), (e: any) => e.code === status.FAILED_PRECONDITION);
+
+  await d.rpc('RemoveContainer', { containerId: id });
+  await d.rpc('RemoveContainer', { containerId: id });
+  await assert.rejects(d.rpc('ContainerStatus', { containerId: id }), (e: any) => e.code === status.NOT_FOUND);
+  const traces = await hostTraces(d);
+  assert.deepEqual(traces.runtimeContainers.filter((c) => c === id), []);
+  assert.deepEqual(traces.mounts.filter((m) => m.includes(id)), []);
+});
+
+test('a container in a pinned-namespace pod sees the IPC sysctls the pins carry; a finished container reports its exit code', async () => {
+  const cfg = pinnedPod({ linux: { sysctls: { 'fs.mqueue.msg_max': '100' }, securityContext: { namespaceOptions: { network: 'POD', pid: 'CONTAINER', ipc: 'POD' } } } });
+  const podId = (await d.rpc('RunPodSandbox', { config: cfg })).podSandboxId;
+  const id = await runContainer(podId, cfg, 'mq', ['sleep', '1000']);
+  assert.equal((await exec(id, ['cat', '/proc/sys/fs/mqueue/msg_max'])).stdout.toString().trim(), '100');
+  assert.equal((await exec(id, ['sh', '-c', 'echo $$'])).stdout.toString().trim() !== '', true);
+  const done = await runContainer(podId, cfg, 'done', ['sh', '-c', 'exit 7']);
+  const st = await waitExited(done);
+  assert.deepEqual([st.state, st.exitCode, st.reason], ['CONTAINER_EXITED', 7, 'Error']);
+});
+
+test('CreateContainer refuses a missing image, a stopped pod and a duplicate name, and leaves nothing', async () => {
+  const cfg = pausePod();
+  const podId = (await d.rpc('RunPodSandbox', { config: cfg })).podSandboxId;
+  await assert.rejects(
+    d.rpc('CreateContainer', { podSandboxId: podId, config: { ...containerConfig('x', ['true']), image: { image: `${reg.host}/test/absent:1` } }, sandboxConfig: cfg }),
+    (e: any) => e.code === status.NOT_FOUND && /absent:1.*pull it first/.test(e.details),
+  );
+  const first = await runContainer(podId, cfg, 'twin', ['sleep', '1000']);
+  await assert.rejects(d.rpc('CreateContainer', { podSandboxId: podId, config: containerConfig('twin', ['true']), sandboxConfig: cfg }), (e: any) => e.code === status.ALREADY_EXISTS && e.details.includes(first));
+  await d.rpc('StopPodSandbox', { podSandboxId: podId });
+  assert.equal((await d.rpc('ContainerStatus', { containerId: first })).status.state, 'CONTAINER_EXITED', 'stopping the pod stops its containers');
+  await assert.rejects(d.rpc('CreateContainer', { podSandboxId: podId, config: containerConfig('late', ['true']), sandboxConfig: cfg }), (e: any) => e.code === status.FAILED_PRECONDITION);
+  assert.equal((await d.rpc('ListContainers', {})).containers.length, 1);
+  await d.rpc('RemovePodSandbox', { podSandboxId: podId });
+  assert.deepEqual((await d.rpc('ListContainers', {})).containers, [], 'removing the pod removes its containers');
+  await fs.access(path.join(d.rootDir, 'containers')).then(async () => assert.deepEqual(await fs.readdir(path.join(d.rootDir, 'containers')), []));
+});
+
+test('an image removed while a container uses it keeps its layers until the container is gone', async () => {
+  const cfg = pausePod();
+  const podId = (await d.rpc('RunPodSandbox', { config: cfg })).podSandboxId;
+  const id = await runContainer(podId, cfg, 'user', ['sleep', '1000']);
+  await irpc('RemoveImage', { image: { image } });
+  assert.equal((await irpc('ImageStatus', { image: { image } })).image, null);
+  assert.equal((await exec(id, ['cat', '/etc/passwd'])).exitCode, 0, 'the rootfs still works');
+  assert.equal((await fs.readdir(path.join(d.rootDir, 'images', 'snapshots'))).length, 1);
+  await d.rpc('RemovePodSandbox', { podSandboxId: podId });
+  await irpc('RemoveImage', { image: { image: 'sha256:' + 'f'.repeat(64) } }); // any removal collects
+  assert.deepEqual(await fs.readdir(path.join(d.rootDir, 'images', 'snapshots')), []);
+  await irpc('PullImage', { image: { image } });
+});
+
+test('after a daemon restart a running container is found again and still answers exec', async () => {
+  const cfg = pausePod();
+  const podId = (await d.rpc('RunPodSandbox', { config: cfg })).podSandboxId;
+  const id = await runContainer(podId, cfg, 'survivor', ['sleep', '1000']);
+  await d.stopDaemon();
+  await d.start();
+  assert.equal((await d.rpc('ContainerStatus', { containerId: id })).status.state, 'CONTAINER_RUNNING');
+  assert.equal((await exec(id, ['echo', 'still here'])).stdout.toString(), 'still here\n');
+  await d.rpc('RemovePodSandbox', { podSandboxId: podId });
+  const traces = await hostTraces(d);
+  assert.deepEqual([traces.runtimeContainers, traces.mounts, traces.netns], [[], [], []]);
+});
