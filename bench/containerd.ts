@@ -119,7 +119,8 @@ export class BenchContainerd {
   /** Host state that existed before, so cleanup removes only what containerd made. */
   private before = { netns: new Set<string>(), shimDir: true, cgroups: new Map<string, boolean>() };
 
-  constructor(readonly dir: string, tag: string, readonly subnet: string) {
+  /** extraConfig: TOML appended to containerd's config (e.g. registry mirrors for the pull benchmark). */
+  constructor(readonly dir: string, tag: string, readonly subnet: string, private readonly extraConfig = '') {
     this.socket = path.join(dir, 'containerd.sock');
     this.rootDir = path.join(dir, 'root');
     this.stateDir = path.join(dir, 'state');
@@ -193,7 +194,7 @@ disabled_plugins = ["io.containerd.internal.v1.opt", "io.containerd.snapshotter.
   bin_dir = "/usr/lib/cni"
   conf_dir = "${this.confDir}"
   max_conf_num = 1
-`,
+${this.extraConfig}`,
     );
     const out = openSync(this.logFile, 'a');
     const child = spawn('containerd', ['--config', this.configFile], { stdio: ['ignore', out, out] });

@@ -36,7 +36,29 @@ export class ImageService {
     const t0 = Date.now();
     const release = await this.store.holdGarbageCollection();
     try {
-      const pulled = await pullImageContent(reference, this.store.content, { client: this.client, auth, concurrency: 3, onProgress, logger: this.logger });
+      // Layers unpack while later ones still download.
+      const stored = new BlobSignals();
+      let unpacking: Promise<void> | undefined;
+      let pulled;
+      try {
+        pulled = await pullImageContent(reference, this.store.content, {
+          client: this.client,
+          auth,
+          concurrency: 3,
+          onProgress,
+          logger: this.logger,
+          onResolved: (r) => {
+            unpacking = this.store.unpackLayers(reference, r.configDigest, r.layers, (d) => stored.wait(d));
+            unpacking.catch(() => {}); // awaited below
+          },
+          onBlobStored: (d) => stored.signal(d),
+        });
+      } catch (e) {
+        stored.failAll(e as Error);
+        await unpacking?.catch(() => {});
+        throw e;
+      }
+      await unpacking;
       const image = await this.store.register(reference, {
         manifestDigest: pulled.manifestDigest,
         referenceDigest: pulled.referenceDigest,
@@ -90,5 +112,41 @@ export class ImageService {
 
   close(): void {
     this.client.close();
+  }
+}
+
+/** Promises that settle when a blob is stored; all of them fail when the pull fails. */
+class BlobSignals {
+  private readonly entries = new Map<string, { promise: Promise<void>; resolve: () => void; reject: (e: Error) => void }>();
+  private failure: Error | undefined;
+
+  private entry(digest: string) {
+    let e = this.entries.get(digest);
+    if (!e) {
+      let resolve!: () => void;
+      let reject!: (e: Error) => void;
+      const promise = new Promise<void>((res, rej) => {
+        resolve = res;
+        reject = rej;
+      });
+      promise.catch(() => {});
+      e = { promise, resolve, reject };
+      this.entries.set(digest, e);
+      if (this.failure) reject(this.failure);
+    }
+    return e;
+  }
+
+  wait(digest: string): Promise<void> {
+    return this.entry(digest).promise;
+  }
+
+  signal(digest: string): void {
+    this.entry(digest).resolve();
+  }
+
+  failAll(e: Error): void {
+    this.failure = e;
+    for (const x of this.entries.values()) x.reject(e);
   }
 }

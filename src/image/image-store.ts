@@ -158,27 +158,46 @@ export class ImageStore {
   }
 
   /**
-   * Unpacks the layers of resolved content (once per chain ID, shared) and records the
-   * image under the reference; a tag moves away from any image that had it.
+   * Unpacks an image's layers (once per chain ID, shared), each as soon as `blobReady`
+   * says its blob is stored: a pull calls this while it still downloads, so unpacking
+   * overlaps the download. Layers unpack side by side, each into a directory of its own.
    */
-  async register(reference: string, resolved: ResolvedContent): Promise<ImageRecord> {
-    const config = await this.content.readJson<any>(resolved.configDigest);
-    const diffIds: string[] = config?.rootfs?.diff_ids ?? [];
-    if (diffIds.length !== resolved.layers.length) {
-      throw new Error(`image ${reference}: its config lists ${diffIds.length} layer diff IDs but the manifest has ${resolved.layers.length} layers`);
-    }
-    const chain = chainIds(diffIds);
-    for (const [i, layer] of resolved.layers.entries()) {
+  async unpackLayers(reference: string, configDigest: string, layers: readonly { digest: string; mediaType: string }[], blobReady: (digest: string) => Promise<void> = async () => {}): Promise<void> {
+    await blobReady(configDigest);
+    const { diffIds, chain } = await this.layerChain(reference, configDigest, layers.length);
+    await forEachBounded(layers, UNPACK_CONCURRENCY, async (layer, i) => {
+      if (await this.snapshots.has(chain[i]!)) return;
+      await blobReady(layer.digest);
       await this.snapshots.prepare(chain[i]!, async (dir: string) => {
         const { diffId } = await applyLayer(this.content.blobPath(layer.digest), layer.mediaType, dir);
         if (diffId !== diffIds[i]) {
           throw new Error(`image ${reference}: layer ${layer.digest} unpacks to ${diffId}, but the config says ${diffIds[i]}`);
         }
       });
+    });
+  }
+
+  private async layerChain(reference: string, configDigest: string, layerCount: number): Promise<{ config: any; diffIds: string[]; chain: string[] }> {
+    const config = await this.content.readJson<any>(configDigest);
+    const diffIds: string[] = config?.rootfs?.diff_ids ?? [];
+    if (diffIds.length !== layerCount) {
+      throw new Error(`image ${reference}: its config lists ${diffIds.length} layer diff IDs but the manifest has ${layerCount} layers`);
     }
+    return { config, diffIds, chain: chainIds(diffIds) };
+  }
+
+  /**
+   * Unpacks the layers of resolved content if that has not happened yet, and records the
+   * image under the reference; a tag moves away from any image that had it.
+   */
+  async register(reference: string, resolved: ResolvedContent): Promise<ImageRecord> {
+    await this.unpackLayers(reference, resolved.configDigest, resolved.layers);
+    const { config, diffIds, chain } = await this.layerChain(reference, resolved.configDigest, resolved.layers.length);
     const r = parseReference(reference);
     return this.serialized(async () => {
       await this.refresh();
+      // A re-pull of what is already recorded changes nothing: no write.
+      const before = JSON.stringify([...this.images.values()].map((i) => [i.id, i.repoTags, i.repoDigests]));
       const configSize = (await this.content.size(resolved.configDigest)) ?? 0;
       const existing = this.images.get(resolved.configDigest);
       const record: ImageRecord = existing ?? {
@@ -208,7 +227,7 @@ export class ImageStore {
       for (const [id, other] of this.images) {
         if (other.repoTags.length === 0 && other.repoDigests.length === 0) this.images.delete(id);
       }
-      await this.save();
+      if (JSON.stringify([...this.images.values()].map((i) => [i.id, i.repoTags, i.repoDigests])) !== before) await this.save();
       return record;
     });
   }
@@ -270,6 +289,27 @@ export class ImageStore {
     }
     this.logger.debug({ images: this.images.size }, 'image garbage collected');
   }
+}
+
+/** Layers unpacked at once by one registration. */
+const UNPACK_CONCURRENCY = 3;
+
+/** Runs fn over items, at most `limit` at a time; the first failure is thrown after the running ones end. */
+async function forEachBounded<T>(items: readonly T[], limit: number, fn: (item: T, index: number) => Promise<void>): Promise<void> {
+  let next = 0;
+  let failure: unknown;
+  const worker = async () => {
+    while (failure === undefined && next < items.length) {
+      const i = next++;
+      try {
+        await fn(items[i]!, i);
+      } catch (e) {
+        failure ??= e;
+      }
+    }
+  };
+  await Promise.all(Array.from({ length: Math.min(limit, items.length) }, worker));
+  if (failure !== undefined) throw failure;
 }
 
 /** Holds `<lockPath>` (created exclusively, with our PID) while fn runs; a dead holder's lock is taken over. */

@@ -44,6 +44,9 @@ const OPAQUE_MARKER = '.wh..wh..opq';
 const OVERLAY_OPAQUE_XATTR = 'trusted.overlay.opaque';
 const PAX_XATTR_PREFIX = 'SCHILY.xattr.';
 
+const READ_CHUNK = 1 << 20;
+const GUNZIP_CHUNK = 256 << 10;
+
 const S_IFCHR = 0o020000;
 const S_IFBLK = 0o060000;
 const S_IFIFO = 0o010000;
@@ -95,8 +98,9 @@ async function openDecompressed(file: string): Promise<{ stream: Readable; finis
     await fh.close();
   }
   if (head[0] === 0x1f && head[1] === 0x8b) {
-    const gunzip = createGunzip();
-    createReadStream(file).on('error', (e) => gunzip.destroy(e)).pipe(gunzip);
+    // Large reads and output chunks: with zlib's 16 KiB default, per-chunk overhead costs 3-4x.
+    const gunzip = createGunzip({ chunkSize: GUNZIP_CHUNK });
+    createReadStream(file, { highWaterMark: READ_CHUNK }).on('error', (e) => gunzip.destroy(e)).pipe(gunzip);
     return { stream: gunzip, finished: Promise.resolve() };
   }
   if (head.readUInt32LE(0) === 0xfd2fb528) {
@@ -114,20 +118,35 @@ async function openDecompressed(file: string): Promise<{ stream: Readable; finis
     finished.catch(() => {});
     return { stream: child.stdout, finished };
   }
-  return { stream: createReadStream(file), finished: Promise.resolve() };
+  return { stream: createReadStream(file, { highWaterMark: READ_CHUNK }), finished: Promise.resolve() };
 }
 
 type FsnodeOp = { op: 'mknod'; path: string; mode: number; major: number; minor: number } | { op: 'xattr'; path: string; name: string; value: Buffer };
 
-/** Writes the entries of one layer under root, deferring what must come last. */
+type EntryKind = 'dir' | 'file' | 'symlink' | 'node';
+
+/** Files up to this size are buffered and written off the tar stream's critical path. */
+const DEFERRED_FILE_MAX = 1 << 20;
+/** Bound on buffered bytes waiting to be written. */
+const DEFERRED_BYTES_MAX = 64 << 20;
+
+/**
+ * Writes the entries of one layer under root. The layer starts as an empty directory,
+ * so an in-memory map of what this layer created is the whole truth about it: the escape
+ * checks consult it (no lstat per entry), and small files are written, owned, moded and
+ * timed in the background while the tar stream moves on, so the filesystem work of many
+ * entries overlaps on libuv's thread pool. finish() waits for all of it.
+ */
 class LayerWriter {
-  /** Directories known to exist and not be symlinks (relative paths). */
-  private readonly safeDirs = new Set<string>(['']);
+  private readonly kinds = new Map<string, EntryKind>([['', 'dir']]);
+  /** Background work per path (a file being written); a hard link or replacement waits for it. */
+  private readonly pending = new Map<string, Promise<void>>();
+  private pendingBytes = 0;
   private readonly nodes = new Map<string, FsnodeOp & { op: 'mknod' }>();
   private readonly xattrs: (FsnodeOp & { op: 'xattr' })[] = [];
-  /** Metadata applied once every entry exists: node owners, then directory times. */
+  /** Metadata applied once every entry exists: node owners, then directory metadata. */
   private readonly nodeOwners = new Map<string, { uid: number; gid: number; mtime: Date }>();
-  private readonly dirTimes = new Map<string, Date>();
+  private readonly dirMeta = new Map<string, { uid: number; gid: number; mode: number; mtime: Date }>();
 
   constructor(private readonly root: string) {}
 
@@ -156,6 +175,7 @@ class LayerWriter {
       await this.ensureDir(parent, h.name);
       await this.clear(hidden);
       this.nodes.set(hidden, { op: 'mknod', path: this.abs(hidden), mode: S_IFCHR, major: 0, minor: 0 });
+      this.kinds.set(hidden, 'node');
       return;
     }
 
@@ -166,37 +186,70 @@ class LayerWriter {
     const gid = h.gid ?? 0;
     const mtime = h.mtime ?? new Date(0);
     if (h.type === 'directory') {
-      const existing = await lstatOrNull(abs);
-      if (existing && !existing.isDirectory()) await this.clear(rel);
-      if (!existing || !existing.isDirectory()) await fs.mkdir(abs, { mode: 0o700 });
-      this.safeDirs.add(rel);
-      await fs.chown(abs, uid, gid);
-      await fs.chmod(abs, mode);
-      this.dirTimes.set(rel, mtime);
+      if (this.kinds.get(rel) !== 'dir') {
+        await this.clear(rel);
+        await fs.mkdir(abs, { mode: 0o700 });
+        this.kinds.set(rel, 'dir');
+      }
+      this.dirMeta.set(rel, { uid, gid, mode, mtime });
     } else {
       await this.clear(rel);
       switch (h.type) {
         case 'file':
-        case 'contiguous-file':
-          await pipeline(body, createWriteStream(abs, { flags: 'wx', mode: 0o600 }));
-          await fs.chown(abs, uid, gid);
-          await fs.chmod(abs, mode); // after chown, which drops setuid/setgid bits
-          await fs.utimes(abs, mtime, mtime);
+        case 'contiguous-file': {
+          this.kinds.set(rel, 'file');
+          const size = h.size ?? 0;
+          if (size <= DEFERRED_FILE_MAX) {
+            const data = await readAll(body, size);
+            this.defer(rel, data.length, async () => {
+              const fh = await fs.open(abs, 'wx', 0o600);
+              try {
+                if (data.length > 0) await fh.writeFile(data);
+                await fh.chown(uid, gid);
+                await fh.chmod(mode); // after chown, which drops setuid/setgid bits
+              } finally {
+                await fh.close();
+              }
+              await fs.utimes(abs, mtime, mtime);
+            });
+          } else {
+            await pipeline(body, createWriteStream(abs, { flags: 'wx', mode: 0o600 }));
+            await fs.chown(abs, uid, gid);
+            await fs.chmod(abs, mode);
+            await fs.utimes(abs, mtime, mtime);
+          }
           break;
+        }
         case 'symlink':
-          await fs.symlink(h.linkname ?? '', abs);
-          await fs.lchown(abs, uid, gid);
-          await fs.lutimes(abs, mtime, mtime);
+          this.kinds.set(rel, 'symlink');
+          this.defer(rel, 0, async () => {
+            await fs.symlink(h.linkname ?? '', abs);
+            await fs.lchown(abs, uid, gid);
+            await fs.lutimes(abs, mtime, mtime);
+          });
           break;
         case 'link': {
           const target = checkedRelative(h.linkname ?? '');
           if (target === '') throw new LayerRefusedError(h.name, 'a hard link to the layer root');
-          await this.checkParents(target, h.name);
-          const st = await lstatOrNull(this.abs(target));
-          if (!st || st.isDirectory()) {
+          const targetParent = path.posix.dirname(target);
+          if (targetParent !== '.') await this.ensureDir(targetParent, h.name, false);
+          const kind = this.kinds.get(target);
+          if (kind === undefined || kind === 'dir') {
             throw new LayerRefusedError(h.name, `its hard-link target ${JSON.stringify(h.linkname)} is not a file earlier in this layer`);
           }
+          if (kind === 'node') {
+            // Nodes are made in the final batch: make this one now, with its owner, to link to it.
+            await runFsnodes([...this.nodes.values()].filter((n) => n.path === this.abs(target)));
+            this.nodes.delete(target);
+            const owner = this.nodeOwners.get(target);
+            if (owner) {
+              await fs.lchown(this.abs(target), owner.uid, owner.gid);
+              await fs.lutimes(this.abs(target), owner.mtime, owner.mtime);
+            }
+          }
+          await this.pending.get(target);
           await fs.link(this.abs(target), abs);
+          this.kinds.set(rel, kind);
           break;
         }
         case 'character-device':
@@ -205,6 +258,7 @@ class LayerWriter {
           const type = h.type === 'fifo' ? S_IFIFO : h.type === 'block-device' ? S_IFBLK : S_IFCHR;
           this.nodes.set(rel, { op: 'mknod', path: abs, mode: type | mode, major: h.devmajor ?? 0, minor: h.devminor ?? 0 });
           this.nodeOwners.set(rel, { uid, gid, mtime });
+          this.kinds.set(rel, 'node');
           break;
         }
         default:
@@ -220,64 +274,99 @@ class LayerWriter {
     }
   }
 
-  /** Device nodes and xattrs in one helper run, then their owners, then directory times. */
+  /** Runs fn in the background for rel; bounded, so buffered data cannot pile up. */
+  private defer(rel: string, bytes: number, fn: () => Promise<void>): void {
+    const p: Promise<void> = fn()
+      .catch((e: Error) => {
+        this.failure ??= e; // reported by the next settleAll
+      })
+      .finally(() => {
+        this.pendingBytes -= bytes;
+        if (this.pending.get(rel) === p) this.pending.delete(rel);
+      });
+    this.pendingBytes += bytes;
+    this.pending.set(rel, p);
+    if (this.pending.size >= 64 || this.pendingBytes >= DEFERRED_BYTES_MAX) this.backpressure = this.settleAll();
+  }
+  private backpressure: Promise<void> | undefined;
+  private failure: Error | undefined;
+
+  /** Waits for every background write; throws the first one that failed. */
+  private async settleAll(): Promise<void> {
+    while (this.pending.size > 0) await Promise.all([...this.pending.values()]);
+    if (this.failure) throw this.failure;
+  }
+
+  /** Device nodes and xattrs in one helper run, then their owners, then directory metadata. */
   async finish(): Promise<void> {
-    const ops: FsnodeOp[] = [...this.nodes.values()];
-    await runFsnodes(ops);
-    for (const [rel, o] of this.nodeOwners) {
-      if (!this.nodes.has(rel)) continue;
-      await fs.lchown(this.abs(rel), o.uid, o.gid);
-      await fs.lutimes(this.abs(rel), o.mtime, o.mtime);
-    }
-    // xattrs last: chown clears security.capability.
+    await this.settleAll();
+    await runFsnodes([...this.nodes.values()]);
+    await Promise.all(
+      [...this.nodeOwners].filter(([rel]) => this.nodes.has(rel)).map(async ([rel, o]) => {
+        await fs.lchown(this.abs(rel), o.uid, o.gid);
+        await fs.lutimes(this.abs(rel), o.mtime, o.mtime);
+      }),
+    );
+    // xattrs after owners: chown clears security.capability.
     await runFsnodes(this.xattrs);
-    for (const [rel, mtime] of this.dirTimes) {
-      await fs.utimes(this.abs(rel), mtime, mtime).catch(() => {}); // a later entry may have replaced it
-    }
+    // Directories last: creating their entries changed their mtimes.
+    await Promise.all(
+      [...this.dirMeta].map(async ([rel, m]) => {
+        const abs = this.abs(rel);
+        await fs.chown(abs, m.uid, m.gid);
+        await fs.chmod(abs, m.mode);
+        await fs.utimes(abs, m.mtime, m.mtime);
+      }),
+    );
   }
 
   private abs(rel: string): string {
     return rel === '' ? this.root : path.join(this.root, rel);
   }
 
-  /** Every parent of rel exists in this layer as a real directory; refuses symlinks on the way. */
-  private async checkParents(rel: string, entryName: string): Promise<void> {
-    const parent = path.posix.dirname(rel);
-    if (parent !== '.') await this.ensureDir(parent, entryName, false);
-  }
-
   /** Makes rel (and its parents) a directory if missing, 0755 like containerd; refuses a symlink or file in the way. */
   private async ensureDir(rel: string, entryName: string, create = true): Promise<void> {
-    if (this.safeDirs.has(rel)) return;
-    const parts = rel.split('/');
+    if (this.backpressure) {
+      const b = this.backpressure;
+      this.backpressure = undefined;
+      await b;
+    }
+    if (this.kinds.get(rel) === 'dir') return;
     let cur = '';
-    for (const part of parts) {
+    for (const part of rel.split('/')) {
       cur = cur === '' ? part : `${cur}/${part}`;
-      if (this.safeDirs.has(cur)) continue;
-      const st = await lstatOrNull(this.abs(cur));
-      if (st?.isSymbolicLink()) throw new LayerRefusedError(entryName, `its path goes through the symlink ${JSON.stringify(cur)}`);
-      if (st && !st.isDirectory()) throw new LayerRefusedError(entryName, `its parent ${JSON.stringify(cur)} is not a directory`);
-      if (!st) {
-        if (!create) throw new LayerRefusedError(entryName, `${JSON.stringify(cur)} does not exist in this layer`);
-        await fs.mkdir(this.abs(cur), { mode: 0o755 });
-      }
-      this.safeDirs.add(cur);
+      const kind = this.kinds.get(cur);
+      if (kind === 'dir') continue;
+      if (kind === 'symlink') throw new LayerRefusedError(entryName, `its path goes through the symlink ${JSON.stringify(cur)}`);
+      if (kind !== undefined) throw new LayerRefusedError(entryName, `its parent ${JSON.stringify(cur)} is not a directory`);
+      if (!create) throw new LayerRefusedError(entryName, `${JSON.stringify(cur)} does not exist in this layer`);
+      await fs.mkdir(this.abs(cur), { mode: 0o755 });
+      this.kinds.set(cur, 'dir');
     }
   }
 
-  /** Removes whatever an earlier entry put at rel, so a later entry replaces it. */
+  /** Removes whatever an earlier entry of this layer put at rel, so a later entry replaces it. */
   private async clear(rel: string): Promise<void> {
-    this.nodes.delete(rel);
-    this.nodeOwners.delete(rel);
-    const st = await lstatOrNull(this.abs(rel));
-    if (!st) return;
-    if (st.isDirectory()) {
-      for (const d of [...this.safeDirs]) if (d === rel || d.startsWith(`${rel}/`)) this.safeDirs.delete(d);
-      for (const d of [...this.dirTimes.keys()]) if (d === rel || d.startsWith(`${rel}/`)) this.dirTimes.delete(d);
-      for (const n of [...this.nodes.keys()]) if (n.startsWith(`${rel}/`)) this.nodes.delete(n);
+    const kind = this.kinds.get(rel);
+    if (kind === undefined) return;
+    await this.settleAll(); // nothing may still be writing under rel
+    const under = (p: string) => p === rel || p.startsWith(`${rel}/`);
+    for (const m of [this.kinds, this.nodes, this.nodeOwners, this.dirMeta] as Map<string, unknown>[]) {
+      for (const k of [...m.keys()]) if (under(k)) m.delete(k);
     }
-    await fs.rm(this.abs(rel), { recursive: true, force: true });
+    if (kind !== 'node' || (await lstatOrNull(this.abs(rel)))) await fs.rm(this.abs(rel), { recursive: true, force: true });
   }
+}
+
+/** Reads a tar entry's body (of known size) into one buffer. */
+async function readAll(body: Readable, size: number): Promise<Buffer> {
+  const out = Buffer.allocUnsafe(size);
+  let at = 0;
+  for await (const chunk of body) {
+    (chunk as Buffer).copy(out, at);
+    at += (chunk as Buffer).length;
+  }
+  return at === size ? out : out.subarray(0, at);
 }
 
 /**

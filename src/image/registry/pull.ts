@@ -34,6 +34,10 @@ export interface PullOptions {
   /** Blobs downloaded at once (default 3). */
   concurrency?: number;
   onProgress?: (p: PullProgress) => void;
+  /** Told the config and layers once the manifest is resolved, before any blob is fetched. */
+  onResolved?: (r: { configDigest: string; layers: Descriptor[] }) => void;
+  /** Told each blob that is in the store (downloaded, or there already), as soon as it is. */
+  onBlobStored?: (digest: string) => void;
   /** Tries per blob when a download breaks off (default 2); digest mismatches are never retried. */
   attempts?: number;
   logger?: Logger;
@@ -52,6 +56,7 @@ export async function pullImageContent(ref: ImageReference | string, store: Cont
   const client = opts.client ?? new RegistryClient({ registries: opts.registries, logger: opts.logger });
   try {
     const resolved = await client.resolve(r, opts.platform, opts.auth);
+    opts.onResolved?.({ configDigest: resolved.config.digest, layers: resolved.layers });
     const downloaded: string[] = [];
     const jobs: { d: Descriptor; kind: 'config' | 'layer' }[] = [{ d: resolved.config, kind: 'config' }];
     const seen = new Set([resolved.config.digest]);
@@ -60,10 +65,12 @@ export async function pullImageContent(ref: ImageReference | string, store: Cont
       seen.add(l.digest);
     }
     await runBounded(jobs, Math.max(1, opts.concurrency ?? 3), async ({ d, kind }) => {
-      if (await store.has(d.digest)) return;
-      await ingestBlob(client, r, resolved, store, d, opts, () => void (downloaded.includes(d.digest) || downloaded.push(d.digest)), (n) =>
-        opts.onProgress?.({ digest: d.digest, kind, downloaded: n, size: d.size }),
-      );
+      if (!(await store.has(d.digest))) {
+        await ingestBlob(client, r, resolved, store, d, opts, () => void (downloaded.includes(d.digest) || downloaded.push(d.digest)), (n) =>
+          opts.onProgress?.({ digest: d.digest, kind, downloaded: n, size: d.size }),
+        );
+      }
+      opts.onBlobStored?.(d.digest);
     });
     await ingestBytes(store, r, resolved, resolved.manifestDigest, resolved.manifest);
     if (resolved.indexDigest && resolved.index) await ingestBytes(store, r, resolved, resolved.indexDigest, resolved.index);
