@@ -23,7 +23,9 @@ import type { OciRuntime } from '../oci/runtime.js';
 import { cgroupfsCgroupsPath, clampOomScoreAdj, type SeccompChoice } from '../oci/spec.js';
 import { buildContainerSpec, containerArgs, containerCapabilities, containerEnv, resolveUser, type PodNamespaces } from '../oci/container-spec.js';
 import { conmonCreate, readExitCode, waitForExit } from '../oci/conmon.js';
-import { ContainerStore, type ContainerRecord } from './record.js';
+import type { ContainerRecord } from './record.js';
+import { ContainerStore } from '../store/container-store.js';
+import { KeyedLock } from '../util/keyed-lock.js';
 
 export interface ContainerServiceDeps {
   config: CorralConfig;
@@ -43,7 +45,7 @@ export class ContainerService {
   readonly index = new IdIndex('container');
   private readonly names = new NameRegistry();
   private readonly records = new Map<string, ContainerRecord>();
-  private readonly locks = new Map<string, Promise<unknown>>();
+  private readonly locks = new KeyedLock();
   readonly store: ContainerStore;
 
   constructor(private readonly deps: ContainerServiceDeps) {
@@ -429,16 +431,8 @@ export class ContainerService {
     return h;
   }
 
-  private async locked<T>(id: string, fn: () => Promise<T>): Promise<T> {
-    const prev = this.locks.get(id) ?? Promise.resolve();
-    const next = prev.then(fn, fn);
-    const tail = next.catch(() => {});
-    this.locks.set(id, tail);
-    try {
-      return await next;
-    } finally {
-      if (this.locks.get(id) === tail) this.locks.delete(id);
-    }
+  private locked<T>(id: string, fn: () => Promise<T>): Promise<T> {
+    return this.locks.run(id, fn);
   }
 
   // ---------------------------------------------------------------- Recovery

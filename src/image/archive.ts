@@ -9,11 +9,11 @@ import { createHash, randomBytes } from 'node:crypto';
 import os from 'node:os';
 import path from 'node:path';
 import { pipeline } from 'node:stream/promises';
-import { Transform } from 'node:stream';
 import { createGunzip } from 'node:zlib';
 import tarStream from 'tar-stream';
 import type { ImageRecord, ImageStore, ResolvedContent } from './image-store.js';
 import { hostPlatform, selectPlatformManifest, type Platform } from './registry/platform.js';
+import { sha256Counter } from '../util/hash-stream.js';
 
 const MT_OCI_INDEX = 'application/vnd.oci.image.index.v1+json';
 const MT_DOCKER_LIST = 'application/vnd.docker.distribution.manifest.list.v2+json';
@@ -84,17 +84,10 @@ async function storeEntry(name: string, stream: NodeJS.ReadableStream, images: I
   const blob = /^blobs\/sha256\/([0-9a-f]{64})$/.exec(name);
   // Hash while spooling to a temp file; the content store then verifies the digest again on ingest.
   const tmp = path.join(tmpDir, randomBytes(8).toString('hex'));
-  const hash = createHash('sha256');
-  let size = 0;
-  const hasher = new Transform({
-    transform(chunk: Buffer, _enc, cb) {
-      hash.update(chunk);
-      size += chunk.length;
-      cb(null, chunk);
-    },
-  });
-  await pipeline(stream, hasher, createWriteStream(tmp));
-  const digest = `sha256:${hash.digest('hex')}`;
+  const hasher = sha256Counter();
+  await pipeline(stream, hasher.stream, createWriteStream(tmp));
+  const digest = hasher.digest();
+  const size = hasher.size();
   if (blob && blob[1] !== digest.slice(7)) throw new Error(`archive entry ${name} does not match its digest (content is ${digest})`);
   await images.content.ingest(digest, size, async () => createReadStream(tmp));
   await fs.rm(tmp, { force: true });

@@ -12,6 +12,7 @@ import { promises as fs } from 'node:fs';
 import path from 'node:path';
 import { createHash, randomBytes } from 'node:crypto';
 import { digestHex, validateDigest } from './reference.js';
+import { processAlive } from '../util/process.js';
 
 /** A blob did not have the digest or size it was ingested under. */
 export class BlobVerificationError extends Error {
@@ -221,14 +222,6 @@ export class ContentStore {
   }
 }
 
-function processAlive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (e) {
-    return (e as NodeJS.ErrnoException).code === 'EPERM';
-  }
-}
 
 async function syncDir(dir: string): Promise<void> {
   const dh = await fs.open(dir, 'r');

@@ -13,6 +13,7 @@ import { ContentStore } from './content-store.js';
 import { parseReference } from './reference.js';
 import { SnapshotStore, chainIds } from './snapshots.js';
 import { applyLayer } from './unpack.js';
+import { processAlive } from '../util/process.js';
 
 export interface ImageRecord {
   /** The config digest, "sha256:<hex>". */
@@ -338,11 +339,3 @@ async function withLockFile<T>(lockPath: string, fn: () => Promise<T>, timeoutMs
   }
 }
 
-function processAlive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (e) {
-    return (e as NodeJS.ErrnoException).code === 'EPERM';
-  }
-}

@@ -9,6 +9,7 @@ import { createHash, randomBytes } from 'node:crypto';
 import { promises as fs } from 'node:fs';
 import path from 'node:path';
 import { execChecked } from '../util/exec.js';
+import { processAlive } from '../util/process.js';
 
 /** Chain IDs of a layer stack, bottom first: chain(0) = diff(0), chain(n) = sha256(chain(n-1) + " " + diff(n)). */
 export function chainIds(diffIds: readonly string[]): string[] {
@@ -118,15 +119,6 @@ export class SnapshotStore {
   }
 }
 
-function processAlive(pid: number): boolean {
-  if (!(pid > 0) || pid === process.pid) return false;
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (e) {
-    return (e as NodeJS.ErrnoException).code === 'EPERM';
-  }
-}
 
 export interface OverlayRootfs {
   /** The image's chain IDs, bottom first. */

@@ -14,16 +14,16 @@
  * are kept. The uncompressed stream is hashed on the way, giving the layer's diff ID.
  */
 import { spawn } from 'node:child_process';
-import { createHash } from 'node:crypto';
 import { createReadStream, createWriteStream, promises as fs } from 'node:fs';
 import { createRequire } from 'node:module';
 import path from 'node:path';
-import { Transform, type Readable } from 'node:stream';
+import type { Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { createGunzip } from 'node:zlib';
 import tarStream from 'tar-stream';
 import { execFile } from '../util/exec.js';
 import { nativeBinary } from '../util/paths.js';
+import { sha256Counter } from '../util/hash-stream.js';
 
 export interface AppliedLayer {
   /** "sha256:<hex>" of the uncompressed tar. */
@@ -58,18 +58,10 @@ export async function applyLayer(layerFile: string, mediaType: string, targetDir
   }
   preserveBinaryPaxXattrs();
   const root = path.resolve(targetDir);
-  const hash = createHash('sha256');
-  let size = 0;
-  const hasher = new Transform({
-    transform(chunk: Buffer, _enc, done) {
-      hash.update(chunk);
-      size += chunk.length;
-      done(null, chunk);
-    },
-  });
+  const hasher = sha256Counter();
   const { stream: tarBytes, finished: decompressed } = await openDecompressed(layerFile);
   const extract = tarStream.extract();
-  const fed = pipeline(tarBytes, hasher, extract as unknown as NodeJS.WritableStream);
+  const fed = pipeline(tarBytes, hasher.stream, extract as unknown as NodeJS.WritableStream);
   // If the consumer below stops early, the feeding pipeline's error is the one to report.
   fed.catch(() => {});
   const writer = new LayerWriter(root);
@@ -85,7 +77,7 @@ export async function applyLayer(layerFile: string, mediaType: string, targetDir
     const fedError = await fed.then(() => undefined, (err: Error) => err);
     throw fedError && !(e instanceof LayerRefusedError) ? fedError : e;
   }
-  return { diffId: `sha256:${hash.digest('hex')}`, size };
+  return { diffId: hasher.digest(), size: hasher.size() };
 }
 
 /** The uncompressed tar stream of a layer blob, by its first bytes (media types lie). */

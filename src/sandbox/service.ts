@@ -27,6 +27,7 @@ import {
 } from './options.js';
 import type { SandboxNetwork, SandboxRecord } from './record.js';
 import { mountShm, processStartTime, sandboxFilePaths, unmountShm, writeSandboxFiles } from './files.js';
+import { KeyedLock } from '../util/keyed-lock.js';
 
 /** What the sandbox lifecycle needs from the network layer (CNI) of one handler. */
 export interface PodNetworkDriver {
@@ -106,7 +107,7 @@ export class SandboxService {
   private readonly names = new NameRegistry();
   private readonly records = new Map<string, SandboxRecord>();
   /** Serialises Stop/Remove/Run-completion per sandbox. */
-  private readonly locks = new Map<string, Promise<unknown>>();
+  private readonly locks = new KeyedLock();
 
   /** The pod's application containers: stopped with it, removed with it (set by the daemon). */
   containers: { stopAll(sandboxId: string): Promise<void>; removeAll(sandboxId: string): Promise<void> } = {
@@ -453,16 +454,8 @@ export class SandboxService {
     });
   }
 
-  private async locked<T>(id: string, fn: () => Promise<T>): Promise<T> {
-    const prev = this.locks.get(id) ?? Promise.resolve();
-    const next = prev.then(fn, fn);
-    const tail = next.catch(() => {});
-    this.locks.set(id, tail);
-    try {
-      return await next;
-    } finally {
-      if (this.locks.get(id) === tail) this.locks.delete(id);
-    }
+  private locked<T>(id: string, fn: () => Promise<T>): Promise<T> {
+    return this.locks.run(id, fn);
   }
 
   // ---------------------------------------------------------------- Status / List

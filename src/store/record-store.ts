@@ -1,0 +1,57 @@
+import { promises as fs } from 'node:fs';
+import path from 'node:path';
+import { writeJsonAtomic, isErrno } from '../util/atomic.js';
+
+export interface LoadedRecords<T> {
+  records: T[];
+  /** Directories whose record could not be read: reported, never fatal. */
+  errors: { dir: string; error: string }[];
+}
+
+/**
+ * Durable records, one JSON file per object under <dir>/<id>/<fileName>, each written
+ * atomically before the RPC that changed it answers. Sandboxes and containers use it.
+ */
+export class RecordStore<T extends { id: string; updatedAt?: string }> {
+  constructor(
+    readonly dir: string,
+    private readonly fileName: string,
+  ) {}
+
+  recordDir(id: string): string {
+    return path.join(this.dir, id);
+  }
+
+  async save(record: T): Promise<void> {
+    record.updatedAt = new Date().toISOString();
+    await writeJsonAtomic(path.join(this.recordDir(record.id), this.fileName), record);
+  }
+
+  async remove(id: string): Promise<void> {
+    await fs.rm(this.recordDir(id), { recursive: true, force: true });
+  }
+
+  async loadAll(): Promise<LoadedRecords<T>> {
+    let entries: string[];
+    try {
+      entries = await fs.readdir(this.dir);
+    } catch (e) {
+      if (isErrno(e, 'ENOENT')) return { records: [], errors: [] };
+      throw e;
+    }
+    const out: LoadedRecords<T> = { records: [], errors: [] };
+    await Promise.all(
+      entries.map(async (name) => {
+        const dir = path.join(this.dir, name);
+        try {
+          const rec = JSON.parse(await fs.readFile(path.join(dir, this.fileName), 'utf8')) as T;
+          if (typeof rec.id !== 'string' || rec.id !== name) throw new Error(`record ID ${String(rec.id)} does not match its directory`);
+          out.records.push(rec);
+        } catch (e) {
+          out.errors.push({ dir, error: (e as Error).message });
+        }
+      }),
+    );
+    return out;
+  }
+}
