@@ -187,6 +187,7 @@ export async function startDaemon(cfg: CorralConfig, logger: Logger): Promise<Da
   logger.info({ ...recovered, containers: recoveredContainers, sweptNetns: swept }, 'state recovered');
 
   images.layersInUse = () => new Set([...sandboxes.layersInUse(), ...containers.layersInUse()]);
+  sandboxes.layersReleased = containers.layersReleased = (chain) => images.layersReleased(chain);
   await images.store.collect(images.layersInUse);
 
   const server = await CriServer.start({

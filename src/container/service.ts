@@ -48,6 +48,9 @@ export class ContainerService {
   private readonly locks = new KeyedLock();
   readonly store: ContainerStore;
 
+  /** Told the layers a removed container no longer holds (set by the daemon). */
+  layersReleased: (chain: string[]) => Promise<void> = async () => {};
+
   constructor(private readonly deps: ContainerServiceDeps) {
     this.store = new ContainerStore(deps.config.rootDir);
   }
@@ -358,8 +361,10 @@ export class ContainerService {
       res.runtimeContainer = false;
     }
     if (res.rootfs) {
-      await unmountOverlayRootfs(res.rootfs.target);
+      const { target, chain } = res.rootfs;
+      await unmountOverlayRootfs(target);
       res.rootfs = null;
+      await this.layersReleased(chain).catch((e: Error) => this.deps.logger.warn({ err: e.message }, 'collecting released image layers failed'));
     }
     await fs.rm(this.volatileDir(rec.id), { recursive: true, force: true });
     await fs.rm(path.join(this.exitDir, rec.id), { force: true });

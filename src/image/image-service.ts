@@ -87,6 +87,17 @@ export class ImageService {
     await this.store.remove(reference, () => this.layersInUse());
   }
 
+  /**
+   * A pod or container unmounted these layers: if no image references some of them any
+   * more (the image was removed while they were in use), collect them now.
+   */
+  async layersReleased(chain: readonly string[]): Promise<void> {
+    await this.store.refresh();
+    const referenced = new Set(this.store.all().flatMap((i) => i.chainIds));
+    if (chain.every((c) => referenced.has(c))) return;
+    await this.store.collect(() => this.layersInUse());
+  }
+
   /** The image, pulled first if it is not here (the sandbox image, on a pod's first Run). */
   async ensure(reference: string): Promise<ImageRecord> {
     return (await this.find(reference)) ?? this.pull(reference);

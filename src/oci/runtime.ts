@@ -196,37 +196,48 @@ export class OciRuntime {
 
   /**
    * Runs a command in a running container (`exec`, with the container's own process
-   * settings), collecting its output as bytes. A timeout kills it and resolves with
-   * timedOut set; the exit code is the command's own.
+   * settings), collecting its output as bytes. A timeout kills the command inside the
+   * container (its host PID comes from exec's --pid-file) and the runtime, and resolves
+   * with timedOut set; the exit code is the command's own.
    */
   async exec(id: string, args: string[], timeoutMs: number): Promise<{ exitCode: number; stdout: Buffer; stderr: Buffer; timedOut: boolean }> {
-    return new Promise((resolve, reject) => {
-      const child = spawn(this.binary, ['--root', this.root, 'exec', id, ...args], { stdio: ['ignore', 'pipe', 'pipe'], detached: true });
-      const out: Buffer[] = [];
-      const err: Buffer[] = [];
-      let timedOut = false;
-      child.stdout.on('data', (b: Buffer) => out.push(b));
-      child.stderr.on('data', (b: Buffer) => err.push(b));
-      const timer =
-        timeoutMs > 0
-          ? setTimeout(() => {
-              timedOut = true;
-              try {
-                process.kill(-child.pid!, 'SIGKILL');
-              } catch {
-                child.kill('SIGKILL');
-              }
-            }, timeoutMs)
-          : undefined;
-      child.on('error', (e) => {
-        if (timer) clearTimeout(timer);
-        reject(new OciRuntimeError(this.name, 'exec', id, null, `cannot run ${this.binary}: ${e.message}`));
+    const pidFile = path.join(os.tmpdir(), `corral-exec-${process.pid}-${randomBytes(6).toString('hex')}.pid`);
+    try {
+      return await new Promise((resolve, reject) => {
+        const child = spawn(this.binary, ['--root', this.root, 'exec', '--pid-file', pidFile, id, ...args], { stdio: ['ignore', 'pipe', 'pipe'], detached: true });
+        const out: Buffer[] = [];
+        const err: Buffer[] = [];
+        let timedOut = false;
+        child.stdout.on('data', (b: Buffer) => out.push(b));
+        child.stderr.on('data', (b: Buffer) => err.push(b));
+        const timer =
+          timeoutMs > 0
+            ? setTimeout(async () => {
+                timedOut = true;
+                // The command itself first: killing only the runtime would leave it running in the container.
+                const pid = Number((await fs.readFile(pidFile, 'utf8').catch(() => '0')).trim());
+                for (const target of [pid, -child.pid!]) {
+                  if (!target) continue;
+                  try {
+                    process.kill(target, 'SIGKILL');
+                  } catch {
+                    /* gone already */
+                  }
+                }
+              }, timeoutMs)
+            : undefined;
+        child.on('error', (e) => {
+          if (timer) clearTimeout(timer);
+          reject(new OciRuntimeError(this.name, 'exec', id, null, `cannot run ${this.binary}: ${e.message}`));
+        });
+        child.on('close', (code, signal) => {
+          if (timer) clearTimeout(timer);
+          resolve({ exitCode: code ?? (signal ? 128 + (os.constants.signals[signal] ?? 9) : 1), stdout: Buffer.concat(out), stderr: Buffer.concat(err), timedOut });
+        });
       });
-      child.on('close', (code, signal) => {
-        if (timer) clearTimeout(timer);
-        resolve({ exitCode: code ?? (signal ? 128 + (os.constants.signals[signal] ?? 9) : 1), stdout: Buffer.concat(out), stderr: Buffer.concat(err), timedOut });
-      });
-    });
+    } finally {
+      await fs.rm(pidFile, { force: true });
+    }
   }
 
   /** The ids of every container under this runtime's root. */

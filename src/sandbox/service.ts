@@ -115,6 +115,9 @@ export class SandboxService {
     removeAll: async () => {},
   };
 
+  /** Told the layers a stopped pod's sandbox image no longer holds (set by the daemon). */
+  layersReleased: (chain: string[]) => Promise<void> = async () => {};
+
   constructor(private readonly deps: SandboxServiceDeps) {}
 
   // ---------------------------------------------------------------- Run
@@ -408,9 +411,10 @@ export class SandboxService {
       const failed = released.flatMap((r) => (r.status === 'rejected' ? [(r.reason as Error).message] : []));
       if (failed.length > 0) throw new Error(failed.join('; '));
       if (res.rootfs) {
-        const target = res.rootfs.target;
+        const { target, chain } = res.rootfs;
         await step('rootfs', () => this.deps.sandboxImage.unmount(target));
         res.rootfs = null;
+        await this.layersReleased(chain).catch((e: Error) => this.deps.logger.warn({ err: e.message }, 'collecting released image layers failed'));
       }
       if (res.shmMount) {
         await step('shm', () => unmountShm(res.shmMount!));
