@@ -118,6 +118,10 @@ export function cniPortMappings(portMappings: any[] | undefined): { hostPort: nu
 }
 
 export function podHostname(config: any, hostNetwork: boolean, nodeHostname: string): string {
-  if (config?.hostname) return String(config.hostname);
-  return hostNetwork ? nodeHostname : String(config?.metadata?.name ?? 'pod');
+  // No hostname asked for: the node's, as containerd and cri-o do (a pod name can be longer than a hostname may be).
+  const hostname = config?.hostname ? String(config.hostname) : nodeHostname;
+  if (!hostNetwork && Buffer.byteLength(hostname) > 64) {
+    throw invalidArgument(`hostname "${hostname}" is ${Buffer.byteLength(hostname)} bytes; the kernel allows at most 64`);
+  }
+  return hostname;
 }

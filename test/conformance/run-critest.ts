@@ -14,7 +14,7 @@ import { parseArgs } from 'node:util';
 import { TestDaemon } from '../helpers/daemon.js';
 import { pushImage, startRegistry } from '../helpers/registry.js';
 import { critestMirrorToml, pushCritestImages } from '../helpers/critest-images.js';
-import { busyboxImage } from '../helpers/test-images.js';
+import { buildLayer, busyboxImage } from '../helpers/test-images.js';
 
 const { values } = parseArgs({
   options: {
@@ -31,6 +31,9 @@ try {
   await pushCritestImages(reg);
   // critest's default container image (DefaultTestContainerImage).
   await pushImage(reg, 'e2e-test-images/busybox', '1.29-2', await busyboxImage({ allApplets: true }));
+  // Stands in for registry.k8s.io/e2e-test-images/nginx: busybox's httpd serving on port 80.
+  const page = await buildLayer([{ path: 'usr/share/nginx/html/index.html', content: '<html><body>corral test nginx</body></html>\n' }]);
+  await pushImage(reg, 'e2e-test-images/nginx', '1.14-2', await busyboxImage({ allApplets: true, extraLayers: [page], config: { Entrypoint: ['httpd', '-f', '-p', '80', '-h', '/usr/share/nginx/html'], Cmd: [] } }));
   await d.start();
   const endpoint = `unix://${d.socket}`;
   const args = [`--runtime-endpoint=${endpoint}`, `--image-endpoint=${endpoint}`, `--ginkgo.focus=${values.focus}`, `--ginkgo.skip=${values.skip}`, '--ginkgo.no-color'];

@@ -3,7 +3,7 @@ import assert from 'node:assert/strict';
 import { status } from '@grpc/grpc-js';
 import { resolveConfig } from '../../src/config/config.js';
 import {
-  cniPortMappings, infraMode, isPrivileged, namespaceChoice, networkOrder, podMetadata, resolvConf, selectHandler,
+  cniPortMappings, infraMode, isPrivileged, namespaceChoice, networkOrder, podHostname, podMetadata, resolvConf, selectHandler,
 } from '../../src/sandbox/options.js';
 
 const cfg = resolveConfig({
@@ -80,4 +80,11 @@ test('port mappings: only host ports, protocol lowercased', () => {
       { hostPort: 8443, containerPort: 443, protocol: 'tcp', hostIP: '' },
     ],
   );
+});
+
+test('pod hostname: the one asked for, else the node\'s; longer than the kernel allows is refused', () => {
+  assert.equal(podHostname({ hostname: 'web-0' }, false, 'node-1'), 'web-0');
+  assert.equal(podHostname({ metadata: { name: 'a-pod-name-that-is-much-longer-than-a-hostname-may-ever-be-at-all' } }, false, 'node-1'), 'node-1');
+  assert.equal(podHostname({}, true, 'node-1'), 'node-1');
+  assert.throws(() => podHostname({ hostname: 'x'.repeat(65) }, false, 'node-1'), (e: any) => e.code === 3 && /65 bytes/.test(e.message));
 });
