@@ -27,6 +27,7 @@ import { ContainerService } from './container/service.js';
 import { ImageService } from './image/image-service.js';
 import { mountOverlayRootfs, unmountOverlayRootfs } from './image/snapshots.js';
 import { CriError, invalidArgument } from './cri/errors.js';
+import { resolveSeccomp } from './oci/seccomp-choice.js';
 
 export interface Daemon {
   sandboxes: SandboxService;
@@ -104,7 +105,7 @@ export async function startDaemon(cfg: CorralConfig, logger: Logger): Promise<Da
         sysctls: b.sysctls,
         oomScoreAdj: sandboxOomScoreAdj,
         noNewPrivileges: true,
-        seccomp: seccompChoice(sc.seccomp),
+        seccomp: await resolveSeccomp(sc, (f) => fs.readFile(f, 'utf8')),
         resolvConfPath: b.resolvConfPath,
         hostnamePath: b.hostnamePath,
         hostsPath: b.hostsPath,
@@ -178,7 +179,6 @@ export async function startDaemon(cfg: CorralConfig, logger: Logger): Promise<Da
     runtimeFor,
     availableCapabilities,
     oomScoreAdjFloor: oomFloor,
-    seccompChoice,
   });
   sandboxes.containers = { stopAll: (id) => containers.stopAllIn(id), removeAll: (id) => containers.removeAllIn(id) };
   const recovered = await sandboxes.recover();
@@ -214,12 +214,6 @@ export async function startDaemon(cfg: CorralConfig, logger: Logger): Promise<Da
   };
 }
 
-function seccompChoice(profile: any): { type: 'unconfined' } | { type: 'runtimeDefault' } {
-  const t = profile?.profileType;
-  if (t === 'RuntimeDefault') return { type: 'runtimeDefault' };
-  if (t === 'Localhost') throw invalidArgument('Localhost seccomp profiles are not supported for pod sandboxes yet');
-  return { type: 'unconfined' };
-}
 
 /** Pins left under our prefix that no sandbox record owns (e.g. a record deleted by hand). */
 async function sweepOrphanNetns(netnsDir: string, sandboxes: SandboxService, logger: Logger): Promise<number> {

@@ -20,9 +20,10 @@ import { sandboxFilePaths } from '../sandbox/files.js';
 import type { ImageService } from '../image/image-service.js';
 import { mountOverlayRootfs, unmountOverlayRootfs } from '../image/snapshots.js';
 import type { OciRuntime } from '../oci/runtime.js';
-import { cgroupfsCgroupsPath, clampOomScoreAdj, type SeccompChoice } from '../oci/spec.js';
+import { cgroupfsCgroupsPath, clampOomScoreAdj } from '../oci/spec.js';
+import { resolveSeccomp } from '../oci/seccomp-choice.js';
 import { buildContainerSpec, containerArgs, containerCapabilities, containerEnv, resolveUser, type PodNamespaces } from '../oci/container-spec.js';
-import { conmonCreate, readExitCode, waitForExit } from '../oci/conmon.js';
+import { conmonCreate, readExitCode, removeConmonFiles, waitForExit } from '../oci/conmon.js';
 import type { ContainerRecord } from './record.js';
 import { ContainerStore } from '../store/container-store.js';
 import { KeyedLock } from '../util/keyed-lock.js';
@@ -36,7 +37,15 @@ export interface ContainerServiceDeps {
   availableCapabilities: readonly string[];
   /** The lowest oom_score_adj the runtime can set (see oomScoreAdjFloor). */
   oomScoreAdjFloor: number;
-  seccompChoice: (profile: any) => SeccompChoice;
+}
+
+/** resolveUser, with what it refuses reported as the caller's mistake (INVALID_ARGUMENT). */
+function userOrRefuse(opts: Parameters<typeof resolveUser>[0]) {
+  try {
+    return resolveUser(opts);
+  } catch (e) {
+    throw invalidArgument((e as Error).message);
+  }
 }
 
 const nowNs = () => (BigInt(Date.now()) * 1_000_000n).toString();
@@ -57,6 +66,9 @@ export class ContainerService {
 
   private volatileDir(id: string): string {
     return path.join(this.deps.config.stateDir, 'containers', id);
+  }
+  private get socketDir(): string {
+    return path.join(this.deps.config.stateDir, 'attach');
   }
   private get exitDir(): string {
     return path.join(this.deps.config.stateDir, 'exits');
@@ -147,7 +159,7 @@ export class ContainerService {
         runtimeRoot: runtime.root,
         logPath: logPath || path.join(vdir, 'console.log'),
         exitDir: this.exitDir,
-        socketDir: path.join(this.deps.config.stateDir, 'attach'),
+        socketDir: this.socketDir,
         pidFile: path.join(vdir, 'pid'),
         conmonPidFile: path.join(vdir, 'conmon.pid'),
         timeoutMs: 60_000,
@@ -183,7 +195,7 @@ export class ContainerService {
     const sc = linux.securityContext ?? {};
     const rootfs = record.resources.rootfs!.target;
     const readText = (p: string) => fs.readFile(path.join(rootfs, p), 'utf8').catch(() => '');
-    const user = resolveUser({
+    const user = userOrRefuse({
       runAsUser: sc.runAsUser ? Number(sc.runAsUser.value) : undefined,
       runAsGroup: sc.runAsGroup ? Number(sc.runAsGroup.value) : undefined,
       runAsUsername: sc.runAsUsername || undefined,
@@ -226,7 +238,7 @@ export class ContainerService {
       readOnlyRootfs: Boolean(sc.readonlyRootfs),
       noNewPrivileges: Boolean(sc.noNewPrivs),
       capabilities: caps,
-      seccomp: this.deps.seccompChoice(sc.seccomp),
+      seccomp: await resolveSeccomp(sc, (f) => fs.readFile(f, 'utf8')),
       cgroupsPath: cgroupfsCgroupsPath(sandbox.config.linux?.cgroupParent ?? '', record.id),
       oomScoreAdj: oom,
       resources: {
@@ -367,7 +379,8 @@ export class ContainerService {
       await this.layersReleased(chain).catch((e: Error) => this.deps.logger.warn({ err: e.message }, 'collecting released image layers failed'));
     }
     await fs.rm(this.volatileDir(rec.id), { recursive: true, force: true });
-    await fs.rm(path.join(this.exitDir, rec.id), { force: true });
+    // The exit file, and the attach symlink conmon leaves in the socket dir.
+    await removeConmonFiles({ id: rec.id, exitDir: this.exitDir, socketDir: this.socketDir });
   }
 
   /** Stops every container of a sandbox (its Stop); they stay listed as exited. */

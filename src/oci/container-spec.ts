@@ -217,6 +217,9 @@ export function buildContainerSpec(input: ContainerSpecInput): OciSpec {
  * (passed as text); the primary group defaults to the passwd entry's.
  */
 export function resolveUser(opts: { runAsUser?: number; runAsGroup?: number; runAsUsername?: string; imageUser: string; supplementalGroups?: number[]; passwd: string; group: string }): OciUser {
+  if (opts.runAsGroup !== undefined && opts.runAsUser === undefined && !opts.runAsUsername) {
+    throw new Error('run_as_group is set without run_as_user or run_as_username');
+  }
   const passwd = parseColonFile(opts.passwd);
   const groups = parseColonFile(opts.group);
   const [userPart = '', groupPart] = (opts.runAsUsername ?? opts.imageUser).split(':');

@@ -33,7 +33,11 @@ try {
   await pushImage(reg, 'e2e-test-images/busybox', '1.29-2', await busyboxImage({ allApplets: true }));
   // Stands in for registry.k8s.io/e2e-test-images/nginx: busybox's httpd serving on port 80.
   const page = await buildLayer([{ path: 'usr/share/nginx/html/index.html', content: '<html><body>corral test nginx</body></html>\n' }]);
-  await pushImage(reg, 'e2e-test-images/nginx', '1.14-2', await busyboxImage({ allApplets: true, extraLayers: [page], config: { Entrypoint: ['httpd', '-f', '-p', '80', '-h', '/usr/share/nginx/html'], Cmd: [] } }));
+  const httpd = (root: string) => ({ Entrypoint: ['sh', '-c', `echo $$ > /var/run/nginx.pid; exec httpd -f -p 80 -h ${root}`], Cmd: [] });
+  const run = await buildLayer([{ path: 'var/', type: 'directory' }, { path: 'var/run/', type: 'directory' }, { path: 'usr/local/apache2/htdocs/index.html', content: '<html><body>It works!</body></html>\n' }]);
+  await pushImage(reg, 'e2e-test-images/nginx', '1.14-2', await busyboxImage({ allApplets: true, extraLayers: [page, run], config: httpd('/usr/share/nginx/html') }));
+  // And for registry.k8s.io/e2e-test-images/httpd.
+  await pushImage(reg, 'e2e-test-images/httpd', '2.4.39-4', await busyboxImage({ allApplets: true, extraLayers: [run], config: httpd('/usr/local/apache2/htdocs') }));
   await d.start();
   const endpoint = `unix://${d.socket}`;
   const args = [`--runtime-endpoint=${endpoint}`, `--image-endpoint=${endpoint}`, `--ginkgo.focus=${values.focus}`, `--ginkgo.skip=${values.skip}`, '--ginkgo.no-color'];

@@ -200,12 +200,12 @@ export const BUSYBOX_APPLETS = ['sh', 'ls', 'cat', 'echo', 'sleep', 'true', 'fal
  * A minimal root filesystem: /bin/busybox with its applets as symlinks (/bin/sh → busybox…),
  * /etc/passwd and /etc/group (root, nobody and "app" 1000:1000), /tmp (1777), /root, /home/app.
  */
-export function busyboxEntries(applets: readonly string[] = BUSYBOX_APPLETS): TarEntry[] {
+export function busyboxEntries(applets: readonly string[] = BUSYBOX_APPLETS, links: 'symlink' | 'hardlink' = 'symlink'): TarEntry[] {
   const busybox = readFileSync('/bin/busybox');
   return [
     { path: 'bin/', type: 'directory' },
     { path: 'bin/busybox', content: busybox, mode: 0o755 },
-    ...applets.map((a): TarEntry => ({ path: `bin/${a}`, type: 'symlink', linkname: 'busybox' })),
+    ...applets.map((a): TarEntry => (links === 'symlink' ? { path: `bin/${a}`, type: 'symlink', linkname: 'busybox' } : { path: `bin/${a}`, type: 'link', linkname: 'bin/busybox' })),
     { path: 'etc/', type: 'directory' },
     { path: 'etc/passwd', content: 'root:x:0:0:root:/root:/bin/sh\napp:x:1000:1000:app:/home/app:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/bin/false\n' },
     { path: 'etc/group', content: 'root:x:0:\napp:x:1000:\nnogroup:x:65534:\n' },
@@ -315,7 +315,7 @@ export interface BusyboxImageOptions {
   config?: TestImageConfig;
   /** More layers on top of the busybox one. */
   extraLayers?: TestLayer[];
-  /** Link every applet this busybox has (`busybox --list`), like the real busybox images. */
+  /** Every applet this busybox has (`busybox --list`), hard-linked to /bin/busybox, like the real busybox images. */
   allApplets?: boolean;
 }
 
@@ -328,7 +328,7 @@ export function allBusyboxApplets(): string[] {
 /** The single-layer busybox image (plus any extra layers). */
 export async function busyboxImage(opts: BusyboxImageOptions = {}): Promise<TestImage> {
   const format = opts.format ?? 'oci';
-  const base = await buildLayer(busyboxEntries(opts.allApplets ? allBusyboxApplets() : BUSYBOX_APPLETS), opts.compression ?? 'gzip', format);
+  const base = await buildLayer(opts.allApplets ? busyboxEntries(allBusyboxApplets(), 'hardlink') : busyboxEntries(), opts.compression ?? 'gzip', format);
   return buildImage({ layers: [base, ...(opts.extraLayers ?? [])], format, platform: opts.platform, config: opts.config });
 }
 

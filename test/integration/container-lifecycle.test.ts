@@ -104,6 +104,8 @@ test('a container in a pause-mode pod: log, sysctls, hostname and network of the
   await d.rpc('RemoveContainer', { containerId: id });
   await d.rpc('RemoveContainer', { containerId: id });
   await assert.rejects(d.rpc('ContainerStatus', { containerId: id }), (e: any) => e.code === status.NOT_FOUND);
+  assert.deepEqual(await fs.readdir(path.join(d.stateDir, 'attach')).catch(() => []), [], 'no attach link left');
+  assert.deepEqual(await fs.readdir(path.join(d.stateDir, 'exits')).catch(() => []), [], 'no exit file left');
   const traces = await hostTraces(d);
   assert.deepEqual(traces.runtimeContainers.filter((c) => c === id), []);
   assert.deepEqual(traces.mounts.filter((m) => m.includes(id)), []);

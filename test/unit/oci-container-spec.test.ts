@@ -44,6 +44,7 @@ test('user: image User as uid, uid:gid, name, name:group; runAsUser and runAsGro
   assert.deepEqual(r({ imageUser: 'www-data', runAsUser: 1000 }), { uid: 1000, gid: 1000, additionalGids: [29] });
   assert.deepEqual(r({ runAsUser: 7, runAsGroup: 8, supplementalGroups: [9] }), { uid: 7, gid: 8, additionalGids: [9] });
   assert.deepEqual(r({ runAsUsername: 'app' }), { uid: 1000, gid: 1000, additionalGids: [29] });
+  assert.throws(() => r({ runAsGroup: 5 }), /run_as_group is set without run_as_user/);
   assert.throws(() => r({ imageUser: 'nobody-here' }), /"nobody-here" is not in the image's \/etc\/passwd/);
   assert.throws(() => r({ imageUser: 'app:nogroup' }), /"nogroup" is not in the image's \/etc\/group/);
 });
