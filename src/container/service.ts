@@ -22,7 +22,7 @@ import { mountOverlayRootfs, unmountOverlayRootfs } from '../image/snapshots.js'
 import type { OciRuntime } from '../oci/runtime.js';
 import { cgroupfsCgroupsPath, clampOomScoreAdj } from '../oci/spec.js';
 import { resolveSeccomp } from '../oci/seccomp-choice.js';
-import { buildContainerSpec, containerArgs, containerCapabilities, containerEnv, resolveUser, type PodNamespaces } from '../oci/container-spec.js';
+import { buildContainerSpec, containerArgs, containerCapabilities, containerEnv, mountPropagationOf, propagationProblem, resolveUser, type PodNamespaces } from '../oci/container-spec.js';
 import { conmonCreate, readExitCode, removeConmonFiles, waitForExit } from '../oci/conmon.js';
 import type { ContainerRecord } from './record.js';
 import { ContainerStore } from '../store/container-store.js';
@@ -216,7 +216,12 @@ export class ContainerService {
       await fs.mkdir(m.hostPath, { recursive: true }).catch((e) => {
         if (!isErrno(e, 'EEXIST')) throw e;
       });
-      mounts.push({ containerPath: m.containerPath, hostPath: m.hostPath, readonly: Boolean(m.readonly), propagation: m.propagation });
+      const mount = { containerPath: m.containerPath, hostPath: m.hostPath, readonly: Boolean(m.readonly), propagation: m.propagation };
+      if (m.propagation === 'PROPAGATION_BIDIRECTIONAL' || m.propagation === 'PROPAGATION_HOST_TO_CONTAINER') {
+        const problem = propagationProblem(mount, mountPropagationOf(await fs.readFile('/proc/self/mountinfo', 'utf8'), await fs.realpath(m.hostPath)));
+        if (problem) throw failedPrecondition(problem);
+      }
+      mounts.push(mount);
     }
     const files = sandboxFilePaths(this.deps.sandboxes.volatileDir(sandbox.id));
     const oom = res.oomScoreAdj !== undefined && res.oomScoreAdj !== null ? clampOomScoreAdj(Number(res.oomScoreAdj), this.deps.oomScoreAdjFloor) : undefined;

@@ -160,6 +160,9 @@ export function buildContainerSpec(input: ContainerSpecInput): OciSpec {
     resources: { devices: [{ allow: input.privileged, access: 'rwm' }] },
     cgroupsPath: input.cgroupsPath,
   };
+  // Mounts can only propagate out of (or into) the container if its root lets them.
+  if (input.mounts.some((m) => m.propagation === 'PROPAGATION_BIDIRECTIONAL')) linux.rootfsPropagation = 'rshared';
+  else if (input.mounts.some((m) => m.propagation === 'PROPAGATION_HOST_TO_CONTAINER')) linux.rootfsPropagation = 'rslave';
   const r = input.resources;
   if (r) {
     if (r.cpuShares || r.cpuQuota || r.cpuPeriod || r.cpusetCpus || r.cpusetMems) {
@@ -209,6 +212,43 @@ export function buildContainerSpec(input: ContainerSpecInput): OciSpec {
     },
     linux,
   };
+}
+
+/**
+ * The propagation of the mount holding `file`, from /proc/self/mountinfo text: the
+ * longest mount point that contains it ('shared', 'slave' or 'private').
+ */
+export function mountPropagationOf(mountinfo: string, file: string): 'shared' | 'slave' | 'private' {
+  let best = '';
+  let fields: string[] = [];
+  for (const line of mountinfo.split('\n')) {
+    const parts = line.split(' ');
+    const point = (parts[4] ?? '').replace(/\\(\d{3})/g, (_, o: string) => String.fromCharCode(parseInt(o, 8)));
+    if (!point) continue;
+    const inside = point === '/' || file === point || file.startsWith(`${point}/`);
+    if (inside && point.length >= best.length) {
+      best = point;
+      fields = parts.slice(6, parts.indexOf('-'));
+    }
+  }
+  if (fields.some((f) => f.startsWith('shared:'))) return 'shared';
+  if (fields.some((f) => f.startsWith('master:'))) return 'slave';
+  return 'private';
+}
+
+/**
+ * Whether a mount's propagation can work from where its host path lives: bidirectional
+ * needs a shared host mount, host-to-container a shared or slave one (as containerd
+ * requires). Returns the reason it cannot, or null.
+ */
+export function propagationProblem(m: BindMount, hostPropagation: 'shared' | 'slave' | 'private'): string | null {
+  if (m.propagation === 'PROPAGATION_BIDIRECTIONAL' && hostPropagation !== 'shared') {
+    return `mount ${m.containerPath}: bidirectional propagation needs ${m.hostPath} on a shared mount, but its mount is ${hostPropagation} (mount --make-rshared it, as systemd does for /)`;
+  }
+  if (m.propagation === 'PROPAGATION_HOST_TO_CONTAINER' && hostPropagation === 'private') {
+    return `mount ${m.containerPath}: host-to-container propagation needs ${m.hostPath} on a shared or slave mount, but its mount is private (mount --make-rshared it)`;
+  }
+  return null;
 }
 
 /**

@@ -126,6 +126,7 @@ export interface OciLinux {
   maskedPaths?: string[];
   readonlyPaths?: string[];
   mountLabel?: string;
+  rootfsPropagation?: string;
 }
 
 export interface OciSpec {
@@ -300,18 +301,38 @@ export function seccompArchitectures(arch: string = process.arch): string[] {
  * Corral's RuntimeDefault seccomp profile: deny (EPERM) by default, allow a broad list.
  * clone3 answers ENOSYS so that libc falls back to clone, whose flags can be checked.
  */
-export function defaultSeccompProfile(arch: string = process.arch): OciSeccomp {
+/**
+ * Syscalls the default profile also allows when the process holds the capability that
+ * already governs them (the kernel still checks it): without the capability they stay
+ * refused by seccomp too, with it a container does what its capabilities promise.
+ */
+const SECCOMP_CAPABILITY_SYSCALLS: Record<string, readonly string[]> = {
+  CAP_SYS_ADMIN: ['sethostname', 'setdomainname', 'mount', 'umount', 'umount2', 'unshare', 'setns', 'pivot_root', 'name_to_handle_at', 'quotactl', 'syslog', 'fanotify_init'],
+  CAP_SYS_TIME: ['settimeofday', 'stime', 'clock_settime', 'clock_settime64', 'adjtimex', 'clock_adjtime', 'clock_adjtime64'],
+  CAP_SYS_PTRACE: ['ptrace', 'process_vm_readv', 'process_vm_writev', 'kcmp', 'pidfd_getfd'],
+  CAP_SYS_BOOT: ['reboot'],
+  CAP_SYS_MODULE: ['init_module', 'finit_module', 'delete_module'],
+  CAP_SYS_PACCT: ['acct'],
+  CAP_SYS_NICE: ['set_mempolicy', 'mbind', 'migrate_pages', 'move_pages'],
+};
+
+export function defaultSeccompProfile(arch: string = process.arch, capabilities: readonly string[] = []): OciSeccomp {
+  const byCapability = capabilities.flatMap((c) => SECCOMP_CAPABILITY_SYSCALLS[c] ?? []);
+  const sysAdmin = capabilities.includes('CAP_SYS_ADMIN');
   return {
     defaultAction: 'SCMP_ACT_ERRNO',
     defaultErrnoRet: EPERM,
     architectures: seccompArchitectures(arch),
     syscalls: [
-      { names: [...SECCOMP_ALLOWED_SYSCALLS], action: 'SCMP_ACT_ALLOW' },
-      {
-        names: ['clone'],
-        action: 'SCMP_ACT_ALLOW',
-        args: [{ index: 0, value: CLONE_NAMESPACE_FLAGS, valueTwo: 0, op: 'SCMP_CMP_MASKED_EQ' }],
-      },
+      { names: [...new Set([...SECCOMP_ALLOWED_SYSCALLS, ...byCapability])], action: 'SCMP_ACT_ALLOW' },
+      // With CAP_SYS_ADMIN, clone may make namespaces too.
+      sysAdmin
+        ? { names: ['clone'], action: 'SCMP_ACT_ALLOW' }
+        : {
+            names: ['clone'],
+            action: 'SCMP_ACT_ALLOW',
+            args: [{ index: 0, value: CLONE_NAMESPACE_FLAGS, valueTwo: 0, op: 'SCMP_CMP_MASKED_EQ' }],
+          },
       { names: ['clone3'], action: 'SCMP_ACT_ERRNO', errnoRet: ENOSYS },
     ],
   };
@@ -554,7 +575,7 @@ export function seccompFor(input: Pick<SandboxSpecInput, 'privileged' | 'seccomp
     case 'unconfined':
       return undefined;
     case 'runtimeDefault':
-      return defaultSeccompProfile();
+      return defaultSeccompProfile(process.arch, caps);
     case 'localhost':
       return seccompFromProfile(input.seccomp.profile, caps);
   }

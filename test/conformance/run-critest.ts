@@ -33,7 +33,8 @@ try {
   await pushImage(reg, 'e2e-test-images/busybox', '1.29-2', await busyboxImage({ allApplets: true }));
   // Stands in for registry.k8s.io/e2e-test-images/nginx: busybox's httpd serving on port 80.
   const page = await buildLayer([{ path: 'usr/share/nginx/html/index.html', content: '<html><body>corral test nginx</body></html>\n' }]);
-  const httpd = (root: string) => ({ Entrypoint: ['sh', '-c', `echo $$ > /var/run/nginx.pid; exec httpd -f -p 80 -h ${root}`], Cmd: [] });
+  // Apache's log names its command line ("httpd -D FOREGROUND"); critest looks for it.
+  const httpd = (root: string) => ({ Entrypoint: ['sh', '-c', `echo "Command line: 'httpd -D FOREGROUND'"; echo $$ > /var/run/nginx.pid; exec httpd -f -p 80 -h ${root}`], Cmd: [] });
   const run = await buildLayer([{ path: 'var/', type: 'directory' }, { path: 'var/run/', type: 'directory' }, { path: 'usr/local/apache2/htdocs/index.html', content: '<html><body>It works!</body></html>\n' }]);
   await pushImage(reg, 'e2e-test-images/nginx', '1.14-2', await busyboxImage({ allApplets: true, extraLayers: [page, run], config: httpd('/usr/share/nginx/html') }));
   // And for registry.k8s.io/e2e-test-images/httpd.

@@ -13,6 +13,7 @@ import { status } from '@grpc/grpc-js';
 import { TestDaemon, hostTraces, podConfig } from '../helpers/daemon.js';
 import { pushImage, startRegistry, type TestRegistry } from '../helpers/registry.js';
 import { busyboxImage, type TestImage } from '../helpers/test-images.js';
+import { execChecked, execFile } from '../../src/util/exec.js';
 import { createImageClient, call } from '../../src/cri/client.js';
 
 let reg: TestRegistry;
@@ -164,4 +165,35 @@ test('after a daemon restart a running container is found again and still answer
   await d.rpc('RemovePodSandbox', { podSandboxId: podId });
   const traces = await hostTraces(d);
   assert.deepEqual([traces.runtimeContainers, traces.mounts, traces.netns], [[], [], []]);
+});
+
+test('mount propagation: bidirectional needs a shared host mount, then carries mounts both ways; a private one is refused', async () => {
+  const shared = path.join(d.dir, 'shared-vols');
+  await fs.mkdir(shared, { recursive: true });
+  await execChecked('mount', ['-t', 'tmpfs', 'tmpfs', shared]);
+  try {
+    await execChecked('mount', ['--make-shared', shared]);
+    const cfg = pausePod();
+    const podId = (await d.rpc('RunPodSandbox', { config: cfg })).podSandboxId;
+    const privateVol = path.join(d.dir, 'private-vol');
+    const refused = containerConfig('refused', ['sleep', '1000'], { mounts: [{ containerPath: '/vol', hostPath: privateVol, propagation: 'PROPAGATION_BIDIRECTIONAL' }] });
+    await assert.rejects(d.rpc('CreateContainer', { podSandboxId: podId, config: refused, sandboxConfig: cfg }), (e: any) => e.code === status.FAILED_PRECONDITION && /shared mount/.test(e.details));
+
+    const vol = path.join(shared, 'vol');
+    const id = await runContainer(podId, cfg, 'prop', ['sleep', '1000'], {
+      mounts: [{ containerPath: '/vol', hostPath: vol, propagation: 'PROPAGATION_BIDIRECTIONAL' }],
+      linux: { securityContext: { privileged: true } },
+    });
+    // Container to host.
+    assert.equal((await exec(id, ['sh', '-c', 'mkdir -p /vol/inner && mount --bind /etc /vol/inner'])).exitCode, 0);
+    assert.ok((await fs.readdir(path.join(vol, 'inner'))).includes('passwd'), 'the container\'s mount shows on the host');
+    // Host to container.
+    await fs.mkdir(path.join(vol, 'fromhost'));
+    await execChecked('mount', ['-t', 'tmpfs', 'tmpfs', path.join(vol, 'fromhost')]);
+    await fs.writeFile(path.join(vol, 'fromhost', 'flag'), 'x');
+    assert.equal((await exec(id, ['ls', '/vol/fromhost'])).stdout.toString().trim(), 'flag', 'the host\'s mount shows in the container');
+    await d.rpc('RemovePodSandbox', { podSandboxId: podId });
+  } finally {
+    await execFile('umount', ['--recursive', '--lazy', shared]);
+  }
 });

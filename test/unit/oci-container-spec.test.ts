@@ -117,3 +117,27 @@ test('privileged: no seccomp, no masked paths, devices allowed; unprivileged get
   assert.deepEqual(plain.linux!.resources!.memory, { limit: 1 << 26 });
   assert.deepEqual(plain.linux!.resources!.cpu, { shares: 512 });
 });
+
+test('mount propagation: from mountinfo, the longest mount point holding the path decides; bidirectional needs shared', async () => {
+  const { mountPropagationOf, propagationProblem } = await import('../../src/oci/container-spec.js');
+  const mi = [
+    '22 1 254:0 / / rw,relatime shared:1 - ext4 /dev/vda rw',
+    '30 22 0:25 / /tmp rw,nosuid - tmpfs tmpfs rw',
+    '31 22 0:26 / /var/lib/kubelet rw master:7 - ext4 /dev/vdb rw',
+    '32 22 0:27 / /mnt/with\\040space rw shared:9 - tmpfs tmpfs rw',
+  ].join('\n');
+  assert.equal(mountPropagationOf(mi, '/srv/data'), 'shared');
+  assert.equal(mountPropagationOf(mi, '/tmp/x'), 'private');
+  assert.equal(mountPropagationOf(mi, '/tmpfoo'), 'shared', 'a prefix that is not a path component does not count');
+  assert.equal(mountPropagationOf(mi, '/var/lib/kubelet/pods/p/volumes/v'), 'slave');
+  assert.equal(mountPropagationOf(mi, '/mnt/with space/a'), 'shared');
+  const m = (propagation: string) => ({ containerPath: '/data', hostPath: '/tmp/x', readonly: false, propagation });
+  assert.match(propagationProblem(m('PROPAGATION_BIDIRECTIONAL'), 'slave')!, /needs \/tmp\/x on a shared mount/);
+  assert.equal(propagationProblem(m('PROPAGATION_BIDIRECTIONAL'), 'shared'), null);
+  assert.equal(propagationProblem(m('PROPAGATION_HOST_TO_CONTAINER'), 'slave'), null);
+  assert.match(propagationProblem(m('PROPAGATION_HOST_TO_CONTAINER'), 'private')!, /private/);
+  assert.equal(propagationProblem(m('PROPAGATION_PRIVATE'), 'private'), null);
+  const spec = buildContainerSpec(input({ mounts: [{ containerPath: '/d', hostPath: '/srv', readonly: false, propagation: 'PROPAGATION_BIDIRECTIONAL' }] }));
+  assert.equal(spec.linux!.rootfsPropagation, 'rshared');
+  assert.equal(buildContainerSpec(input()).linux!.rootfsPropagation, undefined);
+});

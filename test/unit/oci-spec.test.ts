@@ -268,3 +268,13 @@ test('clampOomScoreAdj', () => {
   assert.equal(clampOomScoreAdj(100, 300), 300);
   assert.equal(clampOomScoreAdj(NaN, -1000), 0);
 });
+
+test('runtime/default seccomp: capability-governed syscalls are allowed only with the capability', () => {
+  const allowed = (p: ReturnType<typeof defaultSeccompProfile>) => new Set(p.syscalls!.filter((s) => s.action === 'SCMP_ACT_ALLOW' && !s.args).flatMap((s) => s.names));
+  const plain = defaultSeccompProfile('x64', ['CAP_CHOWN']);
+  const admin = defaultSeccompProfile('x64', ['CAP_CHOWN', 'CAP_SYS_ADMIN']);
+  assert.ok(!allowed(plain).has('sethostname') && !allowed(plain).has('mount'));
+  assert.ok(allowed(admin).has('sethostname') && allowed(admin).has('mount') && allowed(admin).has('clone'), 'CAP_SYS_ADMIN: namespaces and mounts');
+  assert.ok(!allowed(admin).has('reboot'));
+  assert.ok(plain.syscalls!.some((s) => s.names.includes('clone') && s.args?.length), 'clone without namespace flags only');
+});
