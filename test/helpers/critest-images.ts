@@ -39,6 +39,13 @@ export async function critestImages(): Promise<CritestImage[]> {
     { repo: 'test-image-tags', tag: '3', image: shared },
   ];
   for (const n of [1, 2, 3]) out.push({ repo: `test-image-${n}`, tag: 'latest', image: await variant(`different-${n}`) });
+  // User 1000 is a member of group 50000 in the image's /etc/group (Security Context specs).
+  const predefined = await buildLayer([
+    { path: 'etc/', type: 'directory' },
+    { path: 'etc/passwd', content: 'root:x:0:0:root:/root:/bin/sh\ndefault-user:x:1000:1000::/home/default-user:/bin/sh\n' },
+    { path: 'etc/group', content: 'root:x:0:\ndefault-user:x:1000:\ngroup-defined-in-image:x:50000:default-user\n' },
+  ]);
+  out.push({ repo: 'test-image-predefined-group', tag: 'latest', image: buildImage({ layers: [base, predefined], config: { User: '1000' } }) });
   return out;
 }
 
