@@ -194,7 +194,7 @@ export function zstdCompress(data: Buffer): Promise<Buffer> {
 }
 
 /** Applets linked to busybox in busyboxEntries(). */
-export const BUSYBOX_APPLETS = ['sh', 'ls', 'cat', 'echo', 'sleep', 'true', 'false', 'id', 'env', 'mkdir', 'rm', 'touch', 'ps', 'hostname', 'wget', 'nc', 'ip', 'stat', 'test', 'grep', 'mount', 'umount'];
+export const BUSYBOX_APPLETS = ['sh', 'ls', 'cat', 'echo', 'sleep', 'true', 'false', 'id', 'env', 'mkdir', 'rm', 'touch', 'ps', 'hostname', 'wget', 'nc', 'ip', 'stat', 'test', 'grep', 'mount', 'umount', 'readlink'];
 
 /**
  * A minimal root filesystem: /bin/busybox with its applets as symlinks (/bin/sh → busybox…),

@@ -197,3 +197,27 @@ test('mount propagation: bidirectional needs a shared host mount, then carries m
     await execFile('umount', ['--recursive', '--lazy', shared]);
   }
 });
+
+test('namespace options: host PID and IPC are the host\'s, POD PID is the pause\'s, CONTAINER PID is the container\'s own', async () => {
+  const nsOf = async (id: string, ns: string) => (await exec(id, ['readlink', `/proc/self/ns/${ns}`])).stdout.toString().trim();
+  const host = async (ns: string) => fs.readlink(`/proc/self/ns/${ns}`);
+
+  const hostCfg = podConfig({ linux: { securityContext: { namespaceOptions: { network: 'POD', pid: 'NODE', ipc: 'NODE' } } } });
+  const hostPod = (await d.rpc('RunPodSandbox', { config: hostCfg })).podSandboxId;
+  const h = await runContainer(hostPod, hostCfg, 'hostns', ['sleep', '1000'], { linux: { securityContext: { namespaceOptions: { network: 'POD', pid: 'NODE', ipc: 'NODE' } } } });
+  assert.equal(await nsOf(h, 'pid'), await host('pid'));
+  assert.equal(await nsOf(h, 'ipc'), await host('ipc'));
+  assert.notEqual(await nsOf(h, 'net'), await host('net'), 'the pod network is still its own');
+
+  const podCfg = pausePod();
+  const podId = (await d.rpc('RunPodSandbox', { config: podCfg })).podSandboxId;
+  const pause = JSON.parse((await d.rpc('PodSandboxStatus', { podSandboxId: podId, verbose: true })).info.info).pid as number;
+  const shared = await runContainer(podId, podCfg, 'shared', ['sleep', '1000']);
+  assert.equal(await nsOf(shared, 'pid'), await fs.readlink(`/proc/${pause}/ns/pid`));
+  assert.equal(await nsOf(shared, 'ipc'), await fs.readlink(`/proc/${pause}/ns/ipc`));
+  assert.equal(await nsOf(shared, 'uts'), await fs.readlink(`/proc/${pause}/ns/uts`));
+  const own = await runContainer(podId, podCfg, 'own', ['sleep', '1000'], { linux: { securityContext: { namespaceOptions: { network: 'POD', pid: 'CONTAINER', ipc: 'POD' } } } });
+  assert.notEqual(await nsOf(own, 'pid'), await fs.readlink(`/proc/${pause}/ns/pid`));
+  assert.equal((await exec(own, ['cat', '/proc/1/cmdline'])).stdout.toString().replace(/\0/g, ' ').trim(), 'sleep 1000', 'PID 1 is its own command');
+  assert.equal(await nsOf(own, 'ipc'), await fs.readlink(`/proc/${pause}/ns/ipc`), 'still the pod IPC');
+});
