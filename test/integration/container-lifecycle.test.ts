@@ -221,3 +221,36 @@ test('namespace options: host PID and IPC are the host\'s, POD PID is the pause\
   assert.equal((await exec(own, ['cat', '/proc/1/cmdline'])).stdout.toString().replace(/\0/g, ' ').trim(), 'sleep 1000', 'PID 1 is its own command');
   assert.equal(await nsOf(own, 'ipc'), await fs.readlink(`/proc/${pause}/ns/ipc`), 'still the pod IPC');
 });
+
+test('security context: masked and read-only paths, no_new_privs, read-only rootfs, user and groups, capabilities', async () => {
+  const cfg = pausePod();
+  const podId = (await d.rpc('RunPodSandbox', { config: cfg })).podSandboxId;
+  const locked = await runContainer(podId, cfg, 'locked', ['sleep', '1000'], {
+    linux: {
+      securityContext: {
+        maskedPaths: ['/etc/passwd'],
+        readonlyPaths: ['/home'],
+        noNewPrivs: true,
+        readonlyRootfs: true,
+        runAsUser: { value: 1000 },
+        supplementalGroups: [4242],
+        capabilities: { dropCapabilities: ['ALL'] },
+      },
+    },
+  });
+  assert.equal((await exec(locked, ['cat', '/etc/passwd'])).stdout.toString(), '', 'masked by /dev/null');
+  assert.notEqual((await exec(locked, ['touch', '/home/app/x'])).exitCode, 0, 'read-only path');
+  assert.notEqual((await exec(locked, ['touch', '/x'])).exitCode, 0, 'read-only root filesystem');
+  const status = (await exec(locked, ['cat', '/proc/self/status'])).stdout.toString();
+  assert.match(status, /^NoNewPrivs:\s+1$/m);
+  assert.match(status, /^CapEff:\s+0+$/m, 'every capability dropped');
+  assert.equal((await exec(locked, ['id', '-u'])).stdout.toString().trim(), '1000');
+  assert.match((await exec(locked, ['id', '-G'])).stdout.toString(), /\b4242\b/);
+
+  const open = await runContainer(podId, cfg, 'open', ['sleep', '1000']);
+  const st = (await exec(open, ['cat', '/proc/self/status'])).stdout.toString();
+  assert.match(st, /^NoNewPrivs:\s+0$/m);
+  assert.doesNotMatch(st, /^CapEff:\s+0+$/m, 'the default capabilities');
+  assert.match((await exec(open, ['cat', '/etc/passwd'])).stdout.toString(), /^root:/);
+  assert.equal((await exec(open, ['touch', '/x'])).exitCode, 0, 'a writable root filesystem by default');
+});
