@@ -19,6 +19,7 @@ import { TestDaemon, hostTraces, podConfig } from '../helpers/daemon.js';
 import { pushImage, startRegistry, type TestRegistry } from '../helpers/registry.js';
 import { busyboxImage } from '../helpers/test-images.js';
 import { createImageClient, call } from '../../src/cri/client.js';
+import { execFile } from '../../src/util/exec.js';
 
 type Mode = 'POD' | 'CONTAINER' | 'NODE';
 interface Shape {
@@ -159,6 +160,32 @@ test('host network, pinned IPC: an IPC sysctl of a host-IPC pod is refused with 
     await assert.rejects(d.rpc('RunPodSandbox', { config: cfg }), (e: any) => e.code === status.INVALID_ARGUMENT && /kernel\.msgmax/.test(e.details));
   }
   assert.deepEqual((await d.rpc('ListPodSandbox', {})).items, []);
+});
+
+test('a host-network pod without a pause is READY only while its IPC pin holds; then Stop/Remove leave nothing', async () => {
+  const d = daemons.drop;
+  const shape = { network: 'NODE', pid: 'CONTAINER', ipc: 'POD' };
+  const cfg = podConfig({ linux: { securityContext: { namespaceOptions: shape } } });
+  const podId: string = (await d.rpc('RunPodSandbox', { config: cfg })).podSandboxId;
+  try {
+    const st = await d.rpc('PodSandboxStatus', { podSandboxId: podId, verbose: true });
+    assert.equal(st.status.state, 'SANDBOX_READY');
+    const pins: string[] = JSON.parse(st.info.info).resources.pins;
+    const ipcPin = pins.find((p) => path.basename(p) === 'ipcns');
+    assert.ok(ipcPin, `an IPC pin (pins: ${pins.join(', ')})`);
+    assert.equal(pins.length, 1, 'host network: no netns and no UTS pin');
+    await execFile('umount', ['--lazy', ipcPin!]);
+    assert.equal((await d.rpc('PodSandboxStatus', { podSandboxId: podId })).status.state, 'SANDBOX_NOTREADY', 'its IPC namespace is gone');
+    await assert.rejects(
+      d.rpc('CreateContainer', { podSandboxId: podId, config: containerConfig('late', shape), sandboxConfig: cfg }),
+      (e: any) => e.code === status.FAILED_PRECONDITION,
+    );
+    await d.rpc('StopPodSandbox', { podSandboxId: podId });
+    await d.rpc('RemovePodSandbox', { podSandboxId: podId });
+    await assertPodGone(d, [podId]);
+  } finally {
+    await d.rpc('RemovePodSandbox', { podSandboxId: podId }).catch(() => {});
+  }
 });
 
 test('TARGET PID mode: joins a running container of the same pod; another pod\'s, a missing or an exited one is refused', async () => {
