@@ -4,7 +4,7 @@
  * itself (both act on the calling thread only, and a libuv pool thread left in
  * a pod's network namespace would later do unrelated work there).
  *
- *   corral-nshelper create --path FILE [--sysctl KEY=VALUE]...
+ *   corral-nshelper create [--path FILE] [--sysctl KEY=VALUE]...
  *                          [--ipc FILE] [--uts FILE [--hostname NAME]]
  *   corral-nshelper remove FILE...
  *   corral-nshelper check FILE
@@ -12,14 +12,15 @@
  *
  * create: makes each FILE (O_CREAT|O_EXCL, mode 0444; missing parent folders
  * are made 0755), unshares the requested namespaces in this single-threaded
- * process, brings the loopback interface up, writes the sysctls under
+ * process, brings the loopback interface up (when it made a network namespace:
+ * --path may be left out for a host-network pod that pins only IPC/UTS), writes the sysctls under
  * /proc/sys (after unshare, /proc/sys/net/... and the IPC/UTS sysctls refer to
  * this process's new namespaces), sets the hostname in the new UTS namespace,
  * and finally bind-mounts /proc/self/ns/<type> onto each FILE. When the
  * process exits, the bind mounts keep the namespaces alive. Any failure undoes
  * every step already taken (unmount, unlink, remove folders it made) and
  * prints {"error":..., "step":..., "errno":..., "code":...}; success prints
- * {"path":FILE,...}. One JSON object, one line, on stdout, in every case.
+ * {"path":FILE,"ipc":FILE,"uts":FILE} (the ones asked for). One JSON object, one line, on stdout, in every case.
  *
  * remove: for each FILE, detaches every mount stacked on it (umount2 with
  * MNT_DETACH; "not a mount point" or "does not exist" mean done) and unlinks
@@ -155,7 +156,7 @@ static void report_error(const char *step, int err, const char *fmt, ...)
 static int usage_error(const char *what)
 {
 	report_error("args", 0,
-		     "%s; usage: corral-nshelper create --path FILE [--sysctl K=V]... [--ipc FILE] "
+		     "%s; usage: corral-nshelper create [--path FILE] [--sysctl K=V]... [--ipc FILE] "
 		     "[--uts FILE [--hostname NAME]] | remove FILE... | check FILE",
 		     what);
 	return 2;
@@ -311,6 +312,22 @@ static int sysctl_path(const char *key, size_t keylen, char *out, size_t outlen)
 	return 0;
 }
 
+/*
+ * The namespace (index in targets[]) a /proc/sys path belongs to: 0 net, 1 ipc, or -1
+ * for a node-wide sysctl. The helper writes a sysctl only into a namespace it has just
+ * made, so a host-network pod's net.* sysctl can never reach the host's.
+ */
+static int sysctl_target(const char *path)
+{
+	const char *rel = path + strlen("/proc/sys/");
+	if (strncmp(rel, "net/", 4) == 0)
+		return 0;
+	if (strncmp(rel, "kernel/shm", 10) == 0 || strncmp(rel, "kernel/msg", 10) == 0 ||
+	    strncmp(rel, "kernel/sem", 10) == 0 || strncmp(rel, "fs/mqueue/", 10) == 0)
+		return 1;
+	return -1;
+}
+
 static int write_sysctl(const char *path, const char *value)
 {
 	int fd = open(path, O_WRONLY | O_CLOEXEC | O_NOFOLLOW);
@@ -376,8 +393,8 @@ static int cmd_create(int argc, char **argv)
 		*slot = argv[++i];
 	}
 
-	if (!targets[0].path)
-		return usage_error("create needs --path FILE");
+	if (!targets[0].path && !targets[1].path && !targets[2].path)
+		return usage_error("create needs --path FILE, --ipc FILE or --uts FILE");
 	for (int i = 0; i < 3; i++) {
 		if (targets[i].path && !valid_target_path(targets[i].path)) {
 			char what[320];
@@ -407,6 +424,13 @@ static int cmd_create(int argc, char **argv)
 			return usage_error(what);
 		}
 		sysctl_values[i] = eq + 1;
+		int owner = sysctl_target(sysctl_paths[i]);
+		if (owner < 0 || !targets[owner].path) {
+			char what[400];
+			snprintf(what, sizeof(what), "--sysctl '%.256s' is not in a namespace this call creates (%s)", sysctls[i],
+				 owner < 0 ? "node-wide" : owner == 0 ? "needs --path" : "needs --ipc");
+			return usage_error(what);
+		}
 	}
 
 	umask(022);
@@ -431,8 +455,8 @@ static int cmd_create(int argc, char **argv)
 	if (unshare(flags) != 0)
 		return fail("unshare", errno, "unshare of the pod namespaces failed");
 
-	/* 3. Loopback up inside the new network namespace. */
-	if (loopback_up() != 0)
+	/* 3. Loopback up inside the new network namespace (never in the host's). */
+	if (targets[0].path && loopback_up() != 0)
 		return fail("loopback", errno, "cannot bring lo up in the new network namespace");
 
 	/* 4. Namespaced sysctls, in the order given. */
@@ -464,15 +488,14 @@ static int cmd_create(int argc, char **argv)
 		free(made_dirs[i]);
 	n_made_dirs = 0;
 
-	fputs("{\"path\":", stdout);
-	json_string(stdout, targets[0].path);
-	if (targets[1].path) {
-		fputs(",\"ipc\":", stdout);
-		json_string(stdout, targets[1].path);
-	}
-	if (targets[2].path) {
-		fputs(",\"uts\":", stdout);
-		json_string(stdout, targets[2].path);
+	static const char *const keys[3] = { "path", "ipc", "uts" };
+	const char *sep = "{";
+	for (int i = 0; i < 3; i++) {
+		if (!targets[i].path)
+			continue;
+		fprintf(stdout, "%s\"%s\":", sep, keys[i]);
+		json_string(stdout, targets[i].path);
+		sep = ",";
 	}
 	fputs("}\n", stdout);
 	return fflush(stdout) == 0 ? 0 : 1;

@@ -16,13 +16,14 @@ import { IdIndex, generateId } from '../sandbox/ids.js';
 import { NameRegistry } from '../sandbox/names.js';
 import type { SandboxService } from '../sandbox/service.js';
 import type { SandboxRecord } from '../sandbox/record.js';
+import { PIN_FILES, namespaceChoice, namespaceMode, namespacePlan } from '../sandbox/options.js';
 import { sandboxFilePaths } from '../sandbox/files.js';
 import type { ImageService } from '../image/image-service.js';
 import { mountOverlayRootfs, unmountOverlayRootfs } from '../image/snapshots.js';
 import type { OciRuntime } from '../oci/runtime.js';
 import { cgroupfsCgroupsPath, clampOomScoreAdj } from '../oci/spec.js';
 import { resolveSeccomp } from '../oci/seccomp-choice.js';
-import { buildContainerSpec, containerArgs, containerCapabilities, containerEnv, mountPropagationOf, propagationProblem, resolveUser, type PodNamespaces } from '../oci/container-spec.js';
+import { buildContainerSpec, containerArgs, containerLogPath, containerCapabilities, containerEnv, mountPropagationOf, propagationProblem, resolveUser, type PodNamespaces } from '../oci/container-spec.js';
 import { conmonCreate, readExitCode, removeConmonFiles, waitForExit } from '../oci/conmon.js';
 import type { ContainerRecord } from './record.js';
 import { ContainerStore } from '../store/container-store.js';
@@ -37,6 +38,15 @@ export interface ContainerServiceDeps {
   availableCapabilities: readonly string[];
   /** The lowest oom_score_adj the runtime can set (see oomScoreAdjFloor). */
   oomScoreAdjFloor: number;
+}
+
+/** containerLogPath, with what it refuses reported as the caller's mistake (INVALID_ARGUMENT). */
+function containerLogPathOrRefuse(logDirectory: string, logPath: unknown): string {
+  try {
+    return containerLogPath(logDirectory, logPath);
+  } catch (e) {
+    throw invalidArgument((e as Error).message);
+  }
 }
 
 /** resolveUser, with what it refuses reported as the caller's mistake (INVALID_ARGUMENT). */
@@ -92,6 +102,8 @@ export class ContainerService {
     const handler = this.deps.config.runtimes[sandbox.runtimeHandler];
     if (!handler) throw failedPrecondition(`the sandbox's runtime handler "${sandbox.runtimeHandler}" is no longer configured`);
     const attempt = Number(meta.attempt ?? 0);
+    // Refused before the name is reserved: nothing to roll back.
+    const logPath = containerLogPathOrRefuse(sandbox.config.logDirectory ?? '', config.logPath);
     const name = [meta.name, sandbox.metadata.name, sandbox.metadata.namespace, sandbox.metadata.uid, String(attempt)].join('_');
     const id = generateId();
     const taken = this.names.reserve(name, id);
@@ -99,8 +111,6 @@ export class ContainerService {
 
     const log = logger.child({ container: id, sandbox: sandbox.id });
     const vdir = this.volatileDir(id);
-    const logDir: string = sandbox.config.logDirectory ?? '';
-    const logPath = config.logPath ? (logDir ? path.join(logDir, config.logPath) : '') : '';
     const imageConfig = await images.runtimeConfig(image);
     const record: ContainerRecord = {
       version: 1,
@@ -238,7 +248,7 @@ export class ContainerService {
       env: containerEnv(imageConfig.Env ?? [], c.envs ?? []),
       cwd: c.workingDir || imageConfig.WorkingDir || '/',
       user,
-      namespaces: this.podNamespaces(sandbox, sc.namespaceOptions ?? {}),
+      namespaces: await this.podNamespaces(sandbox, sc.namespaceOptions ?? {}),
       privileged,
       readOnlyRootfs: Boolean(sc.readonlyRootfs),
       noNewPrivileges: Boolean(sc.noNewPrivs),
@@ -265,29 +275,46 @@ export class ContainerService {
     });
   }
 
-  /** Where the pod's namespaces are: the pause process's, or the pins when there is no pause. */
-  private podNamespaces(sandbox: SandboxRecord, opts: { pid?: string | number; targetId?: string }): PodNamespaces {
-    const podOpts = sandbox.config.linux?.securityContext?.namespaceOptions ?? {};
-    const mode = (v: unknown) => (v === 2 || v === 'NODE' ? 'NODE' : v === 1 || v === 'CONTAINER' ? 'CONTAINER' : v === 3 || v === 'TARGET' ? 'TARGET' : 'POD');
+  /**
+   * Where the pod's namespaces are, from the same plan RunPodSandbox pinned them by
+   * (namespacePlan): the host's, the pause process's, or the pins.
+   */
+  private async podNamespaces(sandbox: SandboxRecord, opts: { pid?: string | number; targetId?: string }): Promise<PodNamespaces> {
+    const plan = namespacePlan(namespaceChoice(sandbox.config), sandbox.infraMode);
     const pause = sandbox.infraMode === 'pause' && sandbox.pid > 0 ? `/proc/${sandbox.pid}/ns` : null;
-    const pin = (suffix: string) => sandbox.resources.pins.find((p) => p.endsWith(`/${suffix}`));
-    const hostIpc = mode(podOpts.ipc) === 'NODE';
-    const network = sandbox.netnsPath ?? 'host';
-    const ipc = hostIpc ? 'host' : (pause ? `${pause}/ipc` : pin('ipcns'));
-    const uts = sandbox.hostNetwork ? 'host' : (pause ? `${pause}/uts` : pin('utsns'));
-    if (!ipc || !uts) throw failedPrecondition(`pod sandbox ${sandbox.id} holds no IPC/UTS namespace to join (stopped?)`);
+    const pinOf = (file: string) => sandbox.resources.pins.find((p) => path.basename(p) === file);
+    const held = (holder: 'host' | 'pause' | 'pin', type: 'ipc' | 'uts') => {
+      const where = holder === 'host' ? 'host' : holder === 'pause' ? (pause ? `${pause}/${type}` : undefined) : pinOf(PIN_FILES[type]);
+      if (!where) throw failedPrecondition(`pod sandbox ${sandbox.id} holds no ${type.toUpperCase()} namespace to join (stopped?)`);
+      return where;
+    };
+    const network = plan.network === 'host' ? 'host' : sandbox.netnsPath;
+    if (!network) throw failedPrecondition(`pod sandbox ${sandbox.id} holds no network namespace to join`);
+    const ipc = held(plan.ipc, 'ipc');
+    const uts = held(plan.uts, 'uts');
     let pid: PodNamespaces['pid'];
-    const pidMode = mode(opts.pid ?? podOpts.pid);
-    if (mode(podOpts.pid) === 'NODE') pid = 'host';
+    const pidMode = namespaceMode(opts.pid ?? (plan.pid === 'pause' ? 'POD' : 'CONTAINER'));
+    if (plan.pid === 'host') pid = 'host';
     else if (pidMode === 'POD') {
       if (!pause) throw failedPrecondition(`pod sandbox ${sandbox.id} has no pause process holding a shared PID namespace`);
       pid = `${pause}/pid`;
-    } else if (pidMode === 'TARGET') {
-      const target = this.records.get(this.index.resolve(opts.targetId ?? ''));
-      if (!target || target.pid <= 0) throw failedPrecondition(`target container ${opts.targetId} is not running`);
-      pid = `/proc/${target.pid}/ns/pid`;
-    } else pid = 'new';
+    } else if (pidMode === 'TARGET') pid = await this.targetPidNamespace(sandbox, opts.targetId);
+    else pid = 'new';
     return { network, ipc, uts, pid };
+  }
+
+  /** TARGET PID mode: the PID namespace of a running container of the same pod (as containerd checks). */
+  private async targetPidNamespace(sandbox: SandboxRecord, targetId: string | undefined): Promise<string> {
+    if (!targetId) throw invalidArgument('PID namespace mode TARGET needs target_id');
+    const id = this.index.tryResolve(targetId);
+    const target = id === undefined ? undefined : this.records.get(id);
+    if (!target) throw notFound(`target container ${targetId} of PID namespace mode TARGET does not exist`);
+    if (target.sandboxId !== sandbox.id) {
+      throw invalidArgument(`target container ${target.id} is in pod sandbox ${target.sandboxId}, not in ${sandbox.id}: a container can only share the PID namespace of a container of its own pod`);
+    }
+    await this.refresh(target);
+    if (target.state !== 'running' || target.pid <= 0) throw failedPrecondition(`target container ${target.id} is ${target.state}, not running: there is no PID namespace to join`);
+    return `/proc/${target.pid}/ns/pid`;
   }
 
   // ---------------------------------------------------------------- Start / Stop / Remove

@@ -66,7 +66,7 @@ export function sandboxIdFromNetnsPath(netnsPath: string): string | undefined {
 export interface CreateNetnsOptions {
   /** Namespaced sysctls (net.*), set inside the new netns before it is pinned. Validated by the caller. */
   sysctls?: Record<string, string>;
-  /** Also pin a new IPC namespace here (pods without a pause process). */
+  /** Also (or, without a netns, only) pin a new IPC namespace here (pods without a pause process). */
   ipcPath?: string;
   /** Also pin a new UTS namespace here, with this hostname. */
   utsPath?: string;
@@ -116,24 +116,28 @@ function helperFailure(what: string, result: ExecResult, reply: HelperReply | un
 
 /**
  * Creates a new network namespace with lo up and the given sysctls, pinned at
- * `netnsPath` (which must not exist; its folder is created 0755 if missing).
- * On failure nothing is left behind and a NetnsError carries the helper's message.
+ * `netnsPath` (which must not exist; its folder is created 0755 if missing), and the
+ * IPC/UTS namespaces asked for in `opts`. netnsPath null: no network namespace (a
+ * host-network pod), only the IPC/UTS pins. On failure nothing is left behind and a
+ * NetnsError carries the helper's message.
  */
-export async function createPinnedNetns(netnsPath: string, opts: CreateNetnsOptions = {}): Promise<void> {
-  if (!path.isAbsolute(netnsPath)) throw new Error(`netns: path must be absolute, got ${JSON.stringify(netnsPath)}`);
-  const args = ['create', '--path', netnsPath];
+export async function createPinnedNetns(netnsPath: string | null, opts: CreateNetnsOptions = {}): Promise<void> {
+  const args = ['create'];
+  for (const [flag, p] of [['--path', netnsPath], ['--ipc', opts.ipcPath], ['--uts', opts.utsPath]] as const) {
+    if (!p) continue;
+    if (!path.isAbsolute(p)) throw new Error(`netns: ${flag} path must be absolute, got ${JSON.stringify(p)}`);
+    args.push(flag, p);
+  }
+  if (args.length === 1) throw new Error('netns: nothing to pin (no network, IPC or UTS namespace asked for)');
+  if (opts.utsPath && opts.hostname) args.push('--hostname', opts.hostname);
   for (const [key, value] of Object.entries(opts.sysctls ?? {})) {
     if (key === '' || key.includes('=')) throw new Error(`netns: bad sysctl name ${JSON.stringify(key)}`);
     args.push('--sysctl', `${key}=${value}`);
   }
-  if (opts.ipcPath) args.push('--ipc', opts.ipcPath);
-  if (opts.utsPath) {
-    args.push('--uts', opts.utsPath);
-    if (opts.hostname) args.push('--hostname', opts.hostname);
-  }
   const { result, reply } = await runHelper(args);
   if (result.code !== 0 || !reply || reply.error) {
-    throw helperFailure(`cannot create network namespace ${netnsPath}`, result, reply);
+    const what = netnsPath ? `network namespace ${netnsPath}` : `pod namespaces ${[opts.ipcPath, opts.utsPath].filter(Boolean).join(', ')}`;
+    throw helperFailure(`cannot create ${what}`, result, reply);
   }
 }
 

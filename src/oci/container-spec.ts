@@ -3,6 +3,7 @@
  * ContainerConfig, the image config and what the pod sandbox holds (its namespaces,
  * files and cgroup parent) to an OCI spec, so every rule can be unit-tested without root.
  */
+import path from 'node:path';
 import {
   ALL_CAPABILITIES,
   Annotations,
@@ -74,6 +75,29 @@ export function containerCapabilities(privileged: boolean, add: readonly string[
   if (drop.some((c) => c.toUpperCase() === 'ALL')) caps.clear();
   else drop.map(norm).forEach((c) => caps.delete(c));
   return within([...caps]);
+}
+
+/**
+ * The container's log file: the CRI log_path beneath the pod's log_directory, or ''
+ * when either is empty (no CRI log). containerd joins the two as given, so a log_path
+ * of `../x` or `/x` would let a client make the runtime (root) create and write files
+ * anywhere; here log_path must be a relative path of plain names that stays beneath.
+ */
+export function containerLogPath(logDirectory: string, logPath: unknown): string {
+  if (logPath === undefined || logPath === null || logPath === '') return '';
+  if (typeof logPath !== 'string') throw new Error('log_path must be a string');
+  if (!logDirectory) return '';
+  if (path.isAbsolute(logPath)) throw new Error(`log_path "${logPath}" must be relative to the pod's log_directory, not absolute`);
+  if (logPath.includes('\0')) throw new Error('log_path must not contain a NUL byte');
+  const parts = logPath.split('/');
+  if (parts.some((p) => p === '..')) throw new Error(`log_path "${logPath}" must not contain "..": the log file stays beneath the pod's log_directory ${logDirectory}`);
+  const full = path.join(logDirectory, logPath);
+  const rel = path.relative(logDirectory, full);
+  // Belt and braces: what join made must still be strictly beneath the folder.
+  if (rel === '' || rel.startsWith('..') || path.isAbsolute(rel) || logPath.endsWith('/')) {
+    throw new Error(`log_path "${logPath}" does not name a file beneath the pod's log_directory ${logDirectory}`);
+  }
+  return full;
 }
 
 /** How the container joins the pod's namespaces: a path to join, 'new' or 'host'. */

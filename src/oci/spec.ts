@@ -414,9 +414,10 @@ export function normalizeSysctlName(name: string): string {
   return name.includes('/') ? name.replace(/\//g, '.') : name;
 }
 
-type SysctlNamespace = 'ipc' | 'net';
+export type SysctlNamespace = 'ipc' | 'net';
 
-function sysctlNamespace(name: string): SysctlNamespace | null {
+/** The namespace the kernel scopes a sysctl to, or null when it is node-wide. */
+export function sysctlNamespace(name: string): SysctlNamespace | null {
   const n = normalizeSysctlName(name);
   if (/^kernel\.(shm|msg)[a-z_]*$/.test(n)) return 'ipc';
   if (n === 'kernel.sem' || n === 'kernel.sem_next_id') return 'ipc';

@@ -3,7 +3,9 @@
  * no I/O here, so each rule is unit-tested without root.
  */
 import type { CorralConfig, RuntimeHandlerConfig } from '../config/config.js';
-import { invalidArgument, failedPrecondition } from '../cri/errors.js';
+import path from 'node:path';
+import { invalidArgument, failedPrecondition, internalError } from '../cri/errors.js';
+import { sysctlNamespace } from '../oci/spec.js';
 import type { InfraMode, NetworkOrder, PodMetadata } from './record.js';
 
 /** Corral's own per-pod switch for the order of CNI and sandbox start. */
@@ -30,9 +32,17 @@ export function podMetadata(config: any): PodMetadata {
   return { name: m.name, namespace: m.namespace, uid: m.uid, attempt: Number(m.attempt ?? 0) };
 }
 
+/** A CRI NamespaceMode as a name, whether the client sent the enum's name or its number. */
+export function namespaceMode(v: unknown): NamespaceMode {
+  if (v === 'NODE' || v === 2) return 'NODE';
+  if (v === 'CONTAINER' || v === 1) return 'CONTAINER';
+  if (v === 'TARGET' || v === 3) return 'TARGET';
+  return 'POD';
+}
+
 export function namespaceChoice(config: any): NamespaceChoice {
   const o = config?.linux?.securityContext?.namespaceOptions ?? {};
-  return { network: o.network ?? 'POD', pid: o.pid ?? 'POD', ipc: o.ipc ?? 'POD' };
+  return { network: namespaceMode(o.network), pid: namespaceMode(o.pid), ipc: namespaceMode(o.ipc) };
 }
 
 /** Privileged when asked for, or when the pod reaches into the host's network, PID or IPC namespace. */
@@ -89,6 +99,81 @@ export function infraMode(handler: RuntimeHandlerConfig, ns: NamespaceChoice, dr
   if (handler.type === 'vm' || !dropInfraContainer) return 'pause';
   if (ns.pid === 'POD') return 'pause';
   return 'pinned';
+}
+
+/**
+ * Who holds each namespace of a pod: the host's own ('host'), the pause process
+ * ('pause'), or a bind-mount pin made by the namespace helper ('pin'). PID is either the
+ * host's, the pod's (held by the pause, its init) or one per container.
+ */
+export interface NamespacePlan {
+  network: 'host' | 'pin';
+  ipc: 'host' | 'pause' | 'pin';
+  uts: 'host' | 'pause' | 'pin';
+  pid: 'host' | 'pause' | 'container';
+}
+
+/**
+ * The one rule, used both when the pod is made (what to pin) and when its containers
+ * join it (where to find each namespace), so the two can never disagree. The network
+ * namespace is always pinned (CNI needs a path); host network means host UTS, as kubelet
+ * and containerd do; IPC and UTS are held by the pause when there is one, else pinned.
+ */
+export function namespacePlan(ns: NamespaceChoice, mode: InfraMode): NamespacePlan {
+  const held = mode === 'pause' ? 'pause' : 'pin';
+  if (ns.pid === 'POD' && mode !== 'pause') throw internalError('a pod sharing its PID namespace needs a pause process as its init');
+  return {
+    network: ns.network === 'NODE' ? 'host' : 'pin',
+    ipc: ns.ipc === 'NODE' ? 'host' : held,
+    uts: ns.network === 'NODE' ? 'host' : held,
+    pid: ns.pid === 'NODE' ? 'host' : ns.pid === 'POD' ? 'pause' : 'container',
+  };
+}
+
+/** File names of the IPC and UTS pins in a sandbox's state folder. */
+export const PIN_FILES = { ipc: 'ipcns', uts: 'utsns' } as const;
+
+export interface PodPins {
+  /** Every pin file to create (and to remove at Stop). */
+  pins: string[];
+  /** What the namespace helper is asked for; netnsPath null = no network namespace of its own. */
+  netnsPath: string | null;
+  ipcPath?: string;
+  utsPath?: string;
+  hostname?: string;
+  /** The sysctls the helper sets in the namespaces it pins. */
+  sysctls: Record<string, string>;
+}
+
+/**
+ * The pins a pod needs, and which of its sysctls the pins carry. Every sysctl goes to
+ * the holder of its namespace: a pin (the helper sets it), or the pause (the OCI runtime
+ * sets it from the pause spec). A sysctl whose namespace is the host's is refused here,
+ * never dropped (validation refuses it earlier; this makes a silent drop impossible).
+ */
+export function podPins(plan: NamespacePlan, opts: { netnsPath: string | null; stateDir: string; hostname: string; sysctls: Record<string, string> }): PodPins {
+  const out: PodPins = { pins: [], netnsPath: null, sysctls: {} };
+  if (plan.network === 'pin') {
+    if (!opts.netnsPath) throw internalError('a pod with its own network namespace needs a netns path');
+    out.netnsPath = opts.netnsPath;
+    out.pins.push(opts.netnsPath);
+  }
+  if (plan.ipc === 'pin') {
+    out.ipcPath = path.join(opts.stateDir, PIN_FILES.ipc);
+    out.pins.push(out.ipcPath);
+  }
+  if (plan.uts === 'pin') {
+    out.utsPath = path.join(opts.stateDir, PIN_FILES.uts);
+    out.hostname = opts.hostname;
+    out.pins.push(out.utsPath);
+  }
+  for (const [name, value] of Object.entries(opts.sysctls)) {
+    const ns = sysctlNamespace(name);
+    const holder = ns === 'net' ? plan.network : ns === 'ipc' ? plan.ipc : 'host';
+    if (holder === 'host') throw invalidArgument(`sysctl "${name}" cannot be set: the pod uses the host's ${ns ?? 'kernel'} namespace`);
+    if (holder === 'pin') out.sysctls[name] = value;
+  }
+  return out;
 }
 
 /** resolv.conf content for a DNSConfig, or null when the pod did not give one (use the host's). */

@@ -19,9 +19,11 @@ import {
   infraMode,
   isPrivileged,
   namespaceChoice,
+  namespacePlan,
   networkOrder,
   podHostname,
   podMetadata,
+  podPins,
   resolvConf,
   selectHandler,
 } from './options.js';
@@ -48,7 +50,8 @@ export interface PodNetworkDriver {
 /** Pinning and unpinning namespaces (a helper process does the syscalls). */
 export interface NamespacePinner {
   pathFor(sandboxId: string): string;
-  create(netnsPath: string, opts: { sysctls: Record<string, string>; ipcPath?: string; utsPath?: string; hostname?: string }): Promise<void>;
+  /** netnsPath null: no network namespace, only the IPC (and UTS) pins. */
+  create(netnsPath: string | null, opts: { sysctls: Record<string, string>; ipcPath?: string; utsPath?: string; hostname?: string }): Promise<void>;
   remove(paths: string[]): Promise<void>;
   isPinned(path: string): Promise<boolean>;
 }
@@ -197,23 +200,16 @@ export class SandboxService {
     // durable write before the first side effect: teardown of each is idempotent, so a
     // crash at any point is rolled back from this record alone (two writes per Run).
     const volatileDir = this.volatileDir(id);
-    const netnsPath = hostNetwork ? null : pinner.pathFor(id);
-    // Without a pause, the pins hold IPC and UTS too, so the helper applies their sysctls as well.
-    const pinOpts: Parameters<NamespacePinner['create']>[1] = { sysctls: mode === 'pinned' ? sysctls : netSysctls(sysctls) };
-    const pins: string[] = [];
-    if (netnsPath) {
-      pins.push(netnsPath);
-      if (mode === 'pinned') {
-        // No pause process will hold IPC and UTS: pin them too.
-        pinOpts.utsPath = path.join(volatileDir, 'utsns');
-        pinOpts.hostname = hostname;
-        pins.push(pinOpts.utsPath);
-        if (!hostIpc) {
-          pinOpts.ipcPath = path.join(volatileDir, 'ipcns');
-          pins.push(pinOpts.ipcPath);
-        }
-      }
-    }
+    // Which namespaces are pinned follows from the pod's shape alone (namespacePlan), and
+    // each sysctl goes to the holder of its namespace: pins here, the pause in its spec.
+    const plan = namespacePlan(ns, mode);
+    const { pins, ...pinOpts } = podPins(plan, {
+      netnsPath: plan.network === 'pin' ? pinner.pathFor(id) : null,
+      stateDir: volatileDir,
+      hostname,
+      sysctls,
+    });
+    const netnsPath = pinOpts.netnsPath;
     const shmPath = hostIpc ? null : path.join(volatileDir, 'shm');
 
     const record: SandboxRecord = {
@@ -264,7 +260,7 @@ export class SandboxService {
       });
 
       // 2. The pod's network namespace, pinned before anything else of the pod exists.
-      if (netnsPath) {
+      if (pins.length > 0) {
         await timed('netns', () => pinner.create(netnsPath, pinOpts));
         undo.push('remove pinned namespaces', () => pinner.remove(pins));
       }
@@ -481,7 +477,7 @@ export class SandboxService {
     if (rec.infraMode === 'pause') {
       const start = await processStartTime(rec.pid);
       if (start === null || start !== rec.pidStartTime) return 'SANDBOX_NOTREADY';
-    } else if (rec.netnsPath && !(await this.deps.pinner.isPinned(rec.netnsPath))) {
+    } else if (!(await Promise.all(rec.resources.pins.map((p) => this.deps.pinner.isPinned(p)))).every(Boolean)) {
       return 'SANDBOX_NOTREADY';
     }
     return 'SANDBOX_READY';
@@ -525,9 +521,4 @@ export class SandboxService {
     );
     return { recovered: this.records.size, rolledBack, unreadable: loaded.errors.length };
   }
-}
-
-/** The net.* sysctls are applied by the namespace helper when it creates the netns. */
-function netSysctls(sysctls: Record<string, string>): Record<string, string> {
-  return Object.fromEntries(Object.entries(sysctls).filter(([k]) => k.startsWith('net.')));
 }

@@ -195,6 +195,40 @@ test('helper CLI: ipc/uts pins with hostname, check, multi-file remove', { skip 
   });
 });
 
+test('host-network pods: IPC/UTS pins without a netns carry their sysctls; a sysctl outside the namespaces made is refused', { skip }, async () => {
+  await buildNative();
+  const helper = nativeBinary('corral-nshelper');
+  await withTempDir(async (dir) => {
+    const ipc = path.join(dir, 'sandbox', 'ipcns');
+    const hostNet = await fs.readlink('/proc/self/ns/net');
+    try {
+      await createPinnedNetns(null, { ipcPath: ipc, sysctls: { 'kernel.shm_rmid_forced': '1', 'fs.mqueue.msg_max': '99' } });
+      assert.equal(await isNetnsPinned(ipc), true);
+      assert.equal((await execChecked('nsenter', [`--ipc=${ipc}`, 'cat', '/proc/sys/kernel/shm_rmid_forced'])).stdout.trim(), '1');
+      assert.equal((await execChecked('nsenter', [`--ipc=${ipc}`, 'cat', '/proc/sys/fs/mqueue/msg_max'])).stdout.trim(), '99');
+      assert.equal(readFileSync('/proc/sys/kernel/shm_rmid_forced', 'utf8').trim(), '0', 'host IPC sysctl untouched');
+      assert.equal(await fs.readlink('/proc/self/ns/net'), hostNet);
+    } finally {
+      await removePinnedNetns(ipc);
+    }
+    assert.equal(await exists(ipc), false);
+
+    // Without a netns of its own, a net.* sysctl would be the host's: refused before anything is made.
+    const hostPortStart = readFileSync('/proc/sys/net/ipv4/ip_unprivileged_port_start', 'utf8');
+    const other = path.join(dir, 'other', 'ipcns');
+    for (const sysctls of [{ 'net.ipv4.ip_unprivileged_port_start': '0' }, { 'kernel.hostname': 'x' }] as Record<string, string>[]) {
+      await assert.rejects(createPinnedNetns(null, { ipcPath: other, sysctls }), (e: unknown) => e instanceof NetnsError && e.step === 'args' && /not in a namespace this call creates/.test(e.message));
+    }
+    const noIpc = await execFile(helper, ['create', '--path', path.join(dir, 'corral-n'), '--sysctl', 'kernel.shmmni=77']);
+    assert.equal(noIpc.code, 2, 'an IPC sysctl without --ipc would be the host\'s');
+    assert.equal(await exists(other), false);
+    assert.equal(await exists(path.join(dir, 'corral-n')), false);
+    assert.equal(readFileSync('/proc/sys/net/ipv4/ip_unprivileged_port_start', 'utf8'), hostPortStart);
+    await assert.rejects(createPinnedNetns(null, {}), /nothing to pin/);
+    assert.deepEqual(mountsUnder(dir), []);
+  });
+});
+
 // ---------- corral-pause ----------
 
 function procStat(pid: number): { state: string; ppid: number } | undefined {
