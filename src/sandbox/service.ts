@@ -115,6 +115,11 @@ export interface SandboxServiceDeps {
  * once the lock is released, so no record changes outside the lock.
  */
 interface SandboxTx {
+  /**
+   * Makes the ID resolvable before its record is written (Run, before its first write): a
+   * Stop or Remove given the ID then waits for the lock instead of answering "nothing to do".
+   */
+  claim(): void;
   /** A copy of the current record to change and save; undefined when there is none. */
   current(): SandboxRecord | undefined;
   /** Writes next to disk, then makes (a copy of) it the record readers see, indexed. */
@@ -272,11 +277,13 @@ export class SandboxService {
 
       try {
         // 1. The record first: from here on a crash is rolled back by the restart sweep.
-        await timed('record', () => tx.save(record));
+        // Undo pushed first: a failed write may still have made the record's directory.
+        tx.claim();
         undo.push('forget sandbox record', async (failed) => {
           // Anything left behind keeps the record visible (NOTREADY) so Stop/Remove can finish.
           if (failed === 0) await tx.forget();
         });
+        await timed('record', () => tx.save(record));
 
         await fs.mkdir(volatileDir, { recursive: true, mode: 0o711 });
         undo.push('remove sandbox state dir', async (failed) => {
@@ -483,6 +490,10 @@ export class SandboxService {
         if (!held) throw new Error(`pod sandbox ${id}: record changed after its lock was released`);
       };
       const tx: SandboxTx = {
+        claim: () => {
+          check();
+          this.index.add(id);
+        },
         current: () => {
           check();
           const rec = this.records.get(id);
@@ -533,8 +544,8 @@ export class SandboxService {
   get(idOrPrefix: string): SandboxRecord {
     const id = this.index.resolve(idOrPrefix);
     const rec = this.records.get(id);
-    if (!rec) throw internalError(`pod sandbox ${id} is indexed but has no record`);
-    if (rec.state === 'creating') throw notFound(`pod sandbox ${id} is still being created`);
+    // Indexed without a record: claimed by a Run about to write it.
+    if (!rec || rec.state === 'creating') throw notFound(`pod sandbox ${id} is still being created`);
     return rec;
   }
 
