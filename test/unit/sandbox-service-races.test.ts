@@ -384,3 +384,30 @@ test('CreateContainer racing RemovePodSandbox: Remove waits for the creation, wh
   assert.deepEqual(await recordDirs(cfg), []);
   await assertNothingHeld(fakes);
 });
+
+test('ContainerStatus and ListContainers racing RemoveContainer never write a removed record back', async () => {
+  const { svc, fakes, cfg } = await makeService();
+  const sandboxId = await svc.run(pod(), '');
+  const containers = containerService(svc, cfg, fakes);
+  // Exited containers conmon has recorded but the record has not caught up with: a status
+  // read writes the exit; a removal at the same time must win.
+  const ids: string[] = [];
+  await fs.mkdir(path.join(cfg.stateDir, 'exits'), { recursive: true });
+  for (let i = 0; i < 20; i++) {
+    const id = `c${i}`.padEnd(64, '0');
+    ids.push(id);
+    const rec = {
+      version: 1, id, sandboxId, name: `app${i}_p_ns_u_0`, nameKey: `["app${i}"]`, metadata: { name: `app${i}`, attempt: 0 }, config: {},
+      imageId: 'sha256:img', imageRef: 'img', runtimeHandler: 'runc', state: 'running', createdAt: '1', startedAt: '1', finishedAt: '0',
+      exitCode: 0, reason: '', message: '', pid: 0, logPath: '', stopSignal: 'SIGTERM',
+      resources: { rootfs: null, runtimeContainer: false },
+    };
+    await fs.mkdir(path.join(cfg.rootDir, 'containers', id), { recursive: true });
+    await fs.writeFile(path.join(cfg.rootDir, 'containers', id, 'container.json'), JSON.stringify(rec));
+    await fs.writeFile(path.join(cfg.stateDir, 'exits', id), '0');
+  }
+  await containers.recover();
+  await Promise.all(ids.flatMap((id) => [containers.status(id).catch(() => undefined), containers.list(), containers.remove(id)]));
+  assert.deepEqual(await containers.list(), []);
+  assert.deepEqual(await fs.readdir(path.join(cfg.rootDir, 'containers')), [], 'no removed record re-created');
+});
