@@ -378,16 +378,21 @@ export class ContainerService {
     const rec = this.records.get(id);
     if (!rec) return;
     // release clears done-markers on its copy; the record is deleted (disk first) only once all is gone.
-    await this.release(structuredClone(rec));
+    const releasedLayers = await this.release(structuredClone(rec));
     await this.store.remove(id);
     this.records.delete(id);
     this.index.delete(id);
     this.names.release(rec.nameKey ?? rec.name, id);
     this.deps.logger.info({ container: id }, 'container removed');
+    // Image GC asks layersInUse, which reads the records: only now are these layers free.
+    if (releasedLayers) await this.layersReleased(releasedLayers).catch((e: Error) => this.deps.logger.warn({ err: e.message }, 'collecting released image layers failed'));
   }
 
-  /** Tears down what a record says may exist: runtime container, rootfs mount, volatile files. */
-  private async release(rec: ContainerRecord): Promise<void> {
+  /**
+   * Tears down what a record says may exist: runtime container, rootfs mount, volatile
+   * files. Returns the image layers the unmounted root filesystem used.
+   */
+  private async release(rec: ContainerRecord): Promise<string[] | undefined> {
     const res = rec.resources;
     if (res.runtimeContainer) {
       const handler = this.deps.config.runtimes[rec.runtimeHandler];
@@ -398,15 +403,17 @@ export class ContainerService {
       }
       res.runtimeContainer = false;
     }
+    let releasedLayers: string[] | undefined;
     if (res.rootfs) {
       const { target, chain } = res.rootfs;
       await unmountOverlayRootfs(target);
       res.rootfs = null;
-      await this.layersReleased(chain).catch((e: Error) => this.deps.logger.warn({ err: e.message }, 'collecting released image layers failed'));
+      releasedLayers = chain;
     }
     await fs.rm(this.volatileDir(rec.id), { recursive: true, force: true });
     // The exit file, and the attach symlink conmon leaves in the socket dir.
     await removeConmonFiles({ id: rec.id, exitDir: this.exitDir, socketDir: this.socketDir });
+    return releasedLayers;
   }
 
   /** Stops every container of a sandbox (its Stop); they stay listed as exited. */

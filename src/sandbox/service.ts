@@ -399,10 +399,14 @@ export class SandboxService {
     await this.exclusive(id, (tx) => this.stopLocked(tx, id));
   }
 
-  /** persist=false when the record is about to be deleted anyway (Remove). */
-  private async stopLocked(tx: SandboxTx, id: string, persist = true): Promise<void> {
+  /**
+   * persist=false when the record is about to be deleted anyway (Remove): then the sandbox
+   * image layers this Stop released are returned, for the caller to report once the record
+   * is gone (image GC asks layersInUse, which reads the committed records).
+   */
+  private async stopLocked(tx: SandboxTx, id: string, persist = true): Promise<string[] | undefined> {
     const record = tx.current();
-    if (!record) return;
+    if (!record) return undefined;
     const { pinner, runtime, logger } = this.deps;
     const handler = this.deps.config.runtimes[record.runtimeHandler];
     const res = record.resources;
@@ -412,6 +416,7 @@ export class SandboxService {
       await fn();
       timings[name] = Math.round((performance.now() - t0) * 100) / 100;
     };
+    let releasedLayers: string[] | undefined;
     // Each step is idempotent and guarded by its done-marker; the record is written once at
     // the end (or on failure): a crash in between only means the next Stop redoes a step.
     try {
@@ -440,7 +445,7 @@ export class SandboxService {
         const { target, chain } = res.rootfs;
         await step('rootfs', () => this.deps.sandboxImage.unmount(target));
         res.rootfs = null;
-        await this.layersReleased(chain).catch((e: Error) => this.deps.logger.warn({ err: e.message }, 'collecting released image layers failed'));
+        releasedLayers = chain;
       }
       if (res.shmMount) {
         await step('shm', () => unmountShm(res.shmMount!));
@@ -456,11 +461,15 @@ export class SandboxService {
         if (persist) await tx.save(record);
       }
       logger.info({ sandbox: id, timings }, 'pod sandbox stopped');
+      if (!persist) return releasedLayers;
+      await this.reportReleased(releasedLayers);
+      return undefined;
     } catch (e) {
       const msg = (e as Error).message;
       record.state = 'notready';
       record.lastError = `stop incomplete: ${msg}`;
       await tx.save(record).catch(() => {});
+      await this.reportReleased(releasedLayers);
       logger.warn({ sandbox: id, err: msg }, 'StopPodSandbox incomplete; the next Stop retries');
       throw internalError(`stopping pod sandbox ${id}: ${msg}`);
     }
@@ -474,12 +483,19 @@ export class SandboxService {
       const record = tx.current();
       if (!record) return;
       await this.containers.removeAll(id);
-      await this.stopLocked(tx, id, false);
+      const releasedLayers = await this.stopLocked(tx, id, false);
       await fs.rm(this.volatileDir(id), { recursive: true, force: true });
       await tx.forget();
       this.names.release(sandboxNameKey(record.metadata), id);
       this.deps.logger.info({ sandbox: id }, 'pod sandbox removed');
+      await this.reportReleased(releasedLayers);
     });
+  }
+
+  /** Tells image GC about layers a stopped pod no longer mounts; only once its record says so. */
+  private async reportReleased(chain: string[] | undefined): Promise<void> {
+    if (!chain) return;
+    await this.layersReleased(chain).catch((e: Error) => this.deps.logger.warn({ err: e.message }, 'collecting released image layers failed'));
   }
 
   /** The only way to change a sandbox record: under its exclusive lock, disk first. */
