@@ -411,3 +411,22 @@ test('ContainerStatus and ListContainers racing RemoveContainer never write a re
   assert.deepEqual(await containers.list(), []);
   assert.deepEqual(await fs.readdir(path.join(cfg.rootDir, 'containers')), [], 'no removed record re-created');
 });
+
+test('container names that join to the same string with "_" in different pods do not collide', async () => {
+  const { svc, fakes, cfg } = await makeService();
+  const podA = await svc.run(pod({ name: 'p_q', namespace: 'n', uid: 'u' }), '');
+  const podB = await svc.run(pod({ name: 'p', namespace: 'q_n', uid: 'u' }), '');
+  const containers = containerService(svc, cfg, fakes);
+  fakes.failures.runtimeConfig = true;
+  // The first creation holds its name while it waits; the second, in the other pod, must get its own.
+  const g = (fakes.gates.runtimeConfig = gate());
+  const first = containers.create(podA, { metadata: { name: 'app', attempt: 0 }, image: { image: 'img' } });
+  await g.arrived;
+  const second = containers.create(podB, { metadata: { name: 'app', attempt: 0 }, image: { image: 'img' } });
+  await assert.rejects(second, (e: any) => {
+    assert.doesNotMatch(e.message, /reserved/, 'not refused as a duplicate name');
+    return /injected config read failure/.test(e.message);
+  });
+  g.open();
+  await assert.rejects(first, /injected config read failure/);
+});
