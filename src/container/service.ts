@@ -78,6 +78,8 @@ export class ContainerService {
 
   async create(sandboxIdOrPrefix: string, config: any): Promise<string> {
     if (!sandboxIdOrPrefix) throw invalidArgument('pod_sandbox_id is required');
+    if (!config?.metadata?.name) throw invalidArgument('container metadata.name is required');
+    if (!config?.image?.image) throw invalidArgument('container image is required (ContainerConfig.image.image)');
     const sandboxId = this.deps.sandboxes.index.resolve(sandboxIdOrPrefix);
     // The pod's lock, shared: its Stop/Remove wait for this creation (and see the container
     // it made), and a creation arriving after them finds the pod stopped or gone.
@@ -86,10 +88,8 @@ export class ContainerService {
 
   private async createLocked(sandboxId: string, sandbox: SandboxRecord | undefined, config: any): Promise<string> {
     const { sandboxes, images, logger } = this.deps;
-    const meta = config?.metadata;
-    if (!meta?.name) throw invalidArgument('container metadata.name is required');
-    const imageRef: string = config?.image?.image ?? '';
-    if (!imageRef) throw invalidArgument('container image is required (ContainerConfig.image.image)');
+    const meta = config.metadata;
+    const imageRef: string = config.image.image;
     if (!sandbox || sandbox.state === 'creating') throw notFound(`pod sandbox ${sandboxId} not found`);
     if ((await sandboxes.liveState(sandbox)) !== 'SANDBOX_READY') {
       throw failedPrecondition(`pod sandbox ${sandbox.id} is not ready; containers can only be created in a ready sandbox`);
