@@ -9,8 +9,10 @@ export interface ContainerRecord {
   version: 1;
   id: string;
   sandboxId: string;
-  /** The reservation key: name_sandboxName_sandboxNamespace_sandboxUid_attempt. */
+  /** The displayed name: name_sandboxName_sandboxNamespace_sandboxUid_attempt. */
   name: string;
+  /** The reservation key (containerNameKey); records from before it existed reserve `name`. */
+  nameKey?: string;
   metadata: { name: string; attempt: number };
   /** The ContainerConfig as received (camelCase). */
   config: any;

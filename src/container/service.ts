@@ -13,7 +13,7 @@ import { UndoStack } from '../util/undo.js';
 import { isErrno, writeJsonAtomic } from '../util/atomic.js';
 import { CriError, alreadyExists, deadlineExceeded, failedPrecondition, internalError, invalidArgument, notFound } from '../cri/errors.js';
 import { IdIndex, generateId } from '../sandbox/ids.js';
-import { NameRegistry } from '../sandbox/names.js';
+import { NameRegistry, containerName, containerNameKey } from '../sandbox/names.js';
 import type { SandboxService } from '../sandbox/service.js';
 import type { SandboxRecord } from '../sandbox/record.js';
 import { PIN_FILES, namespaceChoice, namespaceMode, namespacePlan } from '../sandbox/options.js';
@@ -87,13 +87,20 @@ export class ContainerService {
   // ---------------------------------------------------------------- Create
 
   async create(sandboxIdOrPrefix: string, config: any): Promise<string> {
-    const { sandboxes, images, logger } = this.deps;
     if (!sandboxIdOrPrefix) throw invalidArgument('pod_sandbox_id is required');
-    const meta = config?.metadata;
-    if (!meta?.name) throw invalidArgument('container metadata.name is required');
-    const imageRef: string = config?.image?.image ?? '';
-    if (!imageRef) throw invalidArgument('container image is required (ContainerConfig.image.image)');
-    const sandbox = sandboxes.get(sandboxIdOrPrefix);
+    if (!config?.metadata?.name) throw invalidArgument('container metadata.name is required');
+    if (!config?.image?.image) throw invalidArgument('container image is required (ContainerConfig.image.image)');
+    const sandboxId = this.deps.sandboxes.index.resolve(sandboxIdOrPrefix);
+    // The pod's lock, shared: its Stop/Remove wait for this creation (and see the container
+    // it made), and a creation arriving after them finds the pod stopped or gone.
+    return this.deps.sandboxes.underSharedLock(sandboxId, (sandbox) => this.createLocked(sandboxId, sandbox, config));
+  }
+
+  private async createLocked(sandboxId: string, sandbox: SandboxRecord | undefined, config: any): Promise<string> {
+    const { sandboxes, images, logger } = this.deps;
+    const meta = config.metadata;
+    const imageRef: string = config.image.image;
+    if (!sandbox || sandbox.state === 'creating') throw notFound(`pod sandbox ${sandboxId} not found`);
     if ((await sandboxes.liveState(sandbox)) !== 'SANDBOX_READY') {
       throw failedPrecondition(`pod sandbox ${sandbox.id} is not ready; containers can only be created in a ready sandbox`);
     }
@@ -104,46 +111,56 @@ export class ContainerService {
     const attempt = Number(meta.attempt ?? 0);
     // Refused before the name is reserved: nothing to roll back.
     const logPath = containerLogPathOrRefuse(sandbox.config.logDirectory ?? '', config.logPath);
-    const name = [meta.name, sandbox.metadata.name, sandbox.metadata.namespace, sandbox.metadata.uid, String(attempt)].join('_');
+    const name = containerName(meta.name, sandbox.metadata, attempt);
+    const nameKey = containerNameKey(meta.name, sandbox.metadata, attempt);
     const id = generateId();
-    const taken = this.names.reserve(name, id);
-    if (taken) throw alreadyExists(`container name "${name}" is reserved for container ${taken.id}`);
 
     const log = logger.child({ container: id, sandbox: sandbox.id });
     const vdir = this.volatileDir(id);
-    const imageConfig = await images.runtimeConfig(image);
-    const record: ContainerRecord = {
-      version: 1,
-      id,
-      sandboxId: sandbox.id,
-      name,
-      metadata: { name: meta.name, attempt },
-      config,
-      imageId: image.id,
-      imageRef,
-      runtimeHandler: handler.name,
-      state: 'creating',
-      createdAt: nowNs(),
-      startedAt: '0',
-      finishedAt: '0',
-      exitCode: 0,
-      reason: '',
-      message: '',
-      pid: 0,
-      logPath,
-      stopSignal: String(imageConfig.StopSignal || 'SIGTERM'),
-      resources: {
-        rootfs: { target: path.join(vdir, 'rootfs'), layerDir: path.join(this.store.recordDir(id), 'layer'), chain: image.chainIds },
-        runtimeContainer: true,
-      },
-    };
+    const taken = this.names.reserve(nameKey, id);
+    if (taken) throw alreadyExists(`container name "${name}" is reserved for container ${taken.id}`);
+    // The name is the first undo step: every failure from here on frees it, unless something
+    // could not be undone (then the record keeps it, for RemoveContainer to finish).
     const undo = new UndoStack();
+    undo.push('release container name', async (failed) => {
+      if (failed === 0) this.names.release(nameKey, id);
+    });
+    let intent: ContainerRecord | undefined;
     try {
+      const imageConfig = await images.runtimeConfig(image);
+      const record: ContainerRecord = {
+        version: 1,
+        id,
+        sandboxId: sandbox.id,
+        name,
+        nameKey,
+        metadata: { name: meta.name, attempt },
+        config,
+        imageId: image.id,
+        imageRef,
+        runtimeHandler: handler.name,
+        state: 'creating',
+        createdAt: nowNs(),
+        startedAt: '0',
+        finishedAt: '0',
+        exitCode: 0,
+        reason: '',
+        message: '',
+        pid: 0,
+        logPath,
+        stopSignal: String(imageConfig.StopSignal || 'SIGTERM'),
+        resources: {
+          rootfs: { target: path.join(vdir, 'rootfs'), layerDir: path.join(this.store.recordDir(id), 'layer'), chain: image.chainIds },
+          runtimeContainer: true,
+        },
+      };
+      intent = record;
       // 1. The intent, before anything exists: a crash from here on is undone at start.
-      await this.store.save(record);
+      // Undo pushed first: a failed write may still have made the record's directory.
       undo.push('forget container record', async (failed) => {
         if (failed === 0) await this.store.remove(id);
       });
+      await this.store.save(record);
       // 2. The root filesystem: the image's layers under a writable layer of its own.
       const rootfs = record.resources.rootfs!;
       undo.push('unmount rootfs', async () => {
@@ -176,25 +193,24 @@ export class ContainerService {
       });
       record.pid = created.pid;
       record.state = 'created';
-      await this.store.save(record);
+      await this.persist(record);
       undo.commit();
     } catch (e) {
       log.warn({ err: (e as Error).message }, 'CreateContainer failed, rolling back');
       const failures = await undo.unwind();
-      if (failures.length === 0) this.names.release(name, id);
-      else {
+      if (failures.length > 0 && intent) {
+        const record = intent;
         record.state = 'exited';
         record.reason = 'CreateFailed';
         record.message = `${(e as Error).message}; rollback incomplete: ${failures.map((f) => `${f.step}: ${f.error.message}`).join('; ')}`;
+        // Listed even if the write fails: RemoveContainer must be able to finish the job.
         await this.store.save(record).catch(() => {});
-        this.records.set(id, record);
+        this.records.set(id, structuredClone(record));
         this.index.add(id);
       }
       if (e instanceof CriError) throw e;
       throw internalError(`creating container ${meta.name} in pod sandbox ${sandbox.id}: ${(e as Error).message}`);
     }
-    this.records.set(id, record);
-    this.index.add(id);
     log.info({ image: imageRef }, 'container created');
     return id;
   }
@@ -312,53 +328,53 @@ export class ContainerService {
     if (target.sandboxId !== sandbox.id) {
       throw invalidArgument(`target container ${target.id} is in pod sandbox ${target.sandboxId}, not in ${sandbox.id}: a container can only share the PID namespace of a container of its own pod`);
     }
-    await this.refresh(target);
-    if (target.state !== 'running' || target.pid <= 0) throw failedPrecondition(`target container ${target.id} is ${target.state}, not running: there is no PID namespace to join`);
-    return `/proc/${target.pid}/ns/pid`;
+    const now = await this.withExit(target); // read only: the target's own lock is not held here
+    if (now.state !== 'running' || now.pid <= 0) throw failedPrecondition(`target container ${now.id} is ${now.state}, not running: there is no PID namespace to join`);
+    return `/proc/${now.pid}/ns/pid`;
   }
 
   // ---------------------------------------------------------------- Start / Stop / Remove
 
   async start(idOrPrefix: string): Promise<void> {
     const id = this.index.resolve(idOrPrefix);
-    await this.locked(id, async () => {
-      const rec = this.records.get(id)!;
-      await this.refresh(rec);
+    await this.podCall(id, async () => {
+      const rec = await this.refreshLocked(id);
+      if (!rec) throw notFound(`container ${id} was removed`);
       if (rec.state !== 'created') throw failedPrecondition(`container ${id} is ${rec.state}, not created; it cannot be started`);
       const handler = this.handlerOf(rec);
+      const next = structuredClone(rec);
       try {
         await this.deps.runtimeFor(handler).start(id);
       } catch (e) {
-        rec.state = 'exited';
-        rec.finishedAt = nowNs();
-        rec.exitCode = 128;
-        rec.reason = 'StartError';
-        rec.message = (e as Error).message;
-        await this.store.save(rec);
+        next.state = 'exited';
+        next.finishedAt = nowNs();
+        next.exitCode = 128;
+        next.reason = 'StartError';
+        next.message = (e as Error).message;
+        await this.persist(next);
         throw internalError(`starting container ${id}: ${(e as Error).message}`);
       }
-      rec.state = 'running';
-      rec.startedAt = nowNs();
-      await this.store.save(rec);
+      next.state = 'running';
+      next.startedAt = nowNs();
+      await this.persist(next);
     });
   }
 
   /** Signals the container to stop, waits up to timeoutSeconds, then kills it. Idempotent. */
   async stop(idOrPrefix: string, timeoutSeconds: number): Promise<void> {
     const id = this.index.resolve(idOrPrefix);
-    await this.locked(id, () => this.stopLocked(id, timeoutSeconds));
+    await this.podCall(id, () => this.stopLocked(id, timeoutSeconds));
   }
 
+  /** Under the container's lock. */
   private async stopLocked(id: string, timeoutSeconds: number): Promise<void> {
-    const rec = this.records.get(id);
-    if (!rec) return;
-    await this.refresh(rec);
-    if (rec.state === 'exited') return;
+    const rec = await this.refreshLocked(id);
+    if (!rec || rec.state === 'exited') return;
     const runtime = this.deps.runtimeFor(this.handlerOf(rec));
     if (rec.state === 'running' && timeoutSeconds > 0) {
       await runtime.kill(id, rec.stopSignal.replace(/^SIG/, ''), false);
       if ((await waitForExit(this.exitDir, id, timeoutSeconds * 1000)) !== null) {
-        await this.refresh(rec);
+        await this.refreshLocked(id);
         return;
       }
     }
@@ -366,13 +382,14 @@ export class ContainerService {
     await runtime.kill(id, 'KILL', true);
     const code = await waitForExit(this.exitDir, id, 10_000);
     if (code === null && rec.state === 'running') throw internalError(`container ${id} did not exit after SIGKILL`);
-    await this.refresh(rec);
-    if ((rec.state as string) !== 'exited') {
-      rec.state = 'exited';
-      rec.finishedAt = nowNs();
-      rec.exitCode = 137;
-      rec.reason = 'Error';
-      await this.store.save(rec);
+    const after = await this.refreshLocked(id);
+    if (after && after.state !== 'exited') {
+      const next = structuredClone(after);
+      next.state = 'exited';
+      next.finishedAt = nowNs();
+      next.exitCode = 137;
+      next.reason = 'Error';
+      await this.persist(next);
     }
   }
 
@@ -380,20 +397,29 @@ export class ContainerService {
   async remove(idOrPrefix: string): Promise<void> {
     const id = this.index.tryResolve(idOrPrefix);
     if (id === undefined) return;
-    await this.locked(id, async () => {
-      const rec = this.records.get(id);
-      if (!rec) return;
-      await this.release(rec);
-      await this.store.remove(id);
-      this.records.delete(id);
-      this.index.delete(id);
-      this.names.release(rec.name, id);
-      this.deps.logger.info({ container: id }, 'container removed');
-    });
+    await this.podCall(id, () => this.removeLocked(id));
   }
 
-  /** Tears down what a record says may exist: runtime container, rootfs mount, volatile files. */
-  private async release(rec: ContainerRecord): Promise<void> {
+  /** Under the container's lock. */
+  private async removeLocked(id: string): Promise<void> {
+    const rec = this.records.get(id);
+    if (!rec) return;
+    // release clears done-markers on its copy; the record is deleted (disk first) only once all is gone.
+    const releasedLayers = await this.release(structuredClone(rec));
+    await this.store.remove(id);
+    this.records.delete(id);
+    this.index.delete(id);
+    this.names.release(rec.nameKey ?? rec.name, id);
+    this.deps.logger.info({ container: id }, 'container removed');
+    // Image GC asks layersInUse, which reads the records: only now are these layers free.
+    if (releasedLayers) await this.layersReleased(releasedLayers).catch((e: Error) => this.deps.logger.warn({ err: e.message }, 'collecting released image layers failed'));
+  }
+
+  /**
+   * Tears down what a record says may exist: runtime container, rootfs mount, volatile
+   * files. Returns the image layers the unmounted root filesystem used.
+   */
+  private async release(rec: ContainerRecord): Promise<string[] | undefined> {
     const res = rec.resources;
     if (res.runtimeContainer) {
       const handler = this.deps.config.runtimes[rec.runtimeHandler];
@@ -404,15 +430,17 @@ export class ContainerService {
       }
       res.runtimeContainer = false;
     }
+    let releasedLayers: string[] | undefined;
     if (res.rootfs) {
       const { target, chain } = res.rootfs;
       await unmountOverlayRootfs(target);
       res.rootfs = null;
-      await this.layersReleased(chain).catch((e: Error) => this.deps.logger.warn({ err: e.message }, 'collecting released image layers failed'));
+      releasedLayers = chain;
     }
     await fs.rm(this.volatileDir(rec.id), { recursive: true, force: true });
     // The exit file, and the attach symlink conmon leaves in the socket dir.
     await removeConmonFiles({ id: rec.id, exitDir: this.exitDir, socketDir: this.socketDir });
+    return releasedLayers;
   }
 
   /** Stops every container of a sandbox (its Stop); they stay listed as exited. */
@@ -421,10 +449,13 @@ export class ContainerService {
     await Promise.all(ids.map((id) => this.locked(id, () => this.stopLocked(id, 0))));
   }
 
-  /** Removes every container of a sandbox (its Remove). */
+  /**
+   * Removes every container of a sandbox (its Remove, which holds the pod's lock exclusively:
+   * no creation of the pod is under way, so every container it has is in the records).
+   */
   async removeAllIn(sandboxId: string): Promise<void> {
     const ids = [...this.records.values()].filter((r) => r.sandboxId === sandboxId).map((r) => r.id);
-    await Promise.all(ids.map((id) => this.remove(id)));
+    await Promise.all(ids.map((id) => this.locked(id, () => this.removeLocked(id))));
   }
 
   // ---------------------------------------------------------------- Status / List / Exec
@@ -434,15 +465,12 @@ export class ContainerService {
   }
 
   async status(idOrPrefix: string): Promise<ContainerRecord> {
-    const rec = this.get(idOrPrefix);
-    await this.refresh(rec);
-    return rec;
+    return this.current(this.index.resolve(idOrPrefix));
   }
 
   async list(): Promise<ContainerRecord[]> {
-    const all = [...this.records.values()];
-    await Promise.all(all.map((r) => this.refresh(r)));
-    return all;
+    const all = await Promise.all([...this.records.keys()].map((id) => this.current(id).catch(() => undefined)));
+    return all.filter((r): r is ContainerRecord => r !== undefined);
   }
 
   async execSync(idOrPrefix: string, cmd: string[], timeoutSeconds: number): Promise<{ stdout: Buffer; stderr: Buffer; exitCode: number }> {
@@ -461,18 +489,54 @@ export class ContainerService {
     return out;
   }
 
-  /** A running container whose exit conmon recorded becomes exited, with its code. */
-  private async refresh(rec: ContainerRecord): Promise<void> {
-    if (rec.state !== 'running' && rec.state !== 'created') return;
+  /**
+   * The container's record with the exit conmon recorded (for Status and List). Writing it
+   * back needs the container's lock (a Remove may be under way); when an operation holds
+   * the lock (a Stop waiting out its grace period), it records the exit itself, so Status
+   * answers from what it read instead of waiting.
+   */
+  private async current(id: string): Promise<ContainerRecord> {
+    const rec = this.records.get(id);
+    if (!rec) throw notFound(`container ${id} not found`);
+    const seen = await this.withExit(rec);
+    if (seen === rec || this.locks.busy(id)) return seen;
+    return (await this.locked(id, () => this.refreshLocked(id))) ?? seen;
+  }
+
+  /**
+   * Records the exit conmon wrote for a running (or created) container and returns the
+   * current record; undefined once removed. Only under the container's lock: the record is
+   * read here, under the lock Remove takes too, so a removed record is never written back.
+   */
+  private async refreshLocked(id: string): Promise<ContainerRecord | undefined> {
+    const rec = this.records.get(id);
+    if (!rec) return undefined;
+    const next = await this.withExit(rec);
+    if (next !== rec) await this.persist(next);
+    return next;
+  }
+
+  /** rec as exited (a copy) when conmon recorded its exit; rec itself otherwise. Writes nothing. */
+  private async withExit(rec: ContainerRecord): Promise<ContainerRecord> {
+    if (rec.state !== 'running' && rec.state !== 'created') return rec;
     const code = await readExitCode(this.exitDir, rec.id);
-    if (code === null) return;
-    rec.state = 'exited';
-    rec.exitCode = code;
-    rec.reason = code === 0 ? 'Completed' : 'Error';
+    if (code === null) return rec;
+    const next = structuredClone(rec);
+    next.state = 'exited';
+    next.exitCode = code;
+    next.reason = code === 0 ? 'Completed' : 'Error';
     const st = await fs.stat(path.join(this.exitDir, rec.id)).catch(() => undefined);
-    rec.finishedAt = st ? (BigInt(Math.round(st.mtimeMs)) * 1_000_000n).toString() : nowNs();
-    rec.pid = 0;
-    await this.store.save(rec);
+    next.finishedAt = st ? (BigInt(Math.round(st.mtimeMs)) * 1_000_000n).toString() : nowNs();
+    next.pid = 0;
+    return next;
+  }
+
+  /** Disk first, then memory (a copy: what readers hold is never changed under them). */
+  private async persist(next: ContainerRecord): Promise<void> {
+    const committed = structuredClone(next);
+    await this.store.save(committed);
+    this.records.set(committed.id, committed);
+    this.index.add(committed.id);
   }
 
   private handlerOf(rec: ContainerRecord): RuntimeHandlerConfig {
@@ -485,6 +549,17 @@ export class ContainerService {
     return this.locks.run(id, fn);
   }
 
+  /**
+   * A call on one container: its pod's lock shared (the pod's Run/Stop/Remove exclude it),
+   * then the container's own. Always in this order; Stop/Remove of the pod, which hold the
+   * pod's lock exclusively, take only the containers' locks.
+   */
+  private podCall<T>(id: string, fn: () => Promise<T>): Promise<T> {
+    const rec = this.records.get(id);
+    if (!rec) throw notFound(`container ${id} not found`);
+    return this.deps.sandboxes.underSharedLock(rec.sandboxId, () => this.locked(id, fn));
+  }
+
   // ---------------------------------------------------------------- Recovery
 
   /** Loads records after a restart; containers caught half-created are removed. */
@@ -495,7 +570,7 @@ export class ContainerService {
     for (const rec of loaded.records) {
       this.records.set(rec.id, rec);
       this.index.add(rec.id);
-      this.names.reserve(rec.name, rec.id);
+      this.names.reserve(rec.nameKey ?? rec.name, rec.id);
     }
     for (const rec of loaded.records.filter((r) => r.state === 'creating')) {
       try {

@@ -41,7 +41,25 @@ export class NameRegistry {
   }
 }
 
-/** The reservation key, containerd-style: name_namespace_uid_attempt. */
+/** The displayed name, containerd-style: name_namespace_uid_attempt (ambiguous: fields may contain `_`). */
 export function sandboxName(meta: { name: string; namespace: string; uid: string; attempt: number }): string {
   return [meta.name, meta.namespace, meta.uid, String(meta.attempt)].join('_');
+}
+
+/**
+ * The reservation key: the same tuple, structured. Joined with `_`, pod `a_b` in namespace
+ * `c` and pod `a` in namespace `b_c` would share one name; as JSON they never do.
+ */
+export function sandboxNameKey(meta: { name: string; namespace: string; uid: string; attempt: number }): string {
+  return JSON.stringify(['sandbox', meta.name, meta.namespace, meta.uid, Number(meta.attempt)]);
+}
+
+/** A container's displayed name, kubelet-style: name_podName_podNamespace_podUid_attempt. */
+export function containerName(name: string, pod: { name: string; namespace: string; uid: string }, attempt: number): string {
+  return [name, pod.name, pod.namespace, pod.uid, String(attempt)].join('_');
+}
+
+/** A container's reservation key: the tuple of containerName, structured (see sandboxNameKey). */
+export function containerNameKey(name: string, pod: { name: string; namespace: string; uid: string }, attempt: number): string {
+  return JSON.stringify(['container', name, pod.name, pod.namespace, pod.uid, Number(attempt)]);
 }

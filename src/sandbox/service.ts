@@ -2,18 +2,26 @@
  * The pod sandbox lifecycle: RunPodSandbox, StopPodSandbox, RemovePodSandbox, status,
  * listing, and recovery after a restart. Every side effect is recorded on disk before it
  * happens; RunPodSandbox undoes each finished step in reverse when a later one fails.
+ *
+ * Lock model: one shared/exclusive lock per sandbox ID. Run (from its first side effect to
+ * its last, rollback included), Stop and Remove hold it exclusively; the container calls of
+ * the pod hold it shared (see underSharedLock). A record is changed only through the
+ * SandboxTx of an exclusive holder, which writes it to disk before it becomes the record
+ * every reader sees, and replaces the in-memory record instead of mutating it. So a Stop
+ * that arrives while Run is between steps waits for Run to finish or roll back, then stops
+ * what Run made; a container being created keeps its pod from being removed under it.
  */
 import { promises as fs } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { performance } from 'node:perf_hooks';
 import type { CorralConfig, RuntimeHandlerConfig } from '../config/config.js';
-import { CriError, invalidArgument, internalError } from '../cri/errors.js';
+import { CriError, invalidArgument, internalError, notFound } from '../cri/errors.js';
 import type { Logger } from '../util/log.js';
 import { UndoStack } from '../util/undo.js';
 import type { SandboxStore } from '../store/sandbox-store.js';
 import { IdIndex, generateId } from './ids.js';
-import { NameRegistry, sandboxName } from './names.js';
+import { NameRegistry, sandboxName, sandboxNameKey } from './names.js';
 import {
   cniPortMappings,
   infraMode,
@@ -29,7 +37,7 @@ import {
 } from './options.js';
 import type { SandboxNetwork, SandboxRecord } from './record.js';
 import { mountShm, processStartTime, sandboxFilePaths, unmountShm, writeSandboxFiles } from './files.js';
-import { KeyedLock } from '../util/keyed-lock.js';
+import { SharedExclusiveLock } from '../util/keyed-lock.js';
 
 /** What the sandbox lifecycle needs from the network layer (CNI) of one handler. */
 export interface PodNetworkDriver {
@@ -105,12 +113,31 @@ export interface SandboxServiceDeps {
   prepareSysctls: (sysctls: Record<string, string>, opts: { hostNetwork: boolean; hostIpc: boolean }) => Record<string, string>;
 }
 
+/**
+ * What the exclusive holder of a sandbox's lock may do to its record; it refuses to work
+ * once the lock is released, so no record changes outside the lock.
+ */
+interface SandboxTx {
+  /**
+   * Makes the ID resolvable before its record is written (Run, before its first write): a
+   * Stop or Remove given the ID then waits for the lock instead of answering "nothing to do".
+   */
+  claim(): void;
+  /** A copy of the current record to change and save; undefined when there is none. */
+  current(): SandboxRecord | undefined;
+  /** Writes next to disk, then makes (a copy of) it the record readers see, indexed. */
+  save(next: SandboxRecord): Promise<void>;
+  /** Deletes the record on disk, then forgets it. */
+  forget(): Promise<void>;
+}
+
 export class SandboxService {
   readonly index = new IdIndex('pod sandbox');
+  /** Reserved on the structured key (sandboxNameKey) of the pod's metadata. */
   private readonly names = new NameRegistry();
+  /** What is on disk, as of the last SandboxTx.save: replaced, never mutated. */
   private readonly records = new Map<string, SandboxRecord>();
-  /** Serialises Stop/Remove/Run-completion per sandbox. */
-  private readonly locks = new KeyedLock();
+  private readonly locks = new SharedExclusiveLock();
 
   /** The pod's application containers: stopped with it, removed with it (set by the daemon). */
   containers: { stopAll(sandboxId: string): Promise<void>; removeAll(sandboxId: string): Promise<void> } = {
@@ -128,6 +155,7 @@ export class SandboxService {
   async run(config: any, runtimeHandler: string): Promise<string> {
     const metadata = podMetadata(config);
     const name = sandboxName(metadata);
+    const key = sandboxNameKey(metadata);
     const id = generateId();
     let settle!: (id: string) => void;
     let fail!: (e: unknown) => void;
@@ -136,18 +164,18 @@ export class SandboxService {
       fail = rej;
     });
     creation.catch(() => { /* observed by joiners only */ });
-    const taken = this.names.reserve(name, id, creation);
+    const taken = this.names.reserve(key, id, creation);
     if (taken) return this.joinExisting(name, taken.id, taken.creation);
 
     try {
       await this.create(id, name, metadata, config, runtimeHandler);
-      this.names.settle(name, id);
+      this.names.settle(key, id);
       settle(id);
       return id;
     } catch (e) {
       // Refused before anything existed, or rolled back completely: the name is free again.
       // (An incomplete rollback keeps the record, and with it the name, for Stop/Remove.)
-      if (!this.records.has(id)) this.names.release(name, id);
+      if (!this.records.has(id)) this.names.release(key, id);
       fail(e);
       throw e;
     }
@@ -162,7 +190,7 @@ export class SandboxService {
   }
 
   private async create(id: string, name: string, metadata: SandboxRecord['metadata'], config: any, requestedHandler: string): Promise<void> {
-    const { config: cfg, store, logger, pinner, runtime } = this.deps;
+    const { config: cfg, logger, pinner, runtime } = this.deps;
     const log = logger.child({ sandbox: id, pod: `${metadata.namespace}/${metadata.name}` });
     const timings: Record<string, number> = {};
     const timed = async <T>(step: string, fn: () => Promise<T>): Promise<T> => {
@@ -238,112 +266,110 @@ export class SandboxService {
       pidStartTime: '',
       timings,
     };
-    const undo = new UndoStack();
+    // The lock is taken before the first side effect and held through the rollback: a Stop
+    // or Remove of this ID (it is indexed at step 1) waits for the outcome, then acts on it.
+    await this.exclusive(id, async (tx) => {
+      const undo = new UndoStack();
 
-    try {
-      // 1. The record first: from here on a crash is rolled back by the restart sweep.
-      await timed('record', () => store.save(record));
-      undo.push('forget sandbox record', async (failed) => {
-        if (failed === 0) await store.remove(id);
-      });
-      this.records.set(id, record);
-      this.index.add(id);
-      undo.push('drop from index', async (failed) => {
-        if (failed > 0) return; // keep it visible (NOTREADY) so Stop/Remove can finish
-        this.index.delete(id);
-        this.records.delete(id);
-      });
+      try {
+        // 1. The record first: from here on a crash is rolled back by the restart sweep.
+        // Undo pushed first: a failed write may still have made the record's directory.
+        tx.claim();
+        undo.push('forget sandbox record', async (failed) => {
+          // Anything left behind keeps the record visible (NOTREADY) so Stop/Remove can finish.
+          if (failed === 0) await tx.forget();
+        });
+        await timed('record', () => tx.save(record));
 
-      await fs.mkdir(volatileDir, { recursive: true, mode: 0o711 });
-      undo.push('remove sandbox state dir', async (failed) => {
-        if (failed === 0) await fs.rm(volatileDir, { recursive: true, force: true });
-      });
+        await fs.mkdir(volatileDir, { recursive: true, mode: 0o711 });
+        undo.push('remove sandbox state dir', async (failed) => {
+          if (failed === 0) await fs.rm(volatileDir, { recursive: true, force: true });
+        });
 
-      // 2. The pod's network namespace, pinned before anything else of the pod exists.
-      if (pins.length > 0) {
-        await timed('netns', () => pinner.create(netnsPath, pinOpts));
-        undo.push('remove pinned namespaces', () => pinner.remove(pins));
+        // 2. The pod's own namespaces (network; IPC/UTS without a pause), pinned before anything else.
+        if (pins.length > 0) {
+          await timed('netns', () => pinner.create(netnsPath, pinOpts));
+          undo.push('remove pinned namespaces', () => pinner.remove(pins));
+        }
+
+        // 3. hostname, hosts, resolv.conf and the pod's /dev/shm.
+        const files = sandboxFilePaths(volatileDir);
+        await timed('files', () => writeSandboxFiles(files, hostname, resolvConf(config.dnsConfig)));
+        if (shmPath) {
+          undo.push('unmount shm', () => unmountShm(shmPath));
+          await timed('shm', () => mountShm(shmPath));
+        }
+
+        const attachNetwork = async () => {
+          if (hostNetwork) return;
+          // Pushed before ADD: a failed ADD may still have reserved an IP.
+          undo.push('CNI DEL', () => network.tearDown(this.networkIdentity(record)));
+          record.network = await timed('cni', () =>
+            network.setUp({
+              ...this.networkIdentity(record),
+              portMappings: cniPortMappings(config.portMappings),
+              annotations,
+              dns: config.dnsConfig ? { servers: config.dnsConfig.servers ?? [], searches: config.dnsConfig.searches ?? [], options: config.dnsConfig.options ?? [] } : undefined,
+              cgroupPath: config.linux?.cgroupParent || undefined,
+            }),
+          );
+        };
+
+        const rootfs = record.resources.rootfs;
+        if (rootfs) {
+          undo.push('unmount sandbox rootfs', () => this.deps.sandboxImage.unmount(rootfs.target));
+          await timed('rootfs', () => this.deps.sandboxImage.mount(rootfs.chain, rootfs.target, path.join(volatileDir, 'rootfs-layer')));
+        }
+
+        // 4. Network first (default): the netns is wired before the sandbox container is created.
+        if (order === 'network-first' || mode === 'pinned') await attachNetwork();
+
+        // 5. The pause container, if this pod needs one.
+        if (mode === 'pause') {
+          undo.push('delete sandbox container', () => runtime.destroy(handler, id));
+          record.pid = await timed('create', () =>
+            runtime.create(handler, record, {
+              bundleDir: path.join(volatileDir, 'bundle'),
+              rootfsPath: rootfs ? rootfs.target : (sandboxRootfs as { path: string }).path,
+              args: sandboxRootfs!.args,
+              hostname,
+              hostnamePath: files.hostname,
+              hostsPath: files.hosts,
+              resolvConfPath: files.resolvConf,
+              shmPath,
+              logDirectory,
+              sysctls,
+            }),
+          );
+          await timed('start', () => runtime.start(handler, id));
+          const started = await processStartTime(record.pid);
+          if (started === null) throw new Error(`the sandbox container's process ${record.pid} exited right after start`);
+          record.pidStartTime = started;
+        }
+
+        // 6. Start first (by annotation): the network is wired into the running sandbox.
+        if (order === 'start-first' && mode === 'pause') await attachNetwork();
+
+        record.state = 'ready';
+        timings.total = Math.round((performance.now() - t0) * 100) / 100;
+        await tx.save(record);
+        undo.commit();
+        log.info({ timings, handler: handler.name, mode, order, ip: record.network?.podIp }, 'pod sandbox ready');
+      } catch (e) {
+        const err = e as Error;
+        log.warn({ err: err.message, undo: undo.size }, 'RunPodSandbox failed, rolling back');
+        const failures = await undo.unwind();
+        if (failures.length > 0) {
+          // Something could not be undone: keep the sandbox visible as NOTREADY, its name
+          // reserved, so kubelet's Stop/Remove (or the restart sweep) finish the job.
+          record.state = 'notready';
+          record.lastError = `${err.message}; rollback incomplete: ${failures.map((f) => `${f.step}: ${f.error.message}`).join('; ')}`;
+          await tx.save(record).catch(() => {});
+          log.error({ failures: failures.map((f) => ({ step: f.step, err: f.error.message })) }, 'rollback incomplete');
+        }
+        throw e instanceof CriError ? e : internalError(`RunPodSandbox for pod ${metadata.namespace}/${metadata.name}: ${err.message}`);
       }
-
-      // 3. hostname, hosts, resolv.conf and the pod's /dev/shm.
-      const files = sandboxFilePaths(volatileDir);
-      await timed('files', () => writeSandboxFiles(files, hostname, resolvConf(config.dnsConfig)));
-      if (shmPath) {
-        undo.push('unmount shm', () => unmountShm(shmPath));
-        await timed('shm', () => mountShm(shmPath));
-      }
-
-      const attachNetwork = async () => {
-        if (hostNetwork) return;
-        // Pushed before ADD: a failed ADD may still have reserved an IP.
-        undo.push('CNI DEL', () => network.tearDown(this.networkIdentity(record)));
-        record.network = await timed('cni', () =>
-          network.setUp({
-            ...this.networkIdentity(record),
-            portMappings: cniPortMappings(config.portMappings),
-            annotations,
-            dns: config.dnsConfig ? { servers: config.dnsConfig.servers ?? [], searches: config.dnsConfig.searches ?? [], options: config.dnsConfig.options ?? [] } : undefined,
-            cgroupPath: config.linux?.cgroupParent || undefined,
-          }),
-        );
-      };
-
-      const rootfs = record.resources.rootfs;
-      if (rootfs) {
-        undo.push('unmount sandbox rootfs', () => this.deps.sandboxImage.unmount(rootfs.target));
-        await timed('rootfs', () => this.deps.sandboxImage.mount(rootfs.chain, rootfs.target, path.join(volatileDir, 'rootfs-layer')));
-      }
-
-      // 4. Network first (default): the netns is wired before the sandbox container is created.
-      if (order === 'network-first' || mode === 'pinned') await attachNetwork();
-
-      // 5. The pause container, if this pod needs one.
-      if (mode === 'pause') {
-        undo.push('delete sandbox container', () => runtime.destroy(handler, id));
-        record.pid = await timed('create', () =>
-          runtime.create(handler, record, {
-            bundleDir: path.join(volatileDir, 'bundle'),
-            rootfsPath: rootfs ? rootfs.target : (sandboxRootfs as { path: string }).path,
-            args: sandboxRootfs!.args,
-            hostname,
-            hostnamePath: files.hostname,
-            hostsPath: files.hosts,
-            resolvConfPath: files.resolvConf,
-            shmPath,
-            logDirectory,
-            sysctls,
-          }),
-        );
-        await timed('start', () => runtime.start(handler, id));
-        const started = await processStartTime(record.pid);
-        if (started === null) throw new Error(`the sandbox container's process ${record.pid} exited right after start`);
-        record.pidStartTime = started;
-      }
-
-      // 6. Start first (by annotation): the network is wired into the running sandbox.
-      if (order === 'start-first' && mode === 'pause') await attachNetwork();
-
-      record.state = 'ready';
-      timings.total = Math.round((performance.now() - t0) * 100) / 100;
-      await store.save(record);
-      undo.commit();
-      log.info({ timings, handler: handler.name, mode, order, ip: record.network?.podIp }, 'pod sandbox ready');
-    } catch (e) {
-      const err = e as Error;
-      log.warn({ err: err.message, undo: undo.size }, 'RunPodSandbox failed, rolling back');
-      const failures = await undo.unwind();
-      if (failures.length > 0) {
-        // Something could not be undone: keep the sandbox visible as NOTREADY, its name
-        // reserved, so kubelet's Stop/Remove (or the restart sweep) finish the job.
-        record.state = 'notready';
-        record.lastError = `${err.message}; rollback incomplete: ${failures.map((f) => `${f.step}: ${f.error.message}`).join('; ')}`;
-        await store.save(record).catch(() => {});
-        log.error({ failures: failures.map((f) => ({ step: f.step, err: f.error.message })) }, 'rollback incomplete');
-      } else {
-        this.names.release(name, id);
-      }
-      throw e instanceof CriError ? e : internalError(`RunPodSandbox for pod ${metadata.namespace}/${metadata.name}: ${err.message}`);
-    }
+    });
   }
 
   private networkIdentity(record: SandboxRecord) {
@@ -366,14 +392,18 @@ export class SandboxService {
   async stop(idOrPrefix: string): Promise<void> {
     const id = this.index.tryResolve(idOrPrefix);
     if (id === undefined) return;
-    await this.locked(id, () => this.stopLocked(id));
+    await this.exclusive(id, (tx) => this.stopLocked(tx, id));
   }
 
-  /** persist=false when the record is about to be deleted anyway (Remove). */
-  private async stopLocked(id: string, persist = true): Promise<void> {
-    const record = this.records.get(id);
-    if (!record) return;
-    const { store, pinner, runtime, logger } = this.deps;
+  /**
+   * persist=false when the record is about to be deleted anyway (Remove): then the sandbox
+   * image layers this Stop released are returned, for the caller to report once the record
+   * is gone (image GC asks layersInUse, which reads the committed records).
+   */
+  private async stopLocked(tx: SandboxTx, id: string, persist = true): Promise<string[] | undefined> {
+    const record = tx.current();
+    if (!record) return undefined;
+    const { pinner, runtime, logger } = this.deps;
     const handler = this.deps.config.runtimes[record.runtimeHandler];
     const res = record.resources;
     const timings: Record<string, number> = {};
@@ -382,6 +412,7 @@ export class SandboxService {
       await fn();
       timings[name] = Math.round((performance.now() - t0) * 100) / 100;
     };
+    let releasedLayers: string[] | undefined;
     // Each step is idempotent and guarded by its done-marker; the record is written once at
     // the end (or on failure): a crash in between only means the next Stop redoes a step.
     try {
@@ -410,7 +441,7 @@ export class SandboxService {
         const { target, chain } = res.rootfs;
         await step('rootfs', () => this.deps.sandboxImage.unmount(target));
         res.rootfs = null;
-        await this.layersReleased(chain).catch((e: Error) => this.deps.logger.warn({ err: e.message }, 'collecting released image layers failed'));
+        releasedLayers = chain;
       }
       if (res.shmMount) {
         await step('shm', () => unmountShm(res.shmMount!));
@@ -423,14 +454,18 @@ export class SandboxService {
       if (record.state !== 'notready' || record.lastError || Object.keys(timings).length > 0) {
         record.state = 'notready';
         delete record.lastError;
-        if (persist) await store.save(record);
+        if (persist) await tx.save(record);
       }
       logger.info({ sandbox: id, timings }, 'pod sandbox stopped');
+      if (!persist) return releasedLayers;
+      await this.reportReleased(releasedLayers);
+      return undefined;
     } catch (e) {
       const msg = (e as Error).message;
       record.state = 'notready';
       record.lastError = `stop incomplete: ${msg}`;
-      await store.save(record).catch(() => {});
+      await tx.save(record).catch(() => {});
+      await this.reportReleased(releasedLayers);
       logger.warn({ sandbox: id, err: msg }, 'StopPodSandbox incomplete; the next Stop retries');
       throw internalError(`stopping pod sandbox ${id}: ${msg}`);
     }
@@ -440,35 +475,95 @@ export class SandboxService {
   async remove(idOrPrefix: string): Promise<void> {
     const id = this.index.tryResolve(idOrPrefix);
     if (id === undefined) return;
-    await this.locked(id, async () => {
-      const record = this.records.get(id);
+    await this.exclusive(id, async (tx) => {
+      const record = tx.current();
       if (!record) return;
       await this.containers.removeAll(id);
-      await this.stopLocked(id, false);
+      const releasedLayers = await this.stopLocked(tx, id, false);
       await fs.rm(this.volatileDir(id), { recursive: true, force: true });
-      await this.deps.store.remove(id);
-      this.records.delete(id);
-      this.index.delete(id);
-      this.names.release(record.name, id);
+      await tx.forget();
+      this.names.release(sandboxNameKey(record.metadata), id);
       this.deps.logger.info({ sandbox: id }, 'pod sandbox removed');
+      await this.reportReleased(releasedLayers);
     });
   }
 
-  private locked<T>(id: string, fn: () => Promise<T>): Promise<T> {
-    return this.locks.run(id, fn);
+  /** Tells image GC about layers a stopped pod no longer mounts; only once its record says so. */
+  private async reportReleased(chain: string[] | undefined): Promise<void> {
+    if (!chain) return;
+    await this.layersReleased(chain).catch((e: Error) => this.deps.logger.warn({ err: e.message }, 'collecting released image layers failed'));
+  }
+
+  /** The only way to change a sandbox record: under its exclusive lock, disk first. */
+  private exclusive<T>(id: string, fn: (tx: SandboxTx) => Promise<T>): Promise<T> {
+    return this.locks.exclusive(id, async () => {
+      let held = true;
+      const check = () => {
+        if (!held) throw new Error(`pod sandbox ${id}: record changed after its lock was released`);
+      };
+      const tx: SandboxTx = {
+        claim: () => {
+          check();
+          this.index.add(id);
+        },
+        current: () => {
+          check();
+          const rec = this.records.get(id);
+          return rec && structuredClone(rec);
+        },
+        save: async (next) => {
+          check();
+          if (next.id !== id) throw new Error(`pod sandbox ${id}: cannot save the record of ${next.id}`);
+          const committed = structuredClone(next);
+          await this.deps.store.save(committed);
+          next.updatedAt = committed.updatedAt;
+          this.records.set(id, committed);
+          this.index.add(id);
+        },
+        forget: async () => {
+          check();
+          await this.deps.store.remove(id);
+          this.records.delete(id);
+          this.index.delete(id);
+        },
+      };
+      try {
+        return await fn(tx);
+      } finally {
+        held = false;
+      }
+    });
+  }
+
+  /**
+   * Runs fn with the sandbox's lock held shared (the container calls of a pod): Run, Stop
+   * and Remove of the pod wait until fn is done, and fn starts only after they are. fn gets
+   * the sandbox's record as of then (stable while fn runs), or undefined if it has none.
+   * Must not be called from inside Stop/Remove (they hold the lock exclusively).
+   */
+  underSharedLock<T>(id: string, fn: (sandbox: SandboxRecord | undefined) => Promise<T>): Promise<T> {
+    return this.locks.shared(id, () => fn(this.records.get(id)));
   }
 
   // ---------------------------------------------------------------- Status / List
 
+  /**
+   * The record, for PodSandboxStatus. A sandbox still being created is NOT_FOUND, as in
+   * containerd (which stores a sandbox only once Run has finished): kubelet learns the ID
+   * from Run's answer, and a NOTREADY answer would make it kill the pod and start another
+   * attempt instead of retrying the Run, which joins the creation under way.
+   */
   get(idOrPrefix: string): SandboxRecord {
     const id = this.index.resolve(idOrPrefix);
     const rec = this.records.get(id);
-    if (!rec) throw internalError(`pod sandbox ${id} is indexed but has no record`);
+    // Indexed without a record: claimed by a Run about to write it.
+    if (!rec || rec.state === 'creating') throw notFound(`pod sandbox ${id} is still being created`);
     return rec;
   }
 
+  /** What ListPodSandbox shows: sandboxes still being created are left out (see get). */
   all(): SandboxRecord[] {
-    return [...this.records.values()];
+    return [...this.records.values()].filter((r) => r.state !== 'creating');
   }
 
   /** READY only while its namespaces are held: the pause process alive, or the pins in place. */
@@ -504,7 +599,7 @@ export class SandboxService {
     for (const rec of loaded.records) {
       this.records.set(rec.id, rec);
       this.index.add(rec.id);
-      this.names.reserve(rec.name, rec.id);
+      this.names.reserve(sandboxNameKey(rec.metadata), rec.id);
     }
     await Promise.all(
       loaded.records

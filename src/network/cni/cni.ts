@@ -11,6 +11,7 @@
  */
 import { promises as fs } from 'node:fs';
 import type { Logger } from '../../util/log.js';
+import { KeyedLock } from '../../util/keyed-lock.js';
 import { buildCapabilityArgs, type CapabilityInputs } from './capabilities.js';
 import {
   deleteCachedAttachment,
@@ -108,26 +109,6 @@ interface DelItem {
   source: 'cache' | 'failed-add' | 'loaded';
   /** Set when there is no config to run DEL with: reported as an error, the cache entry is kept. */
   unresolvable?: string;
-}
-
-/** Serializes async work per key. */
-class KeyedLock {
-  private readonly tails = new Map<string, Promise<void>>();
-
-  async run<T>(key: string, fn: () => Promise<T>): Promise<T> {
-    const prev = this.tails.get(key) ?? Promise.resolve();
-    let release!: () => void;
-    const mine = new Promise<void>((r) => (release = r));
-    const tail = prev.then(() => mine);
-    this.tails.set(key, tail);
-    await prev;
-    try {
-      return await fn();
-    } finally {
-      release();
-      if (this.tails.get(key) === tail) this.tails.delete(key);
-    }
-  }
 }
 
 /** DEL order: extra interfaces first, then ethN from the highest N down, lo last. */
