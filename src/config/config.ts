@@ -34,9 +34,12 @@ export interface RegistryConfig {
   mirrors: string[];
   /** Plain HTTP for the registry itself (localhost and 127.0.0.1 are plain HTTP by default). */
   insecure: boolean;
-  /** Verify TLS certificates (of the registry and its https mirrors). */
+  /**
+   * Verify TLS certificates (of the registry and its https mirrors). Only these hosts:
+   * a token realm or redirect target elsewhere gets the settings of its own entry, if any.
+   */
   tlsVerify: boolean;
-  /** Extra CA bundle (PEM) trusted for this registry and its mirrors; empty = system CAs only. */
+  /** Extra CA bundle (PEM) trusted for this registry and its mirrors (only); empty = system CAs only. */
   caFile: string;
 }
 

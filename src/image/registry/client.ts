@@ -395,7 +395,7 @@ export class RegistryClient {
    */
   private tlsSettingsFor(u: URL, ep: Endpoint): { tlsVerify: boolean; caFile: string } {
     if (u.host.toLowerCase() === new URL(ep.url).host.toLowerCase()) return { tlsVerify: ep.tlsVerify, caFile: ep.caFile };
-    const own = this.registries[u.host.toLowerCase()] ?? registryConfigFor(u.host.toLowerCase(), this.registries);
+    const own = registryConfigFor(u.host.toLowerCase(), this.registries);
     return { tlsVerify: own?.tlsVerify ?? true, caFile: own?.caFile ?? '' };
   }
 
