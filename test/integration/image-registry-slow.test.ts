@@ -16,7 +16,7 @@ import { buildImage, buildLayer, tinyImage, type TestImage } from '../helpers/te
 import { call, createImageClient } from '../../src/cri/client.js';
 import type { ImageRpcName } from '../../src/cri/proto.js';
 
-const PROGRESS_DEADLINE_S = 3;
+const PROGRESS_DEADLINE_S = 5;
 
 let registry: HostileServer | undefined;
 let d: TestDaemon | undefined;
