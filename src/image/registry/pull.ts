@@ -11,6 +11,7 @@
  * ends every request of the pull at once, and the pull fails with a 'stalled' error
  * naming what it was waiting for.
  */
+import { setMaxListeners } from 'node:events';
 import { Readable } from 'node:stream';
 import type { RegistryConfig } from '../../config/config.js';
 import type { Logger } from '../../util/log.js';
@@ -144,6 +145,8 @@ class PullWatchdog {
     this.deadlineMs = opts.progressDeadlineMs ?? DEFAULT_PULL_PROGRESS_DEADLINE_MS;
     this.minBytes = opts.progressMinBytes ?? DEFAULT_PULL_PROGRESS_MIN_BYTES;
     this.timeoutMs = opts.timeoutMs ?? DEFAULT_PULL_TIMEOUT_MS;
+    // Every request and download of the pull listens (and stops listening when done).
+    setMaxListeners(64, this.controller.signal);
     if (this.deadlineMs > 0) this.timer = setTimeout(() => this.check(), this.deadlineMs);
     if (this.timeoutMs > 0) {
       this.overall = setTimeout(
