@@ -34,10 +34,23 @@ export interface RegistryConfig {
   mirrors: string[];
   /** Plain HTTP for the registry itself (localhost and 127.0.0.1 are plain HTTP by default). */
   insecure: boolean;
-  /** Verify TLS certificates (of the registry and its https mirrors). */
+  /**
+   * Verify TLS certificates (of the registry and its https mirrors). Only these hosts:
+   * a token realm or redirect target elsewhere gets the settings of its own entry, if any.
+   */
   tlsVerify: boolean;
-  /** Extra CA bundle (PEM) trusted for this registry and its mirrors; empty = system CAs only. */
+  /** Extra CA bundle (PEM) trusted for this registry and its mirrors (only); empty = system CAs only. */
   caFile: string;
+}
+
+/** Deadlines of image pulls (PullImage, and the sandbox image's first pull). */
+export interface ImagePullConfig {
+  /** A pull that receives fewer than progressMinBytes (and finishes no blob) in this many seconds fails; 0 = never. */
+  progressDeadlineSeconds: number;
+  /** Bytes a pull must receive within the progress deadline for it to count as progress. */
+  progressMinBytes: number;
+  /** The most a whole pull may take, in seconds; 0 = no cap. */
+  timeoutSeconds: number;
 }
 
 export interface CorralConfig {
@@ -60,6 +73,7 @@ export interface CorralConfig {
   runtimes: Record<string, RuntimeHandlerConfig>;
   /** Per-registry settings, keyed by registry host[:port]. */
   registries: Record<string, RegistryConfig>;
+  imagePull: ImagePullConfig;
 }
 
 export const DEFAULT_CONFIG_PATH = '/etc/corral/config.toml';
@@ -99,6 +113,7 @@ export function defaultConfig(): CorralConfig {
       crun: handler('crun', 'crun', path.join(stateDir, 'crun')),
     },
     registries: {},
+    imagePull: { progressDeadlineSeconds: 60, progressMinBytes: 64 * 1024, timeoutSeconds: 3600 },
   };
 }
 
@@ -164,6 +179,7 @@ export function resolveConfig(raw: Record<string, unknown>, overrides: ConfigOve
     cni: d.cni,
     runtimes: {},
     registries: {},
+    imagePull: d.imagePull,
   };
   if (overrides.logLevel !== undefined) {
     const levels = ['trace', 'debug', 'info', 'warn', 'error'];
@@ -228,6 +244,14 @@ export function resolveConfig(raw: Record<string, unknown>, overrides: ConfigOve
     t.done();
   }
   registries.done();
+
+  const pull = r.table('image_pull');
+  cfg.imagePull = {
+    progressDeadlineSeconds: pull.int('progress_deadline_seconds', d.imagePull.progressDeadlineSeconds, 0, 86_400),
+    progressMinBytes: pull.int('progress_min_bytes', d.imagePull.progressMinBytes, 0, 1 << 30),
+    timeoutSeconds: pull.int('timeout_seconds', d.imagePull.timeoutSeconds, 0, 7 * 86_400),
+  };
+  pull.done();
 
   if (!cfg.runtimes[cfg.defaultRuntime]) {
     throw new ConfigError(`${source}: default_runtime: "${cfg.defaultRuntime}" is not a configured runtime (have: ${Object.keys(cfg.runtimes).join(', ')})`);

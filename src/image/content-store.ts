@@ -5,7 +5,9 @@
  * A blob is streamed into `<root>/ingest/<hex>.<pid>.<random>.partial` while its sha256
  * and length are computed, fsynced, and renamed into place only when both match, so
  * nothing unverified or partial is ever visible at blobPath(). Concurrent ingests of the
- * same digest in one process share one download. Temp files left by a process that died
+ * same digest in one process share one download: the first caller downloads (decided
+ * when it calls, before any await, so call order decides), later ones wait for it, hear
+ * its progress, and try themselves if it fails. Temp files left by a process that died
  * are removed the first time the store is used.
  */
 import { promises as fs } from 'node:fs';
@@ -36,10 +38,25 @@ const STALE_INGEST_MS = 24 * 3600 * 1000;
 /** How often a waiter joins a failed shared ingest of the same digest before giving up. */
 const MAX_SHARED_ATTEMPTS = 3;
 
+/** A download under way, shared by every concurrent ingest of its digest. */
+interface SharedIngest {
+  done: Promise<void>;
+  /** Progress listeners of the callers waiting on it (each hears the running byte count). */
+  listeners: Set<(bytes: number) => void>;
+}
+
+export interface IngestOptions {
+  /**
+   * Stops this caller: its own download is torn down (the stream destroyed, nothing
+   * kept), or it stops waiting for another caller's, which goes on.
+   */
+  signal?: AbortSignal;
+}
+
 export class ContentStore {
   readonly blobsDir: string;
   readonly ingestDir: string;
-  private readonly inflight = new Map<string, Promise<void>>();
+  private readonly inflight = new Map<string, SharedIngest>();
   private prepared: Promise<void> | undefined;
 
   constructor(readonly root: string) {
@@ -71,39 +88,64 @@ export class ContentStore {
    * Writes a blob from a stream, verifying sha256 and size while streaming. Present blobs
    * return at once without calling open(). A concurrent ingest of the same digest awaits
    * the one under way instead of downloading again (and tries itself if that one fails).
-   * Throws BlobVerificationError on a digest or size mismatch; nothing is left behind.
-   * onProgress gets the running byte count of this caller's own download.
+   * Throws BlobVerificationError on a digest or size mismatch (reading stops at the first
+   * byte past the expected size); nothing is left behind. onProgress gets the running
+   * byte count of the download this caller owns or waits on.
    */
   async ingest(
     digest: string,
     expectedSize: number | undefined,
     open: () => Promise<NodeJS.ReadableStream>,
     onProgress?: (bytes: number) => void,
+    opts: IngestOptions = {},
   ): Promise<void> {
     validateDigest(digest, 'blob digest');
     if (expectedSize !== undefined && (!Number.isSafeInteger(expectedSize) || expectedSize < 0)) {
       throw new Error(`blob ${digest}: invalid expected size ${expectedSize}`);
     }
-    await this.prepare();
+    const { signal } = opts;
     let sharedFailures = 0;
     for (;;) {
-      if (await this.has(digest)) return;
+      signal?.throwIfAborted();
+      // No await between looking for a shared download and registering ours.
       const running = this.inflight.get(digest);
       if (running) {
         try {
-          await running;
+          await this.waitFor(running, onProgress, signal);
           return;
         } catch (e) {
-          if (++sharedFailures >= MAX_SHARED_ATTEMPTS) throw e;
+          if (signal?.aborted || ++sharedFailures >= MAX_SHARED_ATTEMPTS) throw e;
           continue;
         }
       }
-      const attempt: Promise<void> = this.write(digest, expectedSize, open, onProgress).finally(() => {
-        if (this.inflight.get(digest) === attempt) this.inflight.delete(digest);
+      const shared: SharedIngest = { done: undefined as unknown as Promise<void>, listeners: new Set() };
+      if (onProgress) shared.listeners.add(onProgress);
+      const report = (n: number) => {
+        for (const l of shared.listeners) l(n);
+      };
+      shared.done = (async () => {
+        await this.prepare();
+        if (await this.has(digest)) return;
+        await this.write(digest, expectedSize, open, report, signal);
+      })().finally(() => {
+        if (this.inflight.get(digest) === shared) this.inflight.delete(digest);
       });
-      this.inflight.set(digest, attempt);
-      return attempt;
+      this.inflight.set(digest, shared);
+      return shared.done;
     }
+  }
+
+  /** Waits for another caller's download, hearing its progress, until it ends or `signal` aborts. */
+  private waitFor(shared: SharedIngest, onProgress: ((bytes: number) => void) | undefined, signal: AbortSignal | undefined): Promise<void> {
+    if (onProgress) shared.listeners.add(onProgress);
+    return new Promise<void>((resolve, reject) => {
+      const onAbort = () => reject(signal!.reason);
+      signal?.addEventListener('abort', onAbort, { once: true });
+      shared.done.then(resolve, reject).finally(() => {
+        signal?.removeEventListener('abort', onAbort);
+        if (onProgress) shared.listeners.delete(onProgress);
+      });
+    });
   }
 
   private async write(
@@ -111,6 +153,7 @@ export class ContentStore {
     expectedSize: number | undefined,
     open: () => Promise<NodeJS.ReadableStream>,
     onProgress?: (bytes: number) => void,
+    signal?: AbortSignal,
   ): Promise<void> {
     const hex = digestHex(digest);
     const tmp = path.join(this.ingestDir, `${hex}.${process.pid}.${randomBytes(6).toString('hex')}.partial`);
@@ -118,9 +161,15 @@ export class ContentStore {
     let written = 0;
     const fh = await fs.open(tmp, 'wx', 0o644);
     let closed = false;
+    let source: NodeJS.ReadableStream | undefined;
+    const onAbort = () => (source as { destroy?: (e?: Error) => void } | undefined)?.destroy?.(signal!.reason);
+    signal?.addEventListener('abort', onAbort, { once: true });
     try {
-      const source = await open();
+      signal?.throwIfAborted();
+      source = await open();
+      signal?.throwIfAborted();
       for await (const piece of source as AsyncIterable<Buffer | string>) {
+        signal?.throwIfAborted();
         const chunk = typeof piece === 'string' ? Buffer.from(piece) : piece;
         written += chunk.length;
         if (expectedSize !== undefined && written > expectedSize) {
@@ -143,7 +192,10 @@ export class ContentStore {
     } catch (e) {
       if (!closed) await fh.close().catch(() => undefined);
       await fs.rm(tmp, { force: true });
-      throw e;
+      (source as { destroy?: () => void } | undefined)?.destroy?.();
+      throw signal?.aborted ? signal.reason : e;
+    } finally {
+      signal?.removeEventListener('abort', onAbort);
     }
     await syncDir(this.blobsDir);
   }

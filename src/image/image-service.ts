@@ -34,7 +34,9 @@ export class ImageService {
 
   private async doPull(reference: string, auth: AuthConfig | undefined, onProgress?: (p: PullProgress) => void): Promise<ImageRecord> {
     const t0 = Date.now();
-    const release = await this.store.holdGarbageCollection();
+    // Only what this pull uses is kept from the collector (not the whole store), from the
+    // moment it is resolved until the image is registered.
+    const hold = this.store.holdContent();
     try {
       // Layers unpack while later ones still download.
       const stored = new BlobSignals();
@@ -47,8 +49,12 @@ export class ImageService {
           concurrency: 3,
           onProgress,
           logger: this.logger,
+          progressDeadlineMs: this.cfg.imagePull.progressDeadlineSeconds * 1000,
+          progressMinBytes: this.cfg.imagePull.progressMinBytes,
+          timeoutMs: this.cfg.imagePull.timeoutSeconds * 1000,
+          protect: (digests) => hold.blobs(digests),
           onResolved: (r) => {
-            unpacking = this.store.unpackLayers(reference, r.configDigest, r.layers, (d) => stored.wait(d));
+            unpacking = this.store.unpackLayers(reference, r.configDigest, r.layers, (d) => stored.wait(d), hold);
             unpacking.catch(() => {}); // awaited below
           },
           onBlobStored: (d) => stored.signal(d),
@@ -68,7 +74,7 @@ export class ImageService {
       this.logger.info({ image: reference, id: image.id, downloaded: pulled.downloaded.length, ms: Date.now() - t0 }, 'image pulled');
       return image;
     } finally {
-      await release();
+      hold.release();
     }
   }
 

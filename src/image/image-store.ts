@@ -49,6 +49,18 @@ export interface ResolvedContent {
   layers: { digest: string; size: number; mediaType: string }[];
 }
 
+/**
+ * What one pull keeps from the collector until its image is registered: the blobs and
+ * layers (chain IDs) it found present or stored, and nothing else, so a slow pull never
+ * stops the collection of other images. Protecting waits for a deletion of the same
+ * item already under way, so "protected, then found present" means it stays present.
+ */
+export interface ContentHold {
+  blobs(digests: readonly string[]): Promise<void>;
+  chains(chainIds: readonly string[]): Promise<void>;
+  release(): void;
+}
+
 export class ImageStore {
   readonly content: ContentStore;
   readonly snapshots: SnapshotStore;
@@ -57,8 +69,12 @@ export class ImageStore {
   private loadedMtimeMs = -1;
   /** Serialises every change to images.json and the GC that follows it. */
   private queue: Promise<unknown> = Promise.resolve();
-  /** Pulls in flight: their blobs and layers are not registered yet, so GC must wait. */
+  /** Whole-store holds (an offline import in this process): GC waits for them. */
   private gcHolds = 0;
+  /** Blobs ("blob:<digest>") and layers ("chain:<id>") pulls hold, with how many hold each. */
+  private readonly held = new Map<string, number>();
+  /** Deletions under way by the collector, by the same keys. */
+  private readonly deleting = new Map<string, Promise<void>>();
 
   constructor(readonly root: string, private readonly logger: Logger) {
     this.content = new ContentStore(root);
@@ -118,6 +134,47 @@ export class ImageStore {
     };
   }
 
+  /** A hold on exactly the content one pull uses (see ContentHold); release() it after registration. */
+  holdContent(): ContentHold {
+    const mine = new Set<string>();
+    const protect = async (keys: string[]) => {
+      for (const k of keys) {
+        if (mine.has(k)) continue;
+        mine.add(k);
+        this.held.set(k, (this.held.get(k) ?? 0) + 1);
+      }
+      await Promise.all(keys.map((k) => this.deleting.get(k)?.catch(() => undefined)));
+    };
+    return {
+      blobs: (digests) => protect(digests.map((d) => `blob:${d}`)),
+      chains: (ids) => protect(ids.map((c) => `chain:${c}`)),
+      release: () => {
+        for (const k of mine) {
+          const n = (this.held.get(k) ?? 1) - 1;
+          if (n > 0) this.held.set(k, n);
+          else this.held.delete(k);
+        }
+        mine.clear();
+      },
+    };
+  }
+
+  /**
+   * Deletes one collectable item unless a pull holds it. The check and the start of the
+   * deletion happen in one turn of the event loop, and the deletion is visible in
+   * `deleting` until it ends, for ContentHold to wait on.
+   */
+  private async collectOne(key: string, remove: () => Promise<void>): Promise<void> {
+    if (this.held.has(key)) return;
+    const p = remove();
+    this.deleting.set(key, p);
+    try {
+      await p;
+    } finally {
+      if (this.deleting.get(key) === p) this.deleting.delete(key);
+    }
+  }
+
   /** Whether a live process (other than this one) holds garbage collection off. */
   private async heldByAnotherProcess(): Promise<boolean> {
     const names = await fs.readdir(this.root).catch(() => [] as string[]);
@@ -163,9 +220,16 @@ export class ImageStore {
    * says its blob is stored: a pull calls this while it still downloads, so unpacking
    * overlaps the download. Layers unpack side by side, each into a directory of its own.
    */
-  async unpackLayers(reference: string, configDigest: string, layers: readonly { digest: string; mediaType: string }[], blobReady: (digest: string) => Promise<void> = async () => {}): Promise<void> {
+  async unpackLayers(
+    reference: string,
+    configDigest: string,
+    layers: readonly { digest: string; mediaType: string }[],
+    blobReady: (digest: string) => Promise<void> = async () => {},
+    hold?: ContentHold,
+  ): Promise<void> {
     await blobReady(configDigest);
     const { diffIds, chain } = await this.layerChain(reference, configDigest, layers.length);
+    await hold?.chains(chain); // before looking for them: a collection must not remove one found present
     await forEachBounded(layers, UNPACK_CONCURRENCY, async (layer, i) => {
       if (await this.snapshots.has(chain[i]!)) return;
       await blobReady(layer.digest);
@@ -282,11 +346,12 @@ export class ImageStore {
       i.chainIds.forEach((c) => liveChains.add(c));
       [i.manifestDigest, i.configDigest, ...i.layers.map((l) => l.digest), ...i.repoDigests.map((d) => d.slice(d.indexOf('@') + 1))].forEach((d) => liveBlobs.add(d));
     }
+    // What pulls in flight hold is skipped (checked per item, as pulls come and go).
     for (const c of await this.snapshots.list()) {
-      if (!liveChains.has(c)) await this.snapshots.remove(c);
+      if (!liveChains.has(c)) await this.collectOne(`chain:${c}`, () => this.snapshots.remove(c));
     }
     for (const d of await this.content.list()) {
-      if (!liveBlobs.has(d)) await this.content.delete(d);
+      if (!liveBlobs.has(d)) await this.collectOne(`blob:${d}`, () => this.content.delete(d));
     }
     this.logger.debug({ images: this.images.size }, 'image garbage collected');
   }

@@ -7,9 +7,11 @@
  *   - 'token': Bearer tokens from a token server run in this process (ES256 JWTs signed
  *              with a key and self-signed certificate made by the `openssl` CLI; it
  *              checks basic credentials and counts its requests).
- * Plus pushImage() (blob uploads and manifest PUTs with Node's http) and startProxy(), an
+ * Plus pushImage() (blob uploads and manifest PUTs with Node's http), startProxy(), an
  * HTTP proxy in front of a registry that counts requests and can tamper with, cut off,
- * redirect or answer them.
+ * redirect or answer them, and HostileServer, a small registry of its own that trickles,
+ * lies about sizes and digests, sends endless bodies, redirects, and records the
+ * Authorization header every request brought to each host.
  *
  * stop() kills the registry and removes its directory; anything still running when the
  * test process exits is killed then too.
@@ -18,7 +20,8 @@ import { spawn, execFileSync, type ChildProcess } from 'node:child_process';
 import { createHash, createPrivateKey, randomBytes, sign, X509Certificate, type KeyObject } from 'node:crypto';
 import { promises as fs, openSync, closeSync, readFileSync } from 'node:fs';
 import http, { type IncomingMessage, type ServerResponse } from 'node:http';
-import net from 'node:net';
+import https from 'node:https';
+import net, { type LookupFunction } from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import type { TestBlob, TestImage, TestIndex } from './test-images.js';
@@ -529,4 +532,283 @@ export async function startProxy(target: string, onRequest?: (r: ProxiedRequest)
 /** sha256 of bytes as a digest (for tests that build their own content). */
 export function digestOf(data: Buffer | string): string {
   return `sha256:${createHash('sha256').update(data).digest('hex')}`;
+}
+
+// ---- hostile registry ----
+
+/** One request a HostileServer received. */
+export interface HostileRequest {
+  method: string;
+  /** Path and query. */
+  path: string;
+  /** "address:port" of the server that received it (which "host" the client talked to). */
+  server: string;
+  /** The Host header the client sent. */
+  hostHeader: string | undefined;
+  authorization: string | undefined;
+  /** The request body (the OAuth2 form of a token POST). */
+  body: string;
+}
+
+/** How a HostileServer answers one request. */
+export type HostileReply =
+  /** A plain answer. */
+  | { status: number; headers?: Record<string, string>; body?: Buffer | string }
+  /** 200 with the body's true Content-Length, sent `bytesPerTick` bytes every `intervalMs`. */
+  | { trickle: Buffer; bytesPerTick: number; intervalMs: number; headers?: Record<string, string> }
+  /** 200 with a body that never ends (chunked, or under a Content-Length it then exceeds). */
+  | { endless: true; status?: number; contentLength?: number; headers?: Record<string, string> }
+  /** 200 whose Content-Length header says `contentLength`, then `body` (shorter or longer), then the connection closes. */
+  | { lie: { body: Buffer; contentLength: number }; headers?: Record<string, string> }
+  /** A redirect (307 unless said otherwise). */
+  | { redirect: string; status?: 301 | 302 | 303 | 307 | 308 }
+  /** Headers never come. */
+  | { hang: true };
+
+type HostileRoute = { method?: string; path: RegExp; reply: (r: HostileRequest) => HostileReply | undefined };
+
+/** A PEM key and self-signed certificate for `names` (DNS names and IP addresses), made by the openssl CLI. */
+export async function makeTestCertificate(names: string[]): Promise<{ key: string; cert: string; certFile: string; dir: string }> {
+  const dir = await fs.mkdtemp(path.join(os.tmpdir(), 'corral-cert-'));
+  const keyFile = path.join(dir, 'key.pem');
+  const certFile = path.join(dir, 'cert.pem');
+  const san = names.map((n) => (net.isIP(n) ? `IP:${n}` : `DNS:${n}`)).join(',');
+  execFileSync('openssl', [
+    'req', '-x509', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:prime256v1', '-nodes',
+    '-keyout', keyFile, '-out', certFile, '-days', '2', '-subj', `/CN=${names[0]}`, '-addext', `subjectAltName=${san}`,
+  ], { stdio: 'pipe' });
+  return { key: readFileSync(keyFile, 'utf8'), cert: readFileSync(certFile, 'utf8'), certFile, dir };
+}
+
+/**
+ * A small registry that lies on demand, on a loopback address of its own (127.0.0.1,
+ * 127.0.0.2, ... are distinct "hosts"), over HTTP or HTTPS. It serves images given to
+ * serveImage() (manifests by tag and digest, blobs), optionally behind Basic or Bearer
+ * auth, optionally a token endpoint; routes added with on() answer first and can
+ * trickle, lie about sizes, send endless bodies, redirect or hang. Every request is
+ * recorded with its Authorization header and body, so tests can say where credentials
+ * did and did not go.
+ */
+export class HostileServer {
+  readonly requests: HostileRequest[] = [];
+  port = 0;
+  private server: http.Server | undefined;
+  private readonly routes: HostileRoute[] = [];
+  private readonly manifests = new Map<string, TestBlob>();
+  private readonly blobs = new Map<string, TestBlob>();
+  private auth: { basic?: { user: string; pass: string }; bearer?: { realm: string; service: string; token: string } } = {};
+  private tokens: { path: string; users: Record<string, string>; refreshTokens: Record<string, string>; token: string } | undefined;
+  private readonly timers = new Set<NodeJS.Timeout>();
+
+  constructor(readonly address = '127.0.0.1', private readonly tlsCert?: { key: string; cert: string }) {}
+
+  /** "address:port". */
+  get host(): string {
+    return `${this.address}:${this.port}`;
+  }
+
+  get url(): string {
+    return `${this.tlsCert ? 'https' : 'http'}://${this.host}`;
+  }
+
+  async start(): Promise<this> {
+    const handler = (req: IncomingMessage, res: ServerResponse) => this.handle(req, res);
+    this.server = this.tlsCert ? https.createServer({ key: this.tlsCert.key, cert: this.tlsCert.cert }, handler) : http.createServer(handler);
+    // TLS handshakes that fail are the client refusing: not the server's business.
+    this.server.on('tlsClientError', () => undefined);
+    await new Promise<void>((resolve, reject) => {
+      this.server!.once('error', reject);
+      this.server!.listen(0, this.address, () => resolve());
+    });
+    this.port = (this.server.address() as net.AddressInfo).port;
+    return this;
+  }
+
+  /** Answers requests matching (method and path regex) with `reply` (a function may return undefined to pass). Newest route first. */
+  on(path: RegExp, reply: HostileReply | ((r: HostileRequest) => HostileReply | undefined), method?: string): this {
+    this.routes.unshift({ method, path, reply: typeof reply === 'function' ? reply : () => reply });
+    return this;
+  }
+
+  /** Serves an image: its manifest under `repo:tag` and by digest, and its blobs. */
+  serveImage(repo: string, tag: string, image: TestImage): this {
+    this.manifests.set(`${repo}:${tag}`, image.manifest);
+    this.manifests.set(`${repo}:${image.manifest.digest}`, image.manifest);
+    for (const b of image.blobs) this.blobs.set(b.digest, b);
+    return this;
+  }
+
+  /** /v2/ requests need these Basic credentials (401 with a Basic challenge otherwise). */
+  requireBasic(user: string, pass: string): this {
+    this.auth = { basic: { user, pass } };
+    return this;
+  }
+
+  /** /v2/ requests need `Bearer <token>` (401 with a Bearer challenge naming `realm` otherwise). */
+  requireBearer(realm: string, token = 'the-registry-token', service = 'hostile-registry'): this {
+    this.auth = { bearer: { realm, service, token } };
+    return this;
+  }
+
+  /** A token endpoint at `path`: GET with these Basic users, or an OAuth2 POST with these refresh tokens, gets `token`. */
+  serveTokens(o: { path?: string; users?: Record<string, string>; refreshTokens?: Record<string, string>; token?: string } = {}): this {
+    this.tokens = { path: o.path ?? '/token', users: o.users ?? {}, refreshTokens: o.refreshTokens ?? {}, token: o.token ?? 'the-registry-token' };
+    return this;
+  }
+
+  /** Authorization headers received (undefined entries are requests without one). */
+  authorizations(): (string | undefined)[] {
+    return this.requests.map((r) => r.authorization);
+  }
+
+  private handle(req: IncomingMessage, res: ServerResponse): void {
+    const chunks: Buffer[] = [];
+    req.on('data', (c: Buffer) => chunks.push(c));
+    req.on('end', () => {
+      const r: HostileRequest = {
+        method: req.method ?? 'GET',
+        path: req.url ?? '/',
+        server: this.host,
+        hostHeader: req.headers.host,
+        authorization: req.headers.authorization,
+        body: Buffer.concat(chunks).toString(),
+      };
+      this.requests.push(r);
+      let reply: HostileReply | undefined;
+      for (const route of this.routes) {
+        if (route.method && route.method !== r.method) continue;
+        if (!route.path.test(r.path)) continue;
+        reply = route.reply(r);
+        if (reply) break;
+      }
+      this.send(res, reply ?? this.answer(r));
+    });
+  }
+
+  /** The default, honest answer. */
+  private answer(r: HostileRequest): HostileReply {
+    const u = new URL(r.path, 'http://x');
+    const json = (status: number, body: unknown, headers: Record<string, string> = {}): HostileReply => ({ status, headers: { 'content-type': 'application/json', ...headers }, body: JSON.stringify(body) });
+    if (this.tokens && u.pathname === this.tokens.path) {
+      let ok = false;
+      if (r.method === 'POST') {
+        const form = new URLSearchParams(r.body);
+        ok = form.get('grant_type') === 'refresh_token' && (form.get('refresh_token') ?? '') in this.tokens.refreshTokens;
+      } else if (r.authorization?.startsWith('Basic ')) {
+        const [name, ...rest] = Buffer.from(r.authorization.slice(6), 'base64').toString().split(':');
+        ok = !!name && this.tokens.users[name] === rest.join(':');
+      }
+      return ok ? json(200, { token: this.tokens.token, expires_in: 300 }) : json(401, { errors: [{ code: 'UNAUTHORIZED', message: 'bad credentials' }] });
+    }
+    if (!u.pathname.startsWith('/v2/')) return json(404, { errors: [{ code: 'NOT_FOUND', message: 'no such path' }] });
+    const { basic, bearer } = this.auth;
+    if (basic && r.authorization !== `Basic ${Buffer.from(`${basic.user}:${basic.pass}`).toString('base64')}`) {
+      return json(401, { errors: [{ code: 'UNAUTHORIZED', message: 'authentication required' }] }, { 'www-authenticate': 'Basic realm="hostile"' });
+    }
+    if (bearer && r.authorization !== `Bearer ${bearer.token}`) {
+      const repo = /^\/v2\/(.+)\/(manifests|blobs)\//.exec(u.pathname)?.[1] ?? '';
+      return json(401, { errors: [{ code: 'UNAUTHORIZED', message: 'authentication required' }] }, {
+        'www-authenticate': `Bearer realm="${bearer.realm}",service="${bearer.service}",scope="repository:${repo}:pull"`,
+      });
+    }
+    if (u.pathname === '/v2/') return json(200, {});
+    const m = /^\/v2\/(.+)\/(manifests|blobs)\/([^/]+)$/.exec(u.pathname);
+    if (m) {
+      const [, repo, kind, ref] = m;
+      const b = kind === 'manifests' ? this.manifests.get(`${repo}:${ref}`) : this.blobs.get(ref!);
+      if (b) {
+        const headers: Record<string, string> = { 'content-type': kind === 'manifests' ? b.mediaType : 'application/octet-stream', 'docker-content-digest': b.digest };
+        return { status: 200, headers, body: r.method === 'HEAD' ? '' : b.bytes };
+      }
+      return json(404, { errors: [{ code: kind === 'manifests' ? 'MANIFEST_UNKNOWN' : 'BLOB_UNKNOWN', message: `${kind.slice(0, -1)} unknown` }] });
+    }
+    return json(404, { errors: [{ code: 'NOT_FOUND', message: 'no such path' }] });
+  }
+
+  private send(res: ServerResponse, reply: HostileReply): void {
+    const later = (ms: number, fn: () => void) => {
+      const t = setTimeout(() => {
+        this.timers.delete(t);
+        fn();
+      }, ms);
+      this.timers.add(t);
+    };
+    res.on('error', () => undefined);
+    if ('hang' in reply) return;
+    if ('redirect' in reply) {
+      res.writeHead(reply.status ?? 307, { location: reply.redirect, 'content-length': '0' }).end();
+      return;
+    }
+    if ('trickle' in reply) {
+      res.writeHead(200, { 'content-type': 'application/octet-stream', 'content-length': String(reply.trickle.length), ...(reply.headers ?? {}) });
+      let at = 0;
+      const tick = () => {
+        if (res.destroyed || res.writableEnded) return;
+        res.write(reply.trickle.subarray(at, at + reply.bytesPerTick));
+        at += reply.bytesPerTick;
+        if (at >= reply.trickle.length) res.end();
+        else later(reply.intervalMs, tick);
+      };
+      tick();
+      return;
+    }
+    if ('endless' in reply) {
+      const headers: Record<string, string> = { 'content-type': 'application/json', ...(reply.headers ?? {}) };
+      if (reply.contentLength !== undefined) headers['content-length'] = String(reply.contentLength);
+      res.writeHead(reply.status ?? 200, headers);
+      if (reply.contentLength !== undefined) res.flushHeaders();
+      // With a Content-Length the server's own checks would stop it: write to the socket.
+      const sink: { write(b: Buffer): boolean; destroyed?: boolean } = reply.contentLength !== undefined ? res.socket! : res;
+      const chunk = Buffer.alloc(64 * 1024, 0x7b); // '{{{{...'
+      const pump = () => {
+        while (!res.destroyed && !(sink as { destroyed?: boolean }).destroyed) {
+          if (!sink.write(chunk)) {
+            (sink as unknown as NodeJS.EventEmitter).once('drain', pump);
+            return;
+          }
+        }
+      };
+      pump();
+      return;
+    }
+    if ('lie' in reply) {
+      res.writeHead(200, { 'content-type': 'application/octet-stream', 'content-length': String(reply.lie.contentLength), ...(reply.headers ?? {}) });
+      res.flushHeaders();
+      // Straight to the socket: Node's server would otherwise refuse the mismatch.
+      res.socket?.write(reply.lie.body, () => later(50, () => res.socket?.destroy()));
+      return;
+    }
+    const body = reply.body === undefined ? Buffer.alloc(0) : Buffer.from(reply.body);
+    res.writeHead(reply.status, { 'content-length': String(body.length), ...(reply.headers ?? {}) }).end(body);
+  }
+
+  async stop(): Promise<void> {
+    for (const t of this.timers) clearTimeout(t);
+    this.timers.clear();
+    if (!this.server) return;
+    this.server.closeAllConnections();
+    await new Promise<void>((resolve) => this.server!.close(() => resolve()));
+    this.server = undefined;
+  }
+}
+
+/** Starts a HostileServer on `address` (HTTPS with `tls`); stop() it when done. */
+export function startHostileServer(address = '127.0.0.1', tls?: { key: string; cert: string }): Promise<HostileServer> {
+  return new HostileServer(address, tls).start();
+}
+
+/**
+ * A DNS lookup for tests: the names given resolve to their loopback address, every
+ * other name fails (nothing leaves the machine). Answers both lookup forms Node uses.
+ */
+export function testLookup(names: Record<string, string>): LookupFunction {
+  return ((hostname: string, opts: { all?: boolean } | number | undefined, cb: (...a: unknown[]) => void) => {
+    const address = names[hostname.toLowerCase()];
+    process.nextTick(() => {
+      if (!address) return cb(Object.assign(new Error(`getaddrinfo ENOTFOUND ${hostname} (test DNS)`), { code: 'ENOTFOUND', hostname }));
+      const family = net.isIPv6(address) ? 6 : 4;
+      if (typeof opts === 'object' && opts?.all) cb(null, [{ address, family }]);
+      else cb(null, address, family);
+    });
+  }) as unknown as LookupFunction;
 }

@@ -131,6 +131,95 @@ test('a waiter whose shared download failed tries itself', () =>
     assert.equal(await store.has(d), true);
   }));
 
+test('the first caller owns the download even when its presence check answers last (call order decides)', () =>
+  withStore(async (store) => {
+    // The flake behind "a waiter whose shared download failed tries itself": both callers
+    // stat the blob path on the thread pool, and the stats may come back in either order.
+    // Force the unlucky order: the first caller's stat answers after the second's.
+    const data = Buffer.from('order matters');
+    const d = digestOf(data);
+    const realStat = fs.stat;
+    let stats = 0;
+    (fs as { stat: typeof fs.stat }).stat = (async (...args: Parameters<typeof fs.stat>) => {
+      if (String(args[0]) === store.blobPath(d) && ++stats === 1) await new Promise((res) => setTimeout(res, 100));
+      return realStat(...args);
+    }) as typeof fs.stat;
+    const order: string[] = [];
+    try {
+      const first = store.ingest(d, data.length, async () => {
+        order.push('first');
+        const s = new PassThrough();
+        setTimeout(() => s.destroy(new Error('first attempt broke')), 20);
+        return s;
+      });
+      const second = store.ingest(d, data.length, async () => {
+        order.push('second');
+        return Readable.from([data]);
+      });
+      await assert.rejects(first, /first attempt broke/);
+      await second;
+    } finally {
+      (fs as { stat: typeof fs.stat }).stat = realStat;
+    }
+    assert.deepEqual(order, ['first', 'second'], 'the first caller downloads; the second joins it and tries itself after it failed');
+    assert.equal(await store.has(d), true);
+  }));
+
+test('a waiter hears the shared download\'s progress; its signal stops only its own wait', () =>
+  withStore(async (store) => {
+    const data = Buffer.alloc(3000, 5);
+    const d = digestOf(data);
+    const s = new PassThrough();
+    const owner = store.ingest(d, data.length, async () => s);
+    const heard: number[] = [];
+    const waiter = store.ingest(d, data.length, async () => assert.fail('the waiter must not download'), (n) => heard.push(n));
+    const quitter = new AbortController();
+    const gaveUp = store.ingest(d, data.length, async () => assert.fail('must not download'), undefined, { signal: quitter.signal });
+    s.write(data.subarray(0, 1000));
+    await new Promise((r) => setTimeout(r, 20));
+    quitter.abort(new Error('this caller gave up'));
+    await assert.rejects(gaveUp, /this caller gave up/);
+    s.end(data.subarray(1000));
+    await owner;
+    await waiter;
+    assert.ok(heard.length >= 2 && heard[heard.length - 1] === data.length, `heard ${heard}`);
+    assert.equal(await store.has(d), true);
+  }));
+
+test('an aborted download is torn down at once and leaves nothing', () =>
+  withStore(async (store) => {
+    const data = Buffer.alloc(1000, 9);
+    const d = digestOf(data);
+    const s = new PassThrough();
+    const c = new AbortController();
+    const p = store.ingest(d, data.length, async () => s, undefined, { signal: c.signal });
+    s.write(data.subarray(0, 10)); // then nothing more: a stalled peer
+    await new Promise((r) => setTimeout(r, 20));
+    c.abort(new Error('deadline passed'));
+    await assert.rejects(p, /deadline passed/);
+    assert.ok(s.destroyed, 'the source stream was destroyed');
+    assert.deepEqual(await fs.readdir(store.ingestDir), []);
+    assert.equal(await store.has(d), false);
+  }));
+
+test('an endless body is refused at the first chunk past its size, not read on', () =>
+  withStore(async (store) => {
+    const data = Buffer.from('exactly this');
+    const d = digestOf(data);
+    let pulled = 0;
+    // An endless body: it must not be read to its end (there is none).
+    const endless = new Readable({
+      read() {
+        pulled++;
+        this.push(Buffer.alloc(4, 0x61));
+      },
+    });
+    await assert.rejects(store.ingest(d, data.length, async () => endless), (e: unknown) => e instanceof BlobVerificationError && e.check === 'size' && /expected 12 bytes, got \d+ or more/.test(e.message));
+    assert.ok(endless.destroyed);
+    assert.ok(pulled * 4 <= 64 * 1024, `read ${pulled * 4} bytes: no more than one stream buffer past the size`);
+    assert.deepEqual(await fs.readdir(store.ingestDir), []);
+  }));
+
 test('stale partial files of dead processes are removed on first use; live ones stay', async () => {
   const root = await fs.mkdtemp(path.join(os.tmpdir(), 'corral-cs-'));
   try {

@@ -1,9 +1,10 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import type { RegistryConfig } from '../../src/config/config.js';
+import { defaultConfig, resolveConfig, type RegistryConfig } from '../../src/config/config.js';
 import {
   authAppliesTo,
   credentialKey,
+  credentialsGoTo,
   parseWwwAuthenticate,
   pullScope,
   resolveCredentials,
@@ -60,6 +61,38 @@ test('serverAddress limits which registry credentials go to', () => {
   assert.ok(authAppliesTo({ username: 'u', serverAddress: 'quay.io' }, 'quay.io'));
   assert.ok(authAppliesTo({ username: 'u', serverAddress: 'http://127.0.0.1:5000' }, '127.0.0.1:5000'));
   assert.ok(!authAppliesTo({ username: 'u', serverAddress: 'quay.io' }, 'docker.io'));
+});
+
+test('credentials go to the registry itself, or only to the host server_address names; never to a mirror otherwise', () => {
+  const registry = { host: 'registry.example.com', mirror: false };
+  const mirror = { host: 'mirror.example.com:5000', mirror: true };
+  const creds = { username: 'u', password: 'p' };
+  assert.equal(credentialsGoTo(undefined, 'registry.example.com', registry), false);
+  assert.equal(credentialsGoTo(creds, 'registry.example.com', registry), true);
+  assert.equal(credentialsGoTo(creds, 'registry.example.com', mirror), false, 'no server_address: not to mirrors');
+  const forMirror = { ...creds, serverAddress: 'https://mirror.example.com:5000/v2/' };
+  assert.equal(credentialsGoTo(forMirror, 'registry.example.com', mirror), true);
+  assert.equal(credentialsGoTo(forMirror, 'registry.example.com', registry), false);
+  const forRegistry = { ...creds, serverAddress: 'registry.example.com' };
+  assert.equal(credentialsGoTo(forRegistry, 'registry.example.com', registry), true);
+  assert.equal(credentialsGoTo(forRegistry, 'registry.example.com', mirror), false);
+  // Docker Hub: the reference domain and the API host are one registry; its mirror is not.
+  const hub = { ...creds, serverAddress: 'https://index.docker.io/v1/' };
+  assert.equal(credentialsGoTo(hub, 'docker.io', { host: 'registry-1.docker.io', mirror: false }), true);
+  assert.equal(credentialsGoTo(hub, 'docker.io', { host: 'hub-mirror.local', mirror: true }), false);
+  assert.equal(credentialsGoTo({ ...creds, serverAddress: 'quay.io' }, 'docker.io', { host: 'registry-1.docker.io', mirror: false }), false);
+});
+
+test('image_pull config: progress deadline, minimum bytes and overall cap; defaults; bad values refused', () => {
+  assert.deepEqual(defaultConfig().imagePull, { progressDeadlineSeconds: 60, progressMinBytes: 65536, timeoutSeconds: 3600 });
+  assert.deepEqual(resolveConfig({ image_pull: { progress_deadline_seconds: 5, progress_min_bytes: 1024, timeout_seconds: 0 } }).imagePull, {
+    progressDeadlineSeconds: 5,
+    progressMinBytes: 1024,
+    timeoutSeconds: 0,
+  });
+  assert.throws(() => resolveConfig({ image_pull: { progress_deadline_seconds: -1 } }), /image_pull\.progress_deadline_seconds: must be between 0 and/);
+  assert.throws(() => resolveConfig({ image_pull: { progress_deadline: 5 } }), /image_pull\.progress_deadline: unknown key/);
+  assert.throws(() => resolveConfig({ image_pull: { timeout_seconds: '1h' } }), /image_pull\.timeout_seconds: must be a whole number/);
 });
 
 test('token cache: keyed, expires with a margin, default 60 s lifetime', () => {

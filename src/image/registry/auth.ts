@@ -12,7 +12,7 @@ export interface AuthConfig {
   password?: string;
   /** base64 of "username:password". */
   auth?: string;
-  /** When set, the credentials are only offered to this registry (and its mirrors when it is the pulled one). */
+  /** When set, the credentials are only offered to this host (the registry or one of its mirrors). */
   serverAddress?: string;
   /** An OAuth2 refresh token, exchanged at the token realm for an access token. */
   identityToken?: string;
@@ -70,6 +70,23 @@ export function authAppliesTo(auth: AuthConfig | undefined | null, domain: strin
   const host = serverAddressHost(auth.serverAddress);
   const d = domain.toLowerCase();
   return host === d || (DOCKER_HUB_HOSTS.has(host) && DOCKER_HUB_HOSTS.has(d));
+}
+
+/**
+ * Whether credentials kubelet gave for a pull from `domain` may be sent to `endpoint`
+ * (as containerd does): with a serverAddress, only to the host it names (the registry,
+ * or a mirror named explicitly); without, only to the registry itself, never to a mirror
+ * (a mirror is another party: an operator's cache, not the registry the secret is for).
+ * The token realm a permitted endpoint names is handled by the client.
+ */
+export function credentialsGoTo(auth: AuthConfig | undefined | null, domain: string, endpoint: { host: string; mirror: boolean }): boolean {
+  if (!auth) return false;
+  if (!auth.serverAddress) return !endpoint.mirror;
+  const named = serverAddressHost(auth.serverAddress);
+  const host = endpoint.host.toLowerCase();
+  if (named === host) return true;
+  // The registry itself answers to its reference domain too (docker.io → registry-1.docker.io).
+  return !endpoint.mirror && authAppliesTo(auth, domain);
 }
 
 /** A stable, non-reversible key for a set of credentials (token cache partitioning). */

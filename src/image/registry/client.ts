@@ -6,6 +6,13 @@
  *
  * Manifests are verified here (sha256 against Docker-Content-Digest and against the
  * digest they were asked for); blobs are verified by the content store as they stream in.
+ *
+ * Credentials go only where they are for: the registry itself (or the host the
+ * AuthConfig's serverAddress names), and the token realm it names, never over plain HTTP
+ * when the registry is HTTPS, never across origins on redirects. A registry's TLS
+ * settings (tls_verify, ca_file) apply to the hosts configured for it (the registry and
+ * its mirrors) only: a realm or redirect target elsewhere gets its own settings, or the
+ * default verification.
  */
 import { createHash } from 'node:crypto';
 import { promises as fs } from 'node:fs';
@@ -18,9 +25,9 @@ import type { RegistryConfig } from '../../config/config.js';
 import type { Logger } from '../../util/log.js';
 import { isDigest, manifestReference, parseReference, type ImageReference } from '../reference.js';
 import {
-  authAppliesTo,
   basicAuthorization,
   credentialKey,
+  credentialsGoTo,
   parseWwwAuthenticate,
   pullScope,
   resolveCredentials,
@@ -29,7 +36,7 @@ import {
   type Challenge,
   type Credentials,
 } from './auth.js';
-import { registryEndpoints, type Endpoint } from './endpoints.js';
+import { registryConfigFor, registryEndpoints, type Endpoint } from './endpoints.js';
 import { describeTransportError, RegistryError, type RegistryErrorKind } from './errors.js';
 import { discard, errorBodyReason, httpRequest, readBody, type HttpResponse } from './http.js';
 import {
@@ -85,7 +92,15 @@ export interface ResolvedImage {
   mirror: boolean;
 }
 
-export interface FetchBlobOptions {
+/** What a caller (a pull) gives every request it makes. */
+export interface RequestOptions {
+  /** Ends every request of the call (and a blob's body while it streams) with the signal's reason. */
+  signal?: AbortSignal;
+  /** Hears the length of each manifest chunk received (a pull's progress). */
+  onBytes?: (bytes: number) => void;
+}
+
+export interface FetchBlobOptions extends RequestOptions {
   /** Base URL of the endpoint to try first (a ResolvedImage's `endpoint`); the others follow in order. */
   endpoint?: string;
 }
@@ -94,6 +109,8 @@ export interface FetchBlobOptions {
 interface PullContext {
   ref: ImageReference;
   auth: AuthConfig | undefined;
+  signal?: AbortSignal;
+  onBytes?: (bytes: number) => void;
 }
 
 /** How an endpoint asked to be authenticated, remembered to authenticate the next request up front. */
@@ -132,14 +149,15 @@ export class RegistryClient {
    * runtime can pull. Each mirror is tried before the registry; any failure at a mirror
    * moves on to the next endpoint, and the final error lists what each one said.
    */
-  async resolve(ref: ImageReference | string, platform: Platform = hostPlatform(), auth?: AuthConfig): Promise<ResolvedImage> {
+  async resolve(ref: ImageReference | string, platform: Platform = hostPlatform(), auth?: AuthConfig, opts: RequestOptions = {}): Promise<ResolvedImage> {
     const r = typeof ref === 'string' ? parseReference(ref) : ref;
-    const ctx: PullContext = { ref: r, auth };
+    const ctx: PullContext = { ref: r, auth, signal: opts.signal, onBytes: opts.onBytes };
     const errors: RegistryError[] = [];
     for (const ep of this.endpointsFor(r)) {
       try {
         return await this.resolveAt(ep, ctx, normalizePlatform(platform));
       } catch (e) {
+        if (opts.signal?.aborted) throw opts.signal.reason; // the caller gave up: no next endpoint
         const err = this.asRegistryError(e, r, ep);
         this.opts.logger?.debug({ ref: r.toString(), endpoint: ep.url, mirror: ep.mirror, kind: err.kind }, 'registry endpoint failed to resolve');
         errors.push(err);
@@ -155,7 +173,7 @@ export class RegistryClient {
    */
   async fetchBlob(ref: ImageReference | string, descriptor: Pick<Descriptor, 'digest' | 'size'>, auth?: AuthConfig, opts: FetchBlobOptions = {}): Promise<Readable> {
     const r = typeof ref === 'string' ? parseReference(ref) : ref;
-    const ctx: PullContext = { ref: r, auth };
+    const ctx: PullContext = { ref: r, auth, signal: opts.signal };
     if (!isDigest(descriptor.digest)) {
       throw new RegistryError('protocol', r.toString(), [], `blob digest "${descriptor.digest}" is not a sha256 digest`);
     }
@@ -169,6 +187,7 @@ export class RegistryClient {
       try {
         return await this.openBlobAt(ep, ctx, descriptor);
       } catch (e) {
+        if (opts.signal?.aborted) throw opts.signal.reason;
         errors.push(this.asRegistryError(e, r, ep));
       }
     }
@@ -274,7 +293,7 @@ export class RegistryClient {
     }
     let bytes: Buffer;
     try {
-      bytes = await readBody(res.body, this.maxManifestBytes);
+      bytes = await readBody(res.body, this.maxManifestBytes, ctx.onBytes);
     } catch (e) {
       if ((e as NodeJS.ErrnoException).code === 'ERR_BODY_TOO_LARGE') throw this.fail('protocol', ep, ctx, `manifest ${reference}: ${(e as Error).message}`);
       throw e;
@@ -321,8 +340,7 @@ export class RegistryClient {
   // ---- requests and authentication ----
 
   private credentialsFor(ep: Endpoint, ctx: PullContext): Credentials | undefined {
-    if (!ctx.auth) return undefined;
-    if (!authAppliesTo(ctx.auth, ctx.ref.domain) && !authAppliesTo(ctx.auth, ep.host)) return undefined;
+    if (!credentialsGoTo(ctx.auth, ctx.ref.domain, ep)) return undefined;
     return resolveCredentials(ctx.auth);
   }
 
@@ -337,7 +355,7 @@ export class RegistryClient {
     const headers: Record<string, string> = { accept: h.accept };
     const known = await this.knownAuthorization(ep, ctx, scope, creds);
     if (known) headers.authorization = known;
-    let res = await this.send(url, ep, { headers });
+    let res = await this.send(url, ep, { headers, signal: ctx.signal });
     if (res.status !== 401) return res;
 
     const challenges = parseWwwAuthenticate(res.headers['www-authenticate']);
@@ -345,7 +363,7 @@ export class RegistryClient {
     if (known) this.forget(ep, scope, creds);
     const answer = await this.answerChallenge(ep, ctx, challenges, scope, creds, firstReason);
     headers.authorization = answer;
-    res = await this.send(url, ep, { headers });
+    res = await this.send(url, ep, { headers, signal: ctx.signal });
     if (res.status === 401) {
       const reason = await errorBodyReason(res.body);
       this.forget(ep, scope, creds);
@@ -354,28 +372,43 @@ export class RegistryClient {
     return res;
   }
 
-  private send(url: string, ep: Endpoint, o: { method?: 'GET' | 'POST'; headers: Record<string, string>; body?: string }): Promise<HttpResponse> {
-    return this.agentsFor(ep).then((agents) =>
-      httpRequest(url, {
-        method: o.method ?? 'GET',
-        headers: { 'user-agent': this.userAgent, ...o.headers },
-        body: o.body,
-        agent: (u) => (u.protocol === 'https:' ? agents.https : agents.http),
-        timeoutMs: this.timeoutMs,
-        lookup: this.opts.lookup,
-      }),
-    );
+  private send(url: string, ep: Endpoint, o: { method?: 'GET' | 'POST'; headers: Record<string, string>; body?: string; signal?: AbortSignal }): Promise<HttpResponse> {
+    return httpRequest(url, {
+      method: o.method ?? 'GET',
+      headers: { 'user-agent': this.userAgent, ...o.headers },
+      body: o.body,
+      // Chosen per hop: a redirect target or token realm is not the endpoint.
+      agent: async (u) => {
+        const agents = await this.agentsFor(this.tlsSettingsFor(u, ep));
+        return u.protocol === 'https:' ? agents.https : agents.http;
+      },
+      timeoutMs: this.timeoutMs,
+      lookup: this.opts.lookup,
+      signal: o.signal,
+    });
   }
 
-  private agentsFor(ep: Endpoint): Promise<{ http: http.Agent; https: https.Agent }> {
-    const key = `${ep.tlsVerify}\n${ep.caFile}`;
+  /**
+   * The TLS settings for a URL: the endpoint's for its own host (they were configured for
+   * it), else those configured for that exact host, else full verification. So
+   * `tls_verify = false` for a registry never reaches the realm or CDN it points at.
+   */
+  private tlsSettingsFor(u: URL, ep: Endpoint): { tlsVerify: boolean; caFile: string } {
+    if (u.host.toLowerCase() === new URL(ep.url).host.toLowerCase()) return { tlsVerify: ep.tlsVerify, caFile: ep.caFile };
+    const own = registryConfigFor(u.host.toLowerCase(), this.registries);
+    return { tlsVerify: own?.tlsVerify ?? true, caFile: own?.caFile ?? '' };
+  }
+
+  private agentsFor(tlsSettings: { tlsVerify: boolean; caFile: string }): Promise<{ http: http.Agent; https: https.Agent }> {
+    const { tlsVerify, caFile } = tlsSettings;
+    const key = `${tlsVerify}\n${caFile}`;
     let p = this.agents.get(key);
     if (!p) {
       p = (async () => {
-        const ca = ep.caFile ? [...tls.rootCertificates, await fs.readFile(ep.caFile, 'utf8')] : undefined;
+        const ca = caFile ? [...tls.rootCertificates, await fs.readFile(caFile, 'utf8')] : undefined;
         return {
           http: new http.Agent({ keepAlive: true, maxSockets: 16 }),
-          https: new https.Agent({ keepAlive: true, maxSockets: 16, rejectUnauthorized: ep.tlsVerify, ...(ca ? { ca } : {}) }),
+          https: new https.Agent({ keepAlive: true, maxSockets: 16, rejectUnauthorized: tlsVerify, ...(ca ? { ca } : {}) }),
         };
       })();
       p.catch(() => this.agents.delete(key));
@@ -435,17 +468,26 @@ export class RegistryClient {
     throw this.fail('unauthorized', ep, ctx, `HTTP 401 with no usable authentication challenge (offered: ${offered})${reason ? `: ${reason}` : ''}`);
   }
 
-  /** A bearer token for the scope: cached, or one request to the realm (shared by concurrent callers). */
+  /**
+   * A bearer token for the scope: cached, or one request to the realm, shared by
+   * concurrent callers. The shared request has a deadline of its own (one caller giving up
+   * must not fail the others); each caller stops waiting when its own signal aborts.
+   */
   private token(ep: Endpoint, ctx: PullContext, challenge: Challenge, scope: string, creds: Credentials | undefined): Promise<string> {
     const key = this.tokenKey(ep, scope, creds);
     const cached = this.tokens.get(key);
     if (cached) return Promise.resolve(cached);
     let p = this.tokenRequests.get(key);
     if (!p) {
-      p = this.requestToken(ep, ctx, challenge, scope, creds, key).finally(() => this.tokenRequests.delete(key));
+      const deadline = deadlineSignal(this.timeoutMs, `the token service did not answer within ${Math.round(this.timeoutMs / 1000)} s`);
+      p = this.requestToken(ep, { ...ctx, signal: deadline.signal, onBytes: undefined }, challenge, scope, creds, key).finally(() => {
+        deadline.clear();
+        this.tokenRequests.delete(key);
+      });
+      p.catch(() => undefined); // a caller that gave up no longer listens
       this.tokenRequests.set(key, p);
     }
-    return p;
+    return untilAborted(p, ctx.signal);
   }
 
   private async requestToken(ep: Endpoint, ctx: PullContext, challenge: Challenge, scope: string, creds: Credentials | undefined, key: string): Promise<string> {
@@ -455,6 +497,16 @@ export class RegistryClient {
       if (realm.protocol !== 'http:' && realm.protocol !== 'https:') throw new Error('not http(s)');
     } catch {
       throw this.fail('protocol', ep, ctx, `the bearer challenge names an invalid token realm "${challenge.params.realm}"`);
+    }
+    const sendsSecret = creds?.username !== undefined || creds?.identityToken !== undefined;
+    if (sendsSecret && realm.protocol === 'http:' && new URL(ep.url).protocol === 'https:') {
+      // A downgrade: the secret is for an HTTPS registry, the realm would get it in clear text.
+      throw this.fail(
+        'unauthorized',
+        ep,
+        ctx,
+        `the registry's token realm ${realm.origin}${realm.pathname} is plain HTTP; credentials for an HTTPS registry are not sent over it (fix the registry's token realm, or configure the registry insecure if it really is plain HTTP)`,
+      );
     }
     const scopes = [scope];
     for (const s of (challenge.params.scope ?? '').split(' ')) if (s && !scopes.includes(s)) scopes.push(s);
@@ -470,14 +522,15 @@ export class RegistryClient {
           method: 'POST',
           headers: { 'content-type': 'application/x-www-form-urlencoded', accept: 'application/json' },
           body: form.toString(),
+          signal: ctx.signal,
         });
         if (res.status === 404 || res.status === 405) {
           // No OAuth2 endpoint: the identity token also works as a basic-auth password.
           discard(res.body);
-          res = await this.getToken(realm, ep, service, scopes, creds.username ?? '<token>', creds.identityToken);
+          res = await this.getToken(realm, ep, ctx, service, scopes, creds.username ?? '<token>', creds.identityToken);
         }
       } else {
-        res = await this.getToken(realm, ep, service, scopes, creds?.username, creds?.password);
+        res = await this.getToken(realm, ep, ctx, service, scopes, creds?.username, creds?.password);
       }
     } catch (e) {
       const { kind, reason } = describeTransportError(e);
@@ -491,8 +544,9 @@ export class RegistryClient {
     }
     let body: { token?: unknown; access_token?: unknown; expires_in?: unknown };
     try {
-      body = JSON.parse((await readBody(res.body, 1024 * 1024)).toString('utf8'));
+      body = JSON.parse((await readBody(res.body, MAX_TOKEN_RESPONSE)).toString('utf8'));
     } catch (e) {
+      if (ctx.signal?.aborted) throw this.fail('unreachable', ep, ctx, `${where}: ${(ctx.signal.reason as Error).message}`);
       throw this.fail('protocol', ep, ctx, `${where}: the answer is not JSON (${(e as Error).message})`);
     }
     const token = typeof body.token === 'string' && body.token ? body.token : typeof body.access_token === 'string' ? body.access_token : '';
@@ -502,14 +556,36 @@ export class RegistryClient {
     return token;
   }
 
-  private getToken(realm: URL, ep: Endpoint, service: string | undefined, scopes: string[], username?: string, password?: string): Promise<HttpResponse> {
+  private getToken(realm: URL, ep: Endpoint, ctx: PullContext, service: string | undefined, scopes: string[], username?: string, password?: string): Promise<HttpResponse> {
     const u = new URL(realm);
     if (service) u.searchParams.set('service', service);
     for (const s of scopes) u.searchParams.append('scope', s);
     const headers: Record<string, string> = { accept: 'application/json' };
     if (username !== undefined) headers.authorization = basicAuthorization(username, password ?? '');
-    return this.send(u.toString(), ep, { headers });
+    return this.send(u.toString(), ep, { headers, signal: ctx.signal });
   }
+}
+
+/** Largest token response read (real ones are a few KiB). */
+const MAX_TOKEN_RESPONSE = 256 * 1024;
+
+/** A signal that aborts after `ms` with an ETIMEDOUT error saying `message`; clear() when done. */
+function deadlineSignal(ms: number, message: string): { signal: AbortSignal; clear: () => void } {
+  const c = new AbortController();
+  const timer = ms > 0 ? setTimeout(() => c.abort(Object.assign(new Error(message), { code: 'ETIMEDOUT' })), ms) : undefined;
+  timer?.unref();
+  return { signal: c.signal, clear: () => clearTimeout(timer) };
+}
+
+/** `p`, or the signal's reason as soon as it aborts (p goes on for whoever else waits on it). */
+function untilAborted<T>(p: Promise<T>, signal: AbortSignal | undefined): Promise<T> {
+  if (!signal) return p;
+  if (signal.aborted) return Promise.reject(signal.reason);
+  return new Promise<T>((resolve, reject) => {
+    const onAbort = () => reject(signal.reason);
+    signal.addEventListener('abort', onAbort, { once: true });
+    p.then(resolve, reject).finally(() => signal.removeEventListener('abort', onAbort));
+  });
 }
 
 interface FetchedManifest {

@@ -13,6 +13,7 @@ export type RegistryErrorKind =
   | 'unsupported-media-type'
   | 'no-matching-platform'
   | 'unreachable'
+  | 'stalled'
   | 'protocol';
 
 /** What one endpoint (a mirror or the registry itself) did when asked. */
@@ -32,6 +33,7 @@ const GRPC_CODE: Record<RegistryErrorKind, GrpcStatus> = {
   'unsupported-media-type': GrpcStatus.FAILED_PRECONDITION,
   'no-matching-platform': GrpcStatus.NOT_FOUND,
   unreachable: GrpcStatus.UNAVAILABLE,
+  stalled: GrpcStatus.DEADLINE_EXCEEDED,
   protocol: GrpcStatus.UNKNOWN,
 };
 
@@ -77,6 +79,7 @@ const HEADLINE: Record<RegistryErrorKind, string> = {
   'unsupported-media-type': 'unsupported media type',
   'no-matching-platform': 'no manifest for this platform',
   unreachable: 'registry unreachable',
+  stalled: 'the pull made no progress or ran out of time',
   protocol: 'unexpected answer from the registry',
 };
 
@@ -91,6 +94,7 @@ export function describeTransportError(e: unknown): { kind: RegistryErrorKind; r
   const err = e as NodeJS.ErrnoException;
   const code = err?.code ?? '';
   const msg = err?.message ?? String(e);
+  if (code === 'ERR_REDIRECT_CROSS_ORIGIN') return { kind: 'protocol', reason: msg };
   if (NETWORK_CODES.has(code)) return { kind: 'unreachable', reason: msg.includes(code) ? msg : `${code}: ${msg}` };
   if (/CERT|SSL|TLS|SELF_SIGNED|UNABLE_TO_VERIFY|ERR_TLS/.test(code)) {
     return { kind: 'unreachable', reason: `TLS: ${msg} (check the registry's tls_verify / ca_file settings)` };

@@ -1,8 +1,9 @@
 /**
  * The HTTP(S) requests the registry client makes, on Node's own http/https: redirects
- * followed (to other hosts too, without the Authorization header), a timeout for
- * connecting and for every silence of the peer (also while a body streams), and bounded
- * body reads.
+ * followed (to other hosts too, without the Authorization header; a request body, which
+ * may carry a refresh token, is never re-sent to another origin), a timeout for
+ * connecting and for every silence of the peer (also while a body streams), an abort
+ * signal that tears down the request and its body, and bounded body reads.
  */
 import http, { type IncomingHttpHeaders, type IncomingMessage } from 'node:http';
 import https from 'node:https';
@@ -12,12 +13,14 @@ export interface HttpRequestOptions {
   method?: 'GET' | 'POST' | 'HEAD';
   headers?: Record<string, string>;
   body?: Buffer | string;
-  /** The agent for a URL (chosen per protocol; keeps TLS settings and connections). */
-  agent?: (url: URL) => http.Agent | undefined;
+  /** The agent for a URL, asked at every hop (it carries that host's TLS settings and connections). */
+  agent?: (url: URL) => http.Agent | undefined | Promise<http.Agent | undefined>;
   /** Milliseconds to connect and for any silence afterwards; 0 = none. */
   timeoutMs?: number;
   lookup?: LookupFunction;
   maxRedirects?: number;
+  /** Aborts the request, and the response body while it streams, with the signal's reason. */
+  signal?: AbortSignal;
 }
 
 export interface HttpResponse {
@@ -38,7 +41,8 @@ export async function httpRequest(url: string, opts: HttpRequestOptions = {}): P
   let headers = { ...(opts.headers ?? {}) };
   const max = opts.maxRedirects ?? 10;
   for (let hop = 0; ; hop++) {
-    const res = await requestOnce(current, method, headers, body, opts);
+    const agent = await opts.agent?.(current);
+    const res = await requestOnce(current, method, headers, body, agent, opts);
     const location = res.headers.location;
     if (!REDIRECTS.has(res.statusCode ?? 0) || !location) {
       return { status: res.statusCode ?? 0, headers: res.headers, url: current.toString(), body: res };
@@ -47,14 +51,22 @@ export async function httpRequest(url: string, opts: HttpRequestOptions = {}): P
     if (hop >= max) throw Object.assign(new Error(`more than ${max} redirects from ${url}`), { code: 'ERR_TOO_MANY_REDIRECTS' });
     const next = new URL(location, current);
     if (next.protocol !== 'http:' && next.protocol !== 'https:') throw new Error(`redirect to unsupported URL scheme ${next.protocol}`);
-    if (next.origin !== current.origin) {
-      // Credentials are for the registry, never for the storage a blob is redirected to.
-      headers = Object.fromEntries(Object.entries(headers).filter(([k]) => k.toLowerCase() !== 'authorization'));
-    }
     if (res.statusCode === 303 || ((res.statusCode === 301 || res.statusCode === 302) && method === 'POST')) {
       method = 'GET';
       body = undefined;
       headers = Object.fromEntries(Object.entries(headers).filter(([k]) => !/^content-(type|length)$/i.test(k)));
+    }
+    if (next.origin !== current.origin) {
+      // A body kept across a 307/308 (an OAuth2 form with a refresh token) would go to a
+      // host the credentials are not for: refuse rather than strip it.
+      if (body !== undefined) {
+        throw Object.assign(new Error(`refused to follow a ${res.statusCode} redirect from ${current.origin} to ${next.origin}: it would re-send the request body (credentials) to another origin`), {
+          code: 'ERR_REDIRECT_CROSS_ORIGIN',
+        });
+      }
+      // Credentials are for the registry, never for the storage a blob is redirected to
+      // (nor for the same host over plain HTTP: the origin includes the scheme).
+      headers = Object.fromEntries(Object.entries(headers).filter(([k]) => k.toLowerCase() !== 'authorization'));
     }
     current = next;
   }
@@ -65,16 +77,19 @@ function requestOnce(
   method: string,
   headers: Record<string, string>,
   body: Buffer | string | undefined,
+  agent: http.Agent | undefined,
   opts: HttpRequestOptions,
 ): Promise<IncomingMessage> {
   return new Promise((resolve, reject) => {
+    const signal = opts.signal;
+    if (signal?.aborted) return reject(signal.reason);
     const mod = url.protocol === 'https:' ? https : http;
     const h: Record<string, string> = { ...headers };
     if (body !== undefined) h['content-length'] = String(Buffer.byteLength(body));
     const req = mod.request(url, {
       method,
       headers: h,
-      agent: opts.agent?.(url),
+      agent,
       ...(opts.lookup ? { lookup: opts.lookup } : {}),
     });
     let response: IncomingMessage | undefined;
@@ -86,17 +101,30 @@ function requestOnce(
         req.destroy(err);
       });
     }
+    const onAbort = () => {
+      const reason = signal!.reason;
+      if (response) response.destroy(reason);
+      req.destroy(reason);
+    };
+    if (signal) {
+      signal.addEventListener('abort', onAbort, { once: true });
+      // One listener per request on a signal a whole pull shares: drop it when done.
+      req.once('close', () => {
+        if (!response) signal.removeEventListener('abort', onAbort);
+      });
+    }
     req.once('error', reject);
     req.once('response', (res) => {
       response = res;
+      if (signal) res.once('close', () => signal.removeEventListener('abort', onAbort));
       resolve(res);
     });
     req.end(body);
   });
 }
 
-/** Reads a whole body, refusing more than `limit` bytes. */
-export async function readBody(res: IncomingMessage, limit: number): Promise<Buffer> {
+/** Reads a whole body, refusing more than `limit` bytes; onChunk hears each chunk's length. */
+export async function readBody(res: IncomingMessage, limit: number, onChunk?: (bytes: number) => void): Promise<Buffer> {
   const declared = Number(res.headers['content-length']);
   if (Number.isFinite(declared) && declared > limit) {
     res.destroy();
@@ -111,20 +139,29 @@ export async function readBody(res: IncomingMessage, limit: number): Promise<Buf
       throw Object.assign(new Error(`body is larger than the ${limit} bytes allowed`), { code: 'ERR_BODY_TOO_LARGE' });
     }
     chunks.push(chunk);
+    onChunk?.(chunk.length);
   }
   return Buffer.concat(chunks);
 }
 
-/** Throws a response's body away (small ones are drained so the connection can be reused). */
+/**
+ * Throws a response's body away. Small ones are drained so the connection can be reused,
+ * but only for a moment: a peer that trickles them must not keep the socket forever.
+ */
 export function discard(res: IncomingMessage): void {
   const len = Number(res.headers['content-length']);
   if (Number.isFinite(len) && len <= 64 * 1024) {
     res.on('error', () => undefined);
+    const timer = setTimeout(() => res.destroy(), DRAIN_MS);
+    timer.unref();
+    res.once('close', () => clearTimeout(timer));
     res.resume();
   } else {
     res.destroy();
   }
 }
+
+const DRAIN_MS = 2000;
 
 /**
  * A short reason from a registry's JSON error body

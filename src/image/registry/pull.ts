@@ -3,7 +3,15 @@
  * the content store (several at a time, skipping what is already there), then the
  * manifest and the index. Everything is verified on the way in; two pulls of the same
  * image at once download each blob once (the store shares in-flight ingests).
+ *
+ * A pull that stops making progress fails (like kubelet's image-pull-progress-deadline):
+ * progress is a step done (the manifest resolved, a blob stored) or at least
+ * `progressMinBytes` received within `progressDeadlineMs`, so a registry trickling a byte
+ * every few seconds does not keep it alive. Every pull also has an overall cap. Either
+ * ends every request of the pull at once, and the pull fails with a 'stalled' error
+ * naming what it was waiting for.
  */
+import { setMaxListeners } from 'node:events';
 import { Readable } from 'node:stream';
 import type { RegistryConfig } from '../../config/config.js';
 import type { Logger } from '../../util/log.js';
@@ -18,7 +26,7 @@ import type { Platform } from './platform.js';
 export interface PullProgress {
   digest: string;
   kind: 'config' | 'layer';
-  /** Bytes of this blob received so far by this pull. */
+  /** Bytes of this blob received so far (by this pull, or the one it shares the download with). */
   downloaded: number;
   size: number;
 }
@@ -38,10 +46,28 @@ export interface PullOptions {
   onResolved?: (r: { configDigest: string; layers: Descriptor[] }) => void;
   /** Told each blob that is in the store (downloaded, or there already), as soon as it is. */
   onBlobStored?: (digest: string) => void;
+  /**
+   * Called with every blob digest of the image (manifest, index, config, layers) once it
+   * is resolved, and awaited before the pull looks at which blobs are present: the image
+   * store keeps its collector off exactly these until the image is registered.
+   */
+  protect?: (digests: string[]) => Promise<void>;
   /** Tries per blob when a download breaks off (default 2); digest mismatches are never retried. */
   attempts?: number;
   logger?: Logger;
+  /** Milliseconds without progress after which the pull fails (default 60 000; 0 = never). */
+  progressDeadlineMs?: number;
+  /** Fewer bytes than this within progressDeadlineMs is no progress (default 64 KiB). */
+  progressMinBytes?: number;
+  /** Milliseconds the whole pull may take (default 1 h; 0 = no cap). */
+  timeoutMs?: number;
+  /** Cancels the pull (its reason is thrown). */
+  signal?: AbortSignal;
 }
+
+export const DEFAULT_PULL_PROGRESS_DEADLINE_MS = 60_000;
+export const DEFAULT_PULL_PROGRESS_MIN_BYTES = 64 * 1024;
+export const DEFAULT_PULL_TIMEOUT_MS = 3_600_000;
 
 /** What a pull brought into the store; fits ImageStore.register's ResolvedContent. */
 export interface PulledImage extends ResolvedImage {
@@ -54,9 +80,14 @@ export interface PulledImage extends ResolvedImage {
 export async function pullImageContent(ref: ImageReference | string, store: ContentStore, opts: PullOptions = {}): Promise<PulledImage> {
   const r = typeof ref === 'string' ? parseReference(ref) : ref;
   const client = opts.client ?? new RegistryClient({ registries: opts.registries, logger: opts.logger });
+  const watch = new PullWatchdog(r.toString(), client.endpointsFor(r)[0]!, opts);
+  const signal = watch.signal;
   try {
-    const resolved = await client.resolve(r, opts.platform, opts.auth);
+    const resolved = await client.resolve(r, opts.platform, opts.auth, { signal, onBytes: (n) => watch.bytes(n) });
+    watch.step(`blobs of ${resolved.manifestDigest}`, { url: resolved.endpoint, mirror: resolved.mirror });
     opts.onResolved?.({ configDigest: resolved.config.digest, layers: resolved.layers });
+    const all = [resolved.manifestDigest, ...(resolved.indexDigest ? [resolved.indexDigest] : []), resolved.config.digest, ...resolved.layers.map((l) => l.digest)];
+    if (opts.protect) await untilAborted(opts.protect([...new Set(all)]), signal);
     const downloaded: string[] = [];
     const jobs: { d: Descriptor; kind: 'config' | 'layer' }[] = [{ d: resolved.config, kind: 'config' }];
     const seen = new Set([resolved.config.digest]);
@@ -64,21 +95,136 @@ export async function pullImageContent(ref: ImageReference | string, store: Cont
       if (!seen.has(l.digest)) jobs.push({ d: l, kind: 'layer' });
       seen.add(l.digest);
     }
-    await runBounded(jobs, Math.max(1, opts.concurrency ?? 3), async ({ d, kind }) => {
+    const failFast = (e: unknown) => watch.abort(e); // the other downloads stop at once
+    await runBounded(jobs, Math.max(1, opts.concurrency ?? 3), failFast, async ({ d, kind }) => {
       if (!(await store.has(d.digest))) {
-        await ingestBlob(client, r, resolved, store, d, opts, () => void (downloaded.includes(d.digest) || downloaded.push(d.digest)), (n) =>
-          opts.onProgress?.({ digest: d.digest, kind, downloaded: n, size: d.size }),
-        );
+        let last = 0;
+        await ingestBlob(client, r, resolved, store, d, opts, signal, () => void (downloaded.includes(d.digest) || downloaded.push(d.digest)), (n) => {
+          // n restarts from 0 when a download is retried or another caller's is joined
+          watch.bytes(n >= last ? n - last : n);
+          last = n;
+          opts.onProgress?.({ digest: d.digest, kind, downloaded: n, size: d.size });
+        });
       }
+      watch.step(`blobs of ${resolved.manifestDigest}`);
       opts.onBlobStored?.(d.digest);
     });
     await ingestBytes(store, r, resolved, resolved.manifestDigest, resolved.manifest);
     if (resolved.indexDigest && resolved.index) await ingestBytes(store, r, resolved, resolved.indexDigest, resolved.index);
     opts.logger?.debug({ ref: r.toString(), manifest: resolved.manifestDigest, endpoint: resolved.endpoint, downloaded: downloaded.length }, 'pulled image content');
     return { ...resolved, configDigest: resolved.config.digest, downloaded };
+  } catch (e) {
+    if (signal.aborted) throw signal.reason; // whatever broke first, the deadline is the cause
+    throw e;
   } finally {
+    watch.stop();
     if (!opts.client) client.close();
   }
+}
+
+/**
+ * The deadlines of one pull: no progress within progressDeadlineMs, or the whole pull
+ * past timeoutMs, aborts `signal` with a 'stalled' RegistryError that says what was
+ * awaited, from where, and which setting to change.
+ */
+class PullWatchdog {
+  private readonly controller = new AbortController();
+  private readonly deadlineMs: number;
+  private readonly minBytes: number;
+  private readonly timeoutMs: number;
+  private readonly started = Date.now();
+  private windowStart = Date.now();
+  private windowBytes = 0;
+  private total = 0;
+  private waitingFor = 'the manifest';
+  private timer: NodeJS.Timeout | undefined;
+  private overall: NodeJS.Timeout | undefined;
+  private readonly onExternalAbort: () => void;
+
+  constructor(private readonly reference: string, private endpoint: { url: string; mirror: boolean }, private readonly opts: PullOptions) {
+    this.deadlineMs = opts.progressDeadlineMs ?? DEFAULT_PULL_PROGRESS_DEADLINE_MS;
+    this.minBytes = opts.progressMinBytes ?? DEFAULT_PULL_PROGRESS_MIN_BYTES;
+    this.timeoutMs = opts.timeoutMs ?? DEFAULT_PULL_TIMEOUT_MS;
+    // Every request and download of the pull listens (and stops listening when done).
+    setMaxListeners(64, this.controller.signal);
+    if (this.deadlineMs > 0) this.timer = setTimeout(() => this.check(), this.deadlineMs);
+    if (this.timeoutMs > 0) {
+      this.overall = setTimeout(
+        () => this.fail(`it did not finish within ${seconds(this.timeoutMs)} (image_pull.timeout_seconds); ${this.total} bytes received, waiting for ${this.waitingFor}`),
+        this.timeoutMs,
+      );
+    }
+    this.onExternalAbort = () => this.abort(opts.signal!.reason);
+    if (opts.signal?.aborted) this.abort(opts.signal.reason);
+    else opts.signal?.addEventListener('abort', this.onExternalAbort, { once: true });
+  }
+
+  get signal(): AbortSignal {
+    return this.controller.signal;
+  }
+
+  bytes(n: number): void {
+    this.total += n;
+    this.windowBytes += n;
+    if (this.windowBytes >= this.minBytes) this.progressed();
+  }
+
+  /** A step of the pull is done (counts as progress); `next` is what it waits for now. */
+  step(next: string, endpoint?: { url: string; mirror: boolean }): void {
+    this.waitingFor = next;
+    if (endpoint) this.endpoint = endpoint;
+    this.progressed();
+  }
+
+  abort(reason: unknown): void {
+    if (!this.controller.signal.aborted) this.controller.abort(reason);
+    this.stop();
+  }
+
+  stop(): void {
+    clearTimeout(this.timer);
+    clearTimeout(this.overall);
+    this.opts.signal?.removeEventListener('abort', this.onExternalAbort);
+  }
+
+  private progressed(): void {
+    this.windowStart = Date.now();
+    this.windowBytes = 0;
+  }
+
+  /** Runs when a deadline may have passed: fails, or sleeps until the current window ends. */
+  private check(): void {
+    const idle = Date.now() - this.windowStart;
+    if (idle < this.deadlineMs) {
+      this.timer = setTimeout(() => this.check(), this.deadlineMs - idle);
+      return;
+    }
+    const got = this.windowBytes === 0 ? 'nothing' : `only ${this.windowBytes} bytes`;
+    this.fail(
+      `no progress for ${seconds(this.deadlineMs)}: received ${got} (at least ${this.minBytes} needed) while waiting for ${this.waitingFor}; ` +
+        `the registry is stalled or too slow (see image_pull.progress_deadline_seconds and image_pull.progress_min_bytes)`,
+    );
+  }
+
+  private fail(reason: string): void {
+    const err = new RegistryError('stalled', this.reference, [{ endpoint: this.endpoint.url, mirror: this.endpoint.mirror, kind: 'stalled', reason }], 'pull aborted: ' + (reason.startsWith('no progress') ? 'no progress' : 'too slow'));
+    this.opts.logger?.warn({ ref: this.reference, endpoint: this.endpoint.url, ms: Date.now() - this.started, bytes: this.total }, 'image pull aborted by its deadline');
+    this.abort(err);
+  }
+}
+
+function seconds(ms: number): string {
+  return ms % 1000 === 0 ? `${ms / 1000} s` : `${(ms / 1000).toFixed(1)} s`;
+}
+
+/** `p`, or the signal's reason as soon as it aborts. */
+function untilAborted<T>(p: Promise<T>, signal: AbortSignal): Promise<T> {
+  if (signal.aborted) return Promise.reject(signal.reason);
+  return new Promise<T>((resolve, reject) => {
+    const onAbort = () => reject(signal.reason);
+    signal.addEventListener('abort', onAbort, { once: true });
+    p.then(resolve, reject).finally(() => signal.removeEventListener('abort', onAbort));
+  });
 }
 
 async function ingestBlob(
@@ -88,6 +234,7 @@ async function ingestBlob(
   store: ContentStore,
   d: Descriptor,
   opts: PullOptions,
+  signal: AbortSignal,
   onOpen: () => void,
   onProgress: (n: number) => void,
 ): Promise<void> {
@@ -100,12 +247,14 @@ async function ingestBlob(
         d.size,
         async () => {
           onOpen();
-          return client.fetchBlob(r, d, opts.auth, { endpoint: resolved.endpoint });
+          return client.fetchBlob(r, d, opts.auth, { endpoint: resolved.endpoint, signal });
         },
         onProgress,
+        { signal },
       );
       return;
     } catch (e) {
+      if (signal.aborted) throw signal.reason;
       if (e instanceof BlobVerificationError) {
         throw RegistryError.at('digest-mismatch', r.toString(), where, e.message);
       }
@@ -129,8 +278,11 @@ async function ingestBytes(store: ContentStore, r: ImageReference, resolved: Res
   }
 }
 
-/** Runs `fn` over items, at most `limit` at a time; stops starting new ones after a failure and throws the first. */
-async function runBounded<T>(items: T[], limit: number, fn: (item: T) => Promise<void>): Promise<void> {
+/**
+ * Runs `fn` over items, at most `limit` at a time; after a failure starts no new ones,
+ * tells onFailure (to stop the running ones) and throws the first failure.
+ */
+async function runBounded<T>(items: T[], limit: number, onFailure: (e: unknown) => void, fn: (item: T) => Promise<void>): Promise<void> {
   let next = 0;
   let failure: { e: unknown } | undefined;
   const worker = async () => {
@@ -139,7 +291,10 @@ async function runBounded<T>(items: T[], limit: number, fn: (item: T) => Promise
       try {
         await fn(item);
       } catch (e) {
-        failure ??= { e };
+        if (!failure) {
+          failure = { e };
+          onFailure(e);
+        }
       }
     }
   };
