@@ -482,14 +482,19 @@ const NO_META: Meta = { mode: 0, uid: 0, gid: 0, mtime: EPOCH };
 
 /**
  * A tar entry name as a path relative to the layer root ('' for the root itself):
- * `./` prefixes and trailing slashes dropped; absolute names and `..` refused.
+ * `./` prefixes and trailing slashes dropped; absolute names, `..` and names Linux
+ * cannot hold (longer than PATH_MAX, a component longer than NAME_MAX) refused.
  */
 export function checkedRelative(name: string): string {
   if (name.includes('\0')) throw new LayerRefusedError(name, 'a NUL byte in the name');
   if (name.startsWith('/')) throw new LayerRefusedError(name, 'an absolute path would land outside the layer');
   const parts = name.split('/').filter((p) => p !== '' && p !== '.');
   if (parts.includes('..')) throw new LayerRefusedError(name, "a '..' component would land outside the layer");
-  return parts.join('/');
+  const rel = parts.join('/');
+  // Linux refuses longer names anyway; refusing here gives the reason and creates nothing first.
+  if (Buffer.byteLength(rel) > PATH_BYTES_MAX) throw new LayerRefusedError(name.slice(0, 200), `a name longer than ${PATH_BYTES_MAX} bytes`);
+  if (parts.some((p) => Buffer.byteLength(p) > NAME_BYTES_MAX)) throw new LayerRefusedError(name.slice(0, 200), `a path component longer than ${NAME_BYTES_MAX} bytes`);
+  return rel;
 }
 
 let paxPatched = false;
