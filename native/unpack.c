@@ -345,27 +345,6 @@ static void op_file(struct op *o)
 	if (fd < 0)
 		fail("file", o->path, errno, strerror(errno));
 	uint64_t left = o->data_len;
-	/* What is already buffered goes by write(); the rest of a large file moves pipe -> file by splice, no copy through here. */
-	size_t buffered = in_len - in_pos;
-	if (left > buffered && buffered < IN_BUF / 4) {
-		if (buffered > 0) {
-			write_all(o->path, fd, in_buf + in_pos, buffered);
-			in_pos += buffered;
-			left -= buffered;
-		}
-		while (left > 0) {
-			ssize_t n = splice(0, NULL, fd, NULL, left > IN_BUF ? IN_BUF : (size_t)left, SPLICE_F_MOVE | SPLICE_F_MORE);
-			if (n < 0 && errno == EINTR)
-				continue;
-			if (n < 0 && (errno == EINVAL || errno == ESPIPE))
-				break; /* stdin is not a pipe: read and write below */
-			if (n < 0)
-				fail("file", o->path, errno, strerror(errno));
-			if (n == 0)
-				fail("file", o->path, EPIPE, "input ended inside the file's data");
-			left -= (uint64_t)n;
-		}
-	}
 	while (left > 0) {
 		const unsigned char *p;
 		size_t n = in_peek(left > IN_BUF ? IN_BUF : (size_t)left, &p);
@@ -515,8 +494,6 @@ int main(int argc, char **argv)
 		return 2;
 	}
 	umask(0);
-	/* A larger pipe means fewer wake-ups between Node and this helper for file data (best effort). */
-	(void)fcntl(0, F_SETPIPE_SZ, IN_BUF);
 	root_fd = open(argv[1], O_PATH | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
 	if (root_fd < 0)
 		fail("open", argv[1], errno, strerror(errno));
