@@ -239,25 +239,43 @@ test('a symlink with an empty target is refused with a reason', async () => {
   await expectOutcome(entries, { refused: /"empty".*empty target/ });
 });
 
-test('the process survives a layer whose entries fail in the background (empty symlink target, then 63 symlinks)', async () => {
-  const entries: HostileEntry[] = [{ name: 'empty', type: 'symlink', linkname: '' }];
-  for (let i = 0; i < 63; i++) entries.push({ name: `s${i}`, type: 'symlink', linkname: `t${i}` });
-  const layer = await layerFromTar(await hostileTar(entries), 'none');
-  const file = path.join(host, `layer-${n++}`);
-  const target = path.join(host, `target-${n++}`);
-  await fs.writeFile(file, layer.bytes);
-  await fs.mkdir(target);
-  // A child Node process, as the daemon would be: an unhandled rejection would end it with status 1.
+/** Applies each layer in a child Node process, as the daemon would; an unhandled rejection would end it with status 1. */
+async function applyInChild(layers: HostileEntry[][]): Promise<string> {
+  const jobs: { file: string; target: string; mediaType: string }[] = [];
+  for (const entries of layers) {
+    const layer = await layerFromTar(await hostileTar(entries), 'none');
+    const file = path.join(host, `layer-${n++}`);
+    const target = path.join(host, `target-${n++}`);
+    await fs.writeFile(file, layer.bytes);
+    await fs.mkdir(target);
+    jobs.push({ file, target, mediaType: layer.mediaType });
+  }
   const script = `
     const { applyLayer } = await import(${JSON.stringify(path.join(packageRoot(), 'dist/src/image/unpack.js'))});
-    try { await applyLayer(${JSON.stringify(file)}, ${JSON.stringify(layer.mediaType)}, ${JSON.stringify(target)}); console.log('applied'); }
-    catch (e) { console.log('rejected: ' + e.message); }
+    for (const j of ${JSON.stringify(jobs)}) {
+      try { await applyLayer(j.file, j.mediaType, j.target); console.log('applied'); }
+      catch (e) { console.log('rejected: ' + e.message); }
+    }
     await new Promise((r) => setTimeout(r, 500)); // time for a stray background failure to surface
     console.log('still alive');`;
   const r = spawnSync(process.execPath, ['--input-type=module', '-e', script], { encoding: 'utf8', timeout: 60_000 });
   assert.equal(r.status, 0, `child exited with ${r.status}: ${r.stderr}`);
-  assert.match(r.stdout, /rejected: .*empty target/);
   assert.match(r.stdout, /still alive/);
+  return r.stdout;
+}
+
+test('the process survives a layer whose entries fail in the background (empty symlink target, then 63 symlinks)', async () => {
+  const entries: HostileEntry[] = [{ name: 'empty', type: 'symlink', linkname: '' }];
+  for (let i = 0; i < 63; i++) entries.push({ name: `s${i}`, type: 'symlink', linkname: `t${i}` });
+  assert.match(await applyInChild([entries]), /rejected: .*empty target/);
+});
+
+test('a failure inside corral-unpack mid-stream (an xattr the kernel refuses, more entries queued behind it) fails that layer with its reason; the process survives', async () => {
+  const entries: HostileEntry[] = [{ name: 'f', content: 'x', pax: { 'SCHILY.xattr.nonsense.namespace': 'v' } }];
+  for (let i = 0; i < 300; i++) entries.push({ name: `g${i}`, content: 'y'.repeat(i * 100) });
+  entries.push({ name: 'big', content: Buffer.alloc(4 << 20, 1) });
+  const out = await applyInChild([entries, [{ name: 'ok', content: 'fine' }]]);
+  assert.match(out, /rejected: unpacking into .* failed: xattr "f": Operation not supported\napplied\n/);
 });
 
 // ---- corral-unpack alone: the guarantee does not depend on Node's checks
