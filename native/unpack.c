@@ -104,7 +104,7 @@ static void json_string(const char *s)
 /* Set by the resolver when it refused a path (rather than failing to find it). */
 static int refused_escape;
 
-static int fail(const char *op, const char *path, int err, const char *msg)
+static _Noreturn void fail(const char *op, const char *path, int err, const char *msg)
 {
 	printf("{\"error\":");
 	json_string(msg);
@@ -238,6 +238,8 @@ static int openat2_beneath(const char *path, uint64_t flags)
 	do
 		fd = syscall(SYS_openat2, root_fd, path, &how, sizeof how);
 	while (fd < 0 && errno == EAGAIN);
+	if (fd < 0 && errno == ENOSYS)
+		fail("openat2", path, ENOSYS, "openat2(2) is not available: Corral needs Linux 5.6 or later to unpack layers safely");
 	if (fd < 0 && (errno == ELOOP || errno == EXDEV))
 		refused_escape = 1;
 	return (int)fd;
