@@ -2,7 +2,7 @@
 # Builds Corral's native helpers from native/*.c into dist/native/:
 #   native/pause.c    -> dist/native/corral-pause
 #   native/nshelper.c -> dist/native/corral-nshelper
-#   native/fsnodes.c  -> dist/native/corral-fsnodes
+#   native/unpack.c   -> dist/native/corral-unpack
 # Static binaries (gcc -O2 -static -Wall -Werror), so they need only the kernel.
 # A binary is rebuilt only when its source (or this script) is newer than it.
 # Needs gcc and libc6-dev (which ships the static libc.a) on Debian/Ubuntu.
@@ -45,4 +45,4 @@ build() {
 
 build corral-pause pause.c
 build corral-nshelper nshelper.c
-build corral-fsnodes fsnodes.c
+build corral-unpack unpack.c

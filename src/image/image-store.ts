@@ -12,7 +12,7 @@ import { invalidArgument } from '../cri/errors.js';
 import { ContentStore } from './content-store.js';
 import { parseReference } from './reference.js';
 import { SnapshotStore, chainIds } from './snapshots.js';
-import { applyLayer } from './unpack.js';
+import { applyLayer, LayerRefusedError, UnpackHelperError } from './unpack.js';
 import { processAlive } from '../util/process.js';
 
 export interface ImageRecord {
@@ -234,7 +234,10 @@ export class ImageStore {
       if (await this.snapshots.has(chain[i]!)) return;
       await blobReady(layer.digest);
       await this.snapshots.prepare(chain[i]!, async (dir: string) => {
-        const { diffId } = await applyLayer(this.content.blobPath(layer.digest), layer.mediaType, dir);
+        const { diffId } = await applyLayer(this.content.blobPath(layer.digest), layer.mediaType, dir).catch((e: unknown) => {
+          if (e instanceof LayerRefusedError || e instanceof UnpackHelperError) e.message = `image ${reference}: layer ${layer.digest}: ${e.message}`;
+          throw e;
+        });
         if (diffId !== diffIds[i]) {
           throw new Error(`image ${reference}: layer ${layer.digest} unpacks to ${diffId}, but the config says ${diffIds[i]}`);
         }

@@ -7,21 +7,25 @@
  * - escape checks: an entry (or hard-link target) with a `..` component, an absolute
  *   name, or a parent that is a symlink is refused, and the whole layer with it (the
  *   caller unpacks into a temporary directory it removes on failure, so nothing is left);
- * - device nodes, fifos and xattrs (Node has no mknod or setxattr) are made in one batch
- *   by the corral-fsnodes helper.
+ * - the directory itself is only ever touched by one corral-unpack helper per layer
+ *   (native/unpack.c), fed a stream of operations: it resolves every path beneath the
+ *   layer root with openat2(RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | ...) and never
+ *   follows a final symlink, so no order of entries (a directory replaced by a symlink
+ *   after its xattrs or metadata were recorded ...) can reach a file outside the layer.
  *
  * Modes (with setuid/setgid/sticky), numeric owners, mtimes, symlinks and hard links
  * are kept. The uncompressed stream is hashed on the way, giving the layer's diff ID.
  */
-import { spawn } from 'node:child_process';
-import { createReadStream, createWriteStream, promises as fs } from 'node:fs';
+import { spawn, type ChildProcess } from 'node:child_process';
+import { createReadStream, promises as fs } from 'node:fs';
 import { createRequire } from 'node:module';
 import path from 'node:path';
-import type { Readable } from 'node:stream';
+import type { Readable, Writable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { createGunzip } from 'node:zlib';
 import tarStream from 'tar-stream';
-import { execFile } from '../util/exec.js';
+import { status as GrpcStatus } from '@grpc/grpc-js';
+import { CriError } from '../cri/errors.js';
 import { nativeBinary } from '../util/paths.js';
 import { sha256Counter } from '../util/hash-stream.js';
 
@@ -32,9 +36,10 @@ export interface AppliedLayer {
   size: number;
 }
 
-export class LayerRefusedError extends Error {
+/** A layer whose content Corral will not unpack (an escape, a name Linux cannot hold ...): bad input, INVALID_ARGUMENT. */
+export class LayerRefusedError extends CriError {
   constructor(entry: string, reason: string) {
-    super(`refusing layer entry ${JSON.stringify(entry)}: ${reason}`);
+    super(GrpcStatus.INVALID_ARGUMENT, `refusing layer entry ${JSON.stringify(entry)}: ${reason}`);
     this.name = 'LayerRefusedError';
   }
 }
@@ -64,7 +69,8 @@ export async function applyLayer(layerFile: string, mediaType: string, targetDir
   const fed = pipeline(tarBytes, hasher.stream, extract as unknown as NodeJS.WritableStream);
   // If the consumer below stops early, the feeding pipeline's error is the one to report.
   fed.catch(() => {});
-  const writer = new LayerWriter(root);
+  const helper = new UnpackHelper(root);
+  const writer = new LayerWriter(helper);
   try {
     for await (const entry of extract) {
       await writer.apply(entry.header, entry as unknown as Readable);
@@ -74,8 +80,11 @@ export async function applyLayer(layerFile: string, mediaType: string, targetDir
     await writer.finish();
   } catch (e) {
     tarBytes.destroy();
+    await helper.abort(); // gone before the caller removes the directory
+    if (e instanceof LayerRefusedError || e instanceof UnpackHelperError) throw e;
+    // A stream error (corrupt gzip, truncated tar): the feeding pipeline's reason is the one to report.
     const fedError = await fed.then(() => undefined, (err: Error) => err);
-    throw fedError && !(e instanceof LayerRefusedError) ? fedError : e;
+    throw fedError ?? e;
   }
   return { diffId: hasher.digest(), size: hasher.size() };
 }
@@ -113,38 +122,31 @@ async function openDecompressed(file: string): Promise<{ stream: Readable; finis
   return { stream: createReadStream(file, { highWaterMark: READ_CHUNK }), finished: Promise.resolve() };
 }
 
-type FsnodeOp = { op: 'mknod'; path: string; mode: number; major: number; minor: number } | { op: 'xattr'; path: string; name: string; value: Buffer };
-
 type EntryKind = 'dir' | 'file' | 'symlink' | 'node';
 
-/** Files up to this size are buffered and written off the tar stream's critical path. */
-const DEFERRED_FILE_MAX = 1 << 20;
-/** Bound on buffered bytes waiting to be written. */
-const DEFERRED_BYTES_MAX = 64 << 20;
+/** Linux's PATH_MAX and NAME_MAX: longer names cannot be created, so they are refused up front. */
+const PATH_BYTES_MAX = 4095;
+const NAME_BYTES_MAX = 255;
 
 /**
- * Writes the entries of one layer under root. The layer starts as an empty directory,
- * so an in-memory map of what this layer created is the whole truth about it: the escape
- * checks consult it (no lstat per entry), and small files are written, owned, moded and
- * timed in the background while the tar stream moves on, so the filesystem work of many
- * entries overlaps on libuv's thread pool. finish() waits for all of it.
+ * Decides what each entry of one layer means and sends the resulting operations to the
+ * layer's UnpackHelper, the only code that touches the directory. The layer starts as an
+ * empty directory, so an in-memory map of what this layer created is the whole truth
+ * about it: the checks here consult it (no lstat per entry) to refuse escapes with a clear
+ * reason. They are not what keeps the host safe: the helper resolves every path beneath
+ * the root without following symlinks, whatever order the entries come in.
  */
 class LayerWriter {
   private readonly kinds = new Map<string, EntryKind>([['', 'dir']]);
-  /** Background work per path (a file being written); a hard link or replacement waits for it. */
-  private readonly pending = new Map<string, Promise<void>>();
-  private pendingBytes = 0;
-  private readonly nodes = new Map<string, FsnodeOp & { op: 'mknod' }>();
-  private readonly xattrs: (FsnodeOp & { op: 'xattr' })[] = [];
-  /** Metadata applied once every entry exists: node owners, then directory metadata. */
-  private readonly nodeOwners = new Map<string, { uid: number; gid: number; mtime: Date }>();
-  private readonly dirMeta = new Map<string, { uid: number; gid: number; mode: number; mtime: Date }>();
+  /** Directory metadata, applied once every entry exists (creating entries changes a directory's mtime). */
+  private readonly dirMeta = new Map<string, Meta>();
 
-  constructor(private readonly root: string) {}
+  constructor(private readonly helper: UnpackHelper) {}
 
   async apply(h: tarStream.Header, body: Readable): Promise<void> {
     try {
       await this.applyEntry(h, body);
+      await this.helper.settle(); // bounds what is buffered for the helper, and surfaces its failure
     } finally {
       body.resume(); // a skipped or failed entry must still be drained for the next one to come
     }
@@ -155,92 +157,63 @@ class LayerWriter {
     if (rel === '') return; // the layer root itself: the snapshot dir keeps its own attributes
     const parent = path.posix.dirname(rel) === '.' ? '' : path.posix.dirname(rel);
     const base = path.posix.basename(rel);
+    const meta: Meta = { mode: (h.mode ?? 0o644) & 0o7777, uid: h.uid ?? 0, gid: h.gid ?? 0, mtime: h.mtime ?? new Date(0) };
 
     if (base === OPAQUE_MARKER) {
-      await this.ensureDir(parent, h.name);
-      this.xattrs.push({ op: 'xattr', path: this.abs(parent), name: OVERLAY_OPAQUE_XATTR, value: Buffer.from('y') });
+      this.ensureDir(parent, h.name);
+      this.helper.xattr(parent, OVERLAY_OPAQUE_XATTR, Buffer.from('y'));
       return;
     }
     if (base.startsWith(WHITEOUT_PREFIX)) {
       if (base.startsWith(`${WHITEOUT_PREFIX}${WHITEOUT_PREFIX}`)) return; // AUFS metadata (.wh..wh.plnk ...): no overlay meaning
-      const hidden = path.posix.join(parent, base.slice(WHITEOUT_PREFIX.length));
-      await this.ensureDir(parent, h.name);
-      await this.clear(hidden);
-      this.nodes.set(hidden, { op: 'mknod', path: this.abs(hidden), mode: S_IFCHR, major: 0, minor: 0 });
+      const hiddenBase = base.slice(WHITEOUT_PREFIX.length);
+      if (hiddenBase === '' || hiddenBase === '.' || hiddenBase === '..') {
+        throw new LayerRefusedError(h.name, `a whiteout of ${JSON.stringify(hiddenBase)} would remove the directory itself or its parent`);
+      }
+      const hidden = parent === '' ? hiddenBase : `${parent}/${hiddenBase}`;
+      this.ensureDir(parent, h.name);
+      this.clear(hidden);
+      this.helper.mknod(hidden, S_IFCHR, 0, 0, { mode: 0, uid: 0, gid: 0, mtime: meta.mtime });
       this.kinds.set(hidden, 'node');
       return;
     }
 
-    await this.ensureDir(parent, h.name);
-    const abs = this.abs(rel);
-    const mode = (h.mode ?? 0o644) & 0o7777;
-    const uid = h.uid ?? 0;
-    const gid = h.gid ?? 0;
-    const mtime = h.mtime ?? new Date(0);
+    this.ensureDir(parent, h.name);
     if (h.type === 'directory') {
       if (this.kinds.get(rel) !== 'dir') {
-        await this.clear(rel);
-        await fs.mkdir(abs, { mode: 0o700 });
+        this.clear(rel);
+        this.helper.mkdir(rel, 0o700);
         this.kinds.set(rel, 'dir');
       }
-      this.dirMeta.set(rel, { uid, gid, mode, mtime });
+      this.dirMeta.set(rel, meta);
     } else {
-      await this.clear(rel);
       switch (h.type) {
         case 'file':
         case 'contiguous-file': {
+          this.clear(rel);
           this.kinds.set(rel, 'file');
-          const size = h.size ?? 0;
-          if (size <= DEFERRED_FILE_MAX) {
-            const data = await readAll(body, size);
-            this.defer(rel, data.length, async () => {
-              const fh = await fs.open(abs, 'wx', 0o600);
-              try {
-                if (data.length > 0) await fh.writeFile(data);
-                await fh.chown(uid, gid);
-                await fh.chmod(mode); // after chown, which drops setuid/setgid bits
-              } finally {
-                await fh.close();
-              }
-              await fs.utimes(abs, mtime, mtime);
-            });
-          } else {
-            await pipeline(body, createWriteStream(abs, { flags: 'wx', mode: 0o600 }));
-            await fs.chown(abs, uid, gid);
-            await fs.chmod(abs, mode);
-            await fs.utimes(abs, mtime, mtime);
-          }
+          await this.helper.file(rel, meta, h.size ?? 0, body);
           break;
         }
         case 'symlink':
+          // Linux cannot make a symlink to "": refused here with a reason, not failed in the helper.
+          if (!h.linkname) throw new LayerRefusedError(h.name, 'a symlink with an empty target');
+          if (Buffer.byteLength(h.linkname) > PATH_BYTES_MAX) throw new LayerRefusedError(h.name, `a symlink target longer than ${PATH_BYTES_MAX} bytes`);
+          this.clear(rel);
           this.kinds.set(rel, 'symlink');
-          this.defer(rel, 0, async () => {
-            await fs.symlink(h.linkname ?? '', abs);
-            await fs.lchown(abs, uid, gid);
-            await fs.lutimes(abs, mtime, mtime);
-          });
+          this.helper.symlink(rel, h.linkname, meta);
           break;
         case 'link': {
+          this.clear(rel); // first: a link to what it replaces (or to something under it) is refused below
           const target = checkedRelative(h.linkname ?? '');
           if (target === '') throw new LayerRefusedError(h.name, 'a hard link to the layer root');
           const targetParent = path.posix.dirname(target);
-          if (targetParent !== '.') await this.ensureDir(targetParent, h.name, false);
+          if (targetParent !== '.') this.ensureDir(targetParent, h.name, false);
           const kind = this.kinds.get(target);
           if (kind === undefined || kind === 'dir') {
             throw new LayerRefusedError(h.name, `its hard-link target ${JSON.stringify(h.linkname)} is not a file earlier in this layer`);
           }
-          if (kind === 'node') {
-            // Nodes are made in the final batch: make this one now, with its owner, to link to it.
-            await runFsnodes([...this.nodes.values()].filter((n) => n.path === this.abs(target)));
-            this.nodes.delete(target);
-            const owner = this.nodeOwners.get(target);
-            if (owner) {
-              await fs.lchown(this.abs(target), owner.uid, owner.gid);
-              await fs.lutimes(this.abs(target), owner.mtime, owner.mtime);
-            }
-          }
-          await this.pending.get(target);
-          await fs.link(this.abs(target), abs);
+          this.helper.link(rel, target);
           this.kinds.set(rel, kind);
           break;
         }
@@ -248,8 +221,8 @@ class LayerWriter {
         case 'block-device':
         case 'fifo': {
           const type = h.type === 'fifo' ? S_IFIFO : h.type === 'block-device' ? S_IFBLK : S_IFCHR;
-          this.nodes.set(rel, { op: 'mknod', path: abs, mode: type | mode, major: h.devmajor ?? 0, minor: h.devminor ?? 0 });
-          this.nodeOwners.set(rel, { uid, gid, mtime });
+          this.clear(rel);
+          this.helper.mknod(rel, type | meta.mode, h.devmajor ?? 0, h.devminor ?? 0, meta);
           this.kinds.set(rel, 'node');
           break;
         }
@@ -257,72 +230,27 @@ class LayerWriter {
           throw new LayerRefusedError(h.name, `unsupported tar entry type ${h.type}`);
       }
     }
+    // After the entry's own chown (which clears security.capability).
     for (const [key, value] of Object.entries(h.pax ?? {})) {
       if (!key.startsWith(PAX_XATTR_PREFIX)) continue;
       const name = key.slice(PAX_XATTR_PREFIX.length);
       // overlayfs's own xattrs in a layer would redirect lookups; only Corral sets those.
       if (name.startsWith('trusted.overlay.')) continue;
-      this.xattrs.push({ op: 'xattr', path: abs, name, value: Buffer.from(String(value), 'latin1') });
+      if (name === '' || Buffer.byteLength(name) > NAME_BYTES_MAX) throw new LayerRefusedError(h.name, `an xattr name of ${Buffer.byteLength(name)} bytes`);
+      const bytes = Buffer.from(String(value), 'latin1');
+      if (bytes.length > XATTR_VALUE_MAX) throw new LayerRefusedError(h.name, `the xattr ${name} is larger than ${XATTR_VALUE_MAX} bytes`);
+      this.helper.xattr(rel, name, bytes);
     }
   }
 
-  /** Runs fn in the background for rel; bounded, so buffered data cannot pile up. */
-  private defer(rel: string, bytes: number, fn: () => Promise<void>): void {
-    const p: Promise<void> = fn()
-      .catch((e: Error) => {
-        this.failure ??= e; // reported by the next settleAll
-      })
-      .finally(() => {
-        this.pendingBytes -= bytes;
-        if (this.pending.get(rel) === p) this.pending.delete(rel);
-      });
-    this.pendingBytes += bytes;
-    this.pending.set(rel, p);
-    if (this.pending.size >= 64 || this.pendingBytes >= DEFERRED_BYTES_MAX) this.backpressure = this.settleAll();
-  }
-  private backpressure: Promise<void> | undefined;
-  private failure: Error | undefined;
-
-  /** Waits for every background write; throws the first one that failed. */
-  private async settleAll(): Promise<void> {
-    while (this.pending.size > 0) await Promise.all([...this.pending.values()]);
-    if (this.failure) throw this.failure;
-  }
-
-  /** Device nodes and xattrs in one helper run, then their owners, then directory metadata. */
+  /** Directory metadata (deepest first does not matter: no entry is created any more), then the helper's verdict. */
   async finish(): Promise<void> {
-    await this.settleAll();
-    await runFsnodes([...this.nodes.values()]);
-    await Promise.all(
-      [...this.nodeOwners].filter(([rel]) => this.nodes.has(rel)).map(async ([rel, o]) => {
-        await fs.lchown(this.abs(rel), o.uid, o.gid);
-        await fs.lutimes(this.abs(rel), o.mtime, o.mtime);
-      }),
-    );
-    // xattrs after owners: chown clears security.capability.
-    await runFsnodes(this.xattrs);
-    // Directories last: creating their entries changed their mtimes.
-    await Promise.all(
-      [...this.dirMeta].map(async ([rel, m]) => {
-        const abs = this.abs(rel);
-        await fs.chown(abs, m.uid, m.gid);
-        await fs.chmod(abs, m.mode);
-        await fs.utimes(abs, m.mtime, m.mtime);
-      }),
-    );
-  }
-
-  private abs(rel: string): string {
-    return rel === '' ? this.root : path.join(this.root, rel);
+    for (const [rel, m] of this.dirMeta) this.helper.dirMeta(rel, m);
+    await this.helper.end();
   }
 
   /** Makes rel (and its parents) a directory if missing, 0755 like containerd; refuses a symlink or file in the way. */
-  private async ensureDir(rel: string, entryName: string, create = true): Promise<void> {
-    if (this.backpressure) {
-      const b = this.backpressure;
-      this.backpressure = undefined;
-      await b;
-    }
+  private ensureDir(rel: string, entryName: string, create = true): void {
     if (this.kinds.get(rel) === 'dir') return;
     let cur = '';
     for (const part of rel.split('/')) {
@@ -332,83 +260,244 @@ class LayerWriter {
       if (kind === 'symlink') throw new LayerRefusedError(entryName, `its path goes through the symlink ${JSON.stringify(cur)}`);
       if (kind !== undefined) throw new LayerRefusedError(entryName, `its parent ${JSON.stringify(cur)} is not a directory`);
       if (!create) throw new LayerRefusedError(entryName, `${JSON.stringify(cur)} does not exist in this layer`);
-      await fs.mkdir(this.abs(cur), { mode: 0o755 });
+      this.helper.mkdir(cur, 0o755);
       this.kinds.set(cur, 'dir');
     }
   }
 
-  /** Removes whatever an earlier entry of this layer put at rel, so a later entry replaces it. */
-  private async clear(rel: string): Promise<void> {
-    const kind = this.kinds.get(rel);
-    if (kind === undefined) return;
-    await this.settleAll(); // nothing may still be writing under rel
+  /**
+   * Removes whatever an earlier entry of this layer put at rel, so a later entry replaces
+   * it, and forgets everything recorded under it: no deferred work outlives its path.
+   */
+  private clear(rel: string): void {
+    if (!this.kinds.has(rel)) return;
     const under = (p: string) => p === rel || p.startsWith(`${rel}/`);
-    for (const m of [this.kinds, this.nodes, this.nodeOwners, this.dirMeta] as Map<string, unknown>[]) {
+    for (const m of [this.kinds, this.dirMeta] as Map<string, unknown>[]) {
       for (const k of [...m.keys()]) if (under(k)) m.delete(k);
     }
-    if (kind !== 'node' || (await lstatOrNull(this.abs(rel)))) await fs.rm(this.abs(rel), { recursive: true, force: true });
+    this.helper.remove(rel);
   }
 }
 
-/** Reads a tar entry's body (of known size) into one buffer. */
-async function readAll(body: Readable, size: number): Promise<Buffer> {
-  const out = Buffer.allocUnsafe(size);
-  let at = 0;
-  for await (const chunk of body) {
-    (chunk as Buffer).copy(out, at);
-    at += (chunk as Buffer).length;
+interface Meta {
+  mode: number;
+  uid: number;
+  gid: number;
+  mtime: Date;
+}
+
+const XATTR_VALUE_MAX = 65536;
+/** Operations are staged in a buffer of this size and written to the helper in one go. */
+const STAGE_BYTES = 256 << 10;
+/** File data chunks at least this big are written to the helper as they are, not copied. */
+const DIRECT_WRITE_MIN = 64 << 10;
+const HEADER_BYTES = 52;
+
+/** The helper reported a failure that is not a refusal (a full disk, a missing /proc ...). */
+export class UnpackHelperError extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = 'UnpackHelperError';
   }
-  return at === size ? out : out.subarray(0, at);
 }
 
 /**
+ * One corral-unpack process (native/unpack.c) applying a layer's operations to its
+ * directory: a framed stream on its stdin (file data included), one verdict on its stdout
+ * at the end. Operations are not acknowledged one by one: the helper stops at the first
+ * failure and says which, and settle() turns its early exit into that error.
+ */
+class UnpackHelper {
+  private readonly child: ChildProcess;
+  private readonly stdin: Writable;
+  private readonly exited: Promise<void>;
+  private exitedEarly = false;
+  private readonly stdout: Buffer[] = [];
+  private readonly stderr: Buffer[] = [];
+  private code: number | null = null;
+  private signal: NodeJS.Signals | null = null;
+  private spawnError: Error | undefined;
+  private stage = Buffer.allocUnsafe(STAGE_BYTES);
+  private staged = 0;
+  private needDrain = false;
+
+  constructor(private readonly root: string) {
+    this.child = spawn(nativeBinary('corral-unpack'), [root], { stdio: ['pipe', 'pipe', 'pipe'] });
+    this.stdin = this.child.stdin!;
+    // A helper that died makes writes fail with EPIPE; its own report says why.
+    this.stdin.on('error', () => {});
+    this.child.stdout!.on('data', (b: Buffer) => this.stdout.push(b));
+    this.child.stderr!.on('data', (b: Buffer) => this.stderr.push(b));
+    this.exited = new Promise<void>((resolve) => {
+      this.child.on('error', (e) => {
+        this.spawnError = e;
+        this.exitedEarly = true;
+        resolve();
+      });
+      this.child.on('close', (code, signal) => {
+        this.code = code;
+        this.signal = signal;
+        this.exitedEarly = true;
+        resolve();
+      });
+    });
+  }
+
+  mkdir(rel: string, mode: number): void {
+    this.op('d', rel, '', { mode, uid: 0, gid: 0, mtime: EPOCH }, 0, 0, 0);
+  }
+  symlink(rel: string, target: string, m: Meta): void {
+    this.op('l', rel, target, m, 0, 0, 0);
+  }
+  link(rel: string, target: string): void {
+    this.op('h', rel, target, NO_META, 0, 0, 0);
+  }
+  mknod(rel: string, mode: number, major: number, minor: number, m: Meta): void {
+    this.op('n', rel, '', { ...m, mode }, major, minor, 0);
+  }
+  remove(rel: string): void {
+    this.op('r', rel, '', NO_META, 0, 0, 0);
+  }
+  dirMeta(rel: string, m: Meta): void {
+    this.op('m', rel, '', m, 0, 0, 0);
+  }
+  xattr(rel: string, name: string, value: Buffer): void {
+    this.op('x', rel, name, NO_META, 0, 0, value.length);
+    this.push(value);
+  }
+
+  /** A regular file: its header, then its body streamed through (never buffered whole). */
+  async file(rel: string, m: Meta, size: number, body: Readable): Promise<void> {
+    this.op('f', rel, '', m, 0, 0, size);
+    let sent = 0;
+    for await (const chunk of body) {
+      const b = chunk as Buffer;
+      if (sent + b.length > size) throw new LayerRefusedError(rel, 'more data than its header says');
+      this.push(b);
+      sent += b.length;
+      if (this.staged === 0) await this.settle();
+    }
+    if (sent !== size) throw new LayerRefusedError(rel, `${size - sent} bytes of its data are missing`);
+  }
+
+  /** Waits while the helper's pipe is full; throws the helper's failure if it stopped. */
+  async settle(): Promise<void> {
+    if (this.needDrain && !this.exitedEarly) {
+      await new Promise<void>((resolve) => {
+        const done = () => {
+          this.stdin.off('drain', done);
+          this.stdin.off('close', done);
+          resolve();
+        };
+        this.stdin.on('drain', done);
+        this.stdin.on('close', done);
+        void this.exited.then(done);
+      });
+    }
+    this.needDrain = false;
+    if (this.exitedEarly) throw this.failure();
+  }
+
+  /** Sends END and waits for the verdict: resolves only if every operation succeeded. */
+  async end(): Promise<void> {
+    this.op('e', '', '', NO_META, 0, 0, 0);
+    this.flushStage();
+    this.stdin.end();
+    await this.exited;
+    if (this.code !== 0 || this.spawnError) throw this.failure();
+  }
+
+  /** Stops the helper (after a failure on the Node side) and waits until it is gone. */
+  async abort(): Promise<void> {
+    if (!this.exitedEarly) this.child.kill('SIGKILL');
+    await this.exited;
+  }
+
+  private failure(): Error {
+    if (this.spawnError) return new UnpackHelperError(`cannot run ${nativeBinary('corral-unpack')} (build Corral: npm run build): ${this.spawnError.message}`);
+    const out = Buffer.concat(this.stdout).toString('utf8').trim();
+    try {
+      const r = JSON.parse(out) as { error: string; op: string; path: string; escape?: boolean };
+      if (r.escape) return new LayerRefusedError(r.path, `${r.op}: ${r.error}`);
+      return new UnpackHelperError(`unpacking into ${this.root} failed: ${r.op} ${JSON.stringify(r.path)}: ${r.error}`);
+    } catch {
+      const how = this.signal ? `killed by ${this.signal}` : `exit status ${this.code}`;
+      const detail = (out || Buffer.concat(this.stderr).toString('utf8')).trim();
+      return new UnpackHelperError(`unpack helper for ${this.root} stopped (${how})${detail ? `: ${detail}` : ''}`);
+    }
+  }
+
+  private op(code: string, rel: string, arg: string, m: Meta, major: number, minor: number, dataLen: number): void {
+    const pathLen = Buffer.byteLength(rel);
+    const argLen = Buffer.byteLength(arg);
+    if (pathLen > PATH_BYTES_MAX) throw new LayerRefusedError(rel, `a path longer than ${PATH_BYTES_MAX} bytes`);
+    if (argLen > PATH_BYTES_MAX) throw new LayerRefusedError(rel, `a link target longer than ${PATH_BYTES_MAX} bytes`);
+    const need = HEADER_BYTES + pathLen + argLen;
+    if (this.staged + need > STAGE_BYTES) this.flushStage();
+    const b = this.stage;
+    let at = this.staged;
+    const ms = m.mtime.getTime();
+    const sec = Math.floor(ms / 1000);
+    b.fill(0, at, at + 4);
+    b[at] = code.charCodeAt(0);
+    b.writeUInt32LE(m.mode >>> 0, at + 4);
+    b.writeUInt32LE(m.uid >>> 0, at + 8);
+    b.writeUInt32LE(m.gid >>> 0, at + 12);
+    b.writeBigInt64LE(BigInt(Number.isFinite(sec) ? sec : 0), at + 16);
+    b.writeUInt32LE(Number.isFinite(sec) ? (ms - sec * 1000) * 1_000_000 : 0, at + 24);
+    b.writeUInt32LE(major >>> 0, at + 28);
+    b.writeUInt32LE(minor >>> 0, at + 32);
+    b.writeUInt32LE(pathLen, at + 36);
+    b.writeUInt32LE(argLen, at + 40);
+    b.writeBigUInt64LE(BigInt(dataLen), at + 44);
+    at += HEADER_BYTES;
+    at += b.write(rel, at, 'utf8');
+    at += b.write(arg, at, 'utf8');
+    this.staged = at;
+  }
+
+  private push(data: Buffer): void {
+    if (data.length >= DIRECT_WRITE_MIN) {
+      this.flushStage();
+      this.write(data);
+      return;
+    }
+    if (this.staged + data.length > STAGE_BYTES) this.flushStage();
+    data.copy(this.stage, this.staged);
+    this.staged += data.length;
+  }
+
+  private flushStage(): void {
+    if (this.staged === 0) return;
+    this.write(this.stage.subarray(0, this.staged));
+    this.stage = Buffer.allocUnsafe(STAGE_BYTES); // the written one belongs to the stream now
+    this.staged = 0;
+  }
+
+  private write(b: Buffer): void {
+    if (this.exitedEarly) return;
+    if (!this.stdin.write(b)) this.needDrain = true;
+  }
+}
+
+const EPOCH = new Date(0);
+const NO_META: Meta = { mode: 0, uid: 0, gid: 0, mtime: EPOCH };
+
+/**
  * A tar entry name as a path relative to the layer root ('' for the root itself):
- * `./` prefixes and trailing slashes dropped; absolute names and `..` refused.
+ * `./` prefixes and trailing slashes dropped; absolute names, `..` and names Linux
+ * cannot hold (longer than PATH_MAX, a component longer than NAME_MAX) refused.
  */
 export function checkedRelative(name: string): string {
   if (name.includes('\0')) throw new LayerRefusedError(name, 'a NUL byte in the name');
   if (name.startsWith('/')) throw new LayerRefusedError(name, 'an absolute path would land outside the layer');
   const parts = name.split('/').filter((p) => p !== '' && p !== '.');
   if (parts.includes('..')) throw new LayerRefusedError(name, "a '..' component would land outside the layer");
-  return parts.join('/');
-}
-
-async function lstatOrNull(p: string) {
-  try {
-    return await fs.lstat(p);
-  } catch (e) {
-    if ((e as NodeJS.ErrnoException).code === 'ENOENT') return null;
-    throw e;
-  }
-}
-
-async function runFsnodes(ops: FsnodeOp[]): Promise<void> {
-  if (ops.length === 0) return;
-  const fields: Buffer[] = [];
-  const field = (s: string | Buffer) => fields.push(Buffer.isBuffer(s) ? s : Buffer.from(s), Buffer.from([0]));
-  for (const o of ops) {
-    field(o.op);
-    field(o.path);
-    if (o.op === 'mknod') {
-      field(o.mode.toString(8));
-      field(String(o.major));
-      field(String(o.minor));
-    } else {
-      field(o.name);
-      field(o.value.toString('hex'));
-    }
-  }
-  const r = await execFile(nativeBinary('corral-fsnodes'), [], { input: Buffer.concat(fields), timeoutMs: 60_000 });
-  if (r.code !== 0) {
-    let detail = (r.stdout || r.stderr).trim();
-    try {
-      const j = JSON.parse(r.stdout) as { error: string; op: string; path: string };
-      detail = `${j.op} ${j.path}: ${j.error}`;
-    } catch {
-      /* not JSON: keep the raw text */
-    }
-    throw new Error(`making device nodes and xattrs failed: ${detail}`);
-  }
+  const rel = parts.join('/');
+  // Linux refuses longer names anyway; refusing here gives the reason and creates nothing first.
+  if (Buffer.byteLength(rel) > PATH_BYTES_MAX) throw new LayerRefusedError(name.slice(0, 200), `a name longer than ${PATH_BYTES_MAX} bytes`);
+  if (parts.some((p) => Buffer.byteLength(p) > NAME_BYTES_MAX)) throw new LayerRefusedError(name.slice(0, 200), `a path component longer than ${NAME_BYTES_MAX} bytes`);
+  return rel;
 }
 
 let paxPatched = false;

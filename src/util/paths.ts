@@ -17,7 +17,7 @@ export function packageRoot(): string {
   return dir;
 }
 
-/** A helper program compiled from native/ by scripts/build-native.sh (corral-pause, corral-nshelper, corral-fsnodes). */
+/** A helper program compiled from native/ by scripts/build-native.sh (corral-pause, corral-nshelper, corral-unpack). */
 export function nativeBinary(name: string): string {
   return path.join(packageRoot(), 'dist', 'native', name);
 }

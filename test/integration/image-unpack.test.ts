@@ -10,6 +10,7 @@ import { promises as fs } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { execFileSync } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
 import { applyLayer } from '../../src/image/unpack.js';
 import { SnapshotStore, chainIds, mountOverlayRootfs, unmountOverlayRootfs } from '../../src/image/snapshots.js';
 import { busyboxEntries, layerFromTar, makeTar, sha256, whiteoutEntries, MT, type TarEntry, type TestLayer } from '../helpers/test-images.js';
@@ -118,6 +119,20 @@ test('a later entry for the same path replaces the earlier one', async () => {
   assert.equal(await fs.readFile(path.join(dir, 'x/inner'), 'utf8'), 'in');
   assert.ok((await fs.lstat(path.join(dir, 'y'))).isFile());
   assert.equal(await fs.readFile(path.join(dir, 'y'), 'utf8'), 'plain file, not written through the symlink');
+});
+
+test('file data comes through byte for byte, whatever its size and the compression', async () => {
+  const sizes = [0, 1, 511, 512, 65535, 65536, 65537, 262144, 262145, 1 << 20, (3 << 20) + 7];
+  const files = sizes.map((size, i) => ({ path: `data/f${i}`, content: randomBytes(size), mode: 0o640, uid: 7, gid: 8, mtime: T2 }));
+  const small = Array.from({ length: 500 }, (_, i) => ({ path: `small/${i % 10}/s${i}`, content: `small ${i}\n`.repeat(i % 7) }));
+  for (const compression of ['none', 'gzip', 'zstd'] as const) {
+    const { dir } = await unpackEntries([...files, ...small], compression);
+    for (const f of [...files, ...small]) {
+      assert.equal(sha256(await fs.readFile(path.join(dir, f.path))), sha256(Buffer.from(f.content)), `${compression} ${f.path}`);
+    }
+    const st = await fs.lstat(path.join(dir, 'data/f10'));
+    assert.deepEqual([st.mode & 0o7777, st.uid, st.gid, st.mtime.getTime()], [0o640, 7, 8, T2.getTime()]);
+  }
 });
 
 test('binary xattrs written by GNU tar are kept byte for byte', async () => {
