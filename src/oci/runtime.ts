@@ -139,8 +139,6 @@ export interface ExecResult {
   stderr: Buffer;
   /** The deadline passed; the command and everything it started were killed. */
   timedOut: boolean;
-  /** False when the pipes were still held open after the drain time and were closed on the holders. */
-  drained: boolean;
 }
 
 export interface OciRuntimeOptions {
@@ -241,9 +239,10 @@ export class OciRuntime {
    * - once the command exits, output still arriving is read for up to EXEC_DRAIN_MS; then
    *   the pipes are closed and the call answers with the command's exit code, even if a
    *   background descendant still holds them (it keeps running, as with cri-o, and gets
-   *   EPIPE when it next writes);
-   * - output beyond the cap is read and discarded, so a chatty command never blocks on a
-   *   full pipe and the daemon never buffers more than the cap.
+   *   EPIPE when it next writes); only a deadline kills what a command leaves behind;
+   * - output beyond the cap is read and discarded (by the reaper, outside the daemon), so
+   *   a chatty command never blocks on a full pipe and the daemon never holds more.
+   * A runtime that cannot run the command at all is an OciRuntimeError, not an exit code.
    */
   async exec(id: string, args: string[], opts: ExecOptions): Promise<ExecResult> {
     let cg: ExecCgroup;
@@ -271,20 +270,26 @@ export class OciRuntime {
   /**
    * The runtime runs detached under corral-execreaper (native/execreaper.c): a non-detached
    * `runc exec` relays output through pipes of its own and exits only at their EOF, so a
-   * descendant holding them would hold the call. Detached, the command writes straight
-   * into our pipes, and the reaper exits with it and reports its status on fd 3.
+   * descendant holding them would hold the call. The reaper gives the command its own pipes,
+   * keeps their tails (so a flood never reaches the daemon), exits once the command has
+   * exited and the pipes are drained (or the drain time is over), and reports on fd 3.
    */
   private execReaped(cg: ExecCgroup, pidFile: string, id: string, args: string[], opts: ExecOptions): Promise<ExecResult> {
     const cap = opts.maxOutputBytes ?? EXEC_OUTPUT_CAP_BYTES;
     const drainMs = opts.drainMs ?? EXEC_DRAIN_MS;
     const runtimeArgs = ['--root', this.root, 'exec', '--detach', '--pid-file', pidFile, '--cgroup', cg.name, id, ...args];
-    const child = spawn(nativeBinary('corral-execreaper'), [pidFile, this.binary, ...runtimeArgs], { stdio: ['ignore', 'pipe', 'pipe', 'pipe'], detached: true });
+    const child = spawn(nativeBinary('corral-execreaper'), [String(cap), String(drainMs), pidFile, this.binary, ...runtimeArgs], {
+      stdio: ['ignore', 'pipe', 'pipe', 'pipe'],
+      detached: true,
+    });
+    // The reaper sends at most `cap` bytes a stream; the daemon holds no more even if it did not.
     const out = new TailBuffer(cap);
     const err = new TailBuffer(cap);
-    child.stdout!.on('data', (b: Buffer) => out.push(b));
-    child.stderr!.on('data', (b: Buffer) => err.push(b));
-    const report: Buffer[] = [];
-    (child.stdio[3] as Readable).on('data', (b: Buffer) => report.length < 16 && report.push(b));
+    const report = new TailBuffer(256);
+    const streams = [child.stdout!, child.stderr!, child.stdio[3] as Readable];
+    streams[0]!.on('data', (b: Buffer) => out.push(b));
+    streams[1]!.on('data', (b: Buffer) => err.push(b));
+    streams[2]!.on('data', (b: Buffer) => report.push(b));
     let spawnError: Error | undefined;
     const exited = new Promise<void>((res) => {
       child.on('exit', () => res());
@@ -293,8 +298,7 @@ export class OciRuntime {
         res();
       });
     });
-    const outputClosed = Promise.all([new Promise((r) => child.stdout!.on('close', r)), new Promise((r) => child.stderr!.on('close', r))]);
-    const reportClosed = new Promise((r) => (child.stdio[3] as Readable).on('close', r));
+    const allClosed = Promise.all(streams.map((s) => new Promise((r) => s.on('close', r))));
     const within = (p: Promise<unknown>, ms: number) => Promise.race([p.then(() => true), sleep(ms).then(() => false)]);
     const killReaper = () => {
       try {
@@ -321,20 +325,18 @@ export class OciRuntime {
           this.logger?.warn({ id, pids: await cg.pids() }, 'timed-out exec: processes still alive after SIGKILL');
         }
       }
-      await within(reportClosed, 1000);
-      const drained = await within(outputClosed, timedOut ? Math.min(drainMs, 1000) : drainMs);
-      if (!drained) {
-        // A descendant holds the pipes: stop reading so the call can answer.
-        child.stdout!.destroy();
-        child.stderr!.destroy();
-      }
-      if (out.dropped || err.dropped) this.logger?.warn({ id, stdoutDropped: out.dropped, stderrDropped: err.dropped, keptBytes: cap }, 'exec output over the cap: only its tail is kept');
-      const result = { stdout: out.toBuffer(), stderr: err.toBuffer(), timedOut, drained };
+      // Only the reaper holds these pipes, and it has exited.
+      if (!(await within(allClosed, 1000))) streams.forEach((s) => s.destroy());
+      const result = { stdout: out.toBuffer(), stderr: err.toBuffer(), timedOut };
       if (timedOut) return { ...result, exitCode: 137 };
-      const m = /^(exited|signaled|runtime-failed|lost) (-?\d+)$/m.exec(Buffer.concat(report).toString('utf8'));
+      const m = /^(exited|signaled|runtime-failed|lost) (-?\d+) (\d+) (\d+)$/m.exec(report.toBuffer().toString('utf8'));
+      if (m && (m[3] !== '0' || m[4] !== '0')) this.logger?.warn({ id, stdoutDropped: Number(m[3]), stderrDropped: Number(m[4]), keptBytes: cap }, 'exec output over the cap: only its tail is kept');
       if (m?.[1] === 'exited') return { ...result, exitCode: Number(m[2]) };
       if (m?.[1] === 'signaled') return { ...result, exitCode: 128 + Number(m[2]) };
-      const why = m?.[1] === 'lost' ? `the command's exit status was lost (errno ${m[2]})` : (parseRuntimeLog(result.stderr.subarray(-4096).toString('utf8')) || `exit status ${m?.[2] ?? child.exitCode}`);
+      const why =
+        m?.[1] === 'lost'
+          ? `the command's exit status was lost (errno ${m[2]})`
+          : parseRuntimeLog(result.stderr.subarray(-4096).toString('utf8')) || `exit status ${m?.[2] ?? child.exitCode}`;
       throw new OciRuntimeError(this.name, 'exec', id, null, why);
     })();
   }

@@ -1,8 +1,7 @@
 /**
- * Keeps the last `cap` bytes of a stream and counts the rest. Memory is one buffer that
- * grows (doubling) up to `cap` and is then used as a ring, so it never holds more than
- * `cap` bytes however the stream is chunked (a flood of one-byte chunks costs no more than
- * one big one).
+ * Keeps the last `cap` bytes of a stream and counts the rest. Memory is one buffer (64 KiB,
+ * then `cap`) used as a ring, so it never holds more than `cap` bytes however the stream is
+ * chunked (a flood of one-byte chunks costs no more than one big one).
  */
 export class TailBuffer {
   private buf = Buffer.alloc(0);
@@ -35,7 +34,9 @@ export class TailBuffer {
       return;
     }
     if (this.len + chunk.length > this.buf.length && this.buf.length < this.cap) {
-      this.resize(Math.min(this.cap, Math.max(this.buf.length * 2, this.len + chunk.length, 4096)));
+      // Small outputs stay small; past 64 KiB go straight to the cap: a large buffer is
+      // mapped on demand, so its untouched pages cost nothing, and no copy is made twice.
+      this.resize(this.len + chunk.length <= 65536 ? Math.min(this.cap, 65536) : this.cap);
     }
     // Either it fits, or the buffer is at cap and the oldest bytes are overwritten.
     const size = this.buf.length;
@@ -52,8 +53,9 @@ export class TailBuffer {
     }
   }
 
-  /** The kept bytes, oldest first (a copy). */
+  /** The kept bytes, oldest first (shares memory with this buffer when they are not wrapped). */
   toBuffer(): Buffer {
+    if (this.start + this.len <= this.buf.length) return this.buf.subarray(this.start, this.start + this.len);
     const out = Buffer.allocUnsafe(this.len);
     this.copyOut(out);
     return out;
