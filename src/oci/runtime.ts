@@ -130,6 +130,8 @@ export interface ExecOptions {
   maxOutputBytes?: number;
   /** Default EXEC_DRAIN_MS. */
   drainMs?: number;
+  /** Aborting (the client went away) kills the command's tree as the deadline does. */
+  signal?: AbortSignal;
 }
 
 export interface ExecResult {
@@ -310,8 +312,14 @@ export class OciRuntime {
 
     return (async (): Promise<ExecResult> => {
       let timer: NodeJS.Timeout | undefined;
-      const deadline = opts.timeoutMs > 0 ? new Promise<'deadline'>((res) => (timer = setTimeout(() => res('deadline'), opts.timeoutMs))) : new Promise<never>(() => {});
-      const first = await Promise.race([exited.then(() => 'exit' as const), deadline]);
+      // setTimeout fires at once beyond 2^31-1 ms; a timeout of ~25 days or more is that long.
+      const timeoutMs = Math.min(opts.timeoutMs, 2 ** 31 - 1);
+      const deadline = timeoutMs > 0 ? new Promise<'deadline'>((res) => (timer = setTimeout(() => res('deadline'), timeoutMs))) : new Promise<never>(() => {});
+      const signal = opts.signal;
+      const aborted = signal
+        ? new Promise<'deadline'>((res) => (signal.aborted ? res('deadline') : signal.addEventListener('abort', () => res('deadline'), { once: true })))
+        : new Promise<never>(() => {});
+      const first = await Promise.race([exited.then(() => 'exit' as const), deadline, aborted]);
       clearTimeout(timer);
       if (spawnError) throw new OciRuntimeError(this.name, 'exec', id, null, `cannot run corral-execreaper: ${spawnError.message}`);
       const timedOut = first === 'deadline';

@@ -126,6 +126,16 @@ for (const handler of ['runc', 'crun']) {
   });
 }
 
+test('a client that goes away takes the command with it, even without a deadline of its own', async () => {
+  const id = await runningContainer('crun', 'CONTAINER');
+  const forever = marker();
+  await assert.rejects(d.rpc('ExecSync', { containerId: id, cmd: ['sh', '-c', `sleep ${forever}`], timeout: 0 }, 2000), (e: any) => e.code === status.DEADLINE_EXCEEDED);
+  const until = Date.now() + 5000;
+  while ((await processesRunning(['sleep', forever])).length > 0 && Date.now() < until) await new Promise((r) => setTimeout(r, 100));
+  assert.deepEqual(await processesRunning(['sleep', forever]), [], 'the abandoned command was killed');
+  assert.equal((await d.rpc('ContainerStatus', { containerId: id })).status.state, 'CONTAINER_RUNNING');
+});
+
 test('output over the cap: the tail of each stream is kept, and the daemon does not buffer the flood', async () => {
   const id = await runningContainer('runc', 'CONTAINER');
   const cap = EXEC_OUTPUT_CAP_BYTES;
