@@ -21,7 +21,10 @@
  *   "exited <code> <dropped out> <dropped err>" | "signaled <signal> ..." |
  *   "runtime-failed <code> ..." (the tails are then the runtime's own output) | "lost <errno> ..."
  * The exit status mirrors it (code, 128+signal, or 125 when the command never ran).
- * The daemon enforces the deadline itself (it kills the command's cgroup and this helper).
+ * As soon as the command's status is known, a line "done <verdict> <value>" goes to fd 3
+ * first. SIGUSR1 ends the drain at once (the daemon's deadline came after the command
+ * finished). The daemon enforces the deadline itself (it kills the command's cgroup and
+ * this helper).
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -181,6 +184,7 @@ int main(int argc, char **argv)
 	sigset_t chld;
 	sigemptyset(&chld);
 	sigaddset(&chld, SIGCHLD);
+	sigaddset(&chld, SIGUSR1);
 	if (sigprocmask(SIG_BLOCK, &chld, NULL) < 0)
 		return die("sigprocmask");
 	int sfd = signalfd(-1, &chld, SFD_CLOEXEC | SFD_NONBLOCK);
@@ -232,8 +236,10 @@ int main(int argc, char **argv)
 		for (int i = 0; i < 2; i++)
 			ring_drain(&rings[i]);
 		struct signalfd_siginfo si;
+		int stop_draining = 0;
 		while (read(sfd, &si, sizeof si) == sizeof si)
-			;
+			if (si.ssi_signo == SIGUSR1)
+				stop_draining = 1;
 		for (;;) {
 			int st = 0;
 			pid_t pid = waitpid(-1, &st, WNOHANG);
@@ -277,8 +283,15 @@ int main(int argc, char **argv)
 				}
 			}
 		}
-		if (verdict && drain_until < 0)
+		if (verdict && drain_until < 0) {
 			drain_until = now_ms() + (long long)drain_ms;
+			/* Early word for the daemon: at its deadline, a finished command is not killed. */
+			char early[64];
+			int len = snprintf(early, sizeof early, "done %s %d\n", verdict, value);
+			write_all(RESULT_FD, early, (size_t)len);
+		}
+		if (verdict && stop_draining)
+			drain_until = now_ms();
 		int open_pipes = (rings[0].fd >= 0) + (rings[1].fd >= 0);
 		if (verdict && (open_pipes == 0 || now_ms() >= drain_until))
 			break;

@@ -322,7 +322,17 @@ export class OciRuntime {
       const first = await Promise.race([exited.then(() => 'exit' as const), deadline, aborted]);
       clearTimeout(timer);
       if (spawnError) throw new OciRuntimeError(this.name, 'exec', id, null, `cannot run corral-execreaper: ${spawnError.message}`);
-      const timedOut = first === 'deadline';
+      // A command that finished in time is not killed for a drain running past the deadline.
+      const finished = /^done /m.test(report.toBuffer().toString('utf8'));
+      if (first === 'deadline' && finished && !signal?.aborted) {
+        try {
+          if (child.pid) process.kill(child.pid, 'SIGUSR1');
+        } catch {
+          /* exited meanwhile */
+        }
+        if (!(await within(exited, EXEC_KILL_WAIT_MS))) killReaper();
+      }
+      const timedOut = first === 'deadline' && !(finished && !signal?.aborted);
       if (timedOut) {
         // The tree first, then the reaper and the runtime (which may still be setting the
         // command up); once they are gone nothing new can join, so kill again and wait it out.
@@ -337,8 +347,9 @@ export class OciRuntime {
       if (!(await within(allClosed, 1000))) streams.forEach((s) => s.destroy());
       const result = { stdout: out.toBuffer(), stderr: err.toBuffer(), timedOut };
       if (timedOut) return { ...result, exitCode: 137 };
-      const m = /^(exited|signaled|runtime-failed|lost) (-?\d+) (\d+) (\d+)$/m.exec(report.toBuffer().toString('utf8'));
-      if (m && (m[3] !== '0' || m[4] !== '0')) this.logger?.warn({ id, stdoutDropped: Number(m[3]), stderrDropped: Number(m[4]), keptBytes: cap }, 'exec output over the cap: only its tail is kept');
+      const reported = report.toBuffer().toString('utf8');
+      const m = /^(exited|signaled|runtime-failed|lost) (-?\d+) (\d+) (\d+)$/m.exec(reported) ?? /^done (exited|signaled|runtime-failed|lost) (-?\d+)()()$/m.exec(reported);
+      if (m?.[3] && (m[3] !== '0' || m[4] !== '0')) this.logger?.warn({ id, stdoutDropped: Number(m[3]), stderrDropped: Number(m[4]), keptBytes: cap }, 'exec output over the cap: only its tail is kept');
       if (m?.[1] === 'exited') return { ...result, exitCode: Number(m[2]) };
       if (m?.[1] === 'signaled') return { ...result, exitCode: 128 + Number(m[2]) };
       const why =

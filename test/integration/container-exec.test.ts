@@ -107,7 +107,7 @@ for (const handler of ['runc', 'crun']) {
     });
   }
 
-  test(`${handler}: without a deadline, a command that exits while a descendant holds its stdout answers in bounded time`, async () => {
+  test(`${handler}: a command that exits while a descendant holds its stdout answers in bounded time, with its own exit code, deadline or not`, async () => {
     const id = await runningContainer(handler, 'CONTAINER');
     const holder = marker();
     const [r, err, ms] = await timed(execSync(id, ['sh', '-c', `setsid sleep ${holder} & echo started; exit 4`], 0));
@@ -123,6 +123,14 @@ for (const handler of ['runc', 'crun']) {
     assert.equal(qerr, undefined);
     assert.equal(q.stdout.toString(), 'ok\n');
     assert.ok(qms < 1500, `answered after ${qms} ms`);
+
+    // With a deadline shorter than the drain: the command finished in time, so it is its answer.
+    const early = marker();
+    const [e, eerr, ems] = await timed(execSync(id, ['sh', '-c', `setsid sleep ${early} & echo done; exit 2`], 1));
+    assert.equal(eerr, undefined, `answered: ${(eerr as Error)?.message}`);
+    assert.deepEqual([e.exitCode, e.stdout.toString()], [2, 'done\n']);
+    assert.ok(ems < 3000, `answered after ${ems} ms`);
+    assert.equal((await processesRunning(['sleep', early])).length, 1, 'what a command that finished in time left running is not killed');
   });
 }
 
