@@ -420,6 +420,7 @@ export class ContainerService {
 
   async execSync(idOrPrefix: string, cmd: string[], timeoutSeconds: number, signal?: AbortSignal): Promise<{ stdout: Buffer; stderr: Buffer; exitCode: number }> {
     if (!cmd || cmd.length === 0) throw invalidArgument('ExecSync needs a command');
+    if (cmd.some((a) => typeof a !== 'string' || a.includes('\0')) || cmd[0] === '') throw invalidArgument('ExecSync: cmd must be strings without NUL bytes, the first one not empty');
     const rec = await this.status(idOrPrefix);
     if (rec.state !== 'running') throw failedPrecondition(`container ${rec.id} is ${rec.state}, not running`);
     let r;

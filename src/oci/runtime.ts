@@ -110,12 +110,13 @@ export function parseRuntimeLog(text: string): string {
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
 /**
- * The most of each of stdout and stderr an exec keeps (its tail). Both streams full still
- * make a response well inside the 16 MiB gRPC message limit of kubelet and Corral
- * (containerd keeps the first 16 MiB of each, so its full responses are refused), and
- * concurrent probes cannot make the daemon hold more than this per stream each.
+ * The most of each of stdout and stderr an exec keeps (its tail): 1 MiB. That is a hundred
+ * times what kubelet reads of a probe's output (10 KiB), both streams full make a response
+ * far inside the 16 MiB gRPC message limit of kubelet and Corral (containerd keeps the first
+ * 16 MiB of each, so its full responses are refused), and many concurrent probes flooding
+ * their output cost the daemon a few MiB each, not the size of the flood.
  */
-export const EXEC_OUTPUT_CAP_BYTES = 4 * 1024 * 1024;
+export const EXEC_OUTPUT_CAP_BYTES = 1024 * 1024;
 /** How long output may still arrive after the exec'd command exits (descendants may hold its pipes). */
 export const EXEC_DRAIN_MS = 2_000;
 /** Bound on waiting for SIGKILLed exec processes to disappear. */
