@@ -40,7 +40,7 @@ const CNI_RELOAD_INTERVAL_MS = 1000;
 
 export async function startDaemon(cfg: CorralConfig, logger: Logger): Promise<Daemon> {
   const t0 = Date.now();
-  for (const bin of ['corral-nshelper', 'corral-pause', 'corral-unpack']) {
+  for (const bin of ['corral-nshelper', 'corral-pause', 'corral-unpack', 'corral-execreaper']) {
     if (!existsSync(nativeBinary(bin))) throw new Error(`${nativeBinary(bin)} is missing: build Corral first (npm run build)`);
   }
   await fs.mkdir(cfg.rootDir, { recursive: true, mode: 0o711 });

@@ -473,12 +473,22 @@ export class ContainerService {
     return all.filter((r): r is ContainerRecord => r !== undefined);
   }
 
-  async execSync(idOrPrefix: string, cmd: string[], timeoutSeconds: number): Promise<{ stdout: Buffer; stderr: Buffer; exitCode: number }> {
+  async execSync(idOrPrefix: string, cmd: string[], timeoutSeconds: number, signal?: AbortSignal): Promise<{ stdout: Buffer; stderr: Buffer; exitCode: number }> {
     if (!cmd || cmd.length === 0) throw invalidArgument('ExecSync needs a command');
+    if (cmd.some((a) => typeof a !== 'string' || a.includes('\0')) || cmd[0] === '') throw invalidArgument('ExecSync: cmd must be strings without NUL bytes, the first one not empty');
     const rec = await this.status(idOrPrefix);
     if (rec.state !== 'running') throw failedPrecondition(`container ${rec.id} is ${rec.state}, not running`);
-    const r = await this.deps.runtimeFor(this.handlerOf(rec)).exec(rec.id, cmd, timeoutSeconds > 0 ? timeoutSeconds * 1000 : 0);
-    if (r.timedOut) throw deadlineExceeded(`command ${JSON.stringify(cmd)} in container ${rec.id} timed out after ${timeoutSeconds}s`);
+    let r;
+    try {
+      r = await this.deps.runtimeFor(this.handlerOf(rec)).exec(rec.id, cmd, { timeoutMs: timeoutSeconds > 0 ? timeoutSeconds * 1000 : 0, initPid: rec.pid, signal });
+    } catch (e) {
+      // The container may have exited meanwhile: say so rather than how exec failed.
+      const now = await this.current(rec.id).catch(() => undefined);
+      if (now?.state !== 'running') throw failedPrecondition(`container ${rec.id} is ${now?.state ?? 'removed'}, not running`);
+      throw internalError(`exec in container ${rec.id}: ${(e as Error).message}`);
+    }
+    if (r.timedOut && signal?.aborted) throw deadlineExceeded(`the client of ExecSync went away; command ${JSON.stringify(cmd)} in container ${rec.id} and every process it started were killed`);
+    if (r.timedOut) throw deadlineExceeded(`command ${JSON.stringify(cmd)} in container ${rec.id} timed out after ${timeoutSeconds}s; it and every process it started were killed`);
     return { stdout: r.stdout, stderr: r.stderr, exitCode: r.exitCode };
   }
 

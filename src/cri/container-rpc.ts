@@ -81,9 +81,16 @@ export function containerHandlers(containers: ContainerService) {
       return { status, info };
     },
 
-    async ExecSync(req: any) {
-      const r = await containers.execSync(requireId(req.containerId), req.cmd ?? [], Number(req.timeout ?? 0));
-      return { stdout: r.stdout, stderr: r.stderr, exitCode: r.exitCode };
+    async ExecSync(req: any, call?: { cancelled: boolean }) {
+      // A client that goes away (its deadline, a cancel) must not leave the command running.
+      const gone = new AbortController();
+      const watch = setInterval(() => call?.cancelled && gone.abort(), 500);
+      try {
+        const r = await containers.execSync(requireId(req.containerId), req.cmd ?? [], Number(req.timeout ?? 0), gone.signal);
+        return { stdout: r.stdout, stderr: r.stderr, exitCode: r.exitCode };
+      } finally {
+        clearInterval(watch);
+      }
     },
   };
 }

@@ -11,9 +11,13 @@ import { promises as fs } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { randomBytes } from 'node:crypto';
+import type { Readable } from 'node:stream';
 import type { RuntimeHandlerConfig } from '../config/config.js';
+import { nativeBinary } from '../util/paths.js';
 import type { Logger } from '../util/log.js';
 import { capabilitiesFromMask } from './spec.js';
+import { ExecCgroup } from './exec-cgroup.js';
+import { TailBuffer } from '../util/tail-buffer.js';
 
 export type OciStatus = 'creating' | 'created' | 'running' | 'stopped' | 'paused';
 
@@ -104,6 +108,41 @@ export function parseRuntimeLog(text: string): string {
 }
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+/**
+ * The most of each of stdout and stderr an exec keeps (its tail): 1 MiB. That is a hundred
+ * times what kubelet reads of a probe's output (10 KiB), both streams full make a response
+ * far inside the 16 MiB gRPC message limit of kubelet and Corral (containerd keeps the first
+ * 16 MiB of each, so its full responses are refused), and many concurrent probes flooding
+ * their output cost the daemon a few MiB each, not the size of the flood.
+ */
+export const EXEC_OUTPUT_CAP_BYTES = 1024 * 1024;
+/** How long output may still arrive after the exec'd command exits (descendants may hold its pipes). */
+export const EXEC_DRAIN_MS = 2_000;
+/** Bound on waiting for SIGKILLed exec processes to disappear. */
+const EXEC_KILL_WAIT_MS = 5_000;
+
+export interface ExecOptions {
+  /** 0: no deadline. */
+  timeoutMs: number;
+  /** Host PID of the container's init: the exec cgroup goes under its cgroups. */
+  initPid: number;
+  /** Default EXEC_OUTPUT_CAP_BYTES. */
+  maxOutputBytes?: number;
+  /** Default EXEC_DRAIN_MS. */
+  drainMs?: number;
+  /** Aborting (the client went away) kills the command's tree as the deadline does. */
+  signal?: AbortSignal;
+}
+
+export interface ExecResult {
+  exitCode: number;
+  /** The last maxOutputBytes of each stream. */
+  stdout: Buffer;
+  stderr: Buffer;
+  /** The deadline passed; the command and everything it started were killed. */
+  timedOut: boolean;
+}
 
 export interface OciRuntimeOptions {
   /** Upper bound for any single runtime command (default 60 s); the command is killed after it. */
@@ -196,48 +235,130 @@ export class OciRuntime {
 
   /**
    * Runs a command in a running container (`exec`, with the container's own process
-   * settings), collecting its output as bytes. A timeout kills the command inside the
-   * container (its host PID comes from exec's --pid-file) and the runtime, and resolves
-   * with timedOut set; the exit code is the command's own.
+   * settings) in an exec cgroup of its own (see exec-cgroup.ts), collecting the last
+   * EXEC_OUTPUT_CAP_BYTES of stdout and of stderr. Bounded in time and memory:
+   * - at the deadline (timeoutMs > 0) every process the command started, setsid-ed or
+   *   reparented ones included, is SIGKILLed and gone before this resolves (timedOut set);
+   * - once the command exits, output still arriving is read for up to EXEC_DRAIN_MS; then
+   *   the pipes are closed and the call answers with the command's exit code, even if a
+   *   background descendant still holds them (it keeps running, as with cri-o, and gets
+   *   EPIPE when it next writes); only a deadline kills what a command leaves behind;
+   * - output beyond the cap is read and discarded (by the reaper, outside the daemon), so
+   *   a chatty command never blocks on a full pipe and the daemon never holds more.
+   * A runtime that cannot run the command at all is an OciRuntimeError, not an exit code.
    */
-  async exec(id: string, args: string[], timeoutMs: number): Promise<{ exitCode: number; stdout: Buffer; stderr: Buffer; timedOut: boolean }> {
+  async exec(id: string, args: string[], opts: ExecOptions): Promise<ExecResult> {
+    let cg: ExecCgroup;
+    try {
+      cg = await ExecCgroup.create(opts.initPid, id);
+    } catch (e) {
+      throw new OciRuntimeError(this.name, 'exec', id, null, (e as Error).message);
+    }
+    try {
+      return await this.execIn(cg, id, args, opts);
+    } finally {
+      if (!(await cg.remove())) this.logger?.debug({ id, cgroup: cg.name }, 'exec left processes running; its cgroup is removed once they end');
+    }
+  }
+
+  private async execIn(cg: ExecCgroup, id: string, args: string[], opts: ExecOptions): Promise<ExecResult> {
     const pidFile = path.join(os.tmpdir(), `corral-exec-${process.pid}-${randomBytes(6).toString('hex')}.pid`);
     try {
-      return await new Promise((resolve, reject) => {
-        const child = spawn(this.binary, ['--root', this.root, 'exec', '--pid-file', pidFile, id, ...args], { stdio: ['ignore', 'pipe', 'pipe'], detached: true });
-        const out: Buffer[] = [];
-        const err: Buffer[] = [];
-        let timedOut = false;
-        child.stdout.on('data', (b: Buffer) => out.push(b));
-        child.stderr.on('data', (b: Buffer) => err.push(b));
-        const timer =
-          timeoutMs > 0
-            ? setTimeout(async () => {
-                timedOut = true;
-                // The command itself first: killing only the runtime would leave it running in the container.
-                const pid = Number((await fs.readFile(pidFile, 'utf8').catch(() => '0')).trim());
-                for (const target of [pid, -child.pid!]) {
-                  if (!target) continue;
-                  try {
-                    process.kill(target, 'SIGKILL');
-                  } catch {
-                    /* gone already */
-                  }
-                }
-              }, timeoutMs)
-            : undefined;
-        child.on('error', (e) => {
-          if (timer) clearTimeout(timer);
-          reject(new OciRuntimeError(this.name, 'exec', id, null, `cannot run ${this.binary}: ${e.message}`));
-        });
-        child.on('close', (code, signal) => {
-          if (timer) clearTimeout(timer);
-          resolve({ exitCode: code ?? (signal ? 128 + (os.constants.signals[signal] ?? 9) : 1), stdout: Buffer.concat(out), stderr: Buffer.concat(err), timedOut });
-        });
-      });
+      return await this.execReaped(cg, pidFile, id, args, opts);
     } finally {
       await fs.rm(pidFile, { force: true });
     }
+  }
+
+  /**
+   * The runtime runs detached under corral-execreaper (native/execreaper.c): a non-detached
+   * `runc exec` relays output through pipes of its own and exits only at their EOF, so a
+   * descendant holding them would hold the call. The reaper gives the command its own pipes,
+   * keeps their tails (so a flood never reaches the daemon), exits once the command has
+   * exited and the pipes are drained (or the drain time is over), and reports on fd 3.
+   */
+  private execReaped(cg: ExecCgroup, pidFile: string, id: string, args: string[], opts: ExecOptions): Promise<ExecResult> {
+    const cap = opts.maxOutputBytes ?? EXEC_OUTPUT_CAP_BYTES;
+    const drainMs = opts.drainMs ?? EXEC_DRAIN_MS;
+    const runtimeArgs = ['--root', this.root, 'exec', '--detach', '--pid-file', pidFile, '--cgroup', cg.name, id, ...args];
+    const child = spawn(nativeBinary('corral-execreaper'), [String(cap), String(drainMs), pidFile, this.binary, ...runtimeArgs], {
+      stdio: ['ignore', 'pipe', 'pipe', 'pipe'],
+      detached: true,
+    });
+    // The reaper sends at most `cap` bytes a stream; the daemon holds no more even if it did not.
+    const out = new TailBuffer(cap);
+    const err = new TailBuffer(cap);
+    const report = new TailBuffer(256);
+    const streams = [child.stdout!, child.stderr!, child.stdio[3] as Readable];
+    streams[0]!.on('data', (b: Buffer) => out.push(b));
+    streams[1]!.on('data', (b: Buffer) => err.push(b));
+    streams[2]!.on('data', (b: Buffer) => report.push(b));
+    let spawnError: Error | undefined;
+    const exited = new Promise<void>((res) => {
+      child.on('exit', () => res());
+      child.on('error', (e) => {
+        spawnError = e;
+        res();
+      });
+    });
+    const allClosed = Promise.all(streams.map((s) => new Promise((r) => s.on('close', r))));
+    const within = (p: Promise<unknown>, ms: number) => Promise.race([p.then(() => true), sleep(ms).then(() => false)]);
+    const killReaper = () => {
+      try {
+        if (child.pid) process.kill(-child.pid, 'SIGKILL');
+      } catch {
+        /* gone already */
+      }
+    };
+
+    return (async (): Promise<ExecResult> => {
+      let timer: NodeJS.Timeout | undefined;
+      // setTimeout fires at once beyond 2^31-1 ms; a timeout of ~25 days or more is that long.
+      const timeoutMs = Math.min(opts.timeoutMs, 2 ** 31 - 1);
+      const deadline = timeoutMs > 0 ? new Promise<'deadline'>((res) => (timer = setTimeout(() => res('deadline'), timeoutMs))) : new Promise<never>(() => {});
+      const signal = opts.signal;
+      const aborted = signal
+        ? new Promise<'deadline'>((res) => (signal.aborted ? res('deadline') : signal.addEventListener('abort', () => res('deadline'), { once: true })))
+        : new Promise<never>(() => {});
+      const first = await Promise.race([exited.then(() => 'exit' as const), deadline, aborted]);
+      clearTimeout(timer);
+      if (spawnError) throw new OciRuntimeError(this.name, 'exec', id, null, `cannot run corral-execreaper: ${spawnError.message}`);
+      // A command that finished in time is not killed for a drain running past the deadline.
+      const finished = /^done /m.test(report.toBuffer().toString('utf8'));
+      if (first === 'deadline' && finished && !signal?.aborted) {
+        try {
+          if (child.pid) process.kill(child.pid, 'SIGUSR1');
+        } catch {
+          /* exited meanwhile */
+        }
+        if (!(await within(exited, EXEC_KILL_WAIT_MS))) killReaper();
+      }
+      const timedOut = first === 'deadline' && !(finished && !signal?.aborted);
+      if (timedOut) {
+        // The tree first, then the reaper and the runtime (which may still be setting the
+        // command up); once they are gone nothing new can join, so kill again and wait it out.
+        await cg.killAll(EXEC_KILL_WAIT_MS);
+        killReaper();
+        await within(exited, EXEC_KILL_WAIT_MS);
+        if (!(await cg.killAll(EXEC_KILL_WAIT_MS))) {
+          this.logger?.warn({ id, pids: await cg.pids() }, 'timed-out exec: processes still alive after SIGKILL');
+        }
+      }
+      // Only the reaper holds these pipes, and it has exited.
+      if (!(await within(allClosed, 1000))) streams.forEach((s) => s.destroy());
+      const result = { stdout: out.toBuffer(), stderr: err.toBuffer(), timedOut };
+      if (timedOut) return { ...result, exitCode: 137 };
+      const reported = report.toBuffer().toString('utf8');
+      const m = /^(exited|signaled|runtime-failed|lost) (-?\d+) (\d+) (\d+)$/m.exec(reported) ?? /^done (exited|signaled|runtime-failed|lost) (-?\d+)()()$/m.exec(reported);
+      if (m?.[3] && (m[3] !== '0' || m[4] !== '0')) this.logger?.warn({ id, stdoutDropped: Number(m[3]), stderrDropped: Number(m[4]), keptBytes: cap }, 'exec output over the cap: only its tail is kept');
+      if (m?.[1] === 'exited') return { ...result, exitCode: Number(m[2]) };
+      if (m?.[1] === 'signaled') return { ...result, exitCode: 128 + Number(m[2]) };
+      const why =
+        m?.[1] === 'lost'
+          ? `the command's exit status was lost (errno ${m[2]})`
+          : parseRuntimeLog(result.stderr.subarray(-4096).toString('utf8')) || `exit status ${m?.[2] ?? child.exitCode}`;
+      throw new OciRuntimeError(this.name, 'exec', id, null, why);
+    })();
   }
 
   /** The ids of every container under this runtime's root. */
