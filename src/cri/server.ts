@@ -4,7 +4,7 @@
 
 import net from 'node:net';
 import { Duplex } from 'node:stream';
-import { chmod, lstat, mkdir, rm } from 'node:fs/promises';
+import { chmod, link, lstat, mkdir, mkdtemp, rm } from 'node:fs/promises';
 import path from 'node:path';
 import * as grpc from '@grpc/grpc-js';
 import type { Logger } from '../util/log.js';
@@ -119,6 +119,48 @@ async function prepareSocketPath(socketPath: string): Promise<void> {
   await rm(socketPath, { force: true });
 }
 
+/** Longest path a unix socket can be bound at (sun_path is 108 bytes, NUL included). */
+const MAX_SOCKET_PATH_BYTES = 107;
+
+/**
+ * Listen on a unix socket at socketPath whose mode is `mode` from the moment the path
+ * exists. bind(2) creates the file with 0777 & ~umask, so the socket is bound inside a
+ * fresh private directory (0700, made by mkdtemp: nobody else can reach it there), given its
+ * mode, and only then hard-linked to socketPath; link(2) fails rather than replacing a path
+ * that appeared meanwhile. The process umask is not touched: it is process-wide, and libuv's
+ * worker threads create files concurrently.
+ */
+async function listenWithMode(netServer: net.Server, socketPath: string, mode: number): Promise<void> {
+  const privateDir = await mkdtemp(path.join(path.dirname(socketPath), '.corral-bind-'));
+  const privatePath = path.join(privateDir, 's');
+  let listening = false;
+  try {
+    if (Buffer.byteLength(privatePath) > MAX_SOCKET_PATH_BYTES) {
+      throw new Error(`corral: socket directory ${path.dirname(socketPath)} is too long a path to bind a socket in (at most ${MAX_SOCKET_PATH_BYTES - 22} bytes)`);
+    }
+    await new Promise<void>((resolve, reject) => {
+      netServer.once('error', reject);
+      netServer.listen(privatePath, () => {
+        netServer.off('error', reject);
+        resolve();
+      });
+    });
+    listening = true;
+    await chmod(privatePath, mode);
+    try {
+      await link(privatePath, socketPath);
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code === 'EEXIST') throw new Error(`corral: ${socketPath} appeared while binding the socket; is another daemon starting?`);
+      throw err;
+    }
+  } catch (err) {
+    if (listening) netServer.close();
+    throw err;
+  } finally {
+    await rm(privateDir, { recursive: true, force: true });
+  }
+}
+
 // ─────────────────────────────────────────────────────────────────────────────
 // The server.
 
@@ -161,21 +203,13 @@ export class CriServer {
     grpcServer.addService(runtimeServiceDefinition, server.implementation(runtimeServiceDefinition, opts.runtimeHandlers));
     grpcServer.addService(imageServiceDefinition, server.implementation(imageServiceDefinition, opts.imageHandlers));
     netServer.on('connection', (socket) => server.accept(socket));
-    await new Promise<void>((resolve, reject) => {
-      netServer.once('error', reject);
-      netServer.listen(opts.socketPath, () => {
-        netServer.off('error', reject);
-        resolve();
-      });
-    });
-    netServer.on('error', (err) => opts.logger.error({ err: err.message }, 'cri socket error'));
     try {
-      await chmod(opts.socketPath, opts.socketMode ?? 0o660);
+      await listenWithMode(netServer, opts.socketPath, opts.socketMode ?? 0o660);
     } catch (err) {
-      netServer.close();
       injector.destroy();
       throw err;
     }
+    netServer.on('error', (err) => opts.logger.error({ err: err.message }, 'cri socket error'));
     opts.logger.info({ socket: opts.socketPath }, 'cri server listening');
     return server;
   }
@@ -295,17 +329,32 @@ export class CriServer {
     } catch (err) {
       result = Promise.reject(err);
     }
+    // Every outcome answers the call exactly once, and nothing here can leave a rejection
+    // unhandled: a failure while answering is logged and the call gets INTERNAL.
+    let answered = false;
+    const answer = (err: grpc.ServerErrorResponse | Partial<grpc.StatusObject> | null, response?: unknown) => {
+      if (answered) return;
+      answered = true;
+      try {
+        callback(err, response);
+      } catch (e) {
+        this.opts.logger.error({ method: name, err: (e as Error)?.message, stack: (e as Error)?.stack }, 'cri call: could not send the answer');
+      }
+    };
     result.then(
       (response) => {
         this.logCall(name, request, grpc.status.OK, performance.now() - started);
-        callback(null, response ?? {});
+        answer(null, response ?? {});
       },
       (err) => {
         const { code, details } = describeError(err);
         this.logCall(name, request, code, performance.now() - started, err);
-        callback({ code, details });
+        answer({ code, details });
       },
-    ).finally(() => {
+    ).catch((e: unknown) => {
+      this.opts.logger.error({ method: name, err: (e as Error)?.message, stack: (e as Error)?.stack }, 'cri call: failure while answering');
+      answer({ code: grpc.status.INTERNAL, details: `corral: internal error answering ${name}` });
+    }).finally(() => {
       this.inflight--;
       if (this.inflight === 0) this.wakeIdleWaiters();
     });
@@ -320,7 +369,11 @@ export class CriServer {
       if (QUIET_RPC.test(method)) log.debug(entry, 'cri call');
       else log.info(entry, 'cri call');
     } else if (code === grpc.status.UNKNOWN || code === grpc.status.INTERNAL) {
-      if (err instanceof Error && !(err instanceof CriError)) entry.err = err.message;
+      if (err instanceof Error && !(err instanceof CriError)) {
+        // Not an answer a handler chose: an unexpected failure, logged with where it came from.
+        entry.err = err.message;
+        entry.stack = err.stack;
+      }
       log.error(entry, 'cri call');
     } else {
       if (err instanceof Error) entry.err = err.message;

@@ -2,7 +2,8 @@ import { test, after } from 'node:test';
 import assert from 'node:assert/strict';
 import http2 from 'node:http2';
 import net from 'node:net';
-import { mkdtempSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, readdirSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { spawn } from 'node:child_process';
 import os from 'node:os';
 import path from 'node:path';
 import { Writable } from 'node:stream';
@@ -162,6 +163,46 @@ test('a grpc-js client (authority "localhost") gets the Version answer; socket i
   assert.equal(logged.code, 'OK');
   assert.equal(typeof logged.ms, 'number');
   assert.equal(server.inFlight(), 0);
+});
+
+test('the socket never exists with a mode other than 0660, not even for an instant after bind', async () => {
+  const socketPath = tempSocket();
+  await import('node:fs/promises').then((f) => f.mkdir(path.dirname(socketPath), { recursive: true }));
+  // Another process stats the path in a tight loop and reports every mode it saw.
+  const poller = spawn(process.execPath, ['-e', `
+    const fs = require('node:fs');
+    const seen = {};
+    let stop = false;
+    process.stdin.on('data', () => { stop = true; });
+    process.stdout.write('ready\\n');
+    const spin = () => {
+      const until = Date.now() + 20;
+      while (Date.now() < until) {
+        try { const m = (fs.lstatSync(process.argv[1]).mode & 0o7777).toString(8); seen[m] = (seen[m] || 0) + 1; } catch {}
+      }
+      if (stop) process.stdout.write(JSON.stringify(seen) + '\\n', () => process.exit(0));
+      else setImmediate(spin);
+    };
+    spin();
+  `, socketPath], { stdio: ['pipe', 'pipe', 'inherit'] });
+  cleanups.push(() => void poller.kill('SIGKILL'));
+  let output = '';
+  poller.stdout!.on('data', (d) => (output += d));
+  while (!output.includes('ready')) await new Promise((r) => setTimeout(r, 5));
+  for (let i = 0; i < 25; i++) {
+    const server = await CriServer.start({ socketPath, logger: pino({ level: 'silent' }), runtimeHandlers: { Version: versionHandler }, imageHandlers: {} });
+    assert.equal(statSync(socketPath).mode & 0o7777, 0o660);
+    await new Promise((r) => setTimeout(r, 5));
+    await server.shutdown(0);
+  }
+  const exited = new Promise((r) => poller.once('exit', r));
+  poller.stdin!.write('stop\n');
+  await exited;
+  const seen: Record<string, number> = JSON.parse(output.split('\n').filter(Boolean).pop()!);
+  assert.ok((seen['660'] ?? 0) > 0, `the poller saw the socket: ${output}`);
+  assert.deepEqual(Object.keys(seen), ['660'], `modes seen: ${JSON.stringify(seen)}`);
+  // The private bind directories are gone.
+  assert.deepEqual(readdirSync(path.dirname(socketPath)).filter((n) => n.startsWith('.corral-bind-')), []);
 });
 
 test('a client sending the socket path as :authority gets a valid answer', async () => {
