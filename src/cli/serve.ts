@@ -1,7 +1,12 @@
-/** `corral serve`: load the configuration, start the daemon, stop gracefully on SIGTERM/SIGINT. */
+/**
+ * `corral serve`: load the configuration, start the daemon, stop gracefully on SIGTERM/SIGINT,
+ * and apply the process policy for unhandled errors (process-policy.ts).
+ */
 import { parseArgs } from 'node:util';
 import { ConfigError, loadConfig } from '../config/config.js';
 import { createLogger } from '../util/log.js';
+import type { Daemon } from '../daemon.js';
+import { EXIT_UNCAUGHT_EXCEPTION, installProcessPolicy } from './process-policy.js';
 
 export async function serveCommand(argv: string[]): Promise<number> {
   const { values } = parseArgs({
@@ -29,24 +34,44 @@ export async function serveCommand(argv: string[]): Promise<number> {
     return 1;
   }
   const logger = createLogger(cfg.logLevel);
-  const { startDaemon } = await import('../daemon.js');
-  const daemon = await startDaemon(cfg, logger);
+  const graceMs = cfg.shutdownGraceSeconds * 1000;
 
-  return new Promise<number>((resolve) => {
-    let stopping = false;
-    const stop = (signal: NodeJS.Signals) => {
-      if (stopping) return;
-      stopping = true;
-      logger.info({ signal, inFlight: daemon.server.inFlight() }, 'shutting down: no new calls, finishing in-flight ones');
-      daemon.shutdown(cfg.shutdownGraceSeconds * 1000).then(
-        () => resolve(0),
-        (e: Error) => {
-          logger.error({ err: e.message }, 'shutdown failed');
-          resolve(1);
-        },
-      );
-    };
-    process.on('SIGTERM', stop);
-    process.on('SIGINT', stop);
+  // Stop requests can arrive before the daemon is up (a signal, an uncaught exception during
+  // start-up): remember them and act once startDaemon returns.
+  let daemon: Daemon | undefined;
+  let stopRequest: { reason: string; exitCode: number } | undefined;
+  let resolveExit!: (code: number) => void;
+  const exited = new Promise<number>((resolve) => (resolveExit = resolve));
+  const shutDown = () => {
+    const d = daemon!;
+    const { reason, exitCode } = stopRequest!;
+    logger.info({ reason, inFlight: d.server.inFlight() }, 'shutting down: no new calls, finishing in-flight ones');
+    d.shutdown(graceMs).then(
+      () => resolveExit(exitCode),
+      (e: Error) => {
+        logger.error({ err: e.message }, 'shutdown failed');
+        resolveExit(exitCode || 1);
+      },
+    );
+  };
+  const requestStop = (reason: string, exitCode: number) => {
+    if (stopRequest) return;
+    stopRequest = { reason, exitCode };
+    if (daemon) shutDown();
+  };
+  process.on('SIGTERM', () => requestStop('SIGTERM', 0));
+  process.on('SIGINT', () => requestStop('SIGINT', 0));
+  installProcessPolicy(process, {
+    logger,
+    onUncaughtException: () => {
+      requestStop('uncaught exception', EXIT_UNCAUGHT_EXCEPTION);
+      // If the graceful path itself is stuck (the state is suspect), exit anyway.
+      setTimeout(() => process.exit(EXIT_UNCAUGHT_EXCEPTION), graceMs + 10_000).unref();
+    },
   });
+
+  const { startDaemon } = await import('../daemon.js');
+  daemon = await startDaemon(cfg, logger);
+  if (stopRequest) shutDown();
+  return exited;
 }
