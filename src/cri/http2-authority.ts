@@ -313,8 +313,85 @@ const FLAG_PADDED = 0x8;
 const FLAG_PRIORITY = 0x20;
 /** The smallest SETTINGS_MAX_FRAME_SIZE there can be; frames we build never exceed it. */
 const MIN_MAX_FRAME_SIZE = 16384;
+/**
+ * The SETTINGS_MAX_FRAME_SIZE the server side advertises (Node's default; grpc-js does not
+ * change it). A client frame longer than this is a FRAME_SIZE_ERROR, so the rewriter never
+ * holds more than one such frame of a header block at a time.
+ */
+export const ADVERTISED_MAX_FRAME_SIZE = 16384;
 /** Cap on one compressed header block (all its frames), so a client cannot make us buffer without bound. */
-const MAX_HEADER_BLOCK_BYTES = 256 * 1024;
+export const MAX_HEADER_BLOCK_BYTES = 256 * 1024;
+
+/**
+ * Bytes received but not yet interpreted, kept as the chunks they arrived in: appending is
+ * O(1), and each byte is copied at most once when a whole frame is taken (re-concatenating a
+ * pending frame on every chunk would be quadratic in the frame size).
+ */
+class ByteQueue {
+  private chunks: Buffer[] = [];
+  private head = 0; // chunks before this index are consumed
+  length = 0;
+
+  push(chunk: Buffer): void {
+    if (chunk.length === 0) return;
+    this.chunks.push(chunk);
+    this.length += chunk.length;
+  }
+
+  /** The first n bytes (n <= length), not consumed; copied only if they straddle chunks. */
+  peek(n: number): Buffer {
+    const first = this.chunks[this.head]!;
+    if (first.length >= n) return first.subarray(0, n);
+    const out = Buffer.allocUnsafe(n);
+    let filled = 0;
+    for (let i = this.head; filled < n; i++) {
+      const c = this.chunks[i]!;
+      filled += c.copy(out, filled, 0, Math.min(c.length, n - filled));
+    }
+    return out;
+  }
+
+  /** Consumes up to n bytes and returns them as views of the received chunks (no copy). */
+  takeViews(n: number): Buffer[] {
+    const out: Buffer[] = [];
+    while (n > 0 && this.head < this.chunks.length) {
+      const c = this.chunks[this.head]!;
+      if (c.length <= n) {
+        out.push(c);
+        this.head++;
+        n -= c.length;
+        this.length -= c.length;
+      } else {
+        out.push(c.subarray(0, n));
+        this.chunks[this.head] = c.subarray(n);
+        this.length -= n;
+        n = 0;
+      }
+    }
+    if (this.head === this.chunks.length) {
+      this.chunks = [];
+      this.head = 0;
+    } else if (this.head > 1024 && this.head * 2 > this.chunks.length) {
+      this.chunks = this.chunks.slice(this.head); // amortised O(1) per chunk
+      this.head = 0;
+    }
+    return out;
+  }
+
+  /** Consumes exactly n bytes (n <= length) into a buffer of their own. */
+  takeCopy(n: number): Buffer {
+    return Buffer.concat(this.takeViews(n), n);
+  }
+
+  /** Consumes everything, as received. */
+  drain(): Buffer[] {
+    const out = this.chunks.slice(this.head);
+    this.chunks = [];
+    this.head = 0;
+    this.length = 0;
+    return out;
+  }
+}
 
 class FramingError extends Error {}
 
@@ -351,49 +428,59 @@ export class ClientStreamRewriter {
   originalAuthority: string | undefined;
 
   private readonly decoder = new HpackDecoder();
-  private pending: Buffer = Buffer.alloc(0);
+  private readonly pending = new ByteQueue();
   private prefaceSeen = 0;
   private payloadToForward = 0;
   private block: OpenBlock | null = null;
+  private nextFrame: { length: number; type: number } | null = null;
+
+  /** Bytes held while waiting for the rest of a frame (at most one frame of a header block). */
+  get bufferedBytes(): number {
+    return this.pending.length + (this.block?.bytes ?? 0);
+  }
 
   /** Feed client bytes; returns the bytes for nghttp2. Throws when the connection must be closed. */
   push(chunk: Buffer): Buffer[] {
     if (this.passthrough) return [chunk];
     const out: Buffer[] = [];
-    let buf = this.pending.length ? Buffer.concat([this.pending, chunk]) : chunk;
+    const q = this.pending;
+    q.push(chunk);
     try {
       for (;;) {
         if (this.prefaceSeen < PREFACE.length) {
-          const n = Math.min(PREFACE.length - this.prefaceSeen, buf.length);
+          const n = Math.min(PREFACE.length - this.prefaceSeen, q.length);
           if (n === 0) break;
-          if (!buf.subarray(0, n).equals(PREFACE.subarray(this.prefaceSeen, this.prefaceSeen + n))) throw new FramingError('not an HTTP/2 connection preface');
-          out.push(buf.subarray(0, n));
+          if (!q.peek(n).equals(PREFACE.subarray(this.prefaceSeen, this.prefaceSeen + n))) throw new FramingError('not an HTTP/2 connection preface');
+          out.push(...q.takeViews(n));
           this.prefaceSeen += n;
-          buf = buf.subarray(n);
           continue;
         }
         if (this.payloadToForward > 0) {
-          const n = Math.min(this.payloadToForward, buf.length);
-          if (n === 0) break;
-          out.push(buf.subarray(0, n));
-          this.payloadToForward -= n;
-          buf = buf.subarray(n);
+          if (q.length === 0) break;
+          const views = q.takeViews(this.payloadToForward);
+          for (const v of views) this.payloadToForward -= v.length;
+          out.push(...views);
           continue;
         }
-        if (buf.length < FRAME_HEADER) break;
-        const length = buf.readUIntBE(0, 3);
-        const type = buf[3]!;
+        if (q.length < FRAME_HEADER) break;
+        // Parsed once per frame, not again on every chunk while the payload trickles in.
+        if (!this.nextFrame) {
+          const header = q.peek(FRAME_HEADER);
+          this.nextFrame = { length: header.readUIntBE(0, 3), type: header[3]! };
+        }
+        const { length, type } = this.nextFrame;
         if (type !== TYPE_HEADERS && type !== TYPE_CONTINUATION) {
           if (this.block) throw new FramingError('frame interleaved inside a header block');
-          out.push(buf.subarray(0, FRAME_HEADER));
+          out.push(q.takeCopy(FRAME_HEADER));
+          this.nextFrame = null;
           this.payloadToForward = length;
-          buf = buf.subarray(FRAME_HEADER);
           continue;
         }
-        if ((this.block?.bytes ?? 0) + length > MAX_HEADER_BLOCK_BYTES) throw new FramingError('header block too large');
-        if (buf.length < FRAME_HEADER + length) break;
-        const frame = Buffer.from(buf.subarray(0, FRAME_HEADER + length)); // copy: kept across chunks
-        buf = buf.subarray(FRAME_HEADER + length);
+        if (length > ADVERTISED_MAX_FRAME_SIZE) throw new FramingError(`header frame of ${length} bytes exceeds SETTINGS_MAX_FRAME_SIZE`);
+        if ((this.block?.bytes ?? 0) + FRAME_HEADER + length > MAX_HEADER_BLOCK_BYTES) throw new FramingError('header block too large');
+        if (q.length < FRAME_HEADER + length) break;
+        const frame = q.takeCopy(FRAME_HEADER + length); // a copy of its own: kept across chunks
+        this.nextFrame = null;
         const done = this.headerFrame(frame, type);
         if (done) out.push(...done);
       }
@@ -404,13 +491,11 @@ export class ClientStreamRewriter {
         this.passthrough = true;
         if (this.block) out.push(...this.block.frames);
         this.block = null;
-        out.push(buf);
-        this.pending = Buffer.alloc(0);
+        out.push(...q.drain());
         return out;
       }
       throw err;
     }
-    this.pending = buf.length ? Buffer.from(buf) : Buffer.alloc(0);
     return out;
   }
 

@@ -143,3 +143,156 @@ test('the rewriter forwards unparseable input raw while still in step with nghtt
   assert.deepEqual(Buffer.concat(rw.push(junk)), junk);
   assert.equal(rw.passthrough, true);
 });
+
+// ─── Bounded work and memory on hostile client streams ───────────────────────
+
+const PREFACE = Buffer.from('PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n', 'latin1');
+function h2frame(type: number, flags: number, stream: number, payload: Buffer, claimedLength = payload.length): Buffer {
+  const h = Buffer.alloc(9);
+  h.writeUIntBE(claimedLength, 0, 3);
+  h[3] = type;
+  h[4] = flags;
+  h.writeUInt32BE(stream, 5);
+  return Buffer.concat([h, payload]);
+}
+/** A literal header field without indexing, new name (raw strings). */
+function literal(name: string, value: string): Buffer {
+  const out: number[] = [0x00];
+  for (const s of [name, value]) {
+    const b = Buffer.from(s, 'latin1');
+    if (b.length < 127) out.push(b.length);
+    else {
+      out.push(127);
+      let v = b.length - 127;
+      while (v >= 128) {
+        out.push((v % 128) | 0x80);
+        v = Math.floor(v / 128);
+      }
+      out.push(v);
+    }
+    out.push(...b);
+  }
+  return Buffer.from(out);
+}
+/** A header block split into HEADERS + CONTINUATION frames of at most frameSize bytes. */
+function blockFrames(block: Buffer, stream: number, frameSize = 16384): Buffer[] {
+  const frames: Buffer[] = [];
+  for (let off = 0; off < block.length; off += frameSize) {
+    const last = off + frameSize >= block.length;
+    frames.push(h2frame(off === 0 ? 0x1 : 0x9, last ? 0x4 : 0, stream, block.subarray(off, off + frameSize)));
+  }
+  return frames;
+}
+/** Puts a rewriter in re-encoding mode (one rewritten block), where framing errors close the connection. */
+function reencodingRewriter(): ClientStreamRewriter {
+  const rw = new ClientStreamRewriter();
+  rw.push(Buffer.concat([PREFACE, h2frame(0x1, 0x4, 1, Buffer.concat([Buffer.from([0x83, 0x86]), literal(':authority', '/run/x.sock')]))]));
+  assert.equal(rw.reencoding, true);
+  return rw;
+}
+
+test('a large header block arriving a byte at a time is handled in linear time, byte for byte', () => {
+  // ~240 KB of headers in 15 frames of 16 KB, each byte its own chunk: re-copying the pending
+  // frame on every chunk would copy gigabytes.
+  const fields = [Buffer.from([0x83, 0x86]), literal(':authority', 'localhost')];
+  for (let i = 0; i < 60; i++) fields.push(literal(`x-pad-${i}`, 'p'.repeat(4000)));
+  const input = Buffer.concat([PREFACE, ...blockFrames(Buffer.concat(fields), 1)]);
+  const rw = new ClientStreamRewriter();
+  const out: Buffer[] = [];
+  let maxBuffered = 0;
+  // Count every byte the rewriter copies (Buffer.concat, Buffer.from(buffer), buf.copy).
+  let copied = 0;
+  const { concat, from } = Buffer;
+  const copy = Buffer.prototype.copy;
+  Buffer.concat = ((list: readonly Uint8Array[], total?: number) => {
+    const r = concat(list, total);
+    copied += r.length;
+    return r;
+  }) as typeof Buffer.concat;
+  Buffer.from = ((...args: any[]) => {
+    const r = (from as any)(...args);
+    if (Buffer.isBuffer(args[0])) copied += r.length;
+    return r;
+  }) as typeof Buffer.from;
+  Buffer.prototype.copy = function (this: Buffer, ...args: any[]) {
+    const n = (copy as any).apply(this, args);
+    copied += n;
+    return n;
+  };
+  const t0 = performance.now();
+  try {
+    for (let i = 0; i < input.length; i++) {
+      out.push(...rw.push(input.subarray(i, i + 1)));
+      maxBuffered = Math.max(maxBuffered, rw.bufferedBytes);
+    }
+  } finally {
+    Buffer.concat = concat;
+    Buffer.from = from;
+    Buffer.prototype.copy = copy;
+  }
+  const ms = performance.now() - t0;
+  assert.equal(rw.passthrough, false);
+  assert.deepEqual(Buffer.concat(out), input);
+  assert.ok(maxBuffered <= 256 * 1024, `buffered ${maxBuffered}`);
+  // Linear: each byte is copied about once (a frame taken whole), not once per later chunk.
+  assert.ok(copied <= 2 * input.length, `copied ${copied} bytes for ${input.length} input bytes in ${Math.round(ms)} ms`);
+});
+
+test('a HEADERS frame claiming 16 MB is not buffered: raw to nghttp2 in step, connection closed when re-encoding', () => {
+  const huge = h2frame(0x1, 0x4, 1, Buffer.alloc(100), 0xffffff); // the largest a frame header can claim
+  const rw = new ClientStreamRewriter();
+  const out = Buffer.concat(rw.push(Buffer.concat([PREFACE, huge])));
+  assert.equal(rw.passthrough, true);
+  assert.deepEqual(out, Buffer.concat([PREFACE, huge]));
+  assert.equal(rw.bufferedBytes, 0);
+  // One byte over the advertised SETTINGS_MAX_FRAME_SIZE is refused the same way.
+  const over = new ClientStreamRewriter();
+  over.push(Buffer.concat([PREFACE, h2frame(0x1, 0x4, 1, Buffer.alloc(0), 16385)]));
+  assert.equal(over.passthrough, true);
+  const rw2 = reencodingRewriter();
+  assert.throws(() => rw2.push(huge), /exceeds SETTINGS_MAX_FRAME_SIZE/);
+});
+
+test('endless CONTINUATION frames: buffering stops at the header block cap', () => {
+  const feed = (rw: ClientStreamRewriter) => {
+    let maxBuffered = 0;
+    rw.push(h2frame(0x1, 0, 3, Buffer.from([0x83])));
+    for (let i = 0; i < 2000 && !rw.passthrough; i++) {
+      rw.push(h2frame(0x9, 0, 3, Buffer.alloc(1000, 0x82)));
+      maxBuffered = Math.max(maxBuffered, rw.bufferedBytes);
+    }
+    return maxBuffered;
+  };
+  const rw = new ClientStreamRewriter();
+  rw.push(PREFACE);
+  const max = feed(rw);
+  assert.equal(rw.passthrough, true, 'given up to nghttp2 (which limits CONTINUATION itself)');
+  assert.ok(max <= 256 * 1024, `buffered ${max}`);
+  assert.equal(rw.bufferedBytes, 0);
+  const rw2 = reencodingRewriter();
+  assert.throws(() => feed(rw2), /header block too large/);
+});
+
+test('HPACK garbage is an HpackError, never a crash or a huge allocation', () => {
+  const bad: Array<[string, string]> = [
+    ['index 0', '80'],
+    ['index beyond the dynamic table', 'ff80 01'],
+    ['integer with endless continuation bytes', '7f' + 'ff'.repeat(40) + '01'],
+    ['integer of 2^35', 'ff ffffffff7f'],
+    ['string length of 4 GB', '00 7f ffffffff0f'],
+    ['string length past the block', '00 05 6162'],
+    ['Huffman garbage (EOS)', '00 84 ffffffff 00'],
+    ['Huffman bad padding', '00 81 00'],
+    ['table size update above the limit', '3f e17f'],
+    ['block ends inside a field', '40'],
+  ];
+  for (const [what, bytes] of bad) assert.throws(() => new HpackDecoder().decode(hex(bytes)), HpackError, what);
+  // A header list that decodes to more than the cap (Huffman expands it) is refused.
+  const d = new HpackDecoder(4096, 1000);
+  assert.throws(() => d.decode(literal('x-big', 'v'.repeat(2000))), /header list too large/);
+  // Inserting entries never grows the table past its size: 1000 inserts of 100-byte entries.
+  const t = new HpackDecoder();
+  for (let i = 0; i < 1000; i++) t.decode(Buffer.concat([Buffer.from([0x40]), literal('n', String(i).padEnd(60, 'x')).subarray(1)]));
+  assert.ok(t.dynamicTableSize <= 4096, String(t.dynamicTableSize));
+  assert.ok(t.dynamicTableEntries <= 4096 / 32);
+});
