@@ -34,6 +34,13 @@
 // so nghttp2 answers the client exactly as it would without Corral in between. In
 // re-encoded mode the connection is closed instead (nghttp2's table no longer
 // matches the client's, so raw forwarding would be unsafe).
+//
+// Bounds (hostile clients): pending bytes are kept as the chunks they arrived in and a
+// frame is copied once when complete; a header frame may not exceed the advertised
+// SETTINGS_MAX_FRAME_SIZE, a header block (HEADERS + CONTINUATION) 256 KiB, and the HPACK
+// decoder's table and decoded header list are capped. Request bodies of streams the client
+// has not finished are counted per connection and across connections (RequestBodyBudget):
+// going over a limit closes the connection.
 
 
 export class HpackError extends Error {}
@@ -395,6 +402,30 @@ class ByteQueue {
 
 class FramingError extends Error {}
 
+/** The client went over a resource limit: the connection is closed, whatever the mode. */
+export class ClientLimitError extends Error {}
+
+/**
+ * Request-body bytes held for streams the client has not finished, counted across all
+ * connections. grpc-js buffers each request message until it is complete (up to the
+ * receive limit), on every open stream of every connection, so without a shared cap a
+ * client opening many streams with partial messages could fill the daemon's memory.
+ */
+export class RequestBodyBudget {
+  used = 0;
+  constructor(readonly limit: number) {}
+}
+
+export interface RewriterLimits {
+  /** Most request-body bytes of unfinished streams one connection may hold. */
+  maxUnfinishedBodyBytes?: number;
+  /** Shared by all connections. */
+  shared?: RequestBodyBudget;
+}
+
+const TYPE_DATA = 0x0;
+const TYPE_RST_STREAM = 0x3;
+
 interface OpenBlock {
   streamId: number;
   endStream: boolean;
@@ -433,6 +464,54 @@ export class ClientStreamRewriter {
   private payloadToForward = 0;
   private block: OpenBlock | null = null;
   private nextFrame: { length: number; type: number } | null = null;
+  /** Per stream: DATA bytes received before the client finished the stream (END_STREAM or RST_STREAM). */
+  private readonly unfinishedBodies = new Map<number, number>();
+  private unfinishedBodyBytes = 0;
+  private readonly maxUnfinishedBodyBytes: number;
+  private readonly shared: RequestBodyBudget | undefined;
+
+  constructor(limits: RewriterLimits = {}) {
+    this.maxUnfinishedBodyBytes = limits.maxUnfinishedBodyBytes ?? Infinity;
+    this.shared = limits.shared;
+  }
+
+  /** Request-body bytes this connection holds for unfinished streams. */
+  get unfinishedRequestBytes(): number {
+    return this.unfinishedBodyBytes;
+  }
+
+  /** Returns this connection's share of the budget; call when the connection closes. */
+  release(): void {
+    if (this.shared) this.shared.used -= this.unfinishedBodyBytes;
+    this.unfinishedBodyBytes = 0;
+    this.unfinishedBodies.clear();
+  }
+
+  private streamFinished(streamId: number): void {
+    const n = this.unfinishedBodies.get(streamId);
+    if (n === undefined) return;
+    this.unfinishedBodies.delete(streamId);
+    this.unfinishedBodyBytes -= n;
+    if (this.shared) this.shared.used -= n;
+  }
+
+  /** Accounts a DATA frame before it is forwarded; throws when a limit would be passed. */
+  private bodyFrame(streamId: number, length: number, endStream: boolean): void {
+    if (endStream) {
+      this.streamFinished(streamId); // the message is complete: grpc-js decodes and drops it
+      return;
+    }
+    if (length === 0) return;
+    if (this.unfinishedBodyBytes + length > this.maxUnfinishedBodyBytes) {
+      throw new ClientLimitError(`more than ${this.maxUnfinishedBodyBytes} bytes of unfinished request messages on one connection`);
+    }
+    if (this.shared && this.shared.used + length > this.shared.limit) {
+      throw new ClientLimitError(`more than ${this.shared.limit} bytes of unfinished request messages on all connections`);
+    }
+    this.unfinishedBodies.set(streamId, (this.unfinishedBodies.get(streamId) ?? 0) + length);
+    this.unfinishedBodyBytes += length;
+    if (this.shared) this.shared.used += length;
+  }
 
   /** Bytes held while waiting for the rest of a frame (at most one frame of a header block). */
   get bufferedBytes(): number {
@@ -471,13 +550,17 @@ export class ClientStreamRewriter {
         const { length, type } = this.nextFrame;
         if (type !== TYPE_HEADERS && type !== TYPE_CONTINUATION) {
           if (this.block) throw new FramingError('frame interleaved inside a header block');
+          const header = q.peek(FRAME_HEADER);
+          const streamId = header.readUInt32BE(5) & 0x7fffffff;
+          if (type === TYPE_DATA) this.bodyFrame(streamId, length, (header[4]! & FLAG_END_STREAM) !== 0);
+          else if (type === TYPE_RST_STREAM) this.streamFinished(streamId);
           out.push(q.takeCopy(FRAME_HEADER));
           this.nextFrame = null;
           this.payloadToForward = length;
           continue;
         }
         if (length > ADVERTISED_MAX_FRAME_SIZE) throw new FramingError(`header frame of ${length} bytes exceeds SETTINGS_MAX_FRAME_SIZE`);
-        if ((this.block?.bytes ?? 0) + FRAME_HEADER + length > MAX_HEADER_BLOCK_BYTES) throw new FramingError('header block too large');
+        if ((this.block?.bytes ?? 0) + FRAME_HEADER + length > MAX_HEADER_BLOCK_BYTES) throw new ClientLimitError(`header block larger than ${MAX_HEADER_BLOCK_BYTES} bytes`);
         if (q.length < FRAME_HEADER + length) break;
         const frame = q.takeCopy(FRAME_HEADER + length); // a copy of its own: kept across chunks
         this.nextFrame = null;
@@ -528,6 +611,7 @@ export class ClientStreamRewriter {
     if (!(flags & FLAG_END_HEADERS)) return null;
     const block = this.block!;
     this.block = null;
+    if (block.endStream) this.streamFinished(block.streamId); // trailers, or a request without a body
     return this.finishBlock(block);
   }
 

@@ -9,7 +9,7 @@ import path from 'node:path';
 import * as grpc from '@grpc/grpc-js';
 import type { Logger } from '../util/log.js';
 import { CriError } from './errors.js';
-import { ClientStreamRewriter } from './http2-authority.js';
+import { ClientLimitError, ClientStreamRewriter, RequestBodyBudget, type RewriterLimits } from './http2-authority.js';
 import {
   IMAGE_RPCS, RUNTIME_RPCS, imageServiceDefinition, runtimeServiceDefinition,
   type ImageRpcName, type RuntimeRpcName,
@@ -31,8 +31,17 @@ export interface CriServerOptions {
   logger: Logger;
 }
 
-/** Largest message Corral accepts or sends (kubelet uses the same 16 MiB limit). */
+/** Largest message Corral accepts or sends (containerd's default and kubelet's limit: 16 MiB). */
 const MAX_MESSAGE_BYTES = 16 * 1024 * 1024;
+/** Request-body bytes of unfinished streams one connection may make grpc-js hold (two largest messages). */
+const MAX_UNFINISHED_BODY_BYTES_PER_CONNECTION = 2 * MAX_MESSAGE_BYTES;
+/** The same, over all connections together: the most memory partial requests can take. */
+const MAX_UNFINISHED_BODY_BYTES_TOTAL = 8 * MAX_MESSAGE_BYTES;
+/**
+ * Streams one connection may have open at once (SETTINGS_MAX_CONCURRENT_STREAMS). gRPC
+ * clients queue calls beyond it rather than fail; Node's default is unlimited.
+ */
+const MAX_CONCURRENT_STREAMS = 256;
 
 /** RPCs the kubelet polls constantly; successful calls to these are logged at debug level. */
 const QUIET_RPC = /^(Version|Status|List\w*|\w*Status|\w*Stats|ImageFsInfo|RuntimeConfig)$/;
@@ -44,8 +53,9 @@ const QUIET_RPC = /^(Version|Status|List\w*|\w*Status|\w*Stats|ImageFsInfo|Runti
  * Wraps an accepted socket in a Duplex for nghttp2: server → client bytes pass
  * unchanged, client → server bytes go through a ClientStreamRewriter.
  */
-function interpose(socket: net.Socket, onRewrite: (original: string) => void, onFatal: (err: Error) => void): Duplex {
-  const rewriter = new ClientStreamRewriter();
+function interpose(socket: net.Socket, limits: RewriterLimits, onRewrite: (original: string) => void, onFatal: (err: Error) => void): Duplex {
+  const rewriter = new ClientStreamRewriter(limits);
+  socket.once('close', () => rewriter.release());
   let announced = false;
   const duplex = new Duplex({
     read() {
@@ -174,6 +184,7 @@ export class CriServer {
   private inflight = 0;
   private closing = false;
   private readonly sockets = new Set<net.Socket>();
+  private readonly bodyBudget = new RequestBodyBudget(MAX_UNFINISHED_BODY_BYTES_TOTAL);
   private readonly idleWaiters = new Set<() => void>();
   private shutdownPromise: Promise<void> | undefined;
 
@@ -196,6 +207,7 @@ export class CriServer {
     const grpcServer = new grpc.Server({
       'grpc.max_receive_message_length': MAX_MESSAGE_BYTES,
       'grpc.max_send_message_length': MAX_MESSAGE_BYTES,
+      'grpc.max_concurrent_streams': MAX_CONCURRENT_STREAMS,
     });
     const injector = grpcServer.createConnectionInjector(grpc.ServerCredentials.createInsecure());
     const netServer = net.createServer();
@@ -274,8 +286,11 @@ export class CriServer {
     const log = this.opts.logger;
     const duplex = interpose(
       socket,
+      { maxUnfinishedBodyBytes: MAX_UNFINISHED_BODY_BYTES_PER_CONNECTION, shared: this.bodyBudget },
       (original) => log.debug({ authority: original }, 'cri client sent an invalid :authority; rewriting it to localhost'),
-      (err) => log.warn({ err: err.message }, 'cri connection closed: cannot parse client HTTP/2 stream'),
+      (err) => log.warn({ err: err.message }, err instanceof ClientLimitError
+        ? 'cri connection closed: the client went over a limit'
+        : 'cri connection closed: cannot parse client HTTP/2 stream'),
     );
     this.injector.injectConnection(duplex);
   }

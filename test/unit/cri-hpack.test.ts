@@ -3,7 +3,7 @@ import assert from 'node:assert/strict';
 import http2 from 'node:http2';
 import { Duplex } from 'node:stream';
 import {
-  ClientStreamRewriter, HpackDecoder, HpackError, encodeStateless, huffmanDecode, isValidAuthority,
+  ClientLimitError, ClientStreamRewriter, HpackDecoder, HpackError, RequestBodyBudget, encodeStateless, huffmanDecode, isValidAuthority,
 } from '../../src/cri/http2-authority.js';
 
 const hex = (s: string) => Buffer.from(s.replace(/\s+/g, ''), 'hex');
@@ -253,24 +253,51 @@ test('a HEADERS frame claiming 16 MB is not buffered: raw to nghttp2 in step, co
   assert.throws(() => rw2.push(huge), /exceeds SETTINGS_MAX_FRAME_SIZE/);
 });
 
-test('endless CONTINUATION frames: buffering stops at the header block cap', () => {
-  const feed = (rw: ClientStreamRewriter) => {
+test('endless CONTINUATION frames: buffering stops at the header block cap and the connection is closed', () => {
+  for (const rw of [new ClientStreamRewriter(), reencodingRewriter()]) {
+    if (!rw.reencoding) rw.push(PREFACE);
     let maxBuffered = 0;
-    rw.push(h2frame(0x1, 0, 3, Buffer.from([0x83])));
-    for (let i = 0; i < 2000 && !rw.passthrough; i++) {
-      rw.push(h2frame(0x9, 0, 3, Buffer.alloc(1000, 0x82)));
-      maxBuffered = Math.max(maxBuffered, rw.bufferedBytes);
-    }
-    return maxBuffered;
-  };
-  const rw = new ClientStreamRewriter();
-  rw.push(PREFACE);
-  const max = feed(rw);
-  assert.equal(rw.passthrough, true, 'given up to nghttp2 (which limits CONTINUATION itself)');
-  assert.ok(max <= 256 * 1024, `buffered ${max}`);
-  assert.equal(rw.bufferedBytes, 0);
-  const rw2 = reencodingRewriter();
-  assert.throws(() => feed(rw2), /header block too large/);
+    assert.throws(() => {
+      rw.push(h2frame(0x1, 0, 3, Buffer.from([0x83])));
+      for (let i = 0; i < 2000; i++) {
+        rw.push(h2frame(0x9, 0, 3, Buffer.alloc(1000, 0x82)));
+        maxBuffered = Math.max(maxBuffered, rw.bufferedBytes);
+      }
+    }, (e: Error) => e instanceof ClientLimitError && /header block larger than 262144 bytes/.test(e.message));
+    assert.ok(maxBuffered <= 256 * 1024, `buffered ${maxBuffered}`);
+  }
+});
+
+test('unfinished request bodies are capped per connection and across connections; finished streams give bytes back', () => {
+  const shared = new RequestBodyBudget(100_000);
+  const a = new ClientStreamRewriter({ maxUnfinishedBodyBytes: 60_000, shared });
+  const b = new ClientStreamRewriter({ maxUnfinishedBodyBytes: 60_000, shared });
+  const data = (stream: number, n: number, end = false) => h2frame(0x0, end ? 0x1 : 0, stream, Buffer.alloc(n));
+  a.push(PREFACE);
+  b.push(PREFACE);
+  // Partial messages on many streams add up...
+  for (let s = 1; s <= 11; s += 2) a.push(data(s, 9000));
+  assert.equal(a.unfinishedRequestBytes, 54_000);
+  assert.equal(shared.used, 54_000);
+  assert.throws(() => a.push(data(13, 9000)), (e: Error) => e instanceof ClientLimitError && /on one connection/.test(e.message));
+  // ...END_STREAM, RST_STREAM and trailers (HEADERS with END_STREAM) finish streams and give bytes back.
+  const c = new ClientStreamRewriter({ maxUnfinishedBodyBytes: 60_000, shared });
+  c.push(PREFACE);
+  c.push(data(1, 10_000));
+  c.push(data(1, 10, true));
+  c.push(data(3, 10_000));
+  c.push(h2frame(0x3, 0, 3, Buffer.alloc(4)));
+  c.push(data(5, 10_000));
+  c.push(h2frame(0x1, 0x5, 5, Buffer.from([0x40, 0x01, 0x61, 0x01, 0x62]))); // trailers a: b
+  assert.equal(c.unfinishedRequestBytes, 0);
+  // The shared budget: b may not take what a holds.
+  b.push(data(1, 40_000));
+  assert.equal(shared.used, 94_000);
+  assert.throws(() => b.push(data(3, 9000)), (e: Error) => e instanceof ClientLimitError && /on all connections/.test(e.message));
+  a.release();
+  assert.equal(shared.used, 40_000);
+  b.release();
+  assert.equal(shared.used, 0);
 });
 
 test('HPACK garbage is an HpackError, never a crash or a huge allocation', () => {
