@@ -292,7 +292,13 @@ export class CriServer {
         ? 'cri connection closed: the client went over a limit'
         : 'cri connection closed: cannot parse client HTTP/2 stream'),
     );
-    this.injector.injectConnection(duplex);
+    try {
+      this.injector.injectConnection(duplex);
+    } catch (err) {
+      // One connection failing to start must not take the listener (or the daemon) down.
+      log.error({ err: (err as Error)?.message, stack: (err as Error)?.stack }, 'cri connection dropped: grpc-js refused it');
+      duplex.destroy();
+    }
   }
 
   private implementation(def: grpc.ServiceDefinition, handlers: Partial<Record<string, Handler>>): grpc.UntypedServiceImplementation {
