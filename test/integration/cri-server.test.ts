@@ -279,6 +279,40 @@ test('a CriError from a handler keeps its code and message; other errors become 
   assert.equal(line.podSandboxId, 'abc123');
 });
 
+test('a failure while answering a failed call still answers it (INTERNAL) and leaves no unhandled rejection', async () => {
+  const unhandled: unknown[] = [];
+  const onUnhandled = (r: unknown) => unhandled.push(r);
+  process.on('unhandledRejection', onUnhandled);
+  try {
+    const { socketPath, lines } = await startServer({
+      Status: async () => {
+        // An error that cannot even be described: reading its message throws.
+        const err = new Error('hidden');
+        Object.defineProperty(err, 'message', { get() { throw new Error('message getter exploded'); } });
+        throw err;
+      },
+    });
+    const client = createRuntimeClient(socketPath);
+    try {
+      await assert.rejects(call(client, 'Status', {}, { deadlineMs: 3000 }), (e: any) => {
+        assert.equal(e.code, grpc.status.INTERNAL);
+        assert.match(e.details, /internal error answering Status/);
+        return true;
+      });
+      assert.equal((await call(client, 'Version', {})).runtimeName, 'corral', 'the server keeps serving');
+    } finally {
+      client.close();
+    }
+    await new Promise((r) => setTimeout(r, 50));
+    assert.deepEqual(unhandled, []);
+    const logged = lines.find((l) => l.method === 'Status' && /failure while answering/.test(l.msg));
+    assert.ok(logged, 'the failure is logged');
+    assert.match(logged.stack, /message getter exploded/);
+  } finally {
+    process.off('unhandledRejection', onUnhandled);
+  }
+});
+
 test('many sequential and concurrent calls over one path-authority connection, with varying headers', async () => {
   const { socketPath } = await startServer();
   // Each answer echoes its request's version field, so a mixed-up header block or message would show.
