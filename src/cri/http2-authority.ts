@@ -475,6 +475,11 @@ export class ClientStreamRewriter {
     this.shared = limits.shared;
   }
 
+  /** Whether the client has sent the whole HTTP/2 connection preface (or was handed to nghttp2 raw). */
+  get prefaceComplete(): boolean {
+    return this.passthrough || this.prefaceSeen >= PREFACE.length;
+  }
+
   /** Request-body bytes this connection holds for unfinished streams. */
   get unfinishedRequestBytes(): number {
     return this.unfinishedBodyBytes;

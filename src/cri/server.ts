@@ -29,7 +29,16 @@ export interface CriServerOptions {
   runtimeHandlers: Partial<Record<RuntimeRpcName, Handler>>;
   imageHandlers: Partial<Record<ImageRpcName, Handler>>;
   logger: Logger;
+  /** Time a new connection has to send the HTTP/2 connection preface; default DEFAULT_HANDSHAKE_TIMEOUT_MS. */
+  handshakeTimeoutMs?: number;
+  /** Connections served at once; more are closed on accept. Default DEFAULT_MAX_CONNECTIONS. */
+  maxConnections?: number;
 }
+
+/** A client that has not even sent the 24-byte HTTP/2 preface by then is not a CRI client. */
+const DEFAULT_HANDSHAKE_TIMEOUT_MS = 10_000;
+/** Kubelet uses one or two connections; the cap keeps a flood of sockets from exhausting the daemon's file descriptors. */
+const DEFAULT_MAX_CONNECTIONS = 1024;
 
 /** Largest message Corral accepts or sends (containerd's default and kubelet's limit: 16 MiB). */
 const MAX_MESSAGE_BYTES = 16 * 1024 * 1024;
@@ -53,9 +62,19 @@ const QUIET_RPC = /^(Version|Status|List\w*|\w*Status|\w*Stats|ImageFsInfo|Runti
  * Wraps an accepted socket in a Duplex for nghttp2: server → client bytes pass
  * unchanged, client → server bytes go through a ClientStreamRewriter.
  */
-function interpose(socket: net.Socket, limits: RewriterLimits, onRewrite: (original: string) => void, onFatal: (err: Error) => void): Duplex {
+function interpose(
+  socket: net.Socket, limits: RewriterLimits, handshakeTimeoutMs: number, onRewrite: (original: string) => void, onFatal: (err: Error) => void,
+): Duplex {
   const rewriter = new ClientStreamRewriter(limits);
-  socket.once('close', () => rewriter.release());
+  let handshakeTimer: NodeJS.Timeout | undefined = setTimeout(() => {
+    onFatal(new ClientLimitError(`no HTTP/2 connection preface within ${handshakeTimeoutMs} ms`));
+    socket.destroy();
+    duplex.destroy();
+  }, handshakeTimeoutMs);
+  socket.once('close', () => {
+    clearTimeout(handshakeTimer);
+    rewriter.release();
+  });
   let announced = false;
   const duplex = new Duplex({
     read() {
@@ -82,6 +101,10 @@ function interpose(socket: net.Socket, limits: RewriterLimits, onRewrite: (origi
       socket.destroy();
       duplex.destroy();
       return;
+    }
+    if (handshakeTimer && rewriter.prefaceComplete) {
+      clearTimeout(handshakeTimer);
+      handshakeTimer = undefined;
     }
     if (!announced && rewriter.originalAuthority !== undefined) {
       announced = true;
@@ -211,6 +234,7 @@ export class CriServer {
     });
     const injector = grpcServer.createConnectionInjector(grpc.ServerCredentials.createInsecure());
     const netServer = net.createServer();
+    netServer.maxConnections = opts.maxConnections ?? DEFAULT_MAX_CONNECTIONS;
     const server = new CriServer(opts, grpcServer, netServer, injector);
     grpcServer.addService(runtimeServiceDefinition, server.implementation(runtimeServiceDefinition, opts.runtimeHandlers));
     grpcServer.addService(imageServiceDefinition, server.implementation(imageServiceDefinition, opts.imageHandlers));
@@ -222,6 +246,12 @@ export class CriServer {
       throw err;
     }
     netServer.on('error', (err) => opts.logger.error({ err: err.message }, 'cri socket error'));
+    let lastDropLog = 0;
+    netServer.on('drop', () => {
+      if (Date.now() - lastDropLog < 10_000) return; // a flood must not flood the log too
+      lastDropLog = Date.now();
+      opts.logger.warn({ maxConnections: netServer.maxConnections }, 'cri connection refused: too many connections');
+    });
     opts.logger.info({ socket: opts.socketPath }, 'cri server listening');
     return server;
   }
@@ -287,6 +317,7 @@ export class CriServer {
     const duplex = interpose(
       socket,
       { maxUnfinishedBodyBytes: MAX_UNFINISHED_BODY_BYTES_PER_CONNECTION, shared: this.bodyBudget },
+      this.opts.handshakeTimeoutMs ?? DEFAULT_HANDSHAKE_TIMEOUT_MS,
       (original) => log.debug({ authority: original }, 'cri client sent an invalid :authority; rewriting it to localhost'),
       (err) => log.warn({ err: err.message }, err instanceof ClientLimitError
         ? 'cri connection closed: the client went over a limit'

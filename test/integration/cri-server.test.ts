@@ -416,6 +416,46 @@ test('a hand-made client stream: indexed authority, table size updates, CONTINUA
   sock.destroy();
 });
 
+test('a connection that does not send the HTTP/2 preface in time is closed; connections past the cap are refused', async () => {
+  const socketPath = tempSocket();
+  const { logger, lines } = captureLogger();
+  const server = await CriServer.start({
+    socketPath, logger, runtimeHandlers: { Version: versionHandler }, imageHandlers: {}, handshakeTimeoutMs: 300, maxConnections: 2,
+  });
+  cleanups.push(() => server.shutdown(0));
+  const closed = (sock: net.Socket) => new Promise<number>((resolve) => {
+    const t0 = Date.now();
+    sock.resume(); // read, or the end of the connection goes unnoticed
+    sock.on('close', () => resolve(Date.now() - t0));
+  });
+  // Half a preface, then silence.
+  const idle = net.connect(socketPath, () => idle.write('PRI * HTTP/2.0\r\n'));
+  idle.on('error', () => undefined);
+  cleanups.push(() => void idle.destroy());
+  const idleClosedAfter = await closed(idle);
+  assert.ok(idleClosedAfter >= 250 && idleClosedAfter < 3000, `closed after ${idleClosedAfter} ms`);
+  assert.ok(lines.some((l) => /no HTTP\/2 connection preface within 300 ms/.test(l.err ?? '')));
+  // A real HTTP/2 client that is idle longer than that keeps its connection.
+  const session = connectRaw(socketPath);
+  await new Promise((r) => setTimeout(r, 600));
+  const ok = await rawCall(session, 'localhost', '/runtime.v1.RuntimeService/Version', encodeMessage('VersionRequest', {}));
+  assert.equal(ok.grpcStatus, '0');
+  // With the session and one more socket open, a third connection is closed at once.
+  const second = net.connect(socketPath);
+  second.on('error', () => undefined);
+  cleanups.push(() => void second.destroy());
+  await new Promise((r) => second.once('connect', r));
+  await new Promise((r) => setTimeout(r, 50));
+  const third = net.connect(socketPath);
+  third.on('error', () => undefined);
+  cleanups.push(() => void third.destroy());
+  const thirdClosedAfter = await closed(third);
+  assert.ok(thirdClosedAfter < 250, `third connection closed after ${thirdClosedAfter} ms`);
+  assert.ok(lines.some((l) => l.msg === 'cri connection refused: too many connections'));
+  second.destroy();
+  session.destroy();
+});
+
 test('refuses to start when another daemon listens; replaces a stale socket; refuses a non-socket file', async () => {
   const { socketPath } = await startServer();
   await assert.rejects(
