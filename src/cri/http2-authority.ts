@@ -615,9 +615,11 @@ export class ClientStreamRewriter {
     }
     if (!(flags & FLAG_END_HEADERS)) return null;
     const block = this.block!;
-    this.block = null;
     if (block.endStream) this.streamFinished(block.streamId); // trailers, or a request without a body
-    return this.finishBlock(block);
+    // Kept open until decoded: if decoding fails, its frames go to nghttp2 raw with the rest.
+    const out = this.finishBlock(block);
+    this.block = null;
+    return out;
   }
 
   private finishBlock(block: OpenBlock): Buffer[] {

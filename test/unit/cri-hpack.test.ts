@@ -300,6 +300,21 @@ test('unfinished request bodies are capped per connection and across connections
   assert.equal(shared.used, 0);
 });
 
+test('a header block that does not decode goes to nghttp2 raw, itself included, so nghttp2 judges exactly what the client sent', () => {
+  const input = Buffer.concat([
+    PREFACE,
+    h2frame(0x1, 0x4, 1, Buffer.concat([Buffer.from([0x83, 0x86]), literal(':authority', 'localhost')])), // fine
+    h2frame(0x1, 0x0, 3, Buffer.from([0x83, 0x40, 0x01, 0x61, 0x01, 0x62])), // inserts a: b ...
+    h2frame(0x9, 0x4, 3, Buffer.from([0xff, 0x7f])), // ... then an index far beyond the table
+    h2frame(0x0, 0x1, 3, Buffer.from('body')),
+  ]);
+  const rw = new ClientStreamRewriter();
+  const out: Buffer[] = [];
+  for (let i = 0; i < input.length; i += 11) out.push(...rw.push(input.subarray(i, i + 11)));
+  assert.equal(rw.passthrough, true);
+  assert.deepEqual(Buffer.concat(out), input);
+});
+
 test('HPACK garbage is an HpackError, never a crash or a huge allocation', () => {
   const bad: Array<[string, string]> = [
     ['index 0', '80'],
