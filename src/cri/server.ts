@@ -8,12 +8,13 @@ import { chmod, link, lstat, mkdir, mkdtemp, rm } from 'node:fs/promises';
 import path from 'node:path';
 import * as grpc from '@grpc/grpc-js';
 import type { Logger } from '../util/log.js';
-import { CriError } from './errors.js';
+import { CriError, resourceExhausted } from './errors.js';
 import { ClientLimitError, ClientStreamRewriter, RequestBodyBudget, type RewriterLimits } from './http2-authority.js';
 import {
-  IMAGE_RPCS, RUNTIME_RPCS, imageServiceDefinition, runtimeServiceDefinition,
+  IMAGE_RPCS, IMAGE_SERVICE, RUNTIME_RPCS, RUNTIME_SERVICE, imageServiceDefinition, protoRoot, runtimeServiceDefinition,
   type ImageRpcName, type RuntimeRpcName,
 } from './proto.js';
+import { MAX_REQUEST_ELEMENTS, countWireElements } from './message-limits.js';
 
 export type { ImageRpcName, RuntimeRpcName };
 
@@ -195,6 +196,38 @@ async function listenWithMode(netServer: net.Server, socketPath: string, mode: n
 }
 
 // ─────────────────────────────────────────────────────────────────────────────
+// Requests too big to decode.
+
+/** Stands in for a request that was not decoded because it has too many elements. */
+class RefusedRequest {
+  constructor(readonly reason: string) {}
+}
+
+/**
+ * The service definition with request decoding guarded: a request with more than
+ * MAX_REQUEST_ELEMENTS elements is not decoded (see message-limits.ts) and its call is
+ * answered RESOURCE_EXHAUSTED by `unary` with the reason.
+ */
+function guardRequests(def: grpc.ServiceDefinition, serviceName: string): grpc.ServiceDefinition {
+  const root = protoRoot();
+  const service = root.lookupService(serviceName);
+  const guarded: Record<string, grpc.MethodDefinition<any, any>> = {};
+  for (const [name, method] of Object.entries(def)) {
+    const type = root.lookupType(service.methods[name]!.requestType);
+    guarded[name] = {
+      ...method,
+      requestDeserialize: (bytes: Buffer) => {
+        if (countWireElements(type, bytes, MAX_REQUEST_ELEMENTS) > MAX_REQUEST_ELEMENTS) {
+          return new RefusedRequest(`${name} request has more than ${MAX_REQUEST_ELEMENTS} fields (nested and repeated ones included); corral refuses requests that large`);
+        }
+        return method.requestDeserialize(bytes);
+      },
+    };
+  }
+  return guarded as grpc.ServiceDefinition;
+}
+
+// ─────────────────────────────────────────────────────────────────────────────
 // The server.
 
 function describeError(err: unknown): { code: grpc.status; details: string } {
@@ -236,8 +269,8 @@ export class CriServer {
     const netServer = net.createServer();
     netServer.maxConnections = opts.maxConnections ?? DEFAULT_MAX_CONNECTIONS;
     const server = new CriServer(opts, grpcServer, netServer, injector);
-    grpcServer.addService(runtimeServiceDefinition, server.implementation(runtimeServiceDefinition, opts.runtimeHandlers));
-    grpcServer.addService(imageServiceDefinition, server.implementation(imageServiceDefinition, opts.imageHandlers));
+    grpcServer.addService(guardRequests(runtimeServiceDefinition, RUNTIME_SERVICE), server.implementation(runtimeServiceDefinition, opts.runtimeHandlers));
+    grpcServer.addService(guardRequests(imageServiceDefinition, IMAGE_SERVICE), server.implementation(imageServiceDefinition, opts.imageHandlers));
     netServer.on('connection', (socket) => server.accept(socket));
     try {
       await listenWithMode(netServer, opts.socketPath, opts.socketMode ?? 0o660);
@@ -358,6 +391,11 @@ export class CriServer {
     if (this.closing) {
       this.logCall(name, request, grpc.status.UNAVAILABLE, 0);
       callback({ code: grpc.status.UNAVAILABLE, details: 'corral is shutting down' });
+      return;
+    }
+    if (request instanceof RefusedRequest) {
+      this.logCall(name, undefined, grpc.status.RESOURCE_EXHAUSTED, 0, resourceExhausted(request.reason));
+      callback({ code: grpc.status.RESOURCE_EXHAUSTED, details: request.reason });
       return;
     }
     if (!handler) {

@@ -313,6 +313,33 @@ test('a failure while answering a failed call still answers it (INTERNAL) and le
   }
 });
 
+test('a request with too many elements is refused RESOURCE_EXHAUSTED before it is decoded', async () => {
+  let handled = 0;
+  const { socketPath, lines } = await startServer({
+    CreateContainer: async (req) => {
+      handled++;
+      return { containerId: `c-${req.config.envs.length}` };
+    },
+  });
+  const client = createRuntimeClient(socketPath, { timeoutMs: 20_000 });
+  try {
+    // 2 MB on the wire, but a million empty mounts: ~170 MB of objects once decoded.
+    const mounts = Array.from({ length: 1_000_000 }, () => ({}));
+    await assert.rejects(call(client, 'CreateContainer', { podSandboxId: 'p', config: { mounts } }), (e: any) => {
+      assert.equal(e.code, grpc.status.RESOURCE_EXHAUSTED);
+      assert.match(e.details, /CreateContainer request has more than 100000 fields/);
+      return true;
+    });
+    assert.equal(handled, 0, 'the handler never saw it');
+    // An ordinary large request (a thousand env vars) is served.
+    const envs = Array.from({ length: 1000 }, (_, i) => ({ key: `K${i}`, value: 'v'.repeat(50) }));
+    assert.deepEqual(await call(client, 'CreateContainer', { podSandboxId: 'p', config: { envs } }), { containerId: 'c-1000' });
+  } finally {
+    client.close();
+  }
+  assert.ok(lines.some((l) => l.method === 'CreateContainer' && l.code === 'RESOURCE_EXHAUSTED'));
+});
+
 test('many sequential and concurrent calls over one path-authority connection, with varying headers', async () => {
   const { socketPath } = await startServer();
   // Each answer echoes its request's version field, so a mixed-up header block or message would show.
