@@ -36,17 +36,15 @@ export async function serveCommand(argv: string[]): Promise<number> {
   const logger = createLogger(cfg.logLevel);
   const graceMs = cfg.shutdownGraceSeconds * 1000;
 
-  // Stop requests can arrive before the daemon is up (a signal, an uncaught exception during
-  // start-up): remember them and act once startDaemon returns.
   let daemon: Daemon | undefined;
-  let stopRequest: { reason: string; exitCode: number } | undefined;
+  let stopping = false;
   let resolveExit!: (code: number) => void;
   const exited = new Promise<number>((resolve) => (resolveExit = resolve));
-  const shutDown = () => {
-    const d = daemon!;
-    const { reason, exitCode } = stopRequest!;
-    logger.info({ reason, inFlight: d.server.inFlight() }, 'shutting down: no new calls, finishing in-flight ones');
-    d.shutdown(graceMs).then(
+  const stop = (reason: string, exitCode: number) => {
+    if (stopping || !daemon) return;
+    stopping = true;
+    logger.info({ reason, inFlight: daemon.server.inFlight() }, 'shutting down: no new calls, finishing in-flight ones');
+    daemon.shutdown(graceMs).then(
       () => resolveExit(exitCode),
       (e: Error) => {
         logger.error({ err: e.message }, 'shutdown failed');
@@ -54,17 +52,12 @@ export async function serveCommand(argv: string[]): Promise<number> {
       },
     );
   };
-  const requestStop = (reason: string, exitCode: number) => {
-    if (stopRequest) return;
-    stopRequest = { reason, exitCode };
-    if (daemon) shutDown();
-  };
-  process.on('SIGTERM', () => requestStop('SIGTERM', 0));
-  process.on('SIGINT', () => requestStop('SIGINT', 0));
   installProcessPolicy(process, {
     logger,
     onUncaughtException: () => {
-      requestStop('uncaught exception', EXIT_UNCAUGHT_EXCEPTION);
+      // Not serving yet: nothing to drain, and a half-started daemon is not worth keeping.
+      if (!daemon) process.exit(EXIT_UNCAUGHT_EXCEPTION);
+      stop('uncaught exception', EXIT_UNCAUGHT_EXCEPTION);
       // If the graceful path itself is stuck (the state is suspect), exit anyway.
       setTimeout(() => process.exit(EXIT_UNCAUGHT_EXCEPTION), graceMs + 10_000).unref();
     },
@@ -72,6 +65,9 @@ export async function serveCommand(argv: string[]): Promise<number> {
 
   const { startDaemon } = await import('../daemon.js');
   daemon = await startDaemon(cfg, logger);
-  if (stopRequest) shutDown();
+  // Until here SIGTERM/SIGINT keep their default action (end the process), so a start-up
+  // that hangs can still be stopped.
+  process.on('SIGTERM', () => stop('SIGTERM', 0));
+  process.on('SIGINT', () => stop('SIGINT', 0));
   return exited;
 }
