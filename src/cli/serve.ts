@@ -1,7 +1,12 @@
-/** `corral serve`: load the configuration, start the daemon, stop gracefully on SIGTERM/SIGINT. */
+/**
+ * `corral serve`: load the configuration, start the daemon, stop gracefully on SIGTERM/SIGINT,
+ * and apply the process policy for unhandled errors (process-policy.ts).
+ */
 import { parseArgs } from 'node:util';
 import { ConfigError, loadConfig } from '../config/config.js';
 import { createLogger } from '../util/log.js';
+import type { Daemon } from '../daemon.js';
+import { EXIT_UNCAUGHT_EXCEPTION, installProcessPolicy } from './process-policy.js';
 
 export async function serveCommand(argv: string[]): Promise<number> {
   const { values } = parseArgs({
@@ -29,24 +34,40 @@ export async function serveCommand(argv: string[]): Promise<number> {
     return 1;
   }
   const logger = createLogger(cfg.logLevel);
-  const { startDaemon } = await import('../daemon.js');
-  const daemon = await startDaemon(cfg, logger);
+  const graceMs = cfg.shutdownGraceSeconds * 1000;
 
-  return new Promise<number>((resolve) => {
-    let stopping = false;
-    const stop = (signal: NodeJS.Signals) => {
-      if (stopping) return;
-      stopping = true;
-      logger.info({ signal, inFlight: daemon.server.inFlight() }, 'shutting down: no new calls, finishing in-flight ones');
-      daemon.shutdown(cfg.shutdownGraceSeconds * 1000).then(
-        () => resolve(0),
-        (e: Error) => {
-          logger.error({ err: e.message }, 'shutdown failed');
-          resolve(1);
-        },
-      );
-    };
-    process.on('SIGTERM', stop);
-    process.on('SIGINT', stop);
+  let daemon: Daemon | undefined;
+  let stopping = false;
+  let resolveExit!: (code: number) => void;
+  const exited = new Promise<number>((resolve) => (resolveExit = resolve));
+  const stop = (reason: string, exitCode: number) => {
+    if (stopping || !daemon) return;
+    stopping = true;
+    logger.info({ reason, inFlight: daemon.server.inFlight() }, 'shutting down: no new calls, finishing in-flight ones');
+    daemon.shutdown(graceMs).then(
+      () => resolveExit(exitCode),
+      (e: Error) => {
+        logger.error({ err: e.message }, 'shutdown failed');
+        resolveExit(exitCode || 1);
+      },
+    );
+  };
+  installProcessPolicy(process, {
+    logger,
+    onUncaughtException: () => {
+      // Not serving yet: nothing to drain, and a half-started daemon is not worth keeping.
+      if (!daemon) process.exit(EXIT_UNCAUGHT_EXCEPTION);
+      stop('uncaught exception', EXIT_UNCAUGHT_EXCEPTION);
+      // If the graceful path itself is stuck (the state is suspect), exit anyway.
+      setTimeout(() => process.exit(EXIT_UNCAUGHT_EXCEPTION), graceMs + 10_000).unref();
+    },
   });
+
+  const { startDaemon } = await import('../daemon.js');
+  daemon = await startDaemon(cfg, logger);
+  // Until here SIGTERM/SIGINT keep their default action (end the process), so a start-up
+  // that hangs can still be stopped.
+  process.on('SIGTERM', () => stop('SIGTERM', 0));
+  process.on('SIGINT', () => stop('SIGINT', 0));
+  return exited;
 }

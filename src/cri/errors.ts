@@ -15,4 +15,5 @@ export const failedPrecondition = (msg: string) => new CriError(GrpcStatus.FAILE
 export const unavailable = (msg: string) => new CriError(GrpcStatus.UNAVAILABLE, msg);
 export const internalError = (msg: string) => new CriError(GrpcStatus.INTERNAL, msg);
 export const unimplemented = (msg: string) => new CriError(GrpcStatus.UNIMPLEMENTED, msg);
+export const resourceExhausted = (msg: string) => new CriError(GrpcStatus.RESOURCE_EXHAUSTED, msg);
 export const deadlineExceeded = (msg: string) => new CriError(GrpcStatus.DEADLINE_EXCEEDED, msg);

@@ -34,6 +34,13 @@
 // so nghttp2 answers the client exactly as it would without Corral in between. In
 // re-encoded mode the connection is closed instead (nghttp2's table no longer
 // matches the client's, so raw forwarding would be unsafe).
+//
+// Bounds (hostile clients): pending bytes are kept as the chunks they arrived in and a
+// frame is copied once when complete; a header frame may not exceed the advertised
+// SETTINGS_MAX_FRAME_SIZE, a header block (HEADERS + CONTINUATION) 256 KiB, and the HPACK
+// decoder's table and decoded header list are capped. Request bodies of streams the client
+// has not finished are counted per connection and across connections (RequestBodyBudget):
+// going over a limit closes the connection.
 
 
 export class HpackError extends Error {}
@@ -313,10 +320,111 @@ const FLAG_PADDED = 0x8;
 const FLAG_PRIORITY = 0x20;
 /** The smallest SETTINGS_MAX_FRAME_SIZE there can be; frames we build never exceed it. */
 const MIN_MAX_FRAME_SIZE = 16384;
+/**
+ * The SETTINGS_MAX_FRAME_SIZE the server side advertises (Node's default; grpc-js does not
+ * change it). A client frame longer than this is a FRAME_SIZE_ERROR, so the rewriter never
+ * holds more than one such frame of a header block at a time.
+ */
+export const ADVERTISED_MAX_FRAME_SIZE = 16384;
 /** Cap on one compressed header block (all its frames), so a client cannot make us buffer without bound. */
-const MAX_HEADER_BLOCK_BYTES = 256 * 1024;
+export const MAX_HEADER_BLOCK_BYTES = 256 * 1024;
+
+/**
+ * Bytes received but not yet interpreted, kept as the chunks they arrived in: appending is
+ * O(1), and each byte is copied at most once when a whole frame is taken (re-concatenating a
+ * pending frame on every chunk would be quadratic in the frame size).
+ */
+class ByteQueue {
+  private chunks: Buffer[] = [];
+  private head = 0; // chunks before this index are consumed
+  length = 0;
+
+  push(chunk: Buffer): void {
+    if (chunk.length === 0) return;
+    this.chunks.push(chunk);
+    this.length += chunk.length;
+  }
+
+  /** The first n bytes (n <= length), not consumed; copied only if they straddle chunks. */
+  peek(n: number): Buffer {
+    const first = this.chunks[this.head]!;
+    if (first.length >= n) return first.subarray(0, n);
+    const out = Buffer.allocUnsafe(n);
+    let filled = 0;
+    for (let i = this.head; filled < n; i++) {
+      const c = this.chunks[i]!;
+      filled += c.copy(out, filled, 0, Math.min(c.length, n - filled));
+    }
+    return out;
+  }
+
+  /** Consumes up to n bytes and returns them as views of the received chunks (no copy). */
+  takeViews(n: number): Buffer[] {
+    const out: Buffer[] = [];
+    while (n > 0 && this.head < this.chunks.length) {
+      const c = this.chunks[this.head]!;
+      if (c.length <= n) {
+        out.push(c);
+        this.head++;
+        n -= c.length;
+        this.length -= c.length;
+      } else {
+        out.push(c.subarray(0, n));
+        this.chunks[this.head] = c.subarray(n);
+        this.length -= n;
+        n = 0;
+      }
+    }
+    if (this.head === this.chunks.length) {
+      this.chunks = [];
+      this.head = 0;
+    } else if (this.head > 1024 && this.head * 2 > this.chunks.length) {
+      this.chunks = this.chunks.slice(this.head); // amortised O(1) per chunk
+      this.head = 0;
+    }
+    return out;
+  }
+
+  /** Consumes exactly n bytes (n <= length) into a buffer of their own. */
+  takeCopy(n: number): Buffer {
+    return Buffer.concat(this.takeViews(n), n);
+  }
+
+  /** Consumes everything, as received. */
+  drain(): Buffer[] {
+    const out = this.chunks.slice(this.head);
+    this.chunks = [];
+    this.head = 0;
+    this.length = 0;
+    return out;
+  }
+}
 
 class FramingError extends Error {}
+
+/** The client went over a resource limit: the connection is closed, whatever the mode. */
+export class ClientLimitError extends Error {}
+
+/**
+ * Request-body bytes held for streams the client has not finished, counted across all
+ * connections. grpc-js buffers each request message until it is complete (up to the
+ * receive limit), on every open stream of every connection, so without a shared cap a
+ * client opening many streams with partial messages could fill the daemon's memory.
+ */
+export class RequestBodyBudget {
+  used = 0;
+  constructor(readonly limit: number) {}
+}
+
+export interface RewriterLimits {
+  /** Most request-body bytes of unfinished streams one connection may hold. */
+  maxUnfinishedBodyBytes?: number;
+  /** Shared by all connections. */
+  shared?: RequestBodyBudget;
+}
+
+const TYPE_DATA = 0x0;
+const TYPE_RST_STREAM = 0x3;
 
 interface OpenBlock {
   streamId: number;
@@ -351,49 +459,116 @@ export class ClientStreamRewriter {
   originalAuthority: string | undefined;
 
   private readonly decoder = new HpackDecoder();
-  private pending: Buffer = Buffer.alloc(0);
+  private readonly pending = new ByteQueue();
   private prefaceSeen = 0;
   private payloadToForward = 0;
   private block: OpenBlock | null = null;
+  private nextFrame: { length: number; type: number } | null = null;
+  /** Per stream: DATA bytes received before the client finished the stream (END_STREAM or RST_STREAM). */
+  private readonly unfinishedBodies = new Map<number, number>();
+  private unfinishedBodyBytes = 0;
+  private readonly maxUnfinishedBodyBytes: number;
+  private readonly shared: RequestBodyBudget | undefined;
+
+  constructor(limits: RewriterLimits = {}) {
+    this.maxUnfinishedBodyBytes = limits.maxUnfinishedBodyBytes ?? Infinity;
+    this.shared = limits.shared;
+  }
+
+  /** Whether the client has sent the whole HTTP/2 connection preface (or was handed to nghttp2 raw). */
+  get prefaceComplete(): boolean {
+    return this.passthrough || this.prefaceSeen >= PREFACE.length;
+  }
+
+  /** Request-body bytes this connection holds for unfinished streams. */
+  get unfinishedRequestBytes(): number {
+    return this.unfinishedBodyBytes;
+  }
+
+  /** Returns this connection's share of the budget; call when the connection closes. */
+  release(): void {
+    if (this.shared) this.shared.used -= this.unfinishedBodyBytes;
+    this.unfinishedBodyBytes = 0;
+    this.unfinishedBodies.clear();
+  }
+
+  private streamFinished(streamId: number): void {
+    const n = this.unfinishedBodies.get(streamId);
+    if (n === undefined) return;
+    this.unfinishedBodies.delete(streamId);
+    this.unfinishedBodyBytes -= n;
+    if (this.shared) this.shared.used -= n;
+  }
+
+  /** Accounts a DATA frame before it is forwarded; throws when a limit would be passed. */
+  private bodyFrame(streamId: number, length: number, endStream: boolean): void {
+    if (endStream) {
+      this.streamFinished(streamId); // the message is complete: grpc-js decodes and drops it
+      return;
+    }
+    if (length === 0) return;
+    if (this.unfinishedBodyBytes + length > this.maxUnfinishedBodyBytes) {
+      throw new ClientLimitError(`more than ${this.maxUnfinishedBodyBytes} bytes of unfinished request messages on one connection`);
+    }
+    if (this.shared && this.shared.used + length > this.shared.limit) {
+      throw new ClientLimitError(`more than ${this.shared.limit} bytes of unfinished request messages on all connections`);
+    }
+    this.unfinishedBodies.set(streamId, (this.unfinishedBodies.get(streamId) ?? 0) + length);
+    this.unfinishedBodyBytes += length;
+    if (this.shared) this.shared.used += length;
+  }
+
+  /** Bytes held while waiting for the rest of a frame (at most one frame of a header block). */
+  get bufferedBytes(): number {
+    return this.pending.length + (this.block?.bytes ?? 0);
+  }
 
   /** Feed client bytes; returns the bytes for nghttp2. Throws when the connection must be closed. */
   push(chunk: Buffer): Buffer[] {
     if (this.passthrough) return [chunk];
     const out: Buffer[] = [];
-    let buf = this.pending.length ? Buffer.concat([this.pending, chunk]) : chunk;
+    const q = this.pending;
+    q.push(chunk);
     try {
       for (;;) {
         if (this.prefaceSeen < PREFACE.length) {
-          const n = Math.min(PREFACE.length - this.prefaceSeen, buf.length);
+          const n = Math.min(PREFACE.length - this.prefaceSeen, q.length);
           if (n === 0) break;
-          if (!buf.subarray(0, n).equals(PREFACE.subarray(this.prefaceSeen, this.prefaceSeen + n))) throw new FramingError('not an HTTP/2 connection preface');
-          out.push(buf.subarray(0, n));
+          if (!q.peek(n).equals(PREFACE.subarray(this.prefaceSeen, this.prefaceSeen + n))) throw new FramingError('not an HTTP/2 connection preface');
+          out.push(...q.takeViews(n));
           this.prefaceSeen += n;
-          buf = buf.subarray(n);
           continue;
         }
         if (this.payloadToForward > 0) {
-          const n = Math.min(this.payloadToForward, buf.length);
-          if (n === 0) break;
-          out.push(buf.subarray(0, n));
-          this.payloadToForward -= n;
-          buf = buf.subarray(n);
+          if (q.length === 0) break;
+          const views = q.takeViews(this.payloadToForward);
+          for (const v of views) this.payloadToForward -= v.length;
+          out.push(...views);
           continue;
         }
-        if (buf.length < FRAME_HEADER) break;
-        const length = buf.readUIntBE(0, 3);
-        const type = buf[3]!;
+        if (q.length < FRAME_HEADER) break;
+        // Parsed once per frame, not again on every chunk while the payload trickles in.
+        if (!this.nextFrame) {
+          const header = q.peek(FRAME_HEADER);
+          this.nextFrame = { length: header.readUIntBE(0, 3), type: header[3]! };
+        }
+        const { length, type } = this.nextFrame;
         if (type !== TYPE_HEADERS && type !== TYPE_CONTINUATION) {
           if (this.block) throw new FramingError('frame interleaved inside a header block');
-          out.push(buf.subarray(0, FRAME_HEADER));
+          const header = q.peek(FRAME_HEADER);
+          const streamId = header.readUInt32BE(5) & 0x7fffffff;
+          if (type === TYPE_DATA) this.bodyFrame(streamId, length, (header[4]! & FLAG_END_STREAM) !== 0);
+          else if (type === TYPE_RST_STREAM) this.streamFinished(streamId);
+          out.push(q.takeCopy(FRAME_HEADER));
+          this.nextFrame = null;
           this.payloadToForward = length;
-          buf = buf.subarray(FRAME_HEADER);
           continue;
         }
-        if ((this.block?.bytes ?? 0) + length > MAX_HEADER_BLOCK_BYTES) throw new FramingError('header block too large');
-        if (buf.length < FRAME_HEADER + length) break;
-        const frame = Buffer.from(buf.subarray(0, FRAME_HEADER + length)); // copy: kept across chunks
-        buf = buf.subarray(FRAME_HEADER + length);
+        if (length > ADVERTISED_MAX_FRAME_SIZE) throw new FramingError(`header frame of ${length} bytes exceeds SETTINGS_MAX_FRAME_SIZE`);
+        if ((this.block?.bytes ?? 0) + FRAME_HEADER + length > MAX_HEADER_BLOCK_BYTES) throw new ClientLimitError(`header block larger than ${MAX_HEADER_BLOCK_BYTES} bytes`);
+        if (q.length < FRAME_HEADER + length) break;
+        const frame = q.takeCopy(FRAME_HEADER + length); // a copy of its own: kept across chunks
+        this.nextFrame = null;
         const done = this.headerFrame(frame, type);
         if (done) out.push(...done);
       }
@@ -404,13 +579,11 @@ export class ClientStreamRewriter {
         this.passthrough = true;
         if (this.block) out.push(...this.block.frames);
         this.block = null;
-        out.push(buf);
-        this.pending = Buffer.alloc(0);
+        out.push(...q.drain());
         return out;
       }
       throw err;
     }
-    this.pending = buf.length ? Buffer.from(buf) : Buffer.alloc(0);
     return out;
   }
 
@@ -442,8 +615,11 @@ export class ClientStreamRewriter {
     }
     if (!(flags & FLAG_END_HEADERS)) return null;
     const block = this.block!;
+    if (block.endStream) this.streamFinished(block.streamId); // trailers, or a request without a body
+    // Kept open until decoded: if decoding fails, its frames go to nghttp2 raw with the rest.
+    const out = this.finishBlock(block);
     this.block = null;
-    return this.finishBlock(block);
+    return out;
   }
 
   private finishBlock(block: OpenBlock): Buffer[] {

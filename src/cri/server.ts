@@ -4,16 +4,17 @@
 
 import net from 'node:net';
 import { Duplex } from 'node:stream';
-import { chmod, lstat, mkdir, rm } from 'node:fs/promises';
+import { chmod, link, lstat, mkdir, mkdtemp, rm } from 'node:fs/promises';
 import path from 'node:path';
 import * as grpc from '@grpc/grpc-js';
 import type { Logger } from '../util/log.js';
-import { CriError } from './errors.js';
-import { ClientStreamRewriter } from './http2-authority.js';
+import { CriError, resourceExhausted } from './errors.js';
+import { ClientLimitError, ClientStreamRewriter, RequestBodyBudget, type RewriterLimits } from './http2-authority.js';
 import {
-  IMAGE_RPCS, RUNTIME_RPCS, imageServiceDefinition, runtimeServiceDefinition,
+  IMAGE_RPCS, IMAGE_SERVICE, RUNTIME_RPCS, RUNTIME_SERVICE, imageServiceDefinition, protoRoot, runtimeServiceDefinition,
   type ImageRpcName, type RuntimeRpcName,
 } from './proto.js';
+import { MAX_REQUEST_ELEMENTS, countWireElements } from './message-limits.js';
 
 export type { ImageRpcName, RuntimeRpcName };
 
@@ -29,10 +30,28 @@ export interface CriServerOptions {
   runtimeHandlers: Partial<Record<RuntimeRpcName, Handler>>;
   imageHandlers: Partial<Record<ImageRpcName, Handler>>;
   logger: Logger;
+  /** Time a new connection has to send the HTTP/2 connection preface; default DEFAULT_HANDSHAKE_TIMEOUT_MS. */
+  handshakeTimeoutMs?: number;
+  /** Connections served at once; more are closed on accept. Default DEFAULT_MAX_CONNECTIONS. */
+  maxConnections?: number;
 }
 
-/** Largest message Corral accepts or sends (kubelet uses the same 16 MiB limit). */
+/** A client that has not even sent the 24-byte HTTP/2 preface by then is not a CRI client. */
+const DEFAULT_HANDSHAKE_TIMEOUT_MS = 10_000;
+/** Kubelet uses one or two connections; the cap keeps a flood of sockets from exhausting the daemon's file descriptors. */
+const DEFAULT_MAX_CONNECTIONS = 1024;
+
+/** Largest message Corral accepts or sends (containerd's default and kubelet's limit: 16 MiB). */
 const MAX_MESSAGE_BYTES = 16 * 1024 * 1024;
+/** Request-body bytes of unfinished streams one connection may make grpc-js hold (two largest messages). */
+const MAX_UNFINISHED_BODY_BYTES_PER_CONNECTION = 2 * MAX_MESSAGE_BYTES;
+/** The same, over all connections together: the most memory partial requests can take. */
+const MAX_UNFINISHED_BODY_BYTES_TOTAL = 8 * MAX_MESSAGE_BYTES;
+/**
+ * Streams one connection may have open at once (SETTINGS_MAX_CONCURRENT_STREAMS). gRPC
+ * clients queue calls beyond it rather than fail; Node's default is unlimited.
+ */
+const MAX_CONCURRENT_STREAMS = 256;
 
 /** RPCs the kubelet polls constantly; successful calls to these are logged at debug level. */
 const QUIET_RPC = /^(Version|Status|List\w*|\w*Status|\w*Stats|ImageFsInfo|RuntimeConfig)$/;
@@ -44,8 +63,19 @@ const QUIET_RPC = /^(Version|Status|List\w*|\w*Status|\w*Stats|ImageFsInfo|Runti
  * Wraps an accepted socket in a Duplex for nghttp2: server → client bytes pass
  * unchanged, client → server bytes go through a ClientStreamRewriter.
  */
-function interpose(socket: net.Socket, onRewrite: (original: string) => void, onFatal: (err: Error) => void): Duplex {
-  const rewriter = new ClientStreamRewriter();
+function interpose(
+  socket: net.Socket, limits: RewriterLimits, handshakeTimeoutMs: number, onRewrite: (original: string) => void, onFatal: (err: Error) => void,
+): Duplex {
+  const rewriter = new ClientStreamRewriter(limits);
+  let handshakeTimer: NodeJS.Timeout | undefined = setTimeout(() => {
+    onFatal(new ClientLimitError(`no HTTP/2 connection preface within ${handshakeTimeoutMs} ms`));
+    socket.destroy();
+    duplex.destroy();
+  }, handshakeTimeoutMs);
+  socket.once('close', () => {
+    clearTimeout(handshakeTimer);
+    rewriter.release();
+  });
   let announced = false;
   const duplex = new Duplex({
     read() {
@@ -72,6 +102,10 @@ function interpose(socket: net.Socket, onRewrite: (original: string) => void, on
       socket.destroy();
       duplex.destroy();
       return;
+    }
+    if (handshakeTimer && rewriter.prefaceComplete) {
+      clearTimeout(handshakeTimer);
+      handshakeTimer = undefined;
     }
     if (!announced && rewriter.originalAuthority !== undefined) {
       announced = true;
@@ -119,6 +153,80 @@ async function prepareSocketPath(socketPath: string): Promise<void> {
   await rm(socketPath, { force: true });
 }
 
+/** Longest path a unix socket can be bound at (sun_path is 108 bytes, NUL included). */
+const MAX_SOCKET_PATH_BYTES = 107;
+
+/**
+ * Listen on a unix socket at socketPath whose mode is `mode` from the moment the path
+ * exists. bind(2) creates the file with 0777 & ~umask, so the socket is bound inside a
+ * fresh private directory (0700, made by mkdtemp: nobody else can reach it there), given its
+ * mode, and only then hard-linked to socketPath; link(2) fails rather than replacing a path
+ * that appeared meanwhile. The process umask is not touched: it is process-wide, and libuv's
+ * worker threads create files concurrently.
+ */
+async function listenWithMode(netServer: net.Server, socketPath: string, mode: number): Promise<void> {
+  const privateDir = await mkdtemp(path.join(path.dirname(socketPath), '.corral-bind-'));
+  const privatePath = path.join(privateDir, 's');
+  let listening = false;
+  try {
+    if (Buffer.byteLength(privatePath) > MAX_SOCKET_PATH_BYTES) {
+      throw new Error(`corral: socket directory ${path.dirname(socketPath)} is too long a path to bind a socket in (at most ${MAX_SOCKET_PATH_BYTES - 22} bytes)`);
+    }
+    await new Promise<void>((resolve, reject) => {
+      netServer.once('error', reject);
+      netServer.listen(privatePath, () => {
+        netServer.off('error', reject);
+        resolve();
+      });
+    });
+    listening = true;
+    await chmod(privatePath, mode);
+    try {
+      await link(privatePath, socketPath);
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code === 'EEXIST') throw new Error(`corral: ${socketPath} appeared while binding the socket; is another daemon starting?`);
+      throw err;
+    }
+  } catch (err) {
+    if (listening) netServer.close();
+    throw err;
+  } finally {
+    await rm(privateDir, { recursive: true, force: true });
+  }
+}
+
+// ─────────────────────────────────────────────────────────────────────────────
+// Requests too big to decode.
+
+/** Stands in for a request that was not decoded because it has too many elements. */
+class RefusedRequest {
+  constructor(readonly reason: string) {}
+}
+
+/**
+ * The service definition with request decoding guarded: a request with more than
+ * MAX_REQUEST_ELEMENTS elements is not decoded (see message-limits.ts) and its call is
+ * answered RESOURCE_EXHAUSTED by `unary` with the reason.
+ */
+function guardRequests(def: grpc.ServiceDefinition, serviceName: string): grpc.ServiceDefinition {
+  const root = protoRoot();
+  const service = root.lookupService(serviceName);
+  const guarded: Record<string, grpc.MethodDefinition<any, any>> = {};
+  for (const [name, method] of Object.entries(def)) {
+    const type = root.lookupType(service.methods[name]!.requestType);
+    guarded[name] = {
+      ...method,
+      requestDeserialize: (bytes: Buffer) => {
+        if (countWireElements(type, bytes, MAX_REQUEST_ELEMENTS) > MAX_REQUEST_ELEMENTS) {
+          return new RefusedRequest(`${name} request has more than ${MAX_REQUEST_ELEMENTS} fields (nested and repeated ones included); corral refuses requests that large`);
+        }
+        return method.requestDeserialize(bytes);
+      },
+    };
+  }
+  return guarded as grpc.ServiceDefinition;
+}
+
 // ─────────────────────────────────────────────────────────────────────────────
 // The server.
 
@@ -132,6 +240,7 @@ export class CriServer {
   private inflight = 0;
   private closing = false;
   private readonly sockets = new Set<net.Socket>();
+  private readonly bodyBudget = new RequestBodyBudget(MAX_UNFINISHED_BODY_BYTES_TOTAL);
   private readonly idleWaiters = new Set<() => void>();
   private shutdownPromise: Promise<void> | undefined;
 
@@ -154,28 +263,28 @@ export class CriServer {
     const grpcServer = new grpc.Server({
       'grpc.max_receive_message_length': MAX_MESSAGE_BYTES,
       'grpc.max_send_message_length': MAX_MESSAGE_BYTES,
+      'grpc.max_concurrent_streams': MAX_CONCURRENT_STREAMS,
     });
     const injector = grpcServer.createConnectionInjector(grpc.ServerCredentials.createInsecure());
     const netServer = net.createServer();
+    netServer.maxConnections = opts.maxConnections ?? DEFAULT_MAX_CONNECTIONS;
     const server = new CriServer(opts, grpcServer, netServer, injector);
-    grpcServer.addService(runtimeServiceDefinition, server.implementation(runtimeServiceDefinition, opts.runtimeHandlers));
-    grpcServer.addService(imageServiceDefinition, server.implementation(imageServiceDefinition, opts.imageHandlers));
+    grpcServer.addService(guardRequests(runtimeServiceDefinition, RUNTIME_SERVICE), server.implementation(runtimeServiceDefinition, opts.runtimeHandlers));
+    grpcServer.addService(guardRequests(imageServiceDefinition, IMAGE_SERVICE), server.implementation(imageServiceDefinition, opts.imageHandlers));
     netServer.on('connection', (socket) => server.accept(socket));
-    await new Promise<void>((resolve, reject) => {
-      netServer.once('error', reject);
-      netServer.listen(opts.socketPath, () => {
-        netServer.off('error', reject);
-        resolve();
-      });
-    });
-    netServer.on('error', (err) => opts.logger.error({ err: err.message }, 'cri socket error'));
     try {
-      await chmod(opts.socketPath, opts.socketMode ?? 0o660);
+      await listenWithMode(netServer, opts.socketPath, opts.socketMode ?? 0o660);
     } catch (err) {
-      netServer.close();
       injector.destroy();
       throw err;
     }
+    netServer.on('error', (err) => opts.logger.error({ err: err.message }, 'cri socket error'));
+    let lastDropLog = 0;
+    netServer.on('drop', () => {
+      if (Date.now() - lastDropLog < 10_000) return; // a flood must not flood the log too
+      lastDropLog = Date.now();
+      opts.logger.warn({ maxConnections: netServer.maxConnections }, 'cri connection refused: too many connections');
+    });
     opts.logger.info({ socket: opts.socketPath }, 'cri server listening');
     return server;
   }
@@ -240,10 +349,20 @@ export class CriServer {
     const log = this.opts.logger;
     const duplex = interpose(
       socket,
+      { maxUnfinishedBodyBytes: MAX_UNFINISHED_BODY_BYTES_PER_CONNECTION, shared: this.bodyBudget },
+      this.opts.handshakeTimeoutMs ?? DEFAULT_HANDSHAKE_TIMEOUT_MS,
       (original) => log.debug({ authority: original }, 'cri client sent an invalid :authority; rewriting it to localhost'),
-      (err) => log.warn({ err: err.message }, 'cri connection closed: cannot parse client HTTP/2 stream'),
+      (err) => log.warn({ err: err.message }, err instanceof ClientLimitError
+        ? 'cri connection closed: the client went over a limit'
+        : 'cri connection closed: cannot parse client HTTP/2 stream'),
     );
-    this.injector.injectConnection(duplex);
+    try {
+      this.injector.injectConnection(duplex);
+    } catch (err) {
+      // One connection failing to start must not take the listener (or the daemon) down.
+      log.error({ err: (err as Error)?.message, stack: (err as Error)?.stack }, 'cri connection dropped: grpc-js refused it');
+      duplex.destroy();
+    }
   }
 
   private implementation(def: grpc.ServiceDefinition, handlers: Partial<Record<string, Handler>>): grpc.UntypedServiceImplementation {
@@ -274,6 +393,11 @@ export class CriServer {
       callback({ code: grpc.status.UNAVAILABLE, details: 'corral is shutting down' });
       return;
     }
+    if (request instanceof RefusedRequest) {
+      this.logCall(name, undefined, grpc.status.RESOURCE_EXHAUSTED, 0, resourceExhausted(request.reason));
+      callback({ code: grpc.status.RESOURCE_EXHAUSTED, details: request.reason });
+      return;
+    }
     if (!handler) {
       this.logCall(name, request, grpc.status.UNIMPLEMENTED, 0);
       callback({ code: grpc.status.UNIMPLEMENTED, details: `corral does not serve ${name} yet` });
@@ -295,17 +419,32 @@ export class CriServer {
     } catch (err) {
       result = Promise.reject(err);
     }
+    // Every outcome answers the call exactly once, and nothing here can leave a rejection
+    // unhandled: a failure while answering is logged and the call gets INTERNAL.
+    let answered = false;
+    const answer = (err: grpc.ServerErrorResponse | Partial<grpc.StatusObject> | null, response?: unknown) => {
+      if (answered) return;
+      answered = true;
+      try {
+        callback(err, response);
+      } catch (e) {
+        this.opts.logger.error({ method: name, err: (e as Error)?.message, stack: (e as Error)?.stack }, 'cri call: could not send the answer');
+      }
+    };
     result.then(
       (response) => {
         this.logCall(name, request, grpc.status.OK, performance.now() - started);
-        callback(null, response ?? {});
+        answer(null, response ?? {});
       },
       (err) => {
         const { code, details } = describeError(err);
         this.logCall(name, request, code, performance.now() - started, err);
-        callback({ code, details });
+        answer({ code, details });
       },
-    ).finally(() => {
+    ).catch((e: unknown) => {
+      this.opts.logger.error({ method: name, err: (e as Error)?.message, stack: (e as Error)?.stack }, 'cri call: failure while answering');
+      answer({ code: grpc.status.INTERNAL, details: `corral: internal error answering ${name}` });
+    }).finally(() => {
       this.inflight--;
       if (this.inflight === 0) this.wakeIdleWaiters();
     });
@@ -320,7 +459,11 @@ export class CriServer {
       if (QUIET_RPC.test(method)) log.debug(entry, 'cri call');
       else log.info(entry, 'cri call');
     } else if (code === grpc.status.UNKNOWN || code === grpc.status.INTERNAL) {
-      if (err instanceof Error && !(err instanceof CriError)) entry.err = err.message;
+      if (err instanceof Error && !(err instanceof CriError)) {
+        // Not an answer a handler chose: an unexpected failure, logged with where it came from.
+        entry.err = err.message;
+        entry.stack = err.stack;
+      }
       log.error(entry, 'cri call');
     } else {
       if (err instanceof Error) entry.err = err.message;

@@ -2,7 +2,8 @@ import { test, after } from 'node:test';
 import assert from 'node:assert/strict';
 import http2 from 'node:http2';
 import net from 'node:net';
-import { mkdtempSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, readdirSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { spawn } from 'node:child_process';
 import os from 'node:os';
 import path from 'node:path';
 import { Writable } from 'node:stream';
@@ -164,6 +165,46 @@ test('a grpc-js client (authority "localhost") gets the Version answer; socket i
   assert.equal(server.inFlight(), 0);
 });
 
+test('the socket never exists with a mode other than 0660, not even for an instant after bind', async () => {
+  const socketPath = tempSocket();
+  await import('node:fs/promises').then((f) => f.mkdir(path.dirname(socketPath), { recursive: true }));
+  // Another process stats the path in a tight loop and reports every mode it saw.
+  const poller = spawn(process.execPath, ['-e', `
+    const fs = require('node:fs');
+    const seen = {};
+    let stop = false;
+    process.stdin.on('data', () => { stop = true; });
+    process.stdout.write('ready\\n');
+    const spin = () => {
+      const until = Date.now() + 20;
+      while (Date.now() < until) {
+        try { const m = (fs.lstatSync(process.argv[1]).mode & 0o7777).toString(8); seen[m] = (seen[m] || 0) + 1; } catch {}
+      }
+      if (stop) process.stdout.write(JSON.stringify(seen) + '\\n', () => process.exit(0));
+      else setImmediate(spin);
+    };
+    spin();
+  `, socketPath], { stdio: ['pipe', 'pipe', 'inherit'] });
+  cleanups.push(() => void poller.kill('SIGKILL'));
+  let output = '';
+  poller.stdout!.on('data', (d) => (output += d));
+  while (!output.includes('ready')) await new Promise((r) => setTimeout(r, 5));
+  for (let i = 0; i < 25; i++) {
+    const server = await CriServer.start({ socketPath, logger: pino({ level: 'silent' }), runtimeHandlers: { Version: versionHandler }, imageHandlers: {} });
+    assert.equal(statSync(socketPath).mode & 0o7777, 0o660);
+    await new Promise((r) => setTimeout(r, 5));
+    await server.shutdown(0);
+  }
+  const exited = new Promise((r) => poller.once('exit', r));
+  poller.stdin!.write('stop\n');
+  await exited;
+  const seen: Record<string, number> = JSON.parse(output.split('\n').filter(Boolean).pop()!);
+  assert.ok((seen['660'] ?? 0) > 0, `the poller saw the socket: ${output}`);
+  assert.deepEqual(Object.keys(seen), ['660'], `modes seen: ${JSON.stringify(seen)}`);
+  // The private bind directories are gone.
+  assert.deepEqual(readdirSync(path.dirname(socketPath)).filter((n) => n.startsWith('.corral-bind-')), []);
+});
+
 test('a client sending the socket path as :authority gets a valid answer', async () => {
   const { socketPath } = await startServer();
   const session = connectRaw(socketPath);
@@ -236,6 +277,67 @@ test('a CriError from a handler keeps its code and message; other errors become 
   const line = lines.find((l) => l.method === 'PodSandboxStatus');
   assert.equal(line.code, 'NOT_FOUND');
   assert.equal(line.podSandboxId, 'abc123');
+});
+
+test('a failure while answering a failed call still answers it (INTERNAL) and leaves no unhandled rejection', async () => {
+  const unhandled: unknown[] = [];
+  const onUnhandled = (r: unknown) => unhandled.push(r);
+  process.on('unhandledRejection', onUnhandled);
+  try {
+    const { socketPath, lines } = await startServer({
+      Status: async () => {
+        // An error that cannot even be described: reading its message throws.
+        const err = new Error('hidden');
+        Object.defineProperty(err, 'message', { get() { throw new Error('message getter exploded'); } });
+        throw err;
+      },
+    });
+    const client = createRuntimeClient(socketPath);
+    try {
+      await assert.rejects(call(client, 'Status', {}, { deadlineMs: 3000 }), (e: any) => {
+        assert.equal(e.code, grpc.status.INTERNAL);
+        assert.match(e.details, /internal error answering Status/);
+        return true;
+      });
+      assert.equal((await call(client, 'Version', {})).runtimeName, 'corral', 'the server keeps serving');
+    } finally {
+      client.close();
+    }
+    await new Promise((r) => setTimeout(r, 50));
+    assert.deepEqual(unhandled, []);
+    const logged = lines.find((l) => l.method === 'Status' && /failure while answering/.test(l.msg));
+    assert.ok(logged, 'the failure is logged');
+    assert.match(logged.stack, /message getter exploded/);
+  } finally {
+    process.off('unhandledRejection', onUnhandled);
+  }
+});
+
+test('a request with too many elements is refused RESOURCE_EXHAUSTED before it is decoded', async () => {
+  let handled = 0;
+  const { socketPath, lines } = await startServer({
+    CreateContainer: async (req) => {
+      handled++;
+      return { containerId: `c-${req.config.envs.length}` };
+    },
+  });
+  const client = createRuntimeClient(socketPath, { timeoutMs: 20_000 });
+  try {
+    // 2 MB on the wire, but a million empty mounts: ~170 MB of objects once decoded.
+    const mounts = Array.from({ length: 1_000_000 }, () => ({}));
+    await assert.rejects(call(client, 'CreateContainer', { podSandboxId: 'p', config: { mounts } }), (e: any) => {
+      assert.equal(e.code, grpc.status.RESOURCE_EXHAUSTED);
+      assert.match(e.details, /CreateContainer request has more than 100000 fields/);
+      return true;
+    });
+    assert.equal(handled, 0, 'the handler never saw it');
+    // An ordinary large request (a thousand env vars) is served.
+    const envs = Array.from({ length: 1000 }, (_, i) => ({ key: `K${i}`, value: 'v'.repeat(50) }));
+    assert.deepEqual(await call(client, 'CreateContainer', { podSandboxId: 'p', config: { envs } }), { containerId: 'c-1000' });
+  } finally {
+    client.close();
+  }
+  assert.ok(lines.some((l) => l.method === 'CreateContainer' && l.code === 'RESOURCE_EXHAUSTED'));
 });
 
 test('many sequential and concurrent calls over one path-authority connection, with varying headers', async () => {
@@ -339,6 +441,46 @@ test('a hand-made client stream: indexed authority, table size updates, CONTINUA
   assert.deepEqual([...ended].sort(), [1, 3, 5]);
   assert.deepEqual([...statuses.values()], ['v1 (asked hand)', 'v1 (asked hand)', 'v1 (asked hand)']);
   sock.destroy();
+});
+
+test('a connection that does not send the HTTP/2 preface in time is closed; connections past the cap are refused', async () => {
+  const socketPath = tempSocket();
+  const { logger, lines } = captureLogger();
+  const server = await CriServer.start({
+    socketPath, logger, runtimeHandlers: { Version: versionHandler }, imageHandlers: {}, handshakeTimeoutMs: 300, maxConnections: 2,
+  });
+  cleanups.push(() => server.shutdown(0));
+  const closed = (sock: net.Socket) => new Promise<number>((resolve) => {
+    const t0 = Date.now();
+    sock.resume(); // read, or the end of the connection goes unnoticed
+    sock.on('close', () => resolve(Date.now() - t0));
+  });
+  // Half a preface, then silence.
+  const idle = net.connect(socketPath, () => idle.write('PRI * HTTP/2.0\r\n'));
+  idle.on('error', () => undefined);
+  cleanups.push(() => void idle.destroy());
+  const idleClosedAfter = await closed(idle);
+  assert.ok(idleClosedAfter >= 250 && idleClosedAfter < 3000, `closed after ${idleClosedAfter} ms`);
+  assert.ok(lines.some((l) => /no HTTP\/2 connection preface within 300 ms/.test(l.err ?? '')));
+  // A real HTTP/2 client that is idle longer than that keeps its connection.
+  const session = connectRaw(socketPath);
+  await new Promise((r) => setTimeout(r, 600));
+  const ok = await rawCall(session, 'localhost', '/runtime.v1.RuntimeService/Version', encodeMessage('VersionRequest', {}));
+  assert.equal(ok.grpcStatus, '0');
+  // With the session and one more socket open, a third connection is closed at once.
+  const second = net.connect(socketPath);
+  second.on('error', () => undefined);
+  cleanups.push(() => void second.destroy());
+  await new Promise((r) => second.once('connect', r));
+  await new Promise((r) => setTimeout(r, 50));
+  const third = net.connect(socketPath);
+  third.on('error', () => undefined);
+  cleanups.push(() => void third.destroy());
+  const thirdClosedAfter = await closed(third);
+  assert.ok(thirdClosedAfter < 250, `third connection closed after ${thirdClosedAfter} ms`);
+  assert.ok(lines.some((l) => l.msg === 'cri connection refused: too many connections'));
+  second.destroy();
+  session.destroy();
 });
 
 test('refuses to start when another daemon listens; replaces a stale socket; refuses a non-socket file', async () => {
