@@ -1,3 +1,5 @@
+import { MAX_IMAGE_ACCOUNT_FILE_BYTES, SafeReadError, readFileInRoot } from '../util/safe-read.js';
+
 /**
  * What ImageStatus reports of an image's configured user: a numeric uid when the user
  * part of `config.User` is a number, else a username. The group part is not reported.
@@ -8,4 +10,26 @@ export function imageUser(user: string | undefined): { uid?: number; username: s
   if (name === '') return { username: '' };
   if (/^[0-9]+$/.test(name)) return { uid: Number(name), username: '' };
   return { username: name };
+}
+
+/** An account file the image has but Corral refused to read: no name in it can be looked up. */
+export interface UnreadableAccountFile {
+  unreadable: string;
+}
+
+/**
+ * The image's /etc/passwd or /etc/group, for user and group lookups, read with the safe
+ * reader beneath the container's root filesystem: symlinks resolve inside it, only a
+ * regular file of at most MAX_IMAGE_ACCOUNT_FILE_BYTES (4 MiB) is read, so a FIFO, a
+ * device or a huge file answers at once. A missing file is '' (no such user, as
+ * containerd and CRI-O treat it); a refused one is UnreadableAccountFile, with which
+ * numeric IDs still work and a name lookup fails saying why.
+ */
+export async function readImageAccountFile(rootfs: string, file: 'etc/passwd' | 'etc/group'): Promise<string | UnreadableAccountFile> {
+  try {
+    return (await readFileInRoot(rootfs, file, { maxBytes: MAX_IMAGE_ACCOUNT_FILE_BYTES, describe: `the image's /${file}` })).toString('utf8');
+  } catch (e) {
+    if (e instanceof SafeReadError && (e.code === 'ENOENT' || e.code === 'ENOTDIR')) return '';
+    return { unreadable: (e as Error).message };
+  }
 }

@@ -57,7 +57,8 @@ export class SafeReadError extends Error {
   constructor(
     readonly code: 'ENOENT' | 'ENOTDIR' | 'ENOTREG' | 'EFBIG' | 'ELOOP' | 'EINVAL' | 'EACCES' | 'EIO',
     readonly file: string,
-    reason: string,
+    /** What is wrong, without the file's name. */
+    readonly reason: string,
   ) {
     super(`${file}: ${reason}`);
     this.name = 'SafeReadError';
