@@ -1,3 +1,4 @@
+import { invalidArgument } from '../cri/errors.js';
 import { MAX_IMAGE_ACCOUNT_FILE_BYTES, SafeReadError, readFileInRoot } from '../util/safe-read.js';
 
 /**
@@ -23,13 +24,19 @@ export interface UnreadableAccountFile {
  * regular file of at most MAX_IMAGE_ACCOUNT_FILE_BYTES (4 MiB) is read, so a FIFO, a
  * device or a huge file answers at once. A missing file is '' (no such user, as
  * containerd and CRI-O treat it); a refused one is UnreadableAccountFile, with which
- * numeric IDs still work and a name lookup fails saying why.
+ * numeric IDs still work and a name lookup fails saying why. A FIFO, device or socket is
+ * refused outright (INVALID_ARGUMENT), whatever the user: the OCI runtime itself opens
+ * these files inside the container to set up the user (runc always does) and would
+ * block there, so such an image cannot run.
  */
 export async function readImageAccountFile(rootfs: string, file: 'etc/passwd' | 'etc/group'): Promise<string | UnreadableAccountFile> {
   try {
     return (await readFileInRoot(rootfs, file, { maxBytes: MAX_IMAGE_ACCOUNT_FILE_BYTES, describe: `the image's /${file}` })).toString('utf8');
   } catch (e) {
     if (e instanceof SafeReadError && (e.code === 'ENOENT' || e.code === 'ENOTDIR')) return '';
+    if (e instanceof SafeReadError && (e.kind === 'fifo' || e.kind === 'device' || e.kind === 'socket')) {
+      throw invalidArgument(`${e.message}: the OCI runtime would block reading it when the container starts, so this image cannot run`);
+    }
     return { unreadable: (e as Error).message };
   }
 }

@@ -59,6 +59,8 @@ export class SafeReadError extends Error {
     readonly file: string,
     /** What is wrong, without the file's name. */
     readonly reason: string,
+    /** For ENOTREG: what the file is instead. */
+    readonly kind?: 'directory' | 'fifo' | 'device' | 'socket' | 'other',
   ) {
     super(`${file}: ${reason}`);
     this.name = 'SafeReadError';
@@ -172,7 +174,7 @@ async function openInRoot(root: string, relPath: string, name: string): Promise<
       }
       dirs.push(fd);
     }
-    if (dirs.length === 1) throw new SafeReadError('ENOTREG', name, 'is a directory, not a regular file');
+    if (dirs.length === 1) throw new SafeReadError('ENOTREG', name, 'is a directory, not a regular file', 'directory');
     const result = dirs.pop()!;
     await closeAll(dirs.splice(0));
     return result;
@@ -204,7 +206,7 @@ async function readThroughPathFd(pathFd: number, name: string, maxBytes: number)
 }
 
 function checkRegular(st: Stats, name: string, maxBytes: number): void {
-  if (!st.isFile()) throw new SafeReadError('ENOTREG', name, `is ${kindOf(st)}, not a regular file`);
+  if (!st.isFile()) throw new SafeReadError('ENOTREG', name, `is ${kindOf(st)}, not a regular file`, kindCode(st));
   if (st.size > maxBytes) throw new SafeReadError('EFBIG', name, `is ${st.size} bytes, more than the ${maxBytes}-byte limit`);
 }
 
@@ -237,6 +239,14 @@ function kindOf(st: Stats): string {
   if (st.isSocket()) return 'a socket';
   if (st.isSymbolicLink()) return 'a symbolic link';
   return 'not a file';
+}
+
+function kindCode(st: Stats): SafeReadError['kind'] {
+  if (st.isDirectory()) return 'directory';
+  if (st.isFIFO()) return 'fifo';
+  if (st.isCharacterDevice() || st.isBlockDevice()) return 'device';
+  if (st.isSocket()) return 'socket';
+  return 'other';
 }
 
 /** The kernel's error, named after the file Corral meant (not /proc/self/fd/...). */

@@ -27,15 +27,22 @@ async function tmpdir(t: { after: (fn: () => Promise<void>) => void }): Promise<
   return dir;
 }
 
-test('image /etc/passwd: present is read, missing is empty, FIFO / symlink out / huge are unreadable', PROMPT, async (t) => {
+test('image /etc/passwd: present is read, missing is empty, FIFO refused, symlink out resolved inside, directory / huge unreadable', PROMPT, async (t) => {
   const rootfs = path.join(await tmpdir(t), 'rootfs');
   await fs.mkdir(path.join(rootfs, 'etc'), { recursive: true });
   assert.equal(await readImageAccountFile(rootfs, 'etc/passwd'), '');
   await fs.writeFile(path.join(rootfs, 'etc/passwd'), 'app:x:1000:1000::/:/bin/sh\n');
   assert.equal(await readImageAccountFile(rootfs, 'etc/passwd'), 'app:x:1000:1000::/:/bin/sh\n');
 
+  // A FIFO (or device, or socket) is refused whatever the user: runc opens it in the container too.
   execFileSync('mkfifo', [path.join(rootfs, 'etc/group')]);
-  assert.deepEqual(await readImageAccountFile(rootfs, 'etc/group'), { unreadable: "the image's /etc/group: is a FIFO, not a regular file" });
+  await assert.rejects(readImageAccountFile(rootfs, 'etc/group'), (e: any) => e.code === status.INVALID_ARGUMENT && /^the image's \/etc\/group: is a FIFO, not a regular file: the OCI runtime would block/.test(e.message));
+  await fs.rm(path.join(rootfs, 'etc/group'));
+  await fs.symlink('/dev/null', path.join(rootfs, 'etc/group'));
+  assert.equal(await readImageAccountFile(rootfs, 'etc/group'), '', 'the image has no /dev/null: absent');
+  await fs.rm(path.join(rootfs, 'etc/group'));
+  await fs.mkdir(path.join(rootfs, 'etc/group'));
+  assert.deepEqual(await readImageAccountFile(rootfs, 'etc/group'), { unreadable: "the image's /etc/group: is a directory, not a regular file" });
 
   // /etc/passwd -> /etc/hosts of the host: resolved in the image, where it does not exist.
   await fs.rm(path.join(rootfs, 'etc/passwd'));
