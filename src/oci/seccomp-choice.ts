@@ -17,7 +17,7 @@ export async function readSeccompProfile(file: string): Promise<string> {
   return (await readRegularFile(file, { maxBytes: MAX_SECCOMP_PROFILE_BYTES })).toString('utf8');
 }
 
-export async function resolveSeccomp(securityContext: any, readFile: (path: string) => Promise<string>): Promise<SeccompChoice> {
+export async function resolveSeccomp(securityContext: any, readFile: (path: string) => Promise<string> = readSeccompProfile): Promise<SeccompChoice> {
   const structured = securityContext?.seccomp;
   const type: string | undefined = structured?.profileType;
   if (type === 'RuntimeDefault') return { type: 'runtimeDefault' };
