@@ -52,6 +52,8 @@ export const MAX_STATE_FILE_BYTES = 64 * 1024 * 1024;
 const MAX_SYMLINKS = 40;
 /** Path components walked for one path, symlink targets included. */
 const MAX_COMPONENTS = 4096;
+/** Directories deep (each holds an fd while the path is walked). */
+const MAX_DEPTH = 256;
 
 export class SafeReadError extends Error {
   constructor(
@@ -171,6 +173,10 @@ async function openInRoot(root: string, relPath: string, name: string): Promise<
       if (pending.length > 0 && !st.isDirectory()) {
         await closeAll([fd]);
         throw new SafeReadError('ENOTDIR', name, `${component} is not a directory`);
+      }
+      if (dirs.length > MAX_DEPTH) {
+        await closeAll([fd]);
+        throw new SafeReadError('ELOOP', name, `more than ${MAX_DEPTH} directories deep`);
       }
       dirs.push(fd);
     }

@@ -118,11 +118,16 @@ test('a symlink in a middle component pointing outside resolves inside the root'
   assert.equal((await readFileInRoot(root, 'etc/passwd', { maxBytes: MAX })).toString(), 'image passwd');
 });
 
-test('symlink loops end with ELOOP', PROMPT, async (t) => {
+test('symlink loops and very deep paths end with ELOOP', PROMPT, async (t) => {
   const { root } = await scratch(t);
   await fs.symlink('b', path.join(root, 'etc/a'));
   await fs.symlink('a', path.join(root, 'etc/b'));
   await assert.rejects(readFileInRoot(root, 'etc/a', { maxBytes: MAX }), refused('ELOOP'));
+  // A link to a very deep path: bounded (each level holds a file descriptor while walked).
+  await fs.symlink('d/'.repeat(300) + 'f', path.join(root, 'etc/deep'));
+  await assert.rejects(readFileInRoot(root, 'etc/deep', { maxBytes: MAX }), refused('ENOENT'), 'absent: resolved step by step');
+  await fs.mkdir(path.join(root, 'etc', 'd/'.repeat(300)), { recursive: true });
+  await assert.rejects(readFileInRoot(root, 'etc/deep', { maxBytes: MAX }), refused('ELOOP', /more than 256 directories deep/));
 });
 
 test('a file over the cap is refused before it is read', PROMPT, async (t) => {
