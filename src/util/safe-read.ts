@@ -16,7 +16,7 @@
  *   contains can make Corral open a file outside its root.
  *
  * Errors are SafeReadError, with an errno-like `code` (ENOENT and ENOTDIR when the file is
- * missing, ENOTREG, EFBIG, ELOOP, EINVAL when it is refused) so callers can tell
+ * missing, ENOTREG, EFBIG, ELOOP, EINVAL, EXDEV when it is refused) so callers can tell
  * "absent" from "refused".
  */
 import { close as closeCb, constants, fstat as fstatCb, open as openCb, read as readCb, readlink as readlinkCb, type Stats } from 'node:fs';
@@ -57,12 +57,14 @@ const MAX_DEPTH = 256;
 
 export class SafeReadError extends Error {
   constructor(
-    readonly code: 'ENOENT' | 'ENOTDIR' | 'ENOTREG' | 'EFBIG' | 'ELOOP' | 'EINVAL' | 'EACCES' | 'EIO',
+    readonly code: 'ENOENT' | 'ENOTDIR' | 'ENOTREG' | 'EFBIG' | 'ELOOP' | 'EINVAL' | 'EACCES' | 'EIO' | 'EXDEV',
     readonly file: string,
     /** What is wrong, without the file's name. */
     readonly reason: string,
     /** For ENOTREG: what the file is instead. */
     readonly kind?: 'directory' | 'fifo' | 'device' | 'socket' | 'other',
+    /** For EXDEV: the path (from the root) the file resolves to. */
+    readonly resolvedPath?: string,
   ) {
     super(`${file}: ${reason}`);
     this.name = 'SafeReadError';
@@ -74,6 +76,12 @@ export interface SafeReadOptions {
   maxBytes: number;
   /** How the file is named in errors (default: its path). */
   describe?: string;
+  /**
+   * readFileInRoot only: top-level directories of the root (e.g. proc, sys, dev) that the
+   * container runtime mounts over, so what the image has there is not what the container
+   * will see: a path resolving into one is refused with EXDEV (resolvedPath says where).
+   */
+  refuseUnder?: readonly string[];
 }
 
 /**
@@ -99,7 +107,7 @@ export async function readRegularFile(file: string, opts: SafeReadOptions): Prom
  */
 export async function readFileInRoot(root: string, relPath: string, opts: SafeReadOptions): Promise<Buffer> {
   const name = opts.describe ?? relPath;
-  const pathFd = await openInRoot(root, relPath, name);
+  const pathFd = await openInRoot(root, relPath, name, opts.refuseUnder ?? []);
   try {
     return await readThroughPathFd(pathFd, name, opts.maxBytes);
   } finally {
@@ -124,7 +132,7 @@ export async function readJsonFileIfExists<T>(file: string, maxBytes: number): P
 }
 
 /** An O_PATH fd of the file `relPath` names under `root`, every component resolved inside `root`. */
-async function openInRoot(root: string, relPath: string, name: string): Promise<number> {
+async function openInRoot(root: string, relPath: string, name: string, refuseUnder: readonly string[]): Promise<number> {
   const requested = relPath.split('/');
   if (requested.includes('..')) throw new SafeReadError('EINVAL', name, 'the path may not contain ".."');
   const rootFd = await openFd(root, O_PATH | O_DIRECTORY).catch((e) => {
@@ -146,6 +154,10 @@ async function openInRoot(root: string, relPath: string, name: string): Promise<
       if (component === '..') {
         if (dirs.length > 1) await closeAll([dirs.pop()!]);
         continue;
+      }
+      if (dirs.length === 1 && refuseUnder.includes(component)) {
+        const resolvedPath = '/' + [component, ...pending].filter((c) => c !== '' && c !== '.').join('/');
+        throw new SafeReadError('EXDEV', name, `leads to ${resolvedPath}, under /${component}, which the container runtime mounts over`, undefined, resolvedPath);
       }
       const parent = `/proc/self/fd/${dirs[dirs.length - 1]}`;
       const fd = await openFd(`${parent}/${component}`, O_PATH | O_NOFOLLOW).catch((e) => {

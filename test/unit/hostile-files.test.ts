@@ -39,7 +39,13 @@ test('image /etc/passwd: present is read, missing is empty, FIFO refused, symlin
   await assert.rejects(readImageAccountFile(rootfs, 'etc/group'), (e: any) => e.code === status.INVALID_ARGUMENT && /^the image's \/etc\/group: is a FIFO, not a regular file: the OCI runtime would block/.test(e.message));
   await fs.rm(path.join(rootfs, 'etc/group'));
   await fs.symlink('/dev/null', path.join(rootfs, 'etc/group'));
-  assert.equal(await readImageAccountFile(rootfs, 'etc/group'), '', 'the image has no /dev/null: absent');
+  assert.equal(await readImageAccountFile(rootfs, 'etc/group'), '', '/dev/null is empty in the container too');
+  // Other links into /proc, /sys or /dev name the runtime's files, not the image's: refused.
+  for (const target of ['/proc/kmsg', '../proc/self/fd/0', '/dev/tty', '/sys/kernel/debug/tracing/trace_pipe', '../../../dev/./zero']) {
+    await fs.rm(path.join(rootfs, 'etc/group'));
+    await fs.symlink(target, path.join(rootfs, 'etc/group'));
+    await assert.rejects(readImageAccountFile(rootfs, 'etc/group'), (e: any) => e.code === status.INVALID_ARGUMENT && /^the image's \/etc\/group: leads to \/(proc|dev|sys)\/.*which the container runtime mounts over: the OCI runtime would read/.test(e.message), target);
+  }
   await fs.rm(path.join(rootfs, 'etc/group'));
   await fs.mkdir(path.join(rootfs, 'etc/group'));
   assert.deepEqual(await readImageAccountFile(rootfs, 'etc/group'), { unreadable: "the image's /etc/group: is a directory, not a regular file" });

@@ -118,6 +118,21 @@ test('a symlink in a middle component pointing outside resolves inside the root'
   assert.equal((await readFileInRoot(root, 'etc/passwd', { maxBytes: MAX })).toString(), 'image passwd');
 });
 
+test('refuseUnder: a path resolving into a runtime-mounted top-level directory is EXDEV', PROMPT, async (t) => {
+  const { root } = await scratch(t);
+  const opts = { maxBytes: MAX, refuseUnder: ['proc', 'dev'] };
+  await fs.mkdir(path.join(root, 'proc'));
+  await fs.writeFile(path.join(root, 'proc/kmsg'), 'the image file, hidden by the runtime mount');
+  await fs.symlink('/proc/kmsg', path.join(root, 'etc/abs'));
+  await fs.symlink('../proc/kmsg', path.join(root, 'etc/rel'));
+  await fs.mkdir(path.join(root, 'usr'));
+  await fs.symlink('/usr/../dev/null', path.join(root, 'etc/devnull'));
+  for (const [f, where] of [['etc/abs', '/proc/kmsg'], ['etc/rel', '/proc/kmsg'], ['proc/kmsg', '/proc/kmsg'], ['etc/devnull', '/dev/null']] as const) {
+    await assert.rejects(readFileInRoot(root, f, opts), (e: unknown) => refused('EXDEV')(e) && (e as SafeReadError).resolvedPath === where, f);
+  }
+  assert.equal((await readFileInRoot(root, 'etc/rel', { maxBytes: MAX })).toString(), 'the image file, hidden by the runtime mount', 'only when asked');
+});
+
 test('symlink loops and very deep paths end with ELOOP', PROMPT, async (t) => {
   const { root } = await scratch(t);
   await fs.symlink('b', path.join(root, 'etc/a'));
