@@ -27,7 +27,7 @@ import { ContainerService } from './container/service.js';
 import { ImageService } from './image/image-service.js';
 import { mountOverlayRootfs, unmountOverlayRootfs } from './image/snapshots.js';
 import { CriError, invalidArgument } from './cri/errors.js';
-import { resolveSeccomp } from './oci/seccomp-choice.js';
+import { readSeccompProfile, resolveSeccomp } from './oci/seccomp-choice.js';
 
 export interface Daemon {
   sandboxes: SandboxService;
@@ -105,7 +105,7 @@ export async function startDaemon(cfg: CorralConfig, logger: Logger): Promise<Da
         sysctls: b.sysctls,
         oomScoreAdj: sandboxOomScoreAdj,
         noNewPrivileges: true,
-        seccomp: await resolveSeccomp(sc, (f) => fs.readFile(f, 'utf8')),
+        seccomp: await resolveSeccomp(sc, readSeccompProfile),
         resolvConfPath: b.resolvConfPath,
         hostnamePath: b.hostnamePath,
         hostsPath: b.hostsPath,

@@ -22,7 +22,8 @@ import type { ImageService } from '../image/image-service.js';
 import { mountOverlayRootfs, unmountOverlayRootfs } from '../image/snapshots.js';
 import type { OciRuntime } from '../oci/runtime.js';
 import { cgroupfsCgroupsPath, clampOomScoreAdj } from '../oci/spec.js';
-import { resolveSeccomp } from '../oci/seccomp-choice.js';
+import { readSeccompProfile, resolveSeccomp } from '../oci/seccomp-choice.js';
+import { readImageAccountFile } from '../image/image-user.js';
 import { buildContainerSpec, containerArgs, containerLogPath, containerCapabilities, containerEnv, mountPropagationOf, propagationProblem, resolveUser, type PodNamespaces } from '../oci/container-spec.js';
 import { conmonCreate, readExitCode, removeConmonFiles, waitForExit } from '../oci/conmon.js';
 import type { ContainerRecord } from './record.js';
@@ -220,7 +221,7 @@ export class ContainerService {
     const linux = c.linux ?? {};
     const sc = linux.securityContext ?? {};
     const rootfs = record.resources.rootfs!.target;
-    const readText = (p: string) => fs.readFile(path.join(rootfs, p), 'utf8').catch(() => '');
+    const readText = (p: 'etc/passwd' | 'etc/group') => readImageAccountFile(rootfs, p);
     const user = userOrRefuse({
       runAsUser: sc.runAsUser ? Number(sc.runAsUser.value) : undefined,
       runAsGroup: sc.runAsGroup ? Number(sc.runAsGroup.value) : undefined,
@@ -269,7 +270,7 @@ export class ContainerService {
       readOnlyRootfs: Boolean(sc.readonlyRootfs),
       noNewPrivileges: Boolean(sc.noNewPrivs),
       capabilities: caps,
-      seccomp: await resolveSeccomp(sc, (f) => fs.readFile(f, 'utf8')),
+      seccomp: await resolveSeccomp(sc, readSeccompProfile),
       cgroupsPath: cgroupfsCgroupsPath(sandbox.config.linux?.cgroupParent ?? '', record.id),
       oomScoreAdj: oom,
       resources: {

@@ -15,6 +15,7 @@ import path from 'node:path';
 import { createHash, randomBytes } from 'node:crypto';
 import { digestHex, validateDigest } from './reference.js';
 import { processAlive } from '../util/process.js';
+import { MAX_JSON_BLOB_BYTES, SafeReadError, readRegularFile } from '../util/safe-read.js';
 
 /** A blob did not have the digest or size it was ingested under. */
 export class BlobVerificationError extends Error {
@@ -30,6 +31,18 @@ export class BlobVerificationError extends Error {
         : `blob ${digest}: size mismatch: expected ${expected} bytes, got ${actual}${typeof actual === 'number' && actual > Number(expected) ? ' or more' : ''}`,
     );
     this.name = 'BlobVerificationError';
+  }
+}
+
+/** A JSON blob over its cap: the image cannot be used (Corral will not allocate it). */
+export class BlobTooLargeError extends Error {
+  constructor(
+    readonly digest: string,
+    reason: string,
+    readonly limit: number,
+  ) {
+    super(`blob ${digest} ${reason}: an image's index, manifest and config may be at most ${limit} bytes, so this image cannot be used`);
+    this.name = 'BlobTooLargeError';
   }
 }
 
@@ -200,21 +213,29 @@ export class ContentStore {
     await syncDir(this.blobsDir);
   }
 
-  async readBuffer(digest: string): Promise<Buffer> {
+  /**
+   * A blob's bytes, for the JSON documents of an image (index, manifest, config): at most
+   * maxBytes (MAX_JSON_BLOB_BYTES, the registry client's manifest cap, by default), a
+   * larger blob refused from its size before anything is allocated. Layers are streamed,
+   * never read whole.
+   */
+  async readBuffer(digest: string, maxBytes = MAX_JSON_BLOB_BYTES): Promise<Buffer> {
     try {
-      return await fs.readFile(this.blobPath(digest));
+      return await readRegularFile(this.blobPath(digest), { maxBytes, describe: `blob ${digest}` });
     } catch (e) {
-      if ((e as NodeJS.ErrnoException).code === 'ENOENT') {
+      if (e instanceof SafeReadError && e.code === 'ENOENT') {
         const err = new Error(`blob ${digest} is not in the content store`) as NodeJS.ErrnoException;
         err.code = 'ENOENT';
         throw err;
       }
+      if (e instanceof SafeReadError && e.code === 'EFBIG') throw new BlobTooLargeError(digest, e.reason, maxBytes);
       throw e;
     }
   }
 
-  async readJson<T>(digest: string): Promise<T> {
-    const buf = await this.readBuffer(digest);
+  /** A JSON blob (index, manifest, config), capped as readBuffer. */
+  async readJson<T>(digest: string, maxBytes = MAX_JSON_BLOB_BYTES): Promise<T> {
+    const buf = await this.readBuffer(digest, maxBytes);
     try {
       return JSON.parse(buf.toString('utf8')) as T;
     } catch (e) {

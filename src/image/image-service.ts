@@ -8,6 +8,8 @@ import type { Logger } from '../util/log.js';
 import { ImageStore, type ImageRecord } from './image-store.js';
 import { parseReference } from './reference.js';
 import { RegistryClient, pullImageContent, type AuthConfig, type PullProgress } from './registry/index.js';
+import { BlobTooLargeError } from './content-store.js';
+import { invalidArgument } from '../cri/errors.js';
 
 export class ImageService {
   readonly store: ImageStore;
@@ -111,7 +113,9 @@ export class ImageService {
 
   /** The image config's `config` object (Entrypoint, Cmd, Env, User ...). */
   async runtimeConfig(image: ImageRecord): Promise<{ Entrypoint?: string[] | null; Cmd?: string[] | null; [k: string]: unknown }> {
-    const config = await this.store.content.readJson<any>(image.configDigest);
+    const config = await this.store.content.readJson<any>(image.configDigest).catch((e) => {
+      throw e instanceof BlobTooLargeError ? invalidArgument(`image ${image.repoTags[0] ?? image.id}: its config: ${e.message}`) : e;
+    });
     return config?.config ?? {};
   }
 

@@ -9,7 +9,7 @@ import path from 'node:path';
 import type { Logger } from '../util/log.js';
 import { readJsonIfExists, writeJsonAtomic } from '../util/atomic.js';
 import { invalidArgument } from '../cri/errors.js';
-import { ContentStore } from './content-store.js';
+import { BlobTooLargeError, ContentStore } from './content-store.js';
 import { parseReference } from './reference.js';
 import { SnapshotStore, chainIds } from './snapshots.js';
 import { applyLayer, LayerRefusedError, UnpackHelperError } from './unpack.js';
@@ -246,7 +246,9 @@ export class ImageStore {
   }
 
   private async layerChain(reference: string, configDigest: string, layerCount: number): Promise<{ config: any; diffIds: string[]; chain: string[] }> {
-    const config = await this.content.readJson<any>(configDigest);
+    const config = await this.content.readJson<any>(configDigest).catch((e) => {
+      throw e instanceof BlobTooLargeError ? invalidArgument(`image ${reference}: its config: ${e.message}`) : e;
+    });
     const diffIds: string[] = config?.rootfs?.diff_ids ?? [];
     if (diffIds.length !== layerCount) {
       throw new Error(`image ${reference}: its config lists ${diffIds.length} layer diff IDs but the manifest has ${layerCount} layers`);

@@ -280,7 +280,7 @@ export function propagationProblem(m: BindMount, hostPropagation: 'shared' | 'sl
  * "name", "name:group"), names looked up in the container's /etc/passwd and /etc/group
  * (passed as text); the primary group defaults to the passwd entry's.
  */
-export function resolveUser(opts: { runAsUser?: number; runAsGroup?: number; runAsUsername?: string; imageUser: string; supplementalGroups?: number[]; passwd: string; group: string }): OciUser {
+export function resolveUser(opts: { runAsUser?: number; runAsGroup?: number; runAsUsername?: string; imageUser: string; supplementalGroups?: number[]; passwd: AccountFileText; group: AccountFileText }): OciUser {
   if (opts.runAsGroup !== undefined && opts.runAsUser === undefined && !opts.runAsUsername) {
     throw new Error('run_as_group is set without run_as_user or run_as_username');
   }
@@ -301,7 +301,7 @@ export function resolveUser(opts: { runAsUser?: number; runAsGroup?: number; run
     gid = entry ? Number(entry[3]) : undefined;
   } else {
     const entry = passwd.find((p) => p[0] === userPart);
-    if (!entry) throw new Error(`user "${userPart}" is not in the image's /etc/passwd`);
+    if (!entry) throw new Error(typeof opts.passwd === 'string' ? `user "${userPart}" is not in the image's /etc/passwd` : `cannot look up user "${userPart}": ${opts.passwd.unreadable}`);
     uid = Number(entry[2]);
     gid = Number(entry[3]);
   }
@@ -309,7 +309,7 @@ export function resolveUser(opts: { runAsUser?: number; runAsGroup?: number; run
     if (/^\d+$/.test(groupPart)) gid = Number(groupPart);
     else {
       const g = groups.find((e) => e[0] === groupPart);
-      if (!g) throw new Error(`group "${groupPart}" is not in the image's /etc/group`);
+      if (!g) throw new Error(typeof opts.group === 'string' ? `group "${groupPart}" is not in the image's /etc/group` : `cannot look up group "${groupPart}": ${opts.group.unreadable}`);
       gid = Number(g[2]);
     }
   }
@@ -322,8 +322,12 @@ export function resolveUser(opts: { runAsUser?: number; runAsGroup?: number; run
   return user;
 }
 
-function parseColonFile(text: string): string[][] {
-  return text
+/** An account file's text, or why it could not be read (then it has no entries: numeric IDs still work). */
+type AccountFileText = string | { unreadable: string };
+
+function parseColonFile(file: AccountFileText): string[][] {
+  if (typeof file !== 'string') return [];
+  return file
     .split('\n')
     .filter((l) => l && !l.startsWith('#'))
     .map((l) => l.split(':'));

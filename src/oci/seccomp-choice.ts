@@ -6,8 +6,18 @@
  */
 import { invalidArgument } from '../cri/errors.js';
 import type { SeccompChoice } from './spec.js';
+import { MAX_SECCOMP_PROFILE_BYTES, SafeReadError, readRegularFile } from '../util/safe-read.js';
 
-export async function resolveSeccomp(securityContext: any, readFile: (path: string) => Promise<string>): Promise<SeccompChoice> {
+/**
+ * Reads a localhost profile from the path the CRI client names: symlinks followed (kubelet's
+ * profile dirs may be ConfigMap mounts), but only a regular file of at most
+ * MAX_SECCOMP_PROFILE_BYTES (4 MiB), so a FIFO or device there is refused at once.
+ */
+export async function readSeccompProfile(file: string): Promise<string> {
+  return (await readRegularFile(file, { maxBytes: MAX_SECCOMP_PROFILE_BYTES })).toString('utf8');
+}
+
+export async function resolveSeccomp(securityContext: any, readFile: (path: string) => Promise<string> = readSeccompProfile): Promise<SeccompChoice> {
   const structured = securityContext?.seccomp;
   const type: string | undefined = structured?.profileType;
   if (type === 'RuntimeDefault') return { type: 'runtimeDefault' };
@@ -26,7 +36,7 @@ async function localhost(file: string, readFile: (path: string) => Promise<strin
   try {
     text = await readFile(file);
   } catch (e) {
-    throw invalidArgument(`cannot read the seccomp profile ${file}: ${(e as Error).message}`);
+    throw invalidArgument(`cannot read the seccomp profile ${file}: ${e instanceof SafeReadError ? e.reason : (e as Error).message}`);
   }
   try {
     return { type: 'localhost', profile: JSON.parse(text) as object };

@@ -1,6 +1,7 @@
 import { promises as fs } from 'node:fs';
 import path from 'node:path';
 import { writeJsonAtomic, isErrno } from '../util/atomic.js';
+import { MAX_STATE_FILE_BYTES, readRegularFile } from '../util/safe-read.js';
 
 export interface LoadedRecords<T> {
   records: T[];
@@ -44,7 +45,7 @@ export class RecordStore<T extends { id: string; updatedAt?: string }> {
       entries.map(async (name) => {
         const dir = path.join(this.dir, name);
         try {
-          const rec = JSON.parse(await fs.readFile(path.join(dir, this.fileName), 'utf8')) as T;
+          const rec = JSON.parse((await readRegularFile(path.join(dir, this.fileName), { maxBytes: MAX_STATE_FILE_BYTES })).toString('utf8')) as T;
           if (typeof rec.id !== 'string' || rec.id !== name) throw new Error(`record ID ${String(rec.id)} does not match its directory`);
           out.records.push(rec);
         } catch (e) {

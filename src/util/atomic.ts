@@ -1,6 +1,7 @@
 import { promises as fs } from 'node:fs';
 import path from 'node:path';
 import { randomBytes } from 'node:crypto';
+import { MAX_STATE_FILE_BYTES, readJsonFileIfExists } from './safe-read.js';
 
 /**
  * Writes a file so that readers see either the old or the new content, never a
@@ -35,16 +36,12 @@ export async function writeJsonAtomic(file: string, value: unknown, mode = 0o600
   await writeFileAtomic(file, JSON.stringify(value, null, 2) + '\n', mode);
 }
 
-/** Reads a JSON file; undefined when it does not exist. Other errors (and bad JSON) throw. */
-export async function readJsonIfExists<T>(file: string): Promise<T | undefined> {
-  let text: string;
-  try {
-    text = await fs.readFile(file, 'utf8');
-  } catch (e) {
-    if ((e as NodeJS.ErrnoException).code === 'ENOENT') return undefined;
-    throw e;
-  }
-  return JSON.parse(text) as T;
+/**
+ * Reads a JSON file; undefined when it does not exist. Other errors (and bad JSON) throw,
+ * as does anything but a regular file or a file over maxBytes (see safe-read.ts).
+ */
+export async function readJsonIfExists<T>(file: string, maxBytes = MAX_STATE_FILE_BYTES): Promise<T | undefined> {
+  return readJsonFileIfExists<T>(file, maxBytes);
 }
 
 export function isErrno(e: unknown, ...codes: string[]): boolean {

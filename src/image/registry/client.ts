@@ -51,6 +51,7 @@ import {
   type Descriptor,
 } from './media-types.js';
 import { formatPlatform, hostPlatform, normalizePlatform, selectPlatformManifest, type Platform } from './platform.js';
+import { MAX_JSON_BLOB_BYTES } from '../../util/safe-read.js';
 
 export interface RegistryClientOptions {
   /** Per-registry settings (mirrors, insecure, tlsVerify, caFile), keyed by host[:port]. */
@@ -117,7 +118,7 @@ interface PullContext {
 type EndpointScheme = { scheme: 'basic' } | { scheme: 'bearer'; challenge: Challenge };
 
 const DEFAULT_TIMEOUT_MS = 30_000;
-const DEFAULT_MAX_MANIFEST = 4 * 1024 * 1024;
+const DEFAULT_MAX_MANIFEST = MAX_JSON_BLOB_BYTES;
 
 export class RegistryClient {
   private readonly registries: Record<string, RegistryConfig>;

@@ -12,6 +12,7 @@
 import { promises as fs } from 'node:fs';
 import path from 'node:path';
 import { writeFileAtomic, isErrno } from '../../util/atomic.js';
+import { MAX_STATE_FILE_BYTES, readRegularFile } from '../../util/safe-read.js';
 import type { CniArgs } from './invoke.js';
 
 export const CACHE_KIND = 'cniCacheV1';
@@ -135,7 +136,7 @@ export function decodeCacheEntry(text: string): DecodedCache {
 export async function readCacheFile(file: string): Promise<DecodedCache | undefined> {
   let text: string;
   try {
-    text = await fs.readFile(file, 'utf8');
+    text = (await readRegularFile(file, { maxBytes: MAX_STATE_FILE_BYTES })).toString('utf8');
   } catch (e) {
     if (isErrno(e, 'ENOENT')) return undefined;
     return { ok: false, reason: `cannot read: ${(e as Error).message}` };
