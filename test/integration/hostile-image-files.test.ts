@@ -82,13 +82,19 @@ const containerConfig = (name: string, image: string, extra: object = {}) => ({
   ...extra,
 });
 
-test('an image config over the 4 MiB cap is refused at pull with a clear INVALID_ARGUMENT', async () => {
+test('an image config over the 4 MiB cap is refused at pull, before it is downloaded, with a clear INVALID_ARGUMENT', async () => {
+  let configHex = '';
   await assert.rejects(pull(ref.hugeConfig), (e: any) => {
     assert.equal(e.code, status.INVALID_ARGUMENT, e.message);
-    assert.match(e.message, /hostile\/hugeconfig:1: its config: blob sha256:[0-9a-f]{64} is \d+ bytes, more than the 4194304-byte limit/);
+    const m = /hostile\/hugeconfig:1: its config: blob sha256:([0-9a-f]{64}) is \d+ bytes, more than the 4194304-byte limit/.exec(e.message);
+    assert.ok(m, e.message);
+    configHex = m[1]!;
     assert.match(e.message, /cannot be used/);
     return true;
   });
+  // Refused from the manifest's descriptor: the 5 MiB blob never reached the content store.
+  const blobs = await fs.readdir(path.join(d.rootDir, 'images', 'blobs', 'sha256')).catch(() => [] as string[]);
+  assert.ok(!blobs.some((f) => f.startsWith(configHex)), `the config blob (or a partial of it) is in the store: ${blobs.join(' ')}`);
   const listed = (await call<any>(images, 'ListImages', {}, { deadlineMs: 10_000 })).images.map((i: any) => i.repoTags).flat();
   assert.ok(!listed.includes(ref.hugeConfig), 'the image is not registered');
 });

@@ -15,7 +15,9 @@ import { setMaxListeners } from 'node:events';
 import { Readable } from 'node:stream';
 import type { RegistryConfig } from '../../config/config.js';
 import type { Logger } from '../../util/log.js';
-import { BlobVerificationError, type ContentStore } from '../content-store.js';
+import { BlobTooLargeError, BlobVerificationError, type ContentStore } from '../content-store.js';
+import { invalidArgument } from '../../cri/errors.js';
+import { MAX_JSON_BLOB_BYTES } from '../../util/safe-read.js';
 import { parseReference, type ImageReference } from '../reference.js';
 import type { AuthConfig } from './auth.js';
 import { RegistryClient, type ResolvedImage } from './client.js';
@@ -85,6 +87,11 @@ export async function pullImageContent(ref: ImageReference | string, store: Cont
   try {
     const resolved = await client.resolve(r, opts.platform, opts.auth, { signal, onBytes: (n) => watch.bytes(n) });
     watch.step(`blobs of ${resolved.manifestDigest}`, { url: resolved.endpoint, mirror: resolved.mirror });
+    // A config Corral would refuse to read is not worth downloading: refused from its descriptor.
+    if (resolved.config.size > MAX_JSON_BLOB_BYTES) {
+      const tooLarge = new BlobTooLargeError(resolved.config.digest, `is ${resolved.config.size} bytes, more than the ${MAX_JSON_BLOB_BYTES}-byte limit`, MAX_JSON_BLOB_BYTES);
+      throw invalidArgument(`image ${r.toString()}: its config: ${tooLarge.message}`);
+    }
     opts.onResolved?.({ configDigest: resolved.config.digest, layers: resolved.layers });
     const all = [resolved.manifestDigest, ...(resolved.indexDigest ? [resolved.indexDigest] : []), resolved.config.digest, ...resolved.layers.map((l) => l.digest)];
     if (opts.protect) await untilAborted(opts.protect([...new Set(all)]), signal);
