@@ -26,7 +26,7 @@ import { containerHandlers } from './cri/container-rpc.js';
 import { ContainerService } from './container/service.js';
 import { ImageService } from './image/image-service.js';
 import { mountOverlayRootfs, unmountOverlayRootfs } from './image/snapshots.js';
-import { CriError, invalidArgument } from './cri/errors.js';
+import { CorralError, invalidArgument } from './errors.js';
 import { readSeccompProfile, resolveSeccomp } from './oci/seccomp-choice.js';
 
 export interface Daemon {
@@ -139,7 +139,7 @@ export async function startDaemon(cfg: CorralConfig, logger: Logger): Promise<Da
           try {
             image = await images.ensure(cfg.sandboxImage);
           } catch (e) {
-            if (e instanceof CriError) throw new CriError(e.code, `sandbox image ${cfg.sandboxImage}: ${e.message}`);
+            if (e instanceof CorralError) throw e.withContext(`sandbox image ${cfg.sandboxImage}`);
             throw new Error(`sandbox image ${cfg.sandboxImage}: ${(e as Error).message}`);
           }
           const c = await images.runtimeConfig(image);

@@ -11,7 +11,7 @@ import type { CorralConfig, RuntimeHandlerConfig } from '../config/config.js';
 import type { Logger } from '../util/log.js';
 import { UndoStack } from '../util/undo.js';
 import { isErrno, writeJsonAtomic } from '../util/atomic.js';
-import { CriError, alreadyExists, deadlineExceeded, failedPrecondition, internalError, invalidArgument, notFound } from '../cri/errors.js';
+import { CorralError, alreadyExists, deadlineExceeded, failedPrecondition, internalError, invalidArgument, notFound } from '../errors.js';
 import { IdIndex, generateId } from '../sandbox/ids.js';
 import { NameRegistry, containerName, containerNameKey } from '../sandbox/names.js';
 import type { SandboxService } from '../sandbox/service.js';
@@ -209,7 +209,7 @@ export class ContainerService {
         this.records.set(id, structuredClone(record));
         this.index.add(id);
       }
-      if (e instanceof CriError) throw e;
+      if (e instanceof CorralError) throw e;
       throw internalError(`creating container ${meta.name} in pod sandbox ${sandbox.id}: ${(e as Error).message}`);
     }
     log.info({ image: imageRef }, 'container created');

@@ -1,7 +1,7 @@
 /** RuntimeService handlers for the container RPC group, and ExecSync. */
 import type { ContainerService } from '../container/service.js';
 import type { ContainerRecord } from '../container/record.js';
-import { invalidArgument } from './errors.js';
+import { invalidArgument } from '../errors.js';
 
 const CRI_STATE: Record<ContainerRecord['state'], string> = {
   creating: 'CONTAINER_UNKNOWN',

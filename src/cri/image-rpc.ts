@@ -5,7 +5,7 @@ import { dirUsage } from '../image/fs-usage.js';
 import type { ImageRecord } from '../image/image-store.js';
 import type { ImageService } from '../image/image-service.js';
 import { imageUser } from '../image/image-user.js';
-import { invalidArgument } from './errors.js';
+import { invalidArgument } from '../errors.js';
 
 export function imageHandlers(cfg: CorralConfig, images: ImageService) {
   const toCri = (i: ImageRecord) => {

@@ -2,7 +2,7 @@
 import type { SandboxService } from '../sandbox/service.js';
 import type { SandboxRecord } from '../sandbox/record.js';
 import { namespaceChoice } from '../sandbox/options.js';
-import { invalidArgument } from './errors.js';
+import { invalidArgument } from '../errors.js';
 
 export function sandboxHandlers(sandboxes: SandboxService) {
   return {

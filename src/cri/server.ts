@@ -8,7 +8,8 @@ import { chmod, link, lstat, mkdir, mkdtemp, rm } from 'node:fs/promises';
 import path from 'node:path';
 import * as grpc from '@grpc/grpc-js';
 import type { Logger } from '../util/log.js';
-import { CriError, resourceExhausted } from './errors.js';
+import { CorralError, resourceExhausted } from '../errors.js';
+import { toGrpcStatus } from './errors.js';
 import { ClientLimitError, ClientStreamRewriter, RequestBodyBudget, type RewriterLimits } from './http2-authority.js';
 import {
   IMAGE_RPCS, IMAGE_SERVICE, RUNTIME_RPCS, RUNTIME_SERVICE, imageServiceDefinition, protoRoot, runtimeServiceDefinition,
@@ -230,12 +231,6 @@ function guardRequests(def: grpc.ServiceDefinition, serviceName: string): grpc.S
 // ─────────────────────────────────────────────────────────────────────────────
 // The server.
 
-function describeError(err: unknown): { code: grpc.status; details: string } {
-  if (err instanceof CriError) return { code: err.code, details: err.message };
-  const message = err instanceof Error ? err.message : String(err);
-  return { code: grpc.status.UNKNOWN, details: message || 'unknown error' };
-}
-
 export class CriServer {
   private inflight = 0;
   private closing = false;
@@ -437,7 +432,7 @@ export class CriServer {
         answer(null, response ?? {});
       },
       (err) => {
-        const { code, details } = describeError(err);
+        const { code, details } = toGrpcStatus(err);
         this.logCall(name, request, code, performance.now() - started, err);
         answer({ code, details });
       },
@@ -459,7 +454,7 @@ export class CriServer {
       if (QUIET_RPC.test(method)) log.debug(entry, 'cri call');
       else log.info(entry, 'cri call');
     } else if (code === grpc.status.UNKNOWN || code === grpc.status.INTERNAL) {
-      if (err instanceof Error && !(err instanceof CriError)) {
+      if (err instanceof Error && !(err instanceof CorralError)) {
         // Not an answer a handler chose: an unexpected failure, logged with where it came from.
         entry.err = err.message;
         entry.stack = err.stack;

@@ -9,7 +9,7 @@ import { ImageStore, type ImageRecord } from './image-store.js';
 import { parseReference } from './reference.js';
 import { RegistryClient, pullImageContent, type AuthConfig, type PullProgress } from './registry/index.js';
 import { BlobTooLargeError } from './content-store.js';
-import { invalidArgument } from '../cri/errors.js';
+import { invalidArgument } from '../errors.js';
 
 export class ImageService {
   readonly store: ImageStore;

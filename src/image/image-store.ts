@@ -8,7 +8,7 @@ import { promises as fs } from 'node:fs';
 import path from 'node:path';
 import type { Logger } from '../util/log.js';
 import { readJsonIfExists, writeJsonAtomic } from '../util/atomic.js';
-import { invalidArgument } from '../cri/errors.js';
+import { invalidArgument } from '../errors.js';
 import { BlobTooLargeError, ContentStore } from './content-store.js';
 import { parseReference } from './reference.js';
 import { SnapshotStore, chainIds } from './snapshots.js';

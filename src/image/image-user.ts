@@ -1,5 +1,5 @@
 import path from 'node:path';
-import { invalidArgument } from '../cri/errors.js';
+import { invalidArgument } from '../errors.js';
 import { MAX_IMAGE_ACCOUNT_FILE_BYTES, SafeReadError, readFileInRoot } from '../util/safe-read.js';
 
 /**

@@ -3,11 +3,10 @@
  * `busybox` is `docker.io/library/busybox:latest`, `foo/bar@sha256:…` keeps its digest,
  * `localhost:5000/x` and `registry.k8s.io/pause:3.9` keep their registry host.
  *
- * Pure: no I/O. Every malformed reference is an InvalidReferenceError (a CriError with
- * INVALID_ARGUMENT) whose message quotes the reference and says what is wrong with it.
+ * Pure: no I/O. Every malformed reference is an InvalidReferenceError (a CorralError of
+ * kind 'invalid-argument') whose message quotes the reference and says what is wrong with it.
  */
-import { status as GrpcStatus } from '@grpc/grpc-js';
-import { CriError } from '../cri/errors.js';
+import { CorralError } from '../errors.js';
 
 /** The registry a reference without a host refers to. */
 export const DEFAULT_DOMAIN = 'docker.io';
@@ -33,9 +32,9 @@ export interface ImageReference {
   toString(): string;
 }
 
-export class InvalidReferenceError extends CriError {
+export class InvalidReferenceError extends CorralError {
   constructor(readonly reference: string, readonly reason: string) {
-    super(GrpcStatus.INVALID_ARGUMENT, `invalid image reference "${reference}": ${reason}`);
+    super('invalid-argument', `invalid image reference "${reference}": ${reason}`);
     this.name = 'InvalidReferenceError';
   }
 }

@@ -24,8 +24,7 @@ import type { Readable, Writable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { createGunzip } from 'node:zlib';
 import tarStream from 'tar-stream';
-import { status as GrpcStatus } from '@grpc/grpc-js';
-import { CriError } from '../cri/errors.js';
+import { CorralError } from '../errors.js';
 import { nativeBinary } from '../util/paths.js';
 import { sha256Counter } from '../util/hash-stream.js';
 
@@ -36,10 +35,10 @@ export interface AppliedLayer {
   size: number;
 }
 
-/** A layer whose content Corral will not unpack (an escape, a name Linux cannot hold ...): bad input, INVALID_ARGUMENT. */
-export class LayerRefusedError extends CriError {
+/** A layer whose content Corral will not unpack (an escape, a name Linux cannot hold ...): bad input, 'invalid-argument'. */
+export class LayerRefusedError extends CorralError {
   constructor(entry: string, reason: string) {
-    super(GrpcStatus.INVALID_ARGUMENT, `refusing layer entry ${JSON.stringify(entry)}: ${reason}`);
+    super('invalid-argument', `refusing layer entry ${JSON.stringify(entry)}: ${reason}`);
     this.name = 'LayerRefusedError';
   }
 }

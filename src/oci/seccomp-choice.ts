@@ -4,7 +4,7 @@
  * older `seccomp_profile_path` string that kubelets of the 1.2x line still send
  * ("runtime/default", "docker/default", "unconfined", "localhost/<absolute path>").
  */
-import { invalidArgument } from '../cri/errors.js';
+import { invalidArgument } from '../errors.js';
 import type { SeccompChoice } from './spec.js';
 import { MAX_SECCOMP_PROFILE_BYTES, SafeReadError, readRegularFile } from '../util/safe-read.js';
 

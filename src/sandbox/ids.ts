@@ -1,5 +1,5 @@
 import { randomBytes } from 'node:crypto';
-import { invalidArgument, notFound } from '../cri/errors.js';
+import { invalidArgument, notFound } from '../errors.js';
 
 /** 32 random bytes as 64 lowercase hex characters, like containerd's IDs. */
 export function generateId(): string {

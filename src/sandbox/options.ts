@@ -4,7 +4,7 @@
  */
 import type { CorralConfig, RuntimeHandlerConfig } from '../config/config.js';
 import path from 'node:path';
-import { invalidArgument, failedPrecondition, internalError } from '../cri/errors.js';
+import { invalidArgument, failedPrecondition, internalError } from '../errors.js';
 import { sysctlNamespace } from '../oci/spec.js';
 import type { InfraMode, NetworkOrder, PodMetadata } from './record.js';
 

@@ -16,7 +16,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { performance } from 'node:perf_hooks';
 import type { CorralConfig, RuntimeHandlerConfig } from '../config/config.js';
-import { CriError, invalidArgument, internalError, notFound } from '../cri/errors.js';
+import { CorralError, invalidArgument, internalError, notFound } from '../errors.js';
 import type { Logger } from '../util/log.js';
 import { UndoStack } from '../util/undo.js';
 import type { SandboxStore } from '../store/sandbox-store.js';
@@ -215,7 +215,7 @@ export class SandboxService {
     try {
       sysctls = this.deps.prepareSysctls(config.linux?.sysctls ?? {}, { hostNetwork, hostIpc });
     } catch (e) {
-      throw e instanceof CriError ? e : invalidArgument((e as Error).message);
+      throw e instanceof CorralError ? e : invalidArgument((e as Error).message);
     }
     const logDirectory: string = config.logDirectory ?? '';
     if (logDirectory && !path.isAbsolute(logDirectory)) throw invalidArgument(`log_directory must be an absolute path, got "${logDirectory}"`);
@@ -367,7 +367,7 @@ export class SandboxService {
           await tx.save(record).catch(() => {});
           log.error({ failures: failures.map((f) => ({ step: f.step, err: f.error.message })) }, 'rollback incomplete');
         }
-        throw e instanceof CriError ? e : internalError(`RunPodSandbox for pod ${metadata.namespace}/${metadata.name}: ${err.message}`);
+        throw e instanceof CorralError ? e : internalError(`RunPodSandbox for pod ${metadata.namespace}/${metadata.name}: ${err.message}`);
       }
     });
   }

@@ -12,7 +12,7 @@ import { pino } from 'pino';
 import { CriServer, type Handler } from '../../src/cri/server.js';
 import { call, createImageClient, createRuntimeClient } from '../../src/cri/client.js';
 import { decodeMessage, encodeMessage, runtimeServiceDefinition } from '../../src/cri/proto.js';
-import { notFound } from '../../src/cri/errors.js';
+import { notFound } from '../../src/errors.js';
 
 const dirs: string[] = [];
 const cleanups: Array<() => Promise<void> | void> = [];

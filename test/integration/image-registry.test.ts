@@ -12,6 +12,7 @@ import path from 'node:path';
 import { ContentStore } from '../../src/image/content-store.js';
 import { RegistryClient } from '../../src/image/registry/client.js';
 import { RegistryError } from '../../src/image/registry/errors.js';
+import { grpcCode } from '../../src/cri/errors.js';
 import { hostPlatform } from '../../src/image/registry/platform.js';
 import { pullImageContent } from '../../src/image/registry/pull.js';
 import { pushImage, registryBlobPath, startProxy, startRegistry, type TestProxy, type TestRegistry } from '../helpers/registry.js';
@@ -162,7 +163,7 @@ test('not found: unknown tag and unknown repository say which reference, where a
   await assert.rejects(pullImageContent(`${reg.host}/test/busybox:nope`, store), (e: unknown) => {
     assert.ok(e instanceof RegistryError);
     assert.equal(e.kind, 'not-found');
-    assert.equal(e.code, 5);
+    assert.equal(grpcCode(e), 5);
     assert.ok(e.message.includes(`pull ${reg.host}/test/busybox:nope`), e.message);
     assert.ok(e.message.includes(reg.url), e.message);
     assert.match(e.message, /manifest nope not found \(HTTP 404: MANIFEST_UNKNOWN/);

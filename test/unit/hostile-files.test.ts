@@ -11,6 +11,7 @@ import { promises as fs } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { status } from '@grpc/grpc-js';
+import { grpcCode } from '../../src/cri/errors.js';
 import { readImageAccountFile } from '../../src/image/image-user.js';
 import { resolveUser } from '../../src/oci/container-spec.js';
 import { readSeccompProfile, resolveSeccomp } from '../../src/oci/seccomp-choice.js';
@@ -36,7 +37,7 @@ test('image /etc/passwd: present is read, missing is empty, FIFO refused, symlin
 
   // A FIFO (or device, or socket) is refused whatever the user: runc opens it in the container too.
   execFileSync('mkfifo', [path.join(rootfs, 'etc/group')]);
-  await assert.rejects(readImageAccountFile(rootfs, 'etc/group'), (e: any) => e.code === status.INVALID_ARGUMENT && /^the image's \/etc\/group: is a FIFO, not a regular file: the OCI runtime would block/.test(e.message));
+  await assert.rejects(readImageAccountFile(rootfs, 'etc/group'), (e: any) => grpcCode(e) === status.INVALID_ARGUMENT && /^the image's \/etc\/group: is a FIFO, not a regular file: the OCI runtime would block/.test(e.message));
   await fs.rm(path.join(rootfs, 'etc/group'));
   await fs.symlink('/dev/null', path.join(rootfs, 'etc/group'));
   assert.equal(await readImageAccountFile(rootfs, 'etc/group'), '', '/dev/null is empty in the container too');
@@ -44,7 +45,7 @@ test('image /etc/passwd: present is read, missing is empty, FIFO refused, symlin
   for (const target of ['/proc/kmsg', '../proc/self/fd/0', '/dev/tty', '/sys/kernel/debug/tracing/trace_pipe', '../../../dev/./zero']) {
     await fs.rm(path.join(rootfs, 'etc/group'));
     await fs.symlink(target, path.join(rootfs, 'etc/group'));
-    await assert.rejects(readImageAccountFile(rootfs, 'etc/group'), (e: any) => e.code === status.INVALID_ARGUMENT && /^the image's \/etc\/group: leads to \/(proc|dev|sys)\/.*which the container runtime mounts over: the OCI runtime would read/.test(e.message), target);
+    await assert.rejects(readImageAccountFile(rootfs, 'etc/group'), (e: any) => grpcCode(e) === status.INVALID_ARGUMENT && /^the image's \/etc\/group: leads to \/(proc|dev|sys)\/.*which the container runtime mounts over: the OCI runtime would read/.test(e.message), target);
   }
   await fs.rm(path.join(rootfs, 'etc/group'));
   await fs.mkdir(path.join(rootfs, 'etc/group'));
@@ -81,7 +82,7 @@ test('a localhost seccomp profile that is a FIFO or a device is INVALID_ARGUMENT
   const dir = await tmpdir(t);
   const fifo = path.join(dir, 'profile.json');
   execFileSync('mkfifo', [fifo]);
-  const invalid = (re: RegExp) => (e: any) => e.code === status.INVALID_ARGUMENT && re.test(e.message);
+  const invalid = (re: RegExp) => (e: any) => grpcCode(e) === status.INVALID_ARGUMENT && re.test(e.message);
   await assert.rejects(resolveSeccomp({ seccompProfilePath: `localhost/${fifo}` }, readSeccompProfile), invalid(/cannot read the seccomp profile .*profile\.json: is a FIFO, not a regular file/));
   await assert.rejects(resolveSeccomp({ seccomp: { profileType: 'Localhost', localhostRef: '/dev/zero' } }, readSeccompProfile), invalid(/\/dev\/zero: is a character device/));
   await assert.rejects(resolveSeccomp({ seccomp: { profileType: 'Localhost', localhostRef: path.join(dir, 'none.json') } }, readSeccompProfile), invalid(/does not exist/));

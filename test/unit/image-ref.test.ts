@@ -1,6 +1,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { status as GrpcStatus } from '@grpc/grpc-js';
+import { grpcCode } from '../../src/cri/errors.js';
 import {
   familiarName,
   familiarString,
@@ -99,7 +100,7 @@ test('clear errors for malformed references', () => {
       () => parseReference(input),
       (e: unknown) => {
         assert.ok(e instanceof InvalidReferenceError, `${input}: ${String(e)}`);
-        assert.equal(e.code, GrpcStatus.INVALID_ARGUMENT);
+        assert.equal(grpcCode(e), GrpcStatus.INVALID_ARGUMENT);
         assert.match(e.message, re, input);
         assert.ok(e.message.includes(`"${input}"`), 'the message quotes the reference');
         return true;

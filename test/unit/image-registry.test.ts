@@ -12,6 +12,7 @@ import {
 } from '../../src/image/registry/auth.js';
 import { isLoopbackHost, registryEndpoints } from '../../src/image/registry/endpoints.js';
 import { RegistryError, describeTransportError } from '../../src/image/registry/errors.js';
+import { grpcCode } from '../../src/cri/errors.js';
 import { detectManifestType, MT_DOCKER_SCHEMA1, MT_OCI_INDEX, MT_OCI_MANIFEST } from '../../src/image/registry/media-types.js';
 import { compatiblePlatforms, formatPlatform, hostPlatform, nodeArchToOci, normalizePlatform, selectPlatformManifest } from '../../src/image/registry/platform.js';
 
@@ -227,7 +228,7 @@ test('RegistryError names the reference, every endpoint and the reason; kind fro
   assert.equal(e.kind, 'not-found');
   assert.equal(e.failures.length, 2);
   assert.match(e.message, /^pull registry\.k8s\.io\/pause:3\.9: not found \(mirror http:\/\/127\.0\.0\.1:1: connect ECONNREFUSED.*; https:\/\/registry\.k8s\.io: manifest 3\.9 not found/);
-  assert.equal(e.code, 5 /* NOT_FOUND */);
+  assert.equal(grpcCode(e), 5 /* NOT_FOUND */);
   assert.equal(describeTransportError(Object.assign(new Error('x'), { code: 'ECONNREFUSED' })).kind, 'unreachable');
   assert.match(describeTransportError(Object.assign(new Error('self-signed certificate'), { code: 'DEPTH_ZERO_SELF_SIGNED_CERT' })).reason, /TLS: .*tls_verify/);
 });

@@ -1,6 +1,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { status } from '@grpc/grpc-js';
+import { grpcCode } from '../../src/cri/errors.js';
 import { resolveSeccomp } from '../../src/oci/seccomp-choice.js';
 
 const files: Record<string, string> = { '/etc/seccomp/block.json': '{"defaultAction":"SCMP_ACT_ALLOW","syscalls":[]}', '/etc/seccomp/bad.json': '{nope' };
@@ -20,7 +21,7 @@ test('the structured field and the old profile path both choose the profile', as
 });
 
 test('a custom profile without localhost/, a relative, missing or unreadable file is INVALID_ARGUMENT', async () => {
-  const bad = (e: any) => e.code === status.INVALID_ARGUMENT;
+  const bad = (e: any) => grpcCode(e) === status.INVALID_ARGUMENT;
   await assert.rejects(resolveSeccomp({ seccompProfilePath: '/etc/seccomp/block.json' }, read), bad);
   await assert.rejects(resolveSeccomp({ seccompProfilePath: 'localhost/relative.json' }, read), bad);
   await assert.rejects(resolveSeccomp({ seccompProfilePath: 'localhost//etc/seccomp/missing.json' }, read), (e: any) => bad(e) && /cannot read/.test(e.message));

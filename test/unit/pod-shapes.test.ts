@@ -7,6 +7,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { status } from '@grpc/grpc-js';
+import { grpcCode } from '../../src/cri/errors.js';
 import { resolveConfig } from '../../src/config/config.js';
 import { infraMode, namespaceChoice, namespaceMode, namespacePlan, podPins, type NamespaceMode } from '../../src/sandbox/options.js';
 import { validateSysctls, withDefaultSysctls } from '../../src/oci/spec.js';
@@ -79,15 +80,15 @@ test('a sysctl of a namespace the pod does not own is refused (INVALID_ARGUMENT)
   const hostIpc = namespacePlan(namespaceChoice(shapeConfig({ network: 'POD', pid: 'CONTAINER', ipc: 'NODE' })), 'pinned');
   assert.throws(
     () => podPins(hostIpc, { netnsPath: '/n', stateDir: '/s', hostname: 'h', sysctls: { 'kernel.msgmax': '1' } }),
-    (e: any) => e.code === status.INVALID_ARGUMENT && /kernel\.msgmax.*host's ipc/.test(e.message),
+    (e: any) => grpcCode(e) === status.INVALID_ARGUMENT && /kernel\.msgmax.*host's ipc/.test(e.message),
   );
   const hostNet = namespacePlan(namespaceChoice(shapeConfig({ network: 'NODE', pid: 'POD', ipc: 'POD' })), 'pause');
-  assert.throws(() => podPins(hostNet, { netnsPath: null, stateDir: '/s', hostname: 'h', sysctls: { 'net.core.somaxconn': '1' } }), (e: any) => e.code === status.INVALID_ARGUMENT);
-  assert.throws(() => podPins(hostNet, { netnsPath: null, stateDir: '/s', hostname: 'h', sysctls: { 'kernel.hostname': 'x' } }), (e: any) => e.code === status.INVALID_ARGUMENT);
+  assert.throws(() => podPins(hostNet, { netnsPath: null, stateDir: '/s', hostname: 'h', sysctls: { 'net.core.somaxconn': '1' } }), (e: any) => grpcCode(e) === status.INVALID_ARGUMENT);
+  assert.throws(() => podPins(hostNet, { netnsPath: null, stateDir: '/s', hostname: 'h', sysctls: { 'kernel.hostname': 'x' } }), (e: any) => grpcCode(e) === status.INVALID_ARGUMENT);
 });
 
 test('a shared PID namespace without a pause is an internal contradiction, not a silent per-container one', () => {
-  assert.throws(() => namespacePlan({ network: 'POD', pid: 'POD', ipc: 'POD' }, 'pinned'), (e: any) => e.code === status.INTERNAL);
+  assert.throws(() => namespacePlan({ network: 'POD', pid: 'POD', ipc: 'POD' }, 'pinned'), (e: any) => grpcCode(e) === status.INTERNAL);
 });
 
 test('namespace modes arrive as names or as enum numbers', () => {

@@ -1,6 +1,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { status } from '@grpc/grpc-js';
+import { grpcCode } from '../../src/cri/errors.js';
 import { IdIndex, generateId } from '../../src/sandbox/ids.js';
 import { NameRegistry, sandboxName } from '../../src/sandbox/names.js';
 
@@ -19,10 +20,10 @@ test('IdIndex resolves unique prefixes, reports ambiguity and absence', () => {
   assert.equal(idx.resolve('abc1'), a);
   assert.equal(idx.resolve('d'), c);
   assert.equal(idx.resolve(b), b);
-  assert.throws(() => idx.resolve('abc'), (e: any) => e.code === status.INVALID_ARGUMENT && /ambiguous: it matches 2 IDs/.test(e.message));
-  assert.throws(() => idx.resolve('ff'), (e: any) => e.code === status.NOT_FOUND);
+  assert.throws(() => idx.resolve('abc'), (e: any) => grpcCode(e) === status.INVALID_ARGUMENT && /ambiguous: it matches 2 IDs/.test(e.message));
+  assert.throws(() => idx.resolve('ff'), (e: any) => grpcCode(e) === status.NOT_FOUND);
   assert.equal(idx.tryResolve('ff'), undefined);
-  assert.throws(() => idx.resolve(''), (e: any) => e.code === status.INVALID_ARGUMENT);
+  assert.throws(() => idx.resolve(''), (e: any) => grpcCode(e) === status.INVALID_ARGUMENT);
   idx.delete(a);
   assert.equal(idx.resolve('abc'), b);
   assert.deepEqual([...idx.all()], [b, c]);

@@ -1,6 +1,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { status } from '@grpc/grpc-js';
+import { grpcCode } from '../../src/cri/errors.js';
 import { resolveConfig } from '../../src/config/config.js';
 import {
   cniPortMappings, infraMode, isPrivileged, namespaceChoice, networkOrder, podHostname, podMetadata, resolvConf, selectHandler,
@@ -12,7 +13,7 @@ const cfg = resolveConfig({
 const podNs = namespaceChoice({});
 
 test('metadata name, namespace and uid are required', () => {
-  assert.throws(() => podMetadata({}), (e: any) => e.code === status.INVALID_ARGUMENT && /metadata/.test(e.message));
+  assert.throws(() => podMetadata({}), (e: any) => grpcCode(e) === status.INVALID_ARGUMENT && /metadata/.test(e.message));
   assert.throws(() => podMetadata({ metadata: { name: 'a', namespace: 'b', uid: '' } }), /metadata\.uid must not be empty/);
   assert.deepEqual(podMetadata({ metadata: { name: 'a', namespace: 'b', uid: 'c', attempt: 2 } }), { name: 'a', namespace: 'b', uid: 'c', attempt: 2 });
 });
@@ -29,7 +30,7 @@ test('privileged when asked or when any host namespace is used', () => {
 test('handler selection: default, named, unknown lists the configured ones', () => {
   assert.equal(selectHandler('', {}, podNs, cfg).name, 'runc');
   assert.equal(selectHandler('crun', {}, podNs, cfg).name, 'crun');
-  assert.throws(() => selectHandler('kata', {}, podNs, cfg), (e: any) => e.code === status.INVALID_ARGUMENT && /unknown runtime handler "kata"; configured handlers: runc, crun, untrusted/.test(e.message));
+  assert.throws(() => selectHandler('kata', {}, podNs, cfg), (e: any) => grpcCode(e) === status.INVALID_ARGUMENT && /unknown runtime handler "kata"; configured handlers: runc, crun, untrusted/.test(e.message));
 });
 
 test('untrusted workloads go to the untrusted handler and may not use host namespaces', () => {
@@ -39,7 +40,7 @@ test('untrusted workloads go to the untrusted handler and may not use host names
   const hostNet = namespaceChoice({ linux: { securityContext: { namespaceOptions: { network: 'NODE' } } } });
   assert.throws(() => selectHandler('', ann, hostNet, cfg), /host access/);
   const noUntrusted = resolveConfig({});
-  assert.throws(() => selectHandler('', ann, podNs, noUntrusted), (e: any) => e.code === status.FAILED_PRECONDITION);
+  assert.throws(() => selectHandler('', ann, podNs, noUntrusted), (e: any) => grpcCode(e) === status.FAILED_PRECONDITION);
 });
 
 test('network order from Corral and iSulad annotations', () => {
@@ -86,5 +87,5 @@ test('pod hostname: the one asked for, else the node\'s; longer than the kernel 
   assert.equal(podHostname({ hostname: 'web-0' }, false, 'node-1'), 'web-0');
   assert.equal(podHostname({ metadata: { name: 'a-pod-name-that-is-much-longer-than-a-hostname-may-ever-be-at-all' } }, false, 'node-1'), 'node-1');
   assert.equal(podHostname({}, true, 'node-1'), 'node-1');
-  assert.throws(() => podHostname({ hostname: 'x'.repeat(65) }, false, 'node-1'), (e: any) => e.code === 3 && /65 bytes/.test(e.message));
+  assert.throws(() => podHostname({ hostname: 'x'.repeat(65) }, false, 'node-1'), (e: any) => grpcCode(e) === 3 && /65 bytes/.test(e.message));
 });

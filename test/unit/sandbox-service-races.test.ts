@@ -16,6 +16,7 @@ import { ContainerService } from '../../src/container/service.js';
 import type { ImageService } from '../../src/image/image-service.js';
 import { SharedExclusiveLock } from '../../src/util/keyed-lock.js';
 import { containerNameKey, sandboxNameKey } from '../../src/sandbox/names.js';
+import { grpcCode } from '../../src/cri/errors.js';
 
 /** A promise the test settles by hand, and one that says when the fake reached it. */
 function gate() {
@@ -191,7 +192,7 @@ for (const where of ['setUp', 'create'] as const) {
     await g.arrived;
     const [id] = svc.index.all();
     assert.ok(id, 'the pod is indexed from its first side effect');
-    assert.throws(() => svc.get(id), (e: any) => e.code === 5 && /still being created/.test(e.message), 'Status: NOT_FOUND while creating');
+    assert.throws(() => svc.get(id), (e: any) => grpcCode(e) === 5 && /still being created/.test(e.message), 'Status: NOT_FOUND while creating');
     assert.deepEqual(svc.all(), [], 'List: a creating pod is not listed');
     const stop = svc.stop(id);
     assert.equal(await settled(stop), false, 'Stop waits for Run');
@@ -378,7 +379,7 @@ test('CreateContainer racing RemovePodSandbox: Remove waits for the creation, wh
   await assert.rejects(create);
   await remove;
   const late = containers.create(id, { metadata: { name: 'app', attempt: 1 }, image: { image: 'img' } });
-  await assert.rejects(late, (e: any) => e.code === 5, 'a creation after the Remove finds no pod');
+  await assert.rejects(late, (e: any) => grpcCode(e) === 5, 'a creation after the Remove finds no pod');
   assert.deepEqual(await containers.list(), []);
   assert.deepEqual(await fs.readdir(path.join(cfg.rootDir, 'containers')).catch(() => []), []);
   assert.deepEqual(await recordDirs(cfg), []);

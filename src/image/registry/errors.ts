@@ -1,10 +1,10 @@
 /**
  * What can go wrong talking to a registry, as one error type with a kind callers can
  * branch on and a message that names the reference, every endpoint tried and what each
- * answered. It is a CriError, so it reaches kubelet with a fitting gRPC status.
+ * answered. It is a CorralError with registry kinds of its own; src/cri/errors.ts maps them
+ * to gRPC statuses.
  */
-import { status as GrpcStatus } from '@grpc/grpc-js';
-import { CriError } from '../../cri/errors.js';
+import { CorralError } from '../../errors.js';
 
 export type RegistryErrorKind =
   | 'not-found'
@@ -26,29 +26,18 @@ export interface EndpointFailure {
   reason: string;
 }
 
-const GRPC_CODE: Record<RegistryErrorKind, GrpcStatus> = {
-  'not-found': GrpcStatus.NOT_FOUND,
-  unauthorized: GrpcStatus.UNAUTHENTICATED,
-  'digest-mismatch': GrpcStatus.DATA_LOSS,
-  'unsupported-media-type': GrpcStatus.FAILED_PRECONDITION,
-  'no-matching-platform': GrpcStatus.NOT_FOUND,
-  unreachable: GrpcStatus.UNAVAILABLE,
-  stalled: GrpcStatus.DEADLINE_EXCEEDED,
-  protocol: GrpcStatus.UNKNOWN,
-};
-
-export class RegistryError extends CriError {
+export class RegistryError extends CorralError<RegistryErrorKind> {
   /**
    * @param reference the normalised image reference being pulled
    * @param failures per endpoint, in the order tried; the last decides `kind`
    */
   constructor(
-    readonly kind: RegistryErrorKind,
+    kind: RegistryErrorKind,
     readonly reference: string,
     readonly failures: EndpointFailure[],
     summary?: string,
   ) {
-    super(GRPC_CODE[kind], RegistryError.compose(kind, reference, failures, summary));
+    super(kind, RegistryError.compose(kind, reference, failures, summary));
     this.name = 'RegistryError';
   }
 

@@ -16,7 +16,7 @@ import { Readable } from 'node:stream';
 import type { RegistryConfig } from '../../config/config.js';
 import type { Logger } from '../../util/log.js';
 import { BlobTooLargeError, BlobVerificationError, type ContentStore } from '../content-store.js';
-import { invalidArgument } from '../../cri/errors.js';
+import { invalidArgument } from '../../errors.js';
 import { MAX_JSON_BLOB_BYTES } from '../../util/safe-read.js';
 import { parseReference, type ImageReference } from '../reference.js';
 import type { AuthConfig } from './auth.js';
