@@ -2,8 +2,9 @@
  * Application containers in a pod sandbox: create (root filesystem from the image's
  * shared layers, OCI spec joining the pod's namespaces, `create` run by conmon, which
  * stays as the container's monitor: CRI log file and exit code), start, stop, remove,
- * status, list and ExecSync. CreateContainer reads like RunPodSandbox: every undo is
- * pushed beside its step and the intent is recorded before the side effects.
+ * status, list and ExecSync. CreateContainer reads like RunPodSandbox: a list of steps,
+ * each undo pushed beside its step, the intent recorded before the side effects, and the
+ * same failure policy (runWithRollback).
  */
 import { promises as fs } from 'node:fs';
 import path from 'node:path';

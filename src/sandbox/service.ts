@@ -3,9 +3,10 @@
  * listing, and recovery after a restart. Every side effect is recorded on disk before it
  * happens; RunPodSandbox undoes each finished step in reverse when a later one fails.
  *
- * Lock model: one shared/exclusive lock per sandbox ID. Run (from its first side effect to
- * its last, rollback included), Stop and Remove hold it exclusively; the container calls of
- * the pod hold it shared (see underSharedLock). A record is changed only through the
+ * Lock model: one shared/exclusive lock per sandbox ID. Run (from its first write of the
+ * record to its last, rollback included; the plan and the sandbox image pull come before),
+ * Stop and Remove hold it exclusively; the container calls of the pod hold it shared (see
+ * underSharedLock). A record is changed only through the
  * SandboxTx of an exclusive holder, which writes it to disk before it becomes the record
  * every reader sees, and replaces the in-memory record instead of mutating it. So a Stop
  * that arrives while Run is between steps waits for Run to finish or roll back, then stops
