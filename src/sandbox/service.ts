@@ -160,6 +160,7 @@ export class SandboxService {
   // ---------------------------------------------------------------- Run
 
   async run(config: any, runtimeHandler: string): Promise<string> {
+    // 1. The name, from the metadata alone: a retry or a concurrent twin joins this Run.
     const metadata = podMetadata(config);
     const name = sandboxName(metadata);
     const key = sandboxNameKey(metadata);
@@ -217,7 +218,7 @@ export class SandboxService {
     const t0 = performance.now();
     const volatileDir = this.volatileDir(id);
 
-    // 1. Everything that can be refused, decided before touching the host.
+    // 2. Everything that can be refused, decided before touching the host.
     const plan = planSandbox(config, requestedHandler, cfg, {
       stateDir: volatileDir,
       netnsPath: pinner.pathFor(id),
@@ -227,7 +228,7 @@ export class SandboxService {
     const { metadata, handler, mode, order } = plan;
     const log = logger.child({ sandbox: id, pod: `${metadata.namespace}/${metadata.name}` });
     const network = this.deps.network(handler);
-    // The sandbox image is pulled (if it must be) before anything of the pod exists.
+    // 3. The sandbox image, pulled if it must be, before anything of the pod exists.
     const sandboxRootfs = mode === 'pause' ? await timed('image', () => this.deps.sandboxImage.resolve()) : undefined;
     const record = this.intendedRecord(id, name, config, plan, sandboxRootfs, timings);
 
@@ -238,24 +239,24 @@ export class SandboxService {
         await runWithRollback(
           undo,
           async () => {
-            // 2. The record first: from here on a crash is rolled back by the restart sweep.
+            // 4. The record first (under the lock): from here on a crash is rolled back by the restart sweep.
             await this.recordIntent(run, undo);
-            // 3. The pod's own namespaces (network; IPC/UTS without a pause), pinned before anything else.
+            // 5. The pod's own namespaces (network; IPC/UTS without a pause), pinned before anything else.
             await this.pinNamespaces(run, undo);
-            // 4. hostname, hosts, resolv.conf and the pod's /dev/shm.
+            // 6. hostname, hosts, resolv.conf and the pod's /dev/shm.
             const files = await this.prepareFiles(run, undo);
-            // 5. The sandbox image's layers, when the pause runs from one.
+            // 7. The sandbox image's layers, when the pause runs from one.
             await this.mountSandboxRootfs(run, undo);
-            // 6. Network first (default): the netns is wired before the sandbox container is created.
+            // 8. Network first (default): the netns is wired before the sandbox container is created.
             if (order === 'network-first' || mode === 'pinned') await this.attachNetwork(run, undo);
-            // 7. The pause container, if this pod needs one.
+            // 9. The pause container, if this pod needs one.
             if (mode === 'pause') {
               await this.createPause(run, undo, files);
               await this.startPause(run);
             }
-            // 8. Start first (by annotation): the network is wired into the running sandbox.
+            // 10. Start first (by annotation): the network is wired into the running sandbox.
             if (order === 'start-first' && mode === 'pause') await this.attachNetwork(run, undo);
-            // 9. Ready, recorded; the undos are dropped.
+            // 11. Ready, recorded; the undos are dropped.
             record.state = 'ready';
             timings.total = Math.round((performance.now() - t0) * 100) / 100;
             await tx.save(record);
