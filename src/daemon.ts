@@ -8,7 +8,7 @@ import path from 'node:path';
 import type { CorralConfig, RuntimeHandlerConfig } from './config/config.js';
 import type { Logger } from './util/log.js';
 import { nativeBinary } from './util/paths.js';
-import { CniManager, bandwidthFromAnnotations } from './network/cni/index.js';
+import { CniManager } from './network/cni/index.js';
 import { createPinnedNetns, isNetnsPinned, listCorralNetns, netnsPathFor, removePinnedNetns, sandboxIdFromNetnsPath } from './network/netns.js';
 import { OciRuntime, currentCapabilities, oomScoreAdjFloor } from './oci/runtime.js';
 import {
@@ -26,7 +26,7 @@ import { containerHandlers } from './cri/container-rpc.js';
 import { ContainerService } from './container/service.js';
 import { ImageService } from './image/image-service.js';
 import { mountOverlayRootfs, unmountOverlayRootfs } from './image/snapshots.js';
-import { CorralError, invalidArgument } from './errors.js';
+import { CorralError } from './errors.js';
 import { readSeccompProfile, resolveSeccomp } from './oci/seccomp-choice.js';
 
 export interface Daemon {
@@ -279,12 +279,6 @@ class CniNetworks {
       setUp: async (req) => {
         const manager = await this.fresh(confDir);
         const ipRanges = settings.podCidrs.map((subnet) => [{ subnet }]);
-        let bandwidth;
-        try {
-          bandwidth = bandwidthFromAnnotations(req.annotations);
-        } catch (e) {
-          throw invalidArgument(`pod bandwidth annotation: ${(e as Error).message}`);
-        }
         const result = await manager.setUp({
           containerId: req.containerId,
           netnsPath: req.netnsPath,
@@ -292,7 +286,7 @@ class CniNetworks {
           podNamespace: req.podNamespace,
           podUid: req.podUid,
           portMappings: req.portMappings,
-          bandwidth,
+          bandwidth: req.bandwidth,
           dns: req.dns,
           ipRanges: ipRanges.length > 0 ? ipRanges : undefined,
           cgroupPath: req.cgroupPath,

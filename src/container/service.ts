@@ -2,14 +2,15 @@
  * Application containers in a pod sandbox: create (root filesystem from the image's
  * shared layers, OCI spec joining the pod's namespaces, `create` run by conmon, which
  * stays as the container's monitor: CRI log file and exit code), start, stop, remove,
- * status, list and ExecSync. CreateContainer reads like RunPodSandbox: every undo is
- * pushed beside its step and the intent is recorded before the side effects.
+ * status, list and ExecSync. CreateContainer reads like RunPodSandbox: a list of steps,
+ * each undo pushed beside its step, the intent recorded before the side effects, and the
+ * same failure policy (runWithRollback).
  */
 import { promises as fs } from 'node:fs';
 import path from 'node:path';
 import type { CorralConfig, RuntimeHandlerConfig } from '../config/config.js';
 import type { Logger } from '../util/log.js';
-import { UndoStack } from '../util/undo.js';
+import { UndoStack, runWithRollback } from '../util/undo.js';
 import { isErrno, writeJsonAtomic } from '../util/atomic.js';
 import { CorralError, alreadyExists, deadlineExceeded, failedPrecondition, internalError, invalidArgument, notFound } from '../errors.js';
 import { IdIndex, generateId } from '../sandbox/ids.js';
@@ -97,6 +98,11 @@ export class ContainerService {
     return this.deps.sandboxes.underSharedLock(sandboxId, (sandbox) => this.createLocked(sandboxId, sandbox, config));
   }
 
+  /**
+   * CreateContainer as a list of steps, as RunPodSandbox: everything refusable is checked
+   * first, then each step pushes its undo beside its side effect, and the same policy
+   * (runWithRollback) unwinds them on failure.
+   */
   private async createLocked(sandboxId: string, sandbox: SandboxRecord | undefined, config: any): Promise<string> {
     const { sandboxes, images, logger } = this.deps;
     const meta = config.metadata;
@@ -115,105 +121,140 @@ export class ContainerService {
     const name = containerName(meta.name, sandbox.metadata, attempt);
     const nameKey = containerNameKey(meta.name, sandbox.metadata, attempt);
     const id = generateId();
-
     const log = logger.child({ container: id, sandbox: sandbox.id });
     const vdir = this.volatileDir(id);
-    const taken = this.names.reserve(nameKey, id);
-    if (taken) throw alreadyExists(`container name "${name}" is reserved for container ${taken.id}`);
-    // The name is the first undo step: every failure from here on frees it, unless something
-    // could not be undone (then the record keeps it, for RemoveContainer to finish).
+
     const undo = new UndoStack();
-    undo.push('release container name', async (failed) => {
-      if (failed === 0) this.names.release(nameKey, id);
-    });
+    // Set by recordIntent: an incomplete rollback keeps it listed (and the name reserved).
     let intent: ContainerRecord | undefined;
     try {
-      const imageConfig = await images.runtimeConfig(image);
-      const record: ContainerRecord = {
-        version: 1,
-        id,
-        sandboxId: sandbox.id,
-        name,
-        nameKey,
-        metadata: { name: meta.name, attempt },
-        config,
-        imageId: image.id,
-        imageRef,
-        runtimeHandler: handler.name,
-        state: 'creating',
-        createdAt: nowNs(),
-        startedAt: '0',
-        finishedAt: '0',
-        exitCode: 0,
-        reason: '',
-        message: '',
-        pid: 0,
-        logPath,
-        stopSignal: String(imageConfig.StopSignal || 'SIGTERM'),
-        resources: {
-          rootfs: { target: path.join(vdir, 'rootfs'), layerDir: path.join(this.store.recordDir(id), 'layer'), chain: image.chainIds },
-          runtimeContainer: true,
+      await runWithRollback(
+        undo,
+        async () => {
+          // 1. The name, first: every failure from here on frees it, unless something could not be undone.
+          this.reserveName(undo, id, name, nameKey);
+          const imageConfig = await images.runtimeConfig(image);
+          const record: ContainerRecord = {
+            version: 1,
+            id,
+            sandboxId: sandbox.id,
+            name,
+            nameKey,
+            metadata: { name: meta.name, attempt },
+            config,
+            imageId: image.id,
+            imageRef,
+            runtimeHandler: handler.name,
+            state: 'creating',
+            createdAt: nowNs(),
+            startedAt: '0',
+            finishedAt: '0',
+            exitCode: 0,
+            reason: '',
+            message: '',
+            pid: 0,
+            logPath,
+            stopSignal: String(imageConfig.StopSignal || 'SIGTERM'),
+            resources: {
+              rootfs: { target: path.join(vdir, 'rootfs'), layerDir: path.join(this.store.recordDir(id), 'layer'), chain: image.chainIds },
+              runtimeContainer: true,
+            },
+          };
+          intent = record;
+          // 2. The intent, before anything exists: a crash from here on is undone at start.
+          await this.recordIntent(undo, record);
+          // 3. The root filesystem: the image's layers under a writable layer of its own.
+          await this.mountRootfs(undo, record);
+          // 4. The bundle (inside the container's state folder, removed with the rootfs).
+          const bundleDir = await this.writeBundle(record, sandbox, imageConfig);
+          // 5. conmon runs the runtime's create and stays as the monitor.
+          await this.createWithConmon(undo, record, handler, bundleDir);
+          record.state = 'created';
+          await this.persist(record);
         },
-      };
-      intent = record;
-      // 1. The intent, before anything exists: a crash from here on is undone at start.
-      // Undo pushed first: a failed write may still have made the record's directory.
-      undo.push('forget container record', async (failed) => {
-        if (failed === 0) await this.store.remove(id);
-      });
-      await this.store.save(record);
-      // 2. The root filesystem: the image's layers under a writable layer of its own.
-      const rootfs = record.resources.rootfs!;
-      undo.push('unmount rootfs', async () => {
-        await unmountOverlayRootfs(rootfs.target);
-        await fs.rm(vdir, { recursive: true, force: true });
-      });
-      await mountOverlayRootfs(images.store.snapshots, { chain: rootfs.chain, target: rootfs.target, layerDir: rootfs.layerDir });
-      // 3. The bundle.
-      const spec = await this.spec(record, sandbox, imageConfig);
-      const bundleDir = path.join(vdir, 'bundle');
-      await fs.mkdir(bundleDir, { recursive: true, mode: 0o711 });
-      await writeJsonAtomic(path.join(bundleDir, 'config.json'), spec, 0o600);
-      if (logPath) await fs.mkdir(path.dirname(logPath), { recursive: true });
-      // 4. conmon runs the runtime's create and stays as the monitor. Undo first: it can half-succeed.
-      const runtime = this.deps.runtimeFor(handler);
-      undo.push('delete runtime container', () => runtime.delete(id, true));
-      await fs.mkdir(this.exitDir, { recursive: true, mode: 0o700 });
-      const created = await conmonCreate({
-        id,
-        name: meta.name,
-        bundleDir,
-        runtimePath: runtime.binary,
-        runtimeRoot: runtime.root,
-        logPath: logPath || path.join(vdir, 'console.log'),
-        exitDir: this.exitDir,
-        socketDir: this.socketDir,
-        pidFile: path.join(vdir, 'pid'),
-        conmonPidFile: path.join(vdir, 'conmon.pid'),
-        timeoutMs: 60_000,
-      });
-      record.pid = created.pid;
-      record.state = 'created';
-      await this.persist(record);
-      undo.commit();
+        {
+          logger: log,
+          what: 'CreateContainer',
+          onIncomplete: async (message) => {
+            if (!intent) return;
+            const record = intent;
+            record.state = 'exited';
+            record.reason = 'CreateFailed';
+            record.message = message;
+            // Listed even if the write fails: RemoveContainer must be able to finish the job.
+            await this.store.save(record).catch(() => {});
+            this.records.set(id, structuredClone(record));
+            this.index.add(id);
+          },
+        },
+      );
     } catch (e) {
-      log.warn({ err: (e as Error).message }, 'CreateContainer failed, rolling back');
-      const failures = await undo.unwind();
-      if (failures.length > 0 && intent) {
-        const record = intent;
-        record.state = 'exited';
-        record.reason = 'CreateFailed';
-        record.message = `${(e as Error).message}; rollback incomplete: ${failures.map((f) => `${f.step}: ${f.error.message}`).join('; ')}`;
-        // Listed even if the write fails: RemoveContainer must be able to finish the job.
-        await this.store.save(record).catch(() => {});
-        this.records.set(id, structuredClone(record));
-        this.index.add(id);
-      }
       if (e instanceof CorralError) throw e;
       throw internalError(`creating container ${meta.name} in pod sandbox ${sandbox.id}: ${(e as Error).message}`);
     }
     log.info({ image: imageRef }, 'container created');
     return id;
+  }
+
+  private reserveName(undo: UndoStack, id: string, name: string, nameKey: string): void {
+    const taken = this.names.reserve(nameKey, id);
+    if (taken) throw alreadyExists(`container name "${name}" is reserved for container ${taken.id}`);
+    undo.push('release container name', async (failed) => {
+      // Something left behind keeps the name, with the record, for RemoveContainer to finish.
+      if (failed === 0) this.names.release(nameKey, id);
+    });
+  }
+
+  private async recordIntent(undo: UndoStack, record: ContainerRecord): Promise<void> {
+    // Pushed first: a failed write may still have made the record's directory.
+    undo.push('forget container record', async (failed) => {
+      if (failed === 0) await this.store.remove(record.id);
+    });
+    await this.store.save(record);
+  }
+
+  private async mountRootfs(undo: UndoStack, record: ContainerRecord): Promise<void> {
+    const rootfs = record.resources.rootfs!;
+    const vdir = this.volatileDir(record.id);
+    // Pushed first: a half-done mount may have left the state folder or a mount.
+    undo.push('unmount rootfs', async () => {
+      await unmountOverlayRootfs(rootfs.target);
+      await fs.rm(vdir, { recursive: true, force: true });
+    });
+    await mountOverlayRootfs(this.deps.images.store.snapshots, { chain: rootfs.chain, target: rootfs.target, layerDir: rootfs.layerDir });
+  }
+
+  /** The OCI spec, in the bundle folder; the log file's folder. Returns the bundle folder. */
+  private async writeBundle(record: ContainerRecord, sandbox: SandboxRecord, imageConfig: any): Promise<string> {
+    const spec = await this.spec(record, sandbox, imageConfig);
+    const bundleDir = path.join(this.volatileDir(record.id), 'bundle');
+    await fs.mkdir(bundleDir, { recursive: true, mode: 0o711 });
+    await writeJsonAtomic(path.join(bundleDir, 'config.json'), spec, 0o600);
+    if (record.logPath) await fs.mkdir(path.dirname(record.logPath), { recursive: true });
+    return bundleDir;
+  }
+
+  private async createWithConmon(undo: UndoStack, record: ContainerRecord, handler: RuntimeHandlerConfig, bundleDir: string): Promise<void> {
+    const { id } = record;
+    const vdir = this.volatileDir(id);
+    const runtime = this.deps.runtimeFor(handler);
+    // Pushed first: create can half-succeed.
+    undo.push('delete runtime container', () => runtime.delete(id, true));
+    await fs.mkdir(this.exitDir, { recursive: true, mode: 0o700 });
+    const created = await conmonCreate({
+      id,
+      name: record.metadata.name,
+      bundleDir,
+      runtimePath: runtime.binary,
+      runtimeRoot: runtime.root,
+      logPath: record.logPath || path.join(vdir, 'console.log'),
+      exitDir: this.exitDir,
+      socketDir: this.socketDir,
+      pidFile: path.join(vdir, 'pid'),
+      conmonPidFile: path.join(vdir, 'conmon.pid'),
+      timeoutMs: 60_000,
+    });
+    record.pid = created.pid;
   }
 
   private async spec(record: ContainerRecord, sandbox: SandboxRecord, imageConfig: any) {

@@ -3,9 +3,10 @@
  * listing, and recovery after a restart. Every side effect is recorded on disk before it
  * happens; RunPodSandbox undoes each finished step in reverse when a later one fails.
  *
- * Lock model: one shared/exclusive lock per sandbox ID. Run (from its first side effect to
- * its last, rollback included), Stop and Remove hold it exclusively; the container calls of
- * the pod hold it shared (see underSharedLock). A record is changed only through the
+ * Lock model: one shared/exclusive lock per sandbox ID. Run (from its first write of the
+ * record to its last, rollback included; the plan and the sandbox image pull come before),
+ * Stop and Remove hold it exclusively; the container calls of the pod hold it shared (see
+ * underSharedLock). A record is changed only through the
  * SandboxTx of an exclusive holder, which writes it to disk before it becomes the record
  * every reader sees, and replaces the in-memory record instead of mutating it. So a Stop
  * that arrives while Run is between steps waits for Run to finish or roll back, then stops
@@ -18,25 +19,15 @@ import { performance } from 'node:perf_hooks';
 import type { CorralConfig, RuntimeHandlerConfig } from '../config/config.js';
 import { CorralError, invalidArgument, internalError, notFound } from '../errors.js';
 import type { Logger } from '../util/log.js';
-import { UndoStack } from '../util/undo.js';
+import { UndoStack, runWithRollback } from '../util/undo.js';
 import type { SandboxStore } from '../store/sandbox-store.js';
 import { IdIndex, generateId } from './ids.js';
 import { NameRegistry, sandboxName, sandboxNameKey } from './names.js';
-import {
-  cniPortMappings,
-  infraMode,
-  isPrivileged,
-  namespaceChoice,
-  namespacePlan,
-  networkOrder,
-  podHostname,
-  podMetadata,
-  podPins,
-  resolvConf,
-  selectHandler,
-} from './options.js';
+import { cniPortMappings, isPrivileged, podMetadata, resolvConf } from './options.js';
 import type { SandboxNetwork, SandboxRecord } from './record.js';
-import { mountShm, processStartTime, sandboxFilePaths, unmountShm, writeSandboxFiles } from './files.js';
+import { mountShm, processStartTime, sandboxFilePaths, unmountShm, writeSandboxFiles, type SandboxFiles } from './files.js';
+import { planSandbox, type SandboxPlan } from './plan.js';
+import type { BandwidthLimits } from '../network/cni/capabilities.js';
 import { SharedExclusiveLock } from '../util/keyed-lock.js';
 
 /** What the sandbox lifecycle needs from the network layer (CNI) of one handler. */
@@ -48,6 +39,8 @@ export interface PodNetworkDriver {
     podNamespace: string;
     podUid: string;
     portMappings: ReturnType<typeof cniPortMappings>;
+    /** Parsed from the pod's bandwidth annotations by planSandbox, before anything was made. */
+    bandwidth?: BandwidthLimits;
     annotations: Record<string, string>;
     dns?: { servers: string[]; searches: string[]; options: string[] };
     cgroupPath?: string;
@@ -131,6 +124,20 @@ interface SandboxTx {
   forget(): Promise<void>;
 }
 
+/** One Run in progress: what its steps read (the plan) and build (the record). */
+interface SandboxRun {
+  id: string;
+  config: any;
+  plan: SandboxPlan;
+  /** The intent, completed by the steps (pid, network) and saved ready at the end. */
+  record: SandboxRecord;
+  tx: SandboxTx;
+  volatileDir: string;
+  network: PodNetworkDriver;
+  sandboxRootfs: Awaited<ReturnType<SandboxImageSource['resolve']>> | undefined;
+  timed: <T>(step: string, fn: () => Promise<T>) => Promise<T>;
+}
+
 export class SandboxService {
   readonly index = new IdIndex('pod sandbox');
   /** Reserved on the structured key (sandboxNameKey) of the pod's metadata. */
@@ -153,6 +160,7 @@ export class SandboxService {
   // ---------------------------------------------------------------- Run
 
   async run(config: any, runtimeHandler: string): Promise<string> {
+    // 1. The name, from the metadata alone: a retry or a concurrent twin joins this Run.
     const metadata = podMetadata(config);
     const name = sandboxName(metadata);
     const key = sandboxNameKey(metadata);
@@ -168,7 +176,7 @@ export class SandboxService {
     if (taken) return this.joinExisting(name, taken.id, taken.creation);
 
     try {
-      await this.create(id, name, metadata, config, runtimeHandler);
+      await this.create(id, name, config, runtimeHandler);
       this.names.settle(key, id);
       settle(id);
       return id;
@@ -189,9 +197,15 @@ export class SandboxService {
     throw internalError(`pod sandbox name "${name}" is reserved for ${id}, which no longer exists`);
   }
 
-  private async create(id: string, name: string, metadata: SandboxRecord['metadata'], config: any, requestedHandler: string): Promise<void> {
-    const { config: cfg, logger, pinner, runtime } = this.deps;
-    const log = logger.child({ sandbox: id, pod: `${metadata.namespace}/${metadata.name}` });
+  /**
+   * RunPodSandbox as a list of steps. The plan refuses bad input before the host is
+   * touched; each step then pushes its undo beside its side effect, and one policy
+   * (runWithRollback) unwinds them on failure. The pod's lock is taken before the first
+   * side effect and held through the rollback: a Stop or Remove of this ID (claimed in
+   * recordIntent) waits for the outcome, then acts on it.
+   */
+  private async create(id: string, name: string, config: any, requestedHandler: string): Promise<void> {
+    const { config: cfg, logger, pinner } = this.deps;
     const timings: Record<string, number> = {};
     const timed = async <T>(step: string, fn: () => Promise<T>): Promise<T> => {
       const t0 = performance.now();
@@ -202,174 +216,190 @@ export class SandboxService {
       }
     };
     const t0 = performance.now();
-
-    // Decide everything that can be refused before touching the host.
-    const annotations: Record<string, string> = config.annotations ?? {};
-    const ns = namespaceChoice(config);
-    const hostNetwork = ns.network === 'NODE';
-    const hostIpc = ns.ipc === 'NODE';
-    const handler = selectHandler(requestedHandler, annotations, ns, cfg);
-    const order = networkOrder(annotations);
-    const mode = infraMode(handler, ns, cfg.dropInfraContainer);
-    let sysctls: Record<string, string>;
-    try {
-      sysctls = this.deps.prepareSysctls(config.linux?.sysctls ?? {}, { hostNetwork, hostIpc });
-    } catch (e) {
-      throw e instanceof CorralError ? e : invalidArgument((e as Error).message);
-    }
-    const logDirectory: string = config.logDirectory ?? '';
-    if (logDirectory && !path.isAbsolute(logDirectory)) throw invalidArgument(`log_directory must be an absolute path, got "${logDirectory}"`);
-    const hostname = podHostname(config, hostNetwork, os.hostname());
-    const network = this.deps.network(handler);
-    // The sandbox image is pulled (if it must be) before anything of the pod exists.
-    const sandboxRootfs = mode === 'pause' ? await timed('image', () => this.deps.sandboxImage.resolve()) : undefined;
-
-    // Every resource this Run may create, decided up front and recorded as intent in one
-    // durable write before the first side effect: teardown of each is idempotent, so a
-    // crash at any point is rolled back from this record alone (two writes per Run).
     const volatileDir = this.volatileDir(id);
-    // Which namespaces are pinned follows from the pod's shape alone (namespacePlan), and
-    // each sysctl goes to the holder of its namespace: pins here, the pause in its spec.
-    const plan = namespacePlan(ns, mode);
-    const { pins, ...pinOpts } = podPins(plan, {
-      netnsPath: plan.network === 'pin' ? pinner.pathFor(id) : null,
-      stateDir: volatileDir,
-      hostname,
-      sysctls,
-    });
-    const netnsPath = pinOpts.netnsPath;
-    const shmPath = hostIpc ? null : path.join(volatileDir, 'shm');
 
-    const record: SandboxRecord = {
+    // 2. Everything that can be refused, decided before touching the host.
+    const plan = planSandbox(config, requestedHandler, cfg, {
+      stateDir: volatileDir,
+      netnsPath: pinner.pathFor(id),
+      nodeHostname: os.hostname(),
+      prepareSysctls: this.deps.prepareSysctls,
+    });
+    const { metadata, handler, mode, order } = plan;
+    const log = logger.child({ sandbox: id, pod: `${metadata.namespace}/${metadata.name}` });
+    const network = this.deps.network(handler);
+    // 3. The sandbox image, pulled if it must be, before anything of the pod exists.
+    const sandboxRootfs = mode === 'pause' ? await timed('image', () => this.deps.sandboxImage.resolve()) : undefined;
+    const record = this.intendedRecord(id, name, config, plan, sandboxRootfs, timings);
+
+    await this.exclusive(id, async (tx) => {
+      const run: SandboxRun = { id, config, plan, record, tx, volatileDir, network, sandboxRootfs, timed };
+      const undo = new UndoStack();
+      try {
+        await runWithRollback(
+          undo,
+          async () => {
+            // 4. The record first (under the lock): from here on a crash is rolled back by the restart sweep.
+            await this.recordIntent(run, undo);
+            // 5. The pod's own namespaces (network; IPC/UTS without a pause), pinned before anything else.
+            await this.pinNamespaces(run, undo);
+            // 6. hostname, hosts, resolv.conf and the pod's /dev/shm.
+            const files = await this.prepareFiles(run, undo);
+            // 7. The sandbox image's layers, when the pause runs from one.
+            await this.mountSandboxRootfs(run, undo);
+            // 8. Network first (default): the netns is wired before the sandbox container is created.
+            if (order === 'network-first' || mode === 'pinned') await this.attachNetwork(run, undo);
+            // 9. The pause container, if this pod needs one.
+            if (mode === 'pause') {
+              await this.createPause(run, undo, files);
+              await this.startPause(run);
+            }
+            // 10. Start first (by annotation): the network is wired into the running sandbox.
+            if (order === 'start-first' && mode === 'pause') await this.attachNetwork(run, undo);
+            // 11. Ready, recorded; the undos are dropped.
+            record.state = 'ready';
+            timings.total = Math.round((performance.now() - t0) * 100) / 100;
+            await tx.save(record);
+          },
+          {
+            logger: log,
+            what: 'RunPodSandbox',
+            onIncomplete: async (message) => {
+              record.state = 'notready';
+              record.lastError = message;
+              await tx.save(record).catch(() => {});
+            },
+          },
+        );
+      } catch (e) {
+        throw e instanceof CorralError ? e : internalError(`RunPodSandbox for pod ${metadata.namespace}/${metadata.name}: ${(e as Error).message}`);
+      }
+      log.info({ timings, handler: handler.name, mode, order, ip: record.network?.podIp }, 'pod sandbox ready');
+    });
+  }
+
+  /**
+   * Every resource this Run may create, decided up front and recorded as intent in one
+   * durable write before the first side effect: teardown of each is idempotent, so a
+   * crash at any point is rolled back from this record alone (two writes per Run).
+   */
+  private intendedRecord(id: string, name: string, config: any, plan: SandboxPlan, sandboxRootfs: SandboxRun['sandboxRootfs'], timings: Record<string, number>): SandboxRecord {
+    return {
       version: 1,
       id,
       name,
-      metadata,
+      metadata: plan.metadata,
       config,
-      runtimeHandler: handler.name,
-      infraMode: mode,
-      networkOrder: order,
-      hostNetwork,
-      privileged: isPrivileged(config, ns),
-      netnsPath,
+      runtimeHandler: plan.handler.name,
+      infraMode: plan.mode,
+      networkOrder: plan.order,
+      hostNetwork: plan.hostNetwork,
+      privileged: isPrivileged(config, plan.ns),
+      netnsPath: plan.pins.netnsPath,
       state: 'creating',
       createdAt: (BigInt(Date.now()) * 1_000_000n).toString(),
       network: null,
       resources: {
-        pins,
-        cniAttached: !hostNetwork,
-        shmMount: shmPath,
-        container: mode === 'pause',
-        rootfs: sandboxRootfs && 'chain' in sandboxRootfs ? { target: path.join(volatileDir, 'rootfs'), chain: sandboxRootfs.chain } : null,
+        pins: plan.pins.pins,
+        cniAttached: !plan.hostNetwork,
+        shmMount: plan.shmPath,
+        container: plan.mode === 'pause',
+        rootfs: sandboxRootfs && 'chain' in sandboxRootfs ? { target: path.join(this.volatileDir(id), 'rootfs'), chain: sandboxRootfs.chain } : null,
       },
       pid: 0,
       pidStartTime: '',
       timings,
     };
-    // The lock is taken before the first side effect and held through the rollback: a Stop
-    // or Remove of this ID (it is indexed at step 1) waits for the outcome, then acts on it.
-    await this.exclusive(id, async (tx) => {
-      const undo = new UndoStack();
+  }
 
-      try {
-        // 1. The record first: from here on a crash is rolled back by the restart sweep.
-        // Undo pushed first: a failed write may still have made the record's directory.
-        tx.claim();
-        undo.push('forget sandbox record', async (failed) => {
-          // Anything left behind keeps the record visible (NOTREADY) so Stop/Remove can finish.
-          if (failed === 0) await tx.forget();
-        });
-        await timed('record', () => tx.save(record));
-
-        await fs.mkdir(volatileDir, { recursive: true, mode: 0o711 });
-        undo.push('remove sandbox state dir', async (failed) => {
-          if (failed === 0) await fs.rm(volatileDir, { recursive: true, force: true });
-        });
-
-        // 2. The pod's own namespaces (network; IPC/UTS without a pause), pinned before anything else.
-        if (pins.length > 0) {
-          await timed('netns', () => pinner.create(netnsPath, pinOpts));
-          undo.push('remove pinned namespaces', () => pinner.remove(pins));
-        }
-
-        // 3. hostname, hosts, resolv.conf and the pod's /dev/shm.
-        const files = sandboxFilePaths(volatileDir);
-        await timed('files', () => writeSandboxFiles(files, hostname, resolvConf(config.dnsConfig)));
-        if (shmPath) {
-          undo.push('unmount shm', () => unmountShm(shmPath));
-          await timed('shm', () => mountShm(shmPath));
-        }
-
-        const attachNetwork = async () => {
-          if (hostNetwork) return;
-          // Pushed before ADD: a failed ADD may still have reserved an IP.
-          undo.push('CNI DEL', () => network.tearDown(this.networkIdentity(record)));
-          record.network = await timed('cni', () =>
-            network.setUp({
-              ...this.networkIdentity(record),
-              portMappings: cniPortMappings(config.portMappings),
-              annotations,
-              dns: config.dnsConfig ? { servers: config.dnsConfig.servers ?? [], searches: config.dnsConfig.searches ?? [], options: config.dnsConfig.options ?? [] } : undefined,
-              cgroupPath: config.linux?.cgroupParent || undefined,
-            }),
-          );
-        };
-
-        const rootfs = record.resources.rootfs;
-        if (rootfs) {
-          undo.push('unmount sandbox rootfs', () => this.deps.sandboxImage.unmount(rootfs.target));
-          await timed('rootfs', () => this.deps.sandboxImage.mount(rootfs.chain, rootfs.target, path.join(volatileDir, 'rootfs-layer')));
-        }
-
-        // 4. Network first (default): the netns is wired before the sandbox container is created.
-        if (order === 'network-first' || mode === 'pinned') await attachNetwork();
-
-        // 5. The pause container, if this pod needs one.
-        if (mode === 'pause') {
-          undo.push('delete sandbox container', () => runtime.destroy(handler, id));
-          record.pid = await timed('create', () =>
-            runtime.create(handler, record, {
-              bundleDir: path.join(volatileDir, 'bundle'),
-              rootfsPath: rootfs ? rootfs.target : (sandboxRootfs as { path: string }).path,
-              args: sandboxRootfs!.args,
-              hostname,
-              hostnamePath: files.hostname,
-              hostsPath: files.hosts,
-              resolvConfPath: files.resolvConf,
-              shmPath,
-              logDirectory,
-              sysctls,
-            }),
-          );
-          await timed('start', () => runtime.start(handler, id));
-          const started = await processStartTime(record.pid);
-          if (started === null) throw new Error(`the sandbox container's process ${record.pid} exited right after start`);
-          record.pidStartTime = started;
-        }
-
-        // 6. Start first (by annotation): the network is wired into the running sandbox.
-        if (order === 'start-first' && mode === 'pause') await attachNetwork();
-
-        record.state = 'ready';
-        timings.total = Math.round((performance.now() - t0) * 100) / 100;
-        await tx.save(record);
-        undo.commit();
-        log.info({ timings, handler: handler.name, mode, order, ip: record.network?.podIp }, 'pod sandbox ready');
-      } catch (e) {
-        const err = e as Error;
-        log.warn({ err: err.message, undo: undo.size }, 'RunPodSandbox failed, rolling back');
-        const failures = await undo.unwind();
-        if (failures.length > 0) {
-          // Something could not be undone: keep the sandbox visible as NOTREADY, its name
-          // reserved, so kubelet's Stop/Remove (or the restart sweep) finish the job.
-          record.state = 'notready';
-          record.lastError = `${err.message}; rollback incomplete: ${failures.map((f) => `${f.step}: ${f.error.message}`).join('; ')}`;
-          await tx.save(record).catch(() => {});
-          log.error({ failures: failures.map((f) => ({ step: f.step, err: f.error.message })) }, 'rollback incomplete');
-        }
-        throw e instanceof CorralError ? e : internalError(`RunPodSandbox for pod ${metadata.namespace}/${metadata.name}: ${err.message}`);
-      }
+  /** Claims the ID and writes the intent; makes the pod's state folder. */
+  private async recordIntent(run: SandboxRun, undo: UndoStack): Promise<void> {
+    const { tx, volatileDir } = run;
+    tx.claim();
+    // Pushed first: a failed write may still have made the record's directory.
+    undo.push('forget sandbox record', async (failed) => {
+      // Anything left behind keeps the record visible (NOTREADY) so Stop/Remove can finish.
+      if (failed === 0) await tx.forget();
     });
+    await run.timed('record', () => tx.save(run.record));
+    await fs.mkdir(volatileDir, { recursive: true, mode: 0o711 });
+    undo.push('remove sandbox state dir', async (failed) => {
+      if (failed === 0) await fs.rm(volatileDir, { recursive: true, force: true });
+    });
+  }
+
+  private async pinNamespaces(run: SandboxRun, undo: UndoStack): Promise<void> {
+    const { pins, ...pinOpts } = run.plan.pins;
+    if (pins.length === 0) return;
+    await run.timed('netns', () => this.deps.pinner.create(pinOpts.netnsPath, pinOpts));
+    undo.push('remove pinned namespaces', () => this.deps.pinner.remove(pins));
+  }
+
+  /** hostname, hosts and resolv.conf (inside the state folder); the pod's /dev/shm tmpfs. */
+  private async prepareFiles(run: SandboxRun, undo: UndoStack): Promise<SandboxFiles> {
+    const files = sandboxFilePaths(run.volatileDir);
+    await run.timed('files', () => writeSandboxFiles(files, run.plan.hostname, resolvConf(run.config.dnsConfig)));
+    const shmPath = run.plan.shmPath;
+    if (shmPath) {
+      undo.push('unmount shm', () => unmountShm(shmPath));
+      await run.timed('shm', () => mountShm(shmPath));
+    }
+    return files;
+  }
+
+  private async mountSandboxRootfs(run: SandboxRun, undo: UndoStack): Promise<void> {
+    const rootfs = run.record.resources.rootfs;
+    if (!rootfs) return;
+    undo.push('unmount sandbox rootfs', () => this.deps.sandboxImage.unmount(rootfs.target));
+    await run.timed('rootfs', () => this.deps.sandboxImage.mount(rootfs.chain, rootfs.target, path.join(run.volatileDir, 'rootfs-layer')));
+  }
+
+  /** CNI ADD of the pod's networks (nothing with host network). */
+  private async attachNetwork(run: SandboxRun, undo: UndoStack): Promise<void> {
+    const { record, config, plan } = run;
+    if (plan.hostNetwork) return;
+    // Pushed before ADD: a failed ADD may still have reserved an IP.
+    undo.push('CNI DEL', () => run.network.tearDown(this.networkIdentity(record)));
+    record.network = await run.timed('cni', () =>
+      run.network.setUp({
+        ...this.networkIdentity(record),
+        portMappings: cniPortMappings(config.portMappings),
+        bandwidth: plan.bandwidth,
+        annotations: plan.annotations,
+        dns: config.dnsConfig ? { servers: config.dnsConfig.servers ?? [], searches: config.dnsConfig.searches ?? [], options: config.dnsConfig.options ?? [] } : undefined,
+        cgroupPath: config.linux?.cgroupParent || undefined,
+      }),
+    );
+  }
+
+  private async createPause(run: SandboxRun, undo: UndoStack, files: SandboxFiles): Promise<void> {
+    const { id, record, plan, sandboxRootfs } = run;
+    const rootfs = record.resources.rootfs;
+    // Pushed before create: a failed create may still have left the container.
+    undo.push('delete sandbox container', () => this.deps.runtime.destroy(plan.handler, id));
+    record.pid = await run.timed('create', () =>
+      this.deps.runtime.create(plan.handler, record, {
+        bundleDir: path.join(run.volatileDir, 'bundle'),
+        rootfsPath: rootfs ? rootfs.target : (sandboxRootfs as { path: string }).path,
+        args: sandboxRootfs!.args,
+        hostname: plan.hostname,
+        hostnamePath: files.hostname,
+        hostsPath: files.hosts,
+        resolvConfPath: files.resolvConf,
+        shmPath: plan.shmPath,
+        logDirectory: plan.logDirectory,
+        sysctls: plan.sysctls,
+      }),
+    );
+  }
+
+  /** Starts the pause (its undo is createPause's) and records its start time, to tell a reused PID. */
+  private async startPause(run: SandboxRun): Promise<void> {
+    const { record } = run;
+    await run.timed('start', () => this.deps.runtime.start(run.plan.handler, run.id));
+    const started = await processStartTime(record.pid);
+    if (started === null) throw new Error(`the sandbox container's process ${record.pid} exited right after start`);
+    record.pidStartTime = started;
   }
 
   private networkIdentity(record: SandboxRecord) {

@@ -74,17 +74,22 @@ async function assertHostClean(vethsBefore: number) {
   assert.deepEqual((await d.rpc('ListPodSandbox', {})).items, []);
 }
 
-test('refused before any side effect: bad sysctls, unknown handler, relative log directory', async () => {
+test('refused before any side effect: bad sysctls, unknown handler, relative log directory, bad bandwidth annotation', async () => {
   const vethsBefore = await vethCount(d);
+  const logLinesBefore = (await d.logLines()).length;
   const cases: [object, string, RegExp][] = [
     [podConfig({ linux: { sysctls: { 'kernel.hostname': 'x' }, securityContext: { namespaceOptions: { network: 'POD', pid: 'CONTAINER', ipc: 'POD' } } } }), '', /kernel\.hostname/],
     [podConfig({ linux: { sysctls: { 'net.ipv4.ip_forward': '1' }, securityContext: { namespaceOptions: { network: 'NODE', pid: 'CONTAINER', ipc: 'POD' } } } }), '', /net\.ipv4\.ip_forward/],
     [podConfig(), 'kata', /unknown runtime handler "kata"; configured handlers: runc, failstart/],
     [podConfig({ logDirectory: 'relative/logs' }), '', /log_directory must be an absolute path/],
+    [podConfig({ annotations: { 'kubernetes.io/ingress-bandwidth': '10 megabits' } }), '', /pod bandwidth annotation: .*ingress-bandwidth.*not a valid quantity/],
   ];
   for (const [config, runtimeHandler, re] of cases) {
     await assert.rejects(d.rpc('RunPodSandbox', { config, runtimeHandler }), (e: any) => e.code === status.INVALID_ARGUMENT && re.test(e.details), String(re));
   }
+  // Refused by the plan: nothing was made, so nothing was rolled back.
+  const rollbacks = (await d.logLines()).slice(logLinesBefore).filter((l) => /rolling back/.test(l.msg ?? ''));
+  assert.deepEqual(rollbacks.map((l) => l.err), []);
   await assertHostClean(vethsBefore);
   // A refusal does not keep the name: the corrected request for the same pod goes through.
   const [, , [unknownHandlerPod]] = cases;

@@ -1,6 +1,7 @@
 /**
  * CniManager: attaches pod sandboxes to the networks of a CNI conf dir and
- * detaches them again, with libcni semantics (see cri-reference.md §d).
+ * detaches them again, with libcni semantics: each list's plugins run in order for ADD
+ * and in reverse for DEL (chain.ts), results cached in libcni's layout (cache.ts).
  *
  * - Networks: the `loopback` plugin on `lo` (network "cni-loopback", when the
  *   plugin exists) plus every loaded conf-dir network on eth0, eth1, ... in load order.
