@@ -11,9 +11,9 @@ import { nativeBinary } from './util/paths.js';
 import { CniManager, bandwidthFromAnnotations } from './network/cni/index.js';
 import { createPinnedNetns, isNetnsPinned, listCorralNetns, netnsPathFor, removePinnedNetns, sandboxIdFromNetnsPath } from './network/netns.js';
 import { OciRuntime, currentCapabilities, oomScoreAdjFloor } from './oci/runtime.js';
-import {
-  BUILTIN_SANDBOX_IMAGE_NAME, DEFAULT_SANDBOX_OOM_SCORE_ADJ, buildSandboxSpec, cgroupfsCgroupsPath, clampOomScoreAdj, validateSysctls, withDefaultSysctls,
-} from './oci/spec.js';
+import { BUILTIN_SANDBOX_IMAGE_NAME, DEFAULT_SANDBOX_OOM_SCORE_ADJ, buildSandboxSpec } from './oci/sandbox-spec.js';
+import { cgroupfsCgroupsPath, clampOomScoreAdj } from './oci/cgroups.js';
+import { validateSysctls, withDefaultSysctls } from './oci/sysctls.js';
 import { ensureBuiltinSandboxRootfs, writeBundle } from './oci/sandbox-rootfs.js';
 import { SandboxStore } from './store/sandbox-store.js';
 import { SandboxService, type NamespacePinner, type PodNetworkDriver, type SandboxContainerRuntime, type SandboxImageSource } from './sandbox/service.js';

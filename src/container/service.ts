@@ -21,7 +21,7 @@ import { sandboxFilePaths } from '../sandbox/files.js';
 import type { ImageService } from '../image/image-service.js';
 import { mountOverlayRootfs, unmountOverlayRootfs } from '../image/snapshots.js';
 import type { OciRuntime } from '../oci/runtime.js';
-import { cgroupfsCgroupsPath, clampOomScoreAdj } from '../oci/spec.js';
+import { cgroupfsCgroupsPath, clampOomScoreAdj } from '../oci/cgroups.js';
 import { readSeccompProfile, resolveSeccomp } from '../oci/seccomp-choice.js';
 import { readImageAccountFile } from '../image/image-user.js';
 import { buildContainerSpec, containerArgs, containerLogPath, containerCapabilities, containerEnv, mountPropagationOf, propagationProblem, resolveUser, type PodNamespaces } from '../oci/container-spec.js';

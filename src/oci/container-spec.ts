@@ -4,23 +4,11 @@
  * files and cgroup parent) to an OCI spec, so every rule can be unit-tested without root.
  */
 import path from 'node:path';
-import {
-  ALL_CAPABILITIES,
-  Annotations,
-  DEFAULT_CAPABILITIES,
-  DEFAULT_MASKED_PATHS,
-  DEFAULT_PATH_ENV,
-  DEFAULT_READONLY_PATHS,
-  OCI_VERSION,
-  podMounts,
-  seccompFor,
-  type OciLinux,
-  type OciMount,
-  type OciNamespace,
-  type OciSpec,
-  type OciUser,
-  type SeccompChoice,
-} from './spec.js';
+import { Annotations } from './annotations.js';
+import { ALL_CAPABILITIES, DEFAULT_CAPABILITIES } from './capabilities.js';
+import { OCI_VERSION, type OciLinux, type OciMount, type OciNamespace, type OciSpec, type OciUser } from './oci-types.js';
+import { DEFAULT_MASKED_PATHS, DEFAULT_PATH_ENV, DEFAULT_READONLY_PATHS, podMounts } from './pod-defaults.js';
+import { seccompFor, type SeccompChoice } from './seccomp.js';
 
 export const CONTAINER_TYPE_CONTAINER = 'container';
 

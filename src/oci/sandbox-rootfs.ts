@@ -7,7 +7,7 @@ import { createHash, randomBytes } from 'node:crypto';
 import { createReadStream, promises as fs } from 'node:fs';
 import path from 'node:path';
 import { isErrno, writeFileAtomic, writeJsonAtomic } from '../util/atomic.js';
-import type { OciSpec } from './spec.js';
+import type { OciSpec } from './oci-types.js';
 
 /** Directories the rootfs carries as mount points (the runtime mounts over them). */
 const ROOTFS_DIRS = ['proc', 'dev', 'dev/shm', 'dev/pts', 'dev/mqueue', 'sys', 'etc', 'tmp'];

@@ -1,6 +1,6 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { DEFAULT_CAPABILITIES } from '../../src/oci/spec.js';
+import { DEFAULT_CAPABILITIES } from '../../src/oci/capabilities.js';
 import { buildContainerSpec, containerArgs, containerCapabilities, containerEnv, resolveUser, type ContainerSpecInput } from '../../src/oci/container-spec.js';
 
 test('command and args follow the Kubernetes rules over the image entrypoint and cmd', () => {

@@ -1,23 +1,13 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import {
-  ALL_CAPABILITIES,
-  Annotations,
-  BUILTIN_SANDBOX_IMAGE_NAME,
-  DEFAULT_CAPABILITIES,
-  DEFAULT_MASKED_PATHS,
-  DEFAULT_READONLY_PATHS,
-  buildSandboxSpec,
-  capabilitiesFromMask,
-  cgroupfsCgroupsPath,
-  clampOomScoreAdj,
-  defaultSeccompProfile,
-  seccompFromProfile,
-  validateSysctls,
-  withDefaultSysctls,
-  type OciSpec,
-  type SandboxSpecInput,
-} from '../../src/oci/spec.js';
+import { Annotations } from '../../src/oci/annotations.js';
+import { ALL_CAPABILITIES, DEFAULT_CAPABILITIES, capabilitiesFromMask } from '../../src/oci/capabilities.js';
+import { cgroupfsCgroupsPath, clampOomScoreAdj } from '../../src/oci/cgroups.js';
+import type { OciSpec } from '../../src/oci/oci-types.js';
+import { DEFAULT_MASKED_PATHS, DEFAULT_READONLY_PATHS } from '../../src/oci/pod-defaults.js';
+import { BUILTIN_SANDBOX_IMAGE_NAME, buildSandboxSpec, type SandboxSpecInput } from '../../src/oci/sandbox-spec.js';
+import { defaultSeccompProfile, seccompFromProfile } from '../../src/oci/seccomp.js';
+import { validateSysctls, withDefaultSysctls } from '../../src/oci/sysctls.js';
 
 function input(over: Partial<SandboxSpecInput> = {}): SandboxSpecInput {
   return {
