@@ -2,6 +2,7 @@ import { promises as fs } from 'node:fs';
 import path from 'node:path';
 import { execFile, ExecError } from '../util/exec.js';
 import { isErrno } from '../util/atomic.js';
+import { isMountPoint } from '../util/mounts.js';
 
 /** Per-sandbox files bind-mounted into the pause and app containers. */
 export interface SandboxFiles {
@@ -53,33 +54,5 @@ export async function unmountShm(dir: string): Promise<void> {
     await fs.rmdir(dir);
   } catch (e) {
     if (!isErrno(e, 'ENOENT')) throw e;
-  }
-}
-
-export async function isMountPoint(dir: string): Promise<boolean> {
-  const mounts = await fs.readFile('/proc/self/mountinfo', 'utf8');
-  const target = path.resolve(dir);
-  for (const line of mounts.split('\n')) {
-    const mountPoint = line.split(' ')[4];
-    if (mountPoint !== undefined && unescapeMount(mountPoint) === target) return true;
-  }
-  return false;
-}
-
-function unescapeMount(s: string): string {
-  return s.replace(/\\([0-7]{3})/g, (_, oct: string) => String.fromCharCode(parseInt(oct, 8)));
-}
-
-/** Start time (clock ticks since boot) of a process, to tell a live PID from a reused one. */
-export async function processStartTime(pid: number): Promise<string | null> {
-  try {
-    const stat = await fs.readFile(`/proc/${pid}/stat`, 'utf8');
-    // Fields after the command name (which may contain spaces) start after the last ')'.
-    const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
-    // A zombie (Z) or dead (X) process has exited; its PID is not reaped yet (or never, when PID 1 does not reap).
-    if (fields[0] === 'Z' || fields[0] === 'X') return null;
-    return fields[19] ?? null;
-  } catch {
-    return null;
   }
 }

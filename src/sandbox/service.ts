@@ -20,8 +20,8 @@ import { CriError, invalidArgument, internalError, notFound } from '../cri/error
 import type { Logger } from '../util/log.js';
 import { UndoStack } from '../util/undo.js';
 import type { SandboxStore } from '../store/sandbox-store.js';
-import { IdIndex, generateId } from './ids.js';
-import { NameRegistry, sandboxName, sandboxNameKey } from './names.js';
+import { IdIndex, generateId } from '../store/ids.js';
+import { NameRegistry, sandboxName, sandboxNameKey } from '../store/names.js';
 import {
   cniPortMappings,
   infraMode,
@@ -36,7 +36,8 @@ import {
   selectHandler,
 } from './options.js';
 import type { SandboxNetwork, SandboxRecord } from './record.js';
-import { mountShm, processStartTime, sandboxFilePaths, unmountShm, writeSandboxFiles } from './files.js';
+import { mountShm, sandboxFilePaths, unmountShm, writeSandboxFiles } from './files.js';
+import { processStartTime } from '../util/process.js';
 import { SharedExclusiveLock } from '../util/keyed-lock.js';
 
 /** What the sandbox lifecycle needs from the network layer (CNI) of one handler. */
