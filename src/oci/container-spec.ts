@@ -9,6 +9,7 @@ import { ALL_CAPABILITIES, DEFAULT_CAPABILITIES } from './capabilities.js';
 import { OCI_VERSION, type OciLinux, type OciMount, type OciNamespace, type OciSpec, type OciUser } from './oci-types.js';
 import { DEFAULT_MASKED_PATHS, DEFAULT_PATH_ENV, DEFAULT_READONLY_PATHS, podMounts } from './pod-defaults.js';
 import { seccompFor, type SeccompChoice } from './seccomp.js';
+import { unescapeMountinfo } from '../util/mounts.js';
 
 export const CONTAINER_TYPE_CONTAINER = 'container';
 
@@ -235,7 +236,7 @@ export function mountPropagationOf(mountinfo: string, file: string): 'shared' | 
   let fields: string[] = [];
   for (const line of mountinfo.split('\n')) {
     const parts = line.split(' ');
-    const point = (parts[4] ?? '').replace(/\\(\d{3})/g, (_, o: string) => String.fromCharCode(parseInt(o, 8)));
+    const point = unescapeMountinfo(parts[4] ?? '');
     if (!point) continue;
     const inside = point === '/' || file === point || file.startsWith(`${point}/`);
     if (inside && point.length >= best.length) {

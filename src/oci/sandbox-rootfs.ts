@@ -7,6 +7,7 @@ import { createHash, randomBytes } from 'node:crypto';
 import { createReadStream, promises as fs } from 'node:fs';
 import path from 'node:path';
 import { isErrno, writeFileAtomic, writeJsonAtomic } from '../util/atomic.js';
+import { exists } from '../util/fs.js';
 import type { OciSpec } from './oci-types.js';
 
 /** Directories the rootfs carries as mount points (the runtime mounts over them). */
@@ -31,16 +32,6 @@ async function readIfExists(file: string): Promise<string | undefined> {
     return (await fs.readFile(file, 'utf8')).trim();
   } catch (e) {
     if (isErrno(e, 'ENOENT')) return undefined;
-    throw e;
-  }
-}
-
-async function exists(p: string): Promise<boolean> {
-  try {
-    await fs.lstat(p);
-    return true;
-  } catch (e) {
-    if (isErrno(e, 'ENOENT')) return false;
     throw e;
   }
 }
