@@ -29,6 +29,7 @@ import { conmonCreate, readExitCode, removeConmonFiles, waitForExit } from '../o
 import type { ContainerRecord } from './record.js';
 import { ContainerStore } from '../store/container-store.js';
 import { KeyedLock } from '../util/keyed-lock.js';
+import { msToNs, nowNs } from '../util/time.js';
 
 export interface ContainerServiceDeps {
   config: CorralConfig;
@@ -58,8 +59,6 @@ function userOrRefuse(opts: Parameters<typeof resolveUser>[0]) {
     throw invalidArgument((e as Error).message);
   }
 }
-
-const nowNs = () => (BigInt(Date.now()) * 1_000_000n).toString();
 
 export class ContainerService {
   readonly index = new IdIndex('container');
@@ -537,7 +536,7 @@ export class ContainerService {
     next.exitCode = code;
     next.reason = code === 0 ? 'Completed' : 'Error';
     const st = await fs.stat(path.join(this.exitDir, rec.id)).catch(() => undefined);
-    next.finishedAt = st ? (BigInt(Math.round(st.mtimeMs)) * 1_000_000n).toString() : nowNs();
+    next.finishedAt = st ? msToNs(st.mtimeMs) : nowNs();
     next.pid = 0;
     return next;
   }

@@ -38,6 +38,7 @@ import {
 import type { SandboxNetwork, SandboxRecord } from './record.js';
 import { mountShm, sandboxFilePaths, unmountShm, writeSandboxFiles } from './files.js';
 import { processStartTime } from '../util/process.js';
+import { nowNs } from '../util/time.js';
 import { SharedExclusiveLock } from '../util/keyed-lock.js';
 
 /** What the sandbox lifecycle needs from the network layer (CNI) of one handler. */
@@ -254,7 +255,7 @@ export class SandboxService {
       privileged: isPrivileged(config, ns),
       netnsPath,
       state: 'creating',
-      createdAt: (BigInt(Date.now()) * 1_000_000n).toString(),
+      createdAt: nowNs(),
       network: null,
       resources: {
         pins,
