@@ -3,7 +3,7 @@
  * container. Nothing here does I/O.
  */
 import { ALL_CAPABILITIES, DEFAULT_CAPABILITIES } from './capabilities.js';
-import { Annotations, CONTAINER_TYPE_SANDBOX } from './annotations.js';
+import { CONTAINER_TYPE_SANDBOX, criAnnotations } from './annotations.js';
 import { OCI_VERSION, type OciLinux, type OciNamespace, type OciSpec, type OciUser } from './oci-types.js';
 import { DEFAULT_MASKED_PATHS, DEFAULT_PATH_ENV, DEFAULT_READONLY_PATHS, podMounts } from './pod-defaults.js';
 import { seccompFor, type SeccompChoice } from './seccomp.js';
@@ -76,19 +76,15 @@ export function buildSandboxSpec(input: SandboxSpecInput): OciSpec {
   if (!hostNetwork) namespaces.push({ type: 'network', path: input.netnsPath! });
 
   const image = input.imageName === '' ? BUILTIN_SANDBOX_IMAGE_NAME : input.imageName;
-  const annotations: Record<string, string> = {
-    ...input.annotations,
-    [Annotations.containerType]: CONTAINER_TYPE_SANDBOX,
-    [Annotations.sandboxId]: input.sandboxId,
-    [Annotations.sandboxName]: input.name,
-    [Annotations.sandboxNamespace]: input.namespace,
-    [Annotations.sandboxUid]: input.uid,
-    [Annotations.sandboxLogDirectory]: input.logDirectory,
-    [Annotations.imageName]: image,
-    [Annotations.podSandboxImageName]: image,
-    [Annotations.crioContainerType]: CONTAINER_TYPE_SANDBOX,
-    [Annotations.crioSandboxId]: input.sandboxId,
-  };
+  const annotations = criAnnotations(input.annotations, {
+    containerType: CONTAINER_TYPE_SANDBOX,
+    sandboxId: input.sandboxId,
+    sandboxName: input.name,
+    sandboxNamespace: input.namespace,
+    sandboxUid: input.uid,
+    sandboxLogDirectory: input.logDirectory,
+    imageName: image,
+  });
 
   const linux: OciLinux = {
     namespaces,

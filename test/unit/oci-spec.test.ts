@@ -268,3 +268,25 @@ test('runtime/default seccomp: capability-governed syscalls are allowed only wit
   assert.ok(!allowed(admin).has('reboot'));
   assert.ok(plain.syscalls!.some((s) => s.names.includes('clone') && s.args?.length), 'clone without namespace flags only');
 });
+
+test('annotations: the sandbox keys (log directory and pod sandbox image too), exactly these, in this order', () => {
+  const s = buildSandboxSpec(input({ annotations: { 'example.com/x': 'y' } }));
+  const id = 'a'.repeat(64);
+  assert.deepEqual(Object.keys(s.annotations), [
+    'example.com/x',
+    Annotations.containerType,
+    Annotations.sandboxId,
+    Annotations.sandboxName,
+    Annotations.sandboxNamespace,
+    Annotations.sandboxUid,
+    Annotations.sandboxLogDirectory,
+    Annotations.imageName,
+    Annotations.podSandboxImageName,
+    Annotations.crioContainerType,
+    Annotations.crioSandboxId,
+  ]);
+  assert.equal(s.annotations[Annotations.containerType], 'sandbox');
+  assert.equal(s.annotations[Annotations.crioContainerType], 'sandbox');
+  assert.equal(s.annotations[Annotations.crioSandboxId], id);
+  assert.equal(s.annotations[Annotations.containerName], undefined);
+});
