@@ -3,6 +3,7 @@ import path from 'node:path';
 import { execFile, ExecError } from '../util/exec.js';
 import { isErrno } from '../util/atomic.js';
 import { isMountPoint } from '../util/mounts.js';
+import { readTextIfExists } from '../util/fs.js';
 
 /** Per-sandbox files bind-mounted into the pause and app containers. */
 export interface SandboxFiles {
@@ -22,17 +23,8 @@ export function sandboxFilePaths(volatileDir: string): SandboxFiles {
 /** Writes hostname, a copy of the host's /etc/hosts, and resolv.conf (given, else the host's). */
 export async function writeSandboxFiles(files: SandboxFiles, hostname: string, resolvConf: string | null): Promise<void> {
   await fs.writeFile(files.hostname, hostname + '\n', { mode: 0o644 });
-  await fs.writeFile(files.hosts, await readOr('/etc/hosts', '127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n'), { mode: 0o644 });
-  await fs.writeFile(files.resolvConf, resolvConf ?? (await readOr('/etc/resolv.conf', '')), { mode: 0o644 });
-}
-
-async function readOr(file: string, fallback: string): Promise<string> {
-  try {
-    return await fs.readFile(file, 'utf8');
-  } catch (e) {
-    if (isErrno(e, 'ENOENT')) return fallback;
-    throw e;
-  }
+  await fs.writeFile(files.hosts, (await readTextIfExists('/etc/hosts')) ?? '127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n', { mode: 0o644 });
+  await fs.writeFile(files.resolvConf, resolvConf ?? (await readTextIfExists('/etc/resolv.conf')) ?? '', { mode: 0o644 });
 }
 
 export const SHM_SIZE_BYTES = 64 * 1024 * 1024;
