@@ -8,12 +8,12 @@ import path from 'node:path';
 import type { CorralConfig, RuntimeHandlerConfig } from './config/config.js';
 import type { Logger } from './util/log.js';
 import { nativeBinary } from './util/paths.js';
-import { CniManager } from './network/cni/index.js';
+import { CniNetworks } from './network/pod-network.js';
 import { createPinnedNetns, isNetnsPinned, listCorralNetns, netnsPathFor, removePinnedNetns, sandboxIdFromNetnsPath } from './network/netns.js';
 import { OciRuntime, currentCapabilities, oomScoreAdjFloor } from './oci/runtime.js';
-import {
-  BUILTIN_SANDBOX_IMAGE_NAME, DEFAULT_SANDBOX_OOM_SCORE_ADJ, buildSandboxSpec, cgroupfsCgroupsPath, clampOomScoreAdj, validateSysctls, withDefaultSysctls,
-} from './oci/spec.js';
+import { BUILTIN_SANDBOX_IMAGE_NAME, DEFAULT_SANDBOX_OOM_SCORE_ADJ, buildSandboxSpec } from './oci/sandbox-spec.js';
+import { cgroupfsCgroupsPath, clampOomScoreAdj } from './oci/cgroups.js';
+import { validateSysctls, withDefaultSysctls } from './oci/sysctls.js';
 import { ensureBuiltinSandboxRootfs, writeBundle } from './oci/sandbox-rootfs.js';
 import { SandboxStore } from './store/sandbox-store.js';
 import { SandboxService, type NamespacePinner, type PodNetworkDriver, type SandboxContainerRuntime, type SandboxImageSource } from './sandbox/service.js';
@@ -34,9 +34,6 @@ export interface Daemon {
   server: CriServer;
   shutdown(graceMs: number): Promise<void>;
 }
-
-/** How often (at most) the CNI conf dir is re-read when asked for readiness or a pod. */
-const CNI_RELOAD_INTERVAL_MS = 1000;
 
 export async function startDaemon(cfg: CorralConfig, logger: Logger): Promise<Daemon> {
   const t0 = Date.now();
@@ -230,74 +227,4 @@ async function sweepOrphanNetns(netnsDir: string, sandboxes: SandboxService, log
     }
   }
   return swept;
-}
-
-/** One CNI manager per conf dir: the daemon's, and any handler's own. */
-class CniNetworks {
-  private readonly managers = new Map<string, { manager: CniManager; loadedAt: number }>();
-
-  constructor(private readonly cfg: CorralConfig, private readonly logger: Logger) {
-    this.add(cfg.cni.confDir, cfg.cni.maxNetworks);
-    for (const h of Object.values(cfg.runtimes)) if (h.cniConfDir) this.add(h.cniConfDir, h.cniMaxNetworks);
-  }
-
-  private add(confDir: string, maxNetworks: number): void {
-    if (this.managers.has(confDir)) return;
-    const c = this.cfg.cni;
-    const manager = new CniManager({ confDir, binDirs: c.binDirs, maxNetworks, cacheDir: c.cacheDir, ipPreference: c.ipPreference, logger: this.logger });
-    this.managers.set(confDir, { manager, loadedAt: 0 });
-  }
-
-  async reloadAll(): Promise<void> {
-    await Promise.all([...this.managers.keys()].map((d) => this.fresh(d, true)));
-  }
-
-  /** Re-reads a conf dir at most once a second, so a config dropped in later is picked up. */
-  private async fresh(confDir: string, force = false): Promise<CniManager> {
-    const entry = this.managers.get(confDir)!;
-    if (force || Date.now() - entry.loadedAt > CNI_RELOAD_INTERVAL_MS) {
-      entry.loadedAt = Date.now();
-      await entry.manager.reload();
-    }
-    return entry.manager;
-  }
-
-  readiness(): { ready: boolean; message: string } {
-    const entry = this.managers.get(this.cfg.cni.confDir)!;
-    void this.fresh(this.cfg.cni.confDir).catch(() => {});
-    const s = entry.manager.loadStatus();
-    return { ready: s.ready, message: s.message };
-  }
-
-  describe(): Record<string, unknown> {
-    return Object.fromEntries([...this.managers].map(([dir, e]) => [dir, e.manager.loadStatus()]));
-  }
-
-  driverFor(handler: RuntimeHandlerConfig, settings: RuntimeSettings): PodNetworkDriver {
-    const confDir = handler.cniConfDir || this.cfg.cni.confDir;
-    return {
-      setUp: async (req) => {
-        const manager = await this.fresh(confDir);
-        const ipRanges = settings.podCidrs.map((subnet) => [{ subnet }]);
-        const result = await manager.setUp({
-          containerId: req.containerId,
-          netnsPath: req.netnsPath,
-          podName: req.podName,
-          podNamespace: req.podNamespace,
-          podUid: req.podUid,
-          portMappings: req.portMappings,
-          bandwidth: req.bandwidth,
-          dns: req.dns,
-          ipRanges: ipRanges.length > 0 ? ipRanges : undefined,
-          cgroupPath: req.cgroupPath,
-          podAnnotations: req.annotations,
-        });
-        return { podIp: result.podIp, additionalIps: result.additionalIps, attachments: result.attachments };
-      },
-      tearDown: async (req) => {
-        const manager = await this.fresh(confDir);
-        await manager.tearDown(req.containerId, req.netnsPath, { podName: req.podName, podNamespace: req.podNamespace, podUid: req.podUid });
-      },
-    };
-  }
 }

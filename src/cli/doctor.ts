@@ -4,6 +4,7 @@ import path from 'node:path';
 import { parseArgs } from 'node:util';
 import { loadConfig } from '../config/config.js';
 import { findExecutable, isExecutable, nativeBinary } from '../util/paths.js';
+import { exists } from '../util/fs.js';
 
 interface Finding {
   level: 'ok' | 'warn' | 'fail';
@@ -77,11 +78,6 @@ export async function doctorCommand(argv: string[]): Promise<number> {
 function debianPackage(bin: string): string {
   const name = path.basename(bin);
   return ['runc', 'crun'].includes(name) ? `apt-get install ${name}` : `install ${bin}`;
-}
-
-
-async function exists(p: string): Promise<boolean> {
-  return fs.access(p).then(() => true, () => false);
 }
 
 async function firstIn(dirs: string[], name: string): Promise<string | undefined> {

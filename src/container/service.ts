@@ -13,8 +13,8 @@ import type { Logger } from '../util/log.js';
 import { UndoStack, runWithRollback } from '../util/undo.js';
 import { isErrno, writeJsonAtomic } from '../util/atomic.js';
 import { CorralError, alreadyExists, deadlineExceeded, failedPrecondition, internalError, invalidArgument, notFound } from '../errors.js';
-import { IdIndex, generateId } from '../sandbox/ids.js';
-import { NameRegistry, containerName, containerNameKey } from '../sandbox/names.js';
+import { IdIndex, generateId } from '../store/ids.js';
+import { NameRegistry, containerName, containerNameKey } from '../store/names.js';
 import type { SandboxService } from '../sandbox/service.js';
 import type { SandboxRecord } from '../sandbox/record.js';
 import { PIN_FILES, namespaceChoice, namespaceMode, namespacePlan } from '../sandbox/options.js';
@@ -22,7 +22,7 @@ import { sandboxFilePaths } from '../sandbox/files.js';
 import type { ImageService } from '../image/image-service.js';
 import { mountOverlayRootfs, unmountOverlayRootfs } from '../image/snapshots.js';
 import type { OciRuntime } from '../oci/runtime.js';
-import { cgroupfsCgroupsPath, clampOomScoreAdj } from '../oci/spec.js';
+import { cgroupfsCgroupsPath, clampOomScoreAdj } from '../oci/cgroups.js';
 import { readSeccompProfile, resolveSeccomp } from '../oci/seccomp-choice.js';
 import { readImageAccountFile } from '../image/image-user.js';
 import { buildContainerSpec, containerArgs, containerLogPath, containerCapabilities, containerEnv, mountPropagationOf, propagationProblem, resolveUser, type PodNamespaces } from '../oci/container-spec.js';
@@ -30,6 +30,7 @@ import { conmonCreate, readExitCode, removeConmonFiles, waitForExit } from '../o
 import type { ContainerRecord } from './record.js';
 import { ContainerStore } from '../store/container-store.js';
 import { KeyedLock } from '../util/keyed-lock.js';
+import { msToNs, nowNs } from '../util/time.js';
 
 export interface ContainerServiceDeps {
   config: CorralConfig;
@@ -59,8 +60,6 @@ function userOrRefuse(opts: Parameters<typeof resolveUser>[0]) {
     throw invalidArgument((e as Error).message);
   }
 }
-
-const nowNs = () => (BigInt(Date.now()) * 1_000_000n).toString();
 
 export class ContainerService {
   readonly index = new IdIndex('container');
@@ -578,7 +577,7 @@ export class ContainerService {
     next.exitCode = code;
     next.reason = code === 0 ? 'Completed' : 'Error';
     const st = await fs.stat(path.join(this.exitDir, rec.id)).catch(() => undefined);
-    next.finishedAt = st ? (BigInt(Math.round(st.mtimeMs)) * 1_000_000n).toString() : nowNs();
+    next.finishedAt = st ? msToNs(st.mtimeMs) : nowNs();
     next.pid = 0;
     return next;
   }

@@ -6,6 +6,7 @@ import type { ImageRecord } from '../image/image-store.js';
 import type { ImageService } from '../image/image-service.js';
 import { imageUser } from '../image/image-user.js';
 import { invalidArgument } from '../errors.js';
+import { nowNs } from '../util/time.js';
 
 export function imageHandlers(cfg: CorralConfig, images: ImageService) {
   const toCri = (i: ImageRecord) => {
@@ -68,7 +69,7 @@ export function imageHandlers(cfg: CorralConfig, images: ImageService) {
     },
 
     async ImageFsInfo() {
-      const timestamp = (BigInt(Date.now()) * 1_000_000n).toString();
+      const timestamp = nowNs();
       const usage = async (mountpoint: string) => {
         const u = await dirUsage(mountpoint);
         return { timestamp, fsId: { mountpoint }, usedBytes: { value: u.bytes }, inodesUsed: { value: u.inodes } };

@@ -3,6 +3,7 @@ import type { SandboxService } from '../sandbox/service.js';
 import type { SandboxRecord } from '../sandbox/record.js';
 import { namespaceChoice } from '../sandbox/options.js';
 import { invalidArgument } from '../errors.js';
+import { nowNs } from '../util/time.js';
 
 export function sandboxHandlers(sandboxes: SandboxService) {
   return {
@@ -38,7 +39,7 @@ export function sandboxHandlers(sandboxes: SandboxService) {
       };
       const info: Record<string, string> = {};
       if (req.verbose) info.info = JSON.stringify(verboseInfo(rec));
-      return { status, info, containersStatuses: [], timestamp: (BigInt(Date.now()) * 1_000_000n).toString() };
+      return { status, info, containersStatuses: [], timestamp: nowNs() };
     },
 
     async ListPodSandbox(req: any) {

@@ -3,14 +3,13 @@
 // (see http2-authority.ts for why and how).
 
 import net from 'node:net';
-import { Duplex } from 'node:stream';
 import { chmod, link, lstat, mkdir, mkdtemp, rm } from 'node:fs/promises';
 import path from 'node:path';
 import * as grpc from '@grpc/grpc-js';
 import type { Logger } from '../util/log.js';
 import { CorralError, resourceExhausted } from '../errors.js';
 import { toGrpcStatus } from './errors.js';
-import { ClientLimitError, ClientStreamRewriter, RequestBodyBudget, type RewriterLimits } from './http2-authority.js';
+import { ClientLimitError, RequestBodyBudget, interpose } from './http2-authority.js';
 import {
   IMAGE_RPCS, IMAGE_SERVICE, RUNTIME_RPCS, RUNTIME_SERVICE, imageServiceDefinition, protoRoot, runtimeServiceDefinition,
   type ImageRpcName, type RuntimeRpcName,
@@ -56,71 +55,6 @@ const MAX_CONCURRENT_STREAMS = 256;
 
 /** RPCs the kubelet polls constantly; successful calls to these are logged at debug level. */
 const QUIET_RPC = /^(Version|Status|List\w*|\w*Status|\w*Stats|ImageFsInfo|RuntimeConfig)$/;
-
-// ─────────────────────────────────────────────────────────────────────────────
-// HPACK (RFC 7541): just enough to decode any client header block and re-encode it.
-
-/**
- * Wraps an accepted socket in a Duplex for nghttp2: server → client bytes pass
- * unchanged, client → server bytes go through a ClientStreamRewriter.
- */
-function interpose(
-  socket: net.Socket, limits: RewriterLimits, handshakeTimeoutMs: number, onRewrite: (original: string) => void, onFatal: (err: Error) => void,
-): Duplex {
-  const rewriter = new ClientStreamRewriter(limits);
-  let handshakeTimer: NodeJS.Timeout | undefined = setTimeout(() => {
-    onFatal(new ClientLimitError(`no HTTP/2 connection preface within ${handshakeTimeoutMs} ms`));
-    socket.destroy();
-    duplex.destroy();
-  }, handshakeTimeoutMs);
-  socket.once('close', () => {
-    clearTimeout(handshakeTimer);
-    rewriter.release();
-  });
-  let announced = false;
-  const duplex = new Duplex({
-    read() {
-      socket.resume();
-    },
-    write(chunk: Buffer, _enc, cb) {
-      if (socket.destroyed) return cb();
-      socket.write(chunk, () => cb());
-    },
-    final(cb) {
-      socket.end(() => cb());
-    },
-    destroy(err, cb) {
-      socket.destroy();
-      cb(err);
-    },
-  });
-  socket.on('data', (chunk: Buffer) => {
-    let out: Buffer[];
-    try {
-      out = rewriter.push(chunk);
-    } catch (err) {
-      onFatal(err as Error);
-      socket.destroy();
-      duplex.destroy();
-      return;
-    }
-    if (handshakeTimer && rewriter.prefaceComplete) {
-      clearTimeout(handshakeTimer);
-      handshakeTimer = undefined;
-    }
-    if (!announced && rewriter.originalAuthority !== undefined) {
-      announced = true;
-      onRewrite(rewriter.originalAuthority);
-    }
-    let more = true;
-    for (const b of out) if (b.length) more = duplex.push(b) && more;
-    if (!more) socket.pause();
-  });
-  socket.on('end', () => duplex.push(null));
-  socket.on('error', () => duplex.destroy());
-  socket.on('close', () => duplex.destroy());
-  return duplex;
-}
 
 // ─────────────────────────────────────────────────────────────────────────────
 // The unix socket.

@@ -15,6 +15,7 @@ import path from 'node:path';
 import { createHash, randomBytes } from 'node:crypto';
 import { digestHex, validateDigest } from './reference.js';
 import { processAlive } from '../util/process.js';
+import { fsyncDir } from '../util/fs.js';
 import { MAX_JSON_BLOB_BYTES, SafeReadError, readRegularFile } from '../util/safe-read.js';
 
 /** A blob did not have the digest or size it was ingested under. */
@@ -210,7 +211,7 @@ export class ContentStore {
     } finally {
       signal?.removeEventListener('abort', onAbort);
     }
-    await syncDir(this.blobsDir);
+    await fsyncDir(this.blobsDir);
   }
 
   /**
@@ -292,15 +293,5 @@ export class ContentStore {
       }
       if (stale) await fs.rm(file, { force: true, recursive: true });
     }
-  }
-}
-
-
-async function syncDir(dir: string): Promise<void> {
-  const dh = await fs.open(dir, 'r');
-  try {
-    await dh.sync();
-  } finally {
-    await dh.close();
   }
 }

@@ -7,7 +7,8 @@
 import { promises as fs } from 'node:fs';
 import path from 'node:path';
 import type { Logger } from '../util/log.js';
-import { readJsonIfExists, writeJsonAtomic } from '../util/atomic.js';
+import { writeJsonAtomic } from '../util/atomic.js';
+import { readJsonIfExists } from '../util/safe-read.js';
 import { invalidArgument } from '../errors.js';
 import { BlobTooLargeError, ContentStore } from './content-store.js';
 import { parseReference } from './reference.js';

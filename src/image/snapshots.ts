@@ -10,6 +10,7 @@ import { promises as fs } from 'node:fs';
 import path from 'node:path';
 import { execChecked } from '../util/exec.js';
 import { processAlive } from '../util/process.js';
+import { isMountPoint } from '../util/mounts.js';
 
 /** Chain IDs of a layer stack, bottom first: chain(0) = diff(0), chain(n) = sha256(chain(n-1) + " " + diff(n)). */
 export function chainIds(diffIds: readonly string[]): string[] {
@@ -151,8 +152,6 @@ export async function mountOverlayRootfs(snapshots: SnapshotStore, o: OverlayRoo
 
 /** Unmounts a root filesystem mounted by mountOverlayRootfs; not mounted is fine. */
 export async function unmountOverlayRootfs(target: string): Promise<void> {
-  const mounts = await fs.readFile('/proc/self/mountinfo', 'utf8');
-  const escaped = target.replace(/[ \t\n\\]/g, (c) => `\\${c.charCodeAt(0).toString(8).padStart(3, '0')}`);
-  if (!mounts.split('\n').some((l) => l.split(' ')[4] === escaped)) return;
+  if (!(await isMountPoint(target))) return;
   await execChecked('umount', ['--lazy', target], { timeoutMs: 30_000 });
 }

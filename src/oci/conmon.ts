@@ -27,6 +27,7 @@ import { randomBytes } from 'node:crypto';
 import type { Readable } from 'node:stream';
 import { findExecutable } from '../util/paths.js';
 import { execFile } from '../util/exec.js';
+import { exists } from '../util/fs.js';
 import { parseRuntimeLog } from './runtime.js';
 
 export interface ConmonCreateOptions {
@@ -359,14 +360,5 @@ async function removeSymlink(p: string): Promise<void> {
     if ((await fs.lstat(p)).isSymbolicLink()) await fs.unlink(p);
   } catch {
     /* not there */
-  }
-}
-
-async function exists(p: string): Promise<boolean> {
-  try {
-    await fs.lstat(p);
-    return true;
-  } catch {
-    return false;
   }
 }

@@ -4,25 +4,12 @@
  * files and cgroup parent) to an OCI spec, so every rule can be unit-tested without root.
  */
 import path from 'node:path';
-import {
-  ALL_CAPABILITIES,
-  Annotations,
-  DEFAULT_CAPABILITIES,
-  DEFAULT_MASKED_PATHS,
-  DEFAULT_PATH_ENV,
-  DEFAULT_READONLY_PATHS,
-  OCI_VERSION,
-  podMounts,
-  seccompFor,
-  type OciLinux,
-  type OciMount,
-  type OciNamespace,
-  type OciSpec,
-  type OciUser,
-  type SeccompChoice,
-} from './spec.js';
-
-export const CONTAINER_TYPE_CONTAINER = 'container';
+import { CONTAINER_TYPE_CONTAINER, criAnnotations } from './annotations.js';
+import { ALL_CAPABILITIES, DEFAULT_CAPABILITIES } from './capabilities.js';
+import { OCI_VERSION, type OciLinux, type OciMount, type OciNamespace, type OciSpec, type OciUser } from './oci-types.js';
+import { DEFAULT_MASKED_PATHS, DEFAULT_PATH_ENV, DEFAULT_READONLY_PATHS, podMounts } from './pod-defaults.js';
+import { seccompFor, type SeccompChoice } from './seccomp.js';
+import { unescapeMountinfo } from '../util/mounts.js';
 
 /** The parts of the image config a container's process comes from. */
 export interface ImageProcessConfig {
@@ -222,18 +209,15 @@ export function buildContainerSpec(input: ContainerSpecInput): OciSpec {
     },
     root: { path: input.rootfsPath, readonly: input.readOnlyRootfs },
     mounts: [...base, ...userMounts],
-    annotations: {
-      ...input.annotations,
-      [Annotations.containerType]: CONTAINER_TYPE_CONTAINER,
-      [Annotations.sandboxId]: input.sandboxId,
-      [Annotations.sandboxName]: input.sandboxName,
-      [Annotations.sandboxNamespace]: input.sandboxNamespace,
-      [Annotations.sandboxUid]: input.sandboxUid,
-      [Annotations.containerName]: input.containerName,
-      [Annotations.imageName]: input.imageName,
-      [Annotations.crioContainerType]: CONTAINER_TYPE_CONTAINER,
-      [Annotations.crioSandboxId]: input.sandboxId,
-    },
+    annotations: criAnnotations(input.annotations, {
+      containerType: CONTAINER_TYPE_CONTAINER,
+      sandboxId: input.sandboxId,
+      sandboxName: input.sandboxName,
+      sandboxNamespace: input.sandboxNamespace,
+      sandboxUid: input.sandboxUid,
+      containerName: input.containerName,
+      imageName: input.imageName,
+    }),
     linux,
   };
 }
@@ -247,7 +231,7 @@ export function mountPropagationOf(mountinfo: string, file: string): 'shared' | 
   let fields: string[] = [];
   for (const line of mountinfo.split('\n')) {
     const parts = line.split(' ');
-    const point = (parts[4] ?? '').replace(/\\(\d{3})/g, (_, o: string) => String.fromCharCode(parseInt(o, 8)));
+    const point = unescapeMountinfo(parts[4] ?? '');
     if (!point) continue;
     const inside = point === '/' || file === point || file.startsWith(`${point}/`);
     if (inside && point.length >= best.length) {

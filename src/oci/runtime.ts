@@ -15,7 +15,7 @@ import type { Readable } from 'node:stream';
 import type { RuntimeHandlerConfig } from '../config/config.js';
 import { nativeBinary } from '../util/paths.js';
 import type { Logger } from '../util/log.js';
-import { capabilitiesFromMask } from './spec.js';
+import { capabilitiesFromMask } from './capabilities.js';
 import { ExecCgroup } from './exec-cgroup.js';
 import { TailBuffer } from '../util/tail-buffer.js';
 

@@ -7,7 +7,8 @@ import { createHash, randomBytes } from 'node:crypto';
 import { createReadStream, promises as fs } from 'node:fs';
 import path from 'node:path';
 import { isErrno, writeFileAtomic, writeJsonAtomic } from '../util/atomic.js';
-import type { OciSpec } from './spec.js';
+import { exists, readTextIfExists } from '../util/fs.js';
+import type { OciSpec } from './oci-types.js';
 
 /** Directories the rootfs carries as mount points (the runtime mounts over them). */
 const ROOTFS_DIRS = ['proc', 'dev', 'dev/shm', 'dev/pts', 'dev/mqueue', 'sys', 'etc', 'tmp'];
@@ -24,25 +25,6 @@ async function sha256File(file: string): Promise<string> {
   const hash = createHash('sha256');
   for await (const chunk of createReadStream(file)) hash.update(chunk as Buffer);
   return hash.digest('hex');
-}
-
-async function readIfExists(file: string): Promise<string | undefined> {
-  try {
-    return (await fs.readFile(file, 'utf8')).trim();
-  } catch (e) {
-    if (isErrno(e, 'ENOENT')) return undefined;
-    throw e;
-  }
-}
-
-async function exists(p: string): Promise<boolean> {
-  try {
-    await fs.lstat(p);
-    return true;
-  } catch (e) {
-    if (isErrno(e, 'ENOENT')) return false;
-    throw e;
-  }
 }
 
 /** Creates the mount-point skeleton inside `rootfs` (missing entries only). */
@@ -102,7 +84,7 @@ async function buildRootfs(rootDir: string, pauseBinary: string): Promise<string
   } catch (e) {
     throw new Error(`built-in sandbox image: cannot read the pause binary ${pauseBinary}: ${(e as Error).message}`);
   }
-  const have = await readIfExists(digestFile);
+  const have = (await readTextIfExists(digestFile))?.trim();
   if (have === want && (await exists(path.join(rootfs, 'pause')))) return rootfs;
 
   await fs.mkdir(base, { recursive: true, mode: 0o755 });

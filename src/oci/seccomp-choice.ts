@@ -5,7 +5,7 @@
  * ("runtime/default", "docker/default", "unconfined", "localhost/<absolute path>").
  */
 import { invalidArgument } from '../errors.js';
-import type { SeccompChoice } from './spec.js';
+import type { SeccompChoice } from './seccomp.js';
 import { MAX_SECCOMP_PROFILE_BYTES, SafeReadError, readRegularFile } from '../util/safe-read.js';
 
 /**

@@ -2,6 +2,8 @@ import { promises as fs } from 'node:fs';
 import path from 'node:path';
 import { execFile, ExecError } from '../util/exec.js';
 import { isErrno } from '../util/atomic.js';
+import { isMountPoint } from '../util/mounts.js';
+import { readTextIfExists } from '../util/fs.js';
 
 /** Per-sandbox files bind-mounted into the pause and app containers. */
 export interface SandboxFiles {
@@ -21,17 +23,8 @@ export function sandboxFilePaths(volatileDir: string): SandboxFiles {
 /** Writes hostname, a copy of the host's /etc/hosts, and resolv.conf (given, else the host's). */
 export async function writeSandboxFiles(files: SandboxFiles, hostname: string, resolvConf: string | null): Promise<void> {
   await fs.writeFile(files.hostname, hostname + '\n', { mode: 0o644 });
-  await fs.writeFile(files.hosts, await readOr('/etc/hosts', '127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n'), { mode: 0o644 });
-  await fs.writeFile(files.resolvConf, resolvConf ?? (await readOr('/etc/resolv.conf', '')), { mode: 0o644 });
-}
-
-async function readOr(file: string, fallback: string): Promise<string> {
-  try {
-    return await fs.readFile(file, 'utf8');
-  } catch (e) {
-    if (isErrno(e, 'ENOENT')) return fallback;
-    throw e;
-  }
+  await fs.writeFile(files.hosts, (await readTextIfExists('/etc/hosts')) ?? '127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n', { mode: 0o644 });
+  await fs.writeFile(files.resolvConf, resolvConf ?? (await readTextIfExists('/etc/resolv.conf')) ?? '', { mode: 0o644 });
 }
 
 export const SHM_SIZE_BYTES = 64 * 1024 * 1024;
@@ -53,33 +46,5 @@ export async function unmountShm(dir: string): Promise<void> {
     await fs.rmdir(dir);
   } catch (e) {
     if (!isErrno(e, 'ENOENT')) throw e;
-  }
-}
-
-export async function isMountPoint(dir: string): Promise<boolean> {
-  const mounts = await fs.readFile('/proc/self/mountinfo', 'utf8');
-  const target = path.resolve(dir);
-  for (const line of mounts.split('\n')) {
-    const mountPoint = line.split(' ')[4];
-    if (mountPoint !== undefined && unescapeMount(mountPoint) === target) return true;
-  }
-  return false;
-}
-
-function unescapeMount(s: string): string {
-  return s.replace(/\\([0-7]{3})/g, (_, oct: string) => String.fromCharCode(parseInt(oct, 8)));
-}
-
-/** Start time (clock ticks since boot) of a process, to tell a live PID from a reused one. */
-export async function processStartTime(pid: number): Promise<string | null> {
-  try {
-    const stat = await fs.readFile(`/proc/${pid}/stat`, 'utf8');
-    // Fields after the command name (which may contain spaces) start after the last ')'.
-    const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
-    // A zombie (Z) or dead (X) process has exited; its PID is not reaped yet (or never, when PID 1 does not reap).
-    if (fields[0] === 'Z' || fields[0] === 'X') return null;
-    return fields[19] ?? null;
-  } catch {
-    return null;
   }
 }

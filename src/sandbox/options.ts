@@ -5,7 +5,7 @@
 import type { CorralConfig, RuntimeHandlerConfig } from '../config/config.js';
 import path from 'node:path';
 import { invalidArgument, failedPrecondition, internalError } from '../errors.js';
-import { sysctlNamespace } from '../oci/spec.js';
+import { sysctlNamespace } from '../oci/sysctls.js';
 import type { InfraMode, NetworkOrder, PodMetadata } from './record.js';
 
 /** Corral's own per-pod switch for the order of CNI and sandbox start. */

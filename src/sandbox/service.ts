@@ -21,13 +21,15 @@ import { CorralError, invalidArgument, internalError, notFound } from '../errors
 import type { Logger } from '../util/log.js';
 import { UndoStack, runWithRollback } from '../util/undo.js';
 import type { SandboxStore } from '../store/sandbox-store.js';
-import { IdIndex, generateId } from './ids.js';
-import { NameRegistry, sandboxName, sandboxNameKey } from './names.js';
+import { IdIndex, generateId } from '../store/ids.js';
+import { NameRegistry, sandboxName, sandboxNameKey } from '../store/names.js';
 import { cniPortMappings, isPrivileged, podMetadata, resolvConf } from './options.js';
 import type { SandboxNetwork, SandboxRecord } from './record.js';
-import { mountShm, processStartTime, sandboxFilePaths, unmountShm, writeSandboxFiles, type SandboxFiles } from './files.js';
+import { mountShm, sandboxFilePaths, unmountShm, writeSandboxFiles, type SandboxFiles } from './files.js';
 import { planSandbox, type SandboxPlan } from './plan.js';
 import type { BandwidthLimits } from '../network/cni/capabilities.js';
+import { processStartTime } from '../util/process.js';
+import { nowNs } from '../util/time.js';
 import { SharedExclusiveLock } from '../util/keyed-lock.js';
 
 /** What the sandbox lifecycle needs from the network layer (CNI) of one handler. */
@@ -297,7 +299,7 @@ export class SandboxService {
       privileged: isPrivileged(config, plan.ns),
       netnsPath: plan.pins.netnsPath,
       state: 'creating',
-      createdAt: (BigInt(Date.now()) * 1_000_000n).toString(),
+      createdAt: nowNs(),
       network: null,
       resources: {
         pins: plan.pins.pins,

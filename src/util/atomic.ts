@@ -1,7 +1,7 @@
 import { promises as fs } from 'node:fs';
 import path from 'node:path';
 import { randomBytes } from 'node:crypto';
-import { MAX_STATE_FILE_BYTES, readJsonFileIfExists } from './safe-read.js';
+import { fsyncDir } from './fs.js';
 
 /**
  * Writes a file so that readers see either the old or the new content, never a
@@ -24,24 +24,11 @@ export async function writeFileAtomic(file: string, data: string | Buffer, mode 
     await fs.rm(tmp, { force: true });
     throw e;
   }
-  const dh = await fs.open(dir, 'r');
-  try {
-    await dh.sync();
-  } finally {
-    await dh.close();
-  }
+  await fsyncDir(dir);
 }
 
 export async function writeJsonAtomic(file: string, value: unknown, mode = 0o600): Promise<void> {
   await writeFileAtomic(file, JSON.stringify(value, null, 2) + '\n', mode);
-}
-
-/**
- * Reads a JSON file; undefined when it does not exist. Other errors (and bad JSON) throw,
- * as does anything but a regular file or a file over maxBytes (see safe-read.ts).
- */
-export async function readJsonIfExists<T>(file: string, maxBytes = MAX_STATE_FILE_BYTES): Promise<T | undefined> {
-  return readJsonFileIfExists<T>(file, maxBytes);
 }
 
 export function isErrno(e: unknown, ...codes: string[]): boolean {

@@ -1,4 +1,5 @@
-/** Small process helpers shared by the stores that take over what a dead process left. */
+/** Small process helpers: is a PID alive, and is it still the process it was. */
+import { promises as fs } from 'node:fs';
 
 /** Whether a process with this PID exists (EPERM: it exists, we just may not signal it). */
 export function processAlive(pid: number): boolean {
@@ -7,5 +8,19 @@ export function processAlive(pid: number): boolean {
     return true;
   } catch (e) {
     return (e as NodeJS.ErrnoException).code === 'EPERM';
+  }
+}
+
+/** Start time (clock ticks since boot) of a process, to tell a live PID from a reused one. */
+export async function processStartTime(pid: number): Promise<string | null> {
+  try {
+    const stat = await fs.readFile(`/proc/${pid}/stat`, 'utf8');
+    // Fields after the command name (which may contain spaces) start after the last ')'.
+    const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+    // A zombie (Z) or dead (X) process has exited; its PID is not reaped yet (or never, when PID 1 does not reap).
+    if (fields[0] === 'Z' || fields[0] === 'X') return null;
+    return fields[19] ?? null;
+  } catch {
+    return null;
   }
 }

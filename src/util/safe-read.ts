@@ -115,8 +115,11 @@ export async function readFileInRoot(root: string, relPath: string, opts: SafeRe
   }
 }
 
-/** readRegularFile, parsed as JSON; `undefined` when the file does not exist. */
-export async function readJsonFileIfExists<T>(file: string, maxBytes: number): Promise<T | undefined> {
+/**
+ * readRegularFile, parsed as JSON; `undefined` when the file does not exist. Other errors
+ * (and bad JSON) throw, as does anything but a regular file or a file over maxBytes.
+ */
+export async function readJsonIfExists<T>(file: string, maxBytes = MAX_STATE_FILE_BYTES): Promise<T | undefined> {
   let buf: Buffer;
   try {
     buf = await readRegularFile(file, { maxBytes });

@@ -17,7 +17,7 @@ import { TestDaemon, hostTraces, podConfig } from '../helpers/daemon.js';
 import { execFile } from '../../src/util/exec.js';
 import { packageRoot } from '../../src/util/paths.js';
 import { isNetnsPinned } from '../../src/network/netns.js';
-import { BUILTIN_SANDBOX_IMAGE_NAME } from '../../src/oci/spec.js';
+import { BUILTIN_SANDBOX_IMAGE_NAME } from '../../src/oci/sandbox-spec.js';
 
 const ORDER = 'io.corral.sandbox.network-order';
 const ISULAD = 'cri.sandbox.network.setup.v2';

@@ -2,9 +2,8 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import http2 from 'node:http2';
 import { Duplex } from 'node:stream';
-import {
-  ClientLimitError, ClientStreamRewriter, HpackDecoder, HpackError, RequestBodyBudget, encodeStateless, huffmanDecode, isValidAuthority,
-} from '../../src/cri/http2-authority.js';
+import { HpackDecoder, HpackError, encodeStateless, huffmanDecode } from '../../src/cri/hpack.js';
+import { ClientLimitError, ClientStreamRewriter, RequestBodyBudget, isValidAuthority } from '../../src/cri/http2-authority.js';
 
 const hex = (s: string) => Buffer.from(s.replace(/\s+/g, ''), 'hex');
 const pairs = (fields: { name: string; value: string }[]) => fields.map((f) => [f.name, f.value]);

@@ -17,7 +17,7 @@ import { resolveUser } from '../../src/oci/container-spec.js';
 import { readSeccompProfile, resolveSeccomp } from '../../src/oci/seccomp-choice.js';
 import { BlobTooLargeError, ContentStore } from '../../src/image/content-store.js';
 import { RecordStore } from '../../src/store/record-store.js';
-import { readJsonIfExists } from '../../src/util/atomic.js';
+import { readJsonIfExists } from '../../src/util/safe-read.js';
 import { MAX_JSON_BLOB_BYTES } from '../../src/util/safe-read.js';
 
 const PROMPT = { timeout: 5000 };

@@ -1,6 +1,6 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { DEFAULT_CAPABILITIES } from '../../src/oci/spec.js';
+import { DEFAULT_CAPABILITIES } from '../../src/oci/capabilities.js';
 import { buildContainerSpec, containerArgs, containerCapabilities, containerEnv, resolveUser, type ContainerSpecInput } from '../../src/oci/container-spec.js';
 
 test('command and args follow the Kubernetes rules over the image entrypoint and cmd', () => {
@@ -140,4 +140,20 @@ test('mount propagation: from mountinfo, the longest mount point holding the pat
   const spec = buildContainerSpec(input({ mounts: [{ containerPath: '/d', hostPath: '/srv', readonly: false, propagation: 'PROPAGATION_BIDIRECTIONAL' }] }));
   assert.equal(spec.linux!.rootfsPropagation, 'rshared');
   assert.equal(buildContainerSpec(input()).linux!.rootfsPropagation, undefined);
+});
+
+test('annotations: the pod and image of the container under Corral keys, which win over the CRI ones, in this order', () => {
+  const spec = buildContainerSpec(input({ annotations: { 'example.com/x': 'y', 'io.kubernetes.cri.sandbox-id': 'spoof' } }));
+  assert.deepEqual(Object.entries(spec.annotations), [
+    ['example.com/x', 'y'],
+    ['io.kubernetes.cri.sandbox-id', 's'.repeat(64)],
+    ['io.kubernetes.cri.container-type', 'container'],
+    ['io.kubernetes.cri.sandbox-name', 'pod'],
+    ['io.kubernetes.cri.sandbox-namespace', 'ns'],
+    ['io.kubernetes.cri.sandbox-uid', 'uid'],
+    ['io.kubernetes.cri.container-name', 'web'],
+    ['io.kubernetes.cri.image-name', 'busybox:latest'],
+    ['io.kubernetes.cri-o.ContainerType', 'container'],
+    ['io.kubernetes.cri-o.SandboxID', 's'.repeat(64)],
+  ]);
 });

@@ -4,7 +4,7 @@ import { promises as fs } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { builtinSandboxRootfsPath, ensureBuiltinSandboxRootfs, writeBundle } from '../../src/oci/sandbox-rootfs.js';
-import type { OciSpec } from '../../src/oci/spec.js';
+import type { OciSpec } from '../../src/oci/oci-types.js';
 
 async function withDir(fn: (dir: string) => Promise<void>): Promise<void> {
   const dir = await fs.mkdtemp(path.join(os.tmpdir(), 'corral-rootfs-unit-'));

@@ -1,23 +1,13 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import {
-  ALL_CAPABILITIES,
-  Annotations,
-  BUILTIN_SANDBOX_IMAGE_NAME,
-  DEFAULT_CAPABILITIES,
-  DEFAULT_MASKED_PATHS,
-  DEFAULT_READONLY_PATHS,
-  buildSandboxSpec,
-  capabilitiesFromMask,
-  cgroupfsCgroupsPath,
-  clampOomScoreAdj,
-  defaultSeccompProfile,
-  seccompFromProfile,
-  validateSysctls,
-  withDefaultSysctls,
-  type OciSpec,
-  type SandboxSpecInput,
-} from '../../src/oci/spec.js';
+import { Annotations } from '../../src/oci/annotations.js';
+import { ALL_CAPABILITIES, DEFAULT_CAPABILITIES, capabilitiesFromMask } from '../../src/oci/capabilities.js';
+import { cgroupfsCgroupsPath, clampOomScoreAdj } from '../../src/oci/cgroups.js';
+import type { OciSpec } from '../../src/oci/oci-types.js';
+import { DEFAULT_MASKED_PATHS, DEFAULT_READONLY_PATHS } from '../../src/oci/pod-defaults.js';
+import { BUILTIN_SANDBOX_IMAGE_NAME, buildSandboxSpec, type SandboxSpecInput } from '../../src/oci/sandbox-spec.js';
+import { defaultSeccompProfile, seccompFromProfile } from '../../src/oci/seccomp.js';
+import { validateSysctls, withDefaultSysctls } from '../../src/oci/sysctls.js';
 
 function input(over: Partial<SandboxSpecInput> = {}): SandboxSpecInput {
   return {
@@ -277,4 +267,26 @@ test('runtime/default seccomp: capability-governed syscalls are allowed only wit
   assert.ok(allowed(admin).has('sethostname') && allowed(admin).has('mount') && allowed(admin).has('clone'), 'CAP_SYS_ADMIN: namespaces and mounts');
   assert.ok(!allowed(admin).has('reboot'));
   assert.ok(plain.syscalls!.some((s) => s.names.includes('clone') && s.args?.length), 'clone without namespace flags only');
+});
+
+test('annotations: the sandbox keys (log directory and pod sandbox image too), exactly these, in this order', () => {
+  const s = buildSandboxSpec(input({ annotations: { 'example.com/x': 'y' } }));
+  const id = 'a'.repeat(64);
+  assert.deepEqual(Object.keys(s.annotations), [
+    'example.com/x',
+    Annotations.containerType,
+    Annotations.sandboxId,
+    Annotations.sandboxName,
+    Annotations.sandboxNamespace,
+    Annotations.sandboxUid,
+    Annotations.sandboxLogDirectory,
+    Annotations.imageName,
+    Annotations.podSandboxImageName,
+    Annotations.crioContainerType,
+    Annotations.crioSandboxId,
+  ]);
+  assert.equal(s.annotations[Annotations.containerType], 'sandbox');
+  assert.equal(s.annotations[Annotations.crioContainerType], 'sandbox');
+  assert.equal(s.annotations[Annotations.crioSandboxId], id);
+  assert.equal(s.annotations[Annotations.containerName], undefined);
 });

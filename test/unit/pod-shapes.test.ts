@@ -10,7 +10,7 @@ import { status } from '@grpc/grpc-js';
 import { grpcCode } from '../../src/cri/errors.js';
 import { resolveConfig } from '../../src/config/config.js';
 import { infraMode, namespaceChoice, namespaceMode, namespacePlan, podPins, type NamespaceMode } from '../../src/sandbox/options.js';
-import { validateSysctls, withDefaultSysctls } from '../../src/oci/spec.js';
+import { validateSysctls, withDefaultSysctls } from '../../src/oci/sysctls.js';
 import { containerLogPath } from '../../src/oci/container-spec.js';
 
 const cfg = resolveConfig({ runtimes: { runc: {}, crun: {} } });

@@ -2,8 +2,8 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { status } from '@grpc/grpc-js';
 import { grpcCode } from '../../src/cri/errors.js';
-import { IdIndex, generateId } from '../../src/sandbox/ids.js';
-import { NameRegistry, sandboxName } from '../../src/sandbox/names.js';
+import { IdIndex, generateId } from '../../src/store/ids.js';
+import { NameRegistry, sandboxName } from '../../src/store/names.js';
 
 test('generated IDs are 64 lowercase hex characters and distinct', () => {
   const ids = new Set(Array.from({ length: 1000 }, generateId));

@@ -15,7 +15,7 @@ import { SandboxService, type NamespacePinner, type PodNetworkDriver, type Sandb
 import { ContainerService } from '../../src/container/service.js';
 import type { ImageService } from '../../src/image/image-service.js';
 import { SharedExclusiveLock } from '../../src/util/keyed-lock.js';
-import { containerNameKey, sandboxNameKey } from '../../src/sandbox/names.js';
+import { containerNameKey, sandboxNameKey } from '../../src/store/names.js';
 import { grpcCode } from '../../src/cri/errors.js';
 
 /** A promise the test settles by hand, and one that says when the fake reached it. */

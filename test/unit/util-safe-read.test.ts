@@ -4,7 +4,7 @@ import { execFileSync } from 'node:child_process';
 import { promises as fs } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { readFileInRoot, readJsonFileIfExists, readRegularFile, SafeReadError } from '../../src/util/safe-read.js';
+import { readFileInRoot, readJsonIfExists, readRegularFile, SafeReadError } from '../../src/util/safe-read.js';
 
 // Every test has a timeout: a reader that blocks on a FIFO or a device would hang here.
 const PROMPT = { timeout: 5000 };
@@ -157,17 +157,17 @@ test('a file over the cap is refused before it is read', PROMPT, async (t) => {
   await assert.rejects(readRegularFile(path.join(root, 'etc/group'), { maxBytes: 4 << 20, describe: 'the image config' }), refused('EFBIG', /^the image config: is 1099511627776 bytes/));
 });
 
-test('readJsonFileIfExists: undefined when absent, capped, bad JSON named', PROMPT, async (t) => {
+test('readJsonIfExists: undefined when absent, capped, bad JSON named', PROMPT, async (t) => {
   const { dir } = await scratch(t);
-  assert.equal(await readJsonFileIfExists(path.join(dir, 'none.json'), MAX), undefined);
+  assert.equal(await readJsonIfExists(path.join(dir, 'none.json'), MAX), undefined);
   await fs.writeFile(path.join(dir, 'ok.json'), '{"a":1}');
-  assert.deepEqual(await readJsonFileIfExists(path.join(dir, 'ok.json'), MAX), { a: 1 });
+  assert.deepEqual(await readJsonIfExists(path.join(dir, 'ok.json'), MAX), { a: 1 });
   await fs.writeFile(path.join(dir, 'big.json'), `"${'x'.repeat(MAX)}"`);
-  await assert.rejects(readJsonFileIfExists(path.join(dir, 'big.json'), MAX), refused('EFBIG'));
+  await assert.rejects(readJsonIfExists(path.join(dir, 'big.json'), MAX), refused('EFBIG'));
   await fs.writeFile(path.join(dir, 'bad.json'), '{nope');
-  await assert.rejects(readJsonFileIfExists(path.join(dir, 'bad.json'), MAX), /bad\.json is not valid JSON/);
+  await assert.rejects(readJsonIfExists(path.join(dir, 'bad.json'), MAX), /bad\.json is not valid JSON/);
   execFileSync('mkfifo', [path.join(dir, 'fifo.json')]);
-  await assert.rejects(readJsonFileIfExists(path.join(dir, 'fifo.json'), MAX), refused('ENOTREG'));
+  await assert.rejects(readJsonIfExists(path.join(dir, 'fifo.json'), MAX), refused('ENOTREG'));
 });
 
 test('no file descriptor is left open, whatever the outcome', PROMPT, async (t) => {

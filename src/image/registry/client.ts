@@ -52,6 +52,7 @@ import {
 } from './media-types.js';
 import { formatPlatform, hostPlatform, normalizePlatform, selectPlatformManifest, type Platform } from './platform.js';
 import { MAX_JSON_BLOB_BYTES } from '../../util/safe-read.js';
+import { untilAborted } from '../../util/abort.js';
 
 export interface RegistryClientOptions {
   /** Per-registry settings (mirrors, insecure, tlsVerify, caFile), keyed by host[:port]. */
@@ -576,17 +577,6 @@ function deadlineSignal(ms: number, message: string): { signal: AbortSignal; cle
   const timer = ms > 0 ? setTimeout(() => c.abort(Object.assign(new Error(message), { code: 'ETIMEDOUT' })), ms) : undefined;
   timer?.unref();
   return { signal: c.signal, clear: () => clearTimeout(timer) };
-}
-
-/** `p`, or the signal's reason as soon as it aborts (p goes on for whoever else waits on it). */
-function untilAborted<T>(p: Promise<T>, signal: AbortSignal | undefined): Promise<T> {
-  if (!signal) return p;
-  if (signal.aborted) return Promise.reject(signal.reason);
-  return new Promise<T>((resolve, reject) => {
-    const onAbort = () => reject(signal.reason);
-    signal.addEventListener('abort', onAbort, { once: true });
-    p.then(resolve, reject).finally(() => signal.removeEventListener('abort', onAbort));
-  });
 }
 
 interface FetchedManifest {

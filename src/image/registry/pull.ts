@@ -18,6 +18,7 @@ import type { Logger } from '../../util/log.js';
 import { BlobTooLargeError, BlobVerificationError, type ContentStore } from '../content-store.js';
 import { invalidArgument } from '../../errors.js';
 import { MAX_JSON_BLOB_BYTES } from '../../util/safe-read.js';
+import { untilAborted } from '../../util/abort.js';
 import { parseReference, type ImageReference } from '../reference.js';
 import type { AuthConfig } from './auth.js';
 import { RegistryClient, type ResolvedImage } from './client.js';
@@ -222,16 +223,6 @@ class PullWatchdog {
 
 function seconds(ms: number): string {
   return ms % 1000 === 0 ? `${ms / 1000} s` : `${(ms / 1000).toFixed(1)} s`;
-}
-
-/** `p`, or the signal's reason as soon as it aborts. */
-function untilAborted<T>(p: Promise<T>, signal: AbortSignal): Promise<T> {
-  if (signal.aborted) return Promise.reject(signal.reason);
-  return new Promise<T>((resolve, reject) => {
-    const onAbort = () => reject(signal.reason);
-    signal.addEventListener('abort', onAbort, { once: true });
-    p.then(resolve, reject).finally(() => signal.removeEventListener('abort', onAbort));
-  });
 }
 
 async function ingestBlob(

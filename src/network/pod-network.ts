@@ -1,0 +1,82 @@
+/**
+ * The daemon's pod networks: one CNI manager per conf dir (the daemon's and any runtime
+ * handler's own), re-read now and then so a config dropped in later is picked up, and the
+ * PodNetworkDriver the sandbox service sets pods up with.
+ */
+import type { CorralConfig, RuntimeHandlerConfig } from '../config/config.js';
+import type { Logger } from '../util/log.js';
+import type { PodNetworkDriver } from '../sandbox/service.js';
+import { CniManager } from './cni/index.js';
+
+/** How often (at most) the CNI conf dir is re-read when asked for readiness or a pod. */
+const CNI_RELOAD_INTERVAL_MS = 1000;
+
+/** One CNI manager per conf dir: the daemon's, and any handler's own. */
+export class CniNetworks {
+  private readonly managers = new Map<string, { manager: CniManager; loadedAt: number }>();
+
+  constructor(private readonly cfg: CorralConfig, private readonly logger: Logger) {
+    this.add(cfg.cni.confDir, cfg.cni.maxNetworks);
+    for (const h of Object.values(cfg.runtimes)) if (h.cniConfDir) this.add(h.cniConfDir, h.cniMaxNetworks);
+  }
+
+  private add(confDir: string, maxNetworks: number): void {
+    if (this.managers.has(confDir)) return;
+    const c = this.cfg.cni;
+    const manager = new CniManager({ confDir, binDirs: c.binDirs, maxNetworks, cacheDir: c.cacheDir, ipPreference: c.ipPreference, logger: this.logger });
+    this.managers.set(confDir, { manager, loadedAt: 0 });
+  }
+
+  async reloadAll(): Promise<void> {
+    await Promise.all([...this.managers.keys()].map((d) => this.fresh(d, true)));
+  }
+
+  /** Re-reads a conf dir at most once a second, so a config dropped in later is picked up. */
+  private async fresh(confDir: string, force = false): Promise<CniManager> {
+    const entry = this.managers.get(confDir)!;
+    if (force || Date.now() - entry.loadedAt > CNI_RELOAD_INTERVAL_MS) {
+      entry.loadedAt = Date.now();
+      await entry.manager.reload();
+    }
+    return entry.manager;
+  }
+
+  readiness(): { ready: boolean; message: string } {
+    const entry = this.managers.get(this.cfg.cni.confDir)!;
+    void this.fresh(this.cfg.cni.confDir).catch(() => {});
+    const s = entry.manager.loadStatus();
+    return { ready: s.ready, message: s.message };
+  }
+
+  describe(): Record<string, unknown> {
+    return Object.fromEntries([...this.managers].map(([dir, e]) => [dir, e.manager.loadStatus()]));
+  }
+
+  driverFor(handler: RuntimeHandlerConfig, settings: { readonly podCidrs: readonly string[] }): PodNetworkDriver {
+    const confDir = handler.cniConfDir || this.cfg.cni.confDir;
+    return {
+      setUp: async (req) => {
+        const manager = await this.fresh(confDir);
+        const ipRanges = settings.podCidrs.map((subnet) => [{ subnet }]);
+        const result = await manager.setUp({
+          containerId: req.containerId,
+          netnsPath: req.netnsPath,
+          podName: req.podName,
+          podNamespace: req.podNamespace,
+          podUid: req.podUid,
+          portMappings: req.portMappings,
+          bandwidth: req.bandwidth, // parsed (and refused) by planSandbox before any side effect
+          dns: req.dns,
+          ipRanges: ipRanges.length > 0 ? ipRanges : undefined,
+          cgroupPath: req.cgroupPath,
+          podAnnotations: req.annotations,
+        });
+        return { podIp: result.podIp, additionalIps: result.additionalIps, attachments: result.attachments };
+      },
+      tearDown: async (req) => {
+        const manager = await this.fresh(confDir);
+        await manager.tearDown(req.containerId, req.netnsPath, { podName: req.podName, podNamespace: req.podNamespace, podUid: req.podUid });
+      },
+    };
+  }
+}

@@ -1,0 +1,73 @@
+/**
+ * What every container of a pod gets unless told otherwise, sandbox and application
+ * alike: the pod's mounts, the kernel paths hidden or made read-only, and PATH.
+ */
+import type { OciMount } from './oci-types.js';
+
+/** Kernel interfaces hidden from unprivileged sandboxes. */
+export const DEFAULT_MASKED_PATHS: readonly string[] = [
+  '/proc/acpi',
+  '/proc/asound',
+  '/proc/kcore',
+  '/proc/keys',
+  '/proc/latency_stats',
+  '/proc/timer_list',
+  '/proc/timer_stats',
+  '/proc/sched_debug',
+  '/proc/scsi',
+  '/sys/firmware',
+  '/sys/devices/virtual/powercap',
+];
+
+/** Kernel interfaces made read-only for unprivileged sandboxes. */
+export const DEFAULT_READONLY_PATHS: readonly string[] = [
+  '/proc/bus',
+  '/proc/fs',
+  '/proc/irq',
+  '/proc/sys',
+  '/proc/sysrq-trigger',
+];
+
+export const DEFAULT_PATH_ENV = 'PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin';
+
+/** Where the pod's files are and which namespaces it shares with the host: what podMounts needs. */
+export interface PodMountsInput {
+  /** The pod's tmpfs shm dir; null = host /dev/shm with host IPC, else a private tmpfs. */
+  shmPath: string | null;
+  hostIpc: boolean;
+  privileged: boolean;
+  resolvConfPath: string;
+  hostnamePath: string;
+  hostsPath: string;
+}
+
+const SHM_TMPFS_OPTIONS = ['nosuid', 'noexec', 'nodev', 'mode=1777', 'size=65536k'];
+
+/** The mounts every container of a pod gets: proc, dev, sys, the pod's shm and its hostname, hosts and resolv.conf. */export function podMounts(input: PodMountsInput): OciMount[] {
+  const roBind = (destination: string, source: string): OciMount => ({
+    destination,
+    type: 'bind',
+    source,
+    options: ['rbind', 'ro', 'nosuid', 'nodev', 'noexec'],
+  });
+  let shm: OciMount;
+  if (input.shmPath !== null) shm = roBind('/dev/shm', input.shmPath);
+  else if (input.hostIpc) shm = roBind('/dev/shm', '/dev/shm');
+  else shm = { destination: '/dev/shm', type: 'tmpfs', source: 'shm', options: SHM_TMPFS_OPTIONS };
+  return [
+    { destination: '/proc', type: 'proc', source: 'proc', options: ['nosuid', 'noexec', 'nodev'] },
+    { destination: '/dev', type: 'tmpfs', source: 'tmpfs', options: ['nosuid', 'strictatime', 'mode=755', 'size=65536k'] },
+    {
+      destination: '/dev/pts',
+      type: 'devpts',
+      source: 'devpts',
+      options: ['nosuid', 'noexec', 'newinstance', 'ptmxmode=0666', 'mode=0620', 'gid=5'],
+    },
+    { destination: '/dev/mqueue', type: 'mqueue', source: 'mqueue', options: ['nosuid', 'noexec', 'nodev'] },
+    { destination: '/sys', type: 'sysfs', source: 'sysfs', options: ['nosuid', 'noexec', 'nodev', input.privileged ? 'rw' : 'ro'] },
+    shm,
+    roBind('/etc/resolv.conf', input.resolvConfPath),
+    roBind('/etc/hostname', input.hostnamePath),
+    roBind('/etc/hosts', input.hostsPath),
+  ];
+}
