@@ -35,9 +35,6 @@ export interface Daemon {
   shutdown(graceMs: number): Promise<void>;
 }
 
-/** How often (at most) the CNI conf dir is re-read when asked for readiness or a pod. */
-const CNI_RELOAD_INTERVAL_MS = 1000;
-
 export async function startDaemon(cfg: CorralConfig, logger: Logger): Promise<Daemon> {
   const t0 = Date.now();
   for (const bin of ['corral-nshelper', 'corral-pause', 'corral-unpack', 'corral-execreaper']) {
@@ -252,10 +249,10 @@ class CniNetworks {
     await Promise.all([...this.managers.keys()].map((d) => this.fresh(d, true)));
   }
 
-  /** Re-reads a conf dir at most once a second, so a config dropped in later is picked up. */
+  /** Re-reads a conf dir at most every [cni] reload_interval_ms, so a config dropped in later is picked up. */
   private async fresh(confDir: string, force = false): Promise<CniManager> {
     const entry = this.managers.get(confDir)!;
-    if (force || Date.now() - entry.loadedAt > CNI_RELOAD_INTERVAL_MS) {
+    if (force || Date.now() - entry.loadedAt >= this.cfg.cni.reloadIntervalMs) {
       entry.loadedAt = Date.now();
       await entry.manager.reload();
     }
