@@ -26,6 +26,8 @@ export interface CniConfig {
   cacheDir: string;
   /** Which address of the default network's eth0 becomes the pod IP. */
   ipPreference: 'ipv4' | 'ipv6' | 'cni';
+  /** How often (at most) a conf dir is re-read when asked for readiness or a pod, so a config dropped in later is picked up. */
+  reloadIntervalMs: number;
 }
 
 /** How to reach one registry host (e.g. "docker.io", "registry.k8s.io", "127.0.0.1:5000"). */
@@ -107,6 +109,7 @@ export function defaultConfig(): CorralConfig {
       maxNetworks: 1,
       cacheDir: '/var/lib/cni',
       ipPreference: 'ipv4',
+      reloadIntervalMs: 1000,
     },
     runtimes: {
       runc: handler('runc', 'runc', path.join(stateDir, 'runc')),
@@ -194,6 +197,7 @@ export function resolveConfig(raw: Record<string, unknown>, overrides: ConfigOve
     maxNetworks: cni.int('max_networks', d.cni.maxNetworks, 0, 64),
     cacheDir: cni.absPath('cache_dir', d.cni.cacheDir),
     ipPreference: cni.oneOf('ip_preference', ['ipv4', 'ipv6', 'cni'] as const, d.cni.ipPreference),
+    reloadIntervalMs: cni.int('reload_interval_ms', d.cni.reloadIntervalMs, 0, 3_600_000),
   };
   cni.done();
 

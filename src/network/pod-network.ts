@@ -8,8 +8,6 @@ import type { Logger } from '../util/log.js';
 import type { PodNetworkDriver } from '../sandbox/service.js';
 import { CniManager } from './cni/index.js';
 
-/** How often (at most) the CNI conf dir is re-read when asked for readiness or a pod. */
-const CNI_RELOAD_INTERVAL_MS = 1000;
 
 /** One CNI manager per conf dir: the daemon's, and any handler's own. */
 export class CniNetworks {
@@ -31,10 +29,10 @@ export class CniNetworks {
     await Promise.all([...this.managers.keys()].map((d) => this.fresh(d, true)));
   }
 
-  /** Re-reads a conf dir at most once a second, so a config dropped in later is picked up. */
+  /** Re-reads a conf dir at most every [cni] reload_interval_ms, so a config dropped in later is picked up. */
   private async fresh(confDir: string, force = false): Promise<CniManager> {
     const entry = this.managers.get(confDir)!;
-    if (force || Date.now() - entry.loadedAt > CNI_RELOAD_INTERVAL_MS) {
+    if (force || Date.now() - entry.loadedAt >= this.cfg.cni.reloadIntervalMs) {
       entry.loadedAt = Date.now();
       await entry.manager.reload();
     }

@@ -13,6 +13,7 @@ import path from 'node:path';
 import { randomBytes } from 'node:crypto';
 import { execFile } from '../../src/util/exec.js';
 import { conmonAlive, conmonCreate, ConmonError, readExitCode, removeConmonFiles, waitForExit, type ConmonCreateOptions } from '../../src/oci/conmon.js';
+import { eventually, sleep, waitFor } from '../helpers/wait.js';
 
 const CGROUP_ROOT = '/sys/fs/cgroup';
 const BUSYBOX = '/bin/busybox';
@@ -23,7 +24,6 @@ function have(bin: string, arg = '--version'): boolean {
 const skipAll = process.getuid?.() !== 0 ? 'needs root' : !have('conmon') ? 'conmon is not installed' : !existsSync(BUSYBOX) ? 'busybox is not installed' : false;
 const runtimes = ['runc', 'crun'].filter((r) => have(r));
 
-const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
 /**
  * crun 1.8 refuses every container on a hybrid cgroup host whose cgroup2 mount has
@@ -151,13 +151,7 @@ function processesMentioning(id: string): string[] {
   return (r.stdout ?? '').split('\n').filter((l) => l.trim() !== '');
 }
 
-async function waitUntil(what: string, cond: () => Promise<boolean> | boolean, timeoutMs = 5_000): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  while (!(await cond())) {
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await sleep(20);
-  }
-}
+const waitUntil = (what: string, cond: () => Promise<boolean> | boolean, timeoutMs = 5_000) => waitFor(cond, { what, timeoutMs });
 
 async function removeCgroupTree(dir: string): Promise<void> {
   let entries: string[] = [];
@@ -237,8 +231,7 @@ function zombieConmons(): number[] {
 
 // scripts/leak-check.sh counts zombies too: give init a moment to reap the monitors we ended.
 after(async () => {
-  const deadline = Date.now() + 10_000;
-  while (zombieConmons().length > 0 && Date.now() < deadline) await sleep(100);
+  await waitFor(() => zombieConmons().length === 0, { timeoutMs: 10_000, what: 'init to reap the conmons' }).catch(() => undefined);
 });
 
 const K8S_LINE = (stream: string, text: string) => new RegExp(`^\\d{4}-\\d\\d-\\d\\dT\\d\\d:\\d\\d:\\d\\d\\.\\d+(Z|[+-]\\d\\d:\\d\\d) ${stream} F ${text}$`, 'm');
@@ -254,8 +247,7 @@ for (const runtime of runtimes) {
       assert.ok(pid > 0 && conmonPid > 0);
       assert.notEqual(pid, conmonPid);
       // Nothing of ours stays open for the monitor (sync pipe, stderr file).
-      await sleep(50);
-      assert.equal(openFds(), fdsBefore, 'file descriptors leaked by conmonCreate');
+      await eventually(() => assert.equal(openFds(), fdsBefore, 'file descriptors leaked by conmonCreate'), { timeoutMs: 2_000, what: 'our ends of the pipes to close' });
 
       const st = await ociState(f);
       assert.equal(st?.status, 'created');
@@ -321,8 +313,7 @@ for (const runtime of runtimes) {
         assert.doesNotMatch(e.message, /level=|"msg"/, 'the runtime log is unwrapped');
         return true;
       });
-      await sleep(50);
-      assert.equal(openFds(), fdsBefore, 'file descriptors leaked by a failed conmonCreate');
+      await eventually(() => assert.equal(openFds(), fdsBefore, 'file descriptors leaked by a failed conmonCreate'), { timeoutMs: 2_000, what: 'our ends of the pipes to close' });
       assert.deepEqual(processesMentioning(f.id), []);
       assert.equal(existsSync(f.opts.conmonPidFile), false);
       assert.equal(await ociState(f), null);

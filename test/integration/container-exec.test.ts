@@ -15,6 +15,7 @@ import { pushImage, startRegistry, type TestRegistry } from '../helpers/registry
 import { busyboxImage } from '../helpers/test-images.js';
 import { createImageClient, call } from '../../src/cri/client.js';
 import { EXEC_OUTPUT_CAP_BYTES } from '../../src/oci/runtime.js';
+import { eventually } from '../helpers/wait.js';
 
 let reg: TestRegistry;
 let d: TestDaemon;
@@ -147,9 +148,7 @@ test('a client that goes away takes the command with it, even without a deadline
   const id = await runningContainer('crun', 'CONTAINER');
   const forever = marker();
   await assert.rejects(d.rpc('ExecSync', { containerId: id, cmd: ['sh', '-c', `sleep ${forever}`], timeout: 0 }, 2000), (e: any) => e.code === status.DEADLINE_EXCEEDED);
-  const until = Date.now() + 5000;
-  while ((await processesRunning(['sleep', forever])).length > 0 && Date.now() < until) await new Promise((r) => setTimeout(r, 100));
-  assert.deepEqual(await processesRunning(['sleep', forever]), [], 'the abandoned command was killed');
+  await eventually(async () => assert.deepEqual(await processesRunning(['sleep', forever]), [], 'the abandoned command was killed'), { timeoutMs: 5000, intervalMs: 100, what: 'the abandoned command to be killed' });
   assert.equal((await d.rpc('ContainerStatus', { containerId: id })).status.state, 'CONTAINER_RUNNING');
 });
 

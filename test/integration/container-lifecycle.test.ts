@@ -15,6 +15,7 @@ import { pushImage, startRegistry, type TestRegistry } from '../helpers/registry
 import { busyboxImage, type TestImage } from '../helpers/test-images.js';
 import { execChecked, execFile } from '../../src/util/exec.js';
 import { createImageClient, call } from '../../src/cri/client.js';
+import { eventually } from '../helpers/wait.js';
 
 let reg: TestRegistry;
 let d: TestDaemon;
@@ -59,13 +60,12 @@ async function runContainer(podId: string, podCfg: any, name: string, command: s
 
 const exec = (containerId: string, cmd: string[], timeout = 10) => d.rpc('ExecSync', { containerId, cmd, timeout });
 
-async function waitExited(id: string, ms = 10_000) {
-  const until = Date.now() + ms;
-  for (;;) {
+function waitExited(id: string, ms = 10_000) {
+  return eventually(async () => {
     const st = (await d.rpc('ContainerStatus', { containerId: id })).status;
-    if (st.state === 'CONTAINER_EXITED' || Date.now() > until) return st;
-    await new Promise((r) => setTimeout(r, 100));
-  }
+    assert.equal(st.state, 'CONTAINER_EXITED');
+    return st;
+  }, { timeoutMs: ms, intervalMs: 100, what: `container ${id} to exit` });
 }
 
 test('a container in a pause-mode pod: log, sysctls, hostname and network of the pod; exec exit codes; stop and remove', async () => {

@@ -13,6 +13,7 @@ import { CriServer, type Handler } from '../../src/cri/server.js';
 import { call, createImageClient, createRuntimeClient } from '../../src/cri/client.js';
 import { decodeMessage, encodeMessage, runtimeServiceDefinition } from '../../src/cri/proto.js';
 import { notFound } from '../../src/errors.js';
+import { eventually, waitFor } from '../helpers/wait.js';
 
 const dirs: string[] = [];
 const cleanups: Array<() => Promise<void> | void> = [];
@@ -188,7 +189,7 @@ test('the socket never exists with a mode other than 0660, not even for an insta
   cleanups.push(() => void poller.kill('SIGKILL'));
   let output = '';
   poller.stdout!.on('data', (d) => (output += d));
-  while (!output.includes('ready')) await new Promise((r) => setTimeout(r, 5));
+  await waitFor(() => output.includes('ready'), { intervalMs: 5, what: 'the poller to start' });
   for (let i = 0; i < 25; i++) {
     const server = await CriServer.start({ socketPath, logger: pino({ level: 'silent' }), runtimeHandlers: { Version: versionHandler }, imageHandlers: {} });
     assert.equal(statSync(socketPath).mode & 0o7777, 0o660);
@@ -303,10 +304,12 @@ test('a failure while answering a failed call still answers it (INTERNAL) and le
     } finally {
       client.close();
     }
-    await new Promise((r) => setTimeout(r, 50));
+    const logged = await eventually(() => {
+      const l = lines.find((l) => l.method === 'Status' && /failure while answering/.test(l.msg));
+      assert.ok(l, 'the failure is logged');
+      return l;
+    }, { what: 'the failure to be logged' });
     assert.deepEqual(unhandled, []);
-    const logged = lines.find((l) => l.method === 'Status' && /failure while answering/.test(l.msg));
-    assert.ok(logged, 'the failure is logged');
     assert.match(logged.stack, /message getter exploded/);
   } finally {
     process.off('unhandledRejection', onUnhandled);
@@ -530,7 +533,7 @@ test('shutdown waits for an in-flight slow call, then closes', async () => {
   const client = createRuntimeClient(socketPath);
   cleanups.push(() => client.close());
   const slow = call(client, 'StopPodSandbox', { podSandboxId: 'p1' }, { deadlineMs: 10_000 });
-  while (server.inFlight() === 0) await new Promise((r) => setTimeout(r, 5));
+  await waitFor(() => server.inFlight() > 0, { intervalMs: 5, what: 'the call to reach the server' });
   const t0 = Date.now();
   let done = false;
   const stopping = server.shutdown(10_000).then(() => (done = true));
@@ -553,7 +556,7 @@ test('shutdown forces after the grace period when a call never ends', async () =
   cleanups.push(() => client.close());
   const slow = call(client, 'StopPodSandbox', { podSandboxId: 'p2' }, { deadlineMs: 10_000 });
   slow.catch(() => undefined);
-  while (server.inFlight() === 0) await new Promise((r) => setTimeout(r, 5));
+  await waitFor(() => server.inFlight() > 0, { intervalMs: 5, what: 'the call to reach the server' });
   const t0 = Date.now();
   await server.shutdown(300);
   const took = Date.now() - t0;

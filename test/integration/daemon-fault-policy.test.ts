@@ -3,6 +3,7 @@ import assert from 'node:assert/strict';
 import { existsSync } from 'node:fs';
 import { pathToFileURL, fileURLToPath } from 'node:url';
 import { TestDaemon } from '../helpers/daemon.js';
+import { waitFor } from '../helpers/wait.js';
 
 const injector = pathToFileURL(fileURLToPath(new URL('../helpers/fault-injector.js', import.meta.url))).href;
 
@@ -36,11 +37,12 @@ test('unhandled rejections in the daemon are logged with their stack and it keep
   const d = await startWithInjector('reject');
   try {
     const pid = d.pid!;
-    for (let i = 0; i < 3; i++) {
+    const rejectionsLogged = async () => (await d.logLines()).filter((l) => /unhandled promise rejection/.test(l.msg ?? '')).length;
+    for (let i = 1; i <= 3; i++) {
       process.kill(pid, 'SIGUSR2');
-      await new Promise((r) => setTimeout(r, 100));
+      // One signal at a time: two pending SIGUSR2 would merge into one.
+      await waitFor(async () => (await rejectionsLogged()) >= i, { what: `unhandled rejection ${i} to be logged` });
     }
-    await new Promise((r) => setTimeout(r, 300));
     assert.ok(alive(pid), `the daemon is alive:\n${await d.logTail()}`);
     const v = await d.rpc('Version', {}, 5000);
     assert.equal(v.runtimeName, 'corral');
@@ -58,9 +60,7 @@ test('an uncaught exception makes the daemon log it and shut down gracefully wit
   try {
     const pid = d.pid!;
     process.kill(pid, 'SIGUSR2');
-    const deadline = Date.now() + 20_000;
-    while (alive(pid) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50));
-    assert.equal(alive(pid), false, 'the daemon exits');
+    await waitFor(() => !alive(pid), { timeoutMs: 20_000, intervalMs: 50, what: 'the daemon to exit' });
     assert.equal(await d.stopDaemon(), 70);
     const lines = await d.logLines();
     const fatal = lines.find((l) => /uncaught exception/.test(l.msg ?? ''));

@@ -15,6 +15,7 @@ import { startHostileServer, type HostileServer } from '../helpers/registry.js';
 import { buildImage, buildLayer, tinyImage, type TestImage } from '../helpers/test-images.js';
 import { call, createImageClient } from '../../src/cri/client.js';
 import type { ImageRpcName } from '../../src/cri/proto.js';
+import { waitFor } from '../helpers/wait.js';
 
 const PROGRESS_DEADLINE_S = 5;
 
@@ -60,8 +61,7 @@ test('a trickling registry: both pulls of the image fail at the progress deadlin
     settled = true;
   });
   // Wait until the layer trickles.
-  for (let i = 0; i < 100 && !registry!.requests.some((r) => r.path.endsWith(slow.layers[0]!.digest)); i++) await new Promise((r) => setTimeout(r, 50));
-  assert.ok(registry!.requests.some((r) => r.path.endsWith(slow.layers[0]!.digest)), 'the slow layer is being pulled');
+  await waitFor(() => registry!.requests.some((r) => r.path.endsWith(slow.layers[0]!.digest)), { timeoutMs: 5000, intervalMs: 50, what: 'the slow layer to be requested' });
 
   // RemoveImage of the other image collects its layer and blobs now, not after the pull.
   await irpc('RemoveImage', { image: { image: otherRef } });

@@ -19,6 +19,7 @@ import {
   netnsPathFor,
   removePinnedNetns,
 } from '../../src/network/netns.js';
+import { waitFor } from '../helpers/wait.js';
 
 const isRoot = process.getuid?.() === 0;
 const skip = isRoot ? false : 'needs root';
@@ -263,13 +264,6 @@ function catchesSigterm(pid: number): boolean {
   }
 }
 
-async function waitFor(cond: () => boolean, ms: number, what: string): Promise<void> {
-  const end = Date.now() + ms;
-  while (!cond()) {
-    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 10));
-  }
-}
 
 function exited(child: ChildProcess): Promise<{ code: number | null; signal: NodeJS.Signals | null }> {
   if (child.exitCode !== null || child.signalCode !== null) return Promise.resolve({ code: child.exitCode, signal: child.signalCode });
@@ -297,7 +291,7 @@ for (const sig of ['SIGTERM', 'SIGINT'] as const) {
     await buildNative();
     const child = spawn(nativeBinary('corral-pause'), [], { stdio: 'ignore' });
     try {
-      await waitFor(() => catchesSigterm(child.pid!), 5000, 'pause to install its handlers');
+      await waitFor(() => catchesSigterm(child.pid!), { timeoutMs: 5000, what: 'pause to install its handlers' });
       await new Promise((r) => setTimeout(r, 200));
       assert.equal(child.exitCode, null, 'still running');
       const t0 = Date.now();
@@ -317,8 +311,8 @@ test('corral-pause reaps children it inherits', async () => {
   // sh starts a short-lived child, then becomes corral-pause, which inherits it.
   const child = spawn('sh', ['-c', `sleep 0.2 & exec ${nativeBinary('corral-pause')}`], { stdio: 'ignore' });
   try {
-    await waitFor(() => catchesSigterm(child.pid!), 5000, 'pause to start');
-    await waitFor(() => childrenOf(child.pid!).length === 0, 5000, 'the sleep child to be reaped (no zombie)');
+    await waitFor(() => catchesSigterm(child.pid!), { timeoutMs: 5000, what: 'pause to start' });
+    await waitFor(() => childrenOf(child.pid!).length === 0, { timeoutMs: 5000, what: 'the sleep child to be reaped (no zombie)' });
     child.kill('SIGTERM');
     assert.deepEqual(await exited(child), { code: 0, signal: null });
   } finally {
@@ -335,9 +329,9 @@ test('corral-pause as PID 1 of a PID namespace: reaps and stops on SIGTERM', { s
       const kids = childrenOf(child.pid!);
       pausePid = kids[0]?.pid ?? 0;
       return pausePid !== 0 && catchesSigterm(pausePid);
-    }, 5000, 'pause (PID 1 inside) to start');
+    }, { timeoutMs: 5000, what: 'pause (PID 1 inside) to start' });
     assert.match(readFileSync(`/proc/${pausePid}/status`, 'utf8'), /^NSpid:\s+\d+\s+1$/m, 'it is PID 1 in its namespace');
-    await waitFor(() => childrenOf(pausePid).length === 0, 5000, 'the sleep child to be reaped');
+    await waitFor(() => childrenOf(pausePid).length === 0, { timeoutMs: 5000, what: 'the sleep child to be reaped' });
     process.kill(pausePid, 'SIGTERM');
     const { code, signal } = await exited(child);
     assert.equal(signal, null);

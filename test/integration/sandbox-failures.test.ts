@@ -10,6 +10,7 @@ import path from 'node:path';
 import { status } from '@grpc/grpc-js';
 import { execFile } from '../../src/util/exec.js';
 import { TestDaemon, hostTraces, podConfig, vethCount } from '../helpers/daemon.js';
+import { eventually } from '../helpers/wait.js';
 
 // A chained CNI plugin controlled by flag files: fails ADD or DEL on demand, else passes prevResult on.
 const FLAKY_PLUGIN = `#!/bin/bash
@@ -39,6 +40,8 @@ exec runc "$@"
 const d = new TestDaemon({
   conflist: (t) => withFlaky(t),
   extraToml: (t) => `[runtimes.runc]\npath = "runc"\n[runtimes.failstart]\npath = "${t.binDir}/failstart-runtime"\n`,
+  // Re-read the conf dir on every Status and pod, so a conflist written by a test applies at once.
+  cniToml: 'reload_interval_ms = 0',
 });
 const binDir = d.binDir;
 
@@ -161,12 +164,13 @@ test('DEL works from the cache after the conf dir was emptied', async () => {
 test('NetworkReady follows the conf dir; host-network pods run without CNI; pod networks are refused with a reason', async () => {
   await d.writeConflist(null);
   try {
-    await new Promise((r) => setTimeout(r, 1200));
-    await d.rpc('Status', {});
-    await new Promise((r) => setTimeout(r, 100));
-    const st = await d.rpc('Status', {});
-    const net = st.status.conditions.find((c: any) => c.type === 'NetworkReady');
-    assert.equal(net.status, false);
+    // Status answers from the last load and starts the next one: poll until it saw the empty dir.
+    const { st, net } = await eventually(async () => {
+      const st = await d.rpc('Status', {});
+      const net = st.status.conditions.find((c: any) => c.type === 'NetworkReady');
+      assert.equal(net.status, false);
+      return { st, net };
+    }, { what: 'Status to report NetworkReady=false after the conf dir was emptied' });
     assert.equal(net.reason, 'NetworkPluginNotReady');
     assert.match(net.message, /net\.d|no network/i);
     assert.equal(st.status.conditions.find((c: any) => c.type === 'RuntimeReady').status, true);
@@ -179,11 +183,10 @@ test('NetworkReady follows the conf dir; host-network pods run without CNI; pod 
   } finally {
     await d.writeConflist(withFlaky(d));
   }
-  await new Promise((r) => setTimeout(r, 1200));
-  await d.rpc('Status', {});
-  await new Promise((r) => setTimeout(r, 100));
-  const again = await d.rpc('Status', {});
-  assert.equal(again.status.conditions.find((c: any) => c.type === 'NetworkReady').status, true);
+  await eventually(async () => {
+    const again = await d.rpc('Status', {});
+    assert.equal(again.status.conditions.find((c: any) => c.type === 'NetworkReady').status, true);
+  }, { what: 'Status to report NetworkReady=true after the conflist came back' });
 });
 
 test('UpdateRuntimeConfig pod CIDR reaches host-local as the ipRanges capability', async () => {
@@ -195,7 +198,7 @@ test('UpdateRuntimeConfig pod CIDR reaches host-local as the ipRanges capability
     plugins: [{ ...base.plugins[0], bridge: `${d.bridge}r`, capabilities: { ipRanges: true }, ipam: { type: 'host-local' } }, base.plugins[1]],
   });
   try {
-    await new Promise((r) => setTimeout(r, 1200));
+    // No wait: with reload_interval_ms = 0 the Run below re-reads the conf dir first.
     await d.rpc('UpdateRuntimeConfig', { runtimeConfig: { networkConfig: { podCidr: cidr } } });
     const { podSandboxId } = await d.rpc('RunPodSandbox', { config: podConfig() });
     const ip: string = (await d.rpc('PodSandboxStatus', { podSandboxId })).status.network.ip;
@@ -206,6 +209,5 @@ test('UpdateRuntimeConfig pod CIDR reaches host-local as the ipRanges capability
     for (const i of items) await d.rpc('RemovePodSandbox', { podSandboxId: i.id });
     await d.writeConflist(withFlaky(d));
     await execFile('ip', ['link', 'del', `${d.bridge}r`]);
-    await new Promise((r) => setTimeout(r, 1200));
   }
 });

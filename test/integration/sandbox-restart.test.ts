@@ -10,6 +10,7 @@ import path from 'node:path';
 import { status } from '@grpc/grpc-js';
 import { TestDaemon, hostTraces, podConfig, vethCount } from '../helpers/daemon.js';
 import { isNetnsPinned } from '../../src/network/netns.js';
+import { waitFor } from '../helpers/wait.js';
 
 // runc, but `create` announces itself and then takes two seconds: a window to kill the daemon in.
 const SLOW_CREATE_RUNTIME = `#!/bin/bash
@@ -38,13 +39,6 @@ afterEach(async () => {
 
 const pausePod = () => podConfig({ linux: { securityContext: { namespaceOptions: { network: 'POD', pid: 'POD', ipc: 'POD' } } } });
 
-async function waitFor(what: string, pred: () => Promise<boolean>, ms = 15_000): Promise<void> {
-  const end = Date.now() + ms;
-  while (!(await pred())) {
-    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 50));
-  }
-}
 
 test('SIGTERM exits 0, pods keep running, and a restarted daemon finds them with state and IPs', async () => {
   const { podSandboxId: pauseId } = await d.rpc('RunPodSandbox', { config: pausePod() });
@@ -69,7 +63,7 @@ test('SIGTERM exits 0, pods keep running, and a restarted daemon finds them with
   assert.equal(again.podSandboxId, pinnedId);
 
   process.kill(pausePid, 'SIGKILL');
-  await waitFor('pause to die', async () => (await d.rpc('PodSandboxStatus', { podSandboxId: pauseId })).status.state === 'SANDBOX_NOTREADY');
+  await waitFor(async () => (await d.rpc('PodSandboxStatus', { podSandboxId: pauseId })).status.state === 'SANDBOX_NOTREADY', { timeoutMs: 15_000, what: 'pause to die' });
   const vethsBefore = await vethCount(d);
   await d.rpc('StopPodSandbox', { podSandboxId: pauseId });
   await d.rpc('RemovePodSandbox', { podSandboxId: pauseId });
@@ -89,7 +83,7 @@ test('kill -9 in the middle of RunPodSandbox: the next start rolls the half-crea
     () => 'answered',
     () => 'failed',
   );
-  await waitFor('runtime create to start', () => fs.access(started).then(() => true, () => false));
+  await waitFor(() => fs.access(started).then(() => true, () => false), { timeoutMs: 15_000, what: 'runtime create to start' });
   // By now the netns is pinned and wired (network first) and the record says "creating".
   const mid = await hostTraces(d);
   assert.equal(mid.netns.length, 1);
@@ -97,7 +91,7 @@ test('kill -9 in the middle of RunPodSandbox: the next start rolls the half-crea
   assert.equal(await d.stopDaemon('SIGKILL'), null);
   assert.equal(await run, 'failed');
   // The runtime call the daemon started finishes on its own and leaves a created container behind.
-  await waitFor('the orphaned runtime create to finish', () => fs.access(done).then(() => true, () => false));
+  await waitFor(() => fs.access(done).then(() => true, () => false), { timeoutMs: 15_000, what: 'the orphaned runtime create to finish' });
   const createOut = await fs.readFile(path.join(d.binDir, 'create.out'), 'utf8');
   assert.equal((await hostTraces(d)).runtimeContainers.length, 1, `orphaned create: ${createOut}`);
 

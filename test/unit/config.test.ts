@@ -14,6 +14,7 @@ test('an empty document gives the documented defaults', () => {
   assert.equal(cfg.cni.confDir, '/etc/cni/net.d');
   assert.deepEqual(cfg.cni.binDirs, ['/opt/cni/bin', '/usr/lib/cni']);
   assert.equal(cfg.cni.maxNetworks, 1);
+  assert.equal(cfg.cni.reloadIntervalMs, 1000);
   assert.equal(cfg.cgroupDriver, 'cgroupfs');
   assert.deepEqual(Object.keys(cfg.runtimes).sort(), ['crun', 'runc']);
   assert.equal(cfg.runtimes.runc!.root, '/run/corral/runc');
@@ -52,6 +53,8 @@ test('unknown keys and bad values are refused with the key and the reason', () =
     [{ cgroup_driver: 'systemd' }, /cgroup_driver: must be one of "cgroupfs"/],
     [{ cni: { max_networks: -1 } }, /cni\.max_networks: must be between 0 and 64/],
     [{ cni: { bin_dirs: [] } }, /cni\.bin_dirs: must be a non-empty list/],
+    [{ cni: { reload_interval_ms: -1 } }, /cni\.reload_interval_ms: must be between 0 and 3600000/],
+    [{ cni: { reload_interval_ms: 1.5 } }, /cni\.reload_interval_ms: must be/],
     [{ log_level: 3 }, /log_level: must be one of/],
     [{ default_runtime: 'nope' }, /default_runtime: "nope" is not a configured runtime/],
     [{ runtimes: { x: { path: 'bin/x' } } }, /runtimes\.x\.path: must be a bare program name or an absolute path/],

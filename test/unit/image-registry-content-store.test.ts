@@ -6,6 +6,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { PassThrough, Readable } from 'node:stream';
 import { BlobVerificationError, ContentStore } from '../../src/image/content-store.js';
+import { waitFor } from '../helpers/wait.js';
 
 const digestOf = (b: Buffer | string) => `sha256:${createHash('sha256').update(b).digest('hex')}`;
 
@@ -176,7 +177,7 @@ test('a waiter hears the shared download\'s progress; its signal stops only its 
     const quitter = new AbortController();
     const gaveUp = store.ingest(d, data.length, async () => assert.fail('must not download'), undefined, { signal: quitter.signal });
     s.write(data.subarray(0, 1000));
-    await new Promise((r) => setTimeout(r, 20));
+    await waitFor(() => heard.length > 0, { what: 'the first bytes to reach the waiters' });
     quitter.abort(new Error('this caller gave up'));
     await assert.rejects(gaveUp, /this caller gave up/);
     s.end(data.subarray(1000));

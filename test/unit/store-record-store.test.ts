@@ -1,0 +1,99 @@
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { execFileSync } from 'node:child_process';
+import { promises as fs } from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { RecordStore } from '../../src/store/record-store.js';
+
+interface Rec {
+  id: string;
+  updatedAt?: string;
+  state: string;
+  payload?: string;
+}
+
+async function tempStore(t: { after: (fn: () => Promise<void>) => void }): Promise<RecordStore<Rec>> {
+  const dir = await fs.mkdtemp(path.join(os.tmpdir(), 'corral-records-'));
+  t.after(() => fs.rm(dir, { recursive: true, force: true }));
+  return new RecordStore<Rec>(path.join(dir, 'sandboxes'), 'record.json');
+}
+
+const byId = (a: Rec, b: Rec) => a.id.localeCompare(b.id);
+
+test('a missing store directory loads as empty', async (t) => {
+  const store = await tempStore(t);
+  assert.deepEqual(await store.loadAll(), { records: [], errors: [] });
+});
+
+test('save, load, overwrite and remove; updatedAt is stamped on save; files are private', async (t) => {
+  const store = await tempStore(t);
+  const a: Rec = { id: 'a', state: 'READY' };
+  await store.save(a);
+  assert.ok(a.updatedAt && !Number.isNaN(Date.parse(a.updatedAt)), 'save stamps updatedAt');
+  await store.save({ id: 'b', state: 'READY' });
+  await store.save({ ...a, state: 'NOTREADY' });
+  const loaded = await store.loadAll();
+  assert.deepEqual(loaded.errors, []);
+  assert.deepEqual(loaded.records.sort(byId).map((r) => [r.id, r.state]), [['a', 'NOTREADY'], ['b', 'READY']]);
+  const file = path.join(store.recordDir('a'), 'record.json');
+  assert.equal((await fs.stat(file)).mode & 0o777, 0o600);
+
+  await store.remove('a');
+  await store.remove('a'); // removing twice is fine (a retried Remove)
+  await assert.rejects(fs.stat(store.recordDir('a')), { code: 'ENOENT' });
+  assert.deepEqual((await store.loadAll()).records.map((r) => r.id), ['b']);
+});
+
+test('unreadable records are reported, not fatal: the good ones still load', async (t) => {
+  const store = await tempStore(t);
+  await store.save({ id: 'good', state: 'READY' });
+  const dir = (id: string) => store.recordDir(id);
+  await fs.mkdir(dir('empty-dir'), { recursive: true }); // crashed before the first write
+  await fs.mkdir(dir('torn'));
+  await fs.writeFile(path.join(dir('torn'), 'record.json'), '{"id": "torn", "sta');
+  await fs.mkdir(dir('renamed'));
+  await fs.writeFile(path.join(dir('renamed'), 'record.json'), JSON.stringify({ id: 'other', state: 'READY' }));
+  await fs.mkdir(dir('no-id'));
+  await fs.writeFile(path.join(dir('no-id'), 'record.json'), JSON.stringify({ state: 'READY' }));
+  await fs.mkdir(dir('fifo'));
+  execFileSync('mkfifo', [path.join(dir('fifo'), 'record.json')]); // a naive read would block forever
+  await fs.mkdir(dir('link'));
+  await fs.symlink('/etc/hostname', path.join(dir('link'), 'record.json'));
+
+  const t0 = Date.now();
+  const { records, errors } = await store.loadAll();
+  assert.ok(Date.now() - t0 < 5_000);
+  assert.deepEqual(records.map((r) => r.id), ['good']);
+  const reported = Object.fromEntries(errors.map((e) => [path.basename(e.dir), e.error]));
+  assert.deepEqual(Object.keys(reported).sort(), ['empty-dir', 'fifo', 'link', 'no-id', 'renamed', 'torn']);
+  assert.match(reported['renamed']!, /record ID other does not match its directory/);
+  assert.match(reported['no-id']!, /record ID undefined does not match/);
+  assert.match(reported['empty-dir']!, /does not exist|ENOENT/);
+  for (const e of errors) assert.equal(e.dir, store.recordDir(path.basename(e.dir)), 'errors name the record directory');
+});
+
+test('writes are atomic: concurrent readers never see a torn record, and no temp file is left', async (t) => {
+  const store = await tempStore(t);
+  // Large enough that a non-atomic write would be observed half-written.
+  const big = (n: number) => ({ id: 'r', state: `v${n}`, payload: String(n).repeat(200_000) });
+  await store.save(big(0));
+  let writing = true;
+  const writer = (async () => {
+    for (let n = 1; n <= 15; n++) await store.save(big(n));
+    writing = false;
+  })();
+  let reads = 0;
+  while (writing) {
+    const { records, errors } = await store.loadAll();
+    assert.deepEqual(errors, [], 'a read during a write saw a torn or missing record');
+    assert.equal(records.length, 1);
+    const r = records[0]!;
+    assert.equal(r.payload, r.state.slice(1).repeat(200_000), 'record content is one whole version');
+    reads++;
+  }
+  await writer;
+  assert.ok(reads > 0);
+  assert.deepEqual(await fs.readdir(store.recordDir('r')), ['record.json'], 'no temp files left');
+  assert.equal((await store.loadAll()).records[0]!.state, 'v15');
+});
