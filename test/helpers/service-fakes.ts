@@ -169,6 +169,11 @@ export async function assertNothingHeld(fakes: Fakes) {
   assert.deepEqual([...fakes.pins], [], 'no pinned namespace');
   assert.deepEqual([...fakes.attachments], [], 'no CNI attachment');
   assert.deepEqual([...fakes.containers], [], 'no pause container');
+  assertNoContainerHeld(fakes);
+}
+
+/** Nothing of an application container: runtime container, rootfs mount, monitor files (the pod may live on). */
+export function assertNoContainerHeld(fakes: Fakes) {
   assert.deepEqual([...fakes.appContainers], [], 'no runtime container');
   assert.deepEqual([...fakes.mounts], [], 'no rootfs mount');
   assert.deepEqual([...fakes.monitorFiles], [], 'no monitor files');
