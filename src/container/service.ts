@@ -60,7 +60,7 @@ export interface ContainerServiceDeps {
   sandboxes: SandboxService;
   images: ImageService;
   runtimeFor: (handler: RuntimeHandlerConfig) => OciRuntime;
-  /** Required, wired once by the daemon: a test cannot reach a real mount by forgetting a fake. */
+  /** Required (no default), wired once by the daemon: a test cannot reach a real mount or conmon by forgetting a fake. */
   rootfs: ContainerRootfs;
   monitor: ContainerMonitor;
   availableCapabilities: readonly string[];
