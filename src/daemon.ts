@@ -23,10 +23,12 @@ import { RuntimeSettings, runtimeInfoHandlers } from './cri/runtime-info-rpc.js'
 import { sandboxHandlers } from './cri/sandbox-rpc.js';
 import { imageHandlers } from './cri/image-rpc.js';
 import { containerHandlers } from './cri/container-rpc.js';
-import { ContainerService } from './container/service.js';
+import { ContainerService, type ContainerMonitor, type ContainerRootfs } from './container/service.js';
 import { ImageService } from './image/image-service.js';
 import { mountOverlayRootfs, unmountOverlayRootfs } from './image/snapshots.js';
 import { CorralError } from './errors.js';
+import { conmonCreate, readExitCode, removeConmonFiles, waitForExit } from './oci/conmon.js';
+import { msToNs, nowNs } from './util/time.js';
 import { readSeccompProfile, resolveSeccomp } from './oci/seccomp-choice.js';
 
 export interface Daemon {
@@ -168,12 +170,36 @@ export async function startDaemon(cfg: CorralConfig, logger: Logger): Promise<Da
       return withDefaultSysctls(sysctls, opts);
     },
   });
+  const containerRootfs: ContainerRootfs = {
+    mount: (chain, target, layerDir) => mountOverlayRootfs(images.store.snapshots, { chain, target, layerDir }),
+    unmount: (target) => unmountOverlayRootfs(target),
+  };
+  // conmon writes <exitDir>/<id> holding the exit code, and the attach link under socketDir.
+  const exitDir = path.join(cfg.stateDir, 'exits');
+  const socketDir = path.join(cfg.stateDir, 'attach');
+  const monitor: ContainerMonitor = {
+    async create(opts) {
+      await fs.mkdir(exitDir, { recursive: true, mode: 0o700 });
+      return conmonCreate({ ...opts, exitDir, socketDir });
+    },
+    async readExit(id) {
+      const code = await readExitCode(exitDir, id);
+      if (code === null) return null;
+      // conmon writes the file as the container exits: its mtime is the exit time.
+      const st = await fs.stat(path.join(exitDir, id)).catch(() => undefined);
+      return { code, finishedAt: st ? msToNs(st.mtimeMs) : nowNs() };
+    },
+    waitForExit: (id, timeoutMs) => waitForExit(exitDir, id, timeoutMs),
+    removeFiles: (id) => removeConmonFiles({ id, exitDir, socketDir }),
+  };
   const containers = new ContainerService({
     config: cfg,
     logger,
     sandboxes,
     images,
     runtimeFor,
+    rootfs: containerRootfs,
+    monitor,
     availableCapabilities,
     oomScoreAdjFloor: oomFloor,
   });

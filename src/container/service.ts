@@ -20,17 +20,39 @@ import type { SandboxRecord } from '../sandbox/record.js';
 import { PIN_FILES, namespaceChoice, namespaceMode, namespacePlan } from '../sandbox/options.js';
 import { sandboxFilePaths } from '../sandbox/files.js';
 import type { ImageService } from '../image/image-service.js';
-import { mountOverlayRootfs, unmountOverlayRootfs } from '../image/snapshots.js';
 import type { OciRuntime } from '../oci/runtime.js';
 import { cgroupfsCgroupsPath, clampOomScoreAdj } from '../oci/cgroups.js';
 import { readSeccompProfile, resolveSeccomp } from '../oci/seccomp-choice.js';
 import { readImageAccountFile } from '../image/image-user.js';
 import { buildContainerSpec, containerArgs, containerLogPath, containerCapabilities, containerEnv, mountPropagationOf, propagationProblem, resolveUser, type PodNamespaces } from '../oci/container-spec.js';
-import { conmonCreate, readExitCode, removeConmonFiles, waitForExit } from '../oci/conmon.js';
+import type { ConmonCreateOptions } from '../oci/conmon.js';
 import type { ContainerRecord } from './record.js';
 import { ContainerStore } from '../store/container-store.js';
 import { KeyedLock } from '../util/keyed-lock.js';
-import { msToNs, nowNs } from '../util/time.js';
+import { nowNs } from '../util/time.js';
+
+/** Containers' root filesystems: the image's shared layers under a writable layer of their own. */
+export interface ContainerRootfs {
+  /** Mounts chain's layers at target, the writable layer in layerDir; may leave target or a mount behind when it fails. */
+  mount(chain: string[], target: string, layerDir: string): Promise<void>;
+  /** Unmounts; not mounted is fine. */
+  unmount(target: string): Promise<void>;
+}
+
+/** conmon's create options, less the folders the monitor keeps for every container. */
+export type MonitorCreateOptions = Omit<ConmonCreateOptions, 'exitDir' | 'socketDir'>;
+
+/** conmon, each container's monitor: it runs the runtime's create, then stays for the log and the exit code. */
+export interface ContainerMonitor {
+  /** Runs the runtime's `create` under a new monitor; returns the init PID. Can half-succeed: undo is the runtime's delete. */
+  create(opts: MonitorCreateOptions): Promise<{ pid: number }>;
+  /** The exit the monitor recorded (code, and when, in ns); null while the container has not exited. */
+  readExit(id: string): Promise<{ code: number; finishedAt: string } | null>;
+  /** The exit code once recorded, waiting up to timeoutMs; null if none came. */
+  waitForExit(id: string, timeoutMs: number): Promise<number | null>;
+  /** The files the monitor keeps for the container (exit code, attach link); none is fine. */
+  removeFiles(id: string): Promise<void>;
+}
 
 export interface ContainerServiceDeps {
   config: CorralConfig;
@@ -38,6 +60,9 @@ export interface ContainerServiceDeps {
   sandboxes: SandboxService;
   images: ImageService;
   runtimeFor: (handler: RuntimeHandlerConfig) => OciRuntime;
+  /** Required (no default), wired once by the daemon: a test cannot reach a real mount or conmon by forgetting a fake. */
+  rootfs: ContainerRootfs;
+  monitor: ContainerMonitor;
   availableCapabilities: readonly string[];
   /** The lowest oom_score_adj the runtime can set (see oomScoreAdjFloor). */
   oomScoreAdjFloor: number;
@@ -77,12 +102,6 @@ export class ContainerService {
 
   private volatileDir(id: string): string {
     return path.join(this.deps.config.stateDir, 'containers', id);
-  }
-  private get socketDir(): string {
-    return path.join(this.deps.config.stateDir, 'attach');
-  }
-  private get exitDir(): string {
-    return path.join(this.deps.config.stateDir, 'exits');
   }
 
   // ---------------------------------------------------------------- Create
@@ -217,10 +236,10 @@ export class ContainerService {
     const vdir = this.volatileDir(record.id);
     // Pushed first: a half-done mount may have left the state folder or a mount.
     undo.push('unmount rootfs', async () => {
-      await unmountOverlayRootfs(rootfs.target);
+      await this.deps.rootfs.unmount(rootfs.target);
       await fs.rm(vdir, { recursive: true, force: true });
     });
-    await mountOverlayRootfs(this.deps.images.store.snapshots, { chain: rootfs.chain, target: rootfs.target, layerDir: rootfs.layerDir });
+    await this.deps.rootfs.mount(rootfs.chain, rootfs.target, rootfs.layerDir);
   }
 
   /** The OCI spec, in the bundle folder; the log file's folder. Returns the bundle folder. */
@@ -239,16 +258,13 @@ export class ContainerService {
     const runtime = this.deps.runtimeFor(handler);
     // Pushed first: create can half-succeed.
     undo.push('delete runtime container', () => runtime.delete(id, true));
-    await fs.mkdir(this.exitDir, { recursive: true, mode: 0o700 });
-    const created = await conmonCreate({
+    const created = await this.deps.monitor.create({
       id,
       name: record.metadata.name,
       bundleDir,
       runtimePath: runtime.binary,
       runtimeRoot: runtime.root,
       logPath: record.logPath || path.join(vdir, 'console.log'),
-      exitDir: this.exitDir,
-      socketDir: this.socketDir,
       pidFile: path.join(vdir, 'pid'),
       conmonPidFile: path.join(vdir, 'conmon.pid'),
       timeoutMs: 60_000,
@@ -414,14 +430,14 @@ export class ContainerService {
     const runtime = this.deps.runtimeFor(this.handlerOf(rec));
     if (rec.state === 'running' && timeoutSeconds > 0) {
       await runtime.kill(id, rec.stopSignal.replace(/^SIG/, ''), false);
-      if ((await waitForExit(this.exitDir, id, timeoutSeconds * 1000)) !== null) {
+      if ((await this.deps.monitor.waitForExit(id, timeoutSeconds * 1000)) !== null) {
         await this.refreshLocked(id);
         return;
       }
     }
     // A created-but-never-started container, or one that ignored its stop signal.
     await runtime.kill(id, 'KILL', true);
-    const code = await waitForExit(this.exitDir, id, 10_000);
+    const code = await this.deps.monitor.waitForExit(id, 10_000);
     if (code === null && rec.state === 'running') throw internalError(`container ${id} did not exit after SIGKILL`);
     const after = await this.refreshLocked(id);
     if (after && after.state !== 'exited') {
@@ -474,13 +490,13 @@ export class ContainerService {
     let releasedLayers: string[] | undefined;
     if (res.rootfs) {
       const { target, chain } = res.rootfs;
-      await unmountOverlayRootfs(target);
+      await this.deps.rootfs.unmount(target);
       res.rootfs = null;
       releasedLayers = chain;
     }
     await fs.rm(this.volatileDir(rec.id), { recursive: true, force: true });
     // The exit file, and the attach symlink conmon leaves in the socket dir.
-    await removeConmonFiles({ id: rec.id, exitDir: this.exitDir, socketDir: this.socketDir });
+    await this.deps.monitor.removeFiles(rec.id);
     return releasedLayers;
   }
 
@@ -570,14 +586,13 @@ export class ContainerService {
   /** rec as exited (a copy) when conmon recorded its exit; rec itself otherwise. Writes nothing. */
   private async withExit(rec: ContainerRecord): Promise<ContainerRecord> {
     if (rec.state !== 'running' && rec.state !== 'created') return rec;
-    const code = await readExitCode(this.exitDir, rec.id);
-    if (code === null) return rec;
+    const exit = await this.deps.monitor.readExit(rec.id);
+    if (exit === null) return rec;
     const next = structuredClone(rec);
     next.state = 'exited';
-    next.exitCode = code;
-    next.reason = code === 0 ? 'Completed' : 'Error';
-    const st = await fs.stat(path.join(this.exitDir, rec.id)).catch(() => undefined);
-    next.finishedAt = st ? msToNs(st.mtimeMs) : nowNs();
+    next.exitCode = exit.code;
+    next.reason = exit.code === 0 ? 'Completed' : 'Error';
+    next.finishedAt = exit.finishedAt;
     next.pid = 0;
     return next;
   }

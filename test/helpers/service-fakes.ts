@@ -1,9 +1,10 @@
 /**
  * In-memory fakes of the service ports (network, namespace pinner, pause runtime, sandbox
- * image, image service, OCI runtime) for unit tests of SandboxService and ContainerService:
- * no root, no real pods. Each fake records what it holds and what was called, so "nothing
- * leaked" and "undone in this order" are plain looks at the fakes.
- * (Extracted from test/unit/sandbox-service-races.test.ts, which can import it too.)
+ * image, image service, OCI runtime, container rootfs, container monitor) for unit tests of
+ * SandboxService and ContainerService: no root, no real pods. Each fake records what it
+ * holds and what was called, so "nothing leaked" and "undone in this order" are plain looks
+ * at the fakes. Undoing what is not there (unmounting what is not mounted, removing monitor
+ * files never written) is a no-op, as with the real parts, and is not recorded in events.
  */
 import assert from 'node:assert/strict';
 import { promises as fs } from 'node:fs';
@@ -13,9 +14,10 @@ import { defaultConfig, type CorralConfig } from '../../src/config/config.js';
 import { silentLogger } from '../../src/util/log.js';
 import { SandboxStore } from '../../src/store/sandbox-store.js';
 import { SandboxService, type NamespacePinner, type PodNetworkDriver, type SandboxContainerRuntime } from '../../src/sandbox/service.js';
-import { ContainerService } from '../../src/container/service.js';
+import { ContainerService, type ContainerMonitor, type ContainerRootfs } from '../../src/container/service.js';
 import type { ImageService } from '../../src/image/image-service.js';
 import type { OciRuntime } from '../../src/oci/runtime.js';
+import { nowNs } from '../../src/util/time.js';
 
 /** A promise the test settles by hand, and one that says when the fake reached it. */
 export function gate() {
@@ -44,9 +46,22 @@ export interface Fakes {
   pins: Set<string>;
   attachments: Set<string>;
   containers: Set<string>;
-  /** Set to make the next call wait on it (cleared when reached). */
-  gates: { setUp?: Gate; create?: Gate; runtimeConfig?: Gate };
-  failures: { start?: boolean; tearDown?: boolean; runtimeConfig?: boolean };
+  /** Application containers the runtime holds (made by the monitor's create, gone at runtime delete). */
+  appContainers: Set<string>;
+  /** Mounted container root filesystems (targets). */
+  mounts: Set<string>;
+  /** Containers whose monitor files (exit file, attach link) exist. */
+  monitorFiles: Set<string>;
+  /** The exits the monitor recorded (conmon's exit files), by container ID. */
+  exits: Map<string, { code: number; finishedAt: string }>;
+  /** false (the default): the fake image's layers are not unpacked, so mounting its rootfs fails. */
+  layersUnpacked: boolean;
+  /**
+   * Set to make the next call wait on it (cleared when reached). `exit`: the exit a signal
+   * causes is recorded only once the test opens the gate (a container slow to stop, or never).
+   */
+  gates: { setUp?: Gate; create?: Gate; runtimeConfig?: Gate; exit?: Gate };
+  failures: { start?: boolean; tearDown?: boolean; runtimeConfig?: boolean; conmonCreate?: boolean; containerStart?: boolean };
 }
 
 const dirs: string[] = [];
@@ -59,7 +74,19 @@ export async function makeService(): Promise<{ svc: SandboxService; fakes: Fakes
   const dir = await fs.mkdtemp(path.join(os.tmpdir(), 'corral-sandbox-unit-'));
   dirs.push(dir);
   const cfg = { ...defaultConfig(), rootDir: path.join(dir, 'root'), stateDir: path.join(dir, 'state'), netnsDir: path.join(dir, 'netns') };
-  const fakes: Fakes = { events: [], pins: new Set(), attachments: new Set(), containers: new Set(), gates: {}, failures: {} };
+  const fakes: Fakes = {
+    events: [],
+    pins: new Set(),
+    attachments: new Set(),
+    containers: new Set(),
+    appContainers: new Set(),
+    mounts: new Set(),
+    monitorFiles: new Set(),
+    exits: new Map(),
+    layersUnpacked: false,
+    gates: {},
+    failures: {},
+  };
   const wait = async (name: keyof Fakes['gates']) => {
     const g = fakes.gates[name];
     if (!g) return;
@@ -142,9 +169,23 @@ export async function assertNothingHeld(fakes: Fakes) {
   assert.deepEqual([...fakes.pins], [], 'no pinned namespace');
   assert.deepEqual([...fakes.attachments], [], 'no CNI attachment');
   assert.deepEqual([...fakes.containers], [], 'no pause container');
+  assertNoContainerHeld(fakes);
 }
 
-/** ContainerService in front of the fake pod, with an image whose config read fails on demand. */
+/** Nothing of an application container: runtime container, rootfs mount, monitor files (the pod may live on). */
+export function assertNoContainerHeld(fakes: Fakes) {
+  assert.deepEqual([...fakes.appContainers], [], 'no runtime container');
+  assert.deepEqual([...fakes.mounts], [], 'no rootfs mount');
+  assert.deepEqual([...fakes.monitorFiles], [], 'no monitor files');
+}
+
+const SIGNAL_NUMBERS: Record<string, number> = { HUP: 1, INT: 2, QUIT: 3, KILL: 9, USR1: 10, USR2: 12, TERM: 15 };
+
+/**
+ * ContainerService in front of the fake pod, with an image whose config read fails on demand,
+ * a rootfs that mounts only once fakes.layersUnpacked, and a runtime and monitor that record
+ * their calls: a killed container exits with 128 + the signal's number (see gates.exit).
+ */
 export function containerService(svc: SandboxService, cfg: CorralConfig, fakes: Fakes) {
   const image = { id: 'sha256:img', chainIds: ['sha256:layer'] };
   const images = {
@@ -159,26 +200,77 @@ export function containerService(svc: SandboxService, cfg: CorralConfig, fakes: 
       if (fakes.failures.runtimeConfig) throw new Error('injected config read failure');
       return { Cmd: ['/bin/true'] };
     },
-    store: {
-      snapshots: {
-        lowerDirs: () => {
-          throw new Error('no image layers in unit tests');
-        },
-      },
-    },
   } as unknown as ImageService;
-  // Removal deletes the runtime container: recorded, never run.
   const runtime = {
     binary: '/nonexistent-runtime',
     root: path.join(cfg.stateDir, 'runtime'),
-    delete: async (id: string) => void fakes.events.push(`runtime delete ${id}`),
+    async start(id: string) {
+      fakes.events.push('runtime start');
+      if (fakes.failures.containerStart) throw new Error('injected container start failure');
+    },
+    async kill(id: string, signal: string) {
+      fakes.events.push(`runtime kill ${signal}`);
+      if (!fakes.appContainers.has(id) || fakes.exits.has(id)) return;
+      const exit = () => {
+        if (fakes.appContainers.has(id) && !fakes.exits.has(id)) fakes.exits.set(id, { code: 128 + (SIGNAL_NUMBERS[signal] ?? 15), finishedAt: nowNs() });
+      };
+      const g = fakes.gates.exit;
+      if (!g) return exit();
+      delete fakes.gates.exit;
+      g.reached();
+      void g.opened.then(exit, () => {});
+    },
+    async delete(id: string) {
+      fakes.events.push(`runtime delete ${id}`);
+      fakes.appContainers.delete(id);
+    },
   } as unknown as OciRuntime;
+  const rootfs: ContainerRootfs = {
+    async mount(chain, target, layerDir) {
+      // As the real one: the folders first, then the layers, then the mount.
+      await fs.mkdir(path.join(layerDir, 'upper'), { recursive: true });
+      await fs.mkdir(target, { recursive: true });
+      if (!fakes.layersUnpacked) throw new Error('no image layers in unit tests');
+      assert.ok(chain.length > 0);
+      fakes.events.push('mount');
+      fakes.mounts.add(target);
+    },
+    async unmount(target) {
+      if (fakes.mounts.delete(target)) fakes.events.push('unmount');
+    },
+  };
+  const monitor: ContainerMonitor = {
+    async create(opts) {
+      fakes.events.push('conmon create');
+      // The runtime's create can half-succeed: the runtime container exists before the failure.
+      fakes.appContainers.add(opts.id);
+      if (fakes.failures.conmonCreate) throw new Error('injected conmon create failure');
+      fakes.monitorFiles.add(opts.id);
+      return { pid: process.pid };
+    },
+    readExit: async (id) => {
+      const exit = fakes.exits.get(id);
+      return exit ? { ...exit } : null;
+    },
+    async waitForExit(id, timeoutMs) {
+      fakes.events.push(`monitor wait ${timeoutMs}`);
+      const deadline = Date.now() + timeoutMs;
+      while (!fakes.exits.has(id) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 5));
+      return fakes.exits.get(id)?.code ?? null;
+    },
+    async removeFiles(id) {
+      fakes.exits.delete(id);
+      if (fakes.monitorFiles.delete(id)) fakes.events.push('remove monitor files');
+    },
+  };
   const containers = new ContainerService({
     config: cfg,
     logger: silentLogger(),
     sandboxes: svc,
     images,
     runtimeFor: () => runtime,
+    rootfs,
+    monitor,
     availableCapabilities: [],
     oomScoreAdjFloor: -1000,
   });

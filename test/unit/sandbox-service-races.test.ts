@@ -1,148 +1,20 @@
 /**
  * The sandbox lifecycle's lock model and rollback, against in-memory fakes of its ports
- * (network, namespace pinner, pause runtime, sandbox image): no root, no real pods.
- * Each fake records what it holds, so "nothing leaked" is a plain look at the fakes.
+ * (test/helpers/service-fakes.ts: network, namespace pinner, pause runtime, sandbox image):
+ * no root, no real pods. Each fake records what it holds, so "nothing leaked" is a plain
+ * look at the fakes.
  */
 import { test, afterEach } from 'node:test';
 import assert from 'node:assert/strict';
 import { promises as fs } from 'node:fs';
-import os from 'node:os';
 import path from 'node:path';
-import { defaultConfig, type CorralConfig } from '../../src/config/config.js';
-import { silentLogger } from '../../src/util/log.js';
-import { SandboxStore } from '../../src/store/sandbox-store.js';
-import { SandboxService, type NamespacePinner, type PodNetworkDriver, type SandboxContainerRuntime } from '../../src/sandbox/service.js';
-import { ContainerService } from '../../src/container/service.js';
-import type { ImageService } from '../../src/image/image-service.js';
+import type { CorralConfig } from '../../src/config/config.js';
 import { SharedExclusiveLock } from '../../src/util/keyed-lock.js';
 import { containerNameKey, sandboxNameKey } from '../../src/store/names.js';
 import { grpcCode } from '../../src/cri/errors.js';
+import { assertNothingHeld, containerService, gate, makeService, pod, removeServiceDirs, settled } from '../helpers/service-fakes.js';
 
-/** A promise the test settles by hand, and one that says when the fake reached it. */
-function gate() {
-  let open!: () => void;
-  let fail!: (e: Error) => void;
-  const opened = new Promise<void>((res, rej) => {
-    open = res;
-    fail = rej;
-  });
-  let reached!: () => void;
-  const arrived = new Promise<void>((r) => (reached = r));
-  return { open, fail, opened, arrived, reached };
-}
-type Gate = ReturnType<typeof gate>;
-
-/** Whether p settles within ms (the fakes answer at once: 150 ms is ages for them). */
-const settled = async (p: Promise<unknown>, ms = 150) => {
-  let done = false;
-  p.then(() => (done = true), () => (done = true));
-  await new Promise((r) => setTimeout(r, ms));
-  return done;
-};
-
-interface Fakes {
-  events: string[];
-  pins: Set<string>;
-  attachments: Set<string>;
-  containers: Set<string>;
-  /** Set to make the next call wait on it (cleared when reached). */
-  gates: { setUp?: Gate; create?: Gate; runtimeConfig?: Gate };
-  failures: { start?: boolean; tearDown?: boolean; runtimeConfig?: boolean };
-}
-
-const dirs: string[] = [];
-afterEach(async () => {
-  for (const d of dirs.splice(0)) await fs.rm(d, { recursive: true, force: true });
-});
-
-async function makeService(): Promise<{ svc: SandboxService; fakes: Fakes; cfg: CorralConfig; dir: string }> {
-  const dir = await fs.mkdtemp(path.join(os.tmpdir(), 'corral-sandbox-unit-'));
-  dirs.push(dir);
-  const cfg = { ...defaultConfig(), rootDir: path.join(dir, 'root'), stateDir: path.join(dir, 'state'), netnsDir: path.join(dir, 'netns') };
-  const fakes: Fakes = { events: [], pins: new Set(), attachments: new Set(), containers: new Set(), gates: {}, failures: {} };
-  const wait = async (name: keyof Fakes['gates']) => {
-    const g = fakes.gates[name];
-    if (!g) return;
-    delete fakes.gates[name];
-    g.reached();
-    await g.opened;
-  };
-  const network: PodNetworkDriver = {
-    async setUp(req) {
-      fakes.events.push('cni add');
-      fakes.attachments.add(req.containerId); // IPAM reserved before the plugin could fail
-      await wait('setUp');
-      return { podIp: '10.0.0.2', additionalIps: [], attachments: [] };
-    },
-    async tearDown(req) {
-      fakes.events.push('cni del');
-      if (fakes.failures.tearDown) throw new Error('injected DEL failure');
-      fakes.attachments.delete(req.containerId);
-    },
-  };
-  const pinner: NamespacePinner = {
-    pathFor: (id) => path.join(cfg.netnsDir, `corral-${id}`),
-    async create(netnsPath, opts) {
-      fakes.events.push('pin');
-      if (netnsPath) fakes.pins.add(netnsPath);
-      if (opts.utsPath) fakes.pins.add(opts.utsPath);
-      if (opts.ipcPath) fakes.pins.add(opts.ipcPath);
-    },
-    async remove(paths) {
-      fakes.events.push('unpin');
-      for (const p of paths) fakes.pins.delete(p);
-    },
-    isPinned: async (p) => fakes.pins.has(p),
-  };
-  const runtime: SandboxContainerRuntime = {
-    async create(_h, record) {
-      fakes.events.push('pause create');
-      fakes.containers.add(record.id);
-      await wait('create');
-      return process.pid; // a live process, so the pod reads as READY
-    },
-    async start() {
-      fakes.events.push('pause start');
-      if (fakes.failures.start) throw new Error('injected start failure');
-    },
-    async destroy(_h, id) {
-      fakes.events.push('pause destroy');
-      fakes.containers.delete(id);
-    },
-  };
-  const svc = new SandboxService({
-    config: cfg,
-    store: new SandboxStore(cfg.rootDir),
-    logger: silentLogger(),
-    network: () => network,
-    pinner,
-    runtime,
-    sandboxImage: {
-      resolve: async () => ({ path: '/nonexistent-rootfs', args: ['/pause'] }),
-      mount: async () => {},
-      unmount: async () => {},
-    },
-    prepareSysctls: (s) => s,
-  });
-  return { svc, fakes, cfg, dir };
-}
-
-let n = 0;
-/** Host IPC (no /dev/shm tmpfs to mount, so no root needed); pid POD = a pause container. */
-function pod(over: { name?: string; namespace?: string; uid?: string; pid?: string } = {}) {
-  n++;
-  return {
-    metadata: { name: over.name ?? `pod-${n}`, namespace: over.namespace ?? 'ns', uid: over.uid ?? `uid-${n}`, attempt: 0 },
-    hostname: 'pod',
-    linux: { securityContext: { namespaceOptions: { network: 'POD', pid: over.pid ?? 'POD', ipc: 'NODE' } } },
-  };
-}
-
-async function assertNothingHeld(fakes: Fakes) {
-  assert.deepEqual([...fakes.pins], [], 'no pinned namespace');
-  assert.deepEqual([...fakes.attachments], [], 'no CNI attachment');
-  assert.deepEqual([...fakes.containers], [], 'no pause container');
-}
+afterEach(removeServiceDirs);
 
 const recordDirs = async (cfg: CorralConfig) => fs.readdir(path.join(cfg.rootDir, 'sandboxes')).catch(() => [] as string[]);
 
@@ -310,44 +182,6 @@ test('shared/exclusive lock: shared holders overlap, exclusive is alone, arrival
   assert.equal(lock.busy('k'), false, 'an idle key is forgotten');
 });
 
-/** ContainerService in front of the fake pod, with an image whose config read fails on demand. */
-function containerService(svc: SandboxService, cfg: CorralConfig, fakes: Fakes) {
-  const image = { id: 'sha256:img', chainIds: ['sha256:layer'] };
-  const images = {
-    find: async () => image,
-    runtimeConfig: async () => {
-      const g = fakes.gates.runtimeConfig;
-      if (g) {
-        delete fakes.gates.runtimeConfig;
-        g.reached();
-        await g.opened;
-      }
-      if (fakes.failures.runtimeConfig) throw new Error('injected config read failure');
-      return { Cmd: ['/bin/true'] };
-    },
-    store: {
-      snapshots: {
-        lowerDirs: () => {
-          throw new Error('no image layers in unit tests');
-        },
-      },
-    },
-  } as unknown as ImageService;
-  const containers = new ContainerService({
-    config: cfg,
-    logger: silentLogger(),
-    sandboxes: svc,
-    images,
-    runtimeFor: () => {
-      throw new Error('no runtime in unit tests');
-    },
-    availableCapabilities: [],
-    oomScoreAdjFloor: -1000,
-  });
-  svc.containers = { stopAll: (id) => containers.stopAllIn(id), removeAll: (id) => containers.removeAllIn(id) };
-  return containers;
-}
-
 test('CreateContainer failing to read the image config frees the container name', async () => {
   const { svc, fakes, cfg } = await makeService();
   const id = await svc.run(pod(), '');
@@ -393,7 +227,6 @@ test('ContainerStatus and ListContainers racing RemoveContainer never write a re
   // Exited containers conmon has recorded but the record has not caught up with: a status
   // read writes the exit; a removal at the same time must win.
   const ids: string[] = [];
-  await fs.mkdir(path.join(cfg.stateDir, 'exits'), { recursive: true });
   for (let i = 0; i < 20; i++) {
     const id = `c${i}`.padEnd(64, '0');
     ids.push(id);
@@ -405,7 +238,7 @@ test('ContainerStatus and ListContainers racing RemoveContainer never write a re
     };
     await fs.mkdir(path.join(cfg.rootDir, 'containers', id), { recursive: true });
     await fs.writeFile(path.join(cfg.rootDir, 'containers', id, 'container.json'), JSON.stringify(rec));
-    await fs.writeFile(path.join(cfg.stateDir, 'exits', id), '0');
+    fakes.exits.set(id, { code: 0, finishedAt: '2' }); // conmon's exit file
   }
   await containers.recover();
   await Promise.all(ids.flatMap((id) => [containers.status(id).catch(() => undefined), containers.list(), containers.remove(id)]));
