@@ -1,0 +1,70 @@
+/**
+ * src/cri-api/types.ts is generated from the proto: it must be what `npm run gen:types`
+ * writes today, and its decoded shapes must be what the server's deserializer produces.
+ */
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { execFileSync } from 'node:child_process';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { REQUEST_OBJECT, protoRoot } from '../../src/cri/proto.js';
+
+const repoRoot = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../../..');
+const committed = path.join(repoRoot, 'src', 'cri-api', 'types.ts');
+
+test('the committed CRI types are what npm run gen:types generates from the proto', (t) => {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'corral-gen-types-'));
+  t.after(() => fs.rmSync(dir, { recursive: true, force: true }));
+  execFileSync(path.join(repoRoot, 'node_modules', '.bin', 'tsx'), ['scripts/gen-cri-types.ts', '--out', dir], { cwd: repoRoot, stdio: 'pipe' });
+  const fresh = fs.readFileSync(path.join(dir, 'types.ts'), 'utf8');
+  assert.ok(fresh.includes('export interface PodSandboxConfig {'), 'the generator wrote no PodSandboxConfig');
+  assert.ok(fresh === fs.readFileSync(committed, 'utf8'), 'src/cri-api/types.ts is stale: run `npm run gen:types` and commit the result');
+});
+
+/** Field name → type text of every `export interface X {` (decoded shapes only). */
+function decodedShapes(source: string): Map<string, Map<string, string>> {
+  const shapes = new Map<string, Map<string, string>>();
+  for (const m of source.matchAll(/^export interface (\w+) \{\n([^}]*(?:\{[^}]*\}[^}]*)*)\n\}/gm)) {
+    if (m[1]!.endsWith('Init') || m[1]!.endsWith('Methods')) continue;
+    const fields = new Map<string, string>();
+    for (const line of m[2]!.split('\n')) {
+      const f = /^ {2}(\w+): (.*);$/.exec(line);
+      if (f) fields.set(f[1]!, f[2]!);
+    }
+    shapes.set(m[1]!, fields);
+  }
+  return shapes;
+}
+
+test('every decoded shape matches what the server deserializer produces for an empty message', () => {
+  const shapes = decodedShapes(fs.readFileSync(committed, 'utf8'));
+  assert.ok(shapes.size > 150, `expected the schema's messages, found ${shapes.size}`);
+  for (const [name, fields] of shapes) {
+    const type = protoRoot().lookupType(`runtime.v1.${name}`);
+    const decoded = type.toObject(type.decode(new Uint8Array()), REQUEST_OBJECT) as Record<string, unknown>;
+    assert.deepEqual(Object.keys(decoded).sort(), [...fields.keys()].sort(), `${name}: field names`);
+    for (const [field, text] of fields) {
+      const v = decoded[field];
+      const where = `${name}.${field}: ${text}`;
+      if (text.startsWith('{ [key: string]')) assert.deepEqual(v, {}, where);
+      else if (text.endsWith('[]')) assert.deepEqual(v, [], where);
+      else if (text.endsWith(' | null')) assert.equal(v, null, where);
+      else if (text === 'number') assert.equal(typeof v, 'number', where);
+      else if (text === 'string') assert.equal(v, '', where);
+      else if (text === 'boolean') assert.equal(v, false, where);
+      else if (text === 'Buffer') assert.ok(Buffer.isBuffer(v), where);
+      else if (text.endsWith(' | number')) assert.equal(typeof v, 'string', where); // an enum, by name
+      else assert.fail(`${where}: no check for this type`);
+    }
+  }
+});
+
+test('an enum value the schema does not name arrives as its number, as the generated type says', () => {
+  const type = protoRoot().lookupType('runtime.v1.PortMapping');
+  const bytes = type.encode(type.fromObject({ protocol: 7, containerPort: 80 })).finish();
+  const decoded = type.toObject(type.decode(bytes), REQUEST_OBJECT) as Record<string, unknown>;
+  assert.equal(decoded.protocol, 7);
+  assert.equal(decoded.containerPort, 80);
+});
