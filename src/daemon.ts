@@ -28,6 +28,7 @@ import { ImageService } from './image/image-service.js';
 import { mountOverlayRootfs, unmountOverlayRootfs } from './image/snapshots.js';
 import { CorralError } from './errors.js';
 import { readSeccompProfile, resolveSeccomp } from './oci/seccomp-choice.js';
+import type { LinuxSandboxSecurityContext } from './cri-api/types.js';
 
 export interface Daemon {
   sandboxes: SandboxService;
@@ -79,7 +80,7 @@ export async function startDaemon(cfg: CorralConfig, logger: Logger): Promise<Da
   const containerRuntime: SandboxContainerRuntime = {
     async create(handler, record, b) {
       const ns = namespaceChoice(record.config);
-      const sc = record.config.linux?.securityContext ?? {};
+      const sc = record.config.linux?.securityContext ?? ({} as Partial<LinuxSandboxSecurityContext>);
       const spec = buildSandboxSpec({
         sandboxId: record.id,
         name: record.metadata.name,

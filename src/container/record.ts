@@ -3,6 +3,8 @@
  * src/store/container-store.ts, next to the writable layer) and, volatile, the bundle,
  * rootfs mount point and conmon files under `<state_dir>/containers/<id>/`.
  */
+import type { ContainerConfig } from '../cri-api/types.js';
+
 export type ContainerState = 'creating' | 'created' | 'running' | 'exited';
 
 export interface ContainerRecord {
@@ -15,7 +17,7 @@ export interface ContainerRecord {
   nameKey?: string;
   metadata: { name: string; attempt: number };
   /** The ContainerConfig as received (camelCase). */
-  config: any;
+  config: ContainerConfig;
   /** Image ID (config digest) and the reference the container was created from. */
   imageId: string;
   imageRef: string;

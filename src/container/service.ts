@@ -28,6 +28,10 @@ import { readImageAccountFile } from '../image/image-user.js';
 import { buildContainerSpec, containerArgs, containerLogPath, containerCapabilities, containerEnv, mountPropagationOf, propagationProblem, resolveUser, type PodNamespaces } from '../oci/container-spec.js';
 import { conmonCreate, readExitCode, removeConmonFiles, waitForExit } from '../oci/conmon.js';
 import type { ContainerRecord } from './record.js';
+import type { ContainerConfig, ContainerMetadata, ImageSpec, LinuxContainerConfig, LinuxContainerResources, LinuxContainerSecurityContext } from '../cri-api/types.js';
+
+/** A ContainerConfig whose metadata and image create() has checked. */
+type CheckedContainerConfig = ContainerConfig & { metadata: ContainerMetadata; image: ImageSpec };
 import { ContainerStore } from '../store/container-store.js';
 import { KeyedLock } from '../util/keyed-lock.js';
 import { msToNs, nowNs } from '../util/time.js';
@@ -87,14 +91,14 @@ export class ContainerService {
 
   // ---------------------------------------------------------------- Create
 
-  async create(sandboxIdOrPrefix: string, config: any): Promise<string> {
+  async create(sandboxIdOrPrefix: string, config: ContainerConfig): Promise<string> {
     if (!sandboxIdOrPrefix) throw invalidArgument('pod_sandbox_id is required');
     if (!config?.metadata?.name) throw invalidArgument('container metadata.name is required');
     if (!config?.image?.image) throw invalidArgument('container image is required (ContainerConfig.image.image)');
     const sandboxId = this.deps.sandboxes.index.resolve(sandboxIdOrPrefix);
     // The pod's lock, shared: its Stop/Remove wait for this creation (and see the container
     // it made), and a creation arriving after them finds the pod stopped or gone.
-    return this.deps.sandboxes.underSharedLock(sandboxId, (sandbox) => this.createLocked(sandboxId, sandbox, config));
+    return this.deps.sandboxes.underSharedLock(sandboxId, (sandbox) => this.createLocked(sandboxId, sandbox, config as CheckedContainerConfig));
   }
 
   /**
@@ -102,7 +106,7 @@ export class ContainerService {
    * first, then each step pushes its undo beside its side effect, and the same policy
    * (runWithRollback) unwinds them on failure.
    */
-  private async createLocked(sandboxId: string, sandbox: SandboxRecord | undefined, config: any): Promise<string> {
+  private async createLocked(sandboxId: string, sandbox: SandboxRecord | undefined, config: CheckedContainerConfig): Promise<string> {
     const { sandboxes, images, logger } = this.deps;
     const meta = config.metadata;
     const imageRef: string = config.image.image;
@@ -258,8 +262,8 @@ export class ContainerService {
 
   private async spec(record: ContainerRecord, sandbox: SandboxRecord, imageConfig: any) {
     const c = record.config;
-    const linux = c.linux ?? {};
-    const sc = linux.securityContext ?? {};
+    const linux = c.linux ?? ({} as Partial<LinuxContainerConfig>);
+    const sc = linux.securityContext ?? ({} as Partial<LinuxContainerSecurityContext>);
     const rootfs = record.resources.rootfs!.target;
     const readText = (p: 'etc/passwd' | 'etc/group') => readImageAccountFile(rootfs, p);
     const user = userOrRefuse({
@@ -275,7 +279,7 @@ export class ContainerService {
     if (args.length === 0) throw invalidArgument('the container has no command: neither the config nor the image gives one');
     const privileged = Boolean(sc.privileged);
     const caps = containerCapabilities(privileged, sc.capabilities?.addCapabilities ?? [], sc.capabilities?.dropCapabilities ?? [], this.deps.availableCapabilities);
-    const res = linux.resources ?? {};
+    const res = linux.resources ?? ({} as Partial<LinuxContainerResources>);
     const mounts = [];
     for (const m of c.mounts ?? []) {
       if (!m.containerPath || !m.hostPath) throw invalidArgument('every mount needs container_path and host_path');

@@ -82,8 +82,8 @@ function requireId(id: unknown): string {
 
 function namespaceOptions(rec: SandboxRecord) {
   const ns = namespaceChoice(rec.config);
-  const o = rec.config?.linux?.securityContext?.namespaceOptions ?? {};
-  return { network: ns.network, pid: ns.pid, ipc: ns.ipc, targetId: o.targetId ?? '' };
+  const o = rec.config?.linux?.securityContext?.namespaceOptions;
+  return { network: ns.network, pid: ns.pid, ipc: ns.ipc, targetId: o?.targetId ?? '' };
 }
 
 function verboseInfo(rec: SandboxRecord) {

@@ -17,6 +17,8 @@ import type { ImageService } from '../../src/image/image-service.js';
 import { SharedExclusiveLock } from '../../src/util/keyed-lock.js';
 import { containerNameKey, sandboxNameKey } from '../../src/store/names.js';
 import { grpcCode } from '../../src/cri/errors.js';
+import type { PodSandboxConfig } from '../../src/cri-api/types.js';
+import { containerConfig } from '../helpers/cri-messages.js';
 
 /** A promise the test settles by hand, and one that says when the fake reached it. */
 function gate() {
@@ -135,7 +137,7 @@ function pod(over: { name?: string; namespace?: string; uid?: string; pid?: stri
     metadata: { name: over.name ?? `pod-${n}`, namespace: over.namespace ?? 'ns', uid: over.uid ?? `uid-${n}`, attempt: 0 },
     hostname: 'pod',
     linux: { securityContext: { namespaceOptions: { network: 'POD', pid: over.pid ?? 'POD', ipc: 'NODE' } } },
-  };
+  } as PodSandboxConfig; // a partial message: see test/helpers/cri-messages.ts
 }
 
 async function assertNothingHeld(fakes: Fakes) {
@@ -353,7 +355,7 @@ test('CreateContainer failing to read the image config frees the container name'
   const id = await svc.run(pod(), '');
   const containers = containerService(svc, cfg, fakes);
   fakes.failures.runtimeConfig = true;
-  const config = { metadata: { name: 'app', attempt: 0 }, image: { image: 'img' } };
+  const config = containerConfig({ metadata: { name: 'app', attempt: 0 }, image: { image: 'img' } });
   await assert.rejects(containers.create(id, config), /injected config read failure/);
   // Before the fix the second attempt was refused: ALREADY_EXISTS, the name held by an ID that never existed.
   await assert.rejects(containers.create(id, config), (e: any) => {
@@ -370,7 +372,7 @@ test('CreateContainer racing RemovePodSandbox: Remove waits for the creation, wh
   const id = await svc.run(pod(), '');
   const containers = containerService(svc, cfg, fakes);
   const g = (fakes.gates.runtimeConfig = gate());
-  const create = containers.create(id, { metadata: { name: 'app', attempt: 0 }, image: { image: 'img' } });
+  const create = containers.create(id, containerConfig({ metadata: { name: 'app', attempt: 0 }, image: { image: 'img' } }));
   await g.arrived;
   const remove = svc.remove(id);
   assert.equal(await settled(remove), false, 'Remove waits for the container being created');
@@ -378,7 +380,7 @@ test('CreateContainer racing RemovePodSandbox: Remove waits for the creation, wh
   g.open();
   await assert.rejects(create);
   await remove;
-  const late = containers.create(id, { metadata: { name: 'app', attempt: 1 }, image: { image: 'img' } });
+  const late = containers.create(id, containerConfig({ metadata: { name: 'app', attempt: 1 }, image: { image: 'img' } }));
   await assert.rejects(late, (e: any) => grpcCode(e) === 5, 'a creation after the Remove finds no pod');
   assert.deepEqual(await containers.list(), []);
   assert.deepEqual(await fs.readdir(path.join(cfg.rootDir, 'containers')).catch(() => []), []);
@@ -421,9 +423,9 @@ test('container names that join to the same string with "_" in different pods do
   fakes.failures.runtimeConfig = true;
   // The first creation holds its name while it waits; the second, in the other pod, must get its own.
   const g = (fakes.gates.runtimeConfig = gate());
-  const first = containers.create(podA, { metadata: { name: 'app', attempt: 0 }, image: { image: 'img' } });
+  const first = containers.create(podA, containerConfig({ metadata: { name: 'app', attempt: 0 }, image: { image: 'img' } }));
   await g.arrived;
-  const second = containers.create(podB, { metadata: { name: 'app', attempt: 0 }, image: { image: 'img' } });
+  const second = containers.create(podB, containerConfig({ metadata: { name: 'app', attempt: 0 }, image: { image: 'img' } }));
   await assert.rejects(second, (e: any) => {
     assert.doesNotMatch(e.message, /reserved/, 'not refused as a duplicate name');
     return /injected config read failure/.test(e.message);
