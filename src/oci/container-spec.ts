@@ -34,9 +34,14 @@ export function containerArgs(command: readonly string[], args: readonly string[
   return [...entrypoint, ...cmd];
 }
 
+/** A CRI KeyValue's value (bytes in Corral's proto) as text: UTF-8, whether a Buffer or its JSON form from a stored record. */
+export function envValueText(value: string | Buffer | { data: number[] }): string {
+  if (typeof value === 'string') return value;
+  return (Buffer.isBuffer(value) ? value : Buffer.from(value.data)).toString('utf8');
+}
+
 /** Image Env, then the container's envs (a later key replaces an earlier one in place); PATH defaulted. */
-/** `value` is bytes in Corral's proto (KeyValue.value), read as UTF-8 as before. */
-export function containerEnv(imageEnv: readonly string[], envs: readonly { key: string; value: string | Buffer }[]): string[] {
+export function containerEnv(imageEnv: readonly string[], envs: readonly { key: string; value: string | Buffer | { data: number[] } }[]): string[] {
   const order: string[] = [];
   const values = new Map<string, string>();
   const set = (key: string, value: string) => {
@@ -47,7 +52,7 @@ export function containerEnv(imageEnv: readonly string[], envs: readonly { key: 
     const eq = e.indexOf('=');
     set(eq < 0 ? e : e.slice(0, eq), eq < 0 ? '' : e.slice(eq + 1));
   }
-  for (const e of envs) set(e.key, String(e.value));
+  for (const e of envs) set(e.key, envValueText(e.value));
   if (!values.has('PATH')) set('PATH', DEFAULT_PATH_ENV.slice('PATH='.length));
   return order.map((k) => `${k}=${values.get(k)}`);
 }

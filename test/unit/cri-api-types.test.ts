@@ -9,7 +9,10 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { REQUEST_OBJECT, protoRoot } from '../../src/cri/proto.js';
+import { REQUEST_OBJECT, protoRoot, runtimeServiceDefinition } from '../../src/cri/proto.js';
+import type { ContainerConfig, CreateContainerRequest, PodSandboxConfig } from '../../src/cri-api/types.js';
+import type { StoredContainerConfig } from '../../src/container/record.js';
+import { containerEnv } from '../../src/oci/container-spec.js';
 
 const repoRoot = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../../..');
 const committed = path.join(repoRoot, 'src', 'cri-api', 'types.ts');
@@ -67,4 +70,36 @@ test('an enum value the schema does not name arrives as its number, as the gener
   const decoded = type.toObject(type.decode(bytes), REQUEST_OBJECT) as Record<string, unknown>;
   assert.equal(decoded.protocol, 7);
   assert.equal(decoded.containerPort, 80);
+});
+
+test('the generated module imports nothing: the domain may use it without the transport', () => {
+  const source = fs.readFileSync(committed, 'utf8');
+  assert.doesNotMatch(source, /^\s*(import|export\s+\*|export\s+\{[^}]*\}\s+from)\b/m);
+  assert.doesNotMatch(source, /\brequire\(|\bimport\(/);
+});
+
+/** Whether a bytes field (Buffer) is reachable in T: those do not survive a record's JSON round trip as such. */
+type HasBytes<T> = T extends Buffer ? true
+  : T extends (infer U)[] ? HasBytes<U>
+  : T extends object ? (true extends { [K in keyof T]-?: HasBytes<T[K]> }[keyof T] ? true : false)
+  : false;
+
+test('records: a PodSandboxConfig has no bytes (stored as is); a ContainerConfig only in envs, whose text survives the JSON round trip', () => {
+  // Compile-time: each line fails to build if the schema grows bytes elsewhere.
+  const sandboxBytes: HasBytes<PodSandboxConfig> = false;
+  const containerBytes: HasBytes<ContainerConfig> = true;
+  const containerBytesOutsideEnvs: HasBytes<Omit<ContainerConfig, 'envs'>> = false;
+  assert.deepEqual([sandboxBytes, containerBytes, containerBytesOutsideEnvs], [false, true, false]);
+
+  const create = runtimeServiceDefinition.CreateContainer!;
+  const req = create.requestDeserialize(create.requestSerialize({
+    podSandboxId: 'p',
+    config: { metadata: { name: 'c' }, image: { image: 'i' }, envs: [{ key: 'GREETING', value: Buffer.from('grüß dich') }] },
+  })) as CreateContainerRequest;
+  const received: StoredContainerConfig = req.config!;
+  assert.ok(Buffer.isBuffer(received.envs[0]!.value), 'KeyValue.value is bytes in the proto');
+  const reloaded = JSON.parse(JSON.stringify(received)) as StoredContainerConfig;
+  assert.ok(!Buffer.isBuffer(reloaded.envs[0]!.value), 'a stored record holds the JSON form');
+  assert.deepEqual(containerEnv([], reloaded.envs), containerEnv([], received.envs));
+  assert.equal(containerEnv([], reloaded.envs)[0], 'GREETING=grüß dich');
 });
