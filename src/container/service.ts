@@ -17,6 +17,7 @@ import { IdIndex, generateId } from '../store/ids.js';
 import { NameRegistry, containerName, containerNameKey } from '../store/names.js';
 import type { SandboxService } from '../sandbox/service.js';
 import type { SandboxRecord } from '../sandbox/record.js';
+import type { ContainerConfig, ContainerMetadata, ImageSpec, LinuxContainerConfig, LinuxContainerResources, LinuxContainerSecurityContext } from '../cri-api/types.js';
 import { PIN_FILES, namespaceChoice, namespaceMode, namespacePlan } from '../sandbox/options.js';
 import { sandboxFilePaths } from '../sandbox/files.js';
 import type { ImageService } from '../image/image-service.js';
@@ -28,10 +29,6 @@ import { readImageAccountFile } from '../image/image-user.js';
 import { buildContainerSpec, containerArgs, containerLogPath, containerCapabilities, containerEnv, mountPropagationOf, propagationProblem, resolveUser, type PodNamespaces } from '../oci/container-spec.js';
 import { conmonCreate, readExitCode, removeConmonFiles, waitForExit } from '../oci/conmon.js';
 import type { ContainerRecord } from './record.js';
-import type { ContainerConfig, ContainerMetadata, ImageSpec, LinuxContainerConfig, LinuxContainerResources, LinuxContainerSecurityContext } from '../cri-api/types.js';
-
-/** A ContainerConfig whose metadata and image create() has checked. */
-type CheckedContainerConfig = ContainerConfig & { metadata: ContainerMetadata; image: ImageSpec };
 import { ContainerStore } from '../store/container-store.js';
 import { KeyedLock } from '../util/keyed-lock.js';
 import { msToNs, nowNs } from '../util/time.js';
@@ -638,3 +635,6 @@ export class ContainerService {
     return { recovered: this.records.size, rolledBack };
   }
 }
+
+/** A ContainerConfig whose metadata and image create() has checked. */
+type CheckedContainerConfig = ContainerConfig & { metadata: ContainerMetadata; image: ImageSpec };
