@@ -30,6 +30,7 @@ import { CorralError } from './errors.js';
 import { conmonCreate, readExitCode, removeConmonFiles, waitForExit } from './oci/conmon.js';
 import { msToNs, nowNs } from './util/time.js';
 import { readSeccompProfile, resolveSeccomp } from './oci/seccomp-choice.js';
+import type { LinuxSandboxSecurityContext } from './cri-api/types.js';
 
 export interface Daemon {
   sandboxes: SandboxService;
@@ -81,7 +82,7 @@ export async function startDaemon(cfg: CorralConfig, logger: Logger): Promise<Da
   const containerRuntime: SandboxContainerRuntime = {
     async create(handler, record, b) {
       const ns = namespaceChoice(record.config);
-      const sc = record.config.linux?.securityContext ?? {};
+      const sc = record.config.linux?.securityContext ?? ({} as Partial<LinuxSandboxSecurityContext>);
       const spec = buildSandboxSpec({
         sandboxId: record.id,
         name: record.metadata.name,

@@ -3,6 +3,21 @@
  * src/store/container-store.ts, next to the writable layer) and, volatile, the bundle,
  * rootfs mount point and conmon files under `<state_dir>/containers/<id>/`.
  */
+import type { ContainerConfig } from '../cri-api/types.js';
+
+/** A Buffer as JSON.stringify writes it: how a bytes field reads back from a record on disk. */
+export interface JsonBuffer {
+  type: 'Buffer';
+  data: number[];
+}
+
+/**
+ * The ContainerConfig as received (camelCase) and as stored: its one bytes field
+ * (envs[].value, bytes in Corral's proto) is a Buffer in memory and a JsonBuffer once the
+ * record was read back from disk.
+ */
+export type StoredContainerConfig = Omit<ContainerConfig, 'envs'> & { envs: { key: string; value: Buffer | JsonBuffer }[] };
+
 export type ContainerState = 'creating' | 'created' | 'running' | 'exited';
 
 export interface ContainerRecord {
@@ -14,8 +29,8 @@ export interface ContainerRecord {
   /** The reservation key (containerNameKey); records from before it existed reserve `name`. */
   nameKey?: string;
   metadata: { name: string; attempt: number };
-  /** The ContainerConfig as received (camelCase). */
-  config: any;
+  /** The ContainerConfig as received (camelCase); see StoredContainerConfig. */
+  config: StoredContainerConfig;
   /** Image ID (config digest) and the reference the container was created from. */
   imageId: string;
   imageRef: string;

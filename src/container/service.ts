@@ -17,6 +17,7 @@ import { IdIndex, generateId } from '../store/ids.js';
 import { NameRegistry, containerName, containerNameKey } from '../store/names.js';
 import type { SandboxService } from '../sandbox/service.js';
 import type { SandboxRecord } from '../sandbox/record.js';
+import type { ContainerConfig, ContainerMetadata, ImageSpec, LinuxContainerConfig, LinuxContainerResources, LinuxContainerSecurityContext } from '../cri-api/types.js';
 import { PIN_FILES, namespaceChoice, namespaceMode, namespacePlan } from '../sandbox/options.js';
 import { sandboxFilePaths } from '../sandbox/files.js';
 import type { ImageService } from '../image/image-service.js';
@@ -106,14 +107,14 @@ export class ContainerService {
 
   // ---------------------------------------------------------------- Create
 
-  async create(sandboxIdOrPrefix: string, config: any): Promise<string> {
+  async create(sandboxIdOrPrefix: string, config: ContainerConfig): Promise<string> {
     if (!sandboxIdOrPrefix) throw invalidArgument('pod_sandbox_id is required');
     if (!config?.metadata?.name) throw invalidArgument('container metadata.name is required');
     if (!config?.image?.image) throw invalidArgument('container image is required (ContainerConfig.image.image)');
     const sandboxId = this.deps.sandboxes.index.resolve(sandboxIdOrPrefix);
     // The pod's lock, shared: its Stop/Remove wait for this creation (and see the container
     // it made), and a creation arriving after them finds the pod stopped or gone.
-    return this.deps.sandboxes.underSharedLock(sandboxId, (sandbox) => this.createLocked(sandboxId, sandbox, config));
+    return this.deps.sandboxes.underSharedLock(sandboxId, (sandbox) => this.createLocked(sandboxId, sandbox, config as CheckedContainerConfig));
   }
 
   /**
@@ -121,7 +122,7 @@ export class ContainerService {
    * first, then each step pushes its undo beside its side effect, and the same policy
    * (runWithRollback) unwinds them on failure.
    */
-  private async createLocked(sandboxId: string, sandbox: SandboxRecord | undefined, config: any): Promise<string> {
+  private async createLocked(sandboxId: string, sandbox: SandboxRecord | undefined, config: CheckedContainerConfig): Promise<string> {
     const { sandboxes, images, logger } = this.deps;
     const meta = config.metadata;
     const imageRef: string = config.image.image;
@@ -274,8 +275,8 @@ export class ContainerService {
 
   private async spec(record: ContainerRecord, sandbox: SandboxRecord, imageConfig: any) {
     const c = record.config;
-    const linux = c.linux ?? {};
-    const sc = linux.securityContext ?? {};
+    const linux = c.linux ?? ({} as Partial<LinuxContainerConfig>);
+    const sc = linux.securityContext ?? ({} as Partial<LinuxContainerSecurityContext>);
     const rootfs = record.resources.rootfs!.target;
     const readText = (p: 'etc/passwd' | 'etc/group') => readImageAccountFile(rootfs, p);
     const user = userOrRefuse({
@@ -291,7 +292,7 @@ export class ContainerService {
     if (args.length === 0) throw invalidArgument('the container has no command: neither the config nor the image gives one');
     const privileged = Boolean(sc.privileged);
     const caps = containerCapabilities(privileged, sc.capabilities?.addCapabilities ?? [], sc.capabilities?.dropCapabilities ?? [], this.deps.availableCapabilities);
-    const res = linux.resources ?? {};
+    const res = linux.resources ?? ({} as Partial<LinuxContainerResources>);
     const mounts = [];
     for (const m of c.mounts ?? []) {
       if (!m.containerPath || !m.hostPath) throw invalidArgument('every mount needs container_path and host_path');
@@ -649,3 +650,6 @@ export class ContainerService {
     return { recovered: this.records.size, rolledBack };
   }
 }
+
+/** A ContainerConfig whose metadata and image create() has checked. */
+type CheckedContainerConfig = ContainerConfig & { metadata: ContainerMetadata; image: ImageSpec };

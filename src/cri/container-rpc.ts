@@ -2,8 +2,10 @@
 import type { ContainerService } from '../container/service.js';
 import type { ContainerRecord } from '../container/record.js';
 import { invalidArgument } from '../errors.js';
+import type { RuntimeHandlers } from './rpc-types.js';
+import type { ContainerFilter, ContainerState as CriContainerState } from '../cri-api/types.js';
 
-const CRI_STATE: Record<ContainerRecord['state'], string> = {
+const CRI_STATE: Record<ContainerRecord['state'], CriContainerState> = {
   creating: 'CONTAINER_UNKNOWN',
   created: 'CONTAINER_CREATED',
   running: 'CONTAINER_RUNNING',
@@ -24,29 +26,29 @@ export function containerHandlers(containers: ContainerService) {
   });
 
   return {
-    async CreateContainer(req: any) {
+    async CreateContainer(req) {
       if (!req.config) throw invalidArgument('CreateContainer needs a container config');
       const containerId = await containers.create(req.podSandboxId ?? '', req.config);
       return { containerId };
     },
 
-    async StartContainer(req: any) {
+    async StartContainer(req) {
       await containers.start(requireId(req.containerId));
       return {};
     },
 
-    async StopContainer(req: any) {
+    async StopContainer(req) {
       await containers.stop(requireId(req.containerId), Number(req.timeout ?? 0));
       return {};
     },
 
-    async RemoveContainer(req: any) {
+    async RemoveContainer(req) {
       await containers.remove(requireId(req.containerId));
       return {};
     },
 
-    async ListContainers(req: any) {
-      const f = req.filter ?? {};
+    async ListContainers(req) {
+      const f = req.filter ?? ({} as Partial<ContainerFilter>);
       let list = await containers.list();
       if (f.id) {
         let id: string | undefined;
@@ -57,14 +59,15 @@ export function containerHandlers(containers: ContainerService) {
         }
         list = list.filter((r) => r.id === id);
       }
-      if (f.podSandboxId) list = list.filter((r) => r.sandboxId.startsWith(f.podSandboxId));
-      if (f.state) list = list.filter((r) => CRI_STATE[r.state] === f.state.state);
+      const { podSandboxId, state } = f;
+      if (podSandboxId) list = list.filter((r) => r.sandboxId.startsWith(podSandboxId));
+      if (state) list = list.filter((r) => CRI_STATE[r.state] === state.state);
       const selector: Record<string, string> = f.labelSelector ?? {};
       list = list.filter((r) => Object.entries(selector).every(([k, v]) => (r.config.labels ?? {})[k] === v));
       return { containers: list.map(summary) };
     },
 
-    async ContainerStatus(req: any) {
+    async ContainerStatus(req) {
       const r = await containers.status(requireId(req.containerId));
       const status = {
         ...summary(r),
@@ -73,7 +76,7 @@ export function containerHandlers(containers: ContainerService) {
         exitCode: r.exitCode,
         reason: r.reason,
         message: r.message,
-        mounts: (r.config.mounts ?? []).map((m: any) => ({ containerPath: m.containerPath, hostPath: m.hostPath, readonly: Boolean(m.readonly), propagation: m.propagation })),
+        mounts: (r.config.mounts ?? []).map((m) => ({ containerPath: m.containerPath, hostPath: m.hostPath, readonly: Boolean(m.readonly), propagation: m.propagation })),
         logPath: r.logPath,
       };
       const info: Record<string, string> = {};
@@ -81,7 +84,7 @@ export function containerHandlers(containers: ContainerService) {
       return { status, info };
     },
 
-    async ExecSync(req: any, call?: { cancelled: boolean }) {
+    async ExecSync(req, call) {
       // A client that goes away (its deadline, a cancel) must not leave the command running.
       const gone = new AbortController();
       const watch = setInterval(() => call?.cancelled && gone.abort(), 500);
@@ -92,7 +95,7 @@ export function containerHandlers(containers: ContainerService) {
         clearInterval(watch);
       }
     },
-  };
+  } satisfies RuntimeHandlers;
 }
 
 function requireId(id: unknown): string {

@@ -7,6 +7,8 @@ import type { ImageService } from '../image/image-service.js';
 import { imageUser } from '../image/image-user.js';
 import { invalidArgument } from '../errors.js';
 import { nowNs } from '../util/time.js';
+import type { ImageHandlers } from './rpc-types.js';
+import type { ImageSpec } from '../cri-api/types.js';
 
 export function imageHandlers(cfg: CorralConfig, images: ImageService) {
   const toCri = (i: ImageRecord) => {
@@ -24,7 +26,7 @@ export function imageHandlers(cfg: CorralConfig, images: ImageService) {
   };
 
   return {
-    async PullImage(req: any) {
+    async PullImage(req) {
       const ref = requireImage(req.image);
       const auth = req.auth
         ? {
@@ -40,7 +42,7 @@ export function imageHandlers(cfg: CorralConfig, images: ImageService) {
       return { imageRef: image.id };
     },
 
-    async ListImages(req: any) {
+    async ListImages(req) {
       const wanted: string = req.filter?.image?.image ?? '';
       let list = await images.list();
       if (wanted) {
@@ -50,7 +52,7 @@ export function imageHandlers(cfg: CorralConfig, images: ImageService) {
       return { images: list.map(toCri) };
     },
 
-    async ImageStatus(req: any) {
+    async ImageStatus(req) {
       const ref = requireImage(req.image);
       const image = await images.find(ref);
       // An unknown image is not an error: the CRI answers with an empty image.
@@ -63,7 +65,7 @@ export function imageHandlers(cfg: CorralConfig, images: ImageService) {
       return { image: toCri(image), info };
     },
 
-    async RemoveImage(req: any) {
+    async RemoveImage(req) {
       await images.remove(requireImage(req.image));
       return {};
     },
@@ -77,10 +79,10 @@ export function imageHandlers(cfg: CorralConfig, images: ImageService) {
       const [imageFs, containerFs] = await Promise.all([usage(images.store.root), usage(path.join(cfg.rootDir, 'containers'))]);
       return { imageFilesystems: [imageFs], containerFilesystems: [containerFs] };
     },
-  };
+  } satisfies ImageHandlers;
 }
 
-function requireImage(spec: any): string {
+function requireImage(spec: ImageSpec | null): string {
   const ref = spec?.image;
   if (typeof ref !== 'string' || ref === '') throw invalidArgument('an image reference is required (ImageSpec.image)');
   return ref;

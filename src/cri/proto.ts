@@ -43,8 +43,8 @@ export const IMAGE_RPCS = ['ListImages', 'StreamImages', 'ImageStatus', 'PullIma
 export type RuntimeRpcName = (typeof RUNTIME_RPCS)[number];
 export type ImageRpcName = (typeof IMAGE_RPCS)[number];
 
-/** toObject options for messages the server receives (requests). */
-const REQUEST_OBJECT: Protobuf.IConversionOptions = { longs: Number, enums: String, defaults: true, oneofs: true };
+/** toObject options for messages the server receives (requests); src/cri-api/types.ts is generated from them. */
+export const REQUEST_OBJECT: Protobuf.IConversionOptions = { longs: Number, enums: String, defaults: true, oneofs: true };
 /** toObject options for messages the client receives (responses). */
 const RESPONSE_OBJECT: Protobuf.IConversionOptions = { longs: String, enums: String, defaults: true, oneofs: true };
 

@@ -1,6 +1,7 @@
 /** RuntimeService handlers about the runtime itself: Version, Status, RuntimeConfig, UpdateRuntimeConfig. */
 import type { CorralConfig } from '../config/config.js';
 import { CORRAL_VERSION, CRI_API_VERSION, RUNTIME_NAME } from '../version.js';
+import type { RuntimeHandlers } from './rpc-types.js';
 
 export interface NetworkReadiness {
   ready: boolean;
@@ -19,7 +20,7 @@ export function runtimeInfoHandlers(config: CorralConfig, settings: RuntimeSetti
       return { version: '0.1.0', runtimeName: RUNTIME_NAME, runtimeVersion: CORRAL_VERSION, runtimeApiVersion: CRI_API_VERSION };
     },
 
-    async Status(req: any) {
+    async Status(req) {
       const net = network();
       const conditions = [
         { type: 'RuntimeReady', status: true, reason: '', message: '' },
@@ -44,10 +45,10 @@ export function runtimeInfoHandlers(config: CorralConfig, settings: RuntimeSetti
       return { linux: { cgroupDriver: 'CGROUPFS' } };
     },
 
-    async UpdateRuntimeConfig(req: any) {
+    async UpdateRuntimeConfig(req) {
       const cidr: string = req.runtimeConfig?.networkConfig?.podCidr ?? '';
       settings.podCidrs = cidr.split(',').map((c) => c.trim()).filter(Boolean);
       return {};
     },
-  };
+  } satisfies RuntimeHandlers;
 }

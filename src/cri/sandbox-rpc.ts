@@ -4,26 +4,28 @@ import type { SandboxRecord } from '../sandbox/record.js';
 import { namespaceChoice } from '../sandbox/options.js';
 import { invalidArgument } from '../errors.js';
 import { nowNs } from '../util/time.js';
+import type { RuntimeHandlers } from './rpc-types.js';
+import type { PodSandboxFilter } from '../cri-api/types.js';
 
 export function sandboxHandlers(sandboxes: SandboxService) {
   return {
-    async RunPodSandbox(req: any) {
+    async RunPodSandbox(req) {
       if (!req.config) throw invalidArgument('RunPodSandbox needs a sandbox config');
       const podSandboxId = await sandboxes.run(req.config, req.runtimeHandler ?? '');
       return { podSandboxId };
     },
 
-    async StopPodSandbox(req: any) {
+    async StopPodSandbox(req) {
       await sandboxes.stop(requireId(req.podSandboxId));
       return {};
     },
 
-    async RemovePodSandbox(req: any) {
+    async RemovePodSandbox(req) {
       await sandboxes.remove(requireId(req.podSandboxId));
       return {};
     },
 
-    async PodSandboxStatus(req: any) {
+    async PodSandboxStatus(req) {
       const rec = sandboxes.get(requireId(req.podSandboxId));
       const state = await sandboxes.liveState(rec);
       const status = {
@@ -42,8 +44,8 @@ export function sandboxHandlers(sandboxes: SandboxService) {
       return { status, info, containersStatuses: [], timestamp: nowNs() };
     },
 
-    async ListPodSandbox(req: any) {
-      const filter = req.filter ?? {};
+    async ListPodSandbox(req) {
+      const filter = req.filter ?? ({} as Partial<PodSandboxFilter>);
       let records = sandboxes.all();
       if (filter.id) {
         let id: string | undefined;
@@ -72,7 +74,7 @@ export function sandboxHandlers(sandboxes: SandboxService) {
       }
       return { items };
     },
-  };
+  } satisfies RuntimeHandlers;
 }
 
 function requireId(id: unknown): string {
@@ -82,8 +84,8 @@ function requireId(id: unknown): string {
 
 function namespaceOptions(rec: SandboxRecord) {
   const ns = namespaceChoice(rec.config);
-  const o = rec.config?.linux?.securityContext?.namespaceOptions ?? {};
-  return { network: ns.network, pid: ns.pid, ipc: ns.ipc, targetId: o.targetId ?? '' };
+  const o = rec.config?.linux?.securityContext?.namespaceOptions;
+  return { network: ns.network, pid: ns.pid, ipc: ns.ipc, targetId: o?.targetId ?? '' };
 }
 
 function verboseInfo(rec: SandboxRecord) {

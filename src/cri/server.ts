@@ -15,20 +15,22 @@ import {
   type ImageRpcName, type RuntimeRpcName,
 } from './proto.js';
 import { MAX_REQUEST_ELEMENTS, countWireElements } from './message-limits.js';
+import type { CallInfo, ImageHandlers, RuntimeHandlers } from './rpc-types.js';
 
 export type { ImageRpcName, RuntimeRpcName };
 
+/** A handler as the server dispatches it, by RPC name over untyped grpc-js objects; the typed maps are RuntimeHandlers / ImageHandlers. */
 export type Handler = (
   request: any,
-  call: { deadline?: Date; metadata: grpc.Metadata; cancelled: boolean },
+  call: CallInfo,
 ) => Promise<any>;
 
 export interface CriServerOptions {
   socketPath: string;
   /** Permission bits of the socket file; default 0o660. */
   socketMode?: number;
-  runtimeHandlers: Partial<Record<RuntimeRpcName, Handler>>;
-  imageHandlers: Partial<Record<ImageRpcName, Handler>>;
+  runtimeHandlers: RuntimeHandlers;
+  imageHandlers: ImageHandlers;
   logger: Logger;
   /** Time a new connection has to send the HTTP/2 connection preface; default DEFAULT_HANDSHAKE_TIMEOUT_MS. */
   handshakeTimeoutMs?: number;
@@ -198,8 +200,8 @@ export class CriServer {
     const netServer = net.createServer();
     netServer.maxConnections = opts.maxConnections ?? DEFAULT_MAX_CONNECTIONS;
     const server = new CriServer(opts, grpcServer, netServer, injector);
-    grpcServer.addService(guardRequests(runtimeServiceDefinition, RUNTIME_SERVICE), server.implementation(runtimeServiceDefinition, opts.runtimeHandlers));
-    grpcServer.addService(guardRequests(imageServiceDefinition, IMAGE_SERVICE), server.implementation(imageServiceDefinition, opts.imageHandlers));
+    grpcServer.addService(guardRequests(runtimeServiceDefinition, RUNTIME_SERVICE), server.implementation(runtimeServiceDefinition, opts.runtimeHandlers as Partial<Record<string, Handler>>));
+    grpcServer.addService(guardRequests(imageServiceDefinition, IMAGE_SERVICE), server.implementation(imageServiceDefinition, opts.imageHandlers as Partial<Record<string, Handler>>));
     netServer.on('connection', (socket) => server.accept(socket));
     try {
       await listenWithMode(netServer, opts.socketPath, opts.socketMode ?? 0o660);

@@ -10,6 +10,7 @@ import { OCI_VERSION, type OciLinux, type OciMount, type OciNamespace, type OciS
 import { DEFAULT_MASKED_PATHS, DEFAULT_PATH_ENV, DEFAULT_READONLY_PATHS, podMounts } from './pod-defaults.js';
 import { seccompFor, type SeccompChoice } from './seccomp.js';
 import { unescapeMountinfo } from '../util/mounts.js';
+import type { MountPropagation } from '../cri-api/types.js';
 
 /** The parts of the image config a container's process comes from. */
 export interface ImageProcessConfig {
@@ -33,8 +34,14 @@ export function containerArgs(command: readonly string[], args: readonly string[
   return [...entrypoint, ...cmd];
 }
 
+/** A CRI KeyValue's value (bytes in Corral's proto) as text: UTF-8, whether a Buffer or its JSON form from a stored record. */
+export function envValueText(value: string | Buffer | { data: number[] }): string {
+  if (typeof value === 'string') return value;
+  return (Buffer.isBuffer(value) ? value : Buffer.from(value.data)).toString('utf8');
+}
+
 /** Image Env, then the container's envs (a later key replaces an earlier one in place); PATH defaulted. */
-export function containerEnv(imageEnv: readonly string[], envs: readonly { key: string; value: string }[]): string[] {
+export function containerEnv(imageEnv: readonly string[], envs: readonly { key: string; value: string | Buffer | { data: number[] } }[]): string[] {
   const order: string[] = [];
   const values = new Map<string, string>();
   const set = (key: string, value: string) => {
@@ -45,7 +52,7 @@ export function containerEnv(imageEnv: readonly string[], envs: readonly { key: 
     const eq = e.indexOf('=');
     set(eq < 0 ? e : e.slice(0, eq), eq < 0 ? '' : e.slice(eq + 1));
   }
-  for (const e of envs) set(e.key, e.value);
+  for (const e of envs) set(e.key, envValueText(e.value));
   if (!values.has('PATH')) set('PATH', DEFAULT_PATH_ENV.slice('PATH='.length));
   return order.map((k) => `${k}=${values.get(k)}`);
 }
@@ -100,8 +107,8 @@ export interface BindMount {
   containerPath: string;
   hostPath: string;
   readonly: boolean;
-  /** CRI MountPropagation: PROPAGATION_PRIVATE (default), _HOST_TO_CONTAINER, _BIDIRECTIONAL. */
-  propagation?: string;
+  /** CRI MountPropagation: PROPAGATION_PRIVATE (default), _HOST_TO_CONTAINER, _BIDIRECTIONAL; a number the schema does not name is private. */
+  propagation?: MountPropagation | number;
 }
 
 export interface ContainerSpecInput {

@@ -6,6 +6,7 @@
  */
 import { invalidArgument } from '../errors.js';
 import type { SeccompChoice } from './seccomp.js';
+import type { SecurityProfile } from '../cri-api/types.js';
 import { MAX_SECCOMP_PROFILE_BYTES, SafeReadError, readRegularFile } from '../util/safe-read.js';
 
 /**
@@ -17,11 +18,11 @@ export async function readSeccompProfile(file: string): Promise<string> {
   return (await readRegularFile(file, { maxBytes: MAX_SECCOMP_PROFILE_BYTES })).toString('utf8');
 }
 
-export async function resolveSeccomp(securityContext: any, readFile: (path: string) => Promise<string> = readSeccompProfile): Promise<SeccompChoice> {
+export async function resolveSeccomp(securityContext: { seccomp?: Partial<SecurityProfile> | null; seccompProfilePath?: string } | null | undefined, readFile: (path: string) => Promise<string> = readSeccompProfile): Promise<SeccompChoice> {
   const structured = securityContext?.seccomp;
-  const type: string | undefined = structured?.profileType;
+  const type = structured?.profileType;
   if (type === 'RuntimeDefault') return { type: 'runtimeDefault' };
-  if (type === 'Localhost') return localhost(structured.localhostRef ?? '', readFile);
+  if (type === 'Localhost') return localhost(structured!.localhostRef ?? '', readFile);
   if (type === 'Unconfined') return { type: 'unconfined' };
   const p: string = securityContext?.seccompProfilePath ?? '';
   if (p === '' || p === 'unconfined') return { type: 'unconfined' };

@@ -7,6 +7,7 @@ import path from 'node:path';
 import { invalidArgument, failedPrecondition, internalError } from '../errors.js';
 import { sysctlNamespace } from '../oci/sysctls.js';
 import type { InfraMode, NetworkOrder, PodMetadata } from './record.js';
+import type { DNSConfig, PodSandboxConfig, PortMapping } from '../cri-api/types.js';
 
 /** Corral's own per-pod switch for the order of CNI and sandbox start. */
 export const NETWORK_ORDER_ANNOTATION = 'io.corral.sandbox.network-order';
@@ -23,7 +24,7 @@ export interface NamespaceChoice {
   ipc: NamespaceMode;
 }
 
-export function podMetadata(config: any): PodMetadata {
+export function podMetadata(config: PodSandboxConfig): PodMetadata {
   const m = config?.metadata;
   if (!m) throw invalidArgument('sandbox config must include metadata (name, namespace, uid)');
   for (const key of ['name', 'namespace', 'uid'] as const) {
@@ -40,13 +41,13 @@ export function namespaceMode(v: unknown): NamespaceMode {
   return 'POD';
 }
 
-export function namespaceChoice(config: any): NamespaceChoice {
-  const o = config?.linux?.securityContext?.namespaceOptions ?? {};
-  return { network: namespaceMode(o.network), pid: namespaceMode(o.pid), ipc: namespaceMode(o.ipc) };
+export function namespaceChoice(config: PodSandboxConfig): NamespaceChoice {
+  const o = config?.linux?.securityContext?.namespaceOptions;
+  return { network: namespaceMode(o?.network), pid: namespaceMode(o?.pid), ipc: namespaceMode(o?.ipc) };
 }
 
 /** Privileged when asked for, or when the pod reaches into the host's network, PID or IPC namespace. */
-export function isPrivileged(config: any, ns: NamespaceChoice): boolean {
+export function isPrivileged(config: PodSandboxConfig, ns: NamespaceChoice): boolean {
   return Boolean(config?.linux?.securityContext?.privileged) || ns.network === 'NODE' || ns.pid === 'NODE' || ns.ipc === 'NODE';
 }
 
@@ -177,7 +178,7 @@ export function podPins(plan: NamespacePlan, opts: { netnsPath: string | null; s
 }
 
 /** resolv.conf content for a DNSConfig, or null when the pod did not give one (use the host's). */
-export function resolvConf(dns: any): string | null {
+export function resolvConf(dns: DNSConfig | null | undefined): string | null {
   if (!dns) return null;
   const servers: string[] = dns.servers ?? [];
   const searches: string[] = dns.searches ?? [];
@@ -191,7 +192,7 @@ export function resolvConf(dns: any): string | null {
 }
 
 /** CNI portMappings capability entries from CRI port mappings (only those with a host port). */
-export function cniPortMappings(portMappings: any[] | undefined): { hostPort: number; containerPort: number; protocol: string; hostIP: string }[] {
+export function cniPortMappings(portMappings: PortMapping[] | undefined): { hostPort: number; containerPort: number; protocol: string; hostIP: string }[] {
   return (portMappings ?? [])
     .filter((p) => Number(p.hostPort) > 0)
     .map((p) => ({
@@ -202,7 +203,7 @@ export function cniPortMappings(portMappings: any[] | undefined): { hostPort: nu
     }));
 }
 
-export function podHostname(config: any, hostNetwork: boolean, nodeHostname: string): string {
+export function podHostname(config: PodSandboxConfig, hostNetwork: boolean, nodeHostname: string): string {
   // No hostname asked for: the node's, as containerd and cri-o do (a pod name can be longer than a hostname may be).
   const hostname = config?.hostname ? String(config.hostname) : nodeHostname;
   if (!hostNetwork && Buffer.byteLength(hostname) > 64) {

@@ -21,6 +21,7 @@ import {
   type PodPins,
 } from './options.js';
 import type { InfraMode, NetworkOrder, PodMetadata } from './record.js';
+import type { PodSandboxConfig } from '../cri-api/types.js';
 
 export interface SandboxPlan {
   metadata: PodMetadata;
@@ -54,7 +55,7 @@ export interface PlanInputs {
 }
 
 /** Decides a pod's shape from its config, or refuses it (INVALID_ARGUMENT, FAILED_PRECONDITION). */
-export function planSandbox(config: any, requestedHandler: string, cfg: Pick<CorralConfig, 'runtimes' | 'defaultRuntime' | 'dropInfraContainer'>, inputs: PlanInputs): SandboxPlan {
+export function planSandbox(config: PodSandboxConfig, requestedHandler: string, cfg: Pick<CorralConfig, 'runtimes' | 'defaultRuntime' | 'dropInfraContainer'>, inputs: PlanInputs): SandboxPlan {
   const metadata = podMetadata(config);
   const annotations: Record<string, string> = config.annotations ?? {};
   const ns = namespaceChoice(config);

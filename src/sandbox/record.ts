@@ -1,4 +1,5 @@
 /** What Corral remembers of one pod sandbox, on disk and in memory. */
+import type { PodSandboxConfig } from '../cri-api/types.js';
 
 export type SandboxState = 'creating' | 'ready' | 'notready';
 
@@ -48,7 +49,7 @@ export interface SandboxRecord {
   name: string;
   metadata: PodMetadata;
   /** The PodSandboxConfig as received (camelCase), kept for status and containers. */
-  config: any;
+  config: PodSandboxConfig;
   runtimeHandler: string;
   infraMode: InfraMode;
   networkOrder: NetworkOrder;

@@ -25,6 +25,7 @@ import { IdIndex, generateId } from '../store/ids.js';
 import { NameRegistry, sandboxName, sandboxNameKey } from '../store/names.js';
 import { cniPortMappings, isPrivileged, podMetadata, resolvConf } from './options.js';
 import type { SandboxNetwork, SandboxRecord } from './record.js';
+import type { PodSandboxConfig } from '../cri-api/types.js';
 import { mountShm, sandboxFilePaths, unmountShm, writeSandboxFiles, type SandboxFiles } from './files.js';
 import { planSandbox, type SandboxPlan } from './plan.js';
 import type { BandwidthLimits } from '../network/cni/capabilities.js';
@@ -129,7 +130,7 @@ interface SandboxTx {
 /** One Run in progress: what its steps read (the plan) and build (the record). */
 interface SandboxRun {
   id: string;
-  config: any;
+  config: PodSandboxConfig;
   plan: SandboxPlan;
   /** The intent, completed by the steps (pid, network) and saved ready at the end. */
   record: SandboxRecord;
@@ -161,7 +162,7 @@ export class SandboxService {
 
   // ---------------------------------------------------------------- Run
 
-  async run(config: any, runtimeHandler: string): Promise<string> {
+  async run(config: PodSandboxConfig, runtimeHandler: string): Promise<string> {
     // 1. The name, from the metadata alone: a retry or a concurrent twin joins this Run.
     const metadata = podMetadata(config);
     const name = sandboxName(metadata);
@@ -206,7 +207,7 @@ export class SandboxService {
    * side effect and held through the rollback: a Stop or Remove of this ID (claimed in
    * recordIntent) waits for the outcome, then acts on it.
    */
-  private async create(id: string, name: string, config: any, requestedHandler: string): Promise<void> {
+  private async create(id: string, name: string, config: PodSandboxConfig, requestedHandler: string): Promise<void> {
     const { config: cfg, logger, pinner } = this.deps;
     const timings: Record<string, number> = {};
     const timed = async <T>(step: string, fn: () => Promise<T>): Promise<T> => {
@@ -285,7 +286,7 @@ export class SandboxService {
    * durable write before the first side effect: teardown of each is idempotent, so a
    * crash at any point is rolled back from this record alone (two writes per Run).
    */
-  private intendedRecord(id: string, name: string, config: any, plan: SandboxPlan, sandboxRootfs: SandboxRun['sandboxRootfs'], timings: Record<string, number>): SandboxRecord {
+  private intendedRecord(id: string, name: string, config: PodSandboxConfig, plan: SandboxPlan, sandboxRootfs: SandboxRun['sandboxRootfs'], timings: Record<string, number>): SandboxRecord {
     return {
       version: 1,
       id,

@@ -18,6 +18,7 @@ import { ContainerService, type ContainerMonitor, type ContainerRootfs } from '.
 import type { ImageService } from '../../src/image/image-service.js';
 import type { OciRuntime } from '../../src/oci/runtime.js';
 import { nowNs } from '../../src/util/time.js';
+import type { PodSandboxConfig } from '../../src/cri-api/types.js';
 
 /** A promise the test settles by hand, and one that says when the fake reached it. */
 export function gate() {
@@ -162,7 +163,7 @@ export function pod(over: { name?: string; namespace?: string; uid?: string; pid
     metadata: { name: over.name ?? `pod-${n}`, namespace: over.namespace ?? 'ns', uid: over.uid ?? `uid-${n}`, attempt: 0 },
     hostname: 'pod',
     linux: { securityContext: { namespaceOptions: { network: 'POD', pid: over.pid ?? 'POD', ipc: 'NODE' } } },
-  };
+  } as PodSandboxConfig; // a partial message: see test/helpers/cri-messages.ts
 }
 
 export async function assertNothingHeld(fakes: Fakes) {

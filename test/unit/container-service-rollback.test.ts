@@ -12,11 +12,12 @@ import path from 'node:path';
 import type { ContainerService } from '../../src/container/service.js';
 import type { NameRegistry } from '../../src/store/names.js';
 import { grpcCode } from '../../src/cri/errors.js';
+import { containerConfig } from '../helpers/cri-messages.js';
 import { assertNoContainerHeld, containerService, gate, makeService, pod, removeServiceDirs, settled, type Fakes } from '../helpers/service-fakes.js';
 
 afterEach(removeServiceDirs);
 
-const appConfig = (attempt = 0) => ({ metadata: { name: 'app', attempt }, image: { image: 'img' } });
+const appConfig = (attempt = 0) => containerConfig({ metadata: { name: 'app', attempt }, image: { image: 'img' } });
 
 /** Records the bookkeeping steps (record written/removed, name freed) in fakes.events. */
 function spyOnBookkeeping(containers: ContainerService, fakes: Fakes, vdirOf: (id: string) => string) {

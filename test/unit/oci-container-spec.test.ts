@@ -1,6 +1,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { DEFAULT_CAPABILITIES } from '../../src/oci/capabilities.js';
+import type { MountPropagation } from '../../src/cri-api/types.js';
 import { buildContainerSpec, containerArgs, containerCapabilities, containerEnv, resolveUser, type ContainerSpecInput } from '../../src/oci/container-spec.js';
 
 test('command and args follow the Kubernetes rules over the image entrypoint and cmd', () => {
@@ -131,7 +132,7 @@ test('mount propagation: from mountinfo, the longest mount point holding the pat
   assert.equal(mountPropagationOf(mi, '/tmpfoo'), 'shared', 'a prefix that is not a path component does not count');
   assert.equal(mountPropagationOf(mi, '/var/lib/kubelet/pods/p/volumes/v'), 'slave');
   assert.equal(mountPropagationOf(mi, '/mnt/with space/a'), 'shared');
-  const m = (propagation: string) => ({ containerPath: '/data', hostPath: '/tmp/x', readonly: false, propagation });
+  const m = (propagation: MountPropagation) => ({ containerPath: '/data', hostPath: '/tmp/x', readonly: false, propagation });
   assert.match(propagationProblem(m('PROPAGATION_BIDIRECTIONAL'), 'slave')!, /needs \/tmp\/x on a shared mount/);
   assert.equal(propagationProblem(m('PROPAGATION_BIDIRECTIONAL'), 'shared'), null);
   assert.equal(propagationProblem(m('PROPAGATION_HOST_TO_CONTAINER'), 'slave'), null);

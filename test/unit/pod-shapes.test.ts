@@ -8,6 +8,7 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { status } from '@grpc/grpc-js';
 import { grpcCode } from '../../src/cri/errors.js';
+import { podConfig } from '../helpers/cri-messages.js';
 import { resolveConfig } from '../../src/config/config.js';
 import { infraMode, namespaceChoice, namespaceMode, namespacePlan, podPins, type NamespaceMode } from '../../src/sandbox/options.js';
 import { validateSysctls, withDefaultSysctls } from '../../src/oci/sysctls.js';
@@ -23,7 +24,7 @@ interface Shape {
 const shapes: Shape[] = [];
 for (const network of ['POD', 'NODE'] as const) for (const pid of ['POD', 'CONTAINER', 'NODE'] as const) for (const ipc of ['POD', 'NODE'] as const) shapes.push({ network, pid, ipc });
 
-const shapeConfig = (s: Shape, sysctls: Record<string, string> = {}) => ({ linux: { sysctls, securityContext: { namespaceOptions: { ...s } } } });
+const shapeConfig = (s: Shape, sysctls: Record<string, string> = {}) => podConfig({ linux: { sysctls, securityContext: { namespaceOptions: { ...s } } } });
 /** The sysctls a pod of this shape may ask for (one per namespace it owns). */
 const allowedSysctls = (s: Shape): Record<string, string> => ({
   ...(s.ipc === 'POD' ? { 'kernel.shm_rmid_forced': '1', 'fs.mqueue.msg_max': '100' } : {}),
@@ -93,7 +94,7 @@ test('a shared PID namespace without a pause is an internal contradiction, not a
 
 test('namespace modes arrive as names or as enum numbers', () => {
   assert.deepEqual([0, 1, 2, 3, 'NODE', undefined, 'bogus'].map(namespaceMode), ['POD', 'CONTAINER', 'NODE', 'TARGET', 'NODE', 'POD', 'POD']);
-  assert.deepEqual(namespaceChoice({ linux: { securityContext: { namespaceOptions: { network: 2, pid: 1 } } } }), { network: 'NODE', pid: 'CONTAINER', ipc: 'POD' });
+  assert.deepEqual(namespaceChoice(podConfig({ linux: { securityContext: { namespaceOptions: { network: 2, pid: 1 } } } })), { network: 'NODE', pid: 'CONTAINER', ipc: 'POD' });
 });
 
 test('the CRI log path stays beneath the pod log directory', () => {

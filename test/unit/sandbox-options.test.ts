@@ -2,6 +2,8 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { status } from '@grpc/grpc-js';
 import { grpcCode } from '../../src/cri/errors.js';
+import type { PortMapping } from '../../src/cri-api/types.js';
+import { partialMessage, podConfig } from '../helpers/cri-messages.js';
 import { resolveConfig } from '../../src/config/config.js';
 import {
   cniPortMappings, infraMode, isPrivileged, namespaceChoice, networkOrder, podHostname, podMetadata, resolvConf, selectHandler,
@@ -10,19 +12,19 @@ import {
 const cfg = resolveConfig({
   runtimes: { runc: {}, crun: {}, untrusted: { path: 'runc', type: 'vm' } },
 });
-const podNs = namespaceChoice({});
+const podNs = namespaceChoice(podConfig({}));
 
 test('metadata name, namespace and uid are required', () => {
-  assert.throws(() => podMetadata({}), (e: any) => grpcCode(e) === status.INVALID_ARGUMENT && /metadata/.test(e.message));
-  assert.throws(() => podMetadata({ metadata: { name: 'a', namespace: 'b', uid: '' } }), /metadata\.uid must not be empty/);
-  assert.deepEqual(podMetadata({ metadata: { name: 'a', namespace: 'b', uid: 'c', attempt: 2 } }), { name: 'a', namespace: 'b', uid: 'c', attempt: 2 });
+  assert.throws(() => podMetadata(podConfig({})), (e: any) => grpcCode(e) === status.INVALID_ARGUMENT && /metadata/.test(e.message));
+  assert.throws(() => podMetadata(podConfig({ metadata: { name: 'a', namespace: 'b', uid: '' } })), /metadata\.uid must not be empty/);
+  assert.deepEqual(podMetadata(podConfig({ metadata: { name: 'a', namespace: 'b', uid: 'c', attempt: 2 } })), { name: 'a', namespace: 'b', uid: 'c', attempt: 2 });
 });
 
 test('privileged when asked or when any host namespace is used', () => {
-  assert.equal(isPrivileged({}, podNs), false);
-  assert.equal(isPrivileged({ linux: { securityContext: { privileged: true } } }, podNs), true);
+  assert.equal(isPrivileged(podConfig({}), podNs), false);
+  assert.equal(isPrivileged(podConfig({ linux: { securityContext: { privileged: true } } }), podNs), true);
   for (const key of ['network', 'pid', 'ipc']) {
-    const config = { linux: { securityContext: { namespaceOptions: { [key]: 'NODE' } } } };
+    const config = podConfig({ linux: { securityContext: { namespaceOptions: { [key]: 'NODE' } } } });
     assert.equal(isPrivileged(config, namespaceChoice(config)), true, key);
   }
 });
@@ -37,7 +39,7 @@ test('untrusted workloads go to the untrusted handler and may not use host names
   const ann = { 'io.kubernetes.cri.untrusted-workload': 'true' };
   assert.equal(selectHandler('', ann, podNs, cfg).name, 'untrusted');
   assert.throws(() => selectHandler('crun', ann, podNs, cfg), /conflicts with runtime handler "crun"/);
-  const hostNet = namespaceChoice({ linux: { securityContext: { namespaceOptions: { network: 'NODE' } } } });
+  const hostNet = namespaceChoice(podConfig({ linux: { securityContext: { namespaceOptions: { network: 'NODE' } } } }));
   assert.throws(() => selectHandler('', ann, hostNet, cfg), /host access/);
   const noUntrusted = resolveConfig({});
   assert.throws(() => selectHandler('', ann, podNs, noUntrusted), (e: any) => grpcCode(e) === status.FAILED_PRECONDITION);
@@ -53,7 +55,7 @@ test('network order from Corral and iSulad annotations', () => {
 });
 
 test('a pause process only where something needs it', () => {
-  const privatePid = namespaceChoice({ linux: { securityContext: { namespaceOptions: { pid: 'CONTAINER' } } } });
+  const privatePid = namespaceChoice(podConfig({ linux: { securityContext: { namespaceOptions: { pid: 'CONTAINER' } } } }));
   assert.equal(infraMode(cfg.runtimes.runc!, privatePid, true), 'pinned');
   assert.equal(infraMode(cfg.runtimes.runc!, privatePid, false), 'pause');
   assert.equal(infraMode(cfg.runtimes.untrusted!, privatePid, true), 'pause', 'vm handlers always get a sandbox container');
@@ -71,11 +73,11 @@ test('resolv.conf from DNSConfig, null without one', () => {
 
 test('port mappings: only host ports, protocol lowercased', () => {
   assert.deepEqual(
-    cniPortMappings([
+    cniPortMappings(partialMessage<PortMapping[]>([
       { protocol: 'TCP', containerPort: 80, hostPort: 8080, hostIp: '127.0.0.1' },
       { protocol: 'UDP', containerPort: 53, hostPort: 0 },
       { containerPort: 443, hostPort: 8443 },
-    ]),
+    ])),
     [
       { hostPort: 8080, containerPort: 80, protocol: 'tcp', hostIP: '127.0.0.1' },
       { hostPort: 8443, containerPort: 443, protocol: 'tcp', hostIP: '' },
@@ -84,8 +86,8 @@ test('port mappings: only host ports, protocol lowercased', () => {
 });
 
 test('pod hostname: the one asked for, else the node\'s; longer than the kernel allows is refused', () => {
-  assert.equal(podHostname({ hostname: 'web-0' }, false, 'node-1'), 'web-0');
-  assert.equal(podHostname({ metadata: { name: 'a-pod-name-that-is-much-longer-than-a-hostname-may-ever-be-at-all' } }, false, 'node-1'), 'node-1');
-  assert.equal(podHostname({}, true, 'node-1'), 'node-1');
-  assert.throws(() => podHostname({ hostname: 'x'.repeat(65) }, false, 'node-1'), (e: any) => grpcCode(e) === 3 && /65 bytes/.test(e.message));
+  assert.equal(podHostname(podConfig({ hostname: 'web-0' }), false, 'node-1'), 'web-0');
+  assert.equal(podHostname(podConfig({ metadata: { name: 'a-pod-name-that-is-much-longer-than-a-hostname-may-ever-be-at-all' } }), false, 'node-1'), 'node-1');
+  assert.equal(podHostname(podConfig({}), true, 'node-1'), 'node-1');
+  assert.throws(() => podHostname(podConfig({ hostname: 'x'.repeat(65) }), false, 'node-1'), (e: any) => grpcCode(e) === 3 && /65 bytes/.test(e.message));
 });

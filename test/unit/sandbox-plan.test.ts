@@ -17,6 +17,8 @@ import { SandboxStore } from '../../src/store/sandbox-store.js';
 import { SandboxService } from '../../src/sandbox/service.js';
 import { planSandbox, type PlanInputs } from '../../src/sandbox/plan.js';
 import { DEFAULT_BANDWIDTH_BURST } from '../../src/network/cni/capabilities.js';
+import type { PodSandboxConfig } from '../../src/cri-api/types.js';
+import { podConfig } from '../helpers/cri-messages.js';
 
 const cfg = defaultConfig();
 const inputs: PlanInputs = { stateDir: '/state/sb1', netnsPath: '/netns/corral-sb1', nodeHostname: 'node', prepareSysctls: (s) => s };
@@ -33,7 +35,7 @@ function pod(over: { annotations?: Record<string, string>; network?: string; pid
       sysctls: over.sysctls ?? {},
       securityContext: { namespaceOptions: { network: over.network ?? 'POD', pid: over.pid ?? 'CONTAINER', ipc: over.ipc ?? 'POD' } },
     },
-  };
+  } as PodSandboxConfig; // a partial message: see test/helpers/cri-messages.ts
 }
 
 const invalid = (re: RegExp) => (e: any) => grpcCode(e) === status.INVALID_ARGUMENT && re.test(e.message);
@@ -71,7 +73,7 @@ test('planSandbox refuses a bad or unreasonable bandwidth annotation (INVALID_AR
 });
 
 test('planSandbox refuses the rest of what RunPodSandbox refuses before the host is touched', () => {
-  assert.throws(() => planSandbox({ ...pod(), metadata: { name: 'web', namespace: '', uid: 'u' } }, '', cfg, inputs), invalid(/metadata.namespace/));
+  assert.throws(() => planSandbox(podConfig({ ...pod(), metadata: { name: 'web', namespace: '', uid: 'u' } }), '', cfg, inputs), invalid(/metadata.namespace/));
   assert.throws(() => planSandbox(pod(), 'nope', cfg, inputs), invalid(/unknown runtime handler "nope"/));
   assert.throws(() => planSandbox(pod({ annotations: { 'io.corral.sandbox.network-order': 'sideways' } }), '', cfg, inputs), invalid(/network-order/));
   assert.throws(() => planSandbox(pod({ logDirectory: 'relative/logs' }), '', cfg, inputs), invalid(/log_directory must be an absolute path/));

@@ -12,6 +12,8 @@ import type { CorralConfig } from '../../src/config/config.js';
 import { SharedExclusiveLock } from '../../src/util/keyed-lock.js';
 import { containerNameKey, sandboxNameKey } from '../../src/store/names.js';
 import { grpcCode } from '../../src/cri/errors.js';
+import type { PodSandboxConfig } from '../../src/cri-api/types.js';
+import { containerConfig } from '../helpers/cri-messages.js';
 import { assertNothingHeld, containerService, gate, makeService, pod, removeServiceDirs, settled } from '../helpers/service-fakes.js';
 
 afterEach(removeServiceDirs);
@@ -187,7 +189,7 @@ test('CreateContainer failing to read the image config frees the container name'
   const id = await svc.run(pod(), '');
   const containers = containerService(svc, cfg, fakes);
   fakes.failures.runtimeConfig = true;
-  const config = { metadata: { name: 'app', attempt: 0 }, image: { image: 'img' } };
+  const config = containerConfig({ metadata: { name: 'app', attempt: 0 }, image: { image: 'img' } });
   await assert.rejects(containers.create(id, config), /injected config read failure/);
   // Before the fix the second attempt was refused: ALREADY_EXISTS, the name held by an ID that never existed.
   await assert.rejects(containers.create(id, config), (e: any) => {
@@ -204,7 +206,7 @@ test('CreateContainer racing RemovePodSandbox: Remove waits for the creation, wh
   const id = await svc.run(pod(), '');
   const containers = containerService(svc, cfg, fakes);
   const g = (fakes.gates.runtimeConfig = gate());
-  const create = containers.create(id, { metadata: { name: 'app', attempt: 0 }, image: { image: 'img' } });
+  const create = containers.create(id, containerConfig({ metadata: { name: 'app', attempt: 0 }, image: { image: 'img' } }));
   await g.arrived;
   const remove = svc.remove(id);
   assert.equal(await settled(remove), false, 'Remove waits for the container being created');
@@ -212,7 +214,7 @@ test('CreateContainer racing RemovePodSandbox: Remove waits for the creation, wh
   g.open();
   await assert.rejects(create);
   await remove;
-  const late = containers.create(id, { metadata: { name: 'app', attempt: 1 }, image: { image: 'img' } });
+  const late = containers.create(id, containerConfig({ metadata: { name: 'app', attempt: 1 }, image: { image: 'img' } }));
   await assert.rejects(late, (e: any) => grpcCode(e) === 5, 'a creation after the Remove finds no pod');
   assert.deepEqual(await containers.list(), []);
   assert.deepEqual(await fs.readdir(path.join(cfg.rootDir, 'containers')).catch(() => []), []);
@@ -254,9 +256,9 @@ test('container names that join to the same string with "_" in different pods do
   fakes.failures.runtimeConfig = true;
   // The first creation holds its name while it waits; the second, in the other pod, must get its own.
   const g = (fakes.gates.runtimeConfig = gate());
-  const first = containers.create(podA, { metadata: { name: 'app', attempt: 0 }, image: { image: 'img' } });
+  const first = containers.create(podA, containerConfig({ metadata: { name: 'app', attempt: 0 }, image: { image: 'img' } }));
   await g.arrived;
-  const second = containers.create(podB, { metadata: { name: 'app', attempt: 0 }, image: { image: 'img' } });
+  const second = containers.create(podB, containerConfig({ metadata: { name: 'app', attempt: 0 }, image: { image: 'img' } }));
   await assert.rejects(second, (e: any) => {
     assert.doesNotMatch(e.message, /reserved/, 'not refused as a duplicate name');
     return /injected config read failure/.test(e.message);
