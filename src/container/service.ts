@@ -21,6 +21,7 @@ import type { ContainerConfig, ContainerMetadata, ImageSpec, LinuxContainerConfi
 import { PIN_FILES, namespaceChoice, namespaceMode, namespacePlan } from '../sandbox/options.js';
 import { sandboxFilePaths } from '../sandbox/files.js';
 import type { ImageService } from '../image/image-service.js';
+import type { ImageRuntimeConfig } from '../image/image-config.js';
 import type { OciRuntime } from '../oci/runtime.js';
 import { cgroupfsCgroupsPath, clampOomScoreAdj } from '../oci/cgroups.js';
 import { readSeccompProfile, resolveSeccomp } from '../oci/seccomp-choice.js';
@@ -173,7 +174,7 @@ export class ContainerService {
             message: '',
             pid: 0,
             logPath,
-            stopSignal: String(imageConfig.StopSignal || 'SIGTERM'),
+            stopSignal: imageConfig.StopSignal || 'SIGTERM',
             resources: {
               rootfs: { target: path.join(vdir, 'rootfs'), layerDir: path.join(this.store.recordDir(id), 'layer'), chain: image.chainIds },
               runtimeContainer: true,
@@ -244,7 +245,7 @@ export class ContainerService {
   }
 
   /** The OCI spec, in the bundle folder; the log file's folder. Returns the bundle folder. */
-  private async writeBundle(record: ContainerRecord, sandbox: SandboxRecord, imageConfig: any): Promise<string> {
+  private async writeBundle(record: ContainerRecord, sandbox: SandboxRecord, imageConfig: ImageRuntimeConfig): Promise<string> {
     const spec = await this.spec(record, sandbox, imageConfig);
     const bundleDir = path.join(this.volatileDir(record.id), 'bundle');
     await fs.mkdir(bundleDir, { recursive: true, mode: 0o711 });
@@ -273,7 +274,7 @@ export class ContainerService {
     record.pid = created.pid;
   }
 
-  private async spec(record: ContainerRecord, sandbox: SandboxRecord, imageConfig: any) {
+  private async spec(record: ContainerRecord, sandbox: SandboxRecord, imageConfig: ImageRuntimeConfig) {
     const c = record.config;
     const linux = c.linux ?? ({} as Partial<LinuxContainerConfig>);
     const sc = linux.securityContext ?? ({} as Partial<LinuxContainerSecurityContext>);
@@ -283,7 +284,7 @@ export class ContainerService {
       runAsUser: sc.runAsUser ? Number(sc.runAsUser.value) : undefined,
       runAsGroup: sc.runAsGroup ? Number(sc.runAsGroup.value) : undefined,
       runAsUsername: sc.runAsUsername || undefined,
-      imageUser: String(imageConfig.User ?? ''),
+      imageUser: imageConfig.User,
       supplementalGroups: (sc.supplementalGroups ?? []).map(Number),
       passwd: await readText('etc/passwd'),
       group: await readText('etc/group'),

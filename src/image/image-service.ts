@@ -9,6 +9,7 @@ import { ImageStore, type ImageRecord } from './image-store.js';
 import { parseReference } from './reference.js';
 import { RegistryClient, pullImageContent, type AuthConfig, type PullProgress } from './registry/index.js';
 import { BlobTooLargeError } from './content-store.js';
+import { ImageConfigError, imageRuntimeConfig, type ImageRuntimeConfig } from './image-config.js';
 import { invalidArgument } from '../errors.js';
 
 export class ImageService {
@@ -112,11 +113,16 @@ export class ImageService {
   }
 
   /** The image config's `config` object (Entrypoint, Cmd, Env, User ...). */
-  async runtimeConfig(image: ImageRecord): Promise<{ Entrypoint?: string[] | null; Cmd?: string[] | null; [k: string]: unknown }> {
-    const config = await this.store.content.readJson<any>(image.configDigest).catch((e) => {
-      throw e instanceof BlobTooLargeError ? invalidArgument(`image ${image.repoTags[0] ?? image.id}: its config: ${e.message}`) : e;
+  async runtimeConfig(image: ImageRecord): Promise<ImageRuntimeConfig> {
+    const name = image.repoTags[0] ?? image.id;
+    const doc = await this.store.content.readJson<unknown>(image.configDigest).catch((e) => {
+      throw e instanceof BlobTooLargeError ? invalidArgument(`image ${name}: its config: ${e.message}`) : e;
     });
-    return config?.config ?? {};
+    try {
+      return imageRuntimeConfig(doc);
+    } catch (e) {
+      throw e instanceof ImageConfigError ? invalidArgument(`image ${name}: its config: ${e.message}, so this image cannot be used`) : e;
+    }
   }
 
   /** The configured sandbox image is pinned: kubelet's image GC must not remove it. */

@@ -20,7 +20,7 @@ let reg: TestRegistry;
 let d: TestDaemon;
 let images: ReturnType<typeof createImageClient>;
 let daemonStopped = false;
-const ref = { busybox: '', fifoPasswd: '', hugePasswd: '', symlinkPasswd: '', hugeConfig: '' };
+const ref = { busybox: '', fifoPasswd: '', hugePasswd: '', symlinkPasswd: '', hugeConfig: '', mistypedConfig: '' };
 let hostPasswd = '';
 let fifoProfile = '';
 
@@ -47,12 +47,14 @@ before(async () => {
     symlinkPasswd: buildImage({ layers: [base, await over({ path: 'etc/passwd', type: 'symlink', linkname: hostPasswd })], config: { User: 'intruder' } }),
     // 5 MiB of labels: over the 4 MiB cap of an image's JSON documents.
     hugeConfig: buildImage({ layers: [base], configExtra: { padding: 'x'.repeat(5 << 20) } }),
+    // Env as a string where a list of strings belongs.
+    mistypedConfig: buildImage({ layers: [base], config: { Env: 'PATH=/bin' } as never }),
   };
   for (const [k, img] of Object.entries(images_)) {
     await pushImage(reg, `hostile/${k.toLowerCase()}`, '1', img);
     ref[k as keyof typeof ref] = `${reg.host}/hostile/${k.toLowerCase()}:1`;
   }
-  for (const k of ['busybox', 'fifoPasswd', 'hugePasswd', 'symlinkPasswd'] as const) await pull(ref[k]);
+  for (const k of ['busybox', 'fifoPasswd', 'hugePasswd', 'symlinkPasswd', 'mistypedConfig'] as const) await pull(ref[k]);
 });
 
 after(async () => {
@@ -161,5 +163,19 @@ test('an image /etc/passwd symlinked to a host file resolves inside the image, n
     assert.match(e.message, /user "intruder" is not in the image's \/etc\/passwd/);
     return true;
   });
+  await d.rpc('RemovePodSandbox', { podSandboxId: podId });
+});
+
+test('an image config whose fields have the wrong types refuses the container with INVALID_ARGUMENT naming the field', async () => {
+  const cfg = podConfig();
+  const podId = (await d.rpc('RunPodSandbox', { config: cfg })).podSandboxId;
+  await assert.rejects(d.rpc('CreateContainer', { podSandboxId: podId, config: containerConfig('mistyped', ref.mistypedConfig), sandboxConfig: cfg }, 20_000), (e: any) => {
+    assert.equal(e.code, status.INVALID_ARGUMENT, e.message);
+    assert.match(e.message, /hostile\/mistypedconfig:1: its config: config\.Env must be a list of strings, so this image cannot be used/);
+    return true;
+  });
+  // Refused before anything was made: the same name is free for a good image.
+  const ok = (await d.rpc('CreateContainer', { podSandboxId: podId, config: containerConfig('mistyped', ref.busybox), sandboxConfig: cfg })).containerId;
+  assert.match(ok, /^[0-9a-f]{64}$/);
   await d.rpc('RemovePodSandbox', { podSandboxId: podId });
 });
