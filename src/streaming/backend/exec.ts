@@ -37,6 +37,8 @@ export interface ExecTarget {
   /** Host PID of the container's init: the exec cgroup goes under its cgroups. */
   pid: number;
   runtime: RuntimeBinary;
+  /** The container's OCI bundle config.json (its process env, for a TTY exec's TERM). */
+  bundleConfig: string;
 }
 
 /** How long the helper may take to report after the exec cgroup was emptied on abort. */
@@ -62,6 +64,21 @@ export function exitCodeFromReport(report: string): { code: number } | { failure
   return { failure: `the command's exit status was lost (errno ${value})` };
 }
 
+/** Pure: the container's env with TERM=xterm (as containerd sets it for a TTY exec) unless it has a TERM. */
+export function withTerm(env: readonly string[]): string[] {
+  return env.some((e) => e.startsWith('TERM=')) ? [...env] : [...env, 'TERM=xterm'];
+}
+
+async function ttyEnv(bundleConfig: string): Promise<string[]> {
+  let env: unknown;
+  try {
+    env = (JSON.parse(await fs.readFile(bundleConfig, 'utf8')) as { process?: { env?: unknown } }).process?.env;
+  } catch (e) {
+    throw new Error(`reading the container's process env from ${bundleConfig}: ${(e as Error).message}`);
+  }
+  return withTerm(Array.isArray(env) ? env.filter((e): e is string => typeof e === 'string') : []);
+}
+
 export async function execInContainer(t: ExecTarget, cmd: string[], io: StreamIO, logger?: Logger): Promise<number> {
   let cg: ExecCgroup;
   try {
@@ -83,7 +100,14 @@ async function runHelper(t: ExecTarget, cg: ExecCgroup, tmp: string, cmd: string
   const logFile = path.join(tmp, 'runtime.log');
   const consoleSocket = path.join(tmp, 'console');
   const runtimeArgs = ['--root', t.runtime.root, '--log', logFile, '--log-format', 'json', 'exec', '--detach', '--pid-file', pidFile, '--cgroup', cg.name];
-  if (io.tty) runtimeArgs.push('--tty', '--console-socket', consoleSocket, '--env', 'TERM=xterm');
+  if (io.tty) {
+    runtimeArgs.push('--tty', '--console-socket', consoleSocket);
+    // crun's --env replaces the process env (runc's adds to it): give the whole env, with TERM.
+    const env = await ttyEnv(t.bundleConfig).catch((e: Error) => {
+      throw new StreamExecError(t.id, t.runtime.name, e.message);
+    });
+    for (const e of env) runtimeArgs.push('--env', e);
+  }
   runtimeArgs.push(t.id, ...cmd);
   const child = spawn(nativeBinary('corral-streamhelper'), ['exec', pidFile, io.tty ? consoleSocket : '-', t.runtime.binary, ...runtimeArgs], {
     stdio: [

@@ -31,10 +31,12 @@ export interface StreamingBackendDeps {
 /**
  * Where conmon (2.1, as src/oci/conmon.ts runs it with --socket-dir-path <state>/attach)
  * puts a container's attach socket: `<socketDir>/<id>` is its symlink to the bundle, the
- * socket is `attach` in it; the ctl FIFO is `ctl` in the bundle.
+ * socket is `attach` in it; the ctl FIFO is `ctl` in the bundle (and the bundle's config.json
+ * the container's spec).
  */
-export function conmonStreamPaths(stateDir: string, containerId: string): { attachSocket: string; ctlFifo: string } {
+export function conmonStreamPaths(stateDir: string, containerId: string): { attachSocket: string; ctlFifo: string; bundleConfig: string } {
   return {
+    bundleConfig: path.join(stateDir, 'containers', containerId, 'bundle', 'config.json'),
     attachSocket: path.join(stateDir, 'attach', containerId, 'attach'),
     ctlFifo: path.join(stateDir, 'containers', containerId, 'bundle', 'ctl'),
   };
