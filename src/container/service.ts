@@ -252,6 +252,8 @@ export class ContainerService {
       pidFile: path.join(vdir, 'pid'),
       conmonPidFile: path.join(vdir, 'conmon.pid'),
       timeoutMs: 60_000,
+      stdin: Boolean(record.config?.stdin),
+      stdinOnce: Boolean(record.config?.stdinOnce),
     });
     record.pid = created.pid;
   }

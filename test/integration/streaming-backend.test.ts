@@ -78,11 +78,11 @@ async function pod(handler: string, network: 'POD' | 'NODE' = 'POD'): Promise<{ 
   return { podSandboxId, config };
 }
 
-async function container(handler: string, command: string[] = ['sleep', '100000'], inPod?: { podSandboxId: string; config: any }): Promise<string> {
+async function container(handler: string, command: string[] = ['sleep', '100000'], inPod?: { podSandboxId: string; config: any }, extra: Record<string, unknown> = {}): Promise<string> {
   const p = inPod ?? (await pod(handler));
   const { containerId } = await d.rpc('CreateContainer', {
     podSandboxId: p.podSandboxId,
-    config: { metadata: { name: `app-${randomBytes(3).toString('hex')}`, attempt: 0 }, image: { image }, command, logPath: 'app.log', linux: {} },
+    config: { metadata: { name: `app-${randomBytes(3).toString('hex')}`, attempt: 0 }, image: { image }, command, logPath: 'app.log', linux: {}, ...extra },
     sandboxConfig: p.config,
   });
   await d.rpc('StartContainer', { containerId });
@@ -246,6 +246,20 @@ test('attach receives what a running container prints; detaching leaves it runni
     assert.equal((await d.rpc('ContainerStatus', { containerId: id })).status.state, 'CONTAINER_RUNNING');
   }
   await assert.rejects(rt.attach('0'.repeat(64), session().io), /not found/i);
+});
+
+test('attach to a stdin_once container (critest): its stdin reaches the container, the client\'s stdin end closes it, and the attach ends with the container', async () => {
+  const id = await container('runc', ['/bin/sh'], undefined, { stdin: true, stdinOnce: true });
+  const stdin = new PassThrough();
+  const s = session({ stdin });
+  const done = rt.attach(id, s.io);
+  stdin.write('echo -n hello\n');
+  await waitFor(() => s.stdout.text === 'hello', { what: 'the echo through attach' });
+  stdin.end();
+  await done;
+  assert.equal(s.stdout.text, 'hello');
+  assert.equal(s.stderr.text, '');
+  await waitFor(async () => (await d.rpc('ContainerStatus', { containerId: id })).status.state === 'CONTAINER_EXITED', { what: 'sh to exit at its stdin EOF' });
 });
 
 /** Forwards one connection: sends `send`, resolves with what came back once the pod ended it. */
