@@ -254,6 +254,7 @@ export class ContainerService {
       timeoutMs: 60_000,
       stdin: Boolean(record.config?.stdin),
       stdinOnce: Boolean(record.config?.stdinOnce),
+      terminal: Boolean(record.config?.tty),
     });
     record.pid = created.pid;
   }
@@ -328,6 +329,7 @@ export class ContainerService {
       readonlyPaths: sc.readonlyPaths?.length ? sc.readonlyPaths : undefined,
       hostnamePath: files.hostname,
       hostsPath: files.hosts,
+      terminal: Boolean(c.tty),
       resolvConfPath: files.resolvConf,
       shmPath: sandbox.resources.shmMount ?? null,
       annotations: c.annotations ?? {},

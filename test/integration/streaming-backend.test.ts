@@ -262,6 +262,21 @@ test('attach to a stdin_once container (critest): its stdin reaches the containe
   await waitFor(async () => (await d.rpc('ContainerStatus', { containerId: id })).status.state === 'CONTAINER_EXITED', { what: 'sh to exit at its stdin EOF' });
 });
 
+test('attach to a TTY container: output on stdout, resizes through conmon\'s ctl FIFO seen by the process', async () => {
+  const id = await container('runc', ['sh', '-c', 'while true; do stty size; sleep 0.1; done'], undefined, { tty: true });
+  const resize = new Queue<TerminalSize>();
+  resize.push({ width: 100, height: 30 });
+  const s = session({ tty: true, resize });
+  const done = rt.attach(id, s.io);
+  await waitFor(() => s.stdout.text.includes('30 100\r\n'), { what: 'the first size' });
+  resize.push({ width: 90, height: 20 });
+  await waitFor(() => s.stdout.text.includes('20 90\r\n'), { what: 'the second size' });
+  s.abort();
+  await done;
+  resize.end();
+  assert.equal((await d.rpc('ContainerStatus', { containerId: id })).status.state, 'CONTAINER_RUNNING');
+});
+
 /** Forwards one connection: sends `send`, resolves with what came back once the pod ended it. */
 async function forward(podSandboxId: string, port: number, send: Buffer): Promise<Buffer> {
   const received = new Collector();
