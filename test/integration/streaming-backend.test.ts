@@ -322,6 +322,15 @@ test('port-forward of a host-network pod dials the host; many connections at onc
   } finally {
     server.close();
   }
+  // A server only on ::1 is reached through the IPv6 fallback.
+  const v6 = net.createServer((c) => c.pipe(c));
+  await new Promise<void>((r) => v6.listen(0, '::1', r));
+  try {
+    const b = randomBytes(1000);
+    assert.ok((await forward(p.podSandboxId, (v6.address() as net.AddressInfo).port, b)).equals(b));
+  } finally {
+    v6.close();
+  }
 });
 
 test('port-forward: aborting ends the connection and its helper', async () => {

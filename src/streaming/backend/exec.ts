@@ -80,6 +80,7 @@ async function ttyEnv(bundleConfig: string): Promise<string[]> {
 }
 
 export async function execInContainer(t: ExecTarget, cmd: string[], io: StreamIO, logger?: Logger): Promise<number> {
+  if (io.signal.aborted) throw new StreamExecError(t.id, t.runtime.name, 'the client went away before the command started');
   let cg: ExecCgroup;
   try {
     cg = await ExecCgroup.create(t.pid, t.id);

@@ -37,8 +37,11 @@ export async function forwardPort(podSandboxId: string, netnsPath: string | null
   // SHUT_WR; the pod's EOF → the stream's end).
   stream.pipe(child.stdin!);
   child.stdout!.pipe(stream);
-  // The server destroying the stream (client reset) ends the connection.
-  const onClose = () => killGroup(child);
+  // The server destroying the stream (client reset) ends the connection; a stream that
+  // closes because both its sides are done leaves the helper to finish on its own.
+  const onClose = () => {
+    if (!(stream.readableEnded && stream.writableFinished)) killGroup(child);
+  };
   stream.once('close', onClose);
   const abort = whenAborted(signal);
   try {
