@@ -3,7 +3,7 @@
  * per session (or per forwarded connection), bridging to the daemon over stdio pipes.
  *
  *   corral-streamhelper exec <pidfile> <console socket|-> <runtime> <runtime args...>
- *   corral-streamhelper attach <conmon attach socket>
+ *   corral-streamhelper attach <conmon attach socket> [--no-stdin]
  *   corral-streamhelper portforward <netns path|-> <port>
  *
  * exec: runs `<runtime> exec --detach --pid-file <pidfile> ...` as a child subreaper, so
@@ -392,10 +392,12 @@ static int run_exec(int argc, char **argv)
 
 static int run_attach(int argc, char **argv)
 {
-	if (argc != 3) {
-		fprintf(stderr, "usage: corral-streamhelper attach <attach socket>\n");
+	if (argc != 3 && !(argc == 4 && strcmp(argv[3], "--no-stdin") == 0)) {
+		fprintf(stderr, "usage: corral-streamhelper attach <attach socket> [--no-stdin]\n");
 		return 2;
 	}
+	/* A client without stdin must not look like one whose stdin ended (that closes a stdin_once container's). */
+	int in_open = argc == 3;
 	signal(SIGPIPE, SIG_IGN);
 	/* stderr is the container's: our own complaints go to fd 3 when the daemon gave one. */
 	int err_fd = fcntl(REPORT_FD, F_GETFD) >= 0 ? REPORT_FD : 2;
@@ -423,7 +425,6 @@ static int run_attach(int argc, char **argv)
 		dprintf(err_fd, "connecting to conmon's attach socket %s: %s\n", argv[2], strerror(errno));
 		return 2;
 	}
-	int in_open = 1;
 	char buf[BUF + 1];
 	for (;;) {
 		struct pollfd fds[2] = {{.fd = s, .events = POLLIN}, {.fd = in_open ? 0 : -1, .events = POLLIN}};
@@ -439,8 +440,8 @@ static int run_attach(int argc, char **argv)
 			if (r <= 0)
 				return 0; /* conmon is gone: the container's output has ended */
 			int out = buf[0] == 3 ? 2 : buf[0] == 2 ? 1 : -1;
-			if (out >= 0 && r > 1)
-				write_all(out, buf + 1, (size_t)r - 1);
+			if (out >= 0 && r > 1 && write_all(out, buf + 1, (size_t)r - 1) < 0)
+				return 0; /* the daemon's end is gone (it would have killed us otherwise) */
 		}
 		if (fds[1].revents & (POLLIN | POLLHUP | POLLERR)) {
 			ssize_t r = read(0, buf, BUF);

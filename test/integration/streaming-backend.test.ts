@@ -19,7 +19,7 @@ import { busyboxImage } from '../helpers/test-images.js';
 import { createImageClient, call } from '../../src/cri/client.js';
 import { conmonStreamPaths, createStreamingRuntime, PortForwardError, type StreamingBackendDeps } from '../../src/streaming/backend/index.js';
 import type { StreamingRuntime, StreamIO, TerminalSize } from '../../src/streaming/runtime.js';
-import { waitFor } from '../helpers/wait.js';
+import { sleep, waitFor } from '../helpers/wait.js';
 
 let reg: TestRegistry;
 let d: TestDaemon;
@@ -210,10 +210,33 @@ for (const handler of ['runc', 'crun']) {
     assert.match(s.stdout.text, /45 123\r\n/);
   });
 
-  test(`${handler}: 20 concurrent execs each get their own output and exit code`, async () => {
+  test(`${handler}: 20 concurrent execs each get their own output and exit code, and leave no fd behind`, async () => {
     const id = await container(handler);
+    await run(id, ['true']);
+    const fdsBefore = (await fs.readdir('/proc/self/fd')).length;
     const rs = await Promise.all(Array.from({ length: 20 }, (_, i) => run(id, ['sh', '-c', `echo out-${i}; exit ${i}`])));
     assert.deepEqual(rs.map((r) => [r.code, r.out]), Array.from({ length: 20 }, (_, i) => [i, `out-${i}\n`]));
+    await waitFor(async () => (await fs.readdir('/proc/self/fd')).length <= fdsBefore, { what: 'the sessions\' pipes to be closed', timeoutMs: 5000 });
+  });
+
+  test(`${handler}: a command that exits while a descendant holds its stdout ends the session after a bounded drain`, async () => {
+    const id = await container(handler);
+    const holder = marker();
+    const t0 = Date.now();
+    const r = await run(id, ['sh', '-c', `setsid sleep ${holder} & echo hi; exit 5`]);
+    assert.deepEqual([r.code, r.out], [5, 'hi\n']);
+    assert.ok(Date.now() - t0 < 6000, `ended after ${Date.now() - t0} ms`);
+  });
+
+  test(`${handler}: a TTY session whose client leaves takes its whole tree with it`, async () => {
+    const id = await container(handler);
+    const m = marker();
+    const s = session({ tty: true, stdin: new PassThrough() });
+    const done = rt.exec(id, ['sh', '-c', `setsid sleep ${m} & echo started; sleep ${m}`], s.io);
+    await waitFor(() => s.stdout.text.includes('started'), { what: 'the session to start' });
+    s.abort();
+    assert.equal(await done, 137);
+    assert.deepEqual(await processesRunning(['sleep', m]), []);
   });
 
   test(`${handler}: a client leaving mid-stream leaves no process of its exec (setsid-ed ones too); the container runs on`, async () => {
@@ -260,6 +283,17 @@ test('attach to a stdin_once container (critest): its stdin reaches the containe
   assert.equal(s.stdout.text, 'hello');
   assert.equal(s.stderr.text, '');
   await waitFor(async () => (await d.rpc('ContainerStatus', { containerId: id })).status.state === 'CONTAINER_EXITED', { what: 'sh to exit at its stdin EOF' });
+});
+
+test('an attach without stdin does not read as a stdin EOF to a stdin_once container while it is attached', async () => {
+  const id = await container('runc', ['/bin/sh'], undefined, { stdin: true, stdinOnce: true });
+  const watcher = session({ stdin: null });
+  const watching = rt.attach(id, watcher.io);
+  await sleep(500); // long enough for sh to see an EOF and exit, were there one
+  assert.equal((await d.rpc('ContainerStatus', { containerId: id })).status.state, 'CONTAINER_RUNNING', 'stdin is still open');
+  // conmon (as with cri-o) closes a stdin_once container's stdin when any attach session ends.
+  watcher.abort();
+  await watching;
 });
 
 test('attach to a TTY container: output on stdout, resizes through conmon\'s ctl FIFO seen by the process', async () => {

@@ -50,7 +50,7 @@ async function writeCtl(fifo: string, line: string): Promise<void> {
 }
 
 export async function attachToContainer(t: AttachTarget, io: StreamIO): Promise<void> {
-  const child = spawn(nativeBinary('corral-streamhelper'), ['attach', t.attachSocket], {
+  const child = spawn(nativeBinary('corral-streamhelper'), ['attach', t.attachSocket, ...(io.stdin ? [] : ['--no-stdin'])], {
     stdio: [io.stdin ? 'pipe' : 'ignore', io.stdout ? 'pipe' : 'ignore', !io.tty && io.stderr ? 'pipe' : 'ignore', 'pipe'],
     detached: true,
   });
