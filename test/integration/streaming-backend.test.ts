@@ -367,22 +367,25 @@ test('port-forward of a host-network pod dials the host; many connections at onc
   }
 });
 
-test('port-forward: aborting ends the connection and its helper', async () => {
-  const p = await pod('runc', 'NODE');
-  let serverSide: net.Socket | undefined;
-  const server = net.createServer((c) => (serverSide = c));
-  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
-  try {
-    const ac = new AbortController();
-    const stream = Duplex.from({ readable: new PassThrough(), writable: new Collector() });
-    const done = rt.portForward(p.podSandboxId, (server.address() as net.AddressInfo).port, stream, ac.signal);
-    await waitFor(() => serverSide !== undefined, { what: 'the connection' });
-    const closed = new Promise((r) => serverSide!.on('close', r));
-    serverSide!.resume();
-    ac.abort();
-    await done;
-    await closed;
-  } finally {
-    server.close();
-  }
-});
+for (const how of ['abort', 'stream destroyed (client reset)'] as const) {
+  test(`port-forward: ${how} ends the connection and its helper`, async () => {
+    const p = await pod('runc', 'NODE');
+    let serverSide: net.Socket | undefined;
+    const server = net.createServer((c) => (serverSide = c));
+    await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+    try {
+      const ac = new AbortController();
+      const stream = Duplex.from({ readable: new PassThrough(), writable: new Collector() });
+      const done = rt.portForward(p.podSandboxId, (server.address() as net.AddressInfo).port, stream, ac.signal);
+      await waitFor(() => serverSide !== undefined, { what: 'the connection' });
+      const closed = new Promise((r) => serverSide!.on('close', r));
+      serverSide!.resume();
+      if (how === 'abort') ac.abort();
+      else stream.destroy();
+      await done;
+      await closed;
+    } finally {
+      server.close();
+    }
+  });
+}
