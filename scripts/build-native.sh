@@ -4,6 +4,7 @@
 #   native/nshelper.c -> dist/native/corral-nshelper
 #   native/unpack.c   -> dist/native/corral-unpack
 #   native/execreaper.c -> dist/native/corral-execreaper
+#   native/streamhelper.c -> dist/native/corral-streamhelper
 # Static binaries (gcc -O2 -static -Wall -Werror), so they need only the kernel.
 # A binary is rebuilt only when its source (or this script) is newer than it.
 # Needs gcc and libc6-dev (which ships the static libc.a) on Debian/Ubuntu.
@@ -48,3 +49,4 @@ build corral-pause pause.c
 build corral-nshelper nshelper.c
 build corral-unpack unpack.c
 build corral-execreaper execreaper.c
+build corral-streamhelper streamhelper.c

@@ -40,7 +40,7 @@ export interface Daemon {
 
 export async function startDaemon(cfg: CorralConfig, logger: Logger): Promise<Daemon> {
   const t0 = Date.now();
-  for (const bin of ['corral-nshelper', 'corral-pause', 'corral-unpack', 'corral-execreaper']) {
+  for (const bin of ['corral-nshelper', 'corral-pause', 'corral-unpack', 'corral-execreaper', 'corral-streamhelper']) {
     if (!existsSync(nativeBinary(bin))) throw new Error(`${nativeBinary(bin)} is missing: build Corral first (npm run build)`);
   }
   await fs.mkdir(cfg.rootDir, { recursive: true, mode: 0o711 });

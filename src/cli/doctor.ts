@@ -31,7 +31,7 @@ export async function doctorCommand(argv: string[]): Promise<number> {
   const zstd = await findExecutable('zstd');
   add(zstd ? 'ok' : 'warn', zstd ? `zstd: ${zstd}` : 'zstd not found: images with zstd-compressed layers cannot be unpacked', 'apt-get install zstd');
 
-  for (const bin of ['corral-nshelper', 'corral-pause', 'corral-unpack', 'corral-execreaper']) {
+  for (const bin of ['corral-nshelper', 'corral-pause', 'corral-unpack', 'corral-execreaper', 'corral-streamhelper']) {
     const p = nativeBinary(bin);
     add((await isExecutable(p)) ? 'ok' : 'fail', `${bin}: ${p}`, 'build Corral: npm run build (needs gcc and libc6-dev)');
   }

@@ -270,6 +270,9 @@ export class ContainerService {
       pidFile: path.join(vdir, 'pid'),
       conmonPidFile: path.join(vdir, 'conmon.pid'),
       timeoutMs: 60_000,
+      stdin: Boolean(record.config?.stdin),
+      stdinOnce: Boolean(record.config?.stdinOnce),
+      terminal: Boolean(record.config?.tty),
     });
     record.pid = created.pid;
   }
@@ -344,6 +347,7 @@ export class ContainerService {
       readonlyPaths: sc.readonlyPaths?.length ? sc.readonlyPaths : undefined,
       hostnamePath: files.hostname,
       hostsPath: files.hosts,
+      terminal: Boolean(c.tty),
       resolvConfPath: files.resolvConf,
       shmPath: sandbox.resources.shmMount ?? null,
       annotations: c.annotations ?? {},

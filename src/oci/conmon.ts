@@ -63,6 +63,12 @@ export interface ConmonCreateOptions {
   logLevel?: 'error' | 'warn' | 'info' | 'debug';
   /** conmon --full-attach: the attach socket at `<bundle>/attach`, no symlink in socketDir. */
   fullAttach?: boolean;
+  /** ContainerConfig.stdin: conmon holds a pipe to the container's stdin, fed by attach clients. */
+  stdin?: boolean;
+  /** ContainerConfig.stdin_once: the first attach client's stdin EOF closes the container's stdin. */
+  stdinOnce?: boolean;
+  /** ContainerConfig.tty (with process.terminal in the spec): conmon takes the pty master. */
+  terminal?: boolean;
 }
 
 /** conmon or the runtime it ran could not create the container. */
@@ -146,6 +152,8 @@ export async function conmonCreate(o: ConmonCreateOptions): Promise<{ pid: numbe
     '--log-level', o.logLevel ?? 'error',
   ];
   if (o.fullAttach) args.push('--full-attach');
+  if (o.terminal) args.push('--terminal');
+  if (o.stdin) args.push('--stdin', ...(o.stdinOnce ? [] : ['--leave-stdin-open']));
   if (o.persistDir) args.push('--persist-dir', o.persistDir);
   if (o.logSizeMax && o.logSizeMax > 0) args.push('--log-size-max', String(Math.floor(o.logSizeMax)));
 

@@ -142,6 +142,8 @@ export interface ContainerSpecInput {
   resolvConfPath: string;
   shmPath: string | null;
   annotations: Record<string, string>;
+  /** ContainerConfig.tty: the process gets a terminal (conmon holds its master). */
+  terminal?: boolean;
 }
 
 function bindOptions(m: BindMount): string[] {
@@ -205,7 +207,7 @@ export function buildContainerSpec(input: ContainerSpecInput): OciSpec {
   return {
     ociVersion: OCI_VERSION,
     process: {
-      terminal: false,
+      terminal: input.terminal ?? false,
       user: input.user,
       args: input.args,
       env: input.env,
