@@ -33,7 +33,7 @@ export async function serveCommand(argv: string[]): Promise<number> {
     process.stderr.write('corral: serve must run as root (network namespaces, mounts, OCI runtimes)\n');
     return 1;
   }
-  const logger = createLogger(cfg.logLevel);
+  const logger = createLogger(cfg.logLevel, 2, cfg.logFormat);
   const graceMs = cfg.shutdownGraceSeconds * 1000;
 
   let daemon: Daemon | undefined;
