@@ -13,6 +13,19 @@ BIN_DIR=${BIN_DIR:-/usr/local/bin}
 CONFIG_DIR=${CONFIG_DIR:-/etc/corral}
 UNIT_DIR=${UNIT_DIR:-/etc/systemd/system}
 
+# The nearest existing ancestor must be writable (the directories may not exist yet).
+writable() {
+  local d=$1
+  while [ ! -e "$d" ]; do d=$(dirname "$d"); done
+  [ -w "$d" ]
+}
+for d in "$BIN_DIR" "$CONFIG_DIR" "$UNIT_DIR"; do
+  if ! writable "$d"; then
+    echo "corral install: cannot write $d: run as root (sudo scripts/install.sh)" >&2
+    exit 1
+  fi
+done
+
 main_js="$repo/dist/src/cli/main.js"
 if [ ! -f "$main_js" ]; then
   echo "corral install: $main_js is missing; build Corral first: npm run build (or scripts/install-deps.sh)" >&2

@@ -59,6 +59,19 @@ test('install.sh refuses to replace a "corral" on PATH that is not its own wrapp
   assert.equal(await fs.readFile(path.join(foreign, 'corral'), 'utf8'), '#!/bin/sh\necho somebody else\n');
 });
 
+test('install.sh as a user who cannot write the target dirs says to run as root, and writes nothing', async () => {
+  const target = path.join(dir, 'root-only');
+  await fs.mkdir(target, { mode: 0o755 });
+  await fs.chmod(dir, 0o755); // mkdtemp makes it 0700: nobody must reach the script's targets to be refused by them
+  const r = await execFile('setpriv', ['--reuid=65534', '--regid=65534', '--clear-groups', 'bash', path.join(packageRoot(), 'scripts/install.sh')], {
+    env: { ...env, BIN_DIR: path.join(target, 'bin'), CONFIG_DIR: path.join(target, 'etc'), UNIT_DIR: path.join(target, 'systemd') },
+    timeoutMs: 60_000,
+  });
+  assert.equal(r.code, 1, r.stdout);
+  assert.match(r.stderr, /cannot write .*root-only\/bin: run as root/);
+  assert.deepEqual(await fs.readdir(target), []);
+});
+
 test('systemd-analyze verify accepts the installed unit without a warning', async (t) => {
   const which = await execFile('sh', ['-c', 'command -v systemd-analyze']);
   if (which.code !== 0) {
