@@ -45,6 +45,23 @@ test('corral --help lists every command with every flag, exits 0; no command is 
   assert.match(bare.stderr, /^usage: corral COMMAND/);
 });
 
+test('--help stays light: no gRPC, logger or daemon module is loaded', async () => {
+  // A preload that reports every package the CommonJS loader loads (grpc-js and pino are CommonJS).
+  const hook = path.join(dir, 'report-loads.cjs');
+  await fs.writeFile(hook, `const M = require('module'); const seen = new Set(); const orig = M._load;
+M._load = function (req, ...rest) { seen.add(req); return orig.call(this, req, ...rest); };
+process.on('exit', () => process.stderr.write('LOADED ' + JSON.stringify([...seen]) + '\\n'));\n`);
+  for (const args of [['--help'], ['serve', '--help'], ['pods', '--help']]) {
+    const r = await execFile(process.execPath, ['--require', hook, mainJs, ...args]);
+    assert.equal(r.code, 0, r.stderr);
+    const loaded: string[] = JSON.parse(/LOADED (.*)/.exec(r.stderr)![1]!);
+    assert.deepEqual(loaded.filter((m) => /grpc|pino|smol-toml/.test(m)), [], `${args.join(' ')} loaded ${loaded.join(', ')}`);
+  }
+  // The check can fail: a client command does load grpc-js.
+  const client = await execFile(process.execPath, ['--require', hook, mainJs, 'version', '-r', `unix://${dir}/none.sock`]);
+  assert.ok(JSON.parse(/LOADED (.*)/.exec(client.stderr)![1]!).some((m: string) => /grpc/.test(m)), client.stderr);
+});
+
 test('corral COMMAND --help explains each flag the command accepts', async () => {
   for (const c of COMMANDS) {
     const words = c.name.split(' ');
