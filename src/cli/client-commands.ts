@@ -1,29 +1,22 @@
 /** crictl-style client subcommands over the CRI socket. */
 import { promises as fs } from 'node:fs';
-import { parseArgs, type ParseArgsConfig } from 'node:util';
+import { parseArgs } from 'node:util';
 import { table } from './format.js';
 import { toCamelCaseFields } from './json-input.js';
+import { DEFAULT_ENDPOINT, parseOptions } from './commands.js';
+import { explainCallError } from './hints.js';
 import type { RuntimeRpcName } from '../cri/proto.js';
 
-const DEFAULT_ENDPOINT = 'unix:///run/corral/corral.sock';
-
-export async function clientCommand(command: string, argv: string[], common: ParseArgsConfig['options']): Promise<number> {
-  const extra: ParseArgsConfig['options'] = {
-    runtime: { type: 'string' },
-    all: { type: 'boolean', short: 'a' },
-    force: { type: 'boolean', short: 'f' },
-    id: { type: 'string' },
-    state: { type: 'string', short: 's' },
-    label: { type: 'string', multiple: true },
-    quiet: { type: 'boolean', short: 'q' },
-    output: { type: 'string', short: 'o' },
-  };
-  const { values, positionals } = parseArgs({ args: argv, options: { ...common, ...extra }, allowPositionals: true });
+export async function clientCommand(command: string, argv: string[]): Promise<number> {
+  const { values, positionals } = parseArgs({ args: argv, options: parseOptions(command), allowPositionals: true });
   const endpoint = (values['runtime-endpoint'] as string | undefined) ?? process.env.CONTAINER_RUNTIME_ENDPOINT ?? DEFAULT_ENDPOINT;
   const timeoutMs = parseDuration((values.timeout as string | undefined) ?? '2m');
   const { createRuntimeClient, call } = await import('../cri/client.js');
   const client = createRuntimeClient(endpoint);
-  const rpc = (method: RuntimeRpcName, req: object) => call(client, method, req, { deadlineMs: timeoutMs });
+  const rpc = (method: RuntimeRpcName, req: object) =>
+    call(client, method, req, { deadlineMs: timeoutMs }).catch((e: unknown) => {
+      throw explainCallError(e, endpoint);
+    });
   try {
     switch (command) {
       case 'version': {
@@ -111,7 +104,7 @@ function tryJson(s: string): unknown {
   }
 }
 
-function parseDuration(s: string): number {
+export function parseDuration(s: string): number {
   const m = /^(\d+(?:\.\d+)?)(ms|s|m|h)?$/.exec(s);
   if (!m) throw new Error(`bad timeout "${s}" (use e.g. 30s, 2m)`);
   const n = Number(m[1]);

@@ -3,6 +3,7 @@ import { promises as fs, constants as fsc } from 'node:fs';
 import path from 'node:path';
 import { parseArgs } from 'node:util';
 import { loadConfig } from '../config/config.js';
+import { parseOptions } from './commands.js';
 import { findExecutable, isExecutable, nativeBinary } from '../util/paths.js';
 import { exists } from '../util/fs.js';
 
@@ -13,8 +14,8 @@ interface Finding {
 }
 
 export async function doctorCommand(argv: string[]): Promise<number> {
-  const { values } = parseArgs({ args: argv, options: { config: { type: 'string', short: 'c' } } });
-  const cfg = await loadConfig(values.config);
+  const { values } = parseArgs({ args: argv, options: parseOptions('doctor') });
+  const cfg = await loadConfig(values.config as string | undefined);
   const findings: Finding[] = [];
   const add = (level: Finding['level'], what: string, fix?: string) => findings.push({ level, what, fix });
 

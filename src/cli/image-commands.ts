@@ -1,26 +1,26 @@
 /** Image subcommands: crictl-style pull/images/inspecti/rmi over the socket, and offline archive import. */
 import { promises as fs } from 'node:fs';
 import path from 'node:path';
-import { parseArgs, type ParseArgsConfig } from 'node:util';
+import { parseArgs } from 'node:util';
 import { table } from './format.js';
+import { DEFAULT_ENDPOINT, parseOptions } from './commands.js';
+import { explainCallError } from './hints.js';
+import { parseDuration } from './client-commands.js';
 import { loadConfig } from '../config/config.js';
 import type { ImageRpcName } from '../cri/proto.js';
 
-const DEFAULT_ENDPOINT = 'unix:///run/corral/corral.sock';
-
-export async function imageCommand(command: string, argv: string[], common: ParseArgsConfig['options']): Promise<number> {
-  const options: ParseArgsConfig['options'] = {
-    ...common,
-    creds: { type: 'string' },
-    quiet: { type: 'boolean', short: 'q' },
-    output: { type: 'string', short: 'o' },
-    config: { type: 'string', short: 'c' },
-  };
-  const { values, positionals } = parseArgs({ args: argv, options, allowPositionals: true });
+export async function imageCommand(command: string, argv: string[]): Promise<number> {
+  const { values, positionals } = parseArgs({ args: argv, options: parseOptions(command), allowPositionals: true });
   const endpoint = (values['runtime-endpoint'] as string | undefined) ?? process.env.IMAGE_SERVICE_ENDPOINT ?? process.env.CONTAINER_RUNTIME_ENDPOINT ?? DEFAULT_ENDPOINT;
+  const timeout = values.timeout as string | undefined;
+  // A pull may take long (big layers); the other calls are quick.
+  const defaultDeadlineMs = timeout ? parseDuration(timeout) : 120_000;
   const { createImageClient, call } = await import('../cri/client.js');
   const client = createImageClient(endpoint);
-  const rpc = (method: ImageRpcName, req: object, deadlineMs = 120_000) => call(client, method, req, { deadlineMs });
+  const rpc = (method: ImageRpcName, req: object, deadlineMs = defaultDeadlineMs) =>
+    call(client, method, req, { deadlineMs }).catch((e: unknown) => {
+      throw explainCallError(e, endpoint);
+    });
   try {
     switch (command) {
       case 'pull': {
@@ -29,7 +29,7 @@ export async function imageCommand(command: string, argv: string[], common: Pars
         const auth = values.creds ? credsToAuth(values.creds as string) : undefined;
         const progress = await watchIngest((values.config as string | undefined) ?? undefined);
         try {
-          const r = await rpc('PullImage', { image: { image }, auth }, 30 * 60_000);
+          const r = await rpc('PullImage', { image: { image }, auth }, timeout ? defaultDeadlineMs : 30 * 60_000);
           progress.stop();
           process.stdout.write(`Image is up to date for ${r.imageRef}\n`);
         } finally {
@@ -94,10 +94,10 @@ export async function imageCommand(command: string, argv: string[], common: Pars
 
 /** `corral image import FILE`: straight into this node's image store (the daemon picks it up). */
 export async function importCommand(argv: string[]): Promise<number> {
-  const { values, positionals } = parseArgs({ args: argv, options: { config: { type: 'string', short: 'c' } }, allowPositionals: true });
+  const { values, positionals } = parseArgs({ args: argv, options: parseOptions('image import'), allowPositionals: true });
   const file = positionals[0];
   if (!file) throw new Error('image import needs an archive file');
-  const cfg = await loadConfig(values.config);
+  const cfg = await loadConfig(values.config as string | undefined);
   const { silentLogger } = await import('../util/log.js');
   const { ImageStore } = await import('../image/image-store.js');
   const { importArchive } = await import('../image/archive.js');

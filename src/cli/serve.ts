@@ -7,18 +7,10 @@ import { ConfigError, loadConfig } from '../config/config.js';
 import { createLogger } from '../util/log.js';
 import type { Daemon } from '../daemon.js';
 import { EXIT_UNCAUGHT_EXCEPTION, installProcessPolicy } from './process-policy.js';
+import { parseOptions } from './commands.js';
 
 export async function serveCommand(argv: string[]): Promise<number> {
-  const { values } = parseArgs({
-    args: argv,
-    options: {
-      config: { type: 'string', short: 'c' },
-      socket: { type: 'string' },
-      root: { type: 'string' },
-      state: { type: 'string' },
-      'log-level': { type: 'string' },
-    },
-  });
+  const values = parseArgs({ args: argv, options: parseOptions('serve') }).values as Record<string, string | undefined>;
   let cfg;
   try {
     cfg = await loadConfig(values.config, { socket: values.socket, rootDir: values.root, stateDir: values.state, logLevel: values['log-level'] });
@@ -33,7 +25,7 @@ export async function serveCommand(argv: string[]): Promise<number> {
     process.stderr.write('corral: serve must run as root (network namespaces, mounts, OCI runtimes)\n');
     return 1;
   }
-  const logger = createLogger(cfg.logLevel);
+  const logger = createLogger(cfg.logLevel, 2, cfg.logFormat);
   const graceMs = cfg.shutdownGraceSeconds * 1000;
 
   let daemon: Daemon | undefined;

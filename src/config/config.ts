@@ -62,6 +62,8 @@ export interface CorralConfig {
   netnsDir: string;
   cgroupDriver: 'cgroupfs';
   logLevel: 'trace' | 'debug' | 'info' | 'warn' | 'error';
+  /** `json`: one JSON object per line (for log collectors); `text`: `time LEVEL msg key=value...` for people. */
+  logFormat: 'json' | 'text';
   /** Empty = Corral's built-in pause image (no registry needed). */
   sandboxImage: string;
   defaultRuntime: string;
@@ -98,6 +100,7 @@ export function defaultConfig(): CorralConfig {
     netnsDir: '/var/run/netns',
     cgroupDriver: 'cgroupfs',
     logLevel: 'info',
+    logFormat: 'json',
     sandboxImage: BUILTIN_SANDBOX_IMAGE,
     defaultRuntime: 'runc',
     dropInfraContainer: true,
@@ -174,6 +177,7 @@ export function resolveConfig(raw: Record<string, unknown>, overrides: ConfigOve
     netnsDir: r.absPath('netns_dir', d.netnsDir),
     cgroupDriver: r.oneOf('cgroup_driver', ['cgroupfs'] as const, d.cgroupDriver),
     logLevel: r.oneOf('log_level', ['trace', 'debug', 'info', 'warn', 'error'] as const, d.logLevel),
+    logFormat: r.oneOf('log_format', ['json', 'text'] as const, d.logFormat),
     sandboxImage: r.string('sandbox_image', d.sandboxImage),
     defaultRuntime: r.string('default_runtime', d.defaultRuntime),
     dropInfraContainer: r.bool('drop_infra_container', d.dropInfraContainer),

@@ -56,6 +56,7 @@ test('unknown keys and bad values are refused with the key and the reason', () =
     [{ cni: { reload_interval_ms: -1 } }, /cni\.reload_interval_ms: must be between 0 and 3600000/],
     [{ cni: { reload_interval_ms: 1.5 } }, /cni\.reload_interval_ms: must be/],
     [{ log_level: 3 }, /log_level: must be one of/],
+    [{ log_format: 'pretty' }, /log_format: must be one of "json", "text"/],
     [{ default_runtime: 'nope' }, /default_runtime: "nope" is not a configured runtime/],
     [{ runtimes: { x: { path: 'bin/x' } } }, /runtimes\.x\.path: must be a bare program name or an absolute path/],
     [{ runtimes: { x: { type: 'kvm' } } }, /runtimes\.x\.type: must be one of "oci", "vm"/],
@@ -65,6 +66,11 @@ test('unknown keys and bad values are refused with the key and the reason', () =
   for (const [raw, re] of cases) {
     assert.throws(() => resolveConfig(raw), (e: unknown) => e instanceof ConfigError && re.test((e as Error).message), JSON.stringify(raw));
   }
+});
+
+test('log_format is json unless the file says text', () => {
+  assert.equal(resolveConfig({}).logFormat, 'json');
+  assert.equal(resolveConfig({ log_format: 'text' }).logFormat, 'text');
 });
 
 test('restrict_oom_score_adj accepts booleans and "auto"', () => {
