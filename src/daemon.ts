@@ -28,6 +28,8 @@ import { ImageService } from './image/image-service.js';
 import { mountOverlayRootfs, unmountOverlayRootfs } from './image/snapshots.js';
 import { CorralError } from './errors.js';
 import { readSeccompProfile, resolveSeccomp } from './oci/seccomp-choice.js';
+import { StreamingServer } from './streaming/server.js';
+import { InterimStreamingRuntime } from './streaming/interim-runtime.js';
 
 export interface Daemon {
   sandboxes: SandboxService;
@@ -187,14 +189,31 @@ export async function startDaemon(cfg: CorralConfig, logger: Logger): Promise<Da
   sandboxes.layersReleased = containers.layersReleased = (chain) => images.layersReleased(chain);
   await images.store.collect(images.layersInUse);
 
+  // The runtime side of exec/attach/port-forward; the interim one runs non-TTY exec only.
+  const streamingRuntime = new InterimStreamingRuntime(async (id) => {
+    const rec = await containers.status(id);
+    const h = cfg.runtimes[rec.runtimeHandler];
+    if (!h) throw new CorralError('failed-precondition', `runtime handler "${rec.runtimeHandler}" of container ${rec.id} is no longer configured`);
+    return { binary: h.path, root: h.root, running: rec.state === 'running' };
+  });
+  const streaming = await StreamingServer.start({
+    address: cfg.streaming.address,
+    port: cfg.streaming.port,
+    tlsCertFile: cfg.streaming.tlsCertFile,
+    tlsKeyFile: cfg.streaming.tlsKeyFile,
+    idleTimeoutMs: cfg.streaming.idleTimeoutSeconds * 1000,
+    runtime: streamingRuntime,
+    logger,
+  });
+
   const server = await CriServer.start({
     socketPath: cfg.socket,
     socketMode: 0o660,
     logger,
     runtimeHandlers: {
       ...runtimeInfoHandlers(cfg, settings, () => networks.readiness(), () => ({ cni: networks.describe() })),
-      ...sandboxHandlers(sandboxes),
-      ...containerHandlers(containers),
+      ...sandboxHandlers(sandboxes, streaming),
+      ...containerHandlers(containers, streaming),
     },
     imageHandlers: imageHandlers(cfg, images),
   });
@@ -205,6 +224,7 @@ export async function startDaemon(cfg: CorralConfig, logger: Logger): Promise<Da
     server,
     async shutdown(graceMs: number) {
       await server.shutdown(graceMs);
+      await streaming.shutdown();
       images.close();
       logger.info('corral stopped; pods keep running');
     },

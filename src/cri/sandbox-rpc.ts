@@ -2,11 +2,20 @@
 import type { SandboxService } from '../sandbox/service.js';
 import type { SandboxRecord } from '../sandbox/record.js';
 import { namespaceChoice } from '../sandbox/options.js';
-import { invalidArgument } from '../errors.js';
+import { failedPrecondition, invalidArgument, unavailable } from '../errors.js';
+import { portForwardRequest, type StreamingUrls } from '../streaming/requests.js';
 import { nowNs } from '../util/time.js';
 
-export function sandboxHandlers(sandboxes: SandboxService) {
+export function sandboxHandlers(sandboxes: SandboxService, streaming?: StreamingUrls) {
   return {
+    async PortForward(req: any) {
+      const request = portForwardRequest(req);
+      const rec = sandboxes.get(request.podSandboxId);
+      if ((await sandboxes.liveState(rec)) !== 'SANDBOX_READY') throw failedPrecondition(`pod sandbox ${rec.id} is not ready`);
+      if (!streaming) throw unavailable('the streaming server is not running');
+      return { url: streaming.urlFor({ ...request, podSandboxId: rec.id }) };
+    },
+
     async RunPodSandbox(req: any) {
       if (!req.config) throw invalidArgument('RunPodSandbox needs a sandbox config');
       const podSandboxId = await sandboxes.run(req.config, req.runtimeHandler ?? '');
