@@ -29,6 +29,8 @@ export interface StreamingServerOptions {
   runtime: StreamingRuntime;
   logger: Logger;
   tokens?: TokenCache;
+  /** Streams one session may hold open (port-forward opens two per connection); default 1000. */
+  maxStreamsPerSession?: number;
 }
 
 const ROUTE = /^\/(exec|attach|portforward)\/([A-Za-z0-9_-]{1,64})$/;
@@ -132,7 +134,7 @@ export class StreamingServer {
     socket.write(`HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: SPDY/3.1\r\nX-Stream-Protocol-Version: ${protocol}\r\n\r\n`);
     (socket as net.Socket).setNoDelay?.(true);
     const { logger, runtime } = this.opts;
-    const session = new SpdySession(socket, { idleTimeoutMs: this.opts.idleTimeoutMs, logger });
+    const session = new SpdySession(socket, { idleTimeoutMs: this.opts.idleTimeoutMs, logger, maxStreams: this.opts.maxStreamsPerSession ?? 1000 });
     this.sessions.add(session);
     session.once('close', () => this.sessions.delete(session));
     const served$ =

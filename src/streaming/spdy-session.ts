@@ -189,10 +189,17 @@ export class SpdySession extends EventEmitter {
         if (size > this.maxHeaderBytes) failed = true;
         else chunks.push(c);
       };
+      // A corrupt block errors the inflater, which then never calls the flush callback.
+      const onError = (e: Error) => {
+        this.inflater.off('data', onData);
+        reject(new SpdyProtocolError(`bad header block: ${e.message}`));
+      };
       this.inflater.on('data', onData);
+      this.inflater.once('error', onError);
       this.inflater.write(block);
       this.inflater.flush(zlib.constants.Z_SYNC_FLUSH, () => {
         this.inflater.off('data', onData);
+        this.inflater.off('error', onError);
         if (this.zlibError) reject(new SpdyProtocolError(`bad header block: ${this.zlibError.message}`));
         else if (failed) reject(new SpdyProtocolError(`decompressed header block exceeds ${this.maxHeaderBytes} bytes`));
         else resolve(Buffer.concat(chunks));
