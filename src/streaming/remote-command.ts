@@ -45,11 +45,12 @@ export async function serveRemoteCommand(
   const ready = await new Promise<boolean>((resolve) => {
     const timer = setTimeout(() => {
       logger.info({ have: [...streams.keys()], want: expected }, 'timed out waiting for the client to create its streams');
-      resolve(false);
+      done(false);
     }, creationTimeoutMs);
-    const onStream = (s: SpdyStream) => {
+    const onStream = async (s: SpdyStream) => {
       const type = s.headers.get('streamtype') ?? '';
-      void s.accept();
+      await s.accept(); // a stream counts once its SYN_REPLY is out (as kubelet counts)
+      if (session.closed) return;
       if (!STREAM_TYPES.includes(type) || !expected.includes(type as StreamType)) {
         logger.debug({ type }, 'ignoring an unexpected stream');
         s.discard();
@@ -59,14 +60,19 @@ export async function serveRemoteCommand(
       streams.set(type as StreamType, s);
       if (expected.every((t) => streams.has(t))) done(true);
     };
+    let settled = false;
     const onClose = () => done(false);
     const done = (ok: boolean) => {
+      if (settled) return;
+      settled = true;
       clearTimeout(timer);
-      session.off('stream', onStream);
       session.off('close', onClose);
       resolve(ok);
     };
-    session.on('stream', onStream);
+    session.on('stream', (s: SpdyStream) => {
+      // Streams arriving after the wait ended are answered and drained below.
+      if (!settled) void onStream(s);
+    });
     session.on('close', onClose);
   });
   if (!ready) {

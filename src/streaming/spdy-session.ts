@@ -377,7 +377,10 @@ export class SpdyStream extends Duplex {
   /** RST_STREAM: ends both directions. */
   reset(status: number = RstStatus.CANCEL): void {
     if (this.wasReset) return;
-    this.session.send(encodeRstStream(this.id, status));
+    // An RST overtaking our SYN_REPLY (still being deflated) would fail the client's CreateStream.
+    const rst = encodeRstStream(this.id, status);
+    if (this.replied) void this.replied.then(() => this.session.send(rst), () => undefined);
+    else this.session.send(rst);
     this.receiveReset(status);
   }
 

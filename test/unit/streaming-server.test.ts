@@ -325,3 +325,17 @@ test('backpressure: a client that stops reading stops the producer (bounded buff
   await c.until(() => error.fin, 30_000, 'the end');
   assert.equal(Buffer.concat(stdout.data).length, total);
 });
+
+test('a runtime that fails at once: every stream gets its SYN_REPLY before any RST (else the Go client fails CreateStream with "Stream reset")', async () => {
+  const server = await startServer(fakeRuntime({ exec: async () => Promise.reject(new Error('exec with a TTY is not served yet')) }));
+  const c = await connect(server.urlFor(execReq({ tty: true, stdin: true, stderr: false })));
+  const streams = [];
+  for (const t of ['error', 'stdin', 'stdout', 'resize']) streams.push(await c.open({ streamtype: t }));
+  await c.until(() => c.closed || c.frames.some((f) => f.kind === 'goaway'), 5000, 'the end');
+  for (const s of streams) {
+    const reply = c.frames.findIndex((f) => f.kind === 'syn_reply' && f.streamId === s.id);
+    const rst = c.frames.findIndex((f) => f.kind === 'rst_stream' && f.streamId === s.id);
+    assert.ok(reply >= 0 && (rst < 0 || reply < rst), `stream ${s.id}: reply at ${reply}, RST at ${rst}`);
+  }
+  assert.match(JSON.parse(c.text(streams[0]!)).message, /not served yet/);
+});
