@@ -17,6 +17,8 @@ import { TokenCache, type StreamRequest } from './token-cache.js';
 import { SpdySession } from './spdy-session.js';
 import { REMOTE_COMMAND_PROTOCOLS, serveRemoteCommand } from './remote-command.js';
 import { PORT_FORWARD_PROTOCOLS, servePortForward } from './port-forward.js';
+import { WebSocketServer, type WebSocket } from 'ws';
+import { WS_MAX_PAYLOAD, WS_PORT_FORWARD_PROTOCOLS, WS_REMOTE_COMMAND_PROTOCOLS, chooseWsProtocol, serveWsPortForward, serveWsRemoteCommand } from './websocket.js';
 
 export interface StreamingServerOptions {
   address: string;
@@ -49,6 +51,7 @@ export function negotiateProtocol(offered: string[], served: string[]): string |
 export class StreamingServer {
   readonly tokens: TokenCache;
   private readonly sessions = new Set<SpdySession>();
+  private readonly websockets = new Set<WebSocket>();
   private baseUrl = '';
 
   private constructor(private readonly server: http.Server, private readonly opts: StreamingServerOptions) {
@@ -93,6 +96,7 @@ export class StreamingServer {
   /** Stops listening and ends every live session. */
   async shutdown(): Promise<void> {
     for (const s of this.sessions) s.destroy('the daemon is shutting down');
+    for (const ws of this.websockets) ws.terminate();
     await new Promise<void>((resolve) => this.server.close(() => resolve()));
   }
 
@@ -116,9 +120,7 @@ export class StreamingServer {
     socket.on('error', () => socket.destroy());
     const request = this.route(req.url);
     if (!request) return plainResponse(socket, 404, 'Not Found', '404 page not found\n');
-    if ((req.headers.upgrade ?? '').toLowerCase() === 'websocket') {
-      return plainResponse(socket, 400, 'Bad Request', 'WebSocket streaming is not served yet: use SPDY/3.1\n');
-    }
+    if ((req.headers.upgrade ?? '').toLowerCase() === 'websocket') return this.upgradeWebSocket(req, socket, head, request);
     const served = request.kind === 'portforward' ? PORT_FORWARD_PROTOCOLS : REMOTE_COMMAND_PROTOCOLS;
     const offered = headerList(req.headers['x-stream-protocol-version']);
     if (offered.length === 0) return plainResponse(socket, 400, 'Bad Request', 'unable to upgrade: unable to negotiate protocol: client did not request protocol negotiation\n');
@@ -144,6 +146,31 @@ export class StreamingServer {
       session.destroy('session failed');
     });
     session.feed(head);
+  }
+
+  private upgradeWebSocket(req: http.IncomingMessage, socket: Duplex, head: Buffer, request: StreamRequest): void {
+    const served = request.kind === 'portforward' ? WS_PORT_FORWARD_PROTOCOLS : WS_REMOTE_COMMAND_PROTOCOLS;
+    const protocol = chooseWsProtocol(headerList(req.headers['sec-websocket-protocol']), served);
+    if (protocol === undefined) return plainResponse(socket, 403, 'Forbidden', `unable to upgrade: no WebSocket subprotocol in common; server accepts ${JSON.stringify(served)}\n`);
+    const { logger, runtime, idleTimeoutMs } = this.opts;
+    const wss = new WebSocketServer({ noServer: true, maxPayload: WS_MAX_PAYLOAD, perMessageDeflate: false, clientTracking: false, handleProtocols: () => protocol || false });
+    wss.handleUpgrade(req, socket, head, (ws) => {
+      this.websockets.add(ws);
+      ws.once('close', () => this.websockets.delete(ws));
+      if (idleTimeoutMs > 0) {
+        const idle = setTimeout(() => ws.terminate(), idleTimeoutMs);
+        idle.unref();
+        const touch = () => idle.refresh();
+        ws.on('message', touch);
+        ws.on('ping', touch);
+        ws.once('close', () => clearTimeout(idle));
+      }
+      const served$ = request.kind === 'portforward' ? serveWsPortForward(ws, protocol, request, runtime, logger) : serveWsRemoteCommand(ws, protocol, request, runtime, logger);
+      served$.catch((e) => {
+        logger.error({ err: (e as Error).message, kind: request.kind }, 'WebSocket streaming session failed');
+        ws.terminate();
+      });
+    });
   }
 }
 

@@ -362,6 +362,7 @@ export class SpdyStream extends Duplex {
   remoteFinished = false;
   localFinished = false;
   wasReset = false;
+  private readRequested = false;
 
   constructor(private readonly session: SpdySession, readonly id: number, readonly headers: Map<string, string>) {
     super({ allowHalfOpen: true, highWaterMark: 64 * 1024 });
@@ -391,13 +392,17 @@ export class SpdyStream extends Duplex {
 
   receiveData(payload: Buffer): void {
     if (this.remoteFinished || this.wasReset) return;
-    if (payload.length > 0 && !this.push(payload)) this.session.block(this);
+    if (payload.length === 0) return;
+    // Node may call _read inside push(): only a read not yet asked for leaves the stream blocked.
+    this.readRequested = false;
+    if (!this.push(payload) && !this.readRequested) this.session.block(this);
   }
 
   receiveFin(): void {
     if (this.remoteFinished) return;
     this.remoteFinished = true;
     this.push(null);
+    this.session.unblock(this); // nothing more can come for it: what it holds is bounded
     this.maybeDone();
   }
 
@@ -419,6 +424,7 @@ export class SpdyStream extends Duplex {
   }
 
   override _read(): void {
+    this.readRequested = true;
     this.session.unblock(this);
   }
 

@@ -339,3 +339,30 @@ test('a runtime that fails at once: every stream gets its SYN_REPLY before any R
   }
   assert.match(JSON.parse(c.text(streams[0]!)).message, /not served yet/);
 });
+
+test('a stream that filled its buffer and then FINs does not leave the connection paused (PINGs still answered)', async () => {
+  let readAll: () => void;
+  const allRead = new Promise<void>((r) => (readAll = r));
+  const server = await startServer(
+    fakeRuntime({
+      async exec(_id, _cmd, io) {
+        for await (const _ of io.stdin!) void _;
+        readAll();
+        await new Promise((r) => io.signal.addEventListener('abort', r));
+        return 0;
+      },
+    }),
+  );
+  const c = await connect(server.urlFor(execReq({ stdin: true, stderr: false })));
+  await c.open({ streamtype: 'error' });
+  const stdin = await c.open({ streamtype: 'stdin' });
+  await c.open({ streamtype: 'stdout' });
+  for (let i = 0; i < 4; i++) c.write(stdin, Buffer.alloc(32 * 1024));
+  c.write(stdin, '', true);
+  await allRead;
+  const ping = Buffer.alloc(4);
+  ping.writeUInt32BE(7);
+  c.sendControl(FrameType.PING, 0, ping);
+  await c.until(() => c.frames.some((f) => f.kind === 'ping' && f.id === 7), 3000, 'the PING echo');
+  c.close();
+});
