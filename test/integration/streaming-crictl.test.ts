@@ -9,6 +9,9 @@ import { spawn } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import { existsSync } from 'node:fs';
 import http from 'node:http';
+import { once } from 'node:events';
+import { WebSocket } from 'ws';
+import { eventually } from '../helpers/wait.js';
 import path from 'node:path';
 import { packageRoot } from '../../src/util/paths.js';
 import { TestDaemon, podConfig } from '../helpers/daemon.js';
@@ -165,4 +168,42 @@ test('Exec, Attach, PortForward: bad requests are INVALID_ARGUMENT, missing obje
   await assert.rejects(d.rpc('Attach', { containerId, stdout: false }), /one of stdin, stdout, or stderr/);
   await assert.rejects(d.rpc('PortForward', { podSandboxId: '' }), /missing required pod_sandbox_id/);
   await assert.rejects(d.rpc('PortForward', { podSandboxId: 'nosuch' }), /NOT_FOUND|not found/);
+});
+
+/** Host PIDs whose command line is exactly argv. */
+async function pidsOf(argv: string[]): Promise<number[]> {
+  const { readdir, readFile } = await import('node:fs/promises');
+  const want = argv.join('\0') + '\0';
+  const out: number[] = [];
+  for (const e of await readdir('/proc')) {
+    if (!/^\d+$/.test(e)) continue;
+    const cmdline = await readFile(`/proc/${e}/cmdline`, 'utf8').catch(() => '');
+    if (cmdline === want) out.push(Number(e));
+  }
+  return out;
+}
+
+test('a client killed mid-stream leaves no exec process behind', { skip: skip() }, async () => {
+  const marker = ['sleep', String(4000 + Math.floor(Math.random() * 1000))];
+  const child = spawn(crictl!, ['--runtime-endpoint', `unix://${d.socket}`, 'exec', containerId, ...marker], { stdio: 'ignore' });
+  try {
+    await eventually(async () => assert.equal((await pidsOf(marker)).length, 1), { timeoutMs: 15_000 });
+  } finally {
+    child.kill('SIGKILL');
+  }
+  await eventually(async () => assert.deepEqual(await pidsOf(marker), []), { timeoutMs: 15_000 });
+});
+
+test('WebSocket v5 against the daemon: exec output, stdin close and the exit code', async () => {
+  const { url } = await d.rpc('Exec', { containerId, cmd: ['sh', '-c', 'cat; exit 5'], stdin: true, stdout: true, stderr: true });
+  const ws = new WebSocket(url.replace(/^http/, 'ws'), ['v5.channel.k8s.io']);
+  const got: Buffer[] = [];
+  ws.on('message', (m: Buffer) => got.push(m));
+  await once(ws, 'open');
+  ws.send(Buffer.concat([Buffer.from([0]), Buffer.from('through stdin\n')]));
+  ws.send(Buffer.from([0xff, 0]));
+  await once(ws, 'close');
+  const on = (ch: number) => Buffer.concat(got.filter((m) => m[0] === ch).map((m) => m.subarray(1))).toString();
+  assert.equal(on(1), 'through stdin\n');
+  assert.equal(JSON.parse(on(3)).details.causes[0].message, '5');
 });
