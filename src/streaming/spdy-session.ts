@@ -44,8 +44,8 @@ export interface SpdySessionOptions {
   logger?: Logger;
 }
 
-/** Frames parsed but not yet handled before the socket is paused. */
-const MAX_QUEUED_FRAMES = 64;
+/** Frames parsed but not yet handled before the socket is paused (× the frame cap bounds what a session buffers). */
+const MAX_QUEUED_FRAMES = 16;
 /** Unsent bytes buffered on the socket before we stop reading from it (pings, RSTs a client provokes). */
 const MAX_UNSENT_BYTES = 1024 * 1024;
 /** After our GOAWAY and FIN, how long the peer gets to close before the socket is destroyed. */

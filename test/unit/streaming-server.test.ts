@@ -366,3 +366,28 @@ test('a stream that filled its buffer and then FINs does not leave the connectio
   await c.until(() => c.frames.some((f) => f.kind === 'ping' && f.id === 7), 3000, 'the PING echo');
   c.close();
 });
+
+test('TLS: with a certificate and key the URLs are https and the routes answer over TLS', async () => {
+  const { mkdtemp, rm } = await import('node:fs/promises');
+  const os = await import('node:os');
+  const path = await import('node:path');
+  const { execFile } = await import('../../src/util/exec.js');
+  const https = await import('node:https');
+  const dir = await mkdtemp(path.join(os.tmpdir(), 'corral-tls-'));
+  cleanups.push(() => rm(dir, { recursive: true, force: true }));
+  const cert = path.join(dir, 'c.pem');
+  const key = path.join(dir, 'k.pem');
+  await execFile('openssl', ['req', '-x509', '-newkey', 'rsa:2048', '-nodes', '-keyout', key, '-out', cert, '-days', '1', '-subj', '/CN=127.0.0.1', '-addext', 'subjectAltName=IP:127.0.0.1']);
+  const runtime = fakeRuntime({});
+  const s = await StreamingServer.start({ address: '127.0.0.1', port: 0, tlsCertFile: cert, tlsKeyFile: key, idleTimeoutMs: 0, runtime, logger: silentLogger() });
+  cleanups.push(() => s.shutdown());
+  const url = s.urlFor(execReq());
+  assert.match(url, /^https:\/\/127\.0\.0\.1:\d+\/exec\//);
+  const code = await new Promise<number>((resolve, reject) => {
+    https.get(url.replace(/exec\/.*/, 'exec/unknown1'), { rejectUnauthorized: false }, (res) => {
+      res.resume();
+      resolve(res.statusCode!);
+    }).on('error', reject);
+  });
+  assert.equal(code, 404);
+});
