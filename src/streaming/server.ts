@@ -97,7 +97,9 @@ export class StreamingServer {
   async shutdown(): Promise<void> {
     for (const s of this.sessions) s.destroy('the daemon is shutting down');
     for (const ws of this.websockets) ws.terminate();
-    await new Promise<void>((resolve) => this.server.close(() => resolve()));
+    const closed = new Promise<void>((resolve) => this.server.close(() => resolve()));
+    this.server.closeAllConnections(); // half-sent requests too: nothing may hold the shutdown
+    await closed;
   }
 
   private route(url: string | undefined): StreamRequest | undefined {

@@ -391,3 +391,28 @@ test('TLS: with a certificate and key the URLs are https and the routes answer o
   });
   assert.equal(code, 404);
 });
+
+test('v2.channel.k8s.io: nothing on the error stream on success, the message as text on failure', async () => {
+  let code = 0;
+  const server = await startServer(fakeRuntime({ exec: async () => code }));
+  for (const [exit, want] of [[0, ''], [2, 'command terminated with non-zero exit code: exit status 2']] as const) {
+    code = exit;
+    const c = await connect(server.urlFor(execReq({ stderr: false })), ['v2.channel.k8s.io']);
+    assert.equal(c.protocol, 'v2.channel.k8s.io');
+    const error = await c.open({ streamtype: 'error' });
+    await c.open({ streamtype: 'stdout' });
+    await c.until(() => error.fin, 5000, 'the error stream FIN');
+    assert.equal(c.text(error), want);
+  }
+});
+
+test('shutdown ends live sessions and stops listening', async () => {
+  const server = await StreamingServer.start({ address: '127.0.0.1', port: 0, tlsCertFile: '', tlsKeyFile: '', idleTimeoutMs: 0, runtime: fakeRuntime({ exec: () => new Promise(() => undefined) }), logger: silentLogger() });
+  const c = await connect(server.urlFor(execReq()));
+  await c.open({ streamtype: 'error' });
+  const idle = net.connect((new URL(server.url).port as unknown as number), '127.0.0.1'); // a connection that never sends a request
+  cleanups.push(() => void idle.destroy());
+  await once(idle, 'connect');
+  await server.shutdown();
+  await c.until(() => c.closed, 5000, 'the session to end');
+});
