@@ -207,3 +207,12 @@ test('WebSocket v5 against the daemon: exec output, stdin close and the exit cod
   assert.equal(on(1), 'through stdin\n');
   assert.equal(JSON.parse(on(3)).details.causes[0].message, '5');
 });
+
+test('20 concurrent crictl execs each get their own output and exit code', { skip: skip() }, async () => {
+  const runs = await Promise.all(Array.from({ length: 20 }, (_, i) => runCrictl(['exec', containerId, 'sh', '-c', `echo run-${i}; exit ${i % 2 ? 4 : 0}`])));
+  runs.forEach((r, i) => {
+    assert.equal(r.stdout.toString(), `run-${i}\n`);
+    if (i % 2) assert.match(r.stderr, /command terminated with exit code 4/);
+    else assert.equal(r.code, 0, r.stderr);
+  });
+});

@@ -416,3 +416,16 @@ test('shutdown ends live sessions and stops listening', async () => {
   await server.shutdown();
   await c.until(() => c.closed, 5000, 'the session to end');
 });
+
+test('HTTP: an expired token is a 404 before any upgrade, a fresh one upgrades', async () => {
+  const { TokenCache } = await import('../../src/streaming/token-cache.js');
+  let now = 0;
+  const tokens = new TokenCache(60_000, 1000, () => now);
+  const s = await StreamingServer.start({ address: '127.0.0.1', port: 0, tlsCertFile: '', tlsKeyFile: '', idleTimeoutMs: 0, runtime: fakeRuntime({}), logger: silentLogger(), tokens });
+  cleanups.push(() => s.shutdown());
+  const stale = s.urlFor(execReq());
+  now += 61_000;
+  await assert.rejects(TestSpdyClient.connect(stale, V4), /no upgrade: 404/);
+  const fresh = await connect(s.urlFor(execReq()));
+  assert.equal(fresh.protocol, 'v4.channel.k8s.io');
+});
