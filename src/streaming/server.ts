@@ -33,6 +33,8 @@ export interface StreamingServerOptions {
   tokens?: TokenCache;
   /** Streams one session may hold open (port-forward opens two per connection); default 1000. */
   maxStreamsPerSession?: number;
+  /** How long a client has to open every stream its request implies (default 30 s, as kubelet). */
+  streamCreationTimeoutMs?: number;
 }
 
 const ROUTE = /^\/(exec|attach|portforward)\/([A-Za-z0-9_-]{1,64})$/;
@@ -142,7 +144,9 @@ export class StreamingServer {
     this.sessions.add(session);
     session.once('close', () => this.sessions.delete(session));
     const served$ =
-      request.kind === 'portforward' ? servePortForward(session, request, runtime, logger) : serveRemoteCommand(session, protocol, request, runtime, logger);
+      request.kind === 'portforward'
+        ? servePortForward(session, request, runtime, logger)
+        : serveRemoteCommand(session, protocol, request, runtime, logger, this.opts.streamCreationTimeoutMs);
     served$.catch((e) => {
       logger.error({ err: (e as Error).message, kind: request.kind }, 'streaming session failed');
       session.destroy('session failed');

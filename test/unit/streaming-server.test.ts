@@ -429,3 +429,16 @@ test('HTTP: an expired token is a 404 before any upgrade, a fresh one upgrades',
   const fresh = await connect(s.urlFor(execReq()));
   assert.equal(fresh.protocol, 'v4.channel.k8s.io');
 });
+
+test('a client that does not open every expected stream in time is disconnected, and nothing runs', async () => {
+  let ran = false;
+  const s = await StreamingServer.start({
+    address: '127.0.0.1', port: 0, tlsCertFile: '', tlsKeyFile: '', idleTimeoutMs: 0, logger: silentLogger(), streamCreationTimeoutMs: 200,
+    runtime: fakeRuntime({ exec: async () => ((ran = true), 0) }),
+  });
+  cleanups.push(() => s.shutdown());
+  const c = await connect(s.urlFor(execReq()));
+  await c.open({ streamtype: 'error' });
+  await c.until(() => c.closed, 5000, 'the disconnect');
+  assert.equal(ran, false);
+});
