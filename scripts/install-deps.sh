@@ -18,6 +18,17 @@ fi
 
 bash scripts/prepare-cgroups.sh
 
+# crictl and critest v1.26.1 (the real Go SPDY client the streaming tests use; not in Debian),
+# from the shared tools kept beside the clone.
+crictl_installer=../shared/tools/cri-tools-v1.26.1/install.sh
+if ! command -v crictl >/dev/null 2>&1 || ! command -v critest >/dev/null 2>&1; then
+  if [ -f "$crictl_installer" ]; then
+    bash "$crictl_installer" /usr/local/bin >/dev/null
+  else
+    echo "corral: $crictl_installer not found: crictl/critest not installed (the crictl streaming tests will skip)" >&2
+  fi
+fi
+
 if ! command -v node >/dev/null 2>&1; then
   echo "corral: Node.js 20 or newer is required (apt-get install nodejs npm)" >&2
   exit 1

@@ -31,6 +31,8 @@ import { conmonCreate, readExitCode, removeConmonFiles, waitForExit } from './oc
 import { msToNs, nowNs } from './util/time.js';
 import { readSeccompProfile, resolveSeccomp } from './oci/seccomp-choice.js';
 import type { LinuxSandboxSecurityContext } from './cri-api/types.js';
+import { StreamingServer } from './streaming/server.js';
+import { createStreamingRuntime, daemonStreamingDeps } from './streaming/backend/index.js';
 
 export interface Daemon {
   sandboxes: SandboxService;
@@ -214,14 +216,26 @@ export async function startDaemon(cfg: CorralConfig, logger: Logger): Promise<Da
   sandboxes.layersReleased = containers.layersReleased = (chain) => images.layersReleased(chain);
   await images.store.collect(images.layersInUse);
 
+  // The runtime side of exec/attach/port-forward (corral-streamhelper per session).
+  const streamingRuntime = createStreamingRuntime(daemonStreamingDeps({ config: cfg, containers, sandboxes, logger }));
+  const streaming = await StreamingServer.start({
+    address: cfg.streaming.address,
+    port: cfg.streaming.port,
+    tlsCertFile: cfg.streaming.tlsCertFile,
+    tlsKeyFile: cfg.streaming.tlsKeyFile,
+    idleTimeoutMs: cfg.streaming.idleTimeoutSeconds * 1000,
+    runtime: streamingRuntime,
+    logger,
+  });
+
   const server = await CriServer.start({
     socketPath: cfg.socket,
     socketMode: 0o660,
     logger,
     runtimeHandlers: {
       ...runtimeInfoHandlers(cfg, settings, () => networks.readiness(), () => ({ cni: networks.describe() })),
-      ...sandboxHandlers(sandboxes),
-      ...containerHandlers(containers),
+      ...sandboxHandlers(sandboxes, streaming),
+      ...containerHandlers(containers, streaming),
     },
     imageHandlers: imageHandlers(cfg, images),
   });
@@ -232,6 +246,7 @@ export async function startDaemon(cfg: CorralConfig, logger: Logger): Promise<Da
     server,
     async shutdown(graceMs: number) {
       await server.shutdown(graceMs);
+      await streaming.shutdown();
       images.close();
       logger.info('corral stopped; pods keep running');
     },

@@ -1,5 +1,6 @@
 import { promises as fs } from 'node:fs';
 import path from 'node:path';
+import { isIP } from 'node:net';
 import { parse as parseToml } from 'smol-toml';
 
 /** An OCI runtime the daemon can run sandboxes with, selected by the CRI runtime handler. */
@@ -55,6 +56,19 @@ export interface ImagePullConfig {
   timeoutSeconds: number;
 }
 
+/** The streaming server behind the CRI Exec, Attach and PortForward URLs (containerd's stream_server_*). */
+export interface StreamingConfig {
+  /** Listen address; the URLs name it (an unspecified one is replaced by a routable address). */
+  address: string;
+  /** 0 = an ephemeral port. */
+  port: number;
+  /** PEM files; both or neither. With them the URLs are https. */
+  tlsCertFile: string;
+  tlsKeyFile: string;
+  /** A session with no traffic either way (client pings count) for this long is closed; 0 = never. */
+  idleTimeoutSeconds: number;
+}
+
 export interface CorralConfig {
   rootDir: string;
   stateDir: string;
@@ -78,6 +92,7 @@ export interface CorralConfig {
   /** Per-registry settings, keyed by registry host[:port]. */
   registries: Record<string, RegistryConfig>;
   imagePull: ImagePullConfig;
+  streaming: StreamingConfig;
 }
 
 export const DEFAULT_CONFIG_PATH = '/etc/corral/config.toml';
@@ -120,6 +135,7 @@ export function defaultConfig(): CorralConfig {
     },
     registries: {},
     imagePull: { progressDeadlineSeconds: 60, progressMinBytes: 64 * 1024, timeoutSeconds: 3600 },
+    streaming: { address: '127.0.0.1', port: 0, tlsCertFile: '', tlsKeyFile: '', idleTimeoutSeconds: 4 * 3600 },
   };
 }
 
@@ -187,6 +203,7 @@ export function resolveConfig(raw: Record<string, unknown>, overrides: ConfigOve
     runtimes: {},
     registries: {},
     imagePull: d.imagePull,
+    streaming: d.streaming,
   };
   if (overrides.logLevel !== undefined) {
     const levels = ['trace', 'debug', 'info', 'warn', 'error'];
@@ -260,6 +277,23 @@ export function resolveConfig(raw: Record<string, unknown>, overrides: ConfigOve
     timeoutSeconds: pull.int('timeout_seconds', d.imagePull.timeoutSeconds, 0, 7 * 86_400),
   };
   pull.done();
+
+  const st = r.table('streaming');
+  cfg.streaming = {
+    address: st.string('address', d.streaming.address),
+    port: st.int('port', d.streaming.port, 0, 65535),
+    tlsCertFile: st.string('tls_cert_file', d.streaming.tlsCertFile),
+    tlsKeyFile: st.string('tls_key_file', d.streaming.tlsKeyFile),
+    idleTimeoutSeconds: st.int('idle_timeout_seconds', d.streaming.idleTimeoutSeconds, 0, 7 * 86_400),
+  };
+  if (!isIP(cfg.streaming.address)) throw new ConfigError(`${source}: streaming.address: must be an IP address, got "${cfg.streaming.address}"`);
+  for (const [k, v] of [['tls_cert_file', cfg.streaming.tlsCertFile], ['tls_key_file', cfg.streaming.tlsKeyFile]] as const) {
+    if (v && !path.isAbsolute(v)) throw new ConfigError(`${source}: streaming.${k}: must be an absolute path, got "${v}"`);
+  }
+  if ((cfg.streaming.tlsCertFile === '') !== (cfg.streaming.tlsKeyFile === '')) {
+    throw new ConfigError(`${source}: streaming: tls_cert_file and tls_key_file must be set together`);
+  }
+  st.done();
 
   if (!cfg.runtimes[cfg.defaultRuntime]) {
     throw new ConfigError(`${source}: default_runtime: "${cfg.defaultRuntime}" is not a configured runtime (have: ${Object.keys(cfg.runtimes).join(', ')})`);

@@ -1,9 +1,10 @@
 /** RuntimeService handlers for the container RPC group, and ExecSync. */
 import type { ContainerService } from '../container/service.js';
 import type { ContainerRecord } from '../container/record.js';
-import { invalidArgument } from '../errors.js';
+import { failedPrecondition, invalidArgument, unavailable } from '../errors.js';
 import type { RuntimeHandlers } from './rpc-types.js';
 import type { ContainerFilter, ContainerState as CriContainerState } from '../cri-api/types.js';
+import { attachRequest, execRequest, type StreamingUrls } from '../streaming/requests.js';
 
 const CRI_STATE: Record<ContainerRecord['state'], CriContainerState> = {
   creating: 'CONTAINER_UNKNOWN',
@@ -12,7 +13,18 @@ const CRI_STATE: Record<ContainerRecord['state'], CriContainerState> = {
   exited: 'CONTAINER_EXITED',
 };
 
-export function containerHandlers(containers: ContainerService) {
+export function containerHandlers(containers: ContainerService, streaming?: StreamingUrls) {
+  /** The container, resolved and running (it is checked again when the client connects). */
+  const runningContainer = async (id: string) => {
+    const rec = await containers.status(id);
+    if (rec.state !== 'running') throw failedPrecondition(`container ${rec.id} is ${rec.state}, not running`);
+    return rec;
+  };
+  const urls = () => {
+    if (!streaming) throw unavailable('the streaming server is not running');
+    return streaming;
+  };
+
   const summary = (r: ContainerRecord) => ({
     id: r.id,
     podSandboxId: r.sandboxId,
@@ -82,6 +94,18 @@ export function containerHandlers(containers: ContainerService) {
       const info: Record<string, string> = {};
       if (req.verbose) info.info = JSON.stringify({ pid: r.pid, sandboxId: r.sandboxId, runtimeHandler: r.runtimeHandler, resources: r.resources, config: r.config });
       return { status, info };
+    },
+
+    async Exec(req) {
+      const request = execRequest(req);
+      request.containerId = (await runningContainer(request.containerId)).id;
+      return { url: urls().urlFor(request) };
+    },
+
+    async Attach(req) {
+      const request = attachRequest(req);
+      request.containerId = (await runningContainer(request.containerId)).id;
+      return { url: urls().urlFor(request) };
     },
 
     async ExecSync(req, call) {

@@ -2,13 +2,22 @@
 import type { SandboxService } from '../sandbox/service.js';
 import type { SandboxRecord } from '../sandbox/record.js';
 import { namespaceChoice } from '../sandbox/options.js';
-import { invalidArgument } from '../errors.js';
+import { failedPrecondition, invalidArgument, unavailable } from '../errors.js';
+import { portForwardRequest, type StreamingUrls } from '../streaming/requests.js';
 import { nowNs } from '../util/time.js';
 import type { RuntimeHandlers } from './rpc-types.js';
 import type { PodSandboxFilter } from '../cri-api/types.js';
 
-export function sandboxHandlers(sandboxes: SandboxService) {
+export function sandboxHandlers(sandboxes: SandboxService, streaming?: StreamingUrls) {
   return {
+    async PortForward(req) {
+      const request = portForwardRequest(req);
+      const rec = sandboxes.get(request.podSandboxId);
+      if ((await sandboxes.liveState(rec)) !== 'SANDBOX_READY') throw failedPrecondition(`pod sandbox ${rec.id} is not ready`);
+      if (!streaming) throw unavailable('the streaming server is not running');
+      return { url: streaming.urlFor({ ...request, podSandboxId: rec.id }) };
+    },
+
     async RunPodSandbox(req) {
       if (!req.config) throw invalidArgument('RunPodSandbox needs a sandbox config');
       const podSandboxId = await sandboxes.run(req.config, req.runtimeHandler ?? '');

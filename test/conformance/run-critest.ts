@@ -37,6 +37,8 @@ try {
   const httpd = (root: string) => ({ Entrypoint: ['sh', '-c', `echo "Command line: 'httpd -D FOREGROUND'"; echo $$ > /var/run/nginx.pid; exec httpd -f -p 80 -h ${root}`], Cmd: [] });
   const run = await buildLayer([{ path: 'var/', type: 'directory' }, { path: 'var/run/', type: 'directory' }, { path: 'usr/local/apache2/htdocs/index.html', content: '<html><body>It works!</body></html>\n' }]);
   await pushImage(reg, 'e2e-test-images/nginx', '1.14-2', await busyboxImage({ allApplets: true, extraLayers: [page, run], config: httpd('/usr/share/nginx/html') }));
+  // The Streaming spec "portforward in host network": gcr.io/k8s-staging-cri-tools/hostnet-nginx-<arch>, a web server on host port 12003.
+  await pushImage(reg, `k8s-staging-cri-tools/hostnet-nginx-${process.arch === 'arm64' ? 'arm64' : 'amd64'}`, 'latest', await busyboxImage({ allApplets: true, extraLayers: [page, run], config: { Entrypoint: ['httpd', '-f', '-p', '12003', '-h', '/usr/share/nginx/html'], Cmd: [] } }));
   // And for registry.k8s.io/e2e-test-images/httpd.
   await pushImage(reg, 'e2e-test-images/httpd', '2.4.39-4', await busyboxImage({ allApplets: true, extraLayers: [run], config: httpd('/usr/local/apache2/htdocs') }));
   await d.start();

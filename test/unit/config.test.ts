@@ -117,3 +117,14 @@ test('registries: mirrors, insecure, TLS and CA settings per host; bad ones refu
   assert.throws(() => resolveConfig({ registries: { 'a.io': { ca_file: 'ca.pem' } } }), /ca_file: must be an absolute path/);
   assert.throws(() => resolveConfig({ registries: { 'http://a.io': {} } }), /not a registry host/);
 });
+
+test('streaming: containerd-like defaults (loopback, ephemeral port, no TLS, 4 h idle); bad values refused', () => {
+  assert.deepEqual(defaultConfig().streaming, { address: '127.0.0.1', port: 0, tlsCertFile: '', tlsKeyFile: '', idleTimeoutSeconds: 14400 });
+  const cfg = resolveConfig({ streaming: { address: '::1', port: 10010, tls_cert_file: '/etc/corral/s.crt', tls_key_file: '/etc/corral/s.key', idle_timeout_seconds: 60 } });
+  assert.deepEqual(cfg.streaming, { address: '::1', port: 10010, tlsCertFile: '/etc/corral/s.crt', tlsKeyFile: '/etc/corral/s.key', idleTimeoutSeconds: 60 });
+  assert.throws(() => resolveConfig({ streaming: { address: 'localhost' } }), /streaming\.address: must be an IP address/);
+  assert.throws(() => resolveConfig({ streaming: { port: 70000 } }), /streaming\.port: must be between 0 and 65535/);
+  assert.throws(() => resolveConfig({ streaming: { tls_cert_file: '/a.crt' } }), /tls_cert_file and tls_key_file must be set together/);
+  assert.throws(() => resolveConfig({ streaming: { tls_cert_file: 'a.crt', tls_key_file: '/a.key' } }), /tls_cert_file: must be an absolute path/);
+  assert.throws(() => resolveConfig({ streaming: { stream_port: 1 } }), /streaming\.stream_port: unknown key/);
+});

@@ -1,0 +1,115 @@
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { createHash } from 'node:crypto';
+import zlib from 'node:zlib';
+import { SPDY3_DICTIONARY } from '../../src/streaming/spdy-dictionary.js';
+import {
+  FrameParser,
+  SpdyProtocolError,
+  decodeHeaderBlock,
+  encodeData,
+  encodeGoaway,
+  encodeHeaderBlock,
+  encodePing,
+  encodeRstStream,
+  encodeSynReply,
+} from '../../src/streaming/spdy-frames.js';
+
+const hex = (s: string) => Buffer.from(s.replace(/[\s|]/g, ''), 'hex');
+
+function adler32(b: Buffer): number {
+  let a = 1;
+  let s = 0;
+  for (const x of b) {
+    a = (a + x) % 65521;
+    s = (s + a) % 65521;
+  }
+  return ((s << 16) | a) >>> 0;
+}
+
+test('SPDY/3 dictionary: 1423 bytes with the published Adler-32 and SHA-256', () => {
+  assert.equal(SPDY3_DICTIONARY.length, 1423);
+  assert.equal(adler32(SPDY3_DICTIONARY), 0xe3c6a7c2);
+  assert.equal(createHash('sha256').update(SPDY3_DICTIONARY).digest('hex'), '51d27341373f923f3cd88e1eb7162aeaa3723d7585ff2399201dc06498407f02');
+});
+
+test('the Go client’s first SYN_STREAM (measured bytes) parses and inflates to {streamtype: error}', () => {
+  const bytes = hex('80 03 00 01 | 00 00 00 29 | 00 00 00 01 | 00 00 00 00 | 00 | 00 | 78 f9 e3 c6 a7 c2 62 60 60 60 04 a7 b3 92 a2 d4 c4 5c 68 51 c2 9a 0a 0a 68 00 00 00 00 ff ff');
+  const frames = new FrameParser().push(bytes);
+  assert.equal(frames.length, 1);
+  const f = frames[0]!;
+  assert.equal(f.kind, 'syn_stream');
+  if (f.kind !== 'syn_stream') return;
+  assert.equal(f.streamId, 1);
+  assert.equal(f.fin, false);
+  const block = zlib.inflateSync(f.headerBlock, { dictionary: SPDY3_DICTIONARY, finishFlush: zlib.constants.Z_SYNC_FLUSH });
+  assert.deepEqual([...decodeHeaderBlock(block)], [['streamtype', 'error']]);
+});
+
+test('frames split at every byte boundary come out whole and in order', () => {
+  const wire = Buffer.concat([encodeData(5, Buffer.from('hello'), false), encodePing(1), encodeData(5, Buffer.alloc(0), true), encodeGoaway(0, 0)]);
+  for (let cut = 0; cut <= wire.length; cut++) {
+    const p = new FrameParser();
+    const got = [...p.push(wire.subarray(0, cut)), ...p.push(wire.subarray(cut))];
+    assert.deepEqual(got.map((f) => f.kind), ['data', 'ping', 'data', 'goaway'], `cut at ${cut}`);
+    assert.equal(p.pending, 0);
+  }
+});
+
+test('encoders write the measured bytes', () => {
+  assert.deepEqual(encodeData(5, Buffer.from('hello'), false), hex('00 00 00 05 | 00 00 00 05 | 68 65 6c 6c 6f'));
+  assert.deepEqual(encodeData(5, Buffer.alloc(0), true), hex('00 00 00 05 | 01 00 00 00'));
+  assert.deepEqual(encodePing(1), hex('80 03 00 06 | 00 00 00 04 | 00 00 00 01'));
+  assert.deepEqual(encodeRstStream(7, 5), hex('80 03 00 03 | 00 00 00 08 | 00 00 00 07 | 00 00 00 05'));
+  assert.deepEqual(encodeGoaway(0, 0), hex('80 03 00 07 | 00 00 00 08 | 00 00 00 00 | 00 00 00 00'));
+  const reply = encodeSynReply(1, hex('78 f9 e3 c6 a7 c2 62 00 02 00 00 00 00 ff ff'));
+  assert.deepEqual(reply, hex('80 03 00 02 | 00 00 00 13 | 00 00 00 01 | 78 f9 e3 c6 a7 c2 62 00 02 00 00 00 00 ff ff'));
+});
+
+test('malformed frames are protocol errors, never crashes or unbounded buffering', () => {
+  const bad: Array<[string, Buffer]> = [
+    ['unknown control type (CREDENTIAL)', hex('80 03 00 0a 00 00 00 00')],
+    ['wrong version', hex('80 02 00 06 00 00 00 04 00 00 00 01')],
+    ['PING of wrong length', hex('80 03 00 06 00 00 00 08 00 00 00 01 00 00 00 00')],
+    ['PING with flags', hex('80 03 00 06 01 00 00 04 00 00 00 01')],
+    ['PING id 0', hex('80 03 00 06 00 00 00 04 00 00 00 00')],
+    ['GOAWAY of length 4', hex('80 03 00 07 00 00 00 04 00 00 00 00')],
+    ['RST_STREAM status 0', hex('80 03 00 03 00 00 00 08 00 00 00 01 00 00 00 00')],
+    ['RST_STREAM stream 0', hex('80 03 00 03 00 00 00 08 00 00 00 00 00 00 00 05')],
+    ['SYN_STREAM shorter than its fixed fields', hex('80 03 00 01 00 00 00 04 00 00 00 01')],
+    ['SYN_STREAM for stream 0', hex('80 03 00 01 00 00 00 0a 00 00 00 00 00 00 00 00 00 00')],
+    ['DATA on stream 0', hex('00 00 00 00 00 00 00 01 41')],
+    ['SETTINGS count disagreeing with length', hex('80 03 00 04 00 00 00 04 00 00 00 05')],
+    ['WINDOW_UPDATE of wrong length', hex('80 03 00 09 00 00 00 04 00 00 00 01')],
+  ];
+  for (const [what, bytes] of bad) assert.throws(() => new FrameParser().push(bytes), SpdyProtocolError, what);
+});
+
+test('a frame over the size caps is refused from its header, before its body is buffered', () => {
+  const p = new FrameParser({ maxControlLength: 1024, maxDataLength: 4096 });
+  assert.throws(() => p.push(hex('00 00 00 01 00 00 10 01')), /data frame of 4097 bytes exceeds the limit of 4096/);
+  assert.throws(() => new FrameParser({ maxControlLength: 1024, maxDataLength: 4096 }).push(hex('80 03 00 01 00 ff ff ff')), /control frame of 16777215 bytes/);
+  // At the cap: buffered until whole.
+  const q = new FrameParser({ maxControlLength: 1024, maxDataLength: 4096 });
+  assert.deepEqual(q.push(hex('00 00 00 01 00 00 10 00')), []);
+  assert.equal(q.push(Buffer.alloc(4096)).length, 1);
+});
+
+test('SETTINGS and WINDOW_UPDATE parse (and are ignored by the session)', () => {
+  const frames = new FrameParser().push(Buffer.concat([hex('80 03 00 04 00 00 00 0c 00 00 00 01 00 00 00 07 00 01 00 00'), hex('80 03 00 09 00 00 00 08 00 00 00 01 00 00 10 00')]));
+  assert.deepEqual(frames.map((f) => f.kind), ['settings', 'window_update']);
+});
+
+test('header blocks: round trip, lowercased names, NUL-joined values, hostile counts and lengths refused', () => {
+  const block = encodeHeaderBlock({ StreamType: 'data', port: '80', requestid: '0' });
+  assert.deepEqual(Object.fromEntries(decodeHeaderBlock(block)), { streamtype: 'data', port: '80', requestid: '0' });
+  assert.deepEqual([...decodeHeaderBlock(encodeHeaderBlock({}))], []);
+  const multi = Buffer.concat([hex('00000001 00000001'), Buffer.from('a'), hex('00000003'), Buffer.from('x\0y')]);
+  assert.equal(decodeHeaderBlock(multi).get('a'), 'x');
+  assert.throws(() => decodeHeaderBlock(hex('ffffffff')), /headers \(limit 64\)/);
+  assert.throws(() => decodeHeaderBlock(hex('00000001 7fffffff')), /truncated/);
+  assert.throws(() => decodeHeaderBlock(hex('00000001 00000001')), /truncated/);
+  assert.throws(() => decodeHeaderBlock(Buffer.concat([block, hex('00')])), /trailing bytes/);
+  assert.throws(() => decodeHeaderBlock(hex('000000')), /shorter than its count/);
+  assert.throws(() => decodeHeaderBlock(hex('00000001 00000000 00000000')), /empty name/);
+});
