@@ -266,7 +266,8 @@ export class ContainerService {
       bundleDir,
       runtimePath: runtime.binary,
       runtimeRoot: runtime.root,
-      logPath: record.logPath || path.join(vdir, 'console.log'),
+      logPath: this.monitorLogPath(record),
+      logSizeMax: this.deps.config.containerLogSizeMax,
       pidFile: path.join(vdir, 'pid'),
       conmonPidFile: path.join(vdir, 'conmon.pid'),
       timeoutMs: 60_000,
@@ -275,6 +276,11 @@ export class ContainerService {
       terminal: Boolean(record.config?.tty),
     });
     record.pid = created.pid;
+  }
+
+  /** Where the monitor writes the container's output: the CRI log path, else a file of our own. */
+  private monitorLogPath(record: ContainerRecord): string {
+    return record.logPath || path.join(this.volatileDir(record.id), 'console.log');
   }
 
   private async spec(record: ContainerRecord, sandbox: SandboxRecord, imageConfig: ImageRuntimeConfig) {
