@@ -84,6 +84,11 @@ export function containerHandlers(containers: ContainerService) {
       return { status, info };
     },
 
+    async ReopenContainerLog(req) {
+      await containers.reopenLog(requireId(req.containerId));
+      return {};
+    },
+
     async ExecSync(req, call) {
       // A client that goes away (its deadline, a cancel) must not leave the command running.
       const gone = new AbortController();
