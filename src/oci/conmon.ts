@@ -400,10 +400,25 @@ export async function reopenConmonLog(o: { id: string; bundleDir: string; logPat
     const now = await fileIdentity(o.logPath);
     // A new file: none was there (kubelet renamed it), or another one than before.
     if (now && now !== before) return;
+    // conmon exits when it cannot make the new file: no reader left on its FIFO.
+    if (!(await fifoHasReader(ctl))) {
+      throw failedPrecondition(`the monitor (conmon) of container ${o.id} exited while reopening its log: it could not create ${o.logPath}`);
+    }
     if (Date.now() >= deadline) {
       throw internalError(`conmon of container ${o.id} did not reopen its log ${o.logPath} within ${o.timeoutMs ?? DEFAULT_REOPEN_TIMEOUT_MS} ms`);
     }
     await sleep(10);
+  }
+}
+
+/** Whether a process has the FIFO open for reading (opening it to write, without blocking, fails with ENXIO otherwise). */
+async function fifoHasReader(fifo: string): Promise<boolean> {
+  try {
+    await (await fs.open(fifo, constants.O_WRONLY | constants.O_NONBLOCK)).close();
+    return true;
+  } catch (e) {
+    if (isErrno(e, 'ENXIO', 'ENOENT')) return false;
+    throw e;
   }
 }
 

@@ -105,3 +105,22 @@ test('a reader that never reopens: an internal error after the timeout, naming t
     }
   });
 });
+
+test('a reader that goes away instead of reopening (conmon exiting): failed-precondition at once, not after the timeout', async () => {
+  await withBundle(async ({ bundleDir, ctl, logPath }) => {
+    let reader: number | undefined = openSync(ctl, constants.O_RDONLY | constants.O_NONBLOCK);
+    const fakeConmon = setInterval(() => {
+      if (reader === undefined || drain(reader) === '') return;
+      closeSync(reader);
+      reader = undefined;
+    }, 5);
+    try {
+      const t0 = Date.now();
+      await assert.rejects(reopenConmonLog({ id: 'c1', bundleDir, logPath, timeoutMs: 5000 }), kind('failed-precondition', /monitor \(conmon\) of container c1 exited while reopening its log/));
+      assert.ok(Date.now() - t0 < 1000, 'noticed without waiting out the timeout');
+    } finally {
+      clearInterval(fakeConmon);
+      if (reader !== undefined) closeSync(reader);
+    }
+  });
+});
