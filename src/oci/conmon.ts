@@ -400,9 +400,9 @@ export async function reopenConmonLog(o: { id: string; bundleDir: string; logPat
     const now = await fileIdentity(o.logPath);
     // A new file: none was there (kubelet renamed it), or another one than before.
     if (now && now !== before) return;
-    // conmon exits when it cannot make the new file: no reader left on its FIFO.
+    // conmon exits when it cannot make the new file (or the container exited): no reader left on its FIFO.
     if (!(await fifoHasReader(ctl))) {
-      throw failedPrecondition(`the monitor (conmon) of container ${o.id} exited while reopening its log: it could not create ${o.logPath}`);
+      throw failedPrecondition(`the monitor (conmon) of container ${o.id} exited while reopening its log: the container exited, or conmon could not create ${o.logPath}`);
     }
     if (Date.now() >= deadline) {
       throw internalError(`conmon of container ${o.id} did not reopen its log ${o.logPath} within ${o.timeoutMs ?? DEFAULT_REOPEN_TIMEOUT_MS} ms`);
