@@ -55,7 +55,7 @@ export interface ContainerMonitor {
   /** The files the monitor keeps for the container (exit code, attach link); none is fine. */
   removeFiles(id: string): Promise<void>;
   /** Closes the container's log file (kubelet renamed it) and starts a new one at logPath; resolves once it is there. */
-  reopenLog(opts: { id: string; bundleDir: string; logPath: string }): Promise<void>;
+  reopenLog(opts: { id: string; bundleDir: string; logPath: string; conmonPidFile: string }): Promise<void>;
 }
 
 export interface ContainerServiceDeps {
@@ -568,8 +568,9 @@ export class ContainerService {
     const rec = await this.status(idOrPrefix);
     // As containerd: only a running container has a monitor writing its log.
     if (rec.state !== 'running') throw failedPrecondition(`container ${rec.id} is not running (${rec.state}): it has no log to reopen`);
-    // writeBundle's folder, where conmon keeps its control FIFO.
-    await this.deps.monitor.reopenLog({ id: rec.id, bundleDir: path.join(this.volatileDir(rec.id), 'bundle'), logPath: this.monitorLogPath(rec) });
+    // writeBundle's folder, where conmon keeps its control FIFO; conmon's pid file as createWithConmon names it.
+    const vdir = this.volatileDir(rec.id);
+    await this.deps.monitor.reopenLog({ id: rec.id, bundleDir: path.join(vdir, 'bundle'), logPath: this.monitorLogPath(rec), conmonPidFile: path.join(vdir, 'conmon.pid') });
   }
 
   /** Image layers mounted by containers, kept by image garbage collection. */

@@ -29,6 +29,7 @@ import { findExecutable } from '../util/paths.js';
 import { execFile } from '../util/exec.js';
 import { exists } from '../util/fs.js';
 import { isErrno } from '../util/atomic.js';
+import { KeyedLock } from '../util/keyed-lock.js';
 import { failedPrecondition, internalError, unavailable } from '../errors.js';
 import { parseRuntimeLog } from './runtime.js';
 
@@ -367,7 +368,14 @@ const DEFAULT_REOPEN_TIMEOUT_MS = 10_000;
  * the new file is there: callers look for it right after (critest does). The FIFO is opened
  * without blocking, so a gone conmon (no reader: ENXIO) is an error, not a hung daemon.
  */
-export async function reopenConmonLog(o: { id: string; bundleDir: string; logPath: string; timeoutMs?: number }): Promise<void> {
+export function reopenConmonLog(o: { id: string; bundleDir: string; logPath: string; conmonPidFile: string; timeoutMs?: number }): Promise<void> {
+  // One at a time per container: a second reopen would replace the file the first just made.
+  return reopenQueue.run(o.bundleDir, () => reopenConmonLogNow(o));
+}
+
+const reopenQueue = new KeyedLock();
+
+async function reopenConmonLogNow(o: { id: string; bundleDir: string; logPath: string; conmonPidFile: string; timeoutMs?: number }): Promise<void> {
   // conmon exits when it cannot create the new file, leaving the container unmonitored:
   // refuse before asking it.
   const dir = path.dirname(o.logPath);
@@ -375,6 +383,8 @@ export async function reopenConmonLog(o: { id: string; bundleDir: string; logPat
   if (!dirStat?.isDirectory()) {
     throw failedPrecondition(`the log directory ${dir} of container ${o.id} does not exist: create it (kubelet's pod log directory) and reopen the log again`);
   }
+  // Not rotated (a retry, a second caller): conmon would start the file over, losing its lines.
+  if (await conmonWritesTo(o.conmonPidFile, o.id, o.logPath)) return;
   const before = await fileIdentity(o.logPath);
   const ctl = conmonCtlPath(o.bundleDir);
   let fh: fs.FileHandle;
@@ -420,6 +430,19 @@ async function fifoHasReader(fifo: string): Promise<boolean> {
     if (isErrno(e, 'ENXIO', 'ENOENT')) return false;
     throw e;
   }
+}
+
+/** Whether the live conmon of container id has the file at logPath open (false when unsure). */
+async function conmonWritesTo(conmonPidFile: string, id: string, logPath: string): Promise<boolean> {
+  const pid = await readPidFile(conmonPidFile);
+  const log = await fs.stat(logPath).catch(() => undefined);
+  if (!log || !(await conmonAlive(pid, id))) return false;
+  const fds = await fs.readdir(`/proc/${pid}/fd`).catch(() => [] as string[]);
+  for (const fd of fds) {
+    const st = await fs.stat(`/proc/${pid}/fd/${fd}`).catch(() => undefined);
+    if (st && st.dev === log.dev && st.ino === log.ino) return true;
+  }
+  return false;
 }
 
 /** Which file is at p (device, inode, birth time), or undefined when nothing is. */

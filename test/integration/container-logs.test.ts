@@ -120,15 +120,21 @@ test('log rotation as kubelet does it: rename, ReopenContainerLog, new lines in 
   // Lines written between the rename and the reopen went to the old file: together, every line once.
   assert.equal(newTicks[0], oldTicks[oldTicks.length - 1]! + 1, `the new file continues the old one (old ends ${oldTicks.at(-1)}, new starts ${newTicks[0]})`);
 
-  // Asked again without a rename: conmon starts a fresh file in place, and still writes.
-  const lastBefore = ticks(await fs.readFile(logPath, 'utf8')).at(-1)!;
+  // Asked again without a rename (kubelet retrying): nothing to reopen, the file keeps its lines.
+  const kept = ticks(await fs.readFile(logPath, 'utf8'));
   await d.rpc('ReopenContainerLog', { containerId });
-  const fresh = await eventually(async () => {
-    const t = ticks(await fs.readFile(logPath, 'utf8'));
-    assert.ok(t.length > 0);
-    return t;
-  }, { what: 'lines after the second reopen' });
-  assert.ok(fresh[0]! > lastBefore, `a new file: it starts at tick ${fresh[0]}, after ${lastBefore}`);
+  assert.deepEqual(ticks(await fs.readFile(logPath, 'utf8')).slice(0, kept.length), kept, 'the file kept its lines');
+
+  // Rotated again, three callers at once: one new file, every line once.
+  const rotated2 = `${logPath}.20260101-000001`;
+  await fs.rename(logPath, rotated2);
+  await Promise.all([0, 1, 2].map(() => d.rpc('ReopenContainerLog', { containerId })));
+  await eventually(async () => assert.ok(ticks(await fs.readFile(logPath, 'utf8')).length >= 3), { what: 'new lines after the second rotation' });
+  await sleep(300);
+  const old2 = ticks(await fs.readFile(rotated2, 'utf8'));
+  const new2 = ticks(await fs.readFile(logPath, 'utf8'));
+  assert.equal(new2[0], old2.at(-1)! + 1, `the new file continues the rotated one (old ends ${old2.at(-1)}, new starts ${new2[0]})`);
+  assert.ok(!(await openFiles(pid)).includes(rotated2), 'conmon let go of the second rotated file');
 });
 
 test('ReopenContainerLog refuses what has no log to reopen, and a missing log directory before conmon could die of it', async () => {

@@ -47,7 +47,7 @@ const kind = (k: string, re: RegExp) => (e: unknown) => e instanceof CorralError
 test('no reader on the control FIFO (conmon gone): failed-precondition "not running" at once, no hang', async () => {
   await withBundle(async ({ bundleDir, logPath }) => {
     const t0 = Date.now();
-    await assert.rejects(reopenConmonLog({ id: 'c1', bundleDir, logPath }), kind('failed-precondition', /container c1 is not running: its monitor \(conmon\) is gone/));
+    await assert.rejects(reopenConmonLog({ id: 'c1', bundleDir, conmonPidFile: path.join(bundleDir, 'no-conmon.pid'), logPath }), kind('failed-precondition', /container c1 is not running: its monitor \(conmon\) is gone/));
     assert.ok(Date.now() - t0 < 1000);
   });
 });
@@ -55,7 +55,7 @@ test('no reader on the control FIFO (conmon gone): failed-precondition "not runn
 test('no control FIFO (the bundle is gone): failed-precondition "not running"', async () => {
   await withBundle(async ({ bundleDir, ctl, logPath }) => {
     await fs.rm(ctl);
-    await assert.rejects(reopenConmonLog({ id: 'c1', bundleDir, logPath }), kind('failed-precondition', /not running/));
+    await assert.rejects(reopenConmonLog({ id: 'c1', bundleDir, conmonPidFile: path.join(bundleDir, 'no-conmon.pid'), logPath }), kind('failed-precondition', /not running/));
   });
 });
 
@@ -64,7 +64,7 @@ test('the log directory is gone: refused naming it, and conmon is not asked (it 
     const reader = openSync(ctl, constants.O_RDONLY | constants.O_NONBLOCK);
     try {
       await fs.rm(path.dirname(logPath), { recursive: true });
-      await assert.rejects(reopenConmonLog({ id: 'c1', bundleDir, logPath }), kind('failed-precondition', new RegExp(`log directory ${path.dirname(logPath)} of container c1 does not exist`)));
+      await assert.rejects(reopenConmonLog({ id: 'c1', bundleDir, conmonPidFile: path.join(bundleDir, 'no-conmon.pid'), logPath }), kind('failed-precondition', new RegExp(`log directory ${path.dirname(logPath)} of container c1 does not exist`)));
       assert.equal(drain(reader), '', 'nothing sent to conmon');
     } finally {
       closeSync(reader);
@@ -85,7 +85,7 @@ test('sends "2 0 0\\n" and resolves only once a new file is at the log path (con
       }, 150);
     }, 5);
     try {
-      await reopenConmonLog({ id: 'c1', bundleDir, logPath });
+      await reopenConmonLog({ id: 'c1', bundleDir, conmonPidFile: path.join(bundleDir, 'no-conmon.pid'), logPath });
       assert.ok(reopenedAt > 0, 'resolved before the new file was in place');
       assert.equal(await fs.readFile(logPath, 'utf8'), '');
     } finally {
@@ -99,7 +99,7 @@ test('a reader that never reopens: an internal error after the timeout, naming t
   await withBundle(async ({ bundleDir, ctl, logPath }) => {
     const reader = openSync(ctl, constants.O_RDONLY | constants.O_NONBLOCK);
     try {
-      await assert.rejects(reopenConmonLog({ id: 'c1', bundleDir, logPath, timeoutMs: 200 }), kind('internal', /did not reopen its log .*c\.log within 200 ms/));
+      await assert.rejects(reopenConmonLog({ id: 'c1', bundleDir, conmonPidFile: path.join(bundleDir, 'no-conmon.pid'), logPath, timeoutMs: 200 }), kind('internal', /did not reopen its log .*c\.log within 200 ms/));
     } finally {
       closeSync(reader);
     }
@@ -116,7 +116,7 @@ test('a reader that goes away instead of reopening (conmon exiting): failed-prec
     }, 5);
     try {
       const t0 = Date.now();
-      await assert.rejects(reopenConmonLog({ id: 'c1', bundleDir, logPath, timeoutMs: 5000 }), kind('failed-precondition', /monitor \(conmon\) of container c1 exited while reopening its log/));
+      await assert.rejects(reopenConmonLog({ id: 'c1', bundleDir, conmonPidFile: path.join(bundleDir, 'no-conmon.pid'), logPath, timeoutMs: 5000 }), kind('failed-precondition', /monitor \(conmon\) of container c1 exited while reopening its log/));
       assert.ok(Date.now() - t0 < 1000, 'noticed without waiting out the timeout');
     } finally {
       clearInterval(fakeConmon);
