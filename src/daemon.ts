@@ -27,7 +27,7 @@ import { ContainerService, type ContainerMonitor, type ContainerRootfs } from '.
 import { ImageService } from './image/image-service.js';
 import { mountOverlayRootfs, unmountOverlayRootfs } from './image/snapshots.js';
 import { CorralError } from './errors.js';
-import { conmonCreate, readExitCode, removeConmonFiles, waitForExit } from './oci/conmon.js';
+import { conmonCreate, readExitCode, removeConmonFiles, reopenConmonLog, waitForExit } from './oci/conmon.js';
 import { msToNs, nowNs } from './util/time.js';
 import { readSeccompProfile, resolveSeccomp } from './oci/seccomp-choice.js';
 import type { LinuxSandboxSecurityContext } from './cri-api/types.js';
@@ -194,6 +194,7 @@ export async function startDaemon(cfg: CorralConfig, logger: Logger): Promise<Da
     },
     waitForExit: (id, timeoutMs) => waitForExit(exitDir, id, timeoutMs),
     removeFiles: (id) => removeConmonFiles({ id, exitDir, socketDir }),
+    reopenLog: (o) => reopenConmonLog(o),
   };
   const containers = new ContainerService({
     config: cfg,

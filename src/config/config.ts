@@ -87,6 +87,11 @@ export interface CorralConfig {
   restrictOomScoreAdj: 'auto' | 'true' | 'false';
   /** Seconds a graceful shutdown waits for in-flight calls. */
   shutdownGraceSeconds: number;
+  /**
+   * conmon's --log-size-max: the most bytes a container's CRI log file may hold; conmon starts
+   * the file over when a write would pass it (cri-o's log_size_max). -1 or 0 = no cap.
+   */
+  containerLogSizeMax: number;
   cni: CniConfig;
   runtimes: Record<string, RuntimeHandlerConfig>;
   /** Per-registry settings, keyed by registry host[:port]. */
@@ -97,6 +102,8 @@ export interface CorralConfig {
 
 export const DEFAULT_CONFIG_PATH = '/etc/corral/config.toml';
 export const BUILTIN_SANDBOX_IMAGE = '';
+/** The smallest container_log_size_max conmon can keep to: its read buffer. */
+export const MIN_CONTAINER_LOG_SIZE_MAX = 8192;
 
 export class ConfigError extends Error {
   constructor(message: string) {
@@ -121,6 +128,7 @@ export function defaultConfig(): CorralConfig {
     dropInfraContainer: true,
     restrictOomScoreAdj: 'auto',
     shutdownGraceSeconds: 10,
+    containerLogSizeMax: -1,
     cni: {
       confDir: '/etc/cni/net.d',
       binDirs: ['/opt/cni/bin', '/usr/lib/cni'],
@@ -199,12 +207,18 @@ export function resolveConfig(raw: Record<string, unknown>, overrides: ConfigOve
     dropInfraContainer: r.bool('drop_infra_container', d.dropInfraContainer),
     restrictOomScoreAdj: r.oneOf('restrict_oom_score_adj', ['auto', 'true', 'false'] as const, d.restrictOomScoreAdj, true),
     shutdownGraceSeconds: r.int('shutdown_grace_seconds', d.shutdownGraceSeconds, 0, 3600),
+    containerLogSizeMax: r.int('container_log_size_max', d.containerLogSizeMax, -1, Number.MAX_SAFE_INTEGER),
     cni: d.cni,
     runtimes: {},
     registries: {},
     imagePull: d.imagePull,
     streaming: d.streaming,
   };
+  // conmon reads a container's output in 8 KiB chunks and writes each whole: a smaller cap
+  // would start the file over on nearly every write (cri-o refuses it too).
+  if (cfg.containerLogSizeMax > 0 && cfg.containerLogSizeMax < MIN_CONTAINER_LOG_SIZE_MAX) {
+    throw new ConfigError(`${source}: container_log_size_max: must be -1 or 0 (no cap) or at least ${MIN_CONTAINER_LOG_SIZE_MAX} bytes (conmon's read buffer), got ${cfg.containerLogSizeMax}`);
+  }
   if (overrides.logLevel !== undefined) {
     const levels = ['trace', 'debug', 'info', 'warn', 'error'];
     if (!levels.includes(overrides.logLevel)) throw new ConfigError(`--log-level: must be one of ${levels.join(', ')}, got "${overrides.logLevel}"`);

@@ -54,6 +54,8 @@ export interface ContainerMonitor {
   waitForExit(id: string, timeoutMs: number): Promise<number | null>;
   /** The files the monitor keeps for the container (exit code, attach link); none is fine. */
   removeFiles(id: string): Promise<void>;
+  /** Closes the container's log file (kubelet renamed it) and starts a new one at logPath; resolves once it is there. */
+  reopenLog(opts: { id: string; bundleDir: string; logPath: string; conmonPidFile: string }): Promise<void>;
 }
 
 export interface ContainerServiceDeps {
@@ -266,7 +268,8 @@ export class ContainerService {
       bundleDir,
       runtimePath: runtime.binary,
       runtimeRoot: runtime.root,
-      logPath: record.logPath || path.join(vdir, 'console.log'),
+      logPath: this.monitorLogPath(record),
+      logSizeMax: this.deps.config.containerLogSizeMax,
       pidFile: path.join(vdir, 'pid'),
       conmonPidFile: path.join(vdir, 'conmon.pid'),
       timeoutMs: 60_000,
@@ -275,6 +278,11 @@ export class ContainerService {
       terminal: Boolean(record.config?.tty),
     });
     record.pid = created.pid;
+  }
+
+  /** Where the monitor writes the container's output: the CRI log path, else a file of our own. */
+  private monitorLogPath(record: ContainerRecord): string {
+    return record.logPath || path.join(this.volatileDir(record.id), 'console.log');
   }
 
   private async spec(record: ContainerRecord, sandbox: SandboxRecord, imageConfig: ImageRuntimeConfig) {
@@ -553,6 +561,16 @@ export class ContainerService {
     if (r.timedOut && signal?.aborted) throw deadlineExceeded(`the client of ExecSync went away; command ${JSON.stringify(cmd)} in container ${rec.id} and every process it started were killed`);
     if (r.timedOut) throw deadlineExceeded(`command ${JSON.stringify(cmd)} in container ${rec.id} timed out after ${timeoutSeconds}s; it and every process it started were killed`);
     return { stdout: r.stdout, stderr: r.stderr, exitCode: r.exitCode };
+  }
+
+  /** ReopenContainerLog: the monitor closes the log file (kubelet rotated it) and starts a new one at its path. */
+  async reopenLog(idOrPrefix: string): Promise<void> {
+    const rec = await this.status(idOrPrefix);
+    // As containerd: only a running container has a monitor writing its log.
+    if (rec.state !== 'running') throw failedPrecondition(`container ${rec.id} is not running (${rec.state}): it has no log to reopen`);
+    // writeBundle's folder, where conmon keeps its control FIFO; conmon's pid file as createWithConmon names it.
+    const vdir = this.volatileDir(rec.id);
+    await this.deps.monitor.reopenLog({ id: rec.id, bundleDir: path.join(vdir, 'bundle'), logPath: this.monitorLogPath(rec), conmonPidFile: path.join(vdir, 'conmon.pid') });
   }
 
   /** Image layers mounted by containers, kept by image garbage collection. */

@@ -108,6 +108,11 @@ export function containerHandlers(containers: ContainerService, streaming?: Stre
       return { url: urls().urlFor(request) };
     },
 
+    async ReopenContainerLog(req) {
+      await containers.reopenLog(requireId(req.containerId));
+      return {};
+    },
+
     async ExecSync(req, call) {
       // A client that goes away (its deadline, a cancel) must not leave the command running.
       const gone = new AbortController();

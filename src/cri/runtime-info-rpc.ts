@@ -2,6 +2,10 @@
 import type { CorralConfig } from '../config/config.js';
 import { CORRAL_VERSION, CRI_API_VERSION, RUNTIME_NAME } from '../version.js';
 import type { RuntimeHandlers } from './rpc-types.js';
+import type { CgroupDriver } from '../cri-api/types.js';
+
+/** CRI's name for each cgroup driver Corral can be configured with: a new driver cannot go unreported. */
+const CRI_CGROUP_DRIVER: Record<CorralConfig['cgroupDriver'], CgroupDriver> = { cgroupfs: 'CGROUPFS' };
 
 export interface NetworkReadiness {
   ready: boolean;
@@ -42,7 +46,8 @@ export function runtimeInfoHandlers(config: CorralConfig, settings: RuntimeSetti
     },
 
     async RuntimeConfig() {
-      return { linux: { cgroupDriver: 'CGROUPFS' } };
+      // kubelet (KubeletCgroupDriverFromCRI) takes its cgroup driver from this answer.
+      return { linux: { cgroupDriver: CRI_CGROUP_DRIVER[config.cgroupDriver] } };
     },
 
     async UpdateRuntimeConfig(req) {

@@ -20,7 +20,7 @@
  *   conmon's process group (create timeout) leaves it to `<runtime> delete --force`.
  */
 import { spawn } from 'node:child_process';
-import { promises as fs, watch, type FSWatcher } from 'node:fs';
+import { constants, promises as fs, watch, type FSWatcher } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { randomBytes } from 'node:crypto';
@@ -28,6 +28,9 @@ import type { Readable } from 'node:stream';
 import { findExecutable } from '../util/paths.js';
 import { execFile } from '../util/exec.js';
 import { exists } from '../util/fs.js';
+import { isErrno } from '../util/atomic.js';
+import { KeyedLock } from '../util/keyed-lock.js';
+import { failedPrecondition, internalError, unavailable } from '../errors.js';
 import { parseRuntimeLog } from './runtime.js';
 
 export interface ConmonCreateOptions {
@@ -348,6 +351,104 @@ export async function waitForExit(exitDir: string, id: string, timeoutMs: number
     }, timeoutMs);
     check(); // the file may have appeared between the first read and the watch
   });
+}
+
+/** conmon's control FIFO, which it makes in the bundle dir: lines "<type> <height> <width>\n". */
+export function conmonCtlPath(bundleDir: string): string {
+  return path.join(bundleDir, 'ctl');
+}
+
+/** conmon's control message "reopen the log files" (type 2; height and width unused), as cri-o sends it. */
+const CTL_REOPEN_LOGS = '2 0 0\n';
+const DEFAULT_REOPEN_TIMEOUT_MS = 10_000;
+
+/**
+ * ReopenContainerLog through conmon: it closes the log file it writes (kubelet has renamed
+ * it) and makes a new one at logPath (as `<logPath>.tmp`, renamed into place). Resolves once
+ * the new file is there: callers look for it right after (critest does). The FIFO is opened
+ * without blocking, so a gone conmon (no reader: ENXIO) is an error, not a hung daemon.
+ */
+export function reopenConmonLog(o: { id: string; bundleDir: string; logPath: string; conmonPidFile: string; timeoutMs?: number }): Promise<void> {
+  // One at a time per container: a second reopen would replace the file the first just made.
+  return reopenQueue.run(o.bundleDir, () => reopenConmonLogNow(o));
+}
+
+const reopenQueue = new KeyedLock();
+
+async function reopenConmonLogNow(o: { id: string; bundleDir: string; logPath: string; conmonPidFile: string; timeoutMs?: number }): Promise<void> {
+  // conmon exits when it cannot create the new file, leaving the container unmonitored:
+  // refuse before asking it.
+  const dir = path.dirname(o.logPath);
+  const dirStat = await fs.stat(dir).catch(() => undefined);
+  if (!dirStat?.isDirectory()) {
+    throw failedPrecondition(`the log directory ${dir} of container ${o.id} does not exist: create it (kubelet's pod log directory) and reopen the log again`);
+  }
+  // Not rotated (a retry, a second caller): conmon would start the file over, losing its lines.
+  if (await conmonWritesTo(o.conmonPidFile, o.id, o.logPath)) return;
+  const before = await fileIdentity(o.logPath);
+  const ctl = conmonCtlPath(o.bundleDir);
+  let fh: fs.FileHandle;
+  try {
+    fh = await fs.open(ctl, constants.O_WRONLY | constants.O_NONBLOCK);
+  } catch (e) {
+    // ENXIO: a FIFO without a reader; ENOENT: the bundle is gone.
+    if (isErrno(e, 'ENXIO', 'ENOENT')) throw failedPrecondition(`container ${o.id} is not running: its monitor (conmon) is gone`);
+    throw internalError(`opening conmon's control FIFO ${ctl} of container ${o.id}: ${(e as Error).message}`);
+  }
+  try {
+    // Shorter than PIPE_BUF: written whole or not at all.
+    await fh.write(CTL_REOPEN_LOGS);
+  } catch (e) {
+    if (isErrno(e, 'EPIPE')) throw failedPrecondition(`container ${o.id} is not running: its monitor (conmon) is gone`);
+    if (isErrno(e, 'EAGAIN')) throw unavailable(`conmon of container ${o.id} is not reading its control FIFO (full); try again`);
+    throw internalError(`writing to conmon's control FIFO ${ctl} of container ${o.id}: ${(e as Error).message}`);
+  } finally {
+    await fh.close();
+  }
+  const deadline = Date.now() + (o.timeoutMs ?? DEFAULT_REOPEN_TIMEOUT_MS);
+  for (;;) {
+    const now = await fileIdentity(o.logPath);
+    // A new file: none was there (kubelet renamed it), or another one than before.
+    if (now && now !== before) return;
+    // conmon exits when it cannot make the new file (or the container exited): no reader left on its FIFO.
+    if (!(await fifoHasReader(ctl))) {
+      throw failedPrecondition(`the monitor (conmon) of container ${o.id} exited while reopening its log: the container exited, or conmon could not create ${o.logPath}`);
+    }
+    if (Date.now() >= deadline) {
+      throw internalError(`conmon of container ${o.id} did not reopen its log ${o.logPath} within ${o.timeoutMs ?? DEFAULT_REOPEN_TIMEOUT_MS} ms`);
+    }
+    await sleep(10);
+  }
+}
+
+/** Whether a process has the FIFO open for reading (opening it to write, without blocking, fails with ENXIO otherwise). */
+async function fifoHasReader(fifo: string): Promise<boolean> {
+  try {
+    await (await fs.open(fifo, constants.O_WRONLY | constants.O_NONBLOCK)).close();
+    return true;
+  } catch (e) {
+    if (isErrno(e, 'ENXIO', 'ENOENT')) return false;
+    throw e;
+  }
+}
+
+/** Whether the live conmon of container id has the file at logPath open (false when unsure). */
+async function conmonWritesTo(conmonPidFile: string, id: string, logPath: string): Promise<boolean> {
+  const pid = await readPidFile(conmonPidFile);
+  const log = await fs.stat(logPath).catch(() => undefined);
+  if (!log || !(await conmonAlive(pid, id))) return false;
+  const fds = await fs.readdir(`/proc/${pid}/fd`).catch(() => [] as string[]);
+  for (const fd of fds) {
+    const st = await fs.stat(`/proc/${pid}/fd/${fd}`).catch(() => undefined);
+    if (st && st.dev === log.dev && st.ino === log.ino) return true;
+  }
+  return false;
+}
+
+/** Which file is at p (device, inode, birth time), or undefined when nothing is. */
+async function fileIdentity(p: string): Promise<string | undefined> {
+  const st = await fs.stat(p, { bigint: true }).catch(() => undefined);
+  return st ? `${st.dev}:${st.ino}:${st.birthtimeNs}` : undefined;
 }
 
 async function readPidFile(file: string): Promise<number> {

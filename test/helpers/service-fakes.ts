@@ -263,6 +263,9 @@ export function containerService(svc: SandboxService, cfg: CorralConfig, fakes: 
       fakes.exits.delete(id);
       if (fakes.monitorFiles.delete(id)) fakes.events.push('remove monitor files');
     },
+    async reopenLog(o) {
+      fakes.events.push(`monitor reopen log ${o.logPath}`);
+    },
   };
   const containers = new ContainerService({
     config: cfg,

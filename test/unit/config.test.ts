@@ -128,3 +128,23 @@ test('streaming: containerd-like defaults (loopback, ephemeral port, no TLS, 4 h
   assert.throws(() => resolveConfig({ streaming: { tls_cert_file: 'a.crt', tls_key_file: '/a.key' } }), /tls_cert_file: must be an absolute path/);
   assert.throws(() => resolveConfig({ streaming: { stream_port: 1 } }), /streaming\.stream_port: unknown key/);
 });
+
+test('container_log_size_max: -1 (default) and 0 mean no cap; a cap below conmon\'s 8 KiB read buffer is refused', () => {
+  assert.equal(resolveConfig({}).containerLogSizeMax, -1);
+  assert.equal(resolveConfig({ container_log_size_max: 0 }).containerLogSizeMax, 0);
+  assert.equal(resolveConfig({ container_log_size_max: 10 * 1024 * 1024 }).containerLogSizeMax, 10 * 1024 * 1024);
+  assert.equal(resolveConfig({ container_log_size_max: 8192 }).containerLogSizeMax, 8192);
+  assert.throws(() => resolveConfig({ container_log_size_max: 8191 }), /container_log_size_max: must be -1 or 0 \(no cap\) or at least 8192 bytes/);
+  assert.throws(() => resolveConfig({ container_log_size_max: -2 }), /container_log_size_max: must be between -1 and/);
+  assert.throws(() => resolveConfig({ container_log_size_max: '10M' }), /container_log_size_max: must be a whole number/);
+});
+
+test('config/config.example.toml names every top-level setting (not only those that differ from nothing)', async () => {
+  const { readFile } = await import('node:fs/promises');
+  const { parse } = await import('smol-toml');
+  const { packageRoot } = await import('../../src/util/paths.js');
+  const example = parse(await readFile(path.join(packageRoot(), 'config', 'config.example.toml'), 'utf8')) as Record<string, unknown>;
+  const snake = (k: string) => k.replace(/[A-Z]/g, (c) => `_${c.toLowerCase()}`);
+  const scalars = Object.entries(defaultConfig()).filter(([, v]) => typeof v !== 'object').map(([k]) => snake(k));
+  assert.deepEqual(scalars.filter((k) => !(k in example)), [], 'settings missing from config.example.toml');
+});
