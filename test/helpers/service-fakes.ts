@@ -19,6 +19,7 @@ import type { ImageService } from '../../src/image/image-service.js';
 import type { OciRuntime } from '../../src/oci/runtime.js';
 import { nowNs } from '../../src/util/time.js';
 import type { PodSandboxConfig } from '../../src/cri-api/types.js';
+import type { ImageRuntimeConfig } from '../../src/image/image-config.js';
 
 /** A promise the test settles by hand, and one that says when the fake reached it. */
 export function gate() {
@@ -199,7 +200,8 @@ export function containerService(svc: SandboxService, cfg: CorralConfig, fakes: 
         await g.opened;
       }
       if (fakes.failures.runtimeConfig) throw new Error('injected config read failure');
-      return { Cmd: ['/bin/true'] };
+      const config: ImageRuntimeConfig = { Entrypoint: null, Cmd: ['/bin/true'], Env: null, WorkingDir: '', User: '', StopSignal: '' };
+      return config;
     },
   } as unknown as ImageService;
   const runtime = {
