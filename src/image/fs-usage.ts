@@ -1,4 +1,4 @@
-import { promises as fs } from 'node:fs';
+import { lstatSync, promises as fs, readdirSync, type Stats } from 'node:fs';
 import path from 'node:path';
 
 export interface DirUsage {
@@ -9,30 +9,268 @@ export interface DirUsage {
 /**
  * Bytes (allocated blocks) and inodes under a directory, like `du`: hard links counted
  * once, mount points below it not crossed. A missing directory uses nothing.
+ *
+ * Synchronous calls one directory at a time, yielding to the event loop between
+ * directories: an awaited lstat per file costs a thread-pool round trip (~0.1 ms each
+ * here), which made a walk of a few thousand files take half a second; the stall a
+ * directory's worth of lstat calls causes is far shorter than that.
  */
 export async function dirUsage(root: string): Promise<DirUsage> {
-  let rootStat;
+  let rootStat: Stats;
   try {
-    rootStat = await fs.lstat(root);
+    rootStat = lstatSync(root);
   } catch (e) {
     if ((e as NodeJS.ErrnoException).code === 'ENOENT') return { bytes: 0, inodes: 0 };
     throw e;
   }
   const seen = new Set<string>();
   const usage: DirUsage = { bytes: 0, inodes: 0 };
-  const walk = async (p: string, st: Awaited<ReturnType<typeof fs.lstat>>): Promise<void> => {
+  const count = (st: Stats): boolean => {
     const key = `${st.dev}:${st.ino}`;
-    if (seen.has(key)) return;
+    if (seen.has(key)) return false;
     seen.add(key);
     usage.inodes++;
-    usage.bytes += Number(st.blocks) * 512;
-    if (!st.isDirectory() || st.dev !== rootStat.dev) return;
-    for (const name of await fs.readdir(p)) {
-      const child = path.join(p, name);
-      const cst = await fs.lstat(child).catch(() => undefined);
-      if (cst) await walk(child, cst);
-    }
+    usage.bytes += st.blocks * 512;
+    return true;
   };
-  await walk(root, rootStat);
+  count(rootStat);
+  if (!rootStat.isDirectory()) return usage;
+  const dirs = [root];
+  while (dirs.length > 0) {
+    const dir = dirs.pop()!;
+    let names: string[];
+    try {
+      names = readdirSync(dir);
+    } catch {
+      continue; // removed meanwhile
+    }
+    for (const name of names) {
+      const child = path.join(dir, name);
+      let st: Stats;
+      try {
+        st = lstatSync(child);
+      } catch {
+        continue;
+      }
+      if (count(st) && st.isDirectory() && st.dev === rootStat.dev) dirs.push(child);
+    }
+    if (dirs.length > 0) await new Promise<void>((r) => setImmediate(r));
+  }
   return usage;
+}
+
+/** The file in a snapshot's directory (beside its fs/) that records what the snapshot uses. */
+export const SNAPSHOT_USAGE_FILE = 'usage.json';
+
+interface SnapshotUsageFile {
+  version: 1;
+  /** du of the snapshot's whole directory, this file included. */
+  bytes: number;
+  inodes: number;
+}
+
+/**
+ * Measures a finished snapshot directory once and records the result in it, so that
+ * neither ImageFsInfo nor a restart walks it again. The record counts itself: it is
+ * written, its blocks are measured, and it is rewritten with the same length class
+ * until the figure it states is the one it makes true.
+ */
+export async function recordSnapshotUsage(snapshotDir: string): Promise<DirUsage> {
+  const file = path.join(snapshotDir, SNAPSHOT_USAGE_FILE);
+  await fs.rm(file, { force: true });
+  const contents = await dirUsage(snapshotDir);
+  let fileUsage: DirUsage = { bytes: 0, inodes: 1 };
+  for (let attempt = 0; attempt < 4; attempt++) {
+    const total = { bytes: contents.bytes + fileUsage.bytes, inodes: contents.inodes + fileUsage.inodes };
+    const record: SnapshotUsageFile = { version: 1, ...total };
+    await fs.writeFile(file, JSON.stringify(record) + '\n', { mode: 0o644 });
+    const st = await fs.lstat(file);
+    const measured = { bytes: st.blocks * 512, inodes: 1 };
+    if (measured.bytes === fileUsage.bytes) return total;
+    fileUsage = measured;
+  }
+  throw new Error(`${file}: its size does not settle`);
+}
+
+/** The usage a snapshot directory records, or undefined if it has no valid record. */
+export async function readSnapshotUsage(snapshotDir: string): Promise<DirUsage | undefined> {
+  let text: string;
+  try {
+    text = await fs.readFile(path.join(snapshotDir, SNAPSHOT_USAGE_FILE), 'utf8');
+  } catch {
+    return undefined;
+  }
+  try {
+    const r = JSON.parse(text) as Partial<SnapshotUsageFile>;
+    if (r.version === 1 && Number.isSafeInteger(r.bytes) && Number.isSafeInteger(r.inodes) && r.bytes! >= 0 && r.inodes! > 0) {
+      return { bytes: r.bytes!, inodes: r.inodes! };
+    }
+  } catch {
+    // a torn or foreign file: measured again below
+  }
+  return undefined;
+}
+
+const HEX64 = /^[0-9a-f]{64}$/;
+
+/**
+ * What the image store uses on disk, the figure ImageFsInfo reports, without walking
+ * the store per call. The store's bulk is snapshots (their usage is recorded in each one
+ * when it is unpacked, see recordSnapshotUsage) and blobs (one lstat each, the first time
+ * one is seen). A call lists the two directories that hold them, so anything added or
+ * removed by any process (an offline import too) is picked up, and walks only what is
+ * left: a handful of small files and directories. Snapshots and ingests being written
+ * (`.tmp-*`, `*.partial`) count once they are finished; removals being deleted
+ * (`.trash-*`) no longer count.
+ */
+export class ImageStoreUsage {
+  private readonly snapshots = new Map<string, DirUsage>();
+  private readonly blobs = new Map<string, DirUsage>();
+  private readonly snapshotsDir: string;
+  private readonly blobsDir: string;
+  /** Measurements under way, shared by concurrent calls. */
+  private readonly measuring = new Map<string, Promise<DirUsage | undefined>>();
+
+  constructor(readonly root: string) {
+    this.snapshotsDir = path.join(root, 'snapshots');
+    this.blobsDir = path.join(root, 'blobs', 'sha256');
+  }
+
+  /** Current usage of the whole store, as `du` of its root would count it when no pull or removal is under way. */
+  async current(): Promise<DirUsage> {
+    const total: DirUsage = { bytes: 0, inodes: 0 };
+    const add = (u: DirUsage | undefined) => {
+      if (!u) return;
+      total.bytes += u.bytes;
+      total.inodes += u.inodes;
+    };
+    const [snapshotNames, blobNames] = await Promise.all([listNames(this.snapshotsDir), listNames(this.blobsDir)]);
+    const snapshotHexes = snapshotNames.filter((n) => HEX64.test(n));
+    const blobHexes = blobNames.filter((n) => HEX64.test(n));
+    forgetMissing(this.snapshots, snapshotHexes);
+    forgetMissing(this.blobs, blobHexes);
+    const unknown = [
+      ...snapshotHexes.filter((h) => !this.snapshots.has(h)).map((h) => this.measure(`snapshot:${h}`, () => this.measureSnapshot(h), this.snapshots, h)),
+      ...blobHexes.filter((h) => !this.blobs.has(h)).map((h) => this.measure(`blob:${h}`, () => this.measureBlob(h), this.blobs, h)),
+    ];
+    if (unknown.length > 0) await Promise.all(unknown);
+    for (const u of this.snapshots.values()) add(u);
+    for (const u of this.blobs.values()) add(u);
+    add(await this.rest());
+    return total;
+  }
+
+  /** Reads (or measures) every snapshot and blob now, so later calls answer at once (daemon start). */
+  async warm(): Promise<void> {
+    await this.current();
+  }
+
+  private measure(key: string, fn: () => Promise<DirUsage | undefined>, into: Map<string, DirUsage>, hex: string): Promise<DirUsage | undefined> {
+    let p = this.measuring.get(key);
+    if (!p) {
+      p = fn()
+        .then((u) => {
+          if (u) into.set(hex, u);
+          return u;
+        })
+        .finally(() => this.measuring.delete(key));
+      this.measuring.set(key, p);
+    }
+    return p;
+  }
+
+  /** A snapshot's recorded usage; one without a record (made by an older Corral) is walked once and recorded. */
+  private async measureSnapshot(hex: string): Promise<DirUsage | undefined> {
+    const dir = path.join(this.snapshotsDir, hex);
+    const recorded = await readSnapshotUsage(dir);
+    if (recorded) return recorded;
+    try {
+      return await recordSnapshotUsage(dir);
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code === 'ENOENT') return undefined; // removed meanwhile
+      throw e;
+    }
+  }
+
+  private async measureBlob(hex: string): Promise<DirUsage | undefined> {
+    const st = await fs.lstat(path.join(this.blobsDir, hex)).catch(() => undefined);
+    return st ? { bytes: st.blocks * 512, inodes: 1 } : undefined;
+  }
+
+  /**
+   * Everything in the store but the snapshots and blobs: images.json, lock and hold
+   * files, the directories themselves, finished-but-unrenamed ingests. A few inodes.
+   */
+  private async rest(): Promise<DirUsage> {
+    const usage: DirUsage = { bytes: 0, inodes: 0 };
+    const seen = new Set<string>();
+    const walk = async (dir: string, skip: (name: string) => boolean): Promise<void> => {
+      const st = await fs.lstat(dir).catch(() => undefined);
+      if (!st) return;
+      const key = `${st.dev}:${st.ino}`;
+      if (seen.has(key)) return;
+      seen.add(key);
+      usage.inodes++;
+      usage.bytes += st.blocks * 512;
+      if (!st.isDirectory()) return;
+      for (const name of await listNames(dir)) {
+        if (skip(name)) continue;
+        const child = path.join(dir, name);
+        if (child === this.snapshotsDir) {
+          await walk(child, (n) => HEX64.test(n) || n.startsWith('.tmp-') || n.startsWith('.trash-'));
+        } else if (child === this.blobsDir) {
+          await walk(child, (n) => HEX64.test(n));
+        } else if (child === path.join(this.root, 'ingest')) {
+          await walk(child, (n) => n.endsWith('.partial'));
+        } else {
+          await walk(child, () => false);
+        }
+      }
+    };
+    await walk(this.root, () => false);
+    return usage;
+  }
+}
+
+async function listNames(dir: string): Promise<string[]> {
+  return fs.readdir(dir).catch(() => [] as string[]);
+}
+
+function forgetMissing(map: Map<string, DirUsage>, present: readonly string[]): void {
+  if (map.size === 0) return;
+  const keep = new Set(present);
+  for (const k of map.keys()) if (!keep.has(k)) map.delete(k);
+}
+
+/**
+ * The usage of a directory that changes without Corral seeing each write (containers'
+ * writable layers), sampled in the background: a call answers the last sample at once
+ * and starts a new one when that is older than maxAgeMs. Only the first call waits.
+ */
+export class SampledDirUsage {
+  private sample: { usage: DirUsage; atMs: number } | undefined;
+  private running: Promise<void> | undefined;
+
+  constructor(readonly dir: string, private readonly maxAgeMs = 10_000, private readonly now: () => number = Date.now) {}
+
+  /** The last sample and when (Date.now() ms) it was taken. */
+  async current(): Promise<{ usage: DirUsage; atMs: number }> {
+    if (!this.sample) await this.refresh();
+    else if (this.now() - this.sample.atMs > this.maxAgeMs) void this.refresh().catch(() => {});
+    return this.sample!;
+  }
+
+  /** Takes a new sample (one at a time; a call while one runs shares it). */
+  refresh(): Promise<void> {
+    this.running ??= (async () => {
+      try {
+        const atMs = this.now();
+        const usage = await dirUsage(this.dir);
+        this.sample = { usage, atMs };
+      } finally {
+        this.running = undefined;
+      }
+    })();
+    return this.running;
+  }
 }
