@@ -1,5 +1,6 @@
 import { lstatSync, promises as fs, readdirSync, type Stats } from 'node:fs';
 import path from 'node:path';
+import { execChecked } from '../util/exec.js';
 
 export interface DirUsage {
   bytes: number;
@@ -78,7 +79,7 @@ interface SnapshotUsageFile {
 export async function recordSnapshotUsage(snapshotDir: string): Promise<DirUsage> {
   const file = path.join(snapshotDir, SNAPSHOT_USAGE_FILE);
   await fs.rm(file, { force: true });
-  const contents = await dirUsage(snapshotDir);
+  const contents = await duUsage(snapshotDir);
   let fileUsage: DirUsage = { bytes: 0, inodes: 1 };
   for (let attempt = 0; attempt < 4; attempt++) {
     const total = { bytes: contents.bytes + fileUsage.bytes, inodes: contents.inodes + fileUsage.inodes };
@@ -90,6 +91,22 @@ export async function recordSnapshotUsage(snapshotDir: string): Promise<DirUsage
     fileUsage = measured;
   }
   throw new Error(`${file}: its size does not settle`);
+}
+
+/**
+ * dirUsage of a directory with no mount points below it, by GNU du: a few times faster
+ * than a walk from Node (about 15 ms against 50–100 ms for 2,300 files here), which
+ * matters because a pull measures every layer it unpacks.
+ */
+async function duUsage(dir: string): Promise<DirUsage> {
+  const figure = async (flag: string) => {
+    const { stdout } = await execChecked('du', ['-x', '-s', flag, '--', dir], { timeoutMs: 120_000 });
+    const n = Number(/^(\d+)\s/.exec(stdout)?.[1]);
+    if (!Number.isSafeInteger(n)) throw new Error(`du ${flag} ${dir}: unexpected output ${JSON.stringify(stdout.slice(0, 200))}`);
+    return n;
+  };
+  const [bytes, inodes] = await Promise.all([figure('-B1'), figure('--inodes')]);
+  return { bytes, inodes };
 }
 
 /** The usage a snapshot directory records, or undefined if it has no valid record. */
