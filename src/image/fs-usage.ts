@@ -129,6 +129,8 @@ export async function readSnapshotUsage(snapshotDir: string): Promise<DirUsage |
 }
 
 const HEX64 = /^[0-9a-f]{64}$/;
+/** How long after a directory's last change its listing may be cached (well above the file-time tick). */
+const LISTING_SETTLE_MS = 1000;
 
 /**
  * What the image store uses on disk, the figure ImageFsInfo reports, without walking
@@ -155,15 +157,7 @@ export class ImageStoreUsage {
 
   /** Current usage of the whole store, as `du` of its root would count it when no pull or removal is under way. */
   async current(): Promise<DirUsage> {
-    const total: DirUsage = { bytes: 0, inodes: 0 };
-    const add = (u: DirUsage | undefined) => {
-      if (!u) return;
-      total.bytes += u.bytes;
-      total.inodes += u.inodes;
-    };
-    const [snapshotNames, blobNames] = await Promise.all([listNames(this.snapshotsDir), listNames(this.blobsDir)]);
-    const snapshotHexes = snapshotNames.filter((n) => HEX64.test(n));
-    const blobHexes = blobNames.filter((n) => HEX64.test(n));
+    const { usage: total, snapshotHexes, blobHexes } = this.scanTop();
     forgetMissing(this.snapshots, snapshotHexes);
     forgetMissing(this.blobs, blobHexes);
     const unknown = [
@@ -171,9 +165,12 @@ export class ImageStoreUsage {
       ...blobHexes.filter((h) => !this.blobs.has(h)).map((h) => this.measure(`blob:${h}`, () => this.measureBlob(h), this.blobs, h)),
     ];
     if (unknown.length > 0) await Promise.all(unknown);
-    for (const u of this.snapshots.values()) add(u);
-    for (const u of this.blobs.values()) add(u);
-    add(await this.rest());
+    for (const map of [this.snapshots, this.blobs]) {
+      for (const u of map.values()) {
+        total.bytes += u.bytes;
+        total.inodes += u.inodes;
+      }
+    }
     return total;
   }
 
@@ -215,42 +212,67 @@ export class ImageStoreUsage {
   }
 
   /**
-   * Everything in the store but the snapshots and blobs: images.json, lock and hold
-   * files, the directories themselves, finished-but-unrenamed ingests. A few inodes.
+   * Everything in the store but the snapshots and blobs (images.json, lock and hold files,
+   * the directories themselves: a few inodes), and the names of the snapshots and blobs.
+   * Synchronous: a dozen system calls cost less than one thread-pool round trip each. A
+   * directory is listed again only when its change time moved.
    */
-  private async rest(): Promise<DirUsage> {
+  private scanTop(): { usage: DirUsage; snapshotHexes: string[]; blobHexes: string[] } {
     const usage: DirUsage = { bytes: 0, inodes: 0 };
     const seen = new Set<string>();
-    const walk = async (dir: string, skip: (name: string) => boolean): Promise<void> => {
-      const st = await fs.lstat(dir).catch(() => undefined);
-      if (!st) return;
+    let snapshotHexes: string[] = [];
+    let blobHexes: string[] = [];
+    const ingestDir = path.join(this.root, 'ingest');
+    const walk = (p: string, skip: (name: string) => boolean): void => {
+      let st: Stats;
+      try {
+        st = lstatSync(p);
+      } catch {
+        return; // removed meanwhile
+      }
       const key = `${st.dev}:${st.ino}`;
       if (seen.has(key)) return;
       seen.add(key);
       usage.inodes++;
       usage.bytes += st.blocks * 512;
       if (!st.isDirectory()) return;
-      for (const name of await listNames(dir)) {
+      const names = this.listing(p, st);
+      if (p === this.snapshotsDir) snapshotHexes = names.filter((n) => HEX64.test(n));
+      if (p === this.blobsDir) blobHexes = names.filter((n) => HEX64.test(n));
+      for (const name of names) {
         if (skip(name)) continue;
-        const child = path.join(dir, name);
-        if (child === this.snapshotsDir) {
-          await walk(child, (n) => HEX64.test(n) || n.startsWith('.tmp-') || n.startsWith('.trash-'));
-        } else if (child === this.blobsDir) {
-          await walk(child, (n) => HEX64.test(n));
-        } else if (child === path.join(this.root, 'ingest')) {
-          await walk(child, (n) => n.endsWith('.partial'));
-        } else {
-          await walk(child, () => false);
-        }
+        const child = path.join(p, name);
+        if (child === this.snapshotsDir) walk(child, (n) => HEX64.test(n) || n.startsWith('.tmp-') || n.startsWith('.trash-'));
+        else if (child === this.blobsDir) walk(child, (n) => HEX64.test(n));
+        else if (child === ingestDir) walk(child, (n) => n.endsWith('.partial'));
+        else walk(child, () => false);
       }
     };
-    await walk(this.root, () => false);
-    return usage;
+    walk(this.root, () => false);
+    return { usage, snapshotHexes, blobHexes };
   }
-}
 
-async function listNames(dir: string): Promise<string[]> {
-  return fs.readdir(dir).catch(() => [] as string[]);
+  private readonly listings = new Map<string, { stamp: string; listedAtMs: number; names: string[] }>();
+
+  /**
+   * readdir of a directory, reused while its inode and change time stay the same. File
+   * times tick coarsely (a jiffy), so two changes close together can leave the same
+   * time: a listing is only reused if it was taken well after the last change.
+   */
+  private listing(dir: string, st: Stats): string[] {
+    const stamp = `${st.ino}:${st.ctimeMs}:${st.mtimeMs}:${st.size}`;
+    const cached = this.listings.get(dir);
+    if (cached && cached.stamp === stamp && cached.listedAtMs > Math.max(st.ctimeMs, st.mtimeMs) + LISTING_SETTLE_MS) return cached.names;
+    const listedAtMs = Date.now();
+    let names: string[];
+    try {
+      names = readdirSync(dir);
+    } catch {
+      names = [];
+    }
+    this.listings.set(dir, { stamp, listedAtMs, names });
+    return names;
+  }
 }
 
 function forgetMissing(map: Map<string, DirUsage>, present: readonly string[]): void {

@@ -60,6 +60,18 @@ test('the tracked usage equals a walk of the store across unpacks, blobs, remova
   });
 });
 
+test('a blob or snapshot added right after a call (within one file-time tick) is counted by the next call', async () => {
+  await withStore(async (root, snapshots) => {
+    const usage = new ImageStoreUsage(root);
+    for (let i = 1; i <= 20; i++) {
+      await usage.current();
+      await addBlob(root, 200 + i, 100 * i);
+      if (i % 5 === 0) await snapshots.prepare(chain(i), (dir) => fillLayer(dir, 3, i));
+      assert.deepEqual(await usage.current(), await dirUsage(root), `round ${i}`);
+    }
+  });
+});
+
 test('a call reads the recorded usage of a snapshot, never walks it', async () => {
   await withStore(async (root, snapshots) => {
     await snapshots.prepare(chain(1), (dir) => fillLayer(dir, 30, 1));
