@@ -79,6 +79,7 @@ async function populate(side: Side, refs: string[]): Promise<void> {
 async function measure(side: Side, refs: string[]): Promise<Timings> {
   const out: Timings = {};
   const calls: [string, (i: number) => Promise<unknown>][] = [
+    ['Version (a gRPC round trip)', () => side.rpc('Version', {})],
     ['ImageFsInfo', () => side.imageRpc('ImageFsInfo', {})],
     ['ListImages', () => side.imageRpc('ListImages', {})],
     ['ImageStatus', (i) => side.imageRpc('ImageStatus', { image: { image: refs[i % refs.length] } })],
