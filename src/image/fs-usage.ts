@@ -165,8 +165,12 @@ export class ImageStoreUsage {
       ...blobHexes.filter((h) => !this.blobs.has(h)).map((h) => this.measure(`blob:${h}`, () => this.measureBlob(h), this.blobs, h)),
     ];
     if (unknown.length > 0) await Promise.all(unknown);
-    for (const map of [this.snapshots, this.blobs]) {
-      for (const u of map.values()) {
+    // Only what this scan listed: a measurement that ended after its item was removed
+    // must not count (forgetMissing drops it on the next call).
+    for (const [map, hexes] of [[this.snapshots, snapshotHexes], [this.blobs, blobHexes]] as const) {
+      for (const h of hexes) {
+        const u = map.get(h);
+        if (!u) continue;
         total.bytes += u.bytes;
         total.inodes += u.inodes;
       }
