@@ -4,11 +4,11 @@
  * timed on Corral and containerd 1.6 side by side. It only measures and prints.
  *
  *   node dist/bench/listbench.js [--images 100] [--files-per-image 40] [--pods 200]
- *                                [--containers 50] [--calls 30] [--skip-containerd]
+ *                                [--containers 50] [--calls 30] [--pid CONTAINER|POD] [--skip-containerd]
  *
  * The images are busybox plus one layer of their own (`--files-per-image` small files),
  * pushed to a 127.0.0.1 docker-registry and pulled by both daemons. The pods are
- * kubelet-shaped (pid CONTAINER), made 4 at a time; the first `--containers` of them get
+ * kubelet-shaped (pid CONTAINER, or POD: with a pause process), made 4 at a time; the first `--containers` of them get
  * one running `sleep` container each. Every call is then sent `--calls` times, one at a
  * time, and the p50/p95 printed; the ratio is containerd / Corral (above 1: Corral ahead).
  */
@@ -33,6 +33,7 @@ const { values: flags } = parseArgs({
     pods: { type: 'string', default: '200' },
     containers: { type: 'string', default: '50' },
     calls: { type: 'string', default: '30' },
+    pid: { type: 'string', default: 'CONTAINER' },
     'skip-containerd': { type: 'boolean', default: false },
   },
 });
@@ -41,6 +42,7 @@ const FILES = Number(flags['files-per-image']);
 const PODS = Number(flags.pods);
 const CONTAINERS = Math.min(Number(flags.containers), PODS);
 const CALLS = Number(flags.calls);
+const PID = flags.pid === 'POD' ? 'POD' : 'CONTAINER';
 const REPO = 'listbench/img';
 
 interface Side {
@@ -61,7 +63,7 @@ async function populate(side: Side, refs: string[]): Promise<void> {
   t0 = performance.now();
   const pods: { id: string; config: any }[] = [];
   await pool(Array.from({ length: PODS }, (_, i) => i), 4, async () => {
-    const config = kubeletPodConfig('listbench', side.logRoot, 'CONTAINER');
+    const config = kubeletPodConfig('listbench', side.logRoot, PID);
     await fs.mkdir(config.logDirectory, { recursive: true });
     const { podSandboxId } = await side.rpc('RunPodSandbox', { config });
     pods.push({ id: podSandboxId, config });
@@ -153,7 +155,7 @@ async function main(): Promise<void> {
   for (const side of sides) results.push({ side, t: await measure(side, refs) });
   const walk = await timed(() => dirUsage(path.join(corral.rootDir, 'images')));
   console.log(
-    `\n${IMAGES} images (${walk.value.inodes} inodes, ${fmtMs(walk.value.bytes / 1048576)} MiB in Corral's image store), ${PODS} pods, ${CONTAINERS} running containers; ` +
+    `\n${IMAGES} images (${walk.value.inodes} inodes, ${fmtMs(walk.value.bytes / 1048576)} MiB in Corral's image store), ${PODS} pods (pid ${PID}), ${CONTAINERS} running containers; ` +
       `${CALLS} calls each, one at a time; containerd: ${containerdNote}`,
   );
   const [c, d] = results;
