@@ -216,6 +216,9 @@ export async function startDaemon(cfg: CorralConfig, logger: Logger): Promise<Da
   images.layersInUse = () => new Set([...sandboxes.layersInUse(), ...containers.layersInUse()]);
   sandboxes.layersReleased = containers.layersReleased = (chain) => images.layersReleased(chain);
   await images.store.collect(images.layersInUse);
+  // Reads each snapshot's recorded usage (measures those an older Corral left without one)
+  // off the start path, so ImageFsInfo answers from memory.
+  void images.store.usage.warm().catch((e: unknown) => logger.warn({ err: e }, 'measuring the image store failed'));
 
   // The runtime side of exec/attach/port-forward (corral-streamhelper per session).
   const streamingRuntime = createStreamingRuntime(daemonStreamingDeps({ config: cfg, containers, sandboxes, logger }));

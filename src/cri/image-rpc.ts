@@ -1,16 +1,19 @@
 /** ImageService handlers: PullImage, ListImages, ImageStatus, RemoveImage, ImageFsInfo. */
 import path from 'node:path';
 import type { CorralConfig } from '../config/config.js';
-import { dirUsage } from '../image/fs-usage.js';
+import { SampledDirUsage } from '../image/fs-usage.js';
 import type { ImageRecord } from '../image/image-store.js';
 import type { ImageService } from '../image/image-service.js';
 import { imageUser } from '../image/image-user.js';
 import { invalidArgument } from '../errors.js';
-import { nowNs } from '../util/time.js';
+import { msToNs, nowNs } from '../util/time.js';
 import type { ImageHandlers } from './rpc-types.js';
 import type { ImageSpec } from '../cri-api/types.js';
 
 export function imageHandlers(cfg: CorralConfig, images: ImageService) {
+  // Sampled from now on, at most every 10 s and only while someone asks (kubelet polls).
+  const containerUsage = new SampledDirUsage(path.join(cfg.rootDir, 'containers'));
+  void containerUsage.refresh().catch(() => {});
   const toCri = (i: ImageRecord) => {
     const user = imageUser(i.user);
     return {
@@ -71,13 +74,20 @@ export function imageHandlers(cfg: CorralConfig, images: ImageService) {
     },
 
     async ImageFsInfo() {
+      // The image store's usage is kept as layers and blobs come and go (current as of
+      // now); containers' writable layers change with every write, so they are sampled.
       const timestamp = nowNs();
-      const usage = async (mountpoint: string) => {
-        const u = await dirUsage(mountpoint);
-        return { timestamp, fsId: { mountpoint }, usedBytes: { value: u.bytes }, inodesUsed: { value: u.inodes } };
+      const [imageUsage, containerSample] = await Promise.all([images.store.usage.current(), containerUsage.current()]);
+      const report = (mountpoint: string, at: string, u: { bytes: number; inodes: number }) => ({
+        timestamp: at,
+        fsId: { mountpoint },
+        usedBytes: { value: u.bytes },
+        inodesUsed: { value: u.inodes },
+      });
+      return {
+        imageFilesystems: [report(images.store.root, timestamp, imageUsage)],
+        containerFilesystems: [report(containerUsage.dir, msToNs(containerSample.atMs), containerSample.usage)],
       };
-      const [imageFs, containerFs] = await Promise.all([usage(images.store.root), usage(path.join(cfg.rootDir, 'containers'))]);
-      return { imageFilesystems: [imageFs], containerFilesystems: [containerFs] };
     },
   } satisfies ImageHandlers;
 }

@@ -127,15 +127,27 @@ export class ImageService {
 
   /** The configured sandbox image is pinned: kubelet's image GC must not remove it. */
   isPinned(image: ImageRecord): boolean {
-    if (!this.cfg.sandboxImage) return false;
-    try {
-      const r = parseReference(this.cfg.sandboxImage);
-      const ref = r.digest ? `${r.name}@${r.digest}` : `${r.name}:${r.tag ?? 'latest'}`;
-      return image.repoTags.includes(ref) || image.repoDigests.includes(ref);
-    } catch {
-      return false;
-    }
+    const ref = this.sandboxImageRef;
+    return ref !== undefined && (image.repoTags.includes(ref) || image.repoDigests.includes(ref));
   }
+
+  /** The sandbox image as a normalised tag or digest reference (parsed once: ListImages asks per image). */
+  private get sandboxImageRef(): string | undefined {
+    if (this.sandboxRef === null) {
+      this.sandboxRef = undefined;
+      if (this.cfg.sandboxImage) {
+        try {
+          const r = parseReference(this.cfg.sandboxImage);
+          this.sandboxRef = r.digest ? `${r.name}@${r.digest}` : `${r.name}:${r.tag ?? 'latest'}`;
+        } catch {
+          this.sandboxRef = undefined;
+        }
+      }
+    }
+    return this.sandboxRef;
+  }
+
+  private sandboxRef: string | undefined | null = null;
 
   close(): void {
     this.client.close();

@@ -15,6 +15,7 @@ import { parseReference } from './reference.js';
 import { SnapshotStore, chainIds } from './snapshots.js';
 import { applyLayer, LayerRefusedError, UnpackHelperError } from './unpack.js';
 import { processAlive } from '../util/process.js';
+import { ImageStoreUsage } from './fs-usage.js';
 
 export interface ImageRecord {
   /** The config digest, "sha256:<hex>". */
@@ -65,6 +66,8 @@ export interface ContentHold {
 export class ImageStore {
   readonly content: ContentStore;
   readonly snapshots: SnapshotStore;
+  /** What the store uses on disk (ImageFsInfo), kept without walking it per call. */
+  readonly usage: ImageStoreUsage;
   private readonly file: string;
   private images = new Map<string, ImageRecord>();
   private loadedMtimeMs = -1;
@@ -80,6 +83,7 @@ export class ImageStore {
   constructor(readonly root: string, private readonly logger: Logger) {
     this.content = new ContentStore(root);
     this.snapshots = new SnapshotStore(root);
+    this.usage = new ImageStoreUsage(root);
     this.file = path.join(root, 'images.json');
   }
 

@@ -11,6 +11,7 @@ import path from 'node:path';
 import { execChecked } from '../util/exec.js';
 import { processAlive } from '../util/process.js';
 import { isMountPoint } from '../util/mounts.js';
+import { recordSnapshotUsage } from './fs-usage.js';
 
 /** Chain IDs of a layer stack, bottom first: chain(0) = diff(0), chain(n) = sha256(chain(n-1) + " " + diff(n)). */
 export function chainIds(diffIds: readonly string[]): string[] {
@@ -73,6 +74,8 @@ export class SnapshotStore {
     try {
       await fs.chmod(path.join(tmp, 'fs'), 0o755);
       await fill(path.join(tmp, 'fs'));
+      // Measured once, here, while its files are in the cache: ImageFsInfo reads the record.
+      await recordSnapshotUsage(tmp);
       try {
         await fs.rename(tmp, final);
       } catch (e) {

@@ -15,7 +15,7 @@
  * `corral-` prefix keeps Corral's pins apart from `ip netns` names and other
  * runtimes' `cni-…` pins sharing the folder.
  */
-import { promises as fs } from 'node:fs';
+import { promises as fs, statfsSync } from 'node:fs';
 import path from 'node:path';
 import { execFile, type ExecResult } from '../util/exec.js';
 import { nativeBinary } from '../util/paths.js';
@@ -159,7 +159,9 @@ export async function removePinnedNetns(netnsPath: string): Promise<void> {
 /** True when `netnsPath` is an nsfs mount (a live pin); false when it is missing or a plain file. */
 export async function isNetnsPinned(netnsPath: string): Promise<boolean> {
   try {
-    const st = await fs.statfs(netnsPath);
+    // Synchronous: statfs of a pin never blocks, and ListPodSandbox asks this of every
+    // pin of every pod, where a thread-pool round trip each cost milliseconds per call.
+    const st = statfsSync(netnsPath);
     return Number(st.type) === NSFS_MAGIC;
   } catch (e) {
     const code = (e as NodeJS.ErrnoException).code;

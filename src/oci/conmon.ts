@@ -20,7 +20,7 @@
  *   conmon's process group (create timeout) leaves it to `<runtime> delete --force`.
  */
 import { spawn } from 'node:child_process';
-import { constants, promises as fs, watch, type FSWatcher } from 'node:fs';
+import { constants, promises as fs, readFileSync, watch, type FSWatcher } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { randomBytes } from 'node:crypto';
@@ -306,7 +306,9 @@ export async function conmonAlive(pid: number, id: string): Promise<boolean> {
 export async function readExitCode(exitDir: string, id: string): Promise<number | null> {
   let text: string;
   try {
-    text = await fs.readFile(path.join(exitDir, id), 'utf8');
+    // Synchronous: a small file under the state dir (tmpfs), read for every running
+    // container on each ListContainers; a thread-pool round trip each cost more than the read.
+    text = readFileSync(path.join(exitDir, id), 'utf8');
   } catch {
     return null;
   }

@@ -1,5 +1,5 @@
 /** Small process helpers: is a PID alive, and is it still the process it was. */
-import { promises as fs } from 'node:fs';
+import { readFileSync } from 'node:fs';
 
 /** Whether a process with this PID exists (EPERM: it exists, we just may not signal it). */
 export function processAlive(pid: number): boolean {
@@ -14,7 +14,9 @@ export function processAlive(pid: number): boolean {
 /** Start time (clock ticks since boot) of a process, to tell a live PID from a reused one. */
 export async function processStartTime(pid: number): Promise<string | null> {
   try {
-    const stat = await fs.readFile(`/proc/${pid}/stat`, 'utf8');
+    // Synchronous: procfs answers from memory, and ListPodSandbox asks this of every pause
+    // pod; through the thread pool (open, fstat, read, close) 200 pods took 70 ms a call.
+    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
     // Fields after the command name (which may contain spaces) start after the last ')'.
     const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
     // A zombie (Z) or dead (X) process has exited; its PID is not reaped yet (or never, when PID 1 does not reap).

@@ -12,6 +12,7 @@ import { TestDaemon } from '../helpers/daemon.js';
 import { pushImage, startProxy, startRegistry, type TestRegistry } from '../helpers/registry.js';
 import { busyboxImage, buildImage, buildLayer, multiArchIndex, tinyImage, whiteoutImage, type TestImage } from '../helpers/test-images.js';
 import { createImageClient, call } from '../../src/cri/client.js';
+import { dirUsage } from '../../src/image/fs-usage.js';
 import type { ImageRpcName } from '../../src/cri/proto.js';
 
 let reg: TestRegistry;
@@ -143,13 +144,44 @@ test('basic auth: refused without credentials, pulled with the CRI AuthConfig', 
   await irpc('RemoveImage', { image: { image: ref } });
 });
 
-test('ImageFsInfo reports the image store', async () => {
-  await irpc('PullImage', { image: { image: `${reg.host}/test/busybox:1` } });
-  const info = await irpc('ImageFsInfo', {});
-  assert.equal(info.imageFilesystems[0].fsId.mountpoint, imagesDir());
-  assert.ok(Number(info.imageFilesystems[0].usedBytes.value) > 1_000_000, 'busybox is over 1 MB');
-  assert.ok(Number(info.imageFilesystems[0].inodesUsed.value) > 5);
-  await irpc('RemoveImage', { image: { image: `${reg.host}/test/busybox:1` } });
+test('ImageFsInfo equals a walk of the image store across pull, remove and restart, and answers from records, not a walk', async () => {
+  const ref = `${reg.host}/test/busybox:1`;
+  const other = `${reg.host}/test/whiteout:latest`;
+  const fsInfo = async () => {
+    const info = await irpc('ImageFsInfo', {});
+    const f = info.imageFilesystems[0];
+    assert.equal(f.fsId.mountpoint, imagesDir());
+    assert.equal(info.containerFilesystems[0].fsId.mountpoint, path.join(d.rootDir, 'containers'));
+    assert.ok(Math.abs(Number(f.timestamp) / 1e6 - Date.now()) < 60_000, 'the image store figure is current');
+    return { bytes: Number(f.usedBytes.value), inodes: Number(f.inodesUsed.value) };
+  };
+  await irpc('PullImage', { image: { image: ref } });
+  await irpc('PullImage', { image: { image: other } });
+  const pulled = await fsInfo();
+  assert.ok(pulled.bytes > 1_000_000, 'busybox is over 1 MB');
+  assert.deepEqual(pulled, await dirUsage(imagesDir()), 'after two pulls');
+  await irpc('RemoveImage', { image: { image: other } });
+  assert.deepEqual(await fsInfo(), await dirUsage(imagesDir()), 'after a removal');
+  await d.stopDaemon();
+  await d.spawnDaemon();
+  client.close();
+  client = createImageClient(d.socket);
+  const restarted = await fsInfo();
+  assert.deepEqual(restarted, await dirUsage(imagesDir()), 'after a restart');
+  // Files that appear inside an unpacked layer behind the store's back are seen by a walk,
+  // not by ImageFsInfo: it reads what each snapshot recorded when it was unpacked.
+  const snapshot = (await fs.readdir(path.join(imagesDir(), 'snapshots'))).find((n) => /^[0-9a-f]{64}$/.test(n))!;
+  const extra = path.join(imagesDir(), 'snapshots', snapshot, 'fs', 'extra-not-from-a-layer');
+  await fs.mkdir(extra);
+  try {
+    for (let i = 0; i < 50; i++) await fs.writeFile(path.join(extra, `f${i}`), Buffer.alloc(8192));
+    assert.equal((await dirUsage(imagesDir())).inodes, restarted.inodes + 51);
+    assert.deepEqual(await fsInfo(), restarted, 'ImageFsInfo did not walk the store');
+  } finally {
+    await fs.rm(extra, { recursive: true, force: true });
+  }
+  await irpc('RemoveImage', { image: { image: ref } });
+  assert.deepEqual(await fsInfo(), await dirUsage(imagesDir()), 'after removing the last image');
 });
 
 test('two images that share a base layer unpack it once', async () => {

@@ -1,0 +1,178 @@
+/**
+ * Housekeeping calls with many images and pods: ImageFsInfo, ListImages, ImageStatus,
+ * ListPodSandbox and ListContainers, as kubelet and crictl send them all the time,
+ * timed on Corral and containerd 1.6 side by side. It only measures and prints.
+ *
+ *   node dist/bench/listbench.js [--images 100] [--files-per-image 40] [--pods 200]
+ *                                [--containers 50] [--calls 30] [--pid CONTAINER|POD] [--skip-containerd]
+ *
+ * The images are busybox plus one layer of their own (`--files-per-image` small files),
+ * pushed to a 127.0.0.1 docker-registry and pulled by both daemons. The pods are
+ * kubelet-shaped (pid CONTAINER, or POD: with a pause process), made 4 at a time; the first `--containers` of them get
+ * one running `sleep` container each. Every call is then sent `--calls` times, one at a
+ * time, and the p50/p95 printed; the ratio is containerd / Corral (above 1: Corral ahead).
+ */
+import { promises as fs } from 'node:fs';
+import path from 'node:path';
+import { randomBytes } from 'node:crypto';
+import { parseArgs } from 'node:util';
+import type * as grpc from '@grpc/grpc-js';
+import { createImageClient, call } from '../src/cri/client.js';
+import type { ImageRpcName, RuntimeRpcName } from '../src/cri/proto.js';
+import { dirUsage } from '../src/image/fs-usage.js';
+import { pushImage, startRegistry } from '../test/helpers/registry.js';
+import { busyboxImage, buildImage, buildLayer, type TarEntry } from '../test/helpers/test-images.js';
+import { BenchCorral } from './corral.js';
+import { BenchContainerd, buildPauseImage, ensureContainerd } from './containerd.js';
+import { errMessage, fmtMs, installSignalHandlers, kubeletPodConfig, onCleanup, p50, p95, pool, printTable, ratio, runCleanups, timed } from './lib.js';
+
+const { values: flags } = parseArgs({
+  options: {
+    images: { type: 'string', default: '100' },
+    'files-per-image': { type: 'string', default: '40' },
+    pods: { type: 'string', default: '200' },
+    containers: { type: 'string', default: '50' },
+    calls: { type: 'string', default: '30' },
+    pid: { type: 'string', default: 'CONTAINER' },
+    'skip-containerd': { type: 'boolean', default: false },
+  },
+});
+const IMAGES = Number(flags.images);
+const FILES = Number(flags['files-per-image']);
+const PODS = Number(flags.pods);
+const CONTAINERS = Math.min(Number(flags.containers), PODS);
+const CALLS = Number(flags.calls);
+const PID = flags.pid === 'POD' ? 'POD' : 'CONTAINER';
+const REPO = 'listbench/img';
+
+interface Side {
+  name: string;
+  rpc: (m: RuntimeRpcName, req: object, ms?: number) => Promise<any>;
+  imageRpc: (m: ImageRpcName, req: object, ms?: number) => Promise<any>;
+  logRoot: string;
+}
+
+type Timings = Record<string, number[]>;
+
+async function populate(side: Side, refs: string[]): Promise<void> {
+  let t0 = performance.now();
+  await pool(refs, 3, async (ref) => {
+    await side.imageRpc('PullImage', { image: { image: ref } }, 120_000);
+  });
+  console.log(`${side.name}: pulled ${refs.length} images in ${fmtMs(performance.now() - t0)} ms`);
+  t0 = performance.now();
+  const pods: { id: string; config: any }[] = [];
+  await pool(Array.from({ length: PODS }, (_, i) => i), 4, async () => {
+    const config = kubeletPodConfig('listbench', side.logRoot, PID);
+    await fs.mkdir(config.logDirectory, { recursive: true });
+    const { podSandboxId } = await side.rpc('RunPodSandbox', { config });
+    pods.push({ id: podSandboxId, config });
+  });
+  console.log(`${side.name}: ${pods.length} pods up in ${fmtMs(performance.now() - t0)} ms`);
+  t0 = performance.now();
+  await pool(pods.slice(0, CONTAINERS), 4, async (p, i) => {
+    const config = { metadata: { name: `c${i}`, attempt: 0 }, image: { image: refs[i % refs.length] }, command: ['sleep', '100000'], logPath: `c${i}.log`, linux: {} };
+    const { containerId } = await side.rpc('CreateContainer', { podSandboxId: p.id, config, sandboxConfig: p.config });
+    await side.rpc('StartContainer', { containerId });
+  });
+  console.log(`${side.name}: ${CONTAINERS} containers running in ${fmtMs(performance.now() - t0)} ms`);
+}
+
+async function measure(side: Side, refs: string[]): Promise<Timings> {
+  const out: Timings = {};
+  const calls: [string, (i: number) => Promise<unknown>][] = [
+    ['Version (a gRPC round trip)', () => side.rpc('Version', {})],
+    ['ImageFsInfo', () => side.imageRpc('ImageFsInfo', {})],
+    ['ListImages', () => side.imageRpc('ListImages', {})],
+    ['ImageStatus', (i) => side.imageRpc('ImageStatus', { image: { image: refs[i % refs.length] } })],
+    ['ListPodSandbox', () => side.rpc('ListPodSandbox', {})],
+    ['ListContainers', () => side.rpc('ListContainers', {})],
+  ];
+  // What the calls return is checked once, so a figure never times an empty answer.
+  const images = (await side.imageRpc('ListImages', {})).images.length;
+  const pods = (await side.rpc('ListPodSandbox', {})).items.length;
+  const containers = (await side.rpc('ListContainers', {})).containers.length;
+  console.log(`${side.name}: lists ${images} images, ${pods} pods, ${containers} containers`);
+  for (const [name, fn] of calls) {
+    await fn(0); // warm-up
+    for (let i = 0; i < CALLS; i++) (out[name] ??= []).push((await timed(() => fn(i))).ms);
+  }
+  return out;
+}
+
+async function main(): Promise<void> {
+  installSignalHandlers();
+  const tag = randomBytes(3).toString('hex');
+  const dir = `/run/corral-bench-${tag}`;
+  await fs.mkdir(dir, { recursive: true });
+  onCleanup('bench dir', () => fs.rm(dir, { recursive: true, force: true, maxRetries: 20, retryDelay: 100 }));
+
+  console.log(`building ${IMAGES} images: busybox + a layer of ${FILES} files each ...`);
+  const busybox = await busyboxImage();
+  const reg = await startRegistry();
+  onCleanup('registry', () => reg.stop());
+  const refs: string[] = [];
+  for (let i = 0; i < IMAGES; i++) {
+    const entries: TarEntry[] = Array.from({ length: FILES }, (_, f) => ({ path: `data/d${f % 4}/f${f}`, content: `image ${i} file ${f}\n`.repeat(1 + (f % 50)) }));
+    const image = buildImage({ layers: [busybox.layers[0]!, await buildLayer(entries)] });
+    await pushImage(reg, REPO, `v${i}`, image);
+    refs.push(`${reg.host}/${REPO}:v${i}`);
+  }
+
+  const sides: Side[] = [];
+  const results: { side: Side; t: Timings }[] = [];
+  const corral = new BenchCorral(path.join(dir, 'corral'), tag, '10.250.250.0/24');
+  onCleanup('Corral daemon', () => corral.cleanup());
+  await corral.start();
+  let cc: grpc.Client | undefined = createImageClient(corral.socket);
+  onCleanup('Corral image client', async () => {
+    cc?.close();
+    cc = undefined;
+  });
+  sides.push({ name: 'Corral', rpc: (m, q, ms) => corral.rpc(m, q, ms), imageRpc: (m, q, ms = 60_000) => call(cc!, m, q, { deadlineMs: ms }), logRoot: path.join(dir, 'corral-logs') });
+
+  let containerdNote = 'not run (--skip-containerd)';
+  if (!flags['skip-containerd']) {
+    try {
+      containerdNote = await ensureContainerd();
+      const mirror = `\n[plugins."io.containerd.grpc.v1.cri".registry.mirrors."${reg.host}"]\n  endpoint = ["http://${reg.host}"]\n`;
+      const ctrd = new BenchContainerd(path.join(dir, 'containerd'), tag, '10.252.250.0/24', mirror);
+      onCleanup('containerd', () => ctrd.cleanup());
+      await fs.mkdir(ctrd.dir, { recursive: true });
+      const tarball = await buildPauseImage(path.join(dir, 'image'));
+      await ctrd.start();
+      await ctrd.importPauseImage(tarball);
+      sides.push({ name: 'containerd', rpc: (m, q, ms) => ctrd.rpc(m, q, ms), imageRpc: (m, q, ms = 60_000) => ctrd.imageRpc(m, q, ms), logRoot: path.join(dir, 'containerd-logs') });
+    } catch (e) {
+      containerdNote = `SKIPPED — ${errMessage(e)}`;
+      console.log(`containerd: ${containerdNote}`);
+    }
+  }
+
+  for (const side of sides) await populate(side, refs);
+  // containerd samples snapshot usage every 10 s: let it see every snapshot once.
+  if (sides.length > 1) await new Promise((r) => setTimeout(r, 11_000));
+  for (const side of sides) results.push({ side, t: await measure(side, refs) });
+  const walk = await timed(() => dirUsage(path.join(corral.rootDir, 'images')));
+  console.log(
+    `\n${IMAGES} images (${walk.value.inodes} inodes, ${fmtMs(walk.value.bytes / 1048576)} MiB in Corral's image store), ${PODS} pods (pid ${PID}), ${CONTAINERS} running containers; ` +
+      `${CALLS} calls each, one at a time; containerd: ${containerdNote}`,
+  );
+  const [c, d] = results;
+  const rows = [['call', 'Corral p50', 'p95', ...(d ? ['containerd p50', 'p95', 'ratio p50'] : [])]];
+  for (const name of Object.keys(c!.t)) {
+    const a = c!.t[name]!;
+    const b = d?.t[name];
+    rows.push([name, fmtMs(p50(a)), fmtMs(p95(a)), ...(b ? [fmtMs(p50(b)), fmtMs(p95(b)), ratio(p50(b), p50(a))] : [])]);
+  }
+  console.log('ms:');
+  printTable(rows);
+  console.log(`a du-like walk of Corral's image store from the bench process (what each ImageFsInfo did before): ${fmtMs(walk.ms)} ms`);
+}
+
+main()
+  .catch((e) => {
+    console.error(e);
+    process.exitCode = 1;
+  })
+  .finally(() => runCleanups());
