@@ -93,6 +93,20 @@ function start(args: string[], opts: { stdin?: Buffer | 'keep open'; file?: stri
 const corral = (args: string[], stdin?: Buffer) => start(args, { stdin }).done;
 const sha = (b: Buffer) => createHash('sha256').update(b).digest('hex');
 
+test('corral --help lists exec, attach and port-forward; exec --help explains -i, -t, --timeout', async () => {
+  const r = await start([mainJs, '--help'], { file: process.execPath }).done;
+  assert.equal(r.code, 0);
+  assert.match(r.stdout.toString(), /^  exec +run a command in a running container/m);
+  assert.match(r.stdout.toString(), /^  attach +attach to a running container/m);
+  assert.match(r.stdout.toString(), /^  port-forward +forward 127\.0\.0\.1:LOCAL/m);
+  const exec = await corral(['exec', '--help']);
+  assert.equal(exec.code, 0);
+  assert.match(exec.stdout.toString(), /usage: corral exec \[flags\] CONTAINER CMD \[ARG\.\.\.\]/);
+  assert.match(exec.stdout.toString(), /-i, --interactive/);
+  assert.match(exec.stdout.toString(), /-t, --tty/);
+  assert.match(exec.stdout.toString(), /--timeout DURATION/);
+});
+
 test('corral exec: the command\'s stdout, exit 0, nothing else printed', async () => {
   const r = await corral(['exec', containerId, 'echo', 'hello', 'world']);
   assert.equal(r.stderr, '');
@@ -159,8 +173,8 @@ test('corral exec -it under a terminal: the command has a TTY of the terminal\'s
   const inner = `i=0; until [ "$(stty size)" = "30 100" ] || [ $i -gt 200 ]; do sleep 0.05; i=$((i+1)); done; stty size; touch ${marker}; ` +
     `i=0; until [ "$(stty size)" = "40 120" ] || [ $i -gt 400 ]; do sleep 0.05; i=$((i+1)); done; stty size; [ -t 0 ] && echo stdin-is-a-tty`;
   // A background job's stdin is /dev/null unless given: the terminal, so raw mode is exercised too.
-  const outer = `stty cols 100 rows 30; ${cli} exec ${endpoint} -it ${containerId} sh -c '${inner}' < /dev/tty & ` +
-    `until ${cli} exec ${endpoint} ${containerId} test -e ${marker}; do sleep 0.2; done; stty cols 120 rows 40; wait $!; echo "cli-exit=$?"`;
+  const outer = `stty cols 100 rows 30; modes=$(stty -g); ${cli} exec ${endpoint} -it ${containerId} sh -c '${inner}' < /dev/tty & ` +
+    `until ${cli} exec ${endpoint} ${containerId} test -e ${marker}; do sleep 0.2; done; stty cols 120 rows 40; wait $!; echo "cli-exit=$?"; [ "$(stty -g)" = "$modes" ] && echo terminal-restored`;
   const r = await underTerminal(outer).done;
   const text = r.stdout.toString();
   assert.equal(r.code, 0, text + r.stderr);
@@ -168,6 +182,7 @@ test('corral exec -it under a terminal: the command has a TTY of the terminal\'s
   assert.match(text, /^40 120\r?$/m, 'the resize reached the command');
   assert.match(text, /stdin-is-a-tty/);
   assert.match(text, /cli-exit=0/);
+  assert.match(text, /terminal-restored/, 'raw mode was undone');
 });
 
 test('corral exec -t: the exit code passes through a terminal session too', async () => {
