@@ -150,18 +150,11 @@ function runSession(ws: WebSocket, opts: { stdin: boolean; tty: boolean; timeout
     let started = false;
     const start = () => {
       started = true;
+      // ^C is then a byte for the remote side. Node itself resets the terminal when it
+      // exits, SIGTERM and SIGINT included.
       if (raw) {
         input.setRawMode(true);
         rawSet = true;
-        // In raw mode ^C is a byte for the remote side; a signal from elsewhere must not leave the terminal raw.
-        for (const [signal, n] of [['SIGTERM', 15], ['SIGHUP', 1], ['SIGINT', 2]] as const) {
-          const onSignal = () => {
-            restoreTerminal();
-            process.exit(128 + n);
-          };
-          process.on(signal, onSignal);
-          cleanups.push(() => process.off(signal, onSignal));
-        }
       }
       if (opts.tty) {
         const sendSize = () => {
@@ -275,6 +268,7 @@ export async function portForwardCommand(argv: string[]): Promise<number> {
       process.once('SIGINT', resolve);
       process.once('SIGTERM', resolve);
     });
+    exitSoon(0); // forwarded connections still closing must not hold the exit
     return 0;
   } finally {
     for (const s of servers) s.close();

@@ -218,6 +218,18 @@ const connectTo = (port: number) =>
     sock.on('error', reject);
   });
 
+test('corral attach -t to a TTY container: the terminal\'s size reaches it; SIGTERM ends the CLI and leaves the terminal as it was', async () => {
+  const id = await startContainer('tty-printer', ['sh', '-c', 'while true; do stty size; sleep 0.2; done'], { tty: true });
+  const cli = `${process.execPath} ${mainJs} attach -r unix://${d.socket} -t ${id}`;
+  const r = await underTerminal(`stty cols 90 rows 20; modes=$(stty -g); ${cli} < /dev/tty & pid=$!; sleep 5; kill -TERM $pid; wait $pid; ` +
+    `echo "cli-exit=$?"; [ "$(stty -g)" = "$modes" ] && echo terminal-restored`).done;
+  const text = r.stdout.toString();
+  assert.match(text, /^20 90\r*$/m, text);
+  assert.match(text, /cli-exit=143/);
+  assert.match(text, /terminal-restored/);
+  assert.equal((await d.rpc('ContainerStatus', { containerId: id })).status.state, 'CONTAINER_RUNNING');
+});
+
 /** Sends `data` through a connection to 127.0.0.1:port; resolves with what came back once the other end closed. */
 function exchange(port: number, data: Buffer): Promise<Buffer> {
   return new Promise((resolve, reject) => {
