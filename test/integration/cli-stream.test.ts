@@ -112,6 +112,8 @@ test('corral exec: the command\'s stdout, exit 0, nothing else printed', async (
   assert.equal(r.stderr, '');
   assert.equal(r.code, 0);
   assert.equal(r.stdout.toString(), 'hello world\n');
+  const byPrefix = await corral(['exec', containerId.slice(0, 12), 'echo', 'prefix']);
+  assert.equal(byPrefix.stdout.toString(), 'prefix\n', byPrefix.stderr);
 });
 
 test('corral exec: flags after the command are the command\'s (exec ID ls -l)', async () => {
@@ -246,7 +248,7 @@ test('corral port-forward: data both ways through a server in the pod, many conn
   const port = 7000 + randomInt(1000);
   // Reads 256 KiB, answers their md5sum, then 256 KiB of its own.
   await startContainer('server', ['sh', '-c', `exec nc -ll -p ${port} -e sh -c 'head -c 262144 > /tmp/in; md5sum /tmp/in; head -c 262144 /dev/zero | tr "\\0" "z"'`]);
-  const pf = start(['port-forward', podSandboxId, `0:${port}`], { stdin: 'keep open' });
+  const pf = start(['port-forward', podSandboxId.slice(0, 12), `0:${port}`], { stdin: 'keep open' }); // an ID prefix, as everywhere
   await waitFor(() => /Forwarding from 127\.0\.0\.1:\d+ -> \d+/.test(pf.output()), { what: 'the listener', timeoutMs: 20_000 });
   const local = Number(/Forwarding from 127\.0\.0\.1:(\d+) -> (\d+)/.exec(pf.output())![1]);
   assert.match(pf.output(), new RegExp(`-> ${port}\\n`));
