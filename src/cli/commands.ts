@@ -23,6 +23,8 @@ export interface CommandSpec {
   args: string;
   summary: string;
   flags: FlagSpec[];
+  /** Everything after the first positional is the command's own (exec's CMD [ARG...]), flags included. */
+  trailingCommand?: boolean;
 }
 
 export const DEFAULT_ENDPOINT = 'unix:///run/corral/corral.sock';
@@ -76,6 +78,32 @@ export const COMMANDS: readonly CommandSpec[] = [
     { long: 'creds', value: 'USER:PASSWORD', help: 'registry credentials' },
     { ...configFlag, help: 'configuration file, to find the download directory for progress (default /etc/corral/config.toml)' },
   ]),
+  // crictl's flags: -t is --tty here, so the call deadline is --timeout alone.
+  {
+    name: 'exec',
+    group: 'client',
+    args: 'CONTAINER CMD [ARG...]',
+    summary: 'run a command in a running container, streaming its stdio; exits with its exit code',
+    trailingCommand: true,
+    flags: [
+      { long: 'interactive', short: 'i', help: 'pass stdin to the command (its EOF closes the command\'s stdin)' },
+      { long: 'tty', short: 't', help: 'allocate a terminal (raw mode and window size of this one when stdin is a terminal)' },
+      { long: 'timeout', value: 'DURATION', help: 'end the session (and the command) after this long, e.g. 30s, 2m (default: none)' },
+      clientFlags[0]!,
+    ],
+  },
+  {
+    name: 'attach',
+    group: 'client',
+    args: 'CONTAINER',
+    summary: "attach to a running container's stdio (Ctrl-C detaches; the container runs on)",
+    flags: [
+      { long: 'interactive', short: 'i', help: "pass stdin to the container's stdin" },
+      { long: 'tty', short: 't', help: 'the container has a terminal: raw mode and window size of this one' },
+      clientFlags[0]!,
+    ],
+  },
+  client('port-forward', 'POD [LOCAL:]REMOTE...', 'forward 127.0.0.1:LOCAL to port REMOTE in a pod, each connection over its own stream, until Ctrl-C (LOCAL 0 = any free port)'),
   client('images', '[IMAGE]', 'list images', [quiet, output]),
   client('inspecti', 'IMAGE...', 'image status (verbose)'),
   client('rmi', 'IMAGE...', 'remove images (by tag, ID, ID prefix or digest)'),
@@ -92,6 +120,34 @@ const helpFlag: FlagSpec = { long: 'help', short: 'h', help: 'show this help' };
 
 export function findCommand(name: string): CommandSpec | undefined {
   return COMMANDS.find((c) => c.name === name);
+}
+
+/**
+ * The arguments as parseArgs should see them: for a command with a trailing command, a `--`
+ * after its first positional, so `exec ID ls -l` keeps `-l` for ls (as crictl does).
+ */
+export function commandArgs(name: string, args: string[]): string[] {
+  const spec = findCommand(name);
+  if (!spec?.trailingCommand) return args;
+  const takesValue = (f: FlagSpec | undefined) => f?.value !== undefined;
+  for (let i = 0; i < args.length; i++) {
+    const a = args[i]!;
+    if (a === '--') return args;
+    if (a.startsWith('--')) {
+      if (!a.includes('=') && takesValue(spec.flags.find((f) => f.long === a.slice(2)))) i++;
+    } else if (a.startsWith('-') && a !== '-') {
+      // A group of short flags: a value flag takes the rest of the group, or the next argument.
+      for (let j = 1; j < a.length; j++) {
+        if (takesValue(spec.flags.find((f) => f.short === a[j]))) {
+          if (j === a.length - 1) i++;
+          break;
+        }
+      }
+    } else {
+      return [...args.slice(0, i + 1), '--', ...args.slice(i + 1)];
+    }
+  }
+  return args;
 }
 
 /** parseArgs options of a command (with -h/--help). */
@@ -138,14 +194,14 @@ export function usage(): string {
   for (const group of ['daemon', 'client', 'node'] as const) {
     out.push('', GROUP_TITLES[group]);
     for (const c of COMMANDS.filter((x) => x.group === group)) {
-      const own = group === 'client' ? c.flags.filter((f) => !clientFlags.includes(f)) : c.flags;
+      const own = group === 'client' && c.flags.includes(clientFlags[1]!) ? c.flags.filter((f) => !clientFlags.includes(f)) : c.flags;
       const flags = own.map((f) => `[${f.short ? `-${f.short}|` : ''}--${f.long}${f.value ? ` ${f.value}` : ''}]${f.multiple ? '...' : ''}`).join(' ');
       out.push(`  ${c.name.padEnd(13)} ${c.summary}`);
       const synopsis = [flags, c.args].filter(Boolean).join(' ');
       if (synopsis) out.push(`  ${''.padEnd(13)}   ${synopsis}`);
     }
     if (group === 'client') {
-      out.push(`  every client command also takes: ${clientFlags.map((f) => `[-${f.short}|--${f.long} ${f.value}]`).join(' ')}`);
+      out.push(`  every other client command also takes: ${clientFlags.map((f) => `[-${f.short}|--${f.long} ${f.value}]`).join(' ')}`);
     }
   }
   out.push(

@@ -6,7 +6,7 @@
  * declared once, in commands.ts.
  */
 import { parseArgs } from 'node:util';
-import { commandHelp, findCommand, parseOptions, usage } from './commands.js';
+import { commandArgs, commandHelp, findCommand, parseOptions, usage } from './commands.js';
 import { explainLocalError } from './hints.js';
 
 async function main(argv: string[]): Promise<number> {
@@ -48,6 +48,7 @@ async function main(argv: string[]): Promise<number> {
   }
   const spec = findCommand(name);
   if (!spec) return unknownCommand(name);
+  args = commandArgs(name, args);
   // The same options the command parses with: a bad flag is reported here, with where to look.
   let help: boolean;
   try {
@@ -72,6 +73,11 @@ async function main(argv: string[]): Promise<number> {
     case 'inspecti':
     case 'rmi':
       return (await import('./image-commands.js')).imageCommand(name, args);
+    case 'exec':
+    case 'attach':
+      return (await import('./stream-commands.js')).remoteCommand(name, args);
+    case 'port-forward':
+      return (await import('./stream-commands.js')).portForwardCommand(args);
     default:
       return (await import('./client-commands.js')).clientCommand(name, args);
   }

@@ -32,6 +32,8 @@ export function chooseWsProtocol(offered: string[], served: string[]): string | 
 
 class WsChannel extends Duplex {
   readRequested = false;
+  /** No more input will be delivered on this channel (later messages for it are dropped). */
+  inputEnded = false;
   constructor(private readonly mux: ChannelMux, readonly ch: number) {
     super({ allowHalfOpen: true, highWaterMark: 64 * 1024 });
     this.on('error', () => undefined);
@@ -45,6 +47,12 @@ class WsChannel extends Duplex {
   }
   override _final(cb: () => void): void {
     cb(); // v4 has no per-channel close; the session's end closes them all
+  }
+  endInput(): void {
+    if (this.inputEnded) return;
+    this.inputEnded = true;
+    this.push(null);
+    this.mux.unblock(this);
   }
 }
 
@@ -95,7 +103,7 @@ export class ChannelMux {
       return;
     }
     const c = this.channels.get(ch);
-    if (!c || payload.length === 0) return; // a channel the request did not ask for: dropped
+    if (!c || payload.length === 0 || c.inputEnded) return; // a channel the request did not ask for (or ended): dropped
     // Node may call _read inside push(): only a read not yet asked for leaves the channel blocked.
     c.readRequested = false;
     if (!c.push(payload) && !c.readRequested) {
@@ -206,6 +214,9 @@ export async function serveWsPortForward(ws: WebSocket, protocol: string, req: P
     await mux.send(2 * i, le);
     await mux.send(2 * i + 1, le);
     error.resume();
+    // v4 has no per-channel close, so a client cannot end its side: the pod's end of the
+    // connection ends it (as kubelet's runtimes return then), and the session can close.
+    data.once('finish', () => data.endInput());
     try {
       await runtime.portForward(req.podSandboxId, port, data, gone.signal);
     } catch (e) {
