@@ -7,7 +7,10 @@
  *   - exec stdout throughput: `crictl exec CTR head -c BYTES /dev/zero | wc -c`;
  *   - port-forward throughput: `crictl port-forward POD LPORT:5201` to busybox
  *     `nc -ll -p 5201 -e head -c BYTES /dev/zero` in the pod; a Node client on 127.0.0.1
- *     reads everything until the pod's end closes the connection.
+ *     reads BYTES (timed to the last byte), then notes whether and when the forwarder
+ *     closes the connection that the pod closed;
+ *   - port-forward echo: the same through `nc -ll -p 5202 -e cat`: BYTES up and BYTES back
+ *     at the same time, timed to the last echoed byte.
  *
  * Rounds are interleaved (the side that goes first alternates), so slow spells of this
  * shared machine hit both. Prints medians, the raw figures and containerd/Corral ratios;
@@ -65,8 +68,9 @@ if (!Number.isInteger(ROUNDS) || ROUNDS < 1 || !Number.isInteger(EXECS) || EXECS
   process.exit(2);
 }
 
-/** The port the in-pod source listens on (inside the pod's own netns, so no clash with the host). */
-const POD_PORT = 5201;
+/** Ports in the pod's own netns (no clash with the host): a source of BYTES zeros per connection, and an echo. */
+const SOURCE_PORT = 5201;
+const ECHO_PORT = 5202;
 const CRICTL = 'crictl';
 
 // ---------------------------------------------------------------- crictl
@@ -106,8 +110,8 @@ function crictlArgs(socket: string, ...args: string[]): string[] {
 const shQuote = (s: string) => `'${s.replace(/'/g, `'\\''`)}'`;
 
 /** `crictl port-forward` kept running for the whole run; resolves once it listens on 127.0.0.1:localPort. */
-async function startPortForward(socket: string, podId: string, localPort: number): Promise<ChildProcess> {
-  const child = spawn(CRICTL, crictlArgs(socket, 'port-forward', podId, `${localPort}:${POD_PORT}`), { stdio: ['ignore', 'pipe', 'pipe'] });
+async function startPortForward(socket: string, podId: string, localPort: number, podPort: number): Promise<ChildProcess> {
+  const child = spawn(CRICTL, crictlArgs(socket, 'port-forward', podId, `${localPort}:${podPort}`), { stdio: ['ignore', 'pipe', 'pipe'] });
   let out = '';
   const ready = new Promise<void>((resolve, reject) => {
     const timer = setTimeout(() => reject(new Error(`crictl port-forward did not report forwarding within 30 s: ${out.trim()}`)), 30_000);
@@ -184,6 +188,48 @@ function readFrom(port: number, expect: number, timeoutMs = 120_000): Promise<{ 
   });
 }
 
+/**
+ * Connects to the forwarded echo port, writes `total` bytes (with backpressure) while
+ * reading the echo back: ms from connect() to the last echoed byte.
+ */
+function echoThrough(port: number, total: number, timeoutMs = 120_000): Promise<{ bytes: number; ms: number }> {
+  return new Promise((resolve, reject) => {
+    const t0 = performance.now();
+    let back = 0;
+    let sent = 0;
+    const chunk = Buffer.alloc(64 * 1024);
+    const sock = net.connect({ host: '127.0.0.1', port });
+    const timer = setTimeout(() => sock.destroy(new Error(`not all bytes back within ${timeoutMs / 1000} s (${back} of ${total})`)), timeoutMs);
+    const pump = () => {
+      while (sent < total) {
+        const n = Math.min(chunk.length, total - sent);
+        sent += n;
+        if (!sock.write(n === chunk.length ? chunk : chunk.subarray(0, n))) return void sock.once('drain', pump);
+      }
+    };
+    sock.on('connect', pump);
+    sock.on('data', (c: Buffer) => {
+      back += c.length;
+      if (back >= total) {
+        clearTimeout(timer);
+        const ms = performance.now() - t0;
+        sock.destroy();
+        resolve({ bytes: back, ms });
+      }
+    });
+    sock.on('error', (e) => {
+      clearTimeout(timer);
+      reject(e);
+    });
+    sock.on('end', () => {
+      if (back >= total) return;
+      clearTimeout(timer);
+      sock.destroy();
+      reject(new Error(`the connection ended after ${back} of ${total} bytes came back`));
+    });
+  });
+}
+
 // ---------------------------------------------------------------- the two runtimes
 
 interface Side {
@@ -192,6 +238,7 @@ interface Side {
   containerId: string;
   podId: string;
   localPort: number;
+  echoPort: number;
   /** Per measurement: ms of the whole crictl command. */
   version: number[];
   execTrue: number[];
@@ -201,10 +248,12 @@ interface Side {
   portForwardMs: number[];
   /** Per port-forward run: ms from the last byte until the connection was closed; undefined: still open after CLOSE_WAIT_MS. */
   closeMs: (number | undefined)[];
+  /** Per echo run: ms until all BYTES came back (BYTES went up at the same time). */
+  echoMs: number[];
   errors: string[];
 }
 
-/** Pulls the busybox image, runs a pod and a container in it serving BYTES of zeros on POD_PORT per connection. */
+/** Pulls the busybox image, runs a pod and a container in it: BYTES zeros per connection on SOURCE_PORT, an echo on ECHO_PORT. */
 async function setUpPod(
   name: Side['name'],
   socket: string,
@@ -229,8 +278,8 @@ async function setUpPod(
       config: {
         metadata: { name: 'source', attempt: 0 },
         image: { image },
-        // -ll: keep listening; every connection gets its own `head`, whose exit closes it.
-        command: ['nc', '-ll', '-p', String(POD_PORT), '-e', 'head', '-c', String(BYTES), '/dev/zero'],
+        // -ll: keep listening; every connection gets its own `head` (whose exit closes it) or `cat`.
+        command: ['sh', '-c', `nc -ll -p ${ECHO_PORT} -e cat & exec nc -ll -p ${SOURCE_PORT} -e head -c ${BYTES} /dev/zero`],
         logPath: 'source.log',
         linux: {},
       },
@@ -239,7 +288,7 @@ async function setUpPod(
     120_000,
   );
   await rpc('StartContainer', { containerId }, 120_000);
-  console.log(`${name}: pod ${podSandboxId.slice(0, 12)}, container ${containerId.slice(0, 12)} running nc -ll -p ${POD_PORT} -e head -c ${BYTES} /dev/zero`);
+  console.log(`${name}: pod ${podSandboxId.slice(0, 12)}, container ${containerId.slice(0, 12)} running nc -ll -p ${SOURCE_PORT} -e head -c ${BYTES} /dev/zero and nc -ll -p ${ECHO_PORT} -e cat`);
   return { podId: podSandboxId, containerId };
 }
 
@@ -274,6 +323,12 @@ async function round(s: Side): Promise<void> {
   } catch (e) {
     s.errors.push(`port-forward: ${errMessage(e)}`);
   }
+  if (isAborted()) return;
+  try {
+    s.echoMs.push((await echoThrough(s.echoPort, BYTES)).ms);
+  } catch (e) {
+    s.errors.push(`port-forward echo: ${errMessage(e)}`);
+  }
 }
 
 // ---------------------------------------------------------------- report
@@ -293,6 +348,7 @@ function report(sides: Side[]): void {
   row(`exec stdout ${BYTES / 1e6} MB, whole command, MB/s`, mbps(BYTES, p50(c.stdoutMs)), d ? mbps(BYTES, p50(d.stdoutMs)) : NaN, (v) => fmtNum(v), true);
   row('  minus version baseline, MB/s', mbps(BYTES, stdoutNet(c)), mbps(BYTES, stdoutNet(d)), (v) => fmtNum(v), true);
   row(`port-forward ${BYTES / 1e6} MB pod -> client, MB/s`, mbps(BYTES, p50(c.portForwardMs)), d ? mbps(BYTES, p50(d.portForwardMs)) : NaN, (v) => fmtNum(v), true);
+  row(`port-forward echo, ${BYTES / 1e6} MB each way at once, MB/s`, mbps(BYTES, p50(c.echoMs)), d ? mbps(BYTES, p50(d.echoMs)) : NaN, (v) => fmtNum(v), true);
   console.log(`\n=== Side by side: medians (ratio: containerd/Corral for ms, Corral/containerd for MB/s; >1 means Corral is ahead) ===`);
   printTable(rows);
   console.log(`\nraw figures (ms):`);
@@ -303,6 +359,7 @@ function report(sides: Side[]): void {
     console.log(`    exec true   ${list(s.execTrue)}`);
     console.log(`    exec stdout ${list(s.stdoutMs)}  (baseline ${list(s.stdoutBase)})`);
     console.log(`    port-fwd    ${list(s.portForwardMs)}`);
+    console.log(`    port-fwd echo ${list(s.echoMs)}`);
     console.log(`    port-fwd close after the last byte: ${s.closeMs.map((x) => (x === undefined ? `still open after ${CLOSE_WAIT_MS / 1000} s` : fmtMs(x))).join(', ')}`);
     for (const e of [...new Set(s.errors)].slice(0, 5)) console.log(`    error: ${e}`);
     if (s.errors.length) console.log(`    (${s.errors.length} errors)`);
@@ -336,16 +393,21 @@ async function main(): Promise<void> {
   const sides: Side[] = [];
   const newSide = async (name: Side['name'], socket: string, rpc: (m: any, req: object, deadlineMs?: number) => Promise<any>) => {
     const { podId, containerId } = await setUpPod(name, socket, rpc, image, logRoot);
-    const localPort = await freePort();
-    const forwarder = await startPortForward(socket, podId, localPort);
-    // Registered after the daemon's cleanup, so it runs before it.
-    onCleanup(`${name} crictl port-forward`, async () => {
-      if (forwarder.exitCode !== null || forwarder.signalCode !== null) return;
-      const gone = new Promise((r) => forwarder.once('exit', r));
-      forwarder.kill('SIGTERM');
-      await gone;
-    });
-    sides.push({ name, socket, podId, containerId, localPort, version: [], execTrue: [], stdoutMs: [], stdoutBase: [], portForwardMs: [], closeMs: [], errors: [] });
+    const forward = async (podPort: number) => {
+      const localPort = await freePort();
+      const forwarder = await startPortForward(socket, podId, localPort, podPort);
+      // Registered after the daemon's cleanup, so it runs before it.
+      onCleanup(`${name} crictl port-forward ${podPort}`, async () => {
+        if (forwarder.exitCode !== null || forwarder.signalCode !== null) return;
+        const gone = new Promise((r) => forwarder.once('exit', r));
+        forwarder.kill('SIGTERM');
+        await gone;
+      });
+      return localPort;
+    };
+    const localPort = await forward(SOURCE_PORT);
+    const echoPort = await forward(ECHO_PORT);
+    sides.push({ name, socket, podId, containerId, localPort, echoPort, version: [], execTrue: [], stdoutMs: [], stdoutBase: [], portForwardMs: [], closeMs: [], echoMs: [], errors: [] });
   };
 
   const corral = new BenchCorral(path.join(dir, 'corral'), tag, `10.250.${octet}.0/24`);
@@ -379,6 +441,7 @@ async function main(): Promise<void> {
   for (const s of sides) {
     await timedRun(CRICTL, crictlArgs(s.socket, 'exec', s.containerId, 'true'));
     await readFrom(s.localPort, BYTES).catch(() => undefined);
+    await echoThrough(s.echoPort, BYTES).catch(() => undefined);
   }
   for (let r = 0; r < ROUNDS && !isAborted(); r++) {
     const order = r % 2 === 0 ? sides : [...sides].reverse();
@@ -388,7 +451,8 @@ async function main(): Promise<void> {
       const n = s.stdoutMs.length;
       console.log(
         `round ${r + 1} ${s.name.padEnd(10)} exec true p50 ${fmtMs(p50(s.execTrue.slice(-EXECS)))} ms (version ${fmtMs(p50(s.version.slice(-EXECS)))}), ` +
-          `stdout ${n ? fmtNum(mbps(BYTES, s.stdoutMs[n - 1]!)) : '-'} MB/s, port-forward ${s.portForwardMs.length ? fmtNum(mbps(BYTES, s.portForwardMs[s.portForwardMs.length - 1]!)) : '-'} MB/s`,
+          `stdout ${n ? fmtNum(mbps(BYTES, s.stdoutMs[n - 1]!)) : '-'} MB/s, port-forward ${s.portForwardMs.length ? fmtNum(mbps(BYTES, s.portForwardMs[s.portForwardMs.length - 1]!)) : '-'} MB/s, ` +
+          `echo ${s.echoMs.length ? fmtNum(mbps(BYTES, s.echoMs[s.echoMs.length - 1]!)) : '-'} MB/s`,
       );
     }
   }
