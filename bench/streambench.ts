@@ -447,12 +447,14 @@ async function main(): Promise<void> {
     const order = r % 2 === 0 ? sides : [...sides].reverse();
     for (const s of order) {
       if (isAborted()) break;
+      const before = { exec: s.execTrue.length, version: s.version.length, stdout: s.stdoutMs.length, pf: s.portForwardMs.length, echo: s.echoMs.length };
       await round(s);
-      const n = s.stdoutMs.length;
+      // This round's figures only ("-" where every attempt failed).
+      const ms = (v: number[], from: number) => (v.length > from ? fmtMs(p50(v.slice(from))) : '-');
+      const rate = (v: number[], from: number) => (v.length > from ? fmtNum(mbps(BYTES, v[v.length - 1]!)) : '-');
       console.log(
-        `round ${r + 1} ${s.name.padEnd(10)} exec true p50 ${fmtMs(p50(s.execTrue.slice(-EXECS)))} ms (version ${fmtMs(p50(s.version.slice(-EXECS)))}), ` +
-          `stdout ${n ? fmtNum(mbps(BYTES, s.stdoutMs[n - 1]!)) : '-'} MB/s, port-forward ${s.portForwardMs.length ? fmtNum(mbps(BYTES, s.portForwardMs[s.portForwardMs.length - 1]!)) : '-'} MB/s, ` +
-          `echo ${s.echoMs.length ? fmtNum(mbps(BYTES, s.echoMs[s.echoMs.length - 1]!)) : '-'} MB/s`,
+        `round ${r + 1} ${s.name.padEnd(10)} exec true p50 ${ms(s.execTrue, before.exec)} ms (version ${ms(s.version, before.version)}), ` +
+          `stdout ${rate(s.stdoutMs, before.stdout)} MB/s, port-forward ${rate(s.portForwardMs, before.pf)} MB/s, echo ${rate(s.echoMs, before.echo)} MB/s`,
       );
     }
   }
