@@ -292,7 +292,7 @@ async function setUpPod(
   return { podId: podSandboxId, containerId };
 }
 
-/** One round for one side: version/exec pairs, one stdout run, one port-forward run. */
+/** One round for one side: version/exec pairs, one stdout run, one port-forward read, one port-forward echo. */
 async function round(s: Side): Promise<void> {
   const version: number[] = [];
   for (let i = 0; i < EXECS && !isAborted(); i++) {
