@@ -18,6 +18,7 @@ import { pushImage, startRegistry, type TestRegistry } from '../helpers/registry
 import { busyboxImage } from '../helpers/test-images.js';
 import { createImageClient, call } from '../../src/cri/client.js';
 import { conmonStreamPaths, createStreamingRuntime, PortForwardError, type StreamingBackendDeps } from '../../src/streaming/backend/index.js';
+import { POD_EOF_GRACE_MS } from '../../src/streaming/backend/port-forward.js';
 import type { StreamingRuntime, StreamIO, TerminalSize } from '../../src/streaming/runtime.js';
 import { sleep, waitFor } from '../helpers/wait.js';
 
@@ -364,6 +365,24 @@ test('port-forward of a host-network pod dials the host; many connections at onc
     assert.ok((await forward(p.podSandboxId, (v6.address() as net.AddressInfo).port, b)).equals(b));
   } finally {
     v6.close();
+  }
+});
+
+test('port-forward: once the pod closes its side, the connection ends within the grace period even if the client never does', async () => {
+  const p = await pod('runc', 'NODE');
+  const server = net.createServer((c) => c.end('bye\n')); // answers and closes, as an HTTP/1.0 server does
+  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+  try {
+    const received = new Collector();
+    const clientSide = new PassThrough(); // the client never ends its side
+    const stream = Duplex.from({ readable: clientSide, writable: received });
+    const t0 = Date.now();
+    await rt.portForward(p.podSandboxId, (server.address() as net.AddressInfo).port, stream, AbortSignal.timeout(20_000));
+    const took = Date.now() - t0;
+    assert.equal(received.buffer.toString(), 'bye\n');
+    assert.ok(took < POD_EOF_GRACE_MS + 3000, `the connection stayed open ${took} ms after the pod closed it`);
+  } finally {
+    server.close();
   }
 });
 

@@ -21,6 +21,14 @@ export class PortForwardError extends Error {
 /** The helper's exit status when it could not enter the namespace or dial. */
 const DIAL_FAILED = 2;
 
+/**
+ * Once the pod has ended its side, how long the client's side may still send before the
+ * connection is closed. client-go closes a forwarded local connection only when the runtime
+ * ends the pair, so without this a local client that waits for the close (HTTP/1.0, nc)
+ * would hang; containerd waits one second too.
+ */
+export const POD_EOF_GRACE_MS = 1000;
+
 /** netnsPath null: the host's network namespace. */
 export async function forwardPort(podSandboxId: string, netnsPath: string | null, port: number, stream: Duplex, signal: AbortSignal): Promise<void> {
   if (!Number.isInteger(port) || port < 1 || port > 65535) throw new PortForwardError(podSandboxId, port, 'the port must be 1-65535');
@@ -43,6 +51,10 @@ export async function forwardPort(podSandboxId: string, netnsPath: string | null
     if (!(stream.readableEnded && stream.writableFinished)) killGroup(child);
   };
   stream.once('close', onClose);
+  let grace: NodeJS.Timeout | undefined;
+  child.stdout!.once('end', () => {
+    grace = setTimeout(() => killGroup(child), POD_EOF_GRACE_MS);
+  });
   const abort = whenAborted(signal);
   try {
     await Promise.race([exit, abort.promise]);
@@ -53,6 +65,7 @@ export async function forwardPort(podSandboxId: string, netnsPath: string | null
     // Everything the pod sent is handed to the stream before this resolves.
     if (!child.stdout!.readableEnded && !child.stdout!.destroyed) await new Promise((r) => child.stdout!.once('close', r));
   } finally {
+    clearTimeout(grace);
     abort.dispose();
     stream.off('close', onClose);
     stream.unpipe(child.stdin!);
