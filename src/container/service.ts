@@ -29,6 +29,7 @@ import { readImageAccountFile } from '../image/image-user.js';
 import { buildContainerSpec, containerArgs, containerLogPath, containerCapabilities, containerEnv, mountPropagationOf, propagationProblem, resolveUser, type PodNamespaces } from '../oci/container-spec.js';
 import type { ConmonCreateOptions } from '../oci/conmon.js';
 import type { ContainerRecord } from './record.js';
+import { ResourceValueError, ociResourcesFromCri } from '../oci/update-resources.js';
 import { ContainerStore } from '../store/container-store.js';
 import { KeyedLock } from '../util/keyed-lock.js';
 import { nowNs } from '../util/time.js';
@@ -571,6 +572,41 @@ export class ContainerService {
     // writeBundle's folder, where conmon keeps its control FIFO; conmon's pid file as createWithConmon names it.
     const vdir = this.volatileDir(rec.id);
     await this.deps.monitor.reopenLog({ id: rec.id, bundleDir: path.join(vdir, 'bundle'), logPath: this.monitorLogPath(rec), conmonPidFile: path.join(vdir, 'conmon.pid') });
+  }
+
+  /**
+   * UpdateContainerResources: the runtime applies the new limits to the container's cgroup,
+   * then the record keeps them (disk first), for ContainerStatus and after a restart.
+   */
+  async updateResources(idOrPrefix: string, linux: Partial<LinuxContainerResources>): Promise<void> {
+    let oci;
+    try {
+      oci = ociResourcesFromCri(linux);
+    } catch (e) {
+      if (e instanceof ResourceValueError) throw invalidArgument(`UpdateContainerResources: ${e.message}`);
+      throw e;
+    }
+    const id = this.index.resolve(idOrPrefix);
+    await this.podCall(id, async () => {
+      const rec = await this.refreshLocked(id);
+      if (!rec) throw notFound(`container ${id} was removed`);
+      if (rec.state !== 'running' && rec.state !== 'created') throw failedPrecondition(`container ${id} is ${rec.state}: only a created or running container's resources can be updated`);
+      try {
+        await this.deps.runtimeFor(this.handlerOf(rec)).update(id, oci);
+      } catch (e) {
+        const now = await this.withExit(rec);
+        if (now.state === 'exited') throw failedPrecondition(`container ${id} exited while its resources were updated`);
+        throw internalError(`updating the resources of container ${id}: ${(e as Error).message}`);
+      }
+      const next = structuredClone(rec);
+      next.linuxResources = structuredClone(linux);
+      await this.persist(next);
+    });
+  }
+
+  /** The Linux resources the container runs with: the last update's, else its config's. */
+  linuxResourcesOf(rec: ContainerRecord): Partial<LinuxContainerResources> | null {
+    return rec.linuxResources ?? rec.config.linux?.resources ?? null;
   }
 
   /** Image layers mounted by containers, kept by image garbage collection. */
