@@ -273,12 +273,18 @@ export class ContainerService {
       logSizeMax: this.deps.config.containerLogSizeMax,
       pidFile: path.join(vdir, 'pid'),
       conmonPidFile: path.join(vdir, 'conmon.pid'),
+      persistDir: this.persistDir(id),
       timeoutMs: 60_000,
       stdin: Boolean(record.config?.stdin),
       stdinOnce: Boolean(record.config?.stdinOnce),
       terminal: Boolean(record.config?.tty),
     });
     record.pid = created.pid;
+  }
+
+  /** Where conmon writes `oom` when the kernel's OOM killer hit the container. */
+  private persistDir(id: string): string {
+    return path.join(this.volatileDir(id), 'persist');
   }
 
   /** Where the monitor writes the container's output: the CRI log path, else a file of our own. */
@@ -651,7 +657,9 @@ export class ContainerService {
     const next = structuredClone(rec);
     next.state = 'exited';
     next.exitCode = exit.code;
-    next.reason = exit.code === 0 ? 'Completed' : 'Error';
+    // conmon leaves `oom` when the kernel's OOM killer hit the container (as cri-o reads it).
+    const oomKilled = await fs.access(path.join(this.persistDir(rec.id), 'oom')).then(() => true, () => false);
+    next.reason = oomKilled ? 'OOMKilled' : exit.code === 0 ? 'Completed' : 'Error';
     next.finishedAt = exit.finishedAt;
     next.pid = 0;
     return next;

@@ -1,7 +1,8 @@
 /**
  * UpdateContainerResources end to end with runc and crun: new limits land in the running
  * container's cgroup, ContainerStatus reports them (also after a daemon restart), and a
- * lowered memory limit is enforced: the container then allocating past it is OOM-killed.
+ * lowered memory limit is enforced: the container then allocating past it is OOM-killed,
+ * and its status says OOMKilled.
  */
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
@@ -112,7 +113,7 @@ for (const runtime of ['runc', 'crun']) {
         assert.equal(st.state, 'CONTAINER_EXITED');
         return st;
       }, { timeoutMs: 30_000, intervalMs: 200, what: `container ${id} to be OOM-killed` });
-      assert.equal(exited.exitCode, 137, 'SIGKILLed by the OOM killer');
+      assert.deepEqual([exited.exitCode, exited.reason], [137, 'OOMKilled'], 'SIGKILLed by the OOM killer, and the status says so');
 
       await assert.rejects(d.rpc('UpdateContainerResources', { containerId: id, linux: { memoryLimitInBytes: 128 * MiB } }), (e: any) => e.code === status.FAILED_PRECONDITION && /exited/.test(e.details));
       await assert.rejects(d.rpc('UpdateContainerResources', { containerId: 'nosuchcontainer', linux: { memoryLimitInBytes: 128 * MiB } }), (e: any) => e.code === status.NOT_FOUND);
