@@ -30,6 +30,7 @@ import { buildContainerSpec, containerArgs, containerLogPath, containerCapabilit
 import type { ConmonCreateOptions } from '../oci/conmon.js';
 import type { ContainerRecord } from './record.js';
 import { ResourceValueError, ociResourcesFromCri } from '../oci/update-resources.js';
+import { HugepageLimitError, applyHugepageLimits, hostIsCgroupV2 } from '../oci/cgroup-limits.js';
 import { ContainerStore } from '../store/container-store.js';
 import { KeyedLock } from '../util/keyed-lock.js';
 import { nowNs } from '../util/time.js';
@@ -597,11 +598,14 @@ export class ContainerService {
       const rec = await this.refreshLocked(id);
       if (!rec) throw notFound(`container ${id} was removed`);
       if (rec.state !== 'running' && rec.state !== 'created') throw failedPrecondition(`container ${id} is ${rec.state}: only a created or running container's resources can be updated`);
+      if (oci.unified && !(await hostIsCgroupV2())) throw failedPrecondition('unified (cgroup v2) keys need a cgroup v2 host; this host runs cgroup v1');
       try {
         await this.deps.runtimeFor(this.handlerOf(rec)).update(id, oci);
+        await applyHugepageLimits(rec.pid, id, oci.hugepageLimits ?? []);
       } catch (e) {
         const now = await this.withExit(rec);
         if (now.state === 'exited') throw failedPrecondition(`container ${id} exited while its resources were updated`);
+        if (e instanceof HugepageLimitError) throw failedPrecondition(`updating the resources of container ${id}: ${e.message}`);
         throw internalError(`updating the resources of container ${id}: ${(e as Error).message}`);
       }
       const next = structuredClone(rec);

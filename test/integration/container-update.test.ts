@@ -14,6 +14,7 @@ import { pushImage, startRegistry, type TestRegistry } from '../helpers/registry
 import { busyboxImage } from '../helpers/test-images.js';
 import { createImageClient, call } from '../../src/cri/client.js';
 import { eventually } from '../helpers/wait.js';
+import { hostIsCgroupV2 } from '../../src/oci/cgroup-limits.js';
 import { containerCgroupDirs, parseCgroupMounts, parseProcCgroup, type CgroupDir } from '../../src/oci/exec-cgroup.js';
 
 let reg: TestRegistry;
@@ -92,8 +93,16 @@ for (const runtime of ['runc', 'crun']) {
         assert.equal(await cpuFile(id, 'cpu.cfs_quota_us'), '50000');
         assert.equal(await cpuFile(id, 'cpu.cfs_period_us'), '100000');
       }
+      // Hugepages: runc's update ignores them, so Corral writes the hugetlb cgroup itself.
+      await d.rpc('UpdateContainerResources', { containerId: id, linux: { memoryLimitInBytes: 64 * MiB, cpuShares: 512, cpuPeriod: 100000, cpuQuota: 50000, hugepageLimits: [{ pageSize: '2MB', limit: 4 * MiB }] } });
+      const hugetlb = (await cgroupDirs(id)).find((c) => c.version === 1 && c.controllers.includes('hugetlb'));
+      if (hugetlb) assert.equal(Number(await fs.readFile(path.join(hugetlb.dir, 'hugetlb.2MB.limit_in_bytes'), 'utf8')), 4 * MiB, 'the hugepage limit is in the hugetlb cgroup');
+      if (!(await hostIsCgroupV2())) {
+        await assert.rejects(d.rpc('UpdateContainerResources', { containerId: id, linux: { unified: { 'memory.high': '50000000' } } }), (e: any) => e.code === status.FAILED_PRECONDITION && /cgroup v2 host/.test(e.details));
+      }
       const updated = (await d.rpc('ContainerStatus', { containerId: id })).status.resources.linux;
       assert.deepEqual([updated.memoryLimitInBytes, updated.cpuShares, updated.cpuQuota, updated.cpuPeriod].map(Number), [64 * MiB, 512, 50000, 100000]);
+      assert.deepEqual(updated.hugepageLimits.map((h: any) => [h.pageSize, Number(h.limit)]), [['2MB', 4 * MiB]]);
 
       // Bad values are the caller's mistake, and change nothing.
       await assert.rejects(d.rpc('UpdateContainerResources', { containerId: id, linux: { memoryLimitInBytes: -1 } }), (e: any) => e.code === status.INVALID_ARGUMENT && /memoryLimitInBytes must not be negative/.test(e.details));
