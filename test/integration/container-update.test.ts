@@ -123,6 +123,8 @@ for (const runtime of ['runc', 'crun']) {
         return st;
       }, { timeoutMs: 30_000, intervalMs: 200, what: `container ${id} to be OOM-killed` });
       assert.deepEqual([exited.exitCode, exited.reason], [137, 'OOMKilled'], 'SIGKILLed by the OOM killer, and the status says so');
+      // conmon writes `oom` into its working directory too: the bundle's, never the daemon's.
+      await assert.rejects(fs.access(path.join(process.cwd(), 'oom')), 'no oom file in the daemon\'s working directory');
 
       await assert.rejects(d.rpc('UpdateContainerResources', { containerId: id, linux: { memoryLimitInBytes: 128 * MiB } }), (e: any) => e.code === status.FAILED_PRECONDITION && /exited/.test(e.details));
       await assert.rejects(d.rpc('UpdateContainerResources', { containerId: 'nosuchcontainer', linux: { memoryLimitInBytes: 128 * MiB } }), (e: any) => e.code === status.NOT_FOUND);
