@@ -3,7 +3,7 @@
  * src/store/container-store.ts, next to the writable layer) and, volatile, the bundle,
  * rootfs mount point and conmon files under `<state_dir>/containers/<id>/`.
  */
-import type { ContainerConfig } from '../cri-api/types.js';
+import type { ContainerConfig, LinuxContainerResources } from '../cri-api/types.js';
 
 /** A Buffer as JSON.stringify writes it: how a bytes field reads back from a record on disk. */
 export interface JsonBuffer {
@@ -53,4 +53,6 @@ export interface ContainerRecord {
     runtimeContainer: boolean;
   };
   updatedAt?: string;
+  /** The Linux resources of the last UpdateContainerResources (CRI form); absent: those of the config. */
+  linuxResources?: Partial<LinuxContainerResources>;
 }

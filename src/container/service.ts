@@ -29,6 +29,8 @@ import { readImageAccountFile } from '../image/image-user.js';
 import { buildContainerSpec, containerArgs, containerLogPath, containerCapabilities, containerEnv, mountPropagationOf, propagationProblem, resolveUser, type PodNamespaces } from '../oci/container-spec.js';
 import type { ConmonCreateOptions } from '../oci/conmon.js';
 import type { ContainerRecord } from './record.js';
+import { ResourceValueError, ociResourcesFromCri } from '../oci/update-resources.js';
+import { HugepageLimitError, applyHugepageLimits, hostIsCgroupV2 } from '../oci/cgroup-limits.js';
 import { ContainerStore } from '../store/container-store.js';
 import { KeyedLock } from '../util/keyed-lock.js';
 import { nowNs } from '../util/time.js';
@@ -272,12 +274,18 @@ export class ContainerService {
       logSizeMax: this.deps.config.containerLogSizeMax,
       pidFile: path.join(vdir, 'pid'),
       conmonPidFile: path.join(vdir, 'conmon.pid'),
+      persistDir: this.persistDir(id),
       timeoutMs: 60_000,
       stdin: Boolean(record.config?.stdin),
       stdinOnce: Boolean(record.config?.stdinOnce),
       terminal: Boolean(record.config?.tty),
     });
     record.pid = created.pid;
+  }
+
+  /** Where conmon writes `oom` when the kernel's OOM killer hit the container. */
+  private persistDir(id: string): string {
+    return path.join(this.volatileDir(id), 'persist');
   }
 
   /** Where the monitor writes the container's output: the CRI log path, else a file of our own. */
@@ -573,6 +581,44 @@ export class ContainerService {
     await this.deps.monitor.reopenLog({ id: rec.id, bundleDir: path.join(vdir, 'bundle'), logPath: this.monitorLogPath(rec), conmonPidFile: path.join(vdir, 'conmon.pid') });
   }
 
+  /**
+   * UpdateContainerResources: the runtime applies the new limits to the container's cgroup,
+   * then the record keeps them (disk first), for ContainerStatus and after a restart.
+   */
+  async updateResources(idOrPrefix: string, linux: Partial<LinuxContainerResources>): Promise<void> {
+    let oci;
+    try {
+      oci = ociResourcesFromCri(linux);
+    } catch (e) {
+      if (e instanceof ResourceValueError) throw invalidArgument(`UpdateContainerResources: ${e.message}`);
+      throw e;
+    }
+    const id = this.index.resolve(idOrPrefix);
+    await this.podCall(id, async () => {
+      const rec = await this.refreshLocked(id);
+      if (!rec) throw notFound(`container ${id} was removed`);
+      if (rec.state !== 'running' && rec.state !== 'created') throw failedPrecondition(`container ${id} is ${rec.state}: only a created or running container's resources can be updated`);
+      if (oci.unified && !(await hostIsCgroupV2())) throw failedPrecondition('unified (cgroup v2) keys need a cgroup v2 host; this host runs cgroup v1');
+      try {
+        await this.deps.runtimeFor(this.handlerOf(rec)).update(id, oci);
+        await applyHugepageLimits(rec.pid, id, oci.hugepageLimits ?? []);
+      } catch (e) {
+        const now = await this.withExit(rec);
+        if (now.state === 'exited') throw failedPrecondition(`container ${id} exited while its resources were updated`);
+        if (e instanceof HugepageLimitError) throw failedPrecondition(`updating the resources of container ${id}: ${e.message}`);
+        throw internalError(`updating the resources of container ${id}: ${(e as Error).message}`);
+      }
+      const next = structuredClone(rec);
+      next.linuxResources = structuredClone(linux);
+      await this.persist(next);
+    });
+  }
+
+  /** The Linux resources the container runs with: the last update's, else its config's. */
+  linuxResourcesOf(rec: ContainerRecord): Partial<LinuxContainerResources> | null {
+    return rec.linuxResources ?? rec.config.linux?.resources ?? null;
+  }
+
   /** Image layers mounted by containers, kept by image garbage collection. */
   layersInUse(): Set<string> {
     const out = new Set<string>();
@@ -615,7 +661,9 @@ export class ContainerService {
     const next = structuredClone(rec);
     next.state = 'exited';
     next.exitCode = exit.code;
-    next.reason = exit.code === 0 ? 'Completed' : 'Error';
+    // conmon leaves `oom` when the kernel's OOM killer hit the container (as cri-o reads it).
+    const oomKilled = await fs.access(path.join(this.persistDir(rec.id), 'oom')).then(() => true, () => false);
+    next.reason = oomKilled ? 'OOMKilled' : exit.code === 0 ? 'Completed' : 'Error';
     next.finishedAt = exit.finishedAt;
     next.pid = 0;
     return next;

@@ -90,6 +90,7 @@ export function containerHandlers(containers: ContainerService, streaming?: Stre
         message: r.message,
         mounts: (r.config.mounts ?? []).map((m) => ({ containerPath: m.containerPath, hostPath: m.hostPath, readonly: Boolean(m.readonly), propagation: m.propagation })),
         logPath: r.logPath,
+        resources: { linux: containers.linuxResourcesOf(r) },
       };
       const info: Record<string, string> = {};
       if (req.verbose) info.info = JSON.stringify({ pid: r.pid, sandboxId: r.sandboxId, runtimeHandler: r.runtimeHandler, resources: r.resources, config: r.config });
@@ -106,6 +107,12 @@ export function containerHandlers(containers: ContainerService, streaming?: Stre
       const request = attachRequest(req);
       request.containerId = (await runningContainer(request.containerId)).id;
       return { url: urls().urlFor(request) };
+    },
+
+    async UpdateContainerResources(req) {
+      if (!req.linux) throw invalidArgument('UpdateContainerResources needs linux resources (windows ones are not served)');
+      await containers.updateResources(requireId(req.containerId), req.linux);
+      return {};
     },
 
     async ReopenContainerLog(req) {

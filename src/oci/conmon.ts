@@ -175,6 +175,8 @@ export async function conmonCreate(o: ConmonCreateOptions): Promise<{ pid: numbe
           // Only PATH: the daemon's environment (NOTIFY_SOCKET, LISTEN_FDS, ...) would change
           // how the runtime behaves.
           env: { PATH: process.env.PATH || '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin', _OCI_SYNCPIPE: '3' },
+          // conmon writes an `oom` file into its working directory (as cri-o, the bundle), not the daemon's.
+          cwd: o.bundleDir,
           detached: true,
         });
         spawnedPid = child.pid;

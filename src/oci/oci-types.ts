@@ -69,6 +69,9 @@ export interface OciResources {
   memory?: { limit?: number; reservation?: number; swap?: number };
   cpu?: { shares?: number; quota?: number; period?: number; cpus?: string; mems?: string };
   pids?: { limit: number };
+  hugepageLimits?: { pageSize: string; limit: number }[];
+  /** cgroup v2 files of the container's cgroup, by name. */
+  unified?: Record<string, string>;
 }
 
 export type SeccompAction =

@@ -17,6 +17,7 @@ import { nativeBinary } from '../util/paths.js';
 import type { Logger } from '../util/log.js';
 import { capabilitiesFromMask } from './capabilities.js';
 import { ExecCgroup } from './exec-cgroup.js';
+import type { OciResources } from './oci-types.js';
 import { TailBuffer } from '../util/tail-buffer.js';
 
 export type OciStatus = 'creating' | 'created' | 'running' | 'stopped' | 'paused';
@@ -182,6 +183,21 @@ export class OciRuntime {
   async start(id: string): Promise<void> {
     const r = await this.run(['start', id]);
     if (r.code !== 0) throw this.error('start', id, r);
+  }
+
+  /**
+   * Applies new cgroup limits to a created or running container (`update --resources`, an
+   * OCI LinuxResources file). Limits left out stay as they are.
+   */
+  async update(id: string, resources: OciResources): Promise<void> {
+    const file = path.join(os.tmpdir(), `corral-update-${process.pid}-${randomBytes(6).toString('hex')}.json`);
+    await fs.writeFile(file, JSON.stringify(resources), { mode: 0o600 });
+    try {
+      const r = await this.run(['update', '--resources', file, id]);
+      if (r.code !== 0) throw this.error('update', id, r);
+    } finally {
+      await fs.rm(file, { force: true });
+    }
   }
 
   /** The runtime's view of a container; null when it has no such container. */
