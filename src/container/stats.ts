@@ -1,0 +1,242 @@
+/**
+ * Container stats: CPU and memory from the container's own cgroups, the writable layer's
+ * usage from a short-lived cache.
+ *
+ * The cgroups are found from the container's init (/proc/<pid>/cgroup against the mounted
+ * hierarchies, as exec cgroups are), so the layout is chosen at run time: v1 controllers
+ * (`cpuacct`, `memory`) where the host mounts them — a hybrid host's unified tree carries no
+ * controllers — else the unified v2 tree. Parsing is pure; reading is a few small files.
+ * Working set = usage minus inactive file cache, the number kubelet evicts on.
+ */
+import { promises as fs } from 'node:fs';
+import path from 'node:path';
+import { containerCgroupDirs, parseCgroupMounts, parseProcCgroup, type CgroupDir } from '../oci/exec-cgroup.js';
+import { dirUsage, type DirUsage } from '../image/fs-usage.js';
+import type { ContainerRecord } from './record.js';
+import type { ContainerStatsInit } from '../cri-api/types.js';
+
+export interface CgroupSample {
+  /** Nanoseconds since the epoch. */
+  timestampNs: bigint;
+  cpuUsageNs: bigint | null;
+  memoryUsageBytes: bigint | null;
+  workingSetBytes: bigint | null;
+  rssBytes: bigint | null;
+  pageFaults: bigint | null;
+  majorPageFaults: bigint | null;
+  /** null when unlimited. */
+  memoryLimitBytes: bigint | null;
+}
+
+/** "key value" lines (memory.stat, cpu.stat) as a map. */
+export function parseFlatKeyed(text: string): Map<string, bigint> {
+  const out = new Map<string, bigint>();
+  for (const line of text.split('\n')) {
+    const [k, v] = line.trim().split(/\s+/);
+    if (k && v && /^\d+$/.test(v)) out.set(k, BigInt(v));
+  }
+  return out;
+}
+
+/** A single number file (memory.current, cpuacct.usage); null when missing or not a number ("max"). */
+function parseSingle(text: string | null): bigint | null {
+  const t = text?.trim();
+  return t && /^\d+$/.test(t) ? BigInt(t) : null;
+}
+
+const minus = (a: bigint, b: bigint) => (a > b ? a - b : 0n);
+
+export interface V2Files {
+  cpuStat: string | null;
+  memoryCurrent: string | null;
+  memoryStat: string | null;
+  memoryMax: string | null;
+}
+
+/** A v2 sample from the files of one cgroup directory (text of each, or null when missing). */
+export function sampleFromV2(files: V2Files, timestampNs: bigint): CgroupSample {
+  const cpu = files.cpuStat ? parseFlatKeyed(files.cpuStat) : new Map<string, bigint>();
+  const mem = files.memoryStat ? parseFlatKeyed(files.memoryStat) : new Map<string, bigint>();
+  const usage = parseSingle(files.memoryCurrent);
+  const usec = cpu.get('usage_usec');
+  return {
+    timestampNs,
+    cpuUsageNs: usec === undefined ? null : usec * 1000n,
+    memoryUsageBytes: usage,
+    workingSetBytes: usage === null ? null : minus(usage, mem.get('inactive_file') ?? 0n),
+    rssBytes: mem.get('anon') ?? null,
+    pageFaults: mem.get('pgfault') ?? null,
+    majorPageFaults: mem.get('pgmajfault') ?? null,
+    memoryLimitBytes: parseSingle(files.memoryMax), // "max" → null
+  };
+}
+
+export interface V1Files {
+  cpuacctUsage: string | null;
+  memoryUsage: string | null;
+  memoryStat: string | null;
+  memoryLimit: string | null;
+}
+
+/** v1 reports "no limit" as the page-rounded maximum (about 2^63). */
+const V1_UNLIMITED_FLOOR = 1n << 62n;
+
+/** A v1 sample from cpuacct.usage and the memory controller's files (hierarchical totals). */
+export function sampleFromV1(files: V1Files, timestampNs: bigint): CgroupSample {
+  const mem = files.memoryStat ? parseFlatKeyed(files.memoryStat) : new Map<string, bigint>();
+  const usage = parseSingle(files.memoryUsage);
+  const limit = parseSingle(files.memoryLimit);
+  return {
+    timestampNs,
+    cpuUsageNs: parseSingle(files.cpuacctUsage),
+    memoryUsageBytes: usage,
+    workingSetBytes: usage === null ? null : minus(usage, mem.get('total_inactive_file') ?? mem.get('inactive_file') ?? 0n),
+    rssBytes: mem.get('total_rss') ?? mem.get('rss') ?? null,
+    pageFaults: mem.get('total_pgfault') ?? mem.get('pgfault') ?? null,
+    majorPageFaults: mem.get('total_pgmajfault') ?? mem.get('pgmajfault') ?? null,
+    memoryLimitBytes: limit !== null && limit < V1_UNLIMITED_FLOOR ? limit : null,
+  };
+}
+
+/**
+ * CPU use in nanocores between two samples of the same cgroup, as containerd computes it;
+ * null without a usable earlier one (first call, counter reset).
+ */
+export function nanoCores(prev: CgroupSample | undefined, cur: CgroupSample): bigint | null {
+  if (!prev || prev.cpuUsageNs === null || cur.cpuUsageNs === null) return null;
+  const dt = cur.timestampNs - prev.timestampNs;
+  if (dt <= 0n || cur.cpuUsageNs < prev.cpuUsageNs) return null;
+  return ((cur.cpuUsageNs - prev.cpuUsageNs) * 1_000_000_000n) / dt;
+}
+
+/** Which directories to read: v1 controllers where the host has them, else the unified tree. */
+export function chooseLayout(dirs: CgroupDir[]): { version: 1; cpuacct?: string; memory?: string } | { version: 2; dir: string } | null {
+  const cpuacct = dirs.find((d) => d.version === 1 && d.controllers.includes('cpuacct'))?.dir;
+  const memory = dirs.find((d) => d.version === 1 && d.controllers.includes('memory'))?.dir;
+  if (cpuacct || memory) return { version: 1, cpuacct, memory };
+  const v2 = dirs.find((d) => d.version === 2);
+  return v2 ? { version: 2, dir: v2.dir } : null;
+}
+
+const read = (p: string) => fs.readFile(p, 'utf8').catch(() => null);
+const nowNs = () => BigInt(Date.now()) * 1_000_000n;
+
+/** Samples the cgroups of the container whose init is `pid`; null when it has none (exited, PID reused). */
+export async function sampleContainerCgroup(pid: number, containerId: string): Promise<CgroupSample | null> {
+  if (!Number.isInteger(pid) || pid <= 0) return null;
+  const [procText, mountinfo] = await Promise.all([read(`/proc/${pid}/cgroup`), read('/proc/self/mountinfo')]);
+  if (!procText || !mountinfo) return null;
+  const layout = chooseLayout(containerCgroupDirs(parseProcCgroup(procText), parseCgroupMounts(mountinfo), containerId));
+  if (!layout) return null;
+  const timestampNs = nowNs();
+  if (layout.version === 2) {
+    const [cpuStat, memoryCurrent, memoryStat, memoryMax] = await Promise.all(
+      ['cpu.stat', 'memory.current', 'memory.stat', 'memory.max'].map((f) => read(path.join(layout.dir, f))),
+    );
+    return sampleFromV2({ cpuStat: cpuStat ?? null, memoryCurrent: memoryCurrent ?? null, memoryStat: memoryStat ?? null, memoryMax: memoryMax ?? null }, timestampNs);
+  }
+  const inMem = (f: string) => (layout.memory ? read(path.join(layout.memory, f)) : Promise.resolve(null));
+  const [cpuacctUsage, memoryUsage, memoryStat, memoryLimit] = await Promise.all([
+    layout.cpuacct ? read(path.join(layout.cpuacct, 'cpuacct.usage')) : Promise.resolve(null),
+    inMem('memory.usage_in_bytes'),
+    inMem('memory.stat'),
+    inMem('memory.limit_in_bytes'),
+  ]);
+  return sampleFromV1({ cpuacctUsage, memoryUsage, memoryStat, memoryLimit }, timestampNs);
+}
+
+/**
+ * Writable-layer usage with a short cache: a stats call never walks a layer itself once a
+ * value exists — a stale value is answered at once and refreshed in the background, one
+ * walk per layer at a time. Only the first call for a layer waits for a walk.
+ */
+export class LayerUsageCache {
+  private readonly entries = new Map<string, { usage: DirUsage; at: number; timestampNs: bigint; refreshing?: Promise<void> }>();
+  private readonly first = new Map<string, Promise<void>>();
+
+  constructor(
+    private readonly ttlMs = 10_000,
+    private readonly measure: (dir: string) => Promise<DirUsage> = dirUsage,
+  ) {}
+
+  async get(dir: string): Promise<{ usage: DirUsage; timestampNs: bigint }> {
+    const e = this.entries.get(dir);
+    if (e) {
+      if (Date.now() - e.at > this.ttlMs && !e.refreshing) {
+        e.refreshing = this.refresh(dir).finally(() => (e.refreshing = undefined));
+      }
+      return e;
+    }
+    let pending = this.first.get(dir);
+    if (!pending) {
+      pending = this.refresh(dir).finally(() => this.first.delete(dir));
+      this.first.set(dir, pending);
+    }
+    await pending;
+    const got = this.entries.get(dir);
+    return got ?? { usage: { bytes: 0, inodes: 0 }, timestampNs: nowNs() };
+  }
+
+  /** Forgets layers not in `live` (removed containers), so the cache stays bounded. */
+  retain(live: Set<string>): void {
+    for (const dir of this.entries.keys()) if (!live.has(dir)) this.entries.delete(dir);
+  }
+
+  private async refresh(dir: string): Promise<void> {
+    try {
+      const usage = await this.measure(dir);
+      this.entries.set(dir, { usage, at: Date.now(), timestampNs: nowNs() });
+    } catch {
+      // Unreadable now (being removed): keep what was there.
+    }
+  }
+}
+
+const u64 = (v: bigint | null) => (v === null ? null : { value: v });
+
+/**
+ * ContainerStats of records, remembering each container's previous CPU sample for
+ * usage_nano_cores (as containerd does); forgets containers no longer asked about in a list.
+ */
+export class ContainerStatsCollector {
+  private readonly previous = new Map<string, CgroupSample>();
+  readonly layers = new LayerUsageCache();
+
+  async stats(rec: ContainerRecord): Promise<ContainerStatsInit> {
+    const attributes = { id: rec.id, metadata: rec.metadata, labels: rec.config.labels ?? {}, annotations: rec.config.annotations ?? {} };
+    const upper = rec.resources.rootfs ? path.join(rec.resources.rootfs.layerDir, 'upper') : null;
+    const [sample, layer] = await Promise.all([
+      rec.state === 'running' ? sampleContainerCgroup(rec.pid, rec.id) : Promise.resolve(null),
+      upper ? this.layers.get(upper) : Promise.resolve(null),
+    ]);
+    const out: ContainerStatsInit = { attributes };
+    if (sample) {
+      const cores = nanoCores(this.previous.get(rec.id), sample);
+      this.previous.set(rec.id, sample);
+      out.cpu = { timestamp: sample.timestampNs, usageCoreNanoSeconds: u64(sample.cpuUsageNs), usageNanoCores: u64(cores) };
+      const available = sample.memoryLimitBytes !== null && sample.workingSetBytes !== null ? minus(sample.memoryLimitBytes, sample.workingSetBytes) : null;
+      out.memory = {
+        timestamp: sample.timestampNs,
+        workingSetBytes: u64(sample.workingSetBytes),
+        availableBytes: u64(available),
+        usageBytes: u64(sample.memoryUsageBytes),
+        rssBytes: u64(sample.rssBytes),
+        pageFaults: u64(sample.pageFaults),
+        majorPageFaults: u64(sample.majorPageFaults),
+      };
+    } else {
+      this.previous.delete(rec.id);
+    }
+    if (layer && upper) {
+      out.writableLayer = { timestamp: layer.timestampNs, fsId: { mountpoint: upper }, usedBytes: { value: layer.usage.bytes }, inodesUsed: { value: layer.usage.inodes } };
+    }
+    return out;
+  }
+
+  /** Drops state of containers that are gone, so memory stays bounded by live containers. */
+  retain(live: ContainerRecord[]): void {
+    const ids = new Set(live.map((r) => r.id));
+    for (const id of this.previous.keys()) if (!ids.has(id)) this.previous.delete(id);
+    this.layers.retain(new Set(live.flatMap((r) => (r.resources.rootfs ? [path.join(r.resources.rootfs.layerDir, 'upper')] : []))));
+  }
+}
