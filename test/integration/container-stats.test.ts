@@ -1,0 +1,113 @@
+/**
+ * ContainerStats and ListContainerStats against real containers: CPU of a busy loop and
+ * memory of a growing shell move the right way, a memory limit shows as available bytes,
+ * the writable layer is reported, and the list filters by ID, pod and labels.
+ */
+import { test, before, after, afterEach } from 'node:test';
+import assert from 'node:assert/strict';
+import { TestDaemon, podConfig } from '../helpers/daemon.js';
+import { pushImage, startRegistry, type TestRegistry } from '../helpers/registry.js';
+import { busyboxImage } from '../helpers/test-images.js';
+import { createImageClient, call } from '../../src/cri/client.js';
+import { eventually } from '../helpers/wait.js';
+
+let reg: TestRegistry;
+let d: TestDaemon;
+let image: string;
+
+before(async () => {
+  reg = await startRegistry();
+  await pushImage(reg, 'test/busybox', 'stats', await busyboxImage({ allApplets: true }));
+  image = `${reg.host}/test/busybox:stats`;
+  d = new TestDaemon();
+  await d.start();
+  const images = createImageClient(d.socket);
+  try {
+    await call(images, 'PullImage', { image: { image } }, { deadlineMs: 60_000 });
+  } finally {
+    images.close();
+  }
+});
+
+afterEach(async () => {
+  for (const p of (await d.rpc('ListPodSandbox', {})).items) await d.rpc('RemovePodSandbox', { podSandboxId: p.id });
+});
+
+after(async () => {
+  await d?.cleanup();
+  await reg?.stop();
+});
+
+async function runPod() {
+  const cfg = podConfig();
+  const podId = (await d.rpc('RunPodSandbox', { config: cfg })).podSandboxId as string;
+  return { cfg, podId };
+}
+
+async function runContainer(pod: { cfg: any; podId: string }, name: string, command: string[], extra: object = {}) {
+  const config = { metadata: { name, attempt: 0 }, image: { image }, command, logPath: `${name}.log`, linux: {}, ...extra };
+  const { containerId } = await d.rpc('CreateContainer', { podSandboxId: pod.podId, config, sandboxConfig: pod.cfg });
+  await d.rpc('StartContainer', { containerId });
+  return containerId as string;
+}
+
+const stats = async (id: string) => (await d.rpc('ContainerStats', { containerId: id })).stats;
+const n = (v: { value: number | string } | null | undefined) => Number(v?.value ?? 0);
+
+test('a container burning CPU: usage_core_nano_seconds grows between calls and usage_nano_cores shows the load', async () => {
+  const pod = await runPod();
+  const id = await runContainer(pod, 'burn', ['sh', '-c', 'while :; do :; done']);
+  const a = await stats(id.slice(0, 12));
+  assert.equal(a.attributes.id, id);
+  assert.equal(a.attributes.metadata.name, 'burn');
+  await new Promise((r) => setTimeout(r, 1000));
+  const b = await stats(id);
+  const used = n(b.cpu.usageCoreNanoSeconds) - n(a.cpu.usageCoreNanoSeconds);
+  const wall = Number(b.cpu.timestamp) - Number(a.cpu.timestamp);
+  assert.ok(used > 0.2 * wall, `the loop used ${used} ns of CPU in ${wall} ns`);
+  // As containerd: the rate between this call's sample and the previous one.
+  const cores = n(b.cpu.usageNanoCores);
+  assert.ok(cores > 200_000_000 && cores < 2_100_000_000, `usage_nano_cores ${cores}`);
+  assert.ok(n(b.memory.workingSetBytes) > 0);
+  assert.ok(b.writableLayer.fsId.mountpoint);
+  assert.ok(n(b.writableLayer.inodesUsed) > 0);
+});
+
+test('a container allocating memory: working set and RSS grow; its limit shows as available bytes', async () => {
+  const pod = await runPod();
+  const limit = 256 * 1024 * 1024;
+  // Waits for /go, then awk holds a string of over 40 MB while it waits for `sleep`.
+  const script = 'while [ ! -e /go ]; do sleep 0.1; done; awk \'BEGIN{s="aaaaaaaaaaaaaaaa"; while (length(s) < 40000000) s = s s; system("touch /done; sleep 1000")}\'';
+  const id = await runContainer(pod, 'grow', ['sh', '-c', script], { linux: { resources: { memoryLimitInBytes: limit } } });
+  const before = await stats(id);
+  assert.ok(n(before.memory.availableBytes) > 0 && n(before.memory.availableBytes) <= limit, `available ${n(before.memory.availableBytes)}`);
+  await d.rpc('ExecSync', { containerId: id, cmd: ['touch', '/go'], timeout: 10 });
+  await eventually(async () => assert.equal((await d.rpc('ExecSync', { containerId: id, cmd: ['test', '-e', '/done'], timeout: 10 })).exitCode, 0), { timeoutMs: 30_000, intervalMs: 200, what: 'the allocation' });
+  const afterAlloc = await stats(id);
+  const grown = n(afterAlloc.memory.workingSetBytes) - n(before.memory.workingSetBytes);
+  assert.ok(grown > 30_000_000, `working set grew by ${grown}`);
+  assert.ok(n(afterAlloc.memory.rssBytes) - n(before.memory.rssBytes) > 30_000_000, 'RSS grew');
+  assert.equal(n(afterAlloc.memory.availableBytes), limit - n(afterAlloc.memory.workingSetBytes));
+  assert.ok(n(afterAlloc.memory.pageFaults) > n(before.memory.pageFaults));
+});
+
+test('ListContainerStats filters by ID (prefix), pod and labels; an exited container has no CPU or memory', async () => {
+  const p1 = await runPod();
+  const p2 = await runPod();
+  const a = await runContainer(p1, 'a', ['sleep', '1000'], { labels: { tier: 'web' } });
+  const b = await runContainer(p1, 'b', ['true'], { labels: { tier: 'db' } });
+  const c = await runContainer(p2, 'c', ['sleep', '1000'], { labels: { tier: 'web' } });
+  const ids = async (filter: object) => ((await d.rpc('ListContainerStats', { filter })).stats as any[]).map((s) => s.attributes.id).sort();
+  assert.deepEqual(await ids({}), [a, b, c].sort());
+  assert.deepEqual(await ids({ id: a.slice(0, 8) }), [a]);
+  assert.deepEqual(await ids({ id: 'f'.repeat(64) }), []);
+  assert.deepEqual(await ids({ podSandboxId: p1.podId }), [a, b].sort());
+  assert.deepEqual(await ids({ labelSelector: { tier: 'web' } }), [a, c].sort());
+  assert.deepEqual(await ids({ podSandboxId: p2.podId, labelSelector: { tier: 'db' } }), []);
+  await eventually(async () => assert.equal((await d.rpc('ContainerStatus', { containerId: b })).status.state, 'CONTAINER_EXITED'), { timeoutMs: 10_000, intervalMs: 100, what: 'b to exit' });
+  const sb = await stats(b);
+  assert.equal(sb.cpu, null);
+  assert.equal(sb.memory, null);
+  assert.ok(sb.writableLayer, 'the writable layer outlives the process');
+  await assert.rejects(d.rpc('ContainerStats', { containerId: 'f'.repeat(64) }), (e: any) => e.code === 5);
+});
