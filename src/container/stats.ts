@@ -121,13 +121,18 @@ export function chooseLayout(dirs: CgroupDir[]): { version: 1; cpuacct?: string;
 const read = (p: string) => fs.readFile(p, 'utf8').catch(() => null);
 const nowNs = () => BigInt(Date.now()) * 1_000_000n;
 
-/** Samples the cgroups of the container whose init is `pid`; null when it has none (exited, PID reused). */
-export async function sampleContainerCgroup(pid: number, containerId: string): Promise<CgroupSample | null> {
-  if (!Number.isInteger(pid) || pid <= 0) return null;
+export type CgroupLayout = NonNullable<ReturnType<typeof chooseLayout>>;
+
+/** The cgroup directories of the process `pid` in every hierarchy, kept only where named `name` (a container ID). */
+export async function processCgroupDirs(pid: number, name: string): Promise<CgroupDir[]> {
+  if (!Number.isInteger(pid) || pid <= 0) return [];
   const [procText, mountinfo] = await Promise.all([read(`/proc/${pid}/cgroup`), read('/proc/self/mountinfo')]);
-  if (!procText || !mountinfo) return null;
-  const layout = chooseLayout(containerCgroupDirs(parseProcCgroup(procText), parseCgroupMounts(mountinfo), containerId));
-  if (!layout) return null;
+  if (!procText || !mountinfo) return [];
+  return containerCgroupDirs(parseProcCgroup(procText), parseCgroupMounts(mountinfo), name);
+}
+
+/** Reads one sample from the chosen directories. */
+export async function readCgroupSample(layout: CgroupLayout): Promise<CgroupSample> {
   const timestampNs = nowNs();
   if (layout.version === 2) {
     const [cpuStat, memoryCurrent, memoryStat, memoryMax] = await Promise.all(
@@ -143,6 +148,12 @@ export async function sampleContainerCgroup(pid: number, containerId: string): P
     inMem('memory.limit_in_bytes'),
   ]);
   return sampleFromV1({ cpuacctUsage, memoryUsage, memoryStat, memoryLimit }, timestampNs);
+}
+
+/** Samples the cgroups of the container whose init is `pid`; null when it has none (exited, PID reused). */
+export async function sampleContainerCgroup(pid: number, containerId: string): Promise<CgroupSample | null> {
+  const layout = chooseLayout(await processCgroupDirs(pid, containerId));
+  return layout ? readCgroupSample(layout) : null;
 }
 
 /**

@@ -5,11 +5,14 @@
  */
 import { test, before, after, afterEach } from 'node:test';
 import assert from 'node:assert/strict';
+import { promises as fs } from 'node:fs';
+import path from 'node:path';
 import { TestDaemon, podConfig } from '../helpers/daemon.js';
 import { pushImage, startRegistry, type TestRegistry } from '../helpers/registry.js';
 import { busyboxImage } from '../helpers/test-images.js';
 import { createImageClient, call } from '../../src/cri/client.js';
 import { eventually } from '../helpers/wait.js';
+import { processCgroupDirs, readCgroupSample } from '../../src/container/stats.js';
 
 let reg: TestRegistry;
 let d: TestDaemon;
@@ -110,4 +113,19 @@ test('ListContainerStats filters by ID (prefix), pod and labels; an exited conta
   assert.equal(sb.memory, null);
   assert.ok(sb.writableLayer, 'the writable layer outlives the process');
   await assert.rejects(d.rpc('ContainerStats', { containerId: 'f'.repeat(64) }), (e: any) => e.code === 5);
+});
+
+test('the v2 reader on a real unified tree: the busy container\'s cpu.stat grows (on a hybrid host, the unified tree has cpu.stat but no memory controller)', async () => {
+  const pod = await runPod();
+  const id = await runContainer(pod, 'burn2', ['sh', '-c', 'while :; do :; done']);
+  const pid = Number(JSON.parse((await d.rpc('ContainerStatus', { containerId: id, verbose: true })).info.info).pid);
+  const v2 = (await processCgroupDirs(pid, id)).find((x) => x.version === 2);
+  assert.ok(v2, 'the container has a cgroup in the unified hierarchy');
+  const a = await readCgroupSample({ version: 2, dir: v2.dir });
+  await new Promise((r) => setTimeout(r, 500));
+  const b = await readCgroupSample({ version: 2, dir: v2.dir });
+  assert.ok(a.cpuUsageNs !== null && b.cpuUsageNs !== null && b.cpuUsageNs - a.cpuUsageNs > 50_000_000n, `cpu ${a.cpuUsageNs} -> ${b.cpuUsageNs}`);
+  const unifiedHasMemory = (await fs.readFile(path.join(v2.dir, 'memory.current'), 'utf8').catch(() => null)) !== null;
+  if (unifiedHasMemory) assert.ok(b.workingSetBytes !== null && b.workingSetBytes > 0n);
+  else assert.equal(b.workingSetBytes, null, 'no memory controller in this tree: no memory figures, rather than zeros');
 });
