@@ -13,7 +13,8 @@ import path from 'node:path';
 import { containerCgroupDirs, parseCgroupMounts, parseProcCgroup, type CgroupDir } from '../oci/exec-cgroup.js';
 import { dirUsage, type DirUsage } from '../image/fs-usage.js';
 import type { ContainerRecord } from './record.js';
-import type { ContainerStatsInit } from '../cri-api/types.js';
+import type { ContainerStatsInit, CpuUsageInit, MemoryUsageInit, NetworkUsageInit, PodSandboxStatsInit } from '../cri-api/types.js';
+import type { SandboxRecord } from '../sandbox/record.js';
 
 export interface CgroupSample {
   /** Nanoseconds since the epoch. */
@@ -220,13 +221,66 @@ export class ContainerStatsCollector {
       rec.state === 'running' ? sampleContainerCgroup(rec.pid, rec.id) : Promise.resolve(null),
       upper ? this.layers.get(upper) : Promise.resolve(null),
     ]);
-    const out: ContainerStatsInit = { attributes };
-    if (sample) {
-      const cores = nanoCores(this.previous.get(rec.id), sample);
-      this.previous.set(rec.id, sample);
-      out.cpu = { timestamp: sample.timestampNs, usageCoreNanoSeconds: u64(sample.cpuUsageNs), usageNanoCores: u64(cores) };
-      const available = sample.memoryLimitBytes !== null && sample.workingSetBytes !== null ? minus(sample.memoryLimitBytes, sample.workingSetBytes) : null;
-      out.memory = {
+    const out: ContainerStatsInit = { attributes, ...this.cpuAndMemory(rec.id, sample) };
+    if (layer && upper) {
+      out.writableLayer = { timestamp: layer.timestampNs, fsId: { mountpoint: upper }, usedBytes: { value: layer.usage.bytes }, inodesUsed: { value: layer.usage.inodes } };
+    }
+    return out;
+  }
+
+  /**
+   * Stats of a pod: its containers', and CPU, memory and process count of the pod's cgroup
+   * (the parent of the pause container's cgroup) when kubelet gave the pod a cgroup of its
+   * own; without one (the default parent is shared by every pod), the sum of the pause
+   * process's and the containers' cgroups. Network counters from /proc/<pid>/net/dev of a
+   * process inside the pod's network namespace (pause, else a running container).
+   */
+  async podStats(sandbox: SandboxRecord, ready: boolean, containers: ContainerRecord[]): Promise<PodSandboxStatsInit> {
+    const attributes = { id: sandbox.id, metadata: sandbox.metadata, labels: sandbox.config.labels ?? {}, annotations: sandbox.config.annotations ?? {} };
+    const containerStats = await Promise.all(containers.map((c) => this.stats(c)));
+    if (!ready) return { attributes, linux: { containers: containerStats } };
+    const pausePid = sandbox.infraMode === 'pause' ? sandbox.pid : 0;
+    const running = containers.filter((c) => c.state === 'running' && c.pid > 0);
+    let sample: CgroupSample | null = null;
+    let pids: bigint | null = null;
+    const pauseDirs = pausePid > 0 ? await processCgroupDirs(pausePid, sandbox.id) : [];
+    if (sandbox.config.linux?.cgroupParent && pauseDirs.length > 0) {
+      const podDirs = pauseDirs.map((d) => ({ ...d, dir: path.dirname(d.dir) }));
+      const layout = chooseLayout(podDirs);
+      if (layout) sample = await readCgroupSample(layout);
+      pids = await readPidsCurrent(podDirs);
+    } else {
+      const layouts = [chooseLayout(pauseDirs), ...(await Promise.all(running.map(async (c) => chooseLayout(await processCgroupDirs(c.pid, c.id)))))];
+      const found = layouts.filter((l): l is CgroupLayout => l !== null);
+      if (found.length > 0) sample = sumSamples(await Promise.all(found.map(readCgroupSample)));
+      const counts = await Promise.all([pauseDirs, ...(await Promise.all(running.map((c) => processCgroupDirs(c.pid, c.id))))].map(readPidsCurrent));
+      pids = counts.some((n) => n !== null) ? counts.reduce<bigint>((a, n) => a + (n ?? 0n), 0n) : null;
+    }
+    const netPid = sandbox.hostNetwork ? 0 : pausePid > 0 ? pausePid : (running[0]?.pid ?? 0);
+    const network = netPid > 0 ? await readNetwork(netPid) : null;
+    const timestamp = nowNs();
+    return {
+      attributes,
+      linux: {
+        ...this.cpuAndMemory(`pod:${sandbox.id}`, sample),
+        network,
+        process: pids === null ? null : { timestamp, processCount: { value: pids } },
+        containers: containerStats,
+      },
+    };
+  }
+
+  private cpuAndMemory(key: string, sample: CgroupSample | null): { cpu?: CpuUsageInit; memory?: MemoryUsageInit } {
+    if (!sample) {
+      this.previous.delete(key);
+      return {};
+    }
+    const cores = nanoCores(this.previous.get(key), sample);
+    this.previous.set(key, sample);
+    const available = sample.memoryLimitBytes !== null && sample.workingSetBytes !== null ? minus(sample.memoryLimitBytes, sample.workingSetBytes) : null;
+    return {
+      cpu: { timestamp: sample.timestampNs, usageCoreNanoSeconds: u64(sample.cpuUsageNs), usageNanoCores: u64(cores) },
+      memory: {
         timestamp: sample.timestampNs,
         workingSetBytes: u64(sample.workingSetBytes),
         availableBytes: u64(available),
@@ -234,20 +288,74 @@ export class ContainerStatsCollector {
         rssBytes: u64(sample.rssBytes),
         pageFaults: u64(sample.pageFaults),
         majorPageFaults: u64(sample.majorPageFaults),
-      };
-    } else {
-      this.previous.delete(rec.id);
-    }
-    if (layer && upper) {
-      out.writableLayer = { timestamp: layer.timestampNs, fsId: { mountpoint: upper }, usedBytes: { value: layer.usage.bytes }, inodesUsed: { value: layer.usage.inodes } };
-    }
-    return out;
+      },
+    };
   }
 
-  /** Drops state of containers that are gone, so memory stays bounded by live containers. */
-  retain(live: ContainerRecord[]): void {
-    const ids = new Set(live.map((r) => r.id));
+  /** Drops state of containers and pods that are gone, so memory stays bounded by live ones. */
+  retain(live: ContainerRecord[], liveSandboxes?: SandboxRecord[]): void {
+    const ids = new Set([...live.map((r) => r.id), ...(liveSandboxes ?? []).map((s) => `pod:${s.id}`)]);
+    if (!liveSandboxes) for (const k of this.previous.keys()) if (k.startsWith('pod:')) ids.add(k);
     for (const id of this.previous.keys()) if (!ids.has(id)) this.previous.delete(id);
     this.layers.retain(new Set(live.flatMap((r) => (r.resources.rootfs ? [path.join(r.resources.rootfs.layerDir, 'upper')] : []))));
   }
+}
+
+/** The sum of several cgroups' samples (a pod without a cgroup of its own); no limit. */
+export function sumSamples(samples: CgroupSample[]): CgroupSample {
+  const add = (f: (s: CgroupSample) => bigint | null) => {
+    const vals = samples.map(f).filter((v): v is bigint => v !== null);
+    return vals.length === 0 ? null : vals.reduce((a, b) => a + b, 0n);
+  };
+  return {
+    timestampNs: samples.reduce((a, s) => (s.timestampNs > a ? s.timestampNs : a), 0n),
+    cpuUsageNs: add((s) => s.cpuUsageNs),
+    memoryUsageBytes: add((s) => s.memoryUsageBytes),
+    workingSetBytes: add((s) => s.workingSetBytes),
+    rssBytes: add((s) => s.rssBytes),
+    pageFaults: add((s) => s.pageFaults),
+    majorPageFaults: add((s) => s.majorPageFaults),
+    memoryLimitBytes: null,
+  };
+}
+
+/** pids.current of the v1 pids controller or the unified tree (v1 first, as for the other controllers). */
+async function readPidsCurrent(dirs: CgroupDir[]): Promise<bigint | null> {
+  const dir = dirs.find((d) => d.version === 1 && d.controllers.includes('pids')) ?? dirs.find((d) => d.version === 2);
+  return dir ? parseSingle(await read(path.join(dir.dir, 'pids.current'))) : null;
+}
+
+export interface InterfaceCounters {
+  name: string;
+  rxBytes: bigint;
+  rxErrors: bigint;
+  txBytes: bigint;
+  txErrors: bigint;
+}
+
+/** Pure: /proc/<pid>/net/dev (two header lines, then "name: 8 receive and 8 transmit counters"). */
+export function parseNetDev(text: string): InterfaceCounters[] {
+  const out: InterfaceCounters[] = [];
+  for (const line of text.split('\n')) {
+    const m = /^\s*([^:\s]+):\s*(.*)$/.exec(line);
+    if (!m) continue;
+    const f = m[2]!.trim().split(/\s+/);
+    if (f.length < 16 || !f.every((x) => /^\d+$/.test(x))) continue;
+    out.push({ name: m[1]!, rxBytes: BigInt(f[0]!), rxErrors: BigInt(f[2]!), txBytes: BigInt(f[8]!), txErrors: BigInt(f[10]!) });
+  }
+  return out;
+}
+
+/** The pod's interfaces but loopback; eth0 (the CNI default, as containerd names it) is the default one. */
+export function networkUsage(counters: InterfaceCounters[], timestamp: bigint): NetworkUsageInit {
+  const toCri = (c: InterfaceCounters) => ({ name: c.name, rxBytes: { value: c.rxBytes }, rxErrors: { value: c.rxErrors }, txBytes: { value: c.txBytes }, txErrors: { value: c.txErrors } });
+  const ifaces = counters.filter((c) => c.name !== 'lo');
+  const def = ifaces.find((c) => c.name === 'eth0');
+  return { timestamp, defaultInterface: def ? toCri(def) : null, interfaces: ifaces.map(toCri) };
+}
+
+/** Reading /proc/<pid>/net/dev shows the network namespace of that process: no setns needed. */
+async function readNetwork(pid: number): Promise<NetworkUsageInit | null> {
+  const text = await read(`/proc/${pid}/net/dev`);
+  return text === null ? null : networkUsage(parseNetDev(text), nowNs());
 }

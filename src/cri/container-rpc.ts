@@ -5,7 +5,6 @@ import { failedPrecondition, invalidArgument, unavailable } from '../errors.js';
 import type { RuntimeHandlers } from './rpc-types.js';
 import type { ContainerFilter, ContainerState as CriContainerState } from '../cri-api/types.js';
 import { attachRequest, execRequest, type StreamingUrls } from '../streaming/requests.js';
-import { ContainerStatsCollector } from '../container/stats.js';
 
 const CRI_STATE: Record<ContainerRecord['state'], CriContainerState> = {
   creating: 'CONTAINER_UNKNOWN',
@@ -25,8 +24,6 @@ export function containerHandlers(containers: ContainerService, streaming?: Stre
     if (!streaming) throw unavailable('the streaming server is not running');
     return streaming;
   };
-
-  const stats = new ContainerStatsCollector();
 
   const summary = (r: ContainerRecord) => ({
     id: r.id,
@@ -109,30 +106,6 @@ export function containerHandlers(containers: ContainerService, streaming?: Stre
       const request = attachRequest(req);
       request.containerId = (await runningContainer(request.containerId)).id;
       return { url: urls().urlFor(request) };
-    },
-
-    async ContainerStats(req) {
-      return { stats: await stats.stats(await containers.status(requireId(req.containerId))) };
-    },
-
-    async ListContainerStats(req) {
-      const all = await containers.list();
-      stats.retain(all);
-      const f = req.filter;
-      let list = all;
-      if (f?.id) {
-        let id: string | undefined;
-        try {
-          id = containers.index.tryResolve(f.id);
-        } catch {
-          id = undefined;
-        }
-        list = list.filter((r) => r.id === id);
-      }
-      if (f?.podSandboxId) list = list.filter((r) => r.sandboxId.startsWith(f.podSandboxId));
-      const selector: Record<string, string> = f?.labelSelector ?? {};
-      list = list.filter((r) => Object.entries(selector).every(([k, v]) => (r.config.labels ?? {})[k] === v));
-      return { stats: await Promise.all(list.map((r) => stats.stats(r))) };
     },
 
     async ReopenContainerLog(req) {
