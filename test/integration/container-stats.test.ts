@@ -7,6 +7,7 @@ import { test, before, after, afterEach } from 'node:test';
 import assert from 'node:assert/strict';
 import { promises as fs } from 'node:fs';
 import path from 'node:path';
+import net from 'node:net';
 import { TestDaemon, podConfig } from '../helpers/daemon.js';
 import { pushImage, startRegistry, type TestRegistry } from '../helpers/registry.js';
 import { busyboxImage } from '../helpers/test-images.js';
@@ -41,8 +42,9 @@ after(async () => {
   await reg?.stop();
 });
 
-async function runPod() {
-  const cfg = podConfig();
+/** A pod with a pause process (a shared PID namespace), or a pinned one (namespaces held by bind mounts). */
+async function runPod(shape: 'pause' | 'pinned' = 'pinned') {
+  const cfg = podConfig({ linux: { securityContext: { namespaceOptions: { network: 'POD', pid: shape === 'pause' ? 'POD' : 'CONTAINER', ipc: 'POD' } } } });
   const podId = (await d.rpc('RunPodSandbox', { config: cfg })).podSandboxId as string;
   return { cfg, podId };
 }
@@ -128,4 +130,51 @@ test('the v2 reader on a real unified tree: the busy container\'s cpu.stat grows
   const unifiedHasMemory = (await fs.readFile(path.join(v2.dir, 'memory.current'), 'utf8').catch(() => null)) !== null;
   if (unifiedHasMemory) assert.ok(b.workingSetBytes !== null && b.workingSetBytes > 0n);
   else assert.equal(b.workingSetBytes, null, 'no memory controller in this tree: no memory figures, rather than zeros');
+});
+
+for (const shape of ['pause', 'pinned'] as const) test(`PodSandboxStats of a ${shape} pod: the pod\'s CPU, memory and processes cover its containers; network counters of eth0 grow with traffic`, async () => {
+  const pod = await runPod(shape);
+  const id = await runContainer(pod, 'burn', ['sh', '-c', 'while :; do :; done']);
+  const podIp = (await d.rpc('PodSandboxStatus', { podSandboxId: pod.podId })).status.network.ip as string;
+  assert.ok(podIp, 'the pod has an address');
+  const first = (await d.rpc('PodSandboxStats', { podSandboxId: pod.podId.slice(0, 10) })).stats;
+  assert.equal(first.attributes.id, pod.podId);
+  assert.deepEqual(first.linux.containers.map((c: any) => c.attributes.id), [id]);
+  // Traffic into the pod: connections to a closed port are answered with resets.
+  for (let i = 0; i < 20; i++) {
+    await new Promise<void>((resolve) => {
+      const s = net.connect({ host: podIp, port: 9 });
+      s.on('error', () => resolve());
+      s.on('connect', () => (s.destroy(), resolve()));
+    });
+  }
+  await new Promise((r) => setTimeout(r, 500));
+  const second = (await d.rpc('PodSandboxStats', { podSandboxId: pod.podId })).stats;
+  const cpuPod = n(second.linux.cpu.usageCoreNanoSeconds);
+  const cpuContainer = n(second.linux.containers[0].cpu.usageCoreNanoSeconds);
+  assert.ok(cpuPod >= cpuContainer && cpuPod > n(first.linux.cpu.usageCoreNanoSeconds), `pod cpu ${cpuPod}, container ${cpuContainer}`);
+  assert.ok(n(second.linux.cpu.usageNanoCores) > 200_000_000, `pod usage_nano_cores ${n(second.linux.cpu.usageNanoCores)}`);
+  assert.ok(n(second.linux.memory.workingSetBytes) > 0);
+  assert.ok(n(second.linux.process.processCount) >= (shape === 'pause' ? 2 : 1), `${n(second.linux.process.processCount)} processes`);
+  const eth0 = second.linux.network.defaultInterface;
+  assert.equal(eth0.name, 'eth0');
+  assert.ok(!second.linux.network.interfaces.some((i: any) => i.name === 'lo'));
+  assert.ok(n(eth0.rxBytes) - n(first.linux.network.defaultInterface.rxBytes) >= 20 * 40, 'the SYNs arrived');
+  assert.ok(n(eth0.txBytes) - n(first.linux.network.defaultInterface.txBytes) >= 20 * 40, 'the resets left');
+});
+
+test('ListPodSandboxStats filters by ID and labels; a stopped pod has no CPU, memory or network; an unknown pod is NOT_FOUND', async () => {
+  const p1 = await runPod();
+  const p2cfg = podConfig({ labels: { app: 'corral-test', tier: 'db' } });
+  const p2 = (await d.rpc('RunPodSandbox', { config: p2cfg })).podSandboxId as string;
+  const ids = async (filter: object) => ((await d.rpc('ListPodSandboxStats', { filter })).stats as any[]).map((s) => s.attributes.id).sort();
+  assert.deepEqual(await ids({}), [p1.podId, p2].sort());
+  assert.deepEqual(await ids({ id: p1.podId.slice(0, 8) }), [p1.podId]);
+  assert.deepEqual(await ids({ labelSelector: { tier: 'db' } }), [p2]);
+  await d.rpc('StopPodSandbox', { podSandboxId: p2 });
+  const stopped = (await d.rpc('PodSandboxStats', { podSandboxId: p2 })).stats;
+  assert.equal(stopped.linux.cpu, null);
+  assert.equal(stopped.linux.network, null);
+  await assert.rejects(d.rpc('PodSandboxStats', { podSandboxId: 'f'.repeat(64) }), (e: any) => e.code === 5);
+  await assert.rejects(d.rpc('PodSandboxStats', { podSandboxId: '' }), (e: any) => e.code === 3);
 });

@@ -1,6 +1,6 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { chooseLayout, LayerUsageCache, nanoCores, parseFlatKeyed, sampleFromV1, sampleFromV2, type CgroupSample } from '../../src/container/stats.js';
+import { chooseLayout, LayerUsageCache, nanoCores, networkUsage, parseFlatKeyed, parseNetDev, sampleFromV1, sampleFromV2, sumSamples, type CgroupSample } from '../../src/container/stats.js';
 
 // Excerpts of real files: cgroup v2 (unified) and v1 memory controller.
 const V2_CPU_STAT = 'usage_usec 2500123\nuser_usec 2000000\nsystem_usec 500123\nnr_periods 0\nnr_throttled 0\nthrottled_usec 0\n';
@@ -93,4 +93,35 @@ test('layer usage: first call waits for one walk, later calls answer from the ca
   cache.retain(new Set());
   await cache.get('/l');
   assert.equal(walks, 3, 'a forgotten layer is walked afresh');
+});
+
+const NET_DEV = [
+  'Inter-|   Receive                                                |  Transmit',
+  ' face |bytes    packets errs drop fifo frame compressed multicast|bytes    packets errs drop fifo colls carrier compressed',
+  '    lo:    1000      10    0    0    0     0          0         0     1000      10    0    0    0     0       0          0',
+  '  eth0: 5868170    4242    1    0    0     0          0         0   123456     789    2    0    0     0       0          0',
+  'net1: 42 1 0 0 0 0 0 0 43 1 0 0 0 0 0 0',
+  '',
+].join('\n');
+
+test('net/dev: bytes and errors per interface; loopback left out; eth0 is the default interface', () => {
+  const c = parseNetDev(NET_DEV);
+  assert.deepEqual(c.map((x) => x.name), ['lo', 'eth0', 'net1']);
+  assert.deepEqual(c[1], { name: 'eth0', rxBytes: 5868170n, rxErrors: 1n, txBytes: 123456n, txErrors: 2n });
+  const u = networkUsage(c, T);
+  assert.deepEqual(u.interfaces!.map((i) => i!.name), ['eth0', 'net1']);
+  assert.equal(u.defaultInterface!.name, 'eth0');
+  assert.equal(networkUsage(c.filter((x) => x.name !== 'eth0'), T).defaultInterface, null);
+});
+
+test('a pod without a cgroup of its own: the sum of its cgroups, missing figures skipped, no limit', () => {
+  const a = sampleFromV1({ cpuacctUsage: '100', memoryUsage: '1000', memoryStat: 'total_inactive_file 100\ntotal_rss 50\n', memoryLimit: '4096' }, T);
+  const b = sampleFromV2({ cpuStat: 'usage_usec 1\n', memoryCurrent: null, memoryStat: null, memoryMax: null }, T + 5n);
+  const s = sumSamples([a, b]);
+  assert.equal(s.cpuUsageNs, 1100n);
+  assert.equal(s.workingSetBytes, 900n);
+  assert.equal(s.rssBytes, 50n);
+  assert.equal(s.memoryLimitBytes, null);
+  assert.equal(s.timestampNs, T + 5n);
+  assert.equal(sumSamples([b]).memoryUsageBytes, null);
 });
