@@ -241,19 +241,20 @@ export class ContainerStatsCollector {
     if (!ready) return { attributes, linux: { containers: containerStats } };
     const pausePid = sandbox.infraMode === 'pause' ? sandbox.pid : 0;
     const running = containers.filter((c) => c.state === 'running' && c.pid > 0);
+    const pauseDirs = pausePid > 0 ? await processCgroupDirs(pausePid, sandbox.id) : [];
+    const memberDirs = [pauseDirs, ...(await Promise.all(running.map((c) => processCgroupDirs(c.pid, c.id))))].filter((d) => d.length > 0);
     let sample: CgroupSample | null = null;
     let pids: bigint | null = null;
-    const pauseDirs = pausePid > 0 ? await processCgroupDirs(pausePid, sandbox.id) : [];
-    if (sandbox.config.linux?.cgroupParent && pauseDirs.length > 0) {
-      const podDirs = pauseDirs.map((d) => ({ ...d, dir: path.dirname(d.dir) }));
+    if (sandbox.config.linux?.cgroupParent && memberDirs.length > 0) {
+      // Every member's cgroup is <cgroup_parent>/<id>: the parent is the pod's.
+      const podDirs = memberDirs[0]!.map((d) => ({ ...d, dir: path.dirname(d.dir) }));
       const layout = chooseLayout(podDirs);
       if (layout) sample = await readCgroupSample(layout);
       pids = await readPidsCurrent(podDirs);
     } else {
-      const layouts = [chooseLayout(pauseDirs), ...(await Promise.all(running.map(async (c) => chooseLayout(await processCgroupDirs(c.pid, c.id)))))];
-      const found = layouts.filter((l): l is CgroupLayout => l !== null);
-      if (found.length > 0) sample = sumSamples(await Promise.all(found.map(readCgroupSample)));
-      const counts = await Promise.all([pauseDirs, ...(await Promise.all(running.map((c) => processCgroupDirs(c.pid, c.id))))].map(readPidsCurrent));
+      const layouts = memberDirs.map(chooseLayout).filter((l): l is CgroupLayout => l !== null);
+      if (layouts.length > 0) sample = sumSamples(await Promise.all(layouts.map(readCgroupSample)));
+      const counts = await Promise.all(memberDirs.map(readPidsCurrent));
       pids = counts.some((n) => n !== null) ? counts.reduce<bigint>((a, n) => a + (n ?? 0n), 0n) : null;
     }
     const netPid = sandbox.hostNetwork ? 0 : pausePid > 0 ? pausePid : (running[0]?.pid ?? 0);

@@ -178,3 +178,32 @@ test('ListPodSandboxStats filters by ID and labels; a stopped pod has no CPU, me
   await assert.rejects(d.rpc('PodSandboxStats', { podSandboxId: 'f'.repeat(64) }), (e: any) => e.code === 5);
   await assert.rejects(d.rpc('PodSandboxStats', { podSandboxId: '' }), (e: any) => e.code === 3);
 });
+
+test('a pod with a cgroup parent of its own (as kubelet gives): pod figures from that cgroup, its memory limit as available bytes', async () => {
+  const parent = `corral-test-stats-${process.pid}-${Date.now()}`;
+  const hierarchies = (await fs.readdir('/sys/fs/cgroup')).map((h) => path.join('/sys/fs/cgroup', h));
+  try {
+    const cfg = podConfig({ linux: { cgroupParent: `/${parent}`, securityContext: { namespaceOptions: { network: 'POD', pid: 'POD', ipc: 'POD' } } } });
+    const podId = (await d.rpc('RunPodSandbox', { config: cfg })).podSandboxId as string;
+    const id = await runContainer({ cfg, podId }, 'burn', ['sh', '-c', 'while :; do :; done']);
+    // The pod's limit, as kubelet sets it on the pod cgroup (v1 memory controller, else the unified tree).
+    const limit = 512 * 1024 * 1024;
+    const v1 = path.join('/sys/fs/cgroup/memory', parent, 'memory.limit_in_bytes');
+    const v2 = path.join('/sys/fs/cgroup', parent, 'memory.max');
+    await fs.writeFile(v1, String(limit)).catch(() => fs.writeFile(v2, String(limit)));
+    const s = (await d.rpc('PodSandboxStats', { podSandboxId: podId })).stats;
+    assert.equal(n(s.linux.memory.availableBytes), limit - n(s.linux.memory.workingSetBytes));
+    assert.ok(n(s.linux.cpu.usageCoreNanoSeconds) >= n(s.linux.containers[0].cpu.usageCoreNanoSeconds));
+    assert.ok(n(s.linux.process.processCount) >= 2, 'pause and the loop, in the pod cgroup');
+    assert.equal(s.linux.containers[0].attributes.id, id);
+  } finally {
+    for (const p of (await d.rpc('ListPodSandbox', {})).items) await d.rpc('RemovePodSandbox', { podSandboxId: p.id });
+    for (const h of hierarchies) {
+      for (let i = 0; i < 50; i++) {
+        const err = await fs.rmdir(path.join(h, parent)).then(() => null, (e: NodeJS.ErrnoException) => e);
+        if (!err || err.code === 'ENOENT' || err.code === 'ENOTDIR') break;
+        await new Promise((r) => setTimeout(r, 20));
+      }
+    }
+  }
+});
