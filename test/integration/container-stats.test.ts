@@ -207,3 +207,16 @@ test('a pod with a cgroup parent of its own (as kubelet gives): pod figures from
     }
   }
 });
+
+test('a container writing 10 MB shows it in its writable layer once the cached walk refreshes (within its 10 s lifetime)', async () => {
+  const pod = await runPod();
+  const id = await runContainer(pod, 'writer', ['sleep', '1000']);
+  const before = n((await stats(id)).writableLayer.usedBytes);
+  await d.rpc('ExecSync', { containerId: id, cmd: ['sh', '-c', 'head -c 10485760 /dev/urandom > /blob && sync'], timeout: 30 });
+  const s = await eventually(async () => {
+    const now = (await stats(id)).writableLayer;
+    assert.ok(n(now.usedBytes) - before >= 10_485_760, `used ${n(now.usedBytes)}, was ${before}`);
+    return now;
+  }, { timeoutMs: 25_000, intervalMs: 500, what: 'the writable layer to show 10 MB' });
+  assert.ok(n(s.inodesUsed) >= 2);
+});
