@@ -23,6 +23,7 @@ import { RuntimeSettings, runtimeInfoHandlers } from './cri/runtime-info-rpc.js'
 import { sandboxHandlers } from './cri/sandbox-rpc.js';
 import { imageHandlers } from './cri/image-rpc.js';
 import { containerHandlers } from './cri/container-rpc.js';
+import { statsHandlers } from './cri/stats-rpc.js';
 import { ContainerService, type ContainerMonitor, type ContainerRootfs } from './container/service.js';
 import { ImageService } from './image/image-service.js';
 import { mountOverlayRootfs, unmountOverlayRootfs } from './image/snapshots.js';
@@ -240,6 +241,7 @@ export async function startDaemon(cfg: CorralConfig, logger: Logger): Promise<Da
       ...runtimeInfoHandlers(cfg, settings, () => networks.readiness(), () => ({ cni: networks.describe() })),
       ...sandboxHandlers(sandboxes, streaming),
       ...containerHandlers(containers, streaming),
+      ...statsHandlers(containers, sandboxes),
     },
     imageHandlers: imageHandlers(cfg, images),
   });

@@ -15,7 +15,6 @@ import { packageRoot } from '../../src/util/paths.js';
 /** Specs that cannot pass on this machine, and why. */
 const KNOWN = [
   ['public image with digest', 'pins an upstream digest; no registry beyond loopback is reachable'],
-  ['listing container stats|listing stats for', 'the stats RPCs are not served yet (issue: node-agent calls)'],
   ['execSync with timeout', 'the upstream busybox has pgrep; the local stand-in does not'],
   ['should support ContainerPID|should support HostIpc is|should support HostPID', 'need ipcs/pgrep of the upstream busybox'],
   ['NoNewPrivs', 'needs the setuid binary of the upstream nonewprivs image'],
