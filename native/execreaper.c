@@ -41,9 +41,10 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "helper-common.h"
+
 #define RESULT_FD 3
 #define NO_COMMAND 125
-#define REAPED_KEPT 64
 
 struct ring {
 	int fd; /* read end, -1 once at EOF or closed */
@@ -86,20 +87,6 @@ static void ring_push(struct ring *r, const char *p, size_t n)
 	}
 }
 
-static void write_all(int fd, const char *p, size_t n)
-{
-	while (n > 0) {
-		ssize_t w = write(fd, p, n);
-		if (w < 0) {
-			if (errno == EINTR)
-				continue;
-			return;
-		}
-		p += w;
-		n -= (size_t)w;
-	}
-}
-
 static void ring_flush(struct ring *r, int to)
 {
 	if (!r->len)
@@ -126,30 +113,6 @@ static void ring_drain(struct ring *r)
 		close(r->fd);
 		r->fd = -1;
 	}
-}
-
-static long long now_ms(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
-static pid_t read_pid(const char *file)
-{
-	char buf[32] = {0};
-	int fd = open(file, O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK);
-	if (fd < 0)
-		return -1;
-	ssize_t n = read(fd, buf, sizeof buf - 1);
-	close(fd);
-	if (n <= 0)
-		return -1;
-	char *end = NULL;
-	long pid = strtol(buf, &end, 10);
-	if (pid <= 0 || (end && *end != '\0' && *end != '\n'))
-		return -1;
-	return (pid_t)pid;
 }
 
 static int parse_size(const char *s, unsigned long long max, unsigned long long *out)
@@ -179,17 +142,11 @@ int main(int argc, char **argv)
 	const char *pidfile = argv[3];
 	if (fcntl(RESULT_FD, F_SETFD, FD_CLOEXEC) < 0)
 		return die("fd 3 must be open for the result");
-	if (prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) < 0)
-		return die("PR_SET_CHILD_SUBREAPER");
 	sigset_t chld;
-	sigemptyset(&chld);
-	sigaddset(&chld, SIGCHLD);
-	sigaddset(&chld, SIGUSR1);
-	if (sigprocmask(SIG_BLOCK, &chld, NULL) < 0)
-		return die("sigprocmask");
-	int sfd = signalfd(-1, &chld, SFD_CLOEXEC | SFD_NONBLOCK);
+	const char *failed = NULL;
+	int sfd = become_subreaper(&chld, SIGUSR1, &failed);
 	if (sfd < 0)
-		return die("signalfd");
+		return die(failed);
 	/* Our own stdout being a closed pipe must not kill us before the result is out. */
 	signal(SIGPIPE, SIG_IGN);
 
@@ -214,15 +171,8 @@ int main(int argc, char **argv)
 	for (int i = 0; i < 2; i++)
 		fcntl(rings[i].fd, F_SETFL, O_NONBLOCK);
 
-	const char *verdict = NULL;
-	int value = 0;
-	pid_t command = 0;
+	struct exec_watch watch = {.runtime = runtime, .pidfile = pidfile};
 	long long drain_until = -1;
-	struct {
-		pid_t pid;
-		int status;
-	} reaped[REAPED_KEPT] = {{0}};
-	unsigned reaped_next = 0;
 	for (;;) {
 		int timeout = -1;
 		if (drain_until >= 0) {
@@ -240,60 +190,18 @@ int main(int argc, char **argv)
 		while (read(sfd, &si, sizeof si) == sizeof si)
 			if (si.ssi_signo == SIGUSR1)
 				stop_draining = 1;
-		for (;;) {
-			int st = 0;
-			pid_t pid = waitpid(-1, &st, WNOHANG);
-			if (pid == 0)
-				break;
-			if (pid < 0) {
-				if (errno == EINTR)
-					continue;
-				/* No child left, and the command was never collected. */
-				if (!verdict) {
-					verdict = "lost";
-					value = errno;
-				}
-				break;
-			}
-			if (pid == runtime) {
-				if (!WIFEXITED(st) || WEXITSTATUS(st) != 0) {
-					verdict = "runtime-failed";
-					value = WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
-				} else if ((command = read_pid(pidfile)) <= 0) {
-					verdict = "runtime-failed";
-					value = 0;
-				}
-			} else {
-				/*
-				 * runc's command is re-parented here when runc exits, crun's as soon as
-				 * crun's intermediate child exits: it may be reaped before we know its
-				 * PID, so remember the last few statuses.
-				 */
-				reaped[reaped_next % REAPED_KEPT].pid = pid;
-				reaped[reaped_next % REAPED_KEPT].status = st;
-				reaped_next++;
-			}
-			if (command > 0 && !verdict) {
-				for (unsigned i = 0; i < REAPED_KEPT; i++) {
-					if (reaped[i].pid != command)
-						continue;
-					int cst = reaped[i].status;
-					verdict = WIFEXITED(cst) ? "exited" : "signaled";
-					value = WIFEXITED(cst) ? WEXITSTATUS(cst) : WTERMSIG(cst);
-				}
-			}
-		}
-		if (verdict && drain_until < 0) {
+		reap_children(&watch);
+		if (watch.verdict && drain_until < 0) {
 			drain_until = now_ms() + (long long)drain_ms;
 			/* Early word for the daemon: at its deadline, a finished command is not killed. */
 			char early[64];
-			int len = snprintf(early, sizeof early, "done %s %d\n", verdict, value);
+			int len = snprintf(early, sizeof early, "done %s %d\n", watch.verdict, watch.value);
 			write_all(RESULT_FD, early, (size_t)len);
 		}
-		if (verdict && stop_draining)
+		if (watch.verdict && stop_draining)
 			drain_until = now_ms();
 		int open_pipes = (rings[0].fd >= 0) + (rings[1].fd >= 0);
-		if (verdict && (open_pipes == 0 || now_ms() >= drain_until))
+		if (watch.verdict && (open_pipes == 0 || now_ms() >= drain_until))
 			break;
 	}
 	/* Whoever still holds the pipes gets EPIPE from now on. */
@@ -303,11 +211,11 @@ int main(int argc, char **argv)
 	ring_flush(&rings[0], 1);
 	ring_flush(&rings[1], 2);
 	char line[128];
-	int len = snprintf(line, sizeof line, "%s %d %llu %llu\n", verdict, value, rings[0].dropped, rings[1].dropped);
+	int len = snprintf(line, sizeof line, "%s %d %llu %llu\n", watch.verdict, watch.value, rings[0].dropped, rings[1].dropped);
 	write_all(RESULT_FD, line, (size_t)len);
-	if (strcmp(verdict, "exited") == 0)
-		return value;
-	if (strcmp(verdict, "signaled") == 0)
-		return 128 + value;
+	if (strcmp(watch.verdict, "exited") == 0)
+		return watch.value;
+	if (strcmp(watch.verdict, "signaled") == 0)
+		return 128 + watch.value;
 	return NO_COMMAND;
 }

@@ -49,9 +49,10 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "helper-common.h"
+
 #define REPORT_FD 3
 #define RESIZE_FD 4
-#define REAPED_KEPT 64
 #define BUF 32768
 /* After the command has exited, output still in the pty is read for at most this long. */
 #define TTY_DRAIN_MS 2000
@@ -60,47 +61,6 @@ static int die(const char *what)
 {
 	fprintf(stderr, "corral-streamhelper: %s: %s\n", what, strerror(errno));
 	return 1;
-}
-
-static long long now_ms(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
-/* Writes everything, waiting out a non-blocking fd that is full. 0, or -1 when it is gone. */
-static int write_all(int fd, const char *p, size_t n)
-{
-	while (n > 0) {
-		ssize_t w = write(fd, p, n);
-		if (w < 0) {
-			if (errno == EINTR)
-				continue;
-			if (errno == EAGAIN) {
-				struct pollfd pf = {.fd = fd, .events = POLLOUT};
-				poll(&pf, 1, -1);
-				continue;
-			}
-			return -1;
-		}
-		p += w;
-		n -= (size_t)w;
-	}
-	return 0;
-}
-
-static pid_t read_pid(const char *file)
-{
-	char buf[32] = {0};
-	int fd = open(file, O_RDONLY | O_CLOEXEC);
-	if (fd < 0)
-		return -1;
-	ssize_t n = read(fd, buf, sizeof buf - 1);
-	close(fd);
-	if (n <= 0)
-		return -1;
-	return (pid_t)atoi(buf);
 }
 
 /* Points fds 0..last at /dev/null. */
@@ -177,16 +137,11 @@ static int run_exec(int argc, char **argv)
 		return die("fd 3 must be open for the result");
 	if (console && fcntl(RESIZE_FD, F_SETFD, FD_CLOEXEC) < 0)
 		return die("fd 4 must be open for resize events");
-	if (prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) < 0)
-		return die("PR_SET_CHILD_SUBREAPER");
 	sigset_t chld;
-	sigemptyset(&chld);
-	sigaddset(&chld, SIGCHLD);
-	if (sigprocmask(SIG_BLOCK, &chld, NULL) < 0)
-		return die("sigprocmask");
-	int sfd = signalfd(-1, &chld, SFD_CLOEXEC | SFD_NONBLOCK);
+	const char *failed = NULL;
+	int sfd = become_subreaper(&chld, 0, &failed);
 	if (sfd < 0)
-		return die("signalfd");
+		return die(failed);
 	signal(SIGPIPE, SIG_IGN);
 
 	int listener = -1;
@@ -231,16 +186,8 @@ static int run_exec(int argc, char **argv)
 	struct winsize pending = {0};
 	int have_pending = 0;
 
-	const char *verdict = NULL;
-	int value = 0;
-	int runtime_ok = 0;
-	pid_t command = 0;
+	struct exec_watch watch = {.runtime = runtime, .pidfile = pidfile};
 	long long drain_until = -1;
-	struct {
-		pid_t pid;
-		int status;
-	} reaped[REAPED_KEPT] = {{0}};
-	unsigned reaped_next = 0;
 	char obuf[BUF];
 
 	for (;;) {
@@ -330,49 +277,10 @@ static int run_exec(int argc, char **argv)
 		struct signalfd_siginfo si;
 		while (read(sfd, &si, sizeof si) == sizeof si) {
 		}
-		for (;;) {
-			int st = 0;
-			pid_t pid = waitpid(-1, &st, WNOHANG);
-			if (pid == 0)
-				break;
-			if (pid < 0) {
-				if (errno == EINTR)
-					continue;
-				if (!verdict) {
-					verdict = "lost";
-					value = errno;
-				}
-				break;
-			}
-			if (pid == runtime) {
-				if (!WIFEXITED(st) || WEXITSTATUS(st) != 0) {
-					verdict = "runtime-failed";
-					value = WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
-				} else if ((command = read_pid(pidfile)) <= 0) {
-					verdict = "runtime-failed";
-					value = 0;
-				} else {
-					runtime_ok = 1;
-				}
-			} else {
-				/* The command may be re-parented and reaped before its PID is known. */
-				reaped[reaped_next % REAPED_KEPT].pid = pid;
-				reaped[reaped_next % REAPED_KEPT].status = st;
-				reaped_next++;
-			}
-			if (command > 0 && !verdict) {
-				for (unsigned i = 0; i < REAPED_KEPT; i++) {
-					if (reaped[i].pid != command)
-						continue;
-					int cst = reaped[i].status;
-					verdict = WIFEXITED(cst) ? "exited" : "signaled";
-					value = WIFEXITED(cst) ? WEXITSTATUS(cst) : WTERMSIG(cst);
-				}
-			}
-		}
-		if (!verdict)
+		reap_children(&watch);
+		if (!watch.verdict)
 			continue;
-		if (!console || !runtime_ok)
+		if (!console || !watch.runtime_ok)
 			break;
 		/* TTY: the master may still be on its way (a fast command), then its output. */
 		if (drain_until < 0)
@@ -385,7 +293,7 @@ static int run_exec(int argc, char **argv)
 		unlink(console);
 	}
 	char line[64];
-	int len = snprintf(line, sizeof line, "%s %d\n", verdict, value);
+	int len = snprintf(line, sizeof line, "%s %d\n", watch.verdict, watch.value);
 	write_all(REPORT_FD, line, (size_t)len);
 	return 0;
 }

@@ -6,7 +6,8 @@
 #   native/execreaper.c -> dist/native/corral-execreaper
 #   native/streamhelper.c -> dist/native/corral-streamhelper
 # Static binaries (gcc -O2 -static -Wall -Werror), so they need only the kernel.
-# A binary is rebuilt only when its source (or this script) is newer than it.
+# A binary is rebuilt only when its source, a header it includes (listed after the source
+# below) or this script is newer than it.
 # Needs gcc and libc6-dev (which ships the static libc.a) on Debian/Ubuntu.
 # Set FORCE=1 to rebuild unconditionally, CC to use another gcc-compatible compiler.
 set -euo pipefail
@@ -26,11 +27,16 @@ mkdir -p "$out_dir"
 
 build() {
   local name="$1" src="$src_dir/$2" out="$out_dir/$1"
+  shift 2
+  local stale=""
+  for header in "$@"; do
+    [[ "$out" -nt "$src_dir/$header" ]] || stale=1
+  done
   if [[ ! -f "$src" ]]; then
     echo "build-native: missing source $src" >&2
     exit 1
   fi
-  if [[ -z "${FORCE:-}" && -x "$out" && "$out" -nt "$src" && "$out" -nt "$script" ]]; then
+  if [[ -z "${FORCE:-}" && -x "$out" && "$out" -nt "$src" && "$out" -nt "$script" && -z "$stale" ]]; then
     echo "build-native: $name is up to date"
     return 0
   fi
@@ -48,5 +54,5 @@ build() {
 build corral-pause pause.c
 build corral-nshelper nshelper.c
 build corral-unpack unpack.c
-build corral-execreaper execreaper.c
-build corral-streamhelper streamhelper.c
+build corral-execreaper execreaper.c helper-common.h
+build corral-streamhelper streamhelper.c helper-common.h
