@@ -87,12 +87,14 @@ export async function execInContainer(t: ExecTarget, cmd: string[], io: StreamIO
   } catch (e) {
     throw new StreamExecError(t.id, t.runtime.name, (e as Error).message);
   }
-  const tmp = await fs.mkdtemp(path.join(os.tmpdir(), 'corral-stream-'));
+  let tmp: string | undefined;
   try {
+    // Inside the try: a failing mkdtemp must not leave the exec cgroup behind.
+    tmp = await fs.mkdtemp(path.join(os.tmpdir(), 'corral-stream-'));
     return await runHelper(t, cg, tmp, cmd, io);
   } finally {
     if (!(await cg.remove())) logger?.debug({ id: t.id, cgroup: cg.name }, 'exec left processes running; its cgroup is removed once they end');
-    await fs.rm(tmp, { recursive: true, force: true });
+    if (tmp) await fs.rm(tmp, { recursive: true, force: true });
   }
 }
 
