@@ -17,13 +17,13 @@ import { spawn } from 'node:child_process';
 import { promises as fs } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import type { Readable, Writable } from 'node:stream';
+import type { Writable } from 'node:stream';
 import { ExecCgroup } from '../../oci/exec-cgroup.js';
 import { EXEC_DRAIN_MS, parseRuntimeLog } from '../../oci/runtime.js';
 import { nativeBinary } from '../../util/paths.js';
 import type { Logger } from '../../util/log.js';
 import type { StreamIO } from '../runtime.js';
-import { copyOut, exited, feedStdin, killGroup, readAll, sleep, whenAborted } from './pipes.js';
+import { connectHelper, killGroup, readAll, sleep, whenAborted } from './pipes.js';
 
 export interface RuntimeBinary {
   name: string;
@@ -123,15 +123,9 @@ async function runHelper(t: ExecTarget, cg: ExecCgroup, tmp: string, cmd: string
     ],
     detached: true,
   });
-  const exit = exited(child);
-  const report = readAll(child.stdio[3] as Readable);
-  const stopStdin = io.stdin && child.stdin ? feedStdin(io.stdin, child.stdin) : () => {};
-  const copies: Promise<void>[] = [];
-  if (io.stdout && child.stdout) copies.push(copyOut(child.stdout, io.stdout));
-  let helperErr: Promise<string> = Promise.resolve('');
-  if (io.tty) helperErr = readAll(child.stderr);
-  else if (io.stderr && child.stderr) copies.push(copyOut(child.stderr, io.stderr));
-  const outputDone = Promise.all(copies);
+  const { exit, report, stopStdin, outputDone } = connectHelper(child, io);
+  // With a TTY the helper's stderr is not the command's: it says why the helper failed.
+  const helperErr: Promise<string> = io.tty ? readAll(child.stderr) : Promise.resolve('');
 
   let sessionOver = false;
   if (io.tty && io.resize) {
