@@ -191,8 +191,9 @@ export class OciRuntime {
    */
   async update(id: string, resources: OciResources): Promise<void> {
     const file = path.join(os.tmpdir(), `corral-update-${process.pid}-${randomBytes(6).toString('hex')}.json`);
-    await fs.writeFile(file, JSON.stringify(resources), { mode: 0o600 });
     try {
+      // Inside the try: a write that fails half-way (ENOSPC) still leaves no file behind.
+      await fs.writeFile(file, JSON.stringify(resources), { mode: 0o600 });
       const r = await this.run(['update', '--resources', file, id]);
       if (r.code !== 0) throw this.error('update', id, r);
     } finally {

@@ -10,7 +10,7 @@ import type { AttachRequest, ExecRequest } from './token-cache.js';
 import type { SpdySession, SpdyStream } from './spdy-session.js';
 import { RstStatus } from './spdy-frames.js';
 import { resizeEvents } from './resize.js';
-import { errorStreamPayload, type SessionOutcome } from './status.js';
+import { errorStreamPayload, runSession } from './status.js';
 
 export const REMOTE_COMMAND_PROTOCOLS = ['v4.channel.k8s.io', 'v3.channel.k8s.io', 'v2.channel.k8s.io', 'channel.k8s.io'];
 /** How long the client has to open every stream the request implies (kubelet's 30 s). */
@@ -98,18 +98,7 @@ export async function serveRemoteCommand(
     signal: gone.signal,
   };
 
-  let outcome: SessionOutcome;
-  try {
-    if (req.kind === 'exec') outcome = { kind: 'exited', exitCode: await runtime.exec(req.containerId, req.cmd, io) };
-    else {
-      await runtime.attach(req.containerId, io);
-      outcome = { kind: 'exited', exitCode: 0 };
-    }
-  } catch (e) {
-    const prefix = req.kind === 'exec' ? 'error executing command in container' : 'error attaching to container';
-    logger.info({ containerId: req.containerId, kind: req.kind, err: (e as Error).message }, 'streaming session failed');
-    outcome = { kind: 'failed', message: (e as Error).message, prefix };
-  }
+  const outcome = await runSession(runtime, req, io, logger);
 
   if (!session.closed) {
     await Promise.all([finish(io.stdout as SpdyStream | null), finish(io.stderr as SpdyStream | null)]);

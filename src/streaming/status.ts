@@ -4,10 +4,25 @@
  * kubelet writes them; the exit code cause sits under "reason" (StatusCause.Type's tag),
  * and client-go parses its message as an unsigned 8-bit number.
  */
+import type { Logger } from '../util/log.js';
+import type { StreamingRuntime, StreamIO } from './runtime.js';
+import type { AttachRequest, ExecRequest } from './token-cache.js';
 
 export type SessionOutcome =
   | { kind: 'exited'; exitCode: number }
   | { kind: 'failed'; message: string; prefix: string };
+
+/** Runs an exec or attach session on the runtime (either transport); a failure becomes the outcome, never a throw. */
+export async function runSession(runtime: StreamingRuntime, req: ExecRequest | AttachRequest, io: StreamIO, logger: Logger): Promise<SessionOutcome> {
+  try {
+    if (req.kind === 'exec') return { kind: 'exited', exitCode: await runtime.exec(req.containerId, req.cmd, io) };
+    await runtime.attach(req.containerId, io);
+    return { kind: 'exited', exitCode: 0 };
+  } catch (e) {
+    logger.info({ containerId: req.containerId, kind: req.kind, err: (e as Error).message }, 'streaming session failed');
+    return { kind: 'failed', message: (e as Error).message, prefix: req.kind === 'exec' ? 'error executing command in container' : 'error attaching to container' };
+  }
+}
 
 export function statusObject(o: SessionOutcome): object {
   if (o.kind === 'exited' && o.exitCode === 0) return { metadata: {}, status: 'Success' };

@@ -14,7 +14,7 @@ import type { Logger } from '../util/log.js';
 import type { StreamingRuntime, StreamIO } from './runtime.js';
 import type { AttachRequest, ExecRequest, PortForwardRequest } from './token-cache.js';
 import { resizeEvents } from './resize.js';
-import { errorStreamPayload, type SessionOutcome } from './status.js';
+import { errorStreamPayload, runSession } from './status.js';
 
 export const WS_REMOTE_COMMAND_PROTOCOLS = ['v5.channel.k8s.io', 'v4.channel.k8s.io', 'v4.base64.channel.k8s.io', 'channel.k8s.io', 'base64.channel.k8s.io'];
 export const WS_PORT_FORWARD_PROTOCOLS = ['v4.channel.k8s.io', 'v4.base64.channel.k8s.io'];
@@ -177,17 +177,7 @@ export async function serveWsRemoteCommand(ws: WebSocket, protocol: string, req:
   // The empty message on the lowest writable channel tells the client the streams are ready.
   await mux.send(stdout ? 1 : stderr ? 2 : 3, Buffer.alloc(0));
   const io: StreamIO = { stdin, stdout, stderr, tty: req.tty, resize: resize ? resizeEvents(resize) : null, signal: gone.signal };
-  let outcome: SessionOutcome;
-  try {
-    if (req.kind === 'exec') outcome = { kind: 'exited', exitCode: await runtime.exec(req.containerId, req.cmd, io) };
-    else {
-      await runtime.attach(req.containerId, io);
-      outcome = { kind: 'exited', exitCode: 0 };
-    }
-  } catch (e) {
-    logger.info({ containerId: req.containerId, kind: req.kind, err: (e as Error).message }, 'streaming session failed');
-    outcome = { kind: 'failed', message: (e as Error).message, prefix: req.kind === 'exec' ? 'error executing command in container' : 'error attaching to container' };
-  }
+  const outcome = await runSession(runtime, req, io, logger);
   if (mux.closed) return;
   // Output still queued in the channels goes first, then the status.
   await Promise.all([stdout, stderr].map((c) => (c && !c.writableFinished ? new Promise<void>((r) => c.end(r)) : undefined)));

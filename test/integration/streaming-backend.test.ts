@@ -21,6 +21,7 @@ import { conmonStreamPaths, createStreamingRuntime, PortForwardError, type Strea
 import { POD_EOF_GRACE_MS } from '../../src/streaming/backend/port-forward.js';
 import type { StreamingRuntime, StreamIO, TerminalSize } from '../../src/streaming/runtime.js';
 import { sleep, waitFor } from '../helpers/wait.js';
+import { containerCgroupDirs, parseCgroupMounts, parseProcCgroup } from '../../src/oci/exec-cgroup.js';
 
 let reg: TestRegistry;
 let d: TestDaemon;
@@ -256,6 +257,28 @@ for (const handler of ['runc', 'crun']) {
     assert.equal((await run(id, ['true'])).code, 0);
   });
 }
+
+test('an exec whose temp dir cannot be made fails and leaves no exec cgroup behind', async () => {
+  const id = await container('runc');
+  const { pid } = JSON.parse((await d.rpc('ContainerStatus', { containerId: id, verbose: true })).info.info) as { pid: number };
+  const dirs = containerCgroupDirs(
+    parseProcCgroup(await fs.readFile(`/proc/${pid}/cgroup`, 'utf8')),
+    parseCgroupMounts(await fs.readFile('/proc/self/mountinfo', 'utf8')),
+    id,
+  );
+  assert.ok(dirs.length > 0, 'the container has cgroups');
+  const execCgroups = async () => (await Promise.all(dirs.map(async (c) => (await fs.readdir(c.dir)).filter((n) => n.startsWith('corral-exec-'))))).flat();
+  const saved = process.env.TMPDIR;
+  process.env.TMPDIR = `/nonexistent-${randomBytes(4).toString('hex')}`; // os.tmpdir() reads it on each call
+  try {
+    await assert.rejects(rt.exec(id, ['true'], session().io), /ENOENT/);
+  } finally {
+    if (saved === undefined) delete process.env.TMPDIR;
+    else process.env.TMPDIR = saved;
+  }
+  assert.deepEqual(await execCgroups(), []);
+  assert.equal((await run(id, ['true'])).code, 0);
+});
 
 test('attach receives what a running container prints; detaching leaves it running, and another attach sees more', async () => {
   const id = await container('runc', ['sh', '-c', 'i=0; while true; do echo line$i; i=$((i+1)); sleep 0.05; done']);

@@ -9,10 +9,9 @@
  */
 import { spawn } from 'node:child_process';
 import { constants, promises as fs } from 'node:fs';
-import type { Readable } from 'node:stream';
 import { nativeBinary } from '../../util/paths.js';
 import type { StreamIO, TerminalSize } from '../runtime.js';
-import { copyOut, exited, feedStdin, killGroup, readAll, whenAborted } from './pipes.js';
+import { connectHelper, killGroup, whenAborted } from './pipes.js';
 
 export interface AttachTarget {
   id: string;
@@ -54,12 +53,7 @@ export async function attachToContainer(t: AttachTarget, io: StreamIO): Promise<
     stdio: [io.stdin ? 'pipe' : 'ignore', io.stdout ? 'pipe' : 'ignore', !io.tty && io.stderr ? 'pipe' : 'ignore', 'pipe'],
     detached: true,
   });
-  const exit = exited(child);
-  const report = readAll(child.stdio[3] as Readable);
-  const stopStdin = io.stdin && child.stdin ? feedStdin(io.stdin, child.stdin) : () => {};
-  const copies: Promise<void>[] = [];
-  if (io.stdout && child.stdout) copies.push(copyOut(child.stdout, io.stdout));
-  if (!io.tty && io.stderr && child.stderr) copies.push(copyOut(child.stderr, io.stderr));
+  const { exit, report, stopStdin, outputDone } = connectHelper(child, io);
   let over = false;
   if (t.tty && io.resize) {
     void (async () => {
@@ -79,7 +73,7 @@ export async function attachToContainer(t: AttachTarget, io: StreamIO): Promise<
     await Promise.race([exit, abort.promise]);
     if (io.signal.aborted) killGroup(child);
     const { code, spawnError } = await exit;
-    await Promise.all(copies);
+    await outputDone;
     if (spawnError) throw new AttachError(t.id, `cannot run corral-streamhelper: ${spawnError.message}`);
     if (code !== 0 && code !== null && !io.signal.aborted) throw new AttachError(t.id, (await report).trim() || `helper exit status ${code}`);
   } finally {

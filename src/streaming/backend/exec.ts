@@ -17,13 +17,13 @@ import { spawn } from 'node:child_process';
 import { promises as fs } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import type { Readable, Writable } from 'node:stream';
+import type { Writable } from 'node:stream';
 import { ExecCgroup } from '../../oci/exec-cgroup.js';
 import { EXEC_DRAIN_MS, parseRuntimeLog } from '../../oci/runtime.js';
 import { nativeBinary } from '../../util/paths.js';
 import type { Logger } from '../../util/log.js';
 import type { StreamIO } from '../runtime.js';
-import { copyOut, exited, feedStdin, killGroup, readAll, sleep, whenAborted } from './pipes.js';
+import { connectHelper, killGroup, readAll, sleep, whenAborted } from './pipes.js';
 
 export interface RuntimeBinary {
   name: string;
@@ -87,12 +87,14 @@ export async function execInContainer(t: ExecTarget, cmd: string[], io: StreamIO
   } catch (e) {
     throw new StreamExecError(t.id, t.runtime.name, (e as Error).message);
   }
-  const tmp = await fs.mkdtemp(path.join(os.tmpdir(), 'corral-stream-'));
+  let tmp: string | undefined;
   try {
+    // Inside the try: a failing mkdtemp must not leave the exec cgroup behind.
+    tmp = await fs.mkdtemp(path.join(os.tmpdir(), 'corral-stream-'));
     return await runHelper(t, cg, tmp, cmd, io);
   } finally {
     if (!(await cg.remove())) logger?.debug({ id: t.id, cgroup: cg.name }, 'exec left processes running; its cgroup is removed once they end');
-    await fs.rm(tmp, { recursive: true, force: true });
+    if (tmp) await fs.rm(tmp, { recursive: true, force: true });
   }
 }
 
@@ -121,15 +123,9 @@ async function runHelper(t: ExecTarget, cg: ExecCgroup, tmp: string, cmd: string
     ],
     detached: true,
   });
-  const exit = exited(child);
-  const report = readAll(child.stdio[3] as Readable);
-  const stopStdin = io.stdin && child.stdin ? feedStdin(io.stdin, child.stdin) : () => {};
-  const copies: Promise<void>[] = [];
-  if (io.stdout && child.stdout) copies.push(copyOut(child.stdout, io.stdout));
-  let helperErr: Promise<string> = Promise.resolve('');
-  if (io.tty) helperErr = readAll(child.stderr);
-  else if (io.stderr && child.stderr) copies.push(copyOut(child.stderr, io.stderr));
-  const outputDone = Promise.all(copies);
+  const { exit, report, stopStdin, outputDone } = connectHelper(child, io);
+  // With a TTY the helper's stderr is not the command's: it says why the helper failed.
+  const helperErr: Promise<string> = io.tty ? readAll(child.stderr) : Promise.resolve('');
 
   let sessionOver = false;
   if (io.tty && io.resize) {

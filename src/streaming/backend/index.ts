@@ -9,6 +9,7 @@ import type { CorralConfig } from '../../config/config.js';
 import type { ContainerService } from '../../container/service.js';
 import type { SandboxService } from '../../sandbox/service.js';
 import { failedPrecondition, internalError } from '../../errors.js';
+import { conmonCtlPath } from '../../oci/conmon.js';
 import type { Logger } from '../../util/log.js';
 import type { StreamingRuntime } from '../runtime.js';
 import { attachToContainer, AttachError, type AttachTarget } from './attach.js';
@@ -35,10 +36,11 @@ export interface StreamingBackendDeps {
  * the container's spec).
  */
 export function conmonStreamPaths(stateDir: string, containerId: string): { attachSocket: string; ctlFifo: string; bundleConfig: string } {
+  const bundleDir = path.join(stateDir, 'containers', containerId, 'bundle');
   return {
-    bundleConfig: path.join(stateDir, 'containers', containerId, 'bundle', 'config.json'),
+    bundleConfig: path.join(bundleDir, 'config.json'),
     attachSocket: path.join(stateDir, 'attach', containerId, 'attach'),
-    ctlFifo: path.join(stateDir, 'containers', containerId, 'bundle', 'ctl'),
+    ctlFifo: conmonCtlPath(bundleDir),
   };
 }
 

@@ -4,6 +4,7 @@
  */
 import type { ChildProcess } from 'node:child_process';
 import type { Readable, Writable } from 'node:stream';
+import type { StreamIO } from '../runtime.js';
 
 const noop = () => {};
 
@@ -103,4 +104,23 @@ export function whenAborted(signal: AbortSignal): { promise: Promise<void>; disp
     signal.addEventListener('abort', onAbort, { once: true });
   });
   return { promise, dispose: () => signal.removeEventListener('abort', onAbort) };
+}
+
+/**
+ * Wires a spawned corral-streamhelper to a session: its exit, its report pipe (fd 3), the
+ * session's stdin fed in, its stdout (and, without a TTY, its stderr) copied out.
+ */
+export function connectHelper(child: ChildProcess, io: StreamIO): {
+  exit: ReturnType<typeof exited>;
+  report: Promise<string>;
+  stopStdin: () => void;
+  outputDone: Promise<void>;
+} {
+  const exit = exited(child);
+  const report = readAll(child.stdio[3] as Readable);
+  const stopStdin = io.stdin && child.stdin ? feedStdin(io.stdin, child.stdin) : noop;
+  const copies: Promise<void>[] = [];
+  if (io.stdout && child.stdout) copies.push(copyOut(child.stdout, io.stdout));
+  if (!io.tty && io.stderr && child.stderr) copies.push(copyOut(child.stderr, io.stderr));
+  return { exit, report, stopStdin, outputDone: Promise.all(copies).then(noop) };
 }
