@@ -15,7 +15,6 @@ import http from 'node:http';
 import path from 'node:path';
 import { Writable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
-import { parseArgs } from 'node:util';
 import { createGunzip } from 'node:zlib';
 import type * as grpc from '@grpc/grpc-js';
 import { call, createImageClient } from '../src/cri/client.js';
@@ -36,6 +35,7 @@ import {
   isAborted,
   onCleanup,
   p50,
+  parseBenchFlags,
   pool,
   printTable,
   ratio,
@@ -49,27 +49,15 @@ import {
 // ---------------------------------------------------------------- flags
 
 const USAGE = 'usage: node dist/bench/pullbench.js [--layers N] [--mb-per-layer X] [--rounds R] [--skip-containerd]';
-function parseFlags() {
-  try {
-    return parseArgs({
-      options: {
-        layers: { type: 'string', default: '20' },
-        'mb-per-layer': { type: 'string', default: '2' },
-        rounds: { type: 'string', default: '5' },
-        'skip-containerd': { type: 'boolean', default: false },
-        help: { type: 'boolean', short: 'h', default: false },
-      },
-    }).values;
-  } catch (e) {
-    console.error(`${(e as Error).message}\n${USAGE}`);
-    process.exit(2);
-  }
-}
-const flags = parseFlags();
-if (flags.help) {
-  console.log(USAGE);
-  process.exit(0);
-}
+const flags = parseBenchFlags(USAGE, {
+  options: {
+    layers: { type: 'string', default: '20' },
+    'mb-per-layer': { type: 'string', default: '2' },
+    rounds: { type: 'string', default: '5' },
+    'skip-containerd': { type: 'boolean', default: false },
+    help: { type: 'boolean', short: 'h', default: false },
+  },
+});
 const LAYERS = Number(flags.layers);
 const MB_PER_LAYER = Number(flags['mb-per-layer']);
 const ROUNDS = Number(flags.rounds);
