@@ -16,8 +16,6 @@ import path from 'node:path';
 import { Writable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { createGunzip } from 'node:zlib';
-import type * as grpc from '@grpc/grpc-js';
-import { call, createImageClient } from '../src/cri/client.js';
 import type { ImageRpcName } from '../src/cri/proto.js';
 import { dirUsage } from '../src/image/fs-usage.js';
 import { applyLayer } from '../src/image/unpack.js';
@@ -25,7 +23,7 @@ import { execChecked } from '../src/util/exec.js';
 import { pushImage, startRegistry, type TestRegistry } from '../test/helpers/registry.js';
 import { buildImage, buildLayer, busyboxEntries, type TarEntry, type TestImage } from '../test/helpers/test-images.js';
 import { BenchContainerd, ensureContainerd } from './containerd.js';
-import { BenchCorral } from './corral.js';
+import { startBenchCorral } from './corral.js';
 import {
   errMessage,
   fmtMiB,
@@ -393,20 +391,13 @@ async function main(): Promise<void> {
 
   // ---- the daemons
   const results: SideResult[] = [];
-  const corral = new BenchCorral(path.join(dir, 'corral'), tag, '10.250.253.0/24');
-  onCleanup('Corral daemon', () => corral.cleanup());
-  await corral.start();
-  let cc: grpc.Client | undefined = createImageClient(corral.socket);
-  onCleanup('Corral image client', async () => {
-    cc?.close();
-    cc = undefined;
-  });
+  const { corral, imageRpc } = await startBenchCorral(path.join(dir, 'corral'), tag, '10.250.253.0/24');
   const corralImages = path.join(corral.rootDir, 'images');
   results.push({
     side: {
       name: 'Corral',
       pid: () => corral.pid,
-      rpc: (m, req, ms) => call(cc!, m, req, { deadlineMs: ms }),
+      rpc: imageRpc,
       blobsDir: path.join(corralImages, 'blobs', 'sha256'),
       snapshotsDir: path.join(corralImages, 'snapshots'),
       lastDaemonPull: () => lastCorralPull(corral.logFile),
