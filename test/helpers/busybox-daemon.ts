@@ -2,7 +2,7 @@
  * The setup most integration tests share: a registry serving busybox, a TestDaemon, and the
  * image already pulled into it, so a test can go straight to pods and containers.
  */
-import { TestDaemon } from './daemon.js';
+import { TestDaemon, type TestDaemonOptions } from './daemon.js';
 import { pushImage, startRegistry, type TestRegistry } from './registry.js';
 import { busyboxImage, type BusyboxImageOptions } from './test-images.js';
 import { createImageClient, call } from '../../src/cri/client.js';
@@ -15,17 +15,18 @@ export interface BusyboxDaemon {
 }
 
 /**
- * Starts a registry and a daemon and pulls busybox (tag `tag`, built with `busybox`) into it.
+ * Starts a registry and a daemon (with `daemon` options) and pulls busybox (tag `tag`, built
+ * with `busybox`) into it.
  * On failure it stops what it started, so a failing `before` leaves nothing behind.
  */
-export async function startDaemonWithBusybox(opts: { tag?: string; busybox?: BusyboxImageOptions } = {}): Promise<BusyboxDaemon> {
+export async function startDaemonWithBusybox(opts: { tag?: string; busybox?: BusyboxImageOptions; daemon?: TestDaemonOptions } = {}): Promise<BusyboxDaemon> {
   const tag = opts.tag ?? '1';
   const reg = await startRegistry();
   let d: TestDaemon | undefined;
   try {
     await pushImage(reg, 'test/busybox', tag, await busyboxImage(opts.busybox));
     const image = `${reg.host}/test/busybox:${tag}`;
-    d = new TestDaemon();
+    d = new TestDaemon(opts.daemon);
     await d.start();
     const images = createImageClient(d.socket);
     try {
