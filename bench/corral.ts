@@ -8,11 +8,11 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import { promises as fs, openSync, closeSync } from 'node:fs';
 import path from 'node:path';
 import type * as grpc from '@grpc/grpc-js';
-import { createRuntimeClient, call } from '../src/cri/client.js';
-import type { RuntimeRpcName } from '../src/cri/proto.js';
+import { createImageClient, createRuntimeClient, call } from '../src/cri/client.js';
+import type { ImageRpcName, RuntimeRpcName } from '../src/cri/proto.js';
 import { packageRoot } from '../src/util/paths.js';
 import { execFile } from '../src/util/exec.js';
-import { sleep } from './lib.js';
+import { onCleanup, sleep } from './lib.js';
 
 /** bridge + host-local + portmap, as Corral's default network and the tests use it. */
 export function benchConflist(networkName: string, bridge: string, subnet: string): object {
@@ -162,4 +162,20 @@ export class BenchCorral {
       await fs.rm(`/var/lib/cni/networks/${this.networkName}`, { recursive: true, force: true });
     }
   }
+}
+
+/**
+ * Starts a BenchCorral and an image-service client to it, both registered for cleanup
+ * (which also runs on Ctrl-C); imageRpc calls the image service (deadline 60 s unless given).
+ */
+export async function startBenchCorral(dir: string, tag: string, subnet: string): Promise<{ corral: BenchCorral; imageRpc: <T = any>(method: ImageRpcName, req: object, deadlineMs?: number) => Promise<T> }> {
+  const corral = new BenchCorral(dir, tag, subnet);
+  onCleanup('Corral daemon', () => corral.cleanup());
+  await corral.start();
+  let images: grpc.Client | undefined = createImageClient(corral.socket);
+  onCleanup('Corral image client', async () => {
+    images?.close();
+    images = undefined;
+  });
+  return { corral, imageRpc: (method, req, deadlineMs = 60_000) => call(images!, method, req, { deadlineMs }) };
 }

@@ -6,6 +6,7 @@
 import { readFileSync, readdirSync } from 'node:fs';
 import { performance } from 'node:perf_hooks';
 import { randomBytes } from 'node:crypto';
+import { parseArgs, type ParseArgsConfig } from 'node:util';
 
 // ---------------------------------------------------------------- statistics
 
@@ -238,4 +239,25 @@ export function sleep(ms: number): Promise<void> {
 export function errMessage(e: unknown): string {
   const err = e as { details?: string; message?: string };
   return err?.details || err?.message || String(e);
+}
+
+// ---------------------------------------------------------------- flags
+
+/**
+ * The benchmark's flags parsed with `config` (which declares `help`): a bad flag prints the
+ * error and `usage` and exits 2, --help prints `usage` and exits 0.
+ */
+export function parseBenchFlags<T extends ParseArgsConfig>(usage: string, config: T): ReturnType<typeof parseArgs<T>>['values'] {
+  let values: ReturnType<typeof parseArgs<T>>['values'];
+  try {
+    values = parseArgs(config).values;
+  } catch (e) {
+    console.error(`${(e as Error).message}\n${usage}`);
+    process.exit(2);
+  }
+  if ((values as { help?: boolean }).help) {
+    console.log(usage);
+    process.exit(0);
+  }
+  return values;
 }

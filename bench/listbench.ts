@@ -16,13 +16,11 @@ import { promises as fs } from 'node:fs';
 import path from 'node:path';
 import { randomBytes } from 'node:crypto';
 import { parseArgs } from 'node:util';
-import type * as grpc from '@grpc/grpc-js';
-import { createImageClient, call } from '../src/cri/client.js';
 import type { ImageRpcName, RuntimeRpcName } from '../src/cri/proto.js';
 import { dirUsage } from '../src/image/fs-usage.js';
 import { pushImage, startRegistry } from '../test/helpers/registry.js';
 import { busyboxImage, buildImage, buildLayer, type TarEntry } from '../test/helpers/test-images.js';
-import { BenchCorral } from './corral.js';
+import { startBenchCorral } from './corral.js';
 import { BenchContainerd, buildPauseImage, ensureContainerd } from './containerd.js';
 import { errMessage, fmtMs, installSignalHandlers, kubeletPodConfig, onCleanup, p50, p95, pool, printTable, ratio, runCleanups, timed } from './lib.js';
 
@@ -121,15 +119,8 @@ async function main(): Promise<void> {
 
   const sides: Side[] = [];
   const results: { side: Side; t: Timings }[] = [];
-  const corral = new BenchCorral(path.join(dir, 'corral'), tag, '10.250.250.0/24');
-  onCleanup('Corral daemon', () => corral.cleanup());
-  await corral.start();
-  let cc: grpc.Client | undefined = createImageClient(corral.socket);
-  onCleanup('Corral image client', async () => {
-    cc?.close();
-    cc = undefined;
-  });
-  sides.push({ name: 'Corral', rpc: (m, q, ms) => corral.rpc(m, q, ms), imageRpc: (m, q, ms = 60_000) => call(cc!, m, q, { deadlineMs: ms }), logRoot: path.join(dir, 'corral-logs') });
+  const { corral, imageRpc } = await startBenchCorral(path.join(dir, 'corral'), tag, '10.250.250.0/24');
+  sides.push({ name: 'Corral', rpc: (m, q, ms) => corral.rpc(m, q, ms), imageRpc, logRoot: path.join(dir, 'corral-logs') });
 
   let containerdNote = 'not run (--skip-containerd)';
   if (!flags['skip-containerd']) {

@@ -15,10 +15,7 @@ import http from 'node:http';
 import path from 'node:path';
 import { Writable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
-import { parseArgs } from 'node:util';
 import { createGunzip } from 'node:zlib';
-import type * as grpc from '@grpc/grpc-js';
-import { call, createImageClient } from '../src/cri/client.js';
 import type { ImageRpcName } from '../src/cri/proto.js';
 import { dirUsage } from '../src/image/fs-usage.js';
 import { applyLayer } from '../src/image/unpack.js';
@@ -26,7 +23,7 @@ import { execChecked } from '../src/util/exec.js';
 import { pushImage, startRegistry, type TestRegistry } from '../test/helpers/registry.js';
 import { buildImage, buildLayer, busyboxEntries, type TarEntry, type TestImage } from '../test/helpers/test-images.js';
 import { BenchContainerd, ensureContainerd } from './containerd.js';
-import { BenchCorral } from './corral.js';
+import { startBenchCorral } from './corral.js';
 import {
   errMessage,
   fmtMiB,
@@ -36,6 +33,7 @@ import {
   isAborted,
   onCleanup,
   p50,
+  parseBenchFlags,
   pool,
   printTable,
   ratio,
@@ -49,27 +47,15 @@ import {
 // ---------------------------------------------------------------- flags
 
 const USAGE = 'usage: node dist/bench/pullbench.js [--layers N] [--mb-per-layer X] [--rounds R] [--skip-containerd]';
-function parseFlags() {
-  try {
-    return parseArgs({
-      options: {
-        layers: { type: 'string', default: '20' },
-        'mb-per-layer': { type: 'string', default: '2' },
-        rounds: { type: 'string', default: '5' },
-        'skip-containerd': { type: 'boolean', default: false },
-        help: { type: 'boolean', short: 'h', default: false },
-      },
-    }).values;
-  } catch (e) {
-    console.error(`${(e as Error).message}\n${USAGE}`);
-    process.exit(2);
-  }
-}
-const flags = parseFlags();
-if (flags.help) {
-  console.log(USAGE);
-  process.exit(0);
-}
+const flags = parseBenchFlags(USAGE, {
+  options: {
+    layers: { type: 'string', default: '20' },
+    'mb-per-layer': { type: 'string', default: '2' },
+    rounds: { type: 'string', default: '5' },
+    'skip-containerd': { type: 'boolean', default: false },
+    help: { type: 'boolean', short: 'h', default: false },
+  },
+});
 const LAYERS = Number(flags.layers);
 const MB_PER_LAYER = Number(flags['mb-per-layer']);
 const ROUNDS = Number(flags.rounds);
@@ -405,20 +391,13 @@ async function main(): Promise<void> {
 
   // ---- the daemons
   const results: SideResult[] = [];
-  const corral = new BenchCorral(path.join(dir, 'corral'), tag, '10.250.253.0/24');
-  onCleanup('Corral daemon', () => corral.cleanup());
-  await corral.start();
-  let cc: grpc.Client | undefined = createImageClient(corral.socket);
-  onCleanup('Corral image client', async () => {
-    cc?.close();
-    cc = undefined;
-  });
+  const { corral, imageRpc } = await startBenchCorral(path.join(dir, 'corral'), tag, '10.250.253.0/24');
   const corralImages = path.join(corral.rootDir, 'images');
   results.push({
     side: {
       name: 'Corral',
       pid: () => corral.pid,
-      rpc: (m, req, ms) => call(cc!, m, req, { deadlineMs: ms }),
+      rpc: imageRpc,
       blobsDir: path.join(corralImages, 'blobs', 'sha256'),
       snapshotsDir: path.join(corralImages, 'snapshots'),
       lastDaemonPull: () => lastCorralPull(corral.logFile),

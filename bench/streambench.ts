@@ -25,7 +25,6 @@ import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import { performance } from 'node:perf_hooks';
-import { parseArgs } from 'node:util';
 import type * as grpc from '@grpc/grpc-js';
 import { call, createImageClient } from '../src/cri/client.js';
 import { execFile } from '../src/util/exec.js';
@@ -34,32 +33,20 @@ import { freePort, pushImage, startRegistry } from '../test/helpers/registry.js'
 import { buildLayer, busyboxImage } from '../test/helpers/test-images.js';
 import { BenchContainerd, buildPauseImage, ensureContainerd } from './containerd.js';
 import { BenchCorral } from './corral.js';
-import { errMessage, fmtMs, fmtNum, installSignalHandlers, isAborted, kubeletPodConfig, onCleanup, p50, printTable, ratio, runCleanups } from './lib.js';
+import { errMessage, fmtMs, fmtNum, installSignalHandlers, isAborted, kubeletPodConfig, onCleanup, p50, parseBenchFlags, printTable, ratio, runCleanups } from './lib.js';
 
 // ---------------------------------------------------------------- flags
 
 const USAGE = 'usage: node dist/bench/streambench.js [--rounds R] [--execs-per-round N] [--mb X] [--skip-containerd]';
-function parseFlags() {
-  try {
-    return parseArgs({
-      options: {
-        rounds: { type: 'string', default: '5' },
-        'execs-per-round': { type: 'string', default: '6' },
-        mb: { type: 'string', default: '100' },
-        'skip-containerd': { type: 'boolean', default: false },
-        help: { type: 'boolean', short: 'h', default: false },
-      },
-    }).values;
-  } catch (e) {
-    console.error(`${(e as Error).message}\n${USAGE}`);
-    process.exit(2);
-  }
-}
-const flags = parseFlags();
-if (flags.help) {
-  console.log(USAGE);
-  process.exit(0);
-}
+const flags = parseBenchFlags(USAGE, {
+  options: {
+    rounds: { type: 'string', default: '5' },
+    'execs-per-round': { type: 'string', default: '6' },
+    mb: { type: 'string', default: '100' },
+    'skip-containerd': { type: 'boolean', default: false },
+    help: { type: 'boolean', short: 'h', default: false },
+  },
+});
 const ROUNDS = Number(flags.rounds);
 const EXECS = Number(flags['execs-per-round']);
 const BYTES = Math.round(Number(flags.mb) * 1e6);

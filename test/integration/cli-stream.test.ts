@@ -12,9 +12,8 @@ import net from 'node:net';
 import path from 'node:path';
 import { packageRoot } from '../../src/util/paths.js';
 import { TestDaemon, podConfig } from '../helpers/daemon.js';
-import { pushImage, startRegistry, type TestRegistry } from '../helpers/registry.js';
-import { busyboxImage } from '../helpers/test-images.js';
-import { createImageClient, call } from '../../src/cri/client.js';
+import type { TestRegistry } from '../helpers/registry.js';
+import { startContainer, startDaemonWithBusybox } from '../helpers/busybox-daemon.js';
 import { waitFor } from '../helpers/wait.js';
 
 const mainJs = path.join(packageRoot(), 'dist/src/cli/main.js');
@@ -26,31 +25,16 @@ let sandboxConfig: any;
 let containerId: string;
 const children = new Set<ChildProcess>();
 
-async function startContainer(name: string, command: string[], extra: Record<string, unknown> = {}): Promise<string> {
-  const { containerId: id } = await d.rpc('CreateContainer', {
-    podSandboxId,
-    config: { metadata: { name, attempt: 0 }, image: { image }, command, logPath: `${name}.log`, linux: {}, ...extra },
-    sandboxConfig,
-  });
-  await d.rpc('StartContainer', { containerId: id });
-  return id;
+/** A running container of busybox in the test's pod. */
+function startAppContainer(name: string, command: string[], extra: Record<string, unknown> = {}): Promise<string> {
+  return startContainer(d, { podSandboxId, sandboxConfig }, image, name, command, extra);
 }
 
 before(async () => {
-  reg = await startRegistry();
-  await pushImage(reg, 'test/busybox', '1', await busyboxImage());
-  image = `${reg.host}/test/busybox:1`;
-  d = new TestDaemon();
-  await d.start();
-  const images = createImageClient(d.socket);
-  try {
-    await call(images, 'PullImage', { image: { image } }, { deadlineMs: 60_000 });
-  } finally {
-    images.close();
-  }
+  ({ reg, d, image } = await startDaemonWithBusybox());
   sandboxConfig = podConfig();
   ({ podSandboxId } = await d.rpc('RunPodSandbox', { config: sandboxConfig }));
-  containerId = await startContainer('app', ['sleep', '100000']);
+  containerId = await startAppContainer('app', ['sleep', '100000']);
 });
 
 after(async () => {
@@ -193,7 +177,7 @@ test('corral exec -t: the exit code passes through a terminal session too', asyn
 });
 
 test('corral attach: the output of a running container; Ctrl-C detaches and it runs on', async () => {
-  const id = await startContainer('printer', ['sh', '-c', 'i=0; while true; do echo "tick $i"; i=$((i+1)); sleep 0.1; done']);
+  const id = await startAppContainer('printer', ['sh', '-c', 'i=0; while true; do echo "tick $i"; i=$((i+1)); sleep 0.1; done']);
   const a = start(['attach', id]);
   await waitFor(() => (a.output().match(/^tick \d+$/gm) ?? []).length >= 3, { what: 'three lines through attach', timeoutMs: 20_000 });
   a.child.kill('SIGINT');
@@ -206,7 +190,7 @@ test('corral attach: the output of a running container; Ctrl-C detaches and it r
 });
 
 test('corral attach -i: stdin reaches a container that reads it', async () => {
-  const id = await startContainer('reader', ['sh', '-c', 'while read line; do echo "got $line"; done'], { stdin: true });
+  const id = await startAppContainer('reader', ['sh', '-c', 'while read line; do echo "got $line"; done'], { stdin: true });
   const a = start(['attach', '-i', id], { stdin: 'keep open' });
   a.child.stdin!.write('one\n');
   await waitFor(() => a.output().includes('got one\n'), { what: 'the echo through attach -i', timeoutMs: 20_000 });
@@ -221,7 +205,7 @@ const connectTo = (port: number) =>
   });
 
 test('corral attach -t to a TTY container: the terminal\'s size reaches it; SIGTERM ends the CLI and leaves the terminal as it was', async () => {
-  const id = await startContainer('tty-printer', ['sh', '-c', 'while true; do stty size; sleep 0.2; done'], { tty: true });
+  const id = await startAppContainer('tty-printer', ['sh', '-c', 'while true; do stty size; sleep 0.2; done'], { tty: true });
   const cli = `${process.execPath} ${mainJs} attach -r unix://${d.socket} -t ${id}`;
   const r = await underTerminal(`stty cols 90 rows 20; modes=$(stty -g); ${cli} < /dev/tty & pid=$!; sleep 5; kill -TERM $pid; wait $pid; ` +
     `echo "cli-exit=$?"; [ "$(stty -g)" = "$modes" ] && echo terminal-restored`).done;
@@ -247,7 +231,7 @@ function exchange(port: number, data: Buffer): Promise<Buffer> {
 test('corral port-forward: data both ways through a server in the pod, many connections, until Ctrl-C', async () => {
   const port = 7000 + randomInt(1000);
   // Reads 256 KiB, answers their md5sum, then 256 KiB of its own.
-  await startContainer('server', ['sh', '-c', `exec nc -ll -p ${port} -e sh -c 'head -c 262144 | md5sum; head -c 262144 /dev/zero | tr "\\0" "z"'`]);
+  await startAppContainer('server', ['sh', '-c', `exec nc -ll -p ${port} -e sh -c 'head -c 262144 | md5sum; head -c 262144 /dev/zero | tr "\\0" "z"'`]);
   const pf = start(['port-forward', podSandboxId.slice(0, 12), `0:${port}`], { stdin: 'keep open' }); // an ID prefix, as everywhere
   await waitFor(() => /Forwarding from 127\.0\.0\.1:\d+ -> \d+/.test(pf.output()), { what: 'the listener', timeoutMs: 20_000 });
   const local = Number(/Forwarding from 127\.0\.0\.1:(\d+) -> (\d+)/.exec(pf.output())![1]);

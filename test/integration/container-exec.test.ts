@@ -11,9 +11,8 @@ import { promises as fs } from 'node:fs';
 import { randomInt } from 'node:crypto';
 import { status } from '@grpc/grpc-js';
 import { TestDaemon, podConfig } from '../helpers/daemon.js';
-import { pushImage, startRegistry, type TestRegistry } from '../helpers/registry.js';
-import { busyboxImage } from '../helpers/test-images.js';
-import { createImageClient, call } from '../../src/cri/client.js';
+import type { TestRegistry } from '../helpers/registry.js';
+import { startContainer, startDaemonWithBusybox } from '../helpers/busybox-daemon.js';
 import { EXEC_OUTPUT_CAP_BYTES } from '../../src/oci/runtime.js';
 import { eventually } from '../helpers/wait.js';
 
@@ -22,17 +21,7 @@ let d: TestDaemon;
 let image: string;
 
 before(async () => {
-  reg = await startRegistry();
-  await pushImage(reg, 'test/busybox', '1', await busyboxImage());
-  image = `${reg.host}/test/busybox:1`;
-  d = new TestDaemon();
-  await d.start();
-  const images = createImageClient(d.socket);
-  try {
-    await call(images, 'PullImage', { image: { image } }, { deadlineMs: 60_000 });
-  } finally {
-    images.close();
-  }
+  ({ reg, d, image } = await startDaemonWithBusybox());
 });
 
 afterEach(async () => {
@@ -48,13 +37,7 @@ after(async () => {
 async function runningContainer(handler: string, pid: 'POD' | 'CONTAINER'): Promise<string> {
   const config = podConfig({ linux: { securityContext: { namespaceOptions: { network: 'POD', pid, ipc: 'POD' } } } });
   const { podSandboxId } = await d.rpc('RunPodSandbox', { config, runtimeHandler: handler });
-  const { containerId } = await d.rpc('CreateContainer', {
-    podSandboxId,
-    config: { metadata: { name: 'app', attempt: 0 }, image: { image }, command: ['sleep', '100000'], logPath: 'app.log', linux: {} },
-    sandboxConfig: config,
-  });
-  await d.rpc('StartContainer', { containerId });
-  return containerId;
+  return startContainer(d, { podSandboxId, sandboxConfig: config }, image, 'app', ['sleep', '100000']);
 }
 
 /** The host PIDs of live processes whose command line is exactly `argv` (zombies have none). */

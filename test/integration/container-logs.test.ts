@@ -11,9 +11,8 @@ import { promises as fs } from 'node:fs';
 import path from 'node:path';
 import { status } from '@grpc/grpc-js';
 import { TestDaemon, podConfig } from '../helpers/daemon.js';
-import { pushImage, startRegistry, type TestRegistry } from '../helpers/registry.js';
-import { busyboxImage } from '../helpers/test-images.js';
-import { createImageClient, call } from '../../src/cri/client.js';
+import type { TestRegistry } from '../helpers/registry.js';
+import { startDaemonWithBusybox } from '../helpers/busybox-daemon.js';
 import { eventually, sleep } from '../helpers/wait.js';
 
 /** The cap this daemon runs with; the other tests write far less than this. */
@@ -24,17 +23,7 @@ let d: TestDaemon;
 let image: string;
 
 before(async () => {
-  reg = await startRegistry();
-  await pushImage(reg, 'test/busybox', '1', await busyboxImage());
-  image = `${reg.host}/test/busybox:1`;
-  d = new TestDaemon({ extraToml: `container_log_size_max = ${LOG_CAP}` });
-  await d.start();
-  const images = createImageClient(d.socket);
-  try {
-    await call(images, 'PullImage', { image: { image } }, { deadlineMs: 60_000 });
-  } finally {
-    images.close();
-  }
+  ({ reg, d, image } = await startDaemonWithBusybox({ daemon: { extraToml: `container_log_size_max = ${LOG_CAP}` } }));
 });
 
 /** Pod log directories the tests made (kubelet's to remove, so ours here). */

@@ -9,9 +9,8 @@ import { promises as fs } from 'node:fs';
 import path from 'node:path';
 import net from 'node:net';
 import { TestDaemon, podConfig } from '../helpers/daemon.js';
-import { pushImage, startRegistry, type TestRegistry } from '../helpers/registry.js';
-import { busyboxImage } from '../helpers/test-images.js';
-import { createImageClient, call } from '../../src/cri/client.js';
+import type { TestRegistry } from '../helpers/registry.js';
+import { startContainer, startDaemonWithBusybox } from '../helpers/busybox-daemon.js';
 import { eventually } from '../helpers/wait.js';
 import { processCgroupDirs, readCgroupSample } from '../../src/container/stats.js';
 
@@ -20,17 +19,7 @@ let d: TestDaemon;
 let image: string;
 
 before(async () => {
-  reg = await startRegistry();
-  await pushImage(reg, 'test/busybox', 'stats', await busyboxImage({ allApplets: true }));
-  image = `${reg.host}/test/busybox:stats`;
-  d = new TestDaemon();
-  await d.start();
-  const images = createImageClient(d.socket);
-  try {
-    await call(images, 'PullImage', { image: { image } }, { deadlineMs: 60_000 });
-  } finally {
-    images.close();
-  }
+  ({ reg, d, image } = await startDaemonWithBusybox({ tag: 'stats', busybox: { allApplets: true } }));
 });
 
 afterEach(async () => {
@@ -49,11 +38,8 @@ async function runPod(shape: 'pause' | 'pinned' = 'pinned') {
   return { cfg, podId };
 }
 
-async function runContainer(pod: { cfg: any; podId: string }, name: string, command: string[], extra: object = {}) {
-  const config = { metadata: { name, attempt: 0 }, image: { image }, command, logPath: `${name}.log`, linux: {}, ...extra };
-  const { containerId } = await d.rpc('CreateContainer', { podSandboxId: pod.podId, config, sandboxConfig: pod.cfg });
-  await d.rpc('StartContainer', { containerId });
-  return containerId as string;
+function runContainer(pod: { cfg: any; podId: string }, name: string, command: string[], extra: Record<string, unknown> = {}): Promise<string> {
+  return startContainer(d, { podSandboxId: pod.podId, sandboxConfig: pod.cfg }, image, name, command, extra);
 }
 
 const stats = async (id: string) => (await d.rpc('ContainerStats', { containerId: id })).stats;

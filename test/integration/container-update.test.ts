@@ -10,9 +10,8 @@ import { promises as fs } from 'node:fs';
 import path from 'node:path';
 import { status } from '@grpc/grpc-js';
 import { TestDaemon, hostTraces, podConfig } from '../helpers/daemon.js';
-import { pushImage, startRegistry, type TestRegistry } from '../helpers/registry.js';
-import { busyboxImage } from '../helpers/test-images.js';
-import { createImageClient, call } from '../../src/cri/client.js';
+import type { TestRegistry } from '../helpers/registry.js';
+import { startDaemonWithBusybox } from '../helpers/busybox-daemon.js';
 import { eventually } from '../helpers/wait.js';
 import { hostIsCgroupV2 } from '../../src/oci/cgroup-limits.js';
 import { containerCgroupDirs, parseCgroupMounts, parseProcCgroup, type CgroupDir } from '../../src/oci/exec-cgroup.js';
@@ -23,17 +22,7 @@ let image: string;
 const MiB = 1024 * 1024;
 
 before(async () => {
-  reg = await startRegistry();
-  await pushImage(reg, 'test/busybox', '1', await busyboxImage());
-  image = `${reg.host}/test/busybox:1`;
-  d = new TestDaemon();
-  await d.start();
-  const images = createImageClient(d.socket);
-  try {
-    await call(images, 'PullImage', { image: { image } }, { deadlineMs: 60_000 });
-  } finally {
-    images.close();
-  }
+  ({ reg, d, image } = await startDaemonWithBusybox());
 });
 
 after(async () => {

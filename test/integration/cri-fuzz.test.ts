@@ -162,6 +162,42 @@ function rssBytes(pid: number): number {
   return Number(m![1]) * 1024;
 }
 
+/** The daemon's peak RSS, sampled every 50 ms from creation until stop() (which returns it). */
+function sampleRss(pid: number): { baseline: number; stop(): number } {
+  const baseline = rssBytes(pid);
+  let peak = baseline;
+  const sampler = setInterval(() => {
+    try {
+      peak = Math.max(peak, rssBytes(pid));
+    } catch {
+      /* gone: asserted by the caller */
+    }
+  }, 50);
+  return {
+    baseline,
+    stop: () => {
+      clearInterval(sampler);
+      return peak;
+    },
+  };
+}
+
+/** Runs `body` against a daemon without CNI, a runtime client and its RSS sampler; cleans all up however `body` ends. */
+async function withSampledDaemon(body: (d: TestDaemon, client: grpc.Client, rss: ReturnType<typeof sampleRss>) => Promise<void>): Promise<void> {
+  const d = new TestDaemon({ conflist: null });
+  await d.start();
+  const client = createRuntimeClient(d.socket, { timeoutMs: 10_000 });
+  let rss: ReturnType<typeof sampleRss> | undefined;
+  try {
+    rss = sampleRss(d.pid!);
+    await body(d, client, rss);
+  } finally {
+    rss?.stop();
+    client.close();
+    await d.cleanup();
+  }
+}
+
 /** A valid call whose protobuf is 100 MB, sent by Node's HTTP/2 client (flow control respected). */
 function hugeMessageCall(socketPath: string): Promise<{ grpcStatus?: string; rstCode: number }> {
   return new Promise((resolve) => {
@@ -198,20 +234,9 @@ function hugeMessageCall(socketPath: string): Promise<{ grpcStatus?: string; rst
 }
 
 test('malformed HTTP/2 and gRPC input: the daemon stays up, memory stays bounded, other clients are answered', { timeout: 120_000 }, async (t) => {
-  const d = new TestDaemon({ conflist: null });
-  await d.start();
-  const client = createRuntimeClient(d.socket, { timeoutMs: 10_000 });
-  try {
+  await withSampledDaemon(async (d, client, rss) => {
     const pid = d.pid!;
-    const baseline = rssBytes(pid);
-    let peak = baseline;
-    const sampler = setInterval(() => {
-      try {
-        peak = Math.max(peak, rssBytes(pid));
-      } catch {
-        /* gone: asserted below */
-      }
-    }, 50);
+    const baseline = rss.baseline;
 
     // A well-behaved client keeps calling throughout; every call must succeed.
     let stop = false;
@@ -250,7 +275,7 @@ test('malformed HTTP/2 and gRPC input: the daemon stays up, memory stays bounded
     const fuzzMs = Date.now() - t0;
     stop = true;
     await goodLoop;
-    clearInterval(sampler);
+    const peak = rss.stop();
 
     assert.ok(counts.size >= 10, `every kind of input was sent: ${JSON.stringify([...counts])}`);
     assert.ok(process.kill(pid, 0), 'the daemon process is alive');
@@ -264,10 +289,7 @@ test('malformed HTTP/2 and gRPC input: the daemon stays up, memory stays bounded
     assert.ok(fuzzMs < 60_000, `fuzzing took ${fuzzMs} ms`);
     const lines = await d.logLines();
     assert.deepEqual(lines.filter((l) => l.level >= 60 || /unhandled|uncaught/.test(l.msg ?? '')), [], 'no fatal or unhandled errors logged');
-  } finally {
-    client.close();
-    await d.cleanup();
-  }
+  });
 });
 
 /** Opens `streams` calls on one connection and sends each a partial message of `perStream` bytes (never finished). */
@@ -306,32 +328,17 @@ function partialMessages(socketPath: string, streams: number, perStream: number)
 }
 
 test('many streams with unfinished 15 MB messages: the connection is closed, memory stays bounded', { timeout: 120_000 }, async (t) => {
-  const d = new TestDaemon({ conflist: null });
-  await d.start();
-  const client = createRuntimeClient(d.socket, { timeoutMs: 10_000 });
-  try {
+  await withSampledDaemon(async (d, client, rss) => {
     const pid = d.pid!;
-    const baseline = rssBytes(pid);
-    let peak = baseline;
-    const sampler = setInterval(() => {
-      try {
-        peak = Math.max(peak, rssBytes(pid));
-      } catch {
-        /* gone: asserted below */
-      }
-    }, 50);
+    const baseline = rss.baseline;
     // Each message is under the 16 MiB receive limit, so grpc-js would hold all 40 (600 MB).
     const res = await partialMessages(d.socket, 40, 15 * 1024 * 1024);
-    clearInterval(sampler);
-    const growth = peak - baseline;
+    const growth = rss.stop() - baseline;
     t.diagnostic(`${JSON.stringify(res)}; RSS ${Math.round(baseline / 1048576)} MiB, peak +${Math.round(growth / 1048576)} MiB`);
     assert.equal(res.closedByServer, true, 'the daemon closed the connection');
     assert.ok(growth < 200 * 1024 * 1024, `RSS grew by ${Math.round(growth / 1048576)} MiB`);
     assert.ok(process.kill(pid, 0));
     assert.equal((await call<any>(client, 'Version', {}, { deadlineMs: 5000 })).runtimeName, 'corral');
     assert.ok((await d.logLines()).some((l) => l.msg === 'cri connection closed: the client went over a limit'));
-  } finally {
-    client.close();
-    await d.cleanup();
-  }
+  });
 });

@@ -11,9 +11,8 @@ import { promises as fs } from 'node:fs';
 import path from 'node:path';
 import { status } from '@grpc/grpc-js';
 import { TestDaemon, hostTraces, podConfig, vethCount } from '../helpers/daemon.js';
-import { pushImage, startRegistry, type TestRegistry } from '../helpers/registry.js';
-import { busyboxImage } from '../helpers/test-images.js';
-import { createImageClient, call } from '../../src/cri/client.js';
+import type { TestRegistry } from '../helpers/registry.js';
+import { startDaemonWithBusybox } from '../helpers/busybox-daemon.js';
 
 let reg: TestRegistry;
 let d: TestDaemon;
@@ -21,17 +20,7 @@ let image: string;
 let vethsBefore = 0;
 
 before(async () => {
-  reg = await startRegistry();
-  await pushImage(reg, 'test/busybox', '1', await busyboxImage());
-  image = `${reg.host}/test/busybox:1`;
-  d = new TestDaemon();
-  await d.start();
-  const images = createImageClient(d.socket);
-  try {
-    await call(images, 'PullImage', { image: { image } }, { deadlineMs: 60_000 });
-  } finally {
-    images.close();
-  }
+  ({ reg, d, image } = await startDaemonWithBusybox());
   vethsBefore = await vethCount(d);
 });
 

@@ -14,9 +14,8 @@ import net from 'node:net';
 import path from 'node:path';
 import { Duplex, PassThrough, Readable, Writable } from 'node:stream';
 import { TestDaemon, podConfig } from '../helpers/daemon.js';
-import { pushImage, startRegistry, type TestRegistry } from '../helpers/registry.js';
-import { busyboxImage } from '../helpers/test-images.js';
-import { createImageClient, call } from '../../src/cri/client.js';
+import type { TestRegistry } from '../helpers/registry.js';
+import { startDaemonWithBusybox } from '../helpers/busybox-daemon.js';
 import { conmonStreamPaths, createStreamingRuntime, PortForwardError, type StreamingBackendDeps } from '../../src/streaming/backend/index.js';
 import { POD_EOF_GRACE_MS } from '../../src/streaming/backend/port-forward.js';
 import type { StreamingRuntime, StreamIO, TerminalSize } from '../../src/streaming/runtime.js';
@@ -53,17 +52,7 @@ function testDeps(): StreamingBackendDeps {
 }
 
 before(async () => {
-  reg = await startRegistry();
-  await pushImage(reg, 'test/busybox-all', '1', await busyboxImage({ allApplets: true }));
-  image = `${reg.host}/test/busybox-all:1`;
-  d = new TestDaemon();
-  await d.start();
-  const images = createImageClient(d.socket);
-  try {
-    await call(images, 'PullImage', { image: { image } }, { deadlineMs: 60_000 });
-  } finally {
-    images.close();
-  }
+  ({ reg, d, image } = await startDaemonWithBusybox({ tag: 'all', busybox: { allApplets: true } }));
   rt = createStreamingRuntime(testDeps());
 });
 
