@@ -42,6 +42,18 @@ export interface Daemon {
 }
 
 export async function startDaemon(cfg: CorralConfig, logger: Logger): Promise<Daemon> {
+  // What listens (or holds the event loop) so far: closed if a later step fails, or the
+  // process would stay up half-started, serving nothing.
+  const started: (() => Promise<void> | void)[] = [];
+  try {
+    return await startServing(cfg, logger, started);
+  } catch (e) {
+    for (const close of started.reverse()) await Promise.resolve().then(close).catch(() => {});
+    throw e;
+  }
+}
+
+async function startServing(cfg: CorralConfig, logger: Logger, started: (() => Promise<void> | void)[]): Promise<Daemon> {
   const t0 = Date.now();
   for (const bin of ['corral-nshelper', 'corral-pause', 'corral-unpack', 'corral-execreaper', 'corral-streamhelper']) {
     if (!existsSync(nativeBinary(bin))) throw new Error(`${nativeBinary(bin)} is missing: build Corral first (npm run build)`);
@@ -53,6 +65,7 @@ export async function startDaemon(cfg: CorralConfig, logger: Logger): Promise<Da
   // taken address fails the start before anything else listens.
   const metrics = cfg.metricsAddress ? await (await import('./metrics/index.js')).startMetrics(cfg.metricsAddress, logger) : undefined;
   const observer = metrics?.metrics;
+  if (metrics) started.push(() => metrics.server.close());
 
   const settings = new RuntimeSettings();
   const networks = new CniNetworks(cfg, logger, observer);
@@ -135,6 +148,7 @@ export async function startDaemon(cfg: CorralConfig, logger: Logger): Promise<Da
   };
 
   const images = new ImageService(cfg, logger, observer);
+  started.push(() => images.close());
   await images.store.refresh();
   const staleLayers = await images.store.snapshots.removeLeftovers();
   if (staleLayers.length > 0) logger.info({ removed: staleLayers }, 'removed unfinished layer unpacks');
@@ -243,6 +257,7 @@ export async function startDaemon(cfg: CorralConfig, logger: Logger): Promise<Da
     runtime: streamingRuntime,
     logger,
   });
+  started.push(() => streaming.shutdown());
 
   const server = await CriServer.start({
     socketPath: cfg.socket,
