@@ -33,7 +33,14 @@ export class MetricsServer {
   static async start(opts: { host: string; port: number; metrics: CorralMetrics; logger: Logger }): Promise<MetricsServer> {
     const { host, port, metrics, logger } = opts;
     const server = http.createServer(
-      { headersTimeout: HEADERS_TIMEOUT_MS, requestTimeout: REQUEST_TIMEOUT_MS, keepAliveTimeout: KEEP_ALIVE_TIMEOUT_MS, maxHeaderSize: MAX_HEADER_BYTES },
+      {
+        headersTimeout: HEADERS_TIMEOUT_MS,
+        requestTimeout: REQUEST_TIMEOUT_MS,
+        // How often those two deadlines are checked (Node's default, 30 s, would let a slow client hold a connection that long).
+        connectionsCheckingInterval: 1_000,
+        keepAliveTimeout: KEEP_ALIVE_TIMEOUT_MS,
+        maxHeaderSize: MAX_HEADER_BYTES,
+      },
       (req, res) => serve(req, res, metrics, logger),
     );
     server.maxConnections = MAX_CONNECTIONS;
@@ -52,12 +59,8 @@ export class MetricsServer {
       throw new Error(`metrics_address ${wanted}: ${bindFailure(e as NodeJS.ErrnoException, host)}`);
     }
     server.on('error', (err) => logger.error({ err: err.message }, 'metrics server error'));
-    server.on('clientError', (err, socket) => {
-      // Malformed or over-limit requests (headers too large, timeouts): answered and closed, never fatal.
-      if (socket.writable) socket.end('HTTP/1.1 400 Bad Request\r\nConnection: close\r\n\r\n');
-      else socket.destroy();
-      logger.debug({ err: (err as Error).message }, 'metrics request refused');
-    });
+    // Malformed or over-limit requests (headers too large, too slow) get Node's own answer
+    // (400, 431, 408) and the connection is closed: never fatal.
     const a = server.address() as AddressInfo;
     const address = a.family === 'IPv6' ? `[${a.address}]:${a.port}` : `${a.address}:${a.port}`;
     logger.info({ address, url: `http://${address}${METRICS_PATH}` }, 'metrics server listening');

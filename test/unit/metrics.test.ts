@@ -154,7 +154,7 @@ function rawRequest(address: string, request: string): Promise<string> {
     s.on('data', (d) => chunks.push(d));
     s.on('error', reject);
     s.on('close', () => resolve(Buffer.concat(chunks).toString('utf8')));
-    s.setTimeout(5000, () => s.destroy(new Error('no answer within 5 s')));
+    s.setTimeout(10_000, () => s.destroy(new Error('no answer within 10 s')));
   });
 }
 
@@ -187,6 +187,12 @@ test('the endpoint: GET and HEAD /metrics only, no body, closed by close()', asy
   assert.match(chunked, /^HTTP\/1\.1 413 /);
   const hugeHeader = await rawRequest(server.address, `GET /metrics HTTP/1.1\r\nHost: x\r\nX-Big: ${'a'.repeat(20_000)}\r\n\r\n`);
   assert.match(hugeHeader, /^HTTP\/1\.1 (400|431) /);
+
+  // A client that never finishes its headers is answered 408 and cut off after the headers deadline (5 s).
+  const t0 = Date.now();
+  const slow = await rawRequest(server.address, 'GET /metrics HTTP/1.1\r\nHost: x\r\n');
+  assert.match(slow, /^HTTP\/1\.1 408 /);
+  assert.ok(Date.now() - t0 < 8000, `cut off after ${Date.now() - t0} ms`);
 
   // A keep-alive connection left open does not hold close() up, and afterwards nothing listens.
   const idle = net.connect(splitAddress(server.address));
