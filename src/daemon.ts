@@ -42,6 +42,18 @@ export interface Daemon {
 }
 
 export async function startDaemon(cfg: CorralConfig, logger: Logger): Promise<Daemon> {
+  // What listens (or holds the event loop) so far: closed if a later step fails, or the
+  // process would stay up half-started, serving nothing.
+  const started: (() => Promise<void> | void)[] = [];
+  try {
+    return await startServing(cfg, logger, started);
+  } catch (e) {
+    for (const close of started.reverse()) await Promise.resolve().then(close).catch(() => {});
+    throw e;
+  }
+}
+
+async function startServing(cfg: CorralConfig, logger: Logger, started: (() => Promise<void> | void)[]): Promise<Daemon> {
   const t0 = Date.now();
   for (const bin of ['corral-nshelper', 'corral-pause', 'corral-unpack', 'corral-execreaper', 'corral-streamhelper']) {
     if (!existsSync(nativeBinary(bin))) throw new Error(`${nativeBinary(bin)} is missing: build Corral first (npm run build)`);
@@ -49,9 +61,14 @@ export async function startDaemon(cfg: CorralConfig, logger: Logger): Promise<Da
   await fs.mkdir(cfg.rootDir, { recursive: true, mode: 0o711 });
   await fs.mkdir(cfg.stateDir, { recursive: true, mode: 0o711 });
   await fs.mkdir(cfg.netnsDir, { recursive: true, mode: 0o755 });
+  // Metrics only when asked for: prom-client is loaded here or not at all. Bound first, so a
+  // taken address fails the start before anything else listens.
+  const metrics = cfg.metricsAddress ? await (await import('./metrics/index.js')).startMetrics(cfg.metricsAddress, logger) : undefined;
+  const observer = metrics?.metrics;
+  if (metrics) started.push(() => metrics.server.close());
 
   const settings = new RuntimeSettings();
-  const networks = new CniNetworks(cfg, logger);
+  const networks = new CniNetworks(cfg, logger, observer);
   await networks.reloadAll();
 
   // 'auto' clamps only where the daemon cannot lower scores (no CAP_SYS_RESOURCE); 'true' always clamps.
@@ -79,7 +96,7 @@ export async function startDaemon(cfg: CorralConfig, logger: Logger): Promise<Da
   const runtimes = new Map<string, OciRuntime>();
   const runtimeFor = (h: RuntimeHandlerConfig) => {
     let r = runtimes.get(h.name);
-    if (!r) runtimes.set(h.name, (r = new OciRuntime(h, logger)));
+    if (!r) runtimes.set(h.name, (r = new OciRuntime(h, logger, { observer })));
     return r;
   };
   const containerRuntime: SandboxContainerRuntime = {
@@ -130,7 +147,8 @@ export async function startDaemon(cfg: CorralConfig, logger: Logger): Promise<Da
     destroy: (handler, id) => runtimeFor(handler).forceDelete(id),
   };
 
-  const images = new ImageService(cfg, logger);
+  const images = new ImageService(cfg, logger, observer);
+  started.push(() => images.close());
   await images.store.refresh();
   const staleLayers = await images.store.snapshots.removeLeftovers();
   if (staleLayers.length > 0) logger.info({ removed: staleLayers }, 'removed unfinished layer unpacks');
@@ -173,6 +191,7 @@ export async function startDaemon(cfg: CorralConfig, logger: Logger): Promise<Da
       validateSysctls(sysctls, opts);
       return withDefaultSysctls(sysctls, opts);
     },
+    observer,
   });
   const containerRootfs: ContainerRootfs = {
     mount: (chain, target, layerDir) => mountOverlayRootfs(images.store.snapshots, { chain, target, layerDir }),
@@ -207,12 +226,18 @@ export async function startDaemon(cfg: CorralConfig, logger: Logger): Promise<Da
     monitor,
     availableCapabilities,
     oomScoreAdjFloor: oomFloor,
+    observer,
   });
   sandboxes.containers = { stopAll: (id) => containers.stopAllIn(id), removeAll: (id) => containers.removeAllIn(id) };
   const recovered = await sandboxes.recover();
   const recoveredContainers = await containers.recover();
   const swept = await sweepOrphanNetns(cfg.netnsDir, sandboxes, logger);
   logger.info({ ...recovered, containers: recoveredContainers, sweptNetns: swept }, 'state recovered');
+  observer?.setStateSources({
+    handlers: () => Object.keys(cfg.runtimes),
+    pods: () => Promise.all(sandboxes.all().map(async (r) => ({ state: (await sandboxes.liveState(r)) === 'SANDBOX_READY' ? 'ready' as const : 'notready' as const, runtimeHandler: r.runtimeHandler }))),
+    containers: async () => (await containers.list()).map((r) => ({ state: r.state, runtimeHandler: r.runtimeHandler })),
+  });
 
   images.layersInUse = () => new Set([...sandboxes.layersInUse(), ...containers.layersInUse()]);
   sandboxes.layersReleased = containers.layersReleased = (chain) => images.layersReleased(chain);
@@ -232,6 +257,7 @@ export async function startDaemon(cfg: CorralConfig, logger: Logger): Promise<Da
     runtime: streamingRuntime,
     logger,
   });
+  started.push(() => streaming.shutdown());
 
   const server = await CriServer.start({
     socketPath: cfg.socket,
@@ -244,6 +270,7 @@ export async function startDaemon(cfg: CorralConfig, logger: Logger): Promise<Da
       ...statsHandlers(containers, sandboxes),
     },
     imageHandlers: imageHandlers(cfg, images),
+    onCall: observer && ((method, code, seconds) => observer.observeCall(method, code, seconds)),
   });
   logger.info({ socket: cfg.socket, startupMs: Date.now() - t0 }, 'corral is serving');
 
@@ -253,6 +280,7 @@ export async function startDaemon(cfg: CorralConfig, logger: Logger): Promise<Da
     async shutdown(graceMs: number) {
       await server.shutdown(graceMs);
       await streaming.shutdown();
+      await metrics?.server.close();
       images.close();
       logger.info('corral stopped; pods keep running');
     },

@@ -98,6 +98,8 @@ export interface CorralConfig {
   registries: Record<string, RegistryConfig>;
   imagePull: ImagePullConfig;
   streaming: StreamingConfig;
+  /** Where the Prometheus endpoint (GET /metrics) listens, "IP:PORT" or "[IPv6]:PORT"; empty = off. */
+  metricsAddress: string;
 }
 
 export const DEFAULT_CONFIG_PATH = '/etc/corral/config.toml';
@@ -144,7 +146,19 @@ export function defaultConfig(): CorralConfig {
     registries: {},
     imagePull: { progressDeadlineSeconds: 60, progressMinBytes: 64 * 1024, timeoutSeconds: 3600 },
     streaming: { address: '127.0.0.1', port: 0, tlsCertFile: '', tlsKeyFile: '', idleTimeoutSeconds: 4 * 3600 },
+    metricsAddress: '',
   };
+}
+
+/** "IP:PORT" or "[IPv6]:PORT" (port 0 = ephemeral) as a host and port; throws with the reason. */
+export function parseListenAddress(address: string): { host: string; port: number } {
+  const m = /^(?:\[([^\]]+)\]|([^:[\]]+)):(\d{1,5})$/.exec(address);
+  const host = m?.[1] ?? m?.[2];
+  if (!m || host === undefined) throw new Error(`must be IP:PORT or [IPv6]:PORT, got "${address}"`);
+  if (isIP(host) !== (m[1] !== undefined ? 6 : 4)) throw new Error(`"${host}" is not an IP${m[1] !== undefined ? 'v6' : 'v4'} address (names are not resolved)`);
+  const port = Number(m[3]);
+  if (port > 65535) throw new Error(`port ${port} is out of range (0-65535)`);
+  return { host, port };
 }
 
 function handler(name: string, bin: string, root: string): RuntimeHandlerConfig {
@@ -213,7 +227,15 @@ export function resolveConfig(raw: Record<string, unknown>, overrides: ConfigOve
     registries: {},
     imagePull: d.imagePull,
     streaming: d.streaming,
+    metricsAddress: r.string('metrics_address', d.metricsAddress),
   };
+  if (cfg.metricsAddress) {
+    try {
+      parseListenAddress(cfg.metricsAddress);
+    } catch (e) {
+      throw new ConfigError(`${source}: metrics_address: ${(e as Error).message}`);
+    }
+  }
   // conmon reads a container's output in 8 KiB chunks and writes each whole: a smaller cap
   // would start the file over on nearly every write (cri-o refuses it too).
   if (cfg.containerLogSizeMax > 0 && cfg.containerLogSizeMax < MIN_CONTAINER_LOG_SIZE_MAX) {

@@ -34,6 +34,7 @@ import { HugepageLimitError, applyHugepageLimits, hostIsCgroupV2 } from '../oci/
 import { ContainerStore } from '../store/container-store.js';
 import { KeyedLock } from '../util/keyed-lock.js';
 import { nowNs } from '../util/time.js';
+import type { RuntimeObserver } from '../observer.js';
 
 /** Containers' root filesystems: the image's shared layers under a writable layer of their own. */
 export interface ContainerRootfs {
@@ -72,6 +73,8 @@ export interface ContainerServiceDeps {
   availableCapabilities: readonly string[];
   /** The lowest oom_score_adj the runtime can set (see oomScoreAdjFloor). */
   oomScoreAdjFloor: number;
+  /** Told when conmon's create (the runtime's create under it) fails (metrics). */
+  observer?: RuntimeObserver;
 }
 
 /** containerLogPath, with what it refuses reported as the caller's mistake (INVALID_ARGUMENT). */
@@ -279,6 +282,9 @@ export class ContainerService {
       stdin: Boolean(record.config?.stdin),
       stdinOnce: Boolean(record.config?.stdinOnce),
       terminal: Boolean(record.config?.tty),
+    }).catch((e: unknown) => {
+      this.deps.observer?.runtimeFailed(handler.name, 'create');
+      throw e;
     });
     record.pid = created.pid;
   }

@@ -36,6 +36,8 @@ export interface CriServerOptions {
   handshakeTimeoutMs?: number;
   /** Connections served at once; more are closed on accept. Default DEFAULT_MAX_CONNECTIONS. */
   maxConnections?: number;
+  /** Told of every answered call: the RPC, its gRPC status name and how long it took (metrics). */
+  onCall?: (method: string, code: string, seconds: number) => void;
 }
 
 /** A client that has not even sent the 24-byte HTTP/2 preface by then is not a CRI client. */
@@ -383,6 +385,7 @@ export class CriServer {
 
   private logCall(method: string, request: any, code: grpc.status, ms: number, err?: unknown): void {
     const entry: Record<string, unknown> = { method, code: grpc.status[code] ?? code, ms: Math.round(ms * 10) / 10 };
+    this.opts.onCall?.(method, grpc.status[code] ?? String(code), ms / 1000);
     if (request && typeof request.podSandboxId === 'string' && request.podSandboxId) entry.podSandboxId = request.podSandboxId;
     if (request && typeof request.containerId === 'string' && request.containerId) entry.containerId = request.containerId;
     const log = this.opts.logger;

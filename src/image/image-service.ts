@@ -7,10 +7,11 @@ import type { CorralConfig } from '../config/config.js';
 import type { Logger } from '../util/log.js';
 import { ImageStore, type ImageRecord } from './image-store.js';
 import { parseReference } from './reference.js';
-import { RegistryClient, pullImageContent, type AuthConfig, type PullProgress } from './registry/index.js';
+import { RegistryClient, pullImageContent, type AuthConfig, type PulledImage, type PullProgress } from './registry/index.js';
 import { BlobTooLargeError } from './content-store.js';
 import { ImageConfigError, imageRuntimeConfig, type ImageRuntimeConfig } from './image-config.js';
-import { invalidArgument } from '../errors.js';
+import { CorralError, invalidArgument } from '../errors.js';
+import type { RuntimeObserver } from '../observer.js';
 
 export class ImageService {
   readonly store: ImageStore;
@@ -19,7 +20,7 @@ export class ImageService {
   /** Layers (chain IDs) that running sandboxes and containers have mounted. */
   layersInUse: () => Set<string> = () => new Set();
 
-  constructor(private readonly cfg: CorralConfig, private readonly logger: Logger) {
+  constructor(private readonly cfg: CorralConfig, private readonly logger: Logger, private readonly observer?: RuntimeObserver) {
     this.store = new ImageStore(path.join(cfg.rootDir, 'images'), logger.child({ component: 'images' }));
     this.client = new RegistryClient({ registries: cfg.registries, logger });
   }
@@ -75,7 +76,11 @@ export class ImageService {
         layers: pulled.layers.map((l) => ({ digest: l.digest, size: l.size, mediaType: l.mediaType })),
       });
       this.logger.info({ image: reference, id: image.id, downloaded: pulled.downloaded.length, ms: Date.now() - t0 }, 'image pulled');
+      this.observer?.imagePulled({ seconds: (Date.now() - t0) / 1000, bytes: downloadedBytes(pulled) });
       return image;
+    } catch (e) {
+      this.observer?.imagePulled({ seconds: (Date.now() - t0) / 1000, bytes: 0, failure: e instanceof CorralError ? e.kind : 'internal' });
+      throw e;
     } finally {
       hold.release();
     }
@@ -152,6 +157,13 @@ export class ImageService {
   close(): void {
     this.client.close();
   }
+}
+
+/** What a pull received from the registry: the manifest (and index) and the blobs it downloaded. */
+function downloadedBytes(pulled: PulledImage): number {
+  const downloaded = new Set(pulled.downloaded);
+  const blobs = [pulled.config, ...pulled.layers].filter((d) => downloaded.has(d.digest)).reduce((n, d) => n + d.size, 0);
+  return blobs + pulled.manifest.length + (pulled.index?.length ?? 0);
 }
 
 /** Promises that settle when a blob is stored; all of them fail when the pull fails. */

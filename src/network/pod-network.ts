@@ -7,13 +7,14 @@ import type { CorralConfig, RuntimeHandlerConfig } from '../config/config.js';
 import type { Logger } from '../util/log.js';
 import type { PodNetworkDriver } from '../sandbox/service.js';
 import { CniManager } from './cni/index.js';
+import type { RuntimeObserver } from '../observer.js';
 
 
 /** One CNI manager per conf dir: the daemon's, and any handler's own. */
 export class CniNetworks {
   private readonly managers = new Map<string, { manager: CniManager; loadedAt: number }>();
 
-  constructor(private readonly cfg: CorralConfig, private readonly logger: Logger) {
+  constructor(private readonly cfg: CorralConfig, private readonly logger: Logger, private readonly observer?: RuntimeObserver) {
     this.add(cfg.cni.confDir, cfg.cni.maxNetworks);
     for (const h of Object.values(cfg.runtimes)) if (h.cniConfDir) this.add(h.cniConfDir, h.cniMaxNetworks);
   }
@@ -21,7 +22,7 @@ export class CniNetworks {
   private add(confDir: string, maxNetworks: number): void {
     if (this.managers.has(confDir)) return;
     const c = this.cfg.cni;
-    const manager = new CniManager({ confDir, binDirs: c.binDirs, maxNetworks, cacheDir: c.cacheDir, ipPreference: c.ipPreference, logger: this.logger });
+    const manager = new CniManager({ confDir, binDirs: c.binDirs, maxNetworks, cacheDir: c.cacheDir, ipPreference: c.ipPreference, logger: this.logger, observer: this.observer });
     this.managers.set(confDir, { manager, loadedAt: 0 });
   }
 

@@ -19,6 +19,7 @@ import { capabilitiesFromMask } from './capabilities.js';
 import { ExecCgroup } from './exec-cgroup.js';
 import type { OciResources } from './oci-types.js';
 import { TailBuffer } from '../util/tail-buffer.js';
+import type { RuntimeObserver } from '../observer.js';
 
 export type OciStatus = 'creating' | 'created' | 'running' | 'stopped' | 'paused';
 
@@ -148,6 +149,8 @@ export interface ExecResult {
 export interface OciRuntimeOptions {
   /** Upper bound for any single runtime command (default 60 s); the command is killed after it. */
   commandTimeoutMs?: number;
+  /** Told of every failed command (metrics). */
+  observer?: RuntimeObserver;
 }
 
 export class OciRuntime {
@@ -155,12 +158,14 @@ export class OciRuntime {
   readonly binary: string;
   readonly root: string;
   private readonly commandTimeoutMs: number;
+  private readonly observer: RuntimeObserver | undefined;
 
   constructor(handler: RuntimeHandlerConfig, private readonly logger?: Logger, opts: OciRuntimeOptions = {}) {
     this.name = handler.name;
     this.binary = handler.path;
     this.root = handler.root;
     this.commandTimeoutMs = opts.commandTimeoutMs ?? 60_000;
+    this.observer = opts.observer;
   }
 
   /** Creates the container (process waiting before exec) from a bundle. */
@@ -173,7 +178,7 @@ export class OciRuntime {
     try {
       await fs.access(path.join(bundleDir, 'config.json'), fs.constants.R_OK);
     } catch (e) {
-      throw new OciRuntimeError(this.name, 'create', id, null, `bundle ${bundleDir} has no readable config.json: ${(e as Error).message}`);
+      throw this.failure('create', id, null, `bundle ${bundleDir} has no readable config.json: ${(e as Error).message}`);
     }
     await fs.mkdir(this.root, { recursive: true, mode: 0o700 });
     const r = await this.run(args, { quiet: true });
@@ -212,11 +217,11 @@ export class OciRuntime {
     try {
       parsed = JSON.parse(r.stdout) as typeof parsed;
     } catch {
-      throw new OciRuntimeError(this.name, 'state', id, r.code, `unreadable state output: ${r.stdout.slice(0, 200)}`);
+      throw this.failure('state', id, r.code, `unreadable state output: ${r.stdout.slice(0, 200)}`);
     }
     const status = String(parsed.status ?? '') as OciStatus;
     if (!['creating', 'created', 'running', 'stopped', 'paused'].includes(status)) {
-      throw new OciRuntimeError(this.name, 'state', id, r.code, `unknown status "${status}"`);
+      throw this.failure('state', id, r.code, `unknown status "${status}"`);
     }
     const pid = typeof parsed.pid === 'number' && status !== 'stopped' ? parsed.pid : 0;
     return { status, pid };
@@ -269,7 +274,7 @@ export class OciRuntime {
     try {
       cg = await ExecCgroup.create(opts.initPid, id);
     } catch (e) {
-      throw new OciRuntimeError(this.name, 'exec', id, null, (e as Error).message);
+      throw this.failure('exec', id, null, (e as Error).message);
     }
     try {
       return await this.execIn(cg, id, args, opts);
@@ -339,7 +344,7 @@ export class OciRuntime {
         : new Promise<never>(() => {});
       const first = await Promise.race([exited.then(() => 'exit' as const), deadline, aborted]);
       clearTimeout(timer);
-      if (spawnError) throw new OciRuntimeError(this.name, 'exec', id, null, `cannot run corral-execreaper: ${spawnError.message}`);
+      if (spawnError) throw this.failure('exec', id, null, `cannot run corral-execreaper: ${spawnError.message}`);
       // A command that finished in time is not killed for a drain running past the deadline.
       const finished = /^done /m.test(report.toBuffer().toString('utf8'));
       if (first === 'deadline' && finished && !signal?.aborted) {
@@ -374,7 +379,7 @@ export class OciRuntime {
         m?.[1] === 'lost'
           ? `the command's exit status was lost (errno ${m[2]})`
           : parseRuntimeLog(result.stderr.subarray(-4096).toString('utf8')) || `exit status ${m?.[2] ?? child.exitCode}`;
-      throw new OciRuntimeError(this.name, 'exec', id, null, why);
+      throw this.failure('exec', id, null, why);
     })();
   }
 
@@ -409,7 +414,7 @@ export class OciRuntime {
     await this.delete(id, true);
     const after = await this.state(id);
     if (after !== null) {
-      throw new OciRuntimeError(this.name, 'delete', id, null, `container is still known after delete (status ${after.status})`);
+      throw this.failure('delete', id, null, `container is still known after delete (status ${after.status})`);
     }
   }
 
@@ -421,7 +426,7 @@ export class OciRuntime {
     if (!(await this.knows(id))) return;
     await this.delete(id, true);
     if (await this.knows(id)) {
-      throw new OciRuntimeError(this.name, 'delete', id, null, 'container is still known after delete --force');
+      throw this.failure('delete', id, null, 'container is still known after delete --force');
     }
   }
 
@@ -447,7 +452,13 @@ export class OciRuntime {
 
   private error(sub: string, id: string | undefined, r: RunResult): OciRuntimeError {
     const how = r.signal ? `killed by ${r.signal}` : '';
-    return new OciRuntimeError(this.name, sub, id, r.code, [how, r.detail].filter(Boolean).join(': '));
+    return this.failure(sub, id, r.code, [how, r.detail].filter(Boolean).join(': '));
+  }
+
+  /** Every failure of this runtime is made here, so each one is reported to the observer. */
+  private failure(sub: string, id: string | undefined, exitCode: number | null, detail: string): OciRuntimeError {
+    this.observer?.runtimeFailed(this.name, sub);
+    return new OciRuntimeError(this.name, sub, id, exitCode, detail);
   }
 
   /**
@@ -477,7 +488,7 @@ export class OciRuntime {
           const timer = setTimeout(() => child.kill('SIGKILL'), this.commandTimeoutMs);
           child.on('error', (e) => {
             clearTimeout(timer);
-            reject(new OciRuntimeError(this.name, args[0], undefined, null, `cannot run ${this.binary}: ${e.message}`));
+            reject(this.failure(args[0], undefined, null, `cannot run ${this.binary}: ${e.message}`));
           });
           child.on('close', (code, signal) => {
             clearTimeout(timer);

@@ -32,6 +32,7 @@ import type { BandwidthLimits } from '../network/cni/capabilities.js';
 import { processStartTime } from '../util/process.js';
 import { nowNs } from '../util/time.js';
 import { SharedExclusiveLock } from '../util/keyed-lock.js';
+import type { RuntimeObserver } from '../observer.js';
 
 /** What the sandbox lifecycle needs from the network layer (CNI) of one handler. */
 export interface PodNetworkDriver {
@@ -107,6 +108,8 @@ export interface SandboxServiceDeps {
   sandboxImage: SandboxImageSource;
   /** Validates the pod's sysctls against its namespaces (throws with the reason) and adds the runtime's defaults. */
   prepareSysctls: (sysctls: Record<string, string>, opts: { hostNetwork: boolean; hostIpc: boolean }) => Record<string, string>;
+  /** Told the step timings of every finished Run and Stop (metrics). */
+  observer?: RuntimeObserver;
 }
 
 /**
@@ -278,6 +281,7 @@ export class SandboxService {
         throw e instanceof CorralError ? e : internalError(`RunPodSandbox for pod ${metadata.namespace}/${metadata.name}: ${(e as Error).message}`);
       }
       log.info({ timings, handler: handler.name, mode, order, ip: record.network?.podIp }, 'pod sandbox ready');
+      this.deps.observer?.sandboxSteps('run', handler.name, timings);
     });
   }
 
@@ -490,6 +494,7 @@ export class SandboxService {
         if (persist) await tx.save(record);
       }
       logger.info({ sandbox: id, timings }, 'pod sandbox stopped');
+      this.deps.observer?.sandboxSteps('stop', record.runtimeHandler, timings);
       if (!persist) return releasedLayers;
       await this.reportReleased(releasedLayers);
       return undefined;

@@ -23,6 +23,8 @@ export interface TestDaemonOptions {
   conflist?: object | null | ((d: TestDaemon) => object);
   /** Subnet of the default bridge network. */
   subnet?: string;
+  /** Options for node itself, before the script (e.g. --import of a test hook); a function gets the daemon, for its paths. */
+  nodeArgs?: string[] | ((d: TestDaemon) => string[]);
 }
 
 export class TestDaemon {
@@ -87,7 +89,7 @@ export class TestDaemon {
   /** Starts (or restarts) the daemon process and waits until it answers Version. */
   async spawnDaemon(): Promise<void> {
     const out = openSync(this.logFile, 'a');
-    const child = spawn(process.execPath, [path.join(packageRoot(), 'dist/src/cli/main.js'), 'serve', '--config', this.configFile], {
+    const child = spawn(process.execPath, [...(typeof this.opts.nodeArgs === 'function' ? this.opts.nodeArgs(this) : (this.opts.nodeArgs ?? [])), path.join(packageRoot(), 'dist/src/cli/main.js'), 'serve', '--config', this.configFile], {
       stdio: ['ignore', out, out],
     });
     closeSync(out);

@@ -12,6 +12,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { defaultConfig, type CorralConfig } from '../../src/config/config.js';
 import { silentLogger } from '../../src/util/log.js';
+import type { RuntimeObserver } from '../../src/observer.js';
 import { SandboxStore } from '../../src/store/sandbox-store.js';
 import { SandboxService, type NamespacePinner, type PodNetworkDriver, type SandboxContainerRuntime } from '../../src/sandbox/service.js';
 import { ContainerService, type ContainerMonitor, type ContainerRootfs } from '../../src/container/service.js';
@@ -72,7 +73,7 @@ export async function removeServiceDirs(): Promise<void> {
   for (const d of dirs.splice(0)) await fs.rm(d, { recursive: true, force: true });
 }
 
-export async function makeService(): Promise<{ svc: SandboxService; fakes: Fakes; cfg: CorralConfig; dir: string }> {
+export async function makeService(opts: { observer?: RuntimeObserver } = {}): Promise<{ svc: SandboxService; fakes: Fakes; cfg: CorralConfig; dir: string }> {
   const dir = await fs.mkdtemp(path.join(os.tmpdir(), 'corral-sandbox-unit-'));
   dirs.push(dir);
   const cfg = { ...defaultConfig(), rootDir: path.join(dir, 'root'), stateDir: path.join(dir, 'state'), netnsDir: path.join(dir, 'netns') };
@@ -152,6 +153,7 @@ export async function makeService(): Promise<{ svc: SandboxService; fakes: Fakes
       unmount: async () => {},
     },
     prepareSysctls: (s) => s,
+    observer: opts.observer,
   });
   return { svc, fakes, cfg, dir };
 }

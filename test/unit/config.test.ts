@@ -3,7 +3,7 @@ import assert from 'node:assert/strict';
 import { mkdtemp, writeFile, rm } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
-import { ConfigError, defaultConfig, loadConfig, resolveConfig } from '../../src/config/config.js';
+import { ConfigError, defaultConfig, loadConfig, parseListenAddress, resolveConfig } from '../../src/config/config.js';
 
 test('an empty document gives the documented defaults', () => {
   const cfg = resolveConfig({});
@@ -147,4 +147,26 @@ test('config/config.example.toml names every top-level setting (not only those t
   const snake = (k: string) => k.replace(/[A-Z]/g, (c) => `_${c.toLowerCase()}`);
   const scalars = Object.entries(defaultConfig()).filter(([, v]) => typeof v !== 'object').map(([k]) => snake(k));
   assert.deepEqual(scalars.filter((k) => !(k in example)), [], 'settings missing from config.example.toml');
+});
+
+test('metrics_address: off by default; IP:PORT or [IPv6]:PORT, anything else refused with the reason', () => {
+  assert.equal(defaultConfig().metricsAddress, '');
+  assert.equal(resolveConfig({ metrics_address: '127.0.0.1:9090' }).metricsAddress, '127.0.0.1:9090');
+  assert.equal(resolveConfig({ metrics_address: '[::1]:0' }).metricsAddress, '[::1]:0');
+  assert.deepEqual(parseListenAddress('0.0.0.0:9090'), { host: '0.0.0.0', port: 9090 });
+  assert.deepEqual(parseListenAddress('[::]:1234'), { host: '::', port: 1234 });
+  const refused: [unknown, RegExp][] = [
+    ['9090', /must be IP:PORT or \[IPv6\]:PORT, got "9090"/],
+    [':9090', /must be IP:PORT/],
+    ['localhost:9090', /"localhost" is not an IPv4 address \(names are not resolved\)/],
+    ['::1:9090', /must be IP:PORT/],
+    ['[127.0.0.1]:9090', /"127\.0\.0\.1" is not an IPv6 address/],
+    ['127.0.0.1:65536', /port 65536 is out of range/],
+    ['127.0.0.1:90a', /must be IP:PORT/],
+    ['http://127.0.0.1:9090', /must be IP:PORT/],
+    [9090, /metrics_address: must be a string/],
+  ];
+  for (const [value, re] of refused) {
+    assert.throws(() => resolveConfig({ metrics_address: value }), (e: unknown) => e instanceof ConfigError && /metrics_address: /.test((e as Error).message) && re.test((e as Error).message), String(value));
+  }
 });

@@ -28,6 +28,7 @@ import { CniError, CniPluginError, combineErrors } from './errors.js';
 import { findPlugin, podCniArgs, validateContainerId, validateIfName, type CniArgs, type InvokeOptions, type RuntimeConf } from './invoke.js';
 import { selectPodIps, type CniResult, type PodIpPreference } from './result.js';
 import { atLeast } from './version.js';
+import type { RuntimeObserver } from '../../observer.js';
 
 export const LOOPBACK_NETWORK_NAME = 'cni-loopback';
 export const LOOPBACK_IFNAME = 'lo';
@@ -44,6 +45,8 @@ export interface CniManagerOptions {
   logger: Logger;
   /** Kill a plugin that runs longer than this (default 120 s; 0 = no limit). */
   pluginTimeoutMs?: number;
+  /** Told of every failed plugin invocation (metrics). */
+  observer?: RuntimeObserver;
 }
 
 export interface LoadStatus {
@@ -151,7 +154,8 @@ export class CniManager {
   }
 
   private invokeOptions(): InvokeOptions {
-    return { binDirs: this.opts.binDirs, timeoutMs: this.opts.pluginTimeoutMs ?? 120_000 };
+    const observer = this.opts.observer;
+    return { binDirs: this.opts.binDirs, timeoutMs: this.opts.pluginTimeoutMs ?? 120_000, onPluginError: observer && ((e) => observer.cniPluginFailed(e.pluginType, e.verb)) };
   }
 
   /** Re-reads the conf dir (and looks for the loopback plugin again). */

@@ -62,6 +62,8 @@ export interface InvokeOptions {
   busyRetryDelayMs?: number;
   /** Extra environment on top of process.env (tests use it). */
   baseEnv?: NodeJS.ProcessEnv;
+  /** Told of every failed invocation (metrics). */
+  onPluginError?: (e: CniPluginError) => void;
 }
 
 /**
@@ -164,6 +166,22 @@ const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
  * binary, an exec failure, a timeout or a non-zero exit becomes a CniPluginError.
  */
 export async function execPlugin(
+  network: string,
+  pluginType: string,
+  verb: CniVerb,
+  stdin: Record<string, unknown>,
+  rt: RuntimeConf | undefined,
+  opts: InvokeOptions,
+): Promise<string> {
+  try {
+    return await runPlugin(network, pluginType, verb, stdin, rt, opts);
+  } catch (e) {
+    if (e instanceof CniPluginError) opts.onPluginError?.(e);
+    throw e;
+  }
+}
+
+async function runPlugin(
   network: string,
   pluginType: string,
   verb: CniVerb,
