@@ -88,7 +88,7 @@ async function prepareSocketPath(socketPath: string): Promise<void> {
     throw err;
   }
   if (!st.isSocket()) throw new Error(`corral: ${socketPath} exists and is not a socket; refusing to replace it`);
-  if ((await probe(socketPath)) === 'listening') throw new Error(`corral: another daemon is listening on ${socketPath}`);
+  if ((await probe(socketPath)) === 'listening') throw new Error(`another daemon is listening on ${socketPath}`);
   await rm(socketPath, { force: true });
 }
 
@@ -123,7 +123,7 @@ async function listenWithMode(netServer: net.Server, socketPath: string, mode: n
     try {
       await link(privatePath, socketPath);
     } catch (err) {
-      if ((err as NodeJS.ErrnoException).code === 'EEXIST') throw new Error(`corral: ${socketPath} appeared while binding the socket; is another daemon starting?`);
+      if ((err as NodeJS.ErrnoException).code === 'EEXIST') throw new Error(`${socketPath} appeared while binding the socket; is another daemon starting?`);
       throw err;
     }
   } catch (err) {

@@ -258,6 +258,7 @@ test('start-up refused: a taken metrics address, or a taken CRI socket after met
   const socketTaken = await serveUntilExit(secondDaemonToml(dir, d.socket, '127.0.0.1:0'), path.join(d.dir, 'second-2.toml'));
   assert.equal(socketTaken.code, 1, `a daemon that could not start must exit, not hang (code ${socketTaken.code}): ${socketTaken.stderr}`);
   assert.match(socketTaken.stderr, /another daemon is listening on/);
+  assert.doesNotMatch(socketTaken.stderr, /corral: corral:/, "the reason is prefixed once");
   // The first daemon is unharmed.
   assert.equal(await rpcCode(d.rpc('Version', {})), 'OK');
 });
