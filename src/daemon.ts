@@ -24,6 +24,10 @@ import { sandboxHandlers } from './cri/sandbox-rpc.js';
 import { imageHandlers } from './cri/image-rpc.js';
 import { containerHandlers } from './cri/container-rpc.js';
 import { statsHandlers } from './cri/stats-rpc.js';
+import { eventsHandlers } from './cri/events-rpc.js';
+import { metricsHandlers } from './cri/metrics-rpc.js';
+import { lifecycleHub } from './events/lifecycle.js';
+import { watchExits } from './container/exit-watcher.js';
 import { ContainerService, type ContainerMonitor, type ContainerRootfs } from './container/service.js';
 import { ImageService } from './image/image-service.js';
 import { mountOverlayRootfs, unmountOverlayRootfs } from './image/snapshots.js';
@@ -208,11 +212,18 @@ export async function startDaemon(cfg: CorralConfig, logger: Logger): Promise<Da
     availableCapabilities,
     oomScoreAdjFloor: oomFloor,
   });
-  sandboxes.containers = { stopAll: (id) => containers.stopAllIn(id), removeAll: (id) => containers.removeAllIn(id) };
+  sandboxes.containers = { stopAll: (id) => containers.stopAllIn(id), removeAll: (id) => containers.removeAllIn(id), records: (id) => containers.recordsIn(id) };
+  // Lifecycle events (GetContainerEvents): published by both services as changes commit.
+  const lifecycle = lifecycleHub();
+  sandboxes.events = containers.events = lifecycle;
   const recovered = await sandboxes.recover();
   const recoveredContainers = await containers.recover();
   const swept = await sweepOrphanNetns(cfg.netnsDir, sandboxes, logger);
   logger.info({ ...recovered, containers: recoveredContainers, sweptNetns: swept }, 'state recovered');
+  // Containers that exit by themselves are recorded (and STOPPED published) as conmon writes their exit file.
+  await fs.mkdir(exitDir, { recursive: true, mode: 0o700 });
+  const exitWatcher = watchExits({ exitDir, onExit: (id) => containers.noticeExit(id), sweep: () => containers.noticeExits(), logger });
+  await containers.noticeExits();
 
   images.layersInUse = () => new Set([...sandboxes.layersInUse(), ...containers.layersInUse()]);
   sandboxes.layersReleased = containers.layersReleased = (chain) => images.layersReleased(chain);
@@ -242,7 +253,9 @@ export async function startDaemon(cfg: CorralConfig, logger: Logger): Promise<Da
       ...sandboxHandlers(sandboxes, streaming),
       ...containerHandlers(containers, streaming),
       ...statsHandlers(containers, sandboxes),
+      ...metricsHandlers(containers, sandboxes),
     },
+    runtimeStreamHandlers: eventsHandlers(lifecycle, sandboxes, containers),
     imageHandlers: imageHandlers(cfg, images),
   });
   logger.info({ socket: cfg.socket, startupMs: Date.now() - t0 }, 'corral is serving');
@@ -252,6 +265,8 @@ export async function startDaemon(cfg: CorralConfig, logger: Logger): Promise<Da
     server,
     async shutdown(graceMs: number) {
       await server.shutdown(graceMs);
+      exitWatcher.close();
+      lifecycle.close();
       await streaming.shutdown();
       images.close();
       logger.info('corral stopped; pods keep running');
