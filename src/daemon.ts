@@ -222,7 +222,16 @@ export async function startDaemon(cfg: CorralConfig, logger: Logger): Promise<Da
   logger.info({ ...recovered, containers: recoveredContainers, sweptNetns: swept }, 'state recovered');
   // Containers that exit by themselves are recorded (and STOPPED published) as conmon writes their exit file.
   await fs.mkdir(exitDir, { recursive: true, mode: 0o700 });
-  const exitWatcher = watchExits({ exitDir, onExit: (id) => containers.noticeExit(id), sweep: () => containers.noticeExits(), logger });
+  // The sweep also announces pods whose pause died (STOPPED), as containerd reports a sandbox's exit.
+  const exitWatcher = watchExits({
+    exitDir,
+    onExit: (id) => containers.noticeExit(id),
+    sweep: async () => {
+      await containers.noticeExits();
+      await sandboxes.noticeDeadSandboxes();
+    },
+    logger,
+  });
   await containers.noticeExits();
 
   images.layersInUse = () => new Set([...sandboxes.layersInUse(), ...containers.layersInUse()]);

@@ -158,6 +158,8 @@ export class SandboxService {
 
   /** Told every committed change of a sandbox: created and started, stopped, deleted (set by the daemon). */
   events: LifecyclePublisher = NO_LIFECYCLE_EVENTS;
+  /** Ready sandboxes announced STOPPED because their namespaces went (noticeDeadSandboxes); until their Stop or Remove. */
+  private readonly announcedDown = new Set<string>();
 
   /** Told the layers a stopped pod's sandbox image no longer holds (set by the daemon). */
   layersReleased: (chain: string[]) => Promise<void> = async () => {};
@@ -498,7 +500,8 @@ export class SandboxService {
         delete record.lastError;
         if (persist) await tx.save(record);
       }
-      if (wasReady) this.publish('stopped', persist ? this.records.get(id) : record);
+      // Not twice: a pod whose pause died was announced STOPPED then (noticeDeadSandboxes).
+      if (wasReady && !this.announcedDown.delete(id)) this.publish('stopped', persist ? this.records.get(id) : record);
       logger.info({ sandbox: id, timings }, 'pod sandbox stopped');
       if (!persist) return releasedLayers;
       await this.reportReleased(releasedLayers);
@@ -509,7 +512,7 @@ export class SandboxService {
       record.lastError = `stop incomplete: ${msg}`;
       const saved = await tx.save(record).then(() => true, () => false);
       // Not ready any more, as its status says from now on.
-      if (wasReady && saved) this.publish('stopped', this.records.get(id));
+      if (wasReady && saved && !this.announcedDown.delete(id)) this.publish('stopped', this.records.get(id));
       await this.reportReleased(releasedLayers);
       logger.warn({ sandbox: id, err: msg }, 'StopPodSandbox incomplete; the next Stop retries');
       throw internalError(`stopping pod sandbox ${id}: ${msg}`);
@@ -527,6 +530,7 @@ export class SandboxService {
       const releasedLayers = await this.stopLocked(tx, id, false);
       await fs.rm(this.volatileDir(id), { recursive: true, force: true });
       await tx.forget();
+      this.announcedDown.delete(id);
       this.names.release(sandboxNameKey(record.metadata), id);
       this.deps.logger.info({ sandbox: id }, 'pod sandbox removed');
       // With its last record, stopped: kubelet takes the pod's ID from the event's sandbox status.
@@ -543,6 +547,25 @@ export class SandboxService {
     } catch (e) {
       // The change is committed: a failing listener must not turn it into a failed call.
       this.deps.logger.warn({ sandbox: record.id, event: type, err: (e as Error).message }, 'publishing a sandbox event failed');
+    }
+  }
+
+  /**
+   * Publishes STOPPED, once, for each ready sandbox whose namespaces are no longer held (its
+   * pause process died, a pin was removed): its status says NOTREADY from then on, and
+   * containerd reports a sandbox's exit the same way. Run periodically by the daemon.
+   */
+  async noticeDeadSandboxes(): Promise<void> {
+    const ready = [...this.records.values()].filter((r) => r.state === 'ready' && !this.announcedDown.has(r.id));
+    for (const rec of ready) {
+      if ((await this.liveState(rec)) === 'SANDBOX_READY') continue;
+      // Under the pod's lock, checked again: a Stop under way announces it itself.
+      await this.exclusive(rec.id, async (tx) => {
+        const now = tx.current();
+        if (now?.state !== 'ready' || this.announcedDown.has(rec.id) || (await this.liveState(now)) === 'SANDBOX_READY') return;
+        this.announcedDown.add(rec.id);
+        this.publish('stopped', this.records.get(rec.id));
+      });
     }
   }
 

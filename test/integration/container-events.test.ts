@@ -150,3 +150,23 @@ test('a subscriber that never reads while 50 events happen: the daemon keeps ans
   reader.stream.cancel();
   await call(c, 'RemovePodSandbox', { podSandboxId });
 });
+
+test("a pod whose pause process dies is announced STOPPED (the daemon's sweep), and its status says NOTREADY", async () => {
+  const c = client();
+  const sub = subscribe(c);
+  const cfg = podConfig({ linux: { securityContext: { namespaceOptions: { network: 'POD', pid: 'POD', ipc: 'POD' } } } });
+  const { podSandboxId } = await call(c, 'RunPodSandbox', { config: cfg }, { deadlineMs: 60_000 });
+  const { info } = await call(c, 'PodSandboxStatus', { podSandboxId, verbose: true });
+  const pid = JSON.parse(info.info).pid as number;
+  assert.ok(pid > 0, 'the pause process');
+  process.kill(pid, 'SIGKILL');
+  const ofPod = () => sub.events.filter((e) => e.containerId === podSandboxId).map((e) => short(e.containerEventType));
+  await waitFor(() => ofPod().includes('STOPPED'), { timeoutMs: 20_000, what: 'STOPPED of the pod whose pause died' });
+  const stopped = sub.events.find((e) => e.containerId === podSandboxId && short(e.containerEventType) === 'STOPPED');
+  assert.equal(stopped.podSandboxStatus.state, 'SANDBOX_NOTREADY');
+  await call(c, 'StopPodSandbox', { podSandboxId });
+  await call(c, 'RemovePodSandbox', { podSandboxId });
+  await waitFor(() => ofPod().includes('DELETED'), { timeoutMs: 10_000, what: 'DELETED of the pod' });
+  assert.deepEqual(ofPod(), ['CREATED', 'STARTED', 'STOPPED', 'DELETED'], 'STOPPED once: its Stop did not announce it again');
+  sub.stream.cancel();
+});

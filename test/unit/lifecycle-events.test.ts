@@ -120,3 +120,19 @@ test('stateChangeEvent: only changes of state are events', () => {
   assert.equal(stateChangeEvent(undefined, 'exited'), null);
   assert.equal(stateChangeEvent('exited', 'exited'), null);
 });
+
+test('a ready pod whose namespaces go (its pause died) is announced STOPPED once; its Stop then announces nothing more', async () => {
+  const { svc, fakes, drain } = await setup();
+  const sandboxId = await svc.run(pod({ pid: 'CONTAINER' }), ''); // pinned: its namespaces are held by the pins
+  await drain((id) => id);
+  await svc.noticeDeadSandboxes();
+  assert.deepEqual(await drain(() => 'pod'), [], 'alive: nothing to announce');
+  const [pin] = [...fakes.pins];
+  fakes.pins.delete(pin!); // the namespace is gone
+  await svc.noticeDeadSandboxes();
+  await svc.noticeDeadSandboxes();
+  assert.deepEqual(await drain(() => 'pod'), ['stopped pod']);
+  await svc.stop(sandboxId);
+  await svc.remove(sandboxId);
+  assert.deepEqual(await drain(() => 'pod'), ['deleted pod']);
+});
