@@ -462,7 +462,7 @@ export class CriServer {
     }
     const finish = (status: { code: grpc.status; details: string } | null, err?: unknown) => {
       const code = status?.code ?? grpc.status.OK;
-      if (call.cancelled) {
+      if (call.cancelled || call.destroyed || call.writableEnded) {
         this.logCall(name, request, grpc.status.CANCELLED, performance.now() - started);
         return;
       }
