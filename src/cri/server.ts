@@ -3,7 +3,6 @@
 // (see http2-authority.ts for why and how).
 
 import net from 'node:net';
-import http2 from 'node:http2';
 import { chmod, link, lstat, mkdir, mkdtemp, rm } from 'node:fs/promises';
 import path from 'node:path';
 import * as grpc from '@grpc/grpc-js';
@@ -16,7 +15,8 @@ import {
   type ImageRpcName, type RuntimeRpcName,
 } from './proto.js';
 import { MAX_REQUEST_ELEMENTS, countWireElements } from './message-limits.js';
-import type { CallInfo, ImageHandlers, RuntimeHandlers, RuntimeStreamHandlers, ServerStream } from './rpc-types.js';
+import type { CallInfo, ImageHandlers, RuntimeHandlers, RuntimeStreamHandlers } from './rpc-types.js';
+import { serveStream, type StreamHandler } from './server-stream.js';
 
 export type { ImageRpcName, RuntimeRpcName };
 
@@ -57,16 +57,6 @@ const MAX_UNFINISHED_BODY_BYTES_TOTAL = 8 * MAX_MESSAGE_BYTES;
  * clients queue calls beyond it rather than fail; Node's default is unlimited.
  */
 const MAX_CONCURRENT_STREAMS = 256;
-
-/** A server-streaming handler as the server dispatches it (typed: RuntimeStreamHandlers). */
-type StreamHandler = (request: any, stream: ServerStream<any>) => Promise<void>;
-
-/**
- * Once a stream's handler is done, the time its status has to reach the client. A client that
- * stopped reading never takes it (it queues behind the messages it did not read): its HTTP/2
- * stream is reset instead, so nothing of it stays in the daemon.
- */
-const STREAM_STATUS_GRACE_MS = 1_000;
 
 /** RPCs the kubelet polls constantly; successful calls to these are logged at debug level. */
 const QUIET_RPC = /^(Version|Status|List\w*|\w*Status|\w*Stats|ImageFsInfo|RuntimeConfig)$/;
@@ -404,14 +394,8 @@ export class CriServer {
     });
   }
 
-  /**
-   * A server-streaming call: the handler sends through `send`, which waits while the client's
-   * flow control holds the messages back; the call ends when the handler returns (OK), throws
-   * (its status), or the server shuts down (UNAVAILABLE). Not counted in inFlight: a stream
-   * lasts as long as its client wants, and shutdown ends it rather than waiting.
-   */
+  /** A server-streaming call (see serveStream); not counted in inFlight, ended at shutdown. */
   private serverStream(name: string, handler: StreamHandler, call: grpc.ServerWritableStream<any, any>): void {
-    const started = performance.now();
     const request = call.request;
     const refuse = (code: grpc.status, details: string, err?: unknown) => {
       this.logCall(name, request, code, 0, err);
@@ -421,71 +405,11 @@ export class CriServer {
     if (request instanceof RefusedRequest) return refuse(grpc.status.RESOURCE_EXHAUSTED, request.reason, resourceExhausted(request.reason));
     const over = new AbortController();
     this.streams.add(over);
-    const clientGone = () => over.abort();
-    call.once('cancelled', clientGone);
-    call.once('close', clientGone);
-    const callOver = () => over.signal.aborted || call.cancelled || call.writableEnded || call.destroyed;
-    const send = (message: unknown) =>
-      new Promise<void>((resolve, reject) => {
-        if (callOver()) return reject(new Error(`${name}: the call is over`));
-        if (call.write(message)) return resolve();
-        const cleanup = () => {
-          call.off('drain', onDrain);
-          over.signal.removeEventListener('abort', onAbort);
-        };
-        const onDrain = () => {
-          cleanup();
-          resolve();
-        };
-        const onAbort = () => {
-          cleanup();
-          reject(new Error(`${name}: the call is over`));
-        };
-        call.on('drain', onDrain);
-        over.signal.addEventListener('abort', onAbort, { once: true });
-      });
-    const d = call.getDeadline();
-    const stream: ServerStream<any> = {
-      deadline: d instanceof Date ? d : Number.isFinite(d) ? new Date(d) : undefined,
-      metadata: call.metadata,
-      get cancelled() {
-        return callOver();
-      },
-      signal: over.signal,
-      send,
-    };
-    let result: Promise<void>;
-    try {
-      result = Promise.resolve(handler(request, stream));
-    } catch (err) {
-      result = Promise.reject(err);
-    }
-    const finish = (status: { code: grpc.status; details: string } | null, err?: unknown) => {
-      const code = status?.code ?? grpc.status.OK;
-      if (call.cancelled || call.destroyed || call.writableEnded) {
-        this.logCall(name, request, grpc.status.CANCELLED, performance.now() - started);
-        return;
-      }
-      this.logCall(name, request, code, performance.now() - started, err);
-      if (status) call.emit('error', status as any);
-      else call.end();
-      const reset = setTimeout(() => {
-        if (call.cancelled) return;
-        if (!resetHttp2Stream(call)) this.opts.logger.warn({ method: name }, 'cri stream: the client does not take the end of the stream and it cannot be reset');
-      }, STREAM_STATUS_GRACE_MS);
-      reset.unref();
-      call.once('cancelled', () => clearTimeout(reset));
-    };
-    result
-      .then(
-        () => finish(this.closing ? { code: grpc.status.UNAVAILABLE, details: 'corral is shutting down' } : null),
-        (err) => finish(toGrpcStatus(err), err),
-      )
-      .catch((e: unknown) => this.opts.logger.error({ method: name, err: (e as Error)?.message, stack: (e as Error)?.stack }, 'cri stream: failure while ending the call'))
-      .finally(() => {
-        this.streams.delete(over);
-        over.abort();
-      });
+    void serveStream(name, handler, call, over, {
+      shuttingDown: () => this.closing,
+      logCall: (code, ms, err) => this.logCall(name, request, code, ms, err),
+      logger: this.opts.logger,
+    }).finally(() => this.streams.delete(over));
   }
 
   private logCall(method: string, request: any, code: grpc.status, ms: number, err?: unknown): void {
@@ -510,14 +434,3 @@ export class CriServer {
   }
 }
 
-/**
- * Resets the HTTP/2 stream under a grpc-js server call (RST_STREAM CANCEL), for a client that
- * does not read: its unread messages and status are dropped. grpc-js keeps the stream as
- * `call.call.stream` (not public API, hence the checks); false when it is not there.
- */
-function resetHttp2Stream(call: grpc.ServerWritableStream<any, any>): boolean {
-  const h2 = (call as unknown as { call?: { stream?: unknown } }).call?.stream as http2.ServerHttp2Stream | undefined;
-  if (!h2 || typeof h2.close !== 'function') return false;
-  if (!h2.closed) h2.close(http2.constants.NGHTTP2_CANCEL);
-  return true;
-}
