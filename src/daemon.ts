@@ -24,6 +24,10 @@ import { sandboxHandlers } from './cri/sandbox-rpc.js';
 import { imageHandlers } from './cri/image-rpc.js';
 import { containerHandlers } from './cri/container-rpc.js';
 import { statsHandlers } from './cri/stats-rpc.js';
+import { eventsHandlers } from './cri/events-rpc.js';
+import { metricsHandlers } from './cri/metrics-rpc.js';
+import { lifecycleHub } from './events/lifecycle.js';
+import { watchExits } from './container/exit-watcher.js';
 import { ContainerService, type ContainerMonitor, type ContainerRootfs } from './container/service.js';
 import { ImageService } from './image/image-service.js';
 import { mountOverlayRootfs, unmountOverlayRootfs } from './image/snapshots.js';
@@ -228,7 +232,10 @@ async function startServing(cfg: CorralConfig, logger: Logger, started: (() => P
     oomScoreAdjFloor: oomFloor,
     observer,
   });
-  sandboxes.containers = { stopAll: (id) => containers.stopAllIn(id), removeAll: (id) => containers.removeAllIn(id) };
+  sandboxes.containers = { stopAll: (id) => containers.stopAllIn(id), removeAll: (id) => containers.removeAllIn(id), records: (id) => containers.recordsIn(id) };
+  // Lifecycle events (GetContainerEvents): published by both services as changes commit.
+  const lifecycle = lifecycleHub();
+  sandboxes.events = containers.events = lifecycle;
   const recovered = await sandboxes.recover();
   const recoveredContainers = await containers.recover();
   const swept = await sweepOrphanNetns(cfg.netnsDir, sandboxes, logger);
@@ -238,6 +245,20 @@ async function startServing(cfg: CorralConfig, logger: Logger, started: (() => P
     pods: () => Promise.all(sandboxes.all().map(async (r) => ({ state: (await sandboxes.liveState(r)) === 'SANDBOX_READY' ? 'ready' as const : 'notready' as const, runtimeHandler: r.runtimeHandler }))),
     containers: async () => (await containers.list()).map((r) => ({ state: r.state, runtimeHandler: r.runtimeHandler })),
   });
+  // Containers that exit by themselves are recorded (and STOPPED published) as conmon writes their exit file.
+  await fs.mkdir(exitDir, { recursive: true, mode: 0o700 });
+  // The sweep also announces pods whose pause died (STOPPED), as containerd reports a sandbox's exit.
+  const exitWatcher = watchExits({
+    exitDir,
+    onExit: (id) => containers.noticeExit(id),
+    sweep: async () => {
+      await containers.noticeExits();
+      await sandboxes.noticeDeadSandboxes();
+    },
+    logger,
+  });
+  started.push(() => exitWatcher.close(), () => lifecycle.close());
+  await containers.noticeExits();
 
   images.layersInUse = () => new Set([...sandboxes.layersInUse(), ...containers.layersInUse()]);
   sandboxes.layersReleased = containers.layersReleased = (chain) => images.layersReleased(chain);
@@ -268,7 +289,9 @@ async function startServing(cfg: CorralConfig, logger: Logger, started: (() => P
       ...sandboxHandlers(sandboxes, streaming),
       ...containerHandlers(containers, streaming),
       ...statsHandlers(containers, sandboxes),
+      ...metricsHandlers(containers, sandboxes),
     },
+    runtimeStreamHandlers: eventsHandlers(lifecycle, sandboxes, containers),
     imageHandlers: imageHandlers(cfg, images),
     onCall: observer && ((method, code, seconds) => observer.observeCall(method, code, seconds)),
   });
@@ -279,6 +302,8 @@ async function startServing(cfg: CorralConfig, logger: Logger, started: (() => P
     server,
     async shutdown(graceMs: number) {
       await server.shutdown(graceMs);
+      exitWatcher.close();
+      lifecycle.close();
       await streaming.shutdown();
       await metrics?.server.close();
       images.close();

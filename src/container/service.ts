@@ -35,6 +35,7 @@ import { ContainerStore } from '../store/container-store.js';
 import { KeyedLock } from '../util/keyed-lock.js';
 import { nowNs } from '../util/time.js';
 import type { RuntimeObserver } from '../observer.js';
+import { NO_LIFECYCLE_EVENTS, type LifecycleEventType, type LifecyclePublisher } from '../events/lifecycle.js';
 
 /** Containers' root filesystems: the image's shared layers under a writable layer of their own. */
 export interface ContainerRootfs {
@@ -104,6 +105,9 @@ export class ContainerService {
 
   /** Told the layers a removed container no longer holds (set by the daemon). */
   layersReleased: (chain: string[]) => Promise<void> = async () => {};
+
+  /** Told every committed state change: created, started, stopped, deleted (set by the daemon). */
+  events: LifecyclePublisher = NO_LIFECYCLE_EVENTS;
 
   constructor(private readonly deps: ContainerServiceDeps) {
     this.store = new ContainerStore(deps.config.rootDir);
@@ -496,6 +500,8 @@ export class ContainerService {
     this.index.delete(id);
     this.names.release(rec.nameKey ?? rec.name, id);
     this.deps.logger.info({ container: id }, 'container removed');
+    // A container caught half-created by a restart was never announced.
+    if (rec.state !== 'creating') this.publish('deleted', rec);
     // Image GC asks layersInUse, which reads the records: only now are these layers free.
     if (releasedLayers) await this.layersReleased(releasedLayers).catch((e: Error) => this.deps.logger.warn({ err: e.message }, 'collecting released image layers failed'));
   }
@@ -675,12 +681,51 @@ export class ContainerService {
     return next;
   }
 
-  /** Disk first, then memory (a copy: what readers hold is never changed under them). */
+  /**
+   * Disk first, then memory (a copy: what readers hold is never changed under them); a change
+   * of state is then published. Every write of one container's record is under its lock (or,
+   * while it is created, before anyone else can see it), so its events come in order.
+   */
   private async persist(next: ContainerRecord): Promise<void> {
     const committed = structuredClone(next);
     await this.store.save(committed);
+    const before = this.records.get(committed.id)?.state;
     this.records.set(committed.id, committed);
     this.index.add(committed.id);
+    const event = stateChangeEvent(before, committed.state);
+    if (event) this.publish(event, committed);
+  }
+
+  private publish(type: LifecycleEventType, rec: ContainerRecord): void {
+    try {
+      this.events.publish({ type, containerId: rec.id, sandboxId: rec.sandboxId, at: nowNs(), sandbox: this.deps.sandboxes.peek(rec.sandboxId), containers: this.recordsIn(rec.sandboxId) });
+    } catch (e) {
+      // The change is committed: a failing listener must not turn it into a failed call.
+      this.deps.logger.warn({ container: rec.id, event: type, err: (e as Error).message }, 'publishing a container event failed');
+    }
+  }
+
+  /** The records of a pod's containers, as committed. */
+  recordsIn(sandboxId: string): ContainerRecord[] {
+    return [...this.records.values()].filter((r) => r.sandboxId === sandboxId);
+  }
+
+  /**
+   * conmon recorded an exit for the container (the daemon watches its exit files): the record
+   * says so from now on, and STOPPED is published, even when nobody asks for its status.
+   */
+  async noticeExit(id: string): Promise<void> {
+    const rec = this.records.get(id);
+    if (!rec || (rec.state !== 'running' && rec.state !== 'created')) return;
+    if ((await this.deps.monitor.readExit(id)) === null) return;
+    // After whatever holds the lock (a Start that persists `running` first, a Stop that records the exit itself).
+    await this.locked(id, () => this.refreshLocked(id));
+  }
+
+  /** noticeExit for every container that may have exited: the exit watcher's safety net. */
+  async noticeExits(): Promise<void> {
+    const live = [...this.records.values()].filter((r) => r.state === 'running' || r.state === 'created');
+    await Promise.all(live.map((r) => this.noticeExit(r.id).catch(() => undefined)));
   }
 
   private handlerOf(rec: ContainerRecord): RuntimeHandlerConfig {
@@ -726,6 +771,16 @@ export class ContainerService {
     }
     return { recovered: this.records.size, rolledBack };
   }
+}
+
+/** The event a committed change of state makes; none when the state did not change. */
+export function stateChangeEvent(before: ContainerRecord['state'] | undefined, after: ContainerRecord['state']): LifecycleEventType | null {
+  if (before === after) return null;
+  if (after === 'created') return 'created';
+  if (after === 'running') return 'started';
+  // From created (a failed start, a kill before start) or running; not a record first written as exited.
+  if (after === 'exited' && before !== undefined && before !== 'creating') return 'stopped';
+  return null;
 }
 
 /** A ContainerConfig whose metadata and image create() has checked. */

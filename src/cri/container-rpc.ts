@@ -25,17 +25,7 @@ export function containerHandlers(containers: ContainerService, streaming?: Stre
     return streaming;
   };
 
-  const summary = (r: ContainerRecord) => ({
-    id: r.id,
-    podSandboxId: r.sandboxId,
-    metadata: r.metadata,
-    image: { image: r.imageRef },
-    imageRef: r.imageId,
-    state: CRI_STATE[r.state],
-    createdAt: r.createdAt,
-    labels: r.config.labels ?? {},
-    annotations: r.config.annotations ?? {},
-  });
+  const summary = containerSummaryOf;
 
   return {
     async CreateContainer(req) {
@@ -81,17 +71,7 @@ export function containerHandlers(containers: ContainerService, streaming?: Stre
 
     async ContainerStatus(req) {
       const r = await containers.status(requireId(req.containerId));
-      const status = {
-        ...summary(r),
-        startedAt: r.startedAt,
-        finishedAt: r.finishedAt,
-        exitCode: r.exitCode,
-        reason: r.reason,
-        message: r.message,
-        mounts: (r.config.mounts ?? []).map((m) => ({ containerPath: m.containerPath, hostPath: m.hostPath, readonly: Boolean(m.readonly), propagation: m.propagation })),
-        logPath: r.logPath,
-        resources: { linux: containers.linuxResourcesOf(r) },
-      };
+      const status = containerStatusOf(containers, r);
       const info: Record<string, string> = {};
       if (req.verbose) info.info = JSON.stringify({ pid: r.pid, sandboxId: r.sandboxId, runtimeHandler: r.runtimeHandler, resources: r.resources, config: r.config });
       return { status, info };
@@ -132,6 +112,36 @@ export function containerHandlers(containers: ContainerService, streaming?: Stre
       }
     },
   } satisfies RuntimeHandlers;
+}
+
+/** The CRI Container (ListContainers' item) of a record. */
+function containerSummaryOf(r: ContainerRecord) {
+  return {
+    id: r.id,
+    podSandboxId: r.sandboxId,
+    metadata: r.metadata,
+    image: { image: r.imageRef },
+    imageRef: r.imageId,
+    state: CRI_STATE[r.state],
+    createdAt: r.createdAt,
+    labels: r.config.labels ?? {},
+    annotations: r.config.annotations ?? {},
+  };
+}
+
+/** The CRI ContainerStatus of a record (ContainerStatus, and the statuses events carry). */
+export function containerStatusOf(containers: Pick<ContainerService, 'linuxResourcesOf'>, r: ContainerRecord) {
+  return {
+    ...containerSummaryOf(r),
+    startedAt: r.startedAt,
+    finishedAt: r.finishedAt,
+    exitCode: r.exitCode,
+    reason: r.reason,
+    message: r.message,
+    mounts: (r.config.mounts ?? []).map((m) => ({ containerPath: m.containerPath, hostPath: m.hostPath, readonly: Boolean(m.readonly), propagation: m.propagation })),
+    logPath: r.logPath,
+    resources: { linux: containers.linuxResourcesOf(r) },
+  };
 }
 
 function requireId(id: unknown): string {

@@ -36,18 +36,7 @@ export function sandboxHandlers(sandboxes: SandboxService, streaming?: Streaming
 
     async PodSandboxStatus(req) {
       const rec = sandboxes.get(requireId(req.podSandboxId));
-      const state = await sandboxes.liveState(rec);
-      const status = {
-        id: rec.id,
-        metadata: rec.metadata,
-        state,
-        createdAt: rec.createdAt,
-        network: rec.network ? { ip: rec.network.podIp, additionalIps: rec.network.additionalIps.map((ip) => ({ ip })) } : { ip: '', additionalIps: [] },
-        linux: { namespaces: { options: namespaceOptions(rec) } },
-        labels: rec.config.labels ?? {},
-        annotations: rec.config.annotations ?? {},
-        runtimeHandler: rec.runtimeHandler,
-      };
+      const status = podSandboxStatusOf(rec, await sandboxes.liveState(rec));
       const info: Record<string, string> = {};
       if (req.verbose) info.info = JSON.stringify(verboseInfo(rec));
       return { status, info, containersStatuses: [], timestamp: nowNs() };
@@ -84,6 +73,21 @@ export function sandboxHandlers(sandboxes: SandboxService, streaming?: Streaming
       return { items };
     },
   } satisfies RuntimeHandlers;
+}
+
+/** The CRI PodSandboxStatus of a record in the given (live) state. */
+export function podSandboxStatusOf(rec: SandboxRecord, state: 'SANDBOX_READY' | 'SANDBOX_NOTREADY') {
+  return {
+    id: rec.id,
+    metadata: rec.metadata,
+    state,
+    createdAt: rec.createdAt,
+    network: rec.network ? { ip: rec.network.podIp, additionalIps: rec.network.additionalIps.map((ip) => ({ ip })) } : { ip: '', additionalIps: [] },
+    linux: { namespaces: { options: namespaceOptions(rec) } },
+    labels: rec.config.labels ?? {},
+    annotations: rec.config.annotations ?? {},
+    runtimeHandler: rec.runtimeHandler,
+  };
 }
 
 function requireId(id: unknown): string {

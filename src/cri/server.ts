@@ -15,7 +15,8 @@ import {
   type ImageRpcName, type RuntimeRpcName,
 } from './proto.js';
 import { MAX_REQUEST_ELEMENTS, countWireElements } from './message-limits.js';
-import type { CallInfo, ImageHandlers, RuntimeHandlers } from './rpc-types.js';
+import type { CallInfo, ImageHandlers, RuntimeHandlers, RuntimeStreamHandlers } from './rpc-types.js';
+import { serveStream, type StreamHandler } from './server-stream.js';
 
 export type { ImageRpcName, RuntimeRpcName };
 
@@ -31,6 +32,8 @@ export interface CriServerOptions {
   socketMode?: number;
   runtimeHandlers: RuntimeHandlers;
   imageHandlers: ImageHandlers;
+  /** The server-streaming RPCs served (GetContainerEvents); the others answer UNIMPLEMENTED. */
+  runtimeStreamHandlers?: RuntimeStreamHandlers;
   logger: Logger;
   /** Time a new connection has to send the HTTP/2 connection preface; default DEFAULT_HANDSHAKE_TIMEOUT_MS. */
   handshakeTimeoutMs?: number;
@@ -175,6 +178,8 @@ export class CriServer {
   private readonly sockets = new Set<net.Socket>();
   private readonly bodyBudget = new RequestBodyBudget(MAX_UNFINISHED_BODY_BYTES_TOTAL);
   private readonly idleWaiters = new Set<() => void>();
+  /** One per open server stream: aborted at shutdown, which ends the stream. */
+  private readonly streams = new Set<AbortController>();
   private shutdownPromise: Promise<void> | undefined;
 
   private constructor(
@@ -189,6 +194,9 @@ export class CriServer {
     for (const name of Object.keys(opts.runtimeHandlers)) {
       if (!(RUNTIME_RPCS as readonly string[]).includes(name)) throw new Error(`corral: no RuntimeService RPC called ${name}`);
     }
+    for (const name of Object.keys(opts.runtimeStreamHandlers ?? {})) {
+      if (!runtimeServiceDefinition[name]?.responseStream) throw new Error(`corral: no server-streaming RuntimeService RPC called ${name}`);
+    }
     for (const name of Object.keys(opts.imageHandlers)) {
       if (!(IMAGE_RPCS as readonly string[]).includes(name)) throw new Error(`corral: no ImageService RPC called ${name}`);
     }
@@ -202,7 +210,7 @@ export class CriServer {
     const netServer = net.createServer();
     netServer.maxConnections = opts.maxConnections ?? DEFAULT_MAX_CONNECTIONS;
     const server = new CriServer(opts, grpcServer, netServer, injector);
-    grpcServer.addService(guardRequests(runtimeServiceDefinition, RUNTIME_SERVICE), server.implementation(runtimeServiceDefinition, opts.runtimeHandlers as Partial<Record<string, Handler>>));
+    grpcServer.addService(guardRequests(runtimeServiceDefinition, RUNTIME_SERVICE), server.implementation(runtimeServiceDefinition, opts.runtimeHandlers as Partial<Record<string, Handler>>, opts.runtimeStreamHandlers as Partial<Record<string, StreamHandler>>));
     grpcServer.addService(guardRequests(imageServiceDefinition, IMAGE_SERVICE), server.implementation(imageServiceDefinition, opts.imageHandlers as Partial<Record<string, Handler>>));
     netServer.on('connection', (socket) => server.accept(socket));
     try {
@@ -238,6 +246,8 @@ export class CriServer {
 
   private async doShutdown(graceMs: number): Promise<void> {
     this.closing = true;
+    // Streams last as long as their client wants: ended now (UNAVAILABLE), not waited for.
+    for (const s of this.streams) s.abort();
     const netClosed = new Promise<void>((resolve) => this.netServer.close(() => resolve()));
     // GOAWAY to every session: clients open no new streams; open ones may finish.
     this.injector.drain(graceMs);
@@ -298,13 +308,16 @@ export class CriServer {
     }
   }
 
-  private implementation(def: grpc.ServiceDefinition, handlers: Partial<Record<string, Handler>>): grpc.UntypedServiceImplementation {
+  private implementation(def: grpc.ServiceDefinition, handlers: Partial<Record<string, Handler>>, streamHandlers: Partial<Record<string, StreamHandler>> = {}): grpc.UntypedServiceImplementation {
     const impl: grpc.UntypedServiceImplementation = {};
     for (const [name, method] of Object.entries(def)) {
       const handler = handlers[name];
       if (method.requestStream) {
         // The CRI has no client-streaming RPCs; be defensive anyway.
         impl[name] = ((call: any, cb: any) => cb({ code: grpc.status.UNIMPLEMENTED, details: `corral does not serve ${name}` })) as any;
+      } else if (method.responseStream && streamHandlers[name]) {
+        const streamHandler = streamHandlers[name];
+        impl[name] = ((call: grpc.ServerWritableStream<any, any>) => this.serverStream(name, streamHandler, call)) as any;
       } else if (method.responseStream) {
         impl[name] = ((call: grpc.ServerWritableStream<any, any>) => {
           this.logCall(name, call.request, grpc.status.UNIMPLEMENTED, 0);
@@ -381,6 +394,24 @@ export class CriServer {
       this.inflight--;
       if (this.inflight === 0) this.wakeIdleWaiters();
     });
+  }
+
+  /** A server-streaming call (see serveStream); not counted in inFlight, ended at shutdown. */
+  private serverStream(name: string, handler: StreamHandler, call: grpc.ServerWritableStream<any, any>): void {
+    const request = call.request;
+    const refuse = (code: grpc.status, details: string, err?: unknown) => {
+      this.logCall(name, request, code, 0, err);
+      call.emit('error', { code, details } as any);
+    };
+    if (this.closing) return refuse(grpc.status.UNAVAILABLE, 'corral is shutting down');
+    if (request instanceof RefusedRequest) return refuse(grpc.status.RESOURCE_EXHAUSTED, request.reason, resourceExhausted(request.reason));
+    const over = new AbortController();
+    this.streams.add(over);
+    void serveStream(name, handler, call, over, {
+      shuttingDown: () => this.closing,
+      logCall: (code, ms, err) => this.logCall(name, request, code, ms, err),
+      logger: this.opts.logger,
+    }).finally(() => this.streams.delete(over));
   }
 
   private logCall(method: string, request: any, code: grpc.status, ms: number, err?: unknown): void {

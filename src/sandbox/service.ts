@@ -33,6 +33,7 @@ import { processStartTime } from '../util/process.js';
 import { nowNs } from '../util/time.js';
 import { SharedExclusiveLock } from '../util/keyed-lock.js';
 import type { RuntimeObserver } from '../observer.js';
+import { NO_LIFECYCLE_EVENTS, type LifecycleEvent, type LifecycleEventType, type LifecyclePublisher } from '../events/lifecycle.js';
 
 /** What the sandbox lifecycle needs from the network layer (CNI) of one handler. */
 export interface PodNetworkDriver {
@@ -152,11 +153,16 @@ export class SandboxService {
   private readonly records = new Map<string, SandboxRecord>();
   private readonly locks = new SharedExclusiveLock();
 
-  /** The pod's application containers: stopped with it, removed with it (set by the daemon). */
-  containers: { stopAll(sandboxId: string): Promise<void>; removeAll(sandboxId: string): Promise<void> } = {
+  /** The pod's application containers: stopped with it, removed with it, listed in its events (set by the daemon). */
+  containers: { stopAll(sandboxId: string): Promise<void>; removeAll(sandboxId: string): Promise<void>; records?(sandboxId: string): LifecycleEvent['containers'] } = {
     stopAll: async () => {},
     removeAll: async () => {},
   };
+
+  /** Told every committed change of a sandbox: created and started, stopped, deleted (set by the daemon). */
+  events: LifecyclePublisher = NO_LIFECYCLE_EVENTS;
+  /** Ready sandboxes announced STOPPED because their namespaces went (noticeDeadSandboxes); until their Stop or Remove. */
+  private readonly announcedDown = new Set<string>();
 
   /** Told the layers a stopped pod's sandbox image no longer holds (set by the daemon). */
   layersReleased: (chain: string[]) => Promise<void> = async () => {};
@@ -282,6 +288,10 @@ export class SandboxService {
       }
       log.info({ timings, handler: handler.name, mode, order, ip: record.network?.podIp }, 'pod sandbox ready');
       this.deps.observer?.sandboxSteps('run', handler.name, timings);
+      // Under the lock, after the ready record is committed: before any STOPPED of this pod.
+      const ready = this.records.get(id);
+      this.publish('created', ready);
+      this.publish('started', ready);
     });
   }
 
@@ -440,6 +450,7 @@ export class SandboxService {
   private async stopLocked(tx: SandboxTx, id: string, persist = true): Promise<string[] | undefined> {
     const record = tx.current();
     if (!record) return undefined;
+    const wasReady = record.state === 'ready';
     const { pinner, runtime, logger } = this.deps;
     const handler = this.deps.config.runtimes[record.runtimeHandler];
     const res = record.resources;
@@ -493,6 +504,8 @@ export class SandboxService {
         delete record.lastError;
         if (persist) await tx.save(record);
       }
+      // Not twice: a pod whose pause died was announced STOPPED then (noticeDeadSandboxes).
+      if (wasReady && !this.announcedDown.delete(id)) this.publish('stopped', persist ? this.records.get(id) : record);
       logger.info({ sandbox: id, timings }, 'pod sandbox stopped');
       this.deps.observer?.sandboxSteps('stop', record.runtimeHandler, timings);
       if (!persist) return releasedLayers;
@@ -502,7 +515,9 @@ export class SandboxService {
       const msg = (e as Error).message;
       record.state = 'notready';
       record.lastError = `stop incomplete: ${msg}`;
-      await tx.save(record).catch(() => {});
+      const saved = await tx.save(record).then(() => true, () => false);
+      // Not ready any more, as its status says from now on.
+      if (wasReady && saved && !this.announcedDown.delete(id)) this.publish('stopped', this.records.get(id));
       await this.reportReleased(releasedLayers);
       logger.warn({ sandbox: id, err: msg }, 'StopPodSandbox incomplete; the next Stop retries');
       throw internalError(`stopping pod sandbox ${id}: ${msg}`);
@@ -520,10 +535,43 @@ export class SandboxService {
       const releasedLayers = await this.stopLocked(tx, id, false);
       await fs.rm(this.volatileDir(id), { recursive: true, force: true });
       await tx.forget();
+      this.announcedDown.delete(id);
       this.names.release(sandboxNameKey(record.metadata), id);
       this.deps.logger.info({ sandbox: id }, 'pod sandbox removed');
+      // With its last record, stopped: kubelet takes the pod's ID from the event's sandbox status.
+      // One caught half-created by a restart was never announced.
+      if (record.state !== 'creating') this.publish('deleted', { ...record, state: 'notready', pid: 0 });
       await this.reportReleased(releasedLayers);
     });
+  }
+
+  private publish(type: LifecycleEventType, record: SandboxRecord | undefined): void {
+    if (!record) return;
+    try {
+      this.events.publish({ type, containerId: record.id, sandboxId: record.id, at: nowNs(), sandbox: record, containers: this.containers.records?.(record.id) ?? [] });
+    } catch (e) {
+      // The change is committed: a failing listener must not turn it into a failed call.
+      this.deps.logger.warn({ sandbox: record.id, event: type, err: (e as Error).message }, 'publishing a sandbox event failed');
+    }
+  }
+
+  /**
+   * Publishes STOPPED, once, for each ready sandbox whose namespaces are no longer held (its
+   * pause process died, a pin was removed): its status says NOTREADY from then on, and
+   * containerd reports a sandbox's exit the same way. Run periodically by the daemon.
+   */
+  async noticeDeadSandboxes(): Promise<void> {
+    const ready = [...this.records.values()].filter((r) => r.state === 'ready' && !this.announcedDown.has(r.id));
+    for (const rec of ready) {
+      if ((await this.liveState(rec)) === 'SANDBOX_READY') continue;
+      // Under the pod's lock, checked again: a Stop under way announces it itself.
+      await this.exclusive(rec.id, async (tx) => {
+        const now = tx.current();
+        if (now?.state !== 'ready' || this.announcedDown.has(rec.id) || (await this.liveState(now)) === 'SANDBOX_READY') return;
+        this.announcedDown.add(rec.id);
+        this.publish('stopped', this.records.get(rec.id));
+      });
+    }
   }
 
   /** Tells image GC about layers a stopped pod no longer mounts; only once its record says so. */
@@ -597,6 +645,11 @@ export class SandboxService {
     // Indexed without a record: claimed by a Run about to write it.
     if (!rec || rec.state === 'creating') throw notFound(`pod sandbox ${id} is still being created`);
     return rec;
+  }
+
+  /** The committed record, whatever its state; undefined when there is none. Never throws. */
+  peek(id: string): SandboxRecord | undefined {
+    return this.records.get(id);
   }
 
   /** What ListPodSandbox shows: sandboxes still being created are left out (see get). */

@@ -282,6 +282,6 @@ export function containerService(svc: SandboxService, cfg: CorralConfig, fakes: 
     availableCapabilities: [],
     oomScoreAdjFloor: -1000,
   });
-  svc.containers = { stopAll: (id) => containers.stopAllIn(id), removeAll: (id) => containers.removeAllIn(id) };
+  svc.containers = { stopAll: (id) => containers.stopAllIn(id), removeAll: (id) => containers.removeAllIn(id), records: (id) => containers.recordsIn(id) };
   return containers;
 }

@@ -15,7 +15,7 @@ import { fileURLToPath } from 'node:url';
 const repoRoot = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../../..');
 const srcDir = path.join(repoRoot, 'src');
 
-const DOMAIN_DIRS = ['sandbox', 'container', 'image', 'oci', 'network', 'store', 'util', 'config'];
+const DOMAIN_DIRS = ['sandbox', 'container', 'image', 'oci', 'network', 'store', 'util', 'config', 'events'];
 const DOMAIN_FILES = ['errors.ts', 'observer.ts'];
 const FORBIDDEN_PACKAGES = ['@grpc/grpc-js', '@grpc/proto-loader', 'prom-client'];
 const facadeDir = path.join(srcDir, 'cri');
