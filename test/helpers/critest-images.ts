@@ -5,6 +5,9 @@
  * Which images must differ, and the users they carry, follow cri-tools'
  * pkg/validate/consts.go and image.go. The digest-pinned spec (test-image-digest@…) is
  * not reproducible: its digest names upstream bytes.
+ *
+ * Below them, stand-ins for the e2e-test-images the other specs run (busybox, nonewprivs,
+ * nginx), each with what those specs rely on; test/conformance/run-critest.ts pushes them.
  */
 import { execFileSync } from 'node:child_process';
 import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
