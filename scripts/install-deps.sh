@@ -18,6 +18,19 @@ fi
 
 bash scripts/prepare-cgroups.sh
 
+# critest's stand-in for the upstream busybox image needs a busybox whose sh runs /bin/ls and
+# not a built-in applet (the MaskedPaths spec masks /bin/ls); busybox-static's sh always runs
+# its applets. Debian's dynamically linked busybox does not, but conflicts with busybox-static,
+# so only its binary is unpacked, beside the system's (test/helpers/critest-images.ts).
+critest_busybox=/usr/local/lib/corral-test/busybox
+if [ ! -x "$critest_busybox" ]; then
+  tmp=$(mktemp -d) && chmod 755 "$tmp"
+  (cd "$tmp" && { apt-get download -qq busybox 2>/dev/null || { apt-get update -qq && apt-get download -qq busybox; }; }) >/dev/null
+  dpkg-deb --fsys-tarfile "$tmp"/busybox_*.deb | tar -x -C "$tmp" ./bin/busybox
+  install -D -m 0755 "$tmp/bin/busybox" "$critest_busybox"
+  rm -rf "$tmp"
+fi
+
 # crictl and critest v1.26.1 (the real Go SPDY client the streaming tests use; not in Debian),
 # from the shared tools kept beside the clone.
 crictl_installer=../shared/tools/cri-tools-v1.26.1/install.sh

@@ -11,6 +11,7 @@ import { nativeBinary } from './util/paths.js';
 import { CniNetworks } from './network/pod-network.js';
 import { createPinnedNetns, isNetnsPinned, listCorralNetns, netnsPathFor, removePinnedNetns, sandboxIdFromNetnsPath } from './network/netns.js';
 import { OciRuntime, currentCapabilities, oomScoreAdjFloor } from './oci/runtime.js';
+import { hostIsCgroupV2 } from './oci/cgroup-limits.js';
 import { BUILTIN_SANDBOX_IMAGE_NAME, DEFAULT_SANDBOX_OOM_SCORE_ADJ, buildSandboxSpec } from './oci/sandbox-spec.js';
 import { cgroupfsCgroupsPath, clampOomScoreAdj } from './oci/cgroups.js';
 import { validateSysctls, withDefaultSysctls } from './oci/sysctls.js';
@@ -120,6 +121,7 @@ async function startServing(cfg: CorralConfig, logger: Logger, started: (() => P
         hostPid: ns.pid === 'NODE',
         hostIpc: ns.ipc === 'NODE',
         sharedPidNamespace: ns.pid === 'POD',
+        hostCgroupV2: await hostIsCgroupV2(),
         privileged: record.privileged,
         readOnlyRootfs: true,
         runAsUser: sc.runAsUser ? Number(sc.runAsUser.value) : undefined,

@@ -353,6 +353,7 @@ export class ContainerService {
       cwd: c.workingDir || imageConfig.WorkingDir || '/',
       user,
       namespaces: await this.podNamespaces(sandbox, sc.namespaceOptions ?? {}),
+      hostCgroupV2: await hostIsCgroupV2(),
       privileged,
       readOnlyRootfs: Boolean(sc.readonlyRootfs),
       noNewPrivileges: Boolean(sc.noNewPrivs),

@@ -7,7 +7,7 @@ import path from 'node:path';
 import { CONTAINER_TYPE_CONTAINER, criAnnotations } from './annotations.js';
 import { ALL_CAPABILITIES, DEFAULT_CAPABILITIES } from './capabilities.js';
 import { OCI_VERSION, type OciLinux, type OciMount, type OciNamespace, type OciSpec, type OciUser } from './oci-types.js';
-import { DEFAULT_MASKED_PATHS, DEFAULT_PATH_ENV, DEFAULT_READONLY_PATHS, podMounts } from './pod-defaults.js';
+import { DEFAULT_MASKED_PATHS, DEFAULT_PATH_ENV, DEFAULT_READONLY_PATHS, podMounts, withCgroupNamespace } from './pod-defaults.js';
 import { seccompFor, type SeccompChoice } from './seccomp.js';
 import { unescapeMountinfo } from '../util/mounts.js';
 import type { MountPropagation } from '../cri-api/types.js';
@@ -125,6 +125,8 @@ export interface ContainerSpecInput {
   cwd: string;
   user: OciUser;
   namespaces: PodNamespaces;
+  /** /sys/fs/cgroup is cgroup2 (hostIsCgroupV2): the container's cgroup mount then needs a cgroup namespace. */
+  hostCgroupV2: boolean;
   privileged: boolean;
   readOnlyRootfs: boolean;
   noNewPrivileges: boolean;
@@ -176,7 +178,7 @@ export function buildContainerSpec(input: ContainerSpecInput): OciSpec {
   }).filter((m) => !taken.has(m.destination));
 
   const linux: OciLinux = {
-    namespaces,
+    namespaces: withCgroupNamespace(namespaces, input),
     resources: { devices: [{ allow: input.privileged, access: 'rwm' }] },
     cgroupsPath: input.cgroupsPath,
   };

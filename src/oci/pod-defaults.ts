@@ -2,7 +2,7 @@
  * What every container of a pod gets unless told otherwise, sandbox and application
  * alike: the pod's mounts, the kernel paths hidden or made read-only, and PATH.
  */
-import type { OciMount } from './oci-types.js';
+import type { OciMount, OciNamespace } from './oci-types.js';
 
 /** Kernel interfaces hidden from unprivileged sandboxes. */
 export const DEFAULT_MASKED_PATHS: readonly string[] = [
@@ -43,7 +43,8 @@ export interface PodMountsInput {
 
 const SHM_TMPFS_OPTIONS = ['nosuid', 'noexec', 'nodev', 'mode=1777', 'size=65536k'];
 
-/** The mounts every container of a pod gets: proc, dev, sys, the pod's shm and its hostname, hosts and resolv.conf. */export function podMounts(input: PodMountsInput): OciMount[] {
+/** The mounts every container of a pod gets: proc, dev, sys, its cgroup, the pod's shm and its hostname, hosts and resolv.conf. */
+export function podMounts(input: PodMountsInput): OciMount[] {
   const roBind = (destination: string, source: string): OciMount => ({
     destination,
     type: 'bind',
@@ -65,9 +66,25 @@ const SHM_TMPFS_OPTIONS = ['nosuid', 'noexec', 'nodev', 'mode=1777', 'size=65536
     },
     { destination: '/dev/mqueue', type: 'mqueue', source: 'mqueue', options: ['nosuid', 'noexec', 'nodev'] },
     { destination: '/sys', type: 'sysfs', source: 'sysfs', options: ['nosuid', 'noexec', 'nodev', input.privileged ? 'rw' : 'ro'] },
+    // The container's own cgroup, so JVMs, Go and Node size themselves from its limits. The OCI
+    // runtime bind-mounts each v1 controller's container dir here (on a unified host it mounts
+    // cgroup2, rooted at the container by the cgroup namespace of withCgroupNamespace).
+    // Read-only unless privileged, with containerd's options.
+    { destination: '/sys/fs/cgroup', type: 'cgroup', source: 'cgroup', options: ['nosuid', 'noexec', 'nodev', 'relatime', input.privileged ? 'rw' : 'ro'] },
     shm,
     roBind('/etc/resolv.conf', input.resolvConfPath),
     roBind('/etc/hostname', input.hostnamePath),
     roBind('/etc/hosts', input.hostsPath),
   ];
+}
+
+/**
+ * The namespaces plus a cgroup namespace where the /sys/fs/cgroup mount needs one: on a
+ * unified (cgroup v2) host the runtime mounts a fresh cgroup2, which shows the host's whole
+ * tree unless a cgroup namespace roots it at the container's own cgroup. As containerd does,
+ * v1 hosts (the runtime bind-mounts the container's dirs) and privileged containers get none.
+ */
+export function withCgroupNamespace(namespaces: OciNamespace[], opts: { hostCgroupV2: boolean; privileged: boolean }): OciNamespace[] {
+  if (!opts.hostCgroupV2 || opts.privileged || namespaces.some((n) => n.type === 'cgroup')) return namespaces;
+  return [...namespaces, { type: 'cgroup' }];
 }

@@ -5,7 +5,7 @@
 import { ALL_CAPABILITIES, DEFAULT_CAPABILITIES } from './capabilities.js';
 import { CONTAINER_TYPE_SANDBOX, criAnnotations } from './annotations.js';
 import { OCI_VERSION, type OciLinux, type OciNamespace, type OciSpec, type OciUser } from './oci-types.js';
-import { DEFAULT_MASKED_PATHS, DEFAULT_PATH_ENV, DEFAULT_READONLY_PATHS, podMounts } from './pod-defaults.js';
+import { DEFAULT_MASKED_PATHS, DEFAULT_PATH_ENV, DEFAULT_READONLY_PATHS, podMounts, withCgroupNamespace } from './pod-defaults.js';
 import { seccompFor, type SeccompChoice } from './seccomp.js';
 
 /** The image name recorded for Corral's built-in pause rootfs. */
@@ -30,6 +30,8 @@ export interface SandboxSpecInput {
   hostIpc: boolean;
   /** POD-level PID namespace: the pause gets a private one either way; app containers join it. */
   sharedPidNamespace: boolean;
+  /** /sys/fs/cgroup is cgroup2 (hostIsCgroupV2): the pause's cgroup mount then needs a cgroup namespace. */
+  hostCgroupV2: boolean;
   privileged: boolean;
   readOnlyRootfs: boolean;
   runAsUser?: number;
@@ -87,7 +89,7 @@ export function buildSandboxSpec(input: SandboxSpecInput): OciSpec {
   });
 
   const linux: OciLinux = {
-    namespaces,
+    namespaces: withCgroupNamespace(namespaces, input),
     resources: {
       devices: [{ allow: input.privileged, access: 'rwm' }],
       cpu: { shares: input.cpuShares ?? DEFAULT_SANDBOX_CPU_SHARES },

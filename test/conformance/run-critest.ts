@@ -13,7 +13,7 @@ import { spawn } from 'node:child_process';
 import { parseArgs } from 'node:util';
 import { TestDaemon } from '../helpers/daemon.js';
 import { pushImage, startRegistry } from '../helpers/registry.js';
-import { critestMirrorToml, pushCritestImages } from '../helpers/critest-images.js';
+import { critestBusyboxImage, critestMirrorToml, nginxStandIn, nonewprivsImage, pushCritestImages } from '../helpers/critest-images.js';
 import { buildLayer, busyboxImage } from '../helpers/test-images.js';
 
 const { values } = parseArgs({
@@ -30,13 +30,16 @@ let code = 1;
 try {
   await pushCritestImages(reg);
   // critest's default container image (DefaultTestContainerImage).
-  await pushImage(reg, 'e2e-test-images/busybox', '1.29-2', await busyboxImage({ allApplets: true }));
+  await pushImage(reg, 'e2e-test-images/busybox', '1.29-2', await critestBusyboxImage());
+  // The NoNewPrivs specs' image: a setuid-root program printing its effective uid.
+  await pushImage(reg, 'e2e-test-images/nonewprivs', '1.3', await nonewprivsImage());
   // Stands in for registry.k8s.io/e2e-test-images/nginx: busybox's httpd serving on port 80.
   const page = await buildLayer([{ path: 'usr/share/nginx/html/index.html', content: '<html><body>corral test nginx</body></html>\n' }]);
   // Apache's log names its command line ("httpd -D FOREGROUND"); critest looks for it.
-  const httpd = (root: string) => ({ Entrypoint: ['sh', '-c', `echo "Command line: 'httpd -D FOREGROUND'"; echo $$ > /var/run/nginx.pid; exec httpd -f -p 80 -h ${root}`], Cmd: [] });
+  const httpd = (root: string) => ({ Entrypoint: ['sh', '-c', `echo "Command line: 'httpd -D FOREGROUND'"; exec httpd -f -p 80 -h ${root}`], Cmd: [] });
   const run = await buildLayer([{ path: 'var/', type: 'directory' }, { path: 'var/run/', type: 'directory' }, { path: 'usr/local/apache2/htdocs/index.html', content: '<html><body>It works!</body></html>\n' }]);
-  await pushImage(reg, 'e2e-test-images/nginx', '1.14-2', await busyboxImage({ allApplets: true, extraLayers: [page, run], config: httpd('/usr/share/nginx/html') }));
+  const nginx = nginxStandIn('/usr/share/nginx/html');
+  await pushImage(reg, 'e2e-test-images/nginx', '1.14-2', await busyboxImage({ allApplets: true, extraLayers: [page, await buildLayer(nginx.layer)], config: nginx.config }));
   // The Streaming spec "portforward in host network": gcr.io/k8s-staging-cri-tools/hostnet-nginx-<arch>, a web server on host port 12003.
   await pushImage(reg, `k8s-staging-cri-tools/hostnet-nginx-${process.arch === 'arm64' ? 'arm64' : 'amd64'}`, 'latest', await busyboxImage({ allApplets: true, extraLayers: [page, run], config: { Entrypoint: ['httpd', '-f', '-p', '12003', '-h', '/usr/share/nginx/html'], Cmd: [] } }));
   // And for registry.k8s.io/e2e-test-images/httpd.

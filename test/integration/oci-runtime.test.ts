@@ -14,6 +14,7 @@ import { randomBytes } from 'node:crypto';
 import { nativeBinary, packageRoot } from '../../src/util/paths.js';
 import { buildSandboxSpec, DEFAULT_SANDBOX_OOM_SCORE_ADJ, type SandboxSpecInput } from '../../src/oci/sandbox-spec.js';
 import { clampOomScoreAdj } from '../../src/oci/cgroups.js';
+import { hostIsCgroupV2 } from '../../src/oci/cgroup-limits.js';
 import type { OciSpec } from '../../src/oci/oci-types.js';
 import { currentCapabilities, OciRuntime, oomScoreAdjFloor } from '../../src/oci/runtime.js';
 import { ensureBuiltinSandboxRootfs, writeBundle } from '../../src/oci/sandbox-rootfs.js';
@@ -204,6 +205,7 @@ async function setup(runtimeName: string, opts: { hostNetwork?: boolean } = {}):
       hostPid: false,
       hostIpc: false,
       sharedPidNamespace: true,
+      hostCgroupV2: await hostIsCgroupV2(),
       privileged: false,
       readOnlyRootfs: true,
       cgroupsPath: `/${CGROUP_TEST_PARENT}/${id}`,

@@ -65,6 +65,7 @@ function input(over: Partial<ContainerSpecInput> = {}): ContainerSpecInput {
     cwd: '/',
     user: { uid: 0, gid: 0 },
     namespaces: { network: '/var/run/netns/corral-s', ipc: '/proc/42/ns/ipc', uts: '/proc/42/ns/uts', pid: '/proc/42/ns/pid' },
+    hostCgroupV2: false,
     privileged: false,
     readOnlyRootfs: false,
     noNewPrivileges: false,
@@ -95,6 +96,27 @@ test('the container joins the pod namespaces by path; new PID namespace or host 
   assert.equal(spec.annotations!['io.kubernetes.cri.container-type'], 'container');
   assert.equal(spec.annotations!['io.kubernetes.cri.sandbox-id'], 's'.repeat(64));
   assert.equal(spec.annotations!['io.kubernetes.cri.container-name'], 'web');
+});
+
+test('the container sees its own cgroup at /sys/fs/cgroup: a cgroup mount after /sys, read-only with containerd\'s options, rw when privileged', () => {
+  const spec = buildContainerSpec(input());
+  const dests = spec.mounts!.map((m) => m.destination);
+  assert.ok(dests.indexOf('/sys/fs/cgroup') > dests.indexOf('/sys'), 'mounted over /sys, so after it');
+  assert.deepEqual(
+    spec.mounts!.filter((m) => m.destination === '/sys/fs/cgroup'),
+    [{ destination: '/sys/fs/cgroup', type: 'cgroup', source: 'cgroup', options: ['nosuid', 'noexec', 'nodev', 'relatime', 'ro'] }],
+  );
+  const privileged = buildContainerSpec(input({ privileged: true }));
+  assert.deepEqual(privileged.mounts!.find((m) => m.destination === '/sys/fs/cgroup')!.options, ['nosuid', 'noexec', 'nodev', 'relatime', 'rw']);
+  const kubelet = buildContainerSpec(input({ mounts: [{ containerPath: '/sys/fs/cgroup', hostPath: '/srv/cg', readonly: true }] }));
+  assert.deepEqual(kubelet.mounts!.filter((m) => m.destination === '/sys/fs/cgroup').map((m) => m.type), ['bind'], 'a kubelet mount there replaces it');
+});
+
+test('cgroup namespace: on a cgroup v2 host for an unprivileged container (its cgroup2 mount is rooted at its own cgroup); never on v1 or privileged', () => {
+  const types = (over: Partial<ContainerSpecInput>) => buildContainerSpec(input(over)).linux!.namespaces.map((n) => n.type);
+  assert.deepEqual(types({ hostCgroupV2: true }), ['mount', 'pid', 'ipc', 'uts', 'network', 'cgroup']);
+  assert.ok(!types({ hostCgroupV2: false }).includes('cgroup'));
+  assert.ok(!types({ hostCgroupV2: true, privileged: true }).includes('cgroup'));
 });
 
 test('kubelet mounts replace the pod defaults at the same path, with their propagation', () => {

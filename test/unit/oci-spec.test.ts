@@ -23,6 +23,7 @@ function input(over: Partial<SandboxSpecInput> = {}): SandboxSpecInput {
     hostPid: false,
     hostIpc: false,
     sharedPidNamespace: true,
+    hostCgroupV2: false,
     privileged: false,
     readOnlyRootfs: false,
     cgroupsPath: '/kubepods/besteffort/poduid-1/' + 'a'.repeat(64),
@@ -99,7 +100,7 @@ test('default pod: mounts', () => {
   const s = buildSandboxSpec(input());
   assert.deepEqual(
     s.mounts.map((m) => m.destination),
-    ['/proc', '/dev', '/dev/pts', '/dev/mqueue', '/sys', '/dev/shm', '/etc/resolv.conf', '/etc/hostname', '/etc/hosts'],
+    ['/proc', '/dev', '/dev/pts', '/dev/mqueue', '/sys', '/sys/fs/cgroup', '/dev/shm', '/etc/resolv.conf', '/etc/hostname', '/etc/hosts'],
   );
   assert.equal(mount(s, '/proc')?.type, 'proc');
   assert.equal(mount(s, '/dev')?.type, 'tmpfs');
@@ -119,6 +120,16 @@ test('default pod: mounts', () => {
     assert.equal(m.source, src);
     assert.ok(m.options?.includes('ro'), `${dest} is read-only`);
   }
+});
+
+test('the pause container gets its own cgroup at /sys/fs/cgroup: read-only, rw when privileged, a cgroup namespace only on a cgroup v2 host', () => {
+  const v1 = buildSandboxSpec(input());
+  assert.deepEqual(mount(v1, '/sys/fs/cgroup'), { destination: '/sys/fs/cgroup', type: 'cgroup', source: 'cgroup', options: ['nosuid', 'noexec', 'nodev', 'relatime', 'ro'] });
+  assert.ok(!nsTypes(v1).includes('cgroup'), 'v1: the runtime bind-mounts the container dirs, as containerd no cgroup namespace');
+  assert.deepEqual(nsTypes(buildSandboxSpec(input({ hostCgroupV2: true }))), ['pid', 'ipc', 'uts', 'mount', 'network', 'cgroup']);
+  const privileged = buildSandboxSpec(input({ hostCgroupV2: true, privileged: true }));
+  assert.deepEqual(mount(privileged, '/sys/fs/cgroup')?.options, ['nosuid', 'noexec', 'nodev', 'relatime', 'rw']);
+  assert.ok(!nsTypes(privileged).includes('cgroup'));
 });
 
 test('host network: no network or UTS namespace, no hostname', () => {
