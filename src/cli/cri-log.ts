@@ -37,7 +37,8 @@ export function parseCriRecord(line: Buffer): LogRecord | null {
 
 /**
  * RFC 3339 as written by conmon (`2026-12-02T15:54:23.603252879+00:00`) → crictl's output
- * form: UTC, `Z`, nanoseconds without trailing zeros. Unparseable input is returned as is.
+ * form (kubelet's `2006-01-02T15:04:05.000000000Z07:00`): UTC, always nine fractional
+ * digits. Unparseable input is returned as is.
  */
 export function formatLogTime(time: string): string {
   const m = /^(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(?:\.(\d{1,9}))?(Z|[+-]\d\d:\d\d)$/.exec(time);
@@ -49,8 +50,7 @@ export function formatLogTime(time: string): string {
     if (Number.isNaN(ms)) return time;
     base = new Date(ms).toISOString().slice(0, 19);
   }
-  const frac = (m[2] ?? '').replace(/0+$/, '');
-  return `${base}${frac ? `.${frac}` : ''}Z`;
+  return `${base}.${(m[2] ?? '').padEnd(9, '0')}Z`;
 }
 
 export interface LogWriter {

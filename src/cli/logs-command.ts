@@ -52,10 +52,8 @@ export async function logsCommand(argv: string[]): Promise<number> {
 class Output {
   constructor() {
     for (const s of [process.stdout, process.stderr]) {
-      s.on('error', (e: NodeJS.ErrnoException) => {
-        if (e.code === 'EPIPE') process.exit(0);
-        throw e;
-      });
+      // Nowhere left to report to: end, successfully when the reader just stopped reading.
+      s.on('error', (e: NodeJS.ErrnoException) => process.exit(e.code === 'EPIPE' ? 0 : 1));
     }
   }
 

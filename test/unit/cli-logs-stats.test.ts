@@ -20,12 +20,12 @@ test('CRI records: time, stream, P/F tag, the text as is (spaces kept); anything
   for (const bad of ['plain text', `${T} stdin F x`, `${T} stdout X x`, `${T} stdout`, '', ' stdout F x']) assert.equal(parseCriRecord(Buffer.from(bad)), null, bad);
 });
 
-test('timestamps as crictl prints them: UTC with Z, nanoseconds without trailing zeros', () => {
+test('timestamps as crictl prints them: UTC with Z, always nine fractional digits', () => {
   assert.equal(formatLogTime(T), '2026-12-02T15:54:23.603252879Z');
-  assert.equal(formatLogTime('2026-12-02T15:54:23.600000000+00:00'), '2026-12-02T15:54:23.6Z');
-  assert.equal(formatLogTime('2026-12-02T15:54:23.000+00:00'), '2026-12-02T15:54:23Z');
-  assert.equal(formatLogTime('2026-12-02T17:54:23.5+02:00'), '2026-12-02T15:54:23.5Z');
-  assert.equal(formatLogTime('2026-12-31T23:30:00.25-01:00'), '2027-01-01T00:30:00.25Z');
+  assert.equal(formatLogTime('2026-12-02T15:54:23.369943460+00:00'), '2026-12-02T15:54:23.369943460Z');
+  assert.equal(formatLogTime('2026-12-02T15:54:23+00:00'), '2026-12-02T15:54:23.000000000Z');
+  assert.equal(formatLogTime('2026-12-02T17:54:23.5+02:00'), '2026-12-02T15:54:23.500000000Z');
+  assert.equal(formatLogTime('2026-12-31T23:30:00.25-01:00'), '2027-01-01T00:30:00.250000000Z');
   assert.equal(formatLogTime('garbage'), 'garbage');
 });
 
