@@ -8,7 +8,7 @@
  * controllers — else the unified v2 tree. Parsing is pure; reading is a few small files.
  * Working set = usage minus inactive file cache, the number kubelet evicts on.
  */
-import { promises as fs } from 'node:fs';
+import { readFileSync } from 'node:fs';
 import path from 'node:path';
 import { containerCgroupDirs, parseCgroupMounts, parseProcCgroup, type CgroupDir, type CgroupMount } from '../oci/exec-cgroup.js';
 import { dirUsage, type DirUsage } from '../image/fs-usage.js';
@@ -121,7 +121,18 @@ export function chooseLayout(dirs: CgroupDir[]): { version: 1; cpuacct?: string;
 
 /** Reads a small text file; null when it cannot be read. */
 export type ReadText = (file: string) => Promise<string | null>;
-const readText: ReadText = (p: string) => fs.readFile(p, 'utf8').catch(() => null);
+/**
+ * cgroupfs and procfs files are made by the kernel on read and never wait on a disk: read
+ * at once, without the four thread-pool round trips of an async readFile (open, fstat,
+ * read, close) each — a hundred containers are four hundred such files per call.
+ */
+const readText: ReadText = async (p: string) => {
+  try {
+    return readFileSync(p, 'utf8');
+  } catch {
+    return null;
+  }
+};
 const read = readText;
 const nowNs = () => BigInt(Date.now()) * 1_000_000n;
 
