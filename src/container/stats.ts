@@ -126,14 +126,13 @@ export type ReadText = (file: string) => Promise<string | null>;
  * at once, without the four thread-pool round trips of an async readFile (open, fstat,
  * read, close) each — a hundred containers are four hundred such files per call.
  */
-const readText: ReadText = async (p: string) => {
+const readKernelFile: ReadText = async (p: string) => {
   try {
     return readFileSync(p, 'utf8');
   } catch {
     return null;
   }
 };
-const read = readText;
 const nowNs = () => BigInt(Date.now()) * 1_000_000n;
 
 export type CgroupLayout = NonNullable<ReturnType<typeof chooseLayout>>;
@@ -141,7 +140,7 @@ export type CgroupLayout = NonNullable<ReturnType<typeof chooseLayout>>;
 /** The cgroup directories of the process `pid` in every hierarchy, kept only where named `name` (a container ID). */
 export async function processCgroupDirs(pid: number, name: string): Promise<CgroupDir[]> {
   if (!Number.isInteger(pid) || pid <= 0) return [];
-  const [procText, mountinfo] = await Promise.all([read(`/proc/${pid}/cgroup`), read('/proc/self/mountinfo')]);
+  const [procText, mountinfo] = await Promise.all([readKernelFile(`/proc/${pid}/cgroup`), readKernelFile('/proc/self/mountinfo')]);
   if (!procText || !mountinfo) return [];
   return containerCgroupDirs(parseProcCgroup(procText), parseCgroupMounts(mountinfo), name);
 }
@@ -160,7 +159,7 @@ export class CgroupDirCache {
   private readonly entries = new Map<string, { pid: number; dirs: CgroupDir[] }>();
 
   constructor(
-    private readonly readText: ReadText = read,
+    private readonly readText: ReadText = readKernelFile,
     private readonly mountRefreshMs = 10_000,
   ) {}
 
@@ -200,7 +199,7 @@ export class CgroupDirCache {
 }
 
 /** Reads one sample from the chosen directories. */
-export async function readCgroupSample(layout: CgroupLayout, read: ReadText = readText): Promise<CgroupSample> {
+export async function readCgroupSample(layout: CgroupLayout, read: ReadText = readKernelFile): Promise<CgroupSample> {
   const timestampNs = nowNs();
   if (layout.version === 2) {
     const [cpuStat, memoryCurrent, memoryStat, memoryMax] = await Promise.all(
@@ -283,7 +282,7 @@ export class ContainerStatsCollector {
   private readonly cgroups: CgroupDirCache;
 
   /** readText: how cgroup and /proc files are read (tests count the reads). */
-  constructor(private readonly readText: ReadText = read, layers = new LayerUsageCache()) {
+  constructor(private readonly readText: ReadText = readKernelFile, layers = new LayerUsageCache()) {
     this.cgroups = new CgroupDirCache(readText);
     this.layers = layers;
   }
@@ -404,7 +403,7 @@ export function sumSamples(samples: CgroupSample[]): CgroupSample {
 /** pids.current of the v1 pids controller or the unified tree (v1 first, as for the other controllers). */
 async function readPidsCurrent(dirs: CgroupDir[]): Promise<bigint | null> {
   const dir = dirs.find((d) => d.version === 1 && d.controllers.includes('pids')) ?? dirs.find((d) => d.version === 2);
-  return dir ? parseSingle(await read(path.join(dir.dir, 'pids.current'))) : null;
+  return dir ? parseSingle(await readKernelFile(path.join(dir.dir, 'pids.current'))) : null;
 }
 
 export interface InterfaceCounters {
@@ -438,6 +437,6 @@ export function networkUsage(counters: InterfaceCounters[], timestamp: bigint): 
 
 /** Reading /proc/<pid>/net/dev shows the network namespace of that process: no setns needed. */
 async function readNetwork(pid: number): Promise<NetworkUsageInit | null> {
-  const text = await read(`/proc/${pid}/net/dev`);
+  const text = await readKernelFile(`/proc/${pid}/net/dev`);
   return text === null ? null : networkUsage(parseNetDev(text), nowNs());
 }
