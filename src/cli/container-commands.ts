@@ -45,6 +45,11 @@ function print(s: string): void {
 }
 
 async function ps(rpc: Rpc, values: Record<string, unknown>, labels: Record<string, string> | undefined, nameRe: RegExp | undefined): Promise<number> {
+  let last: number | undefined = values.latest ? 1 : undefined;
+  if (values.last !== undefined) {
+    last = Number(values.last);
+    if (!Number.isInteger(last) || last < 0) throw new Error(`--last must be a whole number of containers, got "${values.last}"`);
+  }
   const filter: any = {};
   if (values.id) filter.id = values.id;
   if (values.pod) filter.podSandboxId = await resolvePod(rpc, values.pod as string);
@@ -52,28 +57,31 @@ async function ps(rpc: Rpc, values: Record<string, unknown>, labels: Record<stri
     const state = STATES[(values.state as string).toLowerCase()];
     if (!state) throw new Error(`--state must be one of ${Object.keys(STATES).join(', ')}, got "${values.state}"`);
     filter.state = { state };
-  } else if (!values.all) {
+  } else if (!values.all && last === undefined) {
+    // As crictl: --latest and --last look at containers in every state.
     filter.state = { state: 'CONTAINER_RUNNING' };
   }
   if (labels) filter.labelSelector = labels;
   const [{ containers }, { items: pods }] = await Promise.all([rpc('ListContainers', { filter }), rpc('ListPodSandbox', {})]);
   const list = (containers as any[])
     .filter((c) => !nameRe || nameRe.test(c.metadata.name))
-    .sort((a, b) => (BigInt(b.createdAt) > BigInt(a.createdAt) ? 1 : BigInt(b.createdAt) < BigInt(a.createdAt) ? -1 : 0));
+    .sort((a, b) => (BigInt(b.createdAt) > BigInt(a.createdAt) ? 1 : BigInt(b.createdAt) < BigInt(a.createdAt) ? -1 : 0))
+    .slice(0, last === undefined || last === 0 ? undefined : last);
   if (values.quiet) {
     for (const c of list) print(c.id);
   } else if (values.output === 'json') {
     print(JSON.stringify({ containers: list }, null, 2));
   } else {
     const podName = new Map((pods as any[]).map((p) => [p.id, p.metadata.name as string]));
+    const id = (s: string) => (values['no-trunc'] ? s : s.slice(0, 13));
     const rows = list.map((c) => [
-      c.id.slice(0, 13),
+      id(c.id),
       shortImage(c.image?.image || c.imageRef || ''),
       ago(c.createdAt),
       STATE_WORD[c.state] ?? c.state,
       c.metadata.name,
       String(c.metadata.attempt ?? 0),
-      c.podSandboxId.slice(0, 13),
+      id(c.podSandboxId),
       podName.get(c.podSandboxId) ?? c.labels?.['io.kubernetes.pod.name'] ?? 'unknown',
     ]);
     print(table(['CONTAINER', 'IMAGE', 'CREATED', 'STATE', 'NAME', 'ATTEMPT', 'POD ID', 'POD'], rows));

@@ -75,6 +75,9 @@ test('ps: the running containers, -a all of them, and each filter', async () => 
   assert.deepEqual(await q('--label', 'role=burn'), [ids.burner]);
   assert.deepEqual(await q('--label', 'role=none'), []);
   assert.deepEqual(await q('--id', ids.ticker!.slice(0, 10)), [ids.ticker]);
+  assert.deepEqual(await q('-l'), [ids.long], '--latest: the newest in any state');
+  assert.deepEqual(await q('-n', '2'), [ids.long, ids.ticker].sort());
+  assert.match((await corral('ps', '--no-trunc')).stdout, new RegExp(`^${ids.burner}\\s.*\\s${pod.podSandboxId}\\s`, 'm'));
   assert.deepEqual(await q('-a', '--pod', pod.name), [ids.burner, ids.long, ids.ticker].sort(), 'a pod by its name');
   assert.deepEqual(await q('-a', '-p', pod.podSandboxId.slice(0, 8)), [ids.burner, ids.long, ids.ticker].sort(), 'a pod by ID prefix');
 
