@@ -1,7 +1,7 @@
 /** crictl-style client subcommands over the CRI socket. */
 import { promises as fs } from 'node:fs';
 import { parseArgs } from 'node:util';
-import { table } from './format.js';
+import { ago, table } from './format.js';
 import { toCamelCaseFields } from './json-input.js';
 import { DEFAULT_ENDPOINT, parseOptions } from './commands.js';
 import { explainCallError } from './hints.js';
@@ -109,11 +109,4 @@ export function parseDuration(s: string): number {
   if (!m) throw new Error(`bad timeout "${s}" (use e.g. 30s, 2m)`);
   const n = Number(m[1]);
   return n * { ms: 1, s: 1000, m: 60_000, h: 3_600_000 }[(m[2] ?? 's') as 'ms' | 's' | 'm' | 'h'];
-}
-
-function ago(createdAtNs: string): string {
-  const secs = Math.max(0, Math.round((Date.now() - Number(BigInt(createdAtNs) / 1_000_000n)) / 1000));
-  if (secs < 60) return `${secs} seconds ago`;
-  if (secs < 3600) return `${Math.round(secs / 60)} minutes ago`;
-  return `${Math.round(secs / 3600)} hours ago`;
 }

@@ -78,6 +78,12 @@ async function main(argv: string[]): Promise<number> {
       return (await import('./stream-commands.js')).remoteCommand(name, args);
     case 'port-forward':
       return (await import('./stream-commands.js')).portForwardCommand(args);
+    case 'ps':
+    case 'stats':
+    case 'statsp':
+      return (await import('./container-commands.js')).containerCommand(name, args);
+    case 'logs':
+      return (await import('./logs-command.js')).logsCommand(args);
     default:
       return (await import('./client-commands.js')).clientCommand(name, args);
   }

@@ -8,9 +8,9 @@
  * controllers — else the unified v2 tree. Parsing is pure; reading is a few small files.
  * Working set = usage minus inactive file cache, the number kubelet evicts on.
  */
-import { promises as fs } from 'node:fs';
+import { readFileSync } from 'node:fs';
 import path from 'node:path';
-import { containerCgroupDirs, parseCgroupMounts, parseProcCgroup, type CgroupDir } from '../oci/exec-cgroup.js';
+import { containerCgroupDirs, parseCgroupMounts, parseProcCgroup, type CgroupDir, type CgroupMount } from '../oci/exec-cgroup.js';
 import { dirUsage, type DirUsage } from '../image/fs-usage.js';
 import type { ContainerRecord } from './record.js';
 import type { ContainerStatsInit, CpuUsageInit, MemoryUsageInit, NetworkUsageInit, PodSandboxStatsInit } from '../cri-api/types.js';
@@ -119,7 +119,20 @@ export function chooseLayout(dirs: CgroupDir[]): { version: 1; cpuacct?: string;
   return v2 ? { version: 2, dir: v2.dir } : null;
 }
 
-const read = (p: string) => fs.readFile(p, 'utf8').catch(() => null);
+/** Reads a small text file; null when it cannot be read. */
+export type ReadText = (file: string) => Promise<string | null>;
+/**
+ * cgroupfs and procfs files are made by the kernel on read and never wait on a disk: read
+ * at once, without the four thread-pool round trips of an async readFile (open, fstat,
+ * read, close) each — a hundred containers are four hundred such files per call.
+ */
+const readKernelFile: ReadText = async (p: string) => {
+  try {
+    return readFileSync(p, 'utf8');
+  } catch {
+    return null;
+  }
+};
 const nowNs = () => BigInt(Date.now()) * 1_000_000n;
 
 export type CgroupLayout = NonNullable<ReturnType<typeof chooseLayout>>;
@@ -127,13 +140,66 @@ export type CgroupLayout = NonNullable<ReturnType<typeof chooseLayout>>;
 /** The cgroup directories of the process `pid` in every hierarchy, kept only where named `name` (a container ID). */
 export async function processCgroupDirs(pid: number, name: string): Promise<CgroupDir[]> {
   if (!Number.isInteger(pid) || pid <= 0) return [];
-  const [procText, mountinfo] = await Promise.all([read(`/proc/${pid}/cgroup`), read('/proc/self/mountinfo')]);
+  const [procText, mountinfo] = await Promise.all([readKernelFile(`/proc/${pid}/cgroup`), readKernelFile('/proc/self/mountinfo')]);
   if (!procText || !mountinfo) return [];
   return containerCgroupDirs(parseProcCgroup(procText), parseCgroupMounts(mountinfo), name);
 }
 
+/**
+ * Where each container's cgroups are, looked up once per container init (its
+ * /proc/<pid>/cgroup against the mounted hierarchies) and kept while that init lives. The
+ * hierarchies come from /proc/self/mountinfo, which lists every mount of the host: with a
+ * hundred containers it is hundreds of KB, and reading and parsing it for every container
+ * on every call was most of a stats call's time. It is read once, and again (at most every
+ * `mountRefreshMs`) only when a new container has a cgroup under no known hierarchy.
+ */
+export class CgroupDirCache {
+  private mounts: { list: CgroupMount[]; at: number } | undefined;
+  private mountsLoading: Promise<CgroupMount[]> | undefined;
+  private readonly entries = new Map<string, { pid: number; dirs: CgroupDir[] }>();
+
+  constructor(
+    private readonly readText: ReadText = readKernelFile,
+    private readonly mountRefreshMs = 10_000,
+  ) {}
+
+  /** The cgroup directories of process `pid` named `name` (a container or sandbox ID), remembered under `key`. */
+  async get(pid: number, name: string, key = name): Promise<CgroupDir[]> {
+    if (!Number.isInteger(pid) || pid <= 0) return [];
+    const hit = this.entries.get(key);
+    if (hit && hit.pid === pid) return hit.dirs;
+    const procText = await this.readText(`/proc/${pid}/cgroup`);
+    if (!procText) return [];
+    const entries = parseProcCgroup(procText);
+    const wanted = entries.filter((e) => path.posix.basename(e.path) === name).length;
+    let dirs = containerCgroupDirs(entries, await this.cgroupMounts(false), name);
+    if (dirs.length < wanted) dirs = containerCgroupDirs(entries, await this.cgroupMounts(true), name);
+    // Nothing found (the process is not the container's, or exited): asked again next time.
+    if (dirs.length > 0) this.entries.set(key, { pid, dirs });
+    return dirs;
+  }
+
+  /** Forgets every key not in `live`, so the cache stays bounded by what exists. */
+  retain(live: (key: string) => boolean): void {
+    for (const k of this.entries.keys()) if (!live(k)) this.entries.delete(k);
+  }
+
+  private cgroupMounts(refresh: boolean): Promise<CgroupMount[]> {
+    const fresh = this.mounts && (!refresh || Date.now() - this.mounts.at < this.mountRefreshMs);
+    if (fresh) return Promise.resolve(this.mounts!.list);
+    this.mountsLoading ??= this.readText('/proc/self/mountinfo')
+      .then((text) => {
+        const list = text ? parseCgroupMounts(text) : [];
+        if (text) this.mounts = { list, at: Date.now() };
+        return list;
+      })
+      .finally(() => (this.mountsLoading = undefined));
+    return this.mountsLoading;
+  }
+}
+
 /** Reads one sample from the chosen directories. */
-export async function readCgroupSample(layout: CgroupLayout): Promise<CgroupSample> {
+export async function readCgroupSample(layout: CgroupLayout, read: ReadText = readKernelFile): Promise<CgroupSample> {
   const timestampNs = nowNs();
   if (layout.version === 2) {
     const [cpuStat, memoryCurrent, memoryStat, memoryMax] = await Promise.all(
@@ -212,13 +278,26 @@ const u64 = (v: bigint | null) => (v === null ? null : { value: v });
  */
 export class ContainerStatsCollector {
   private readonly previous = new Map<string, CgroupSample>();
-  readonly layers = new LayerUsageCache();
+  readonly layers: LayerUsageCache;
+  private readonly cgroups: CgroupDirCache;
+
+  /** readText: how cgroup and /proc files are read (tests count the reads). */
+  constructor(private readonly readText: ReadText = readKernelFile, layers = new LayerUsageCache()) {
+    this.cgroups = new CgroupDirCache(readText);
+    this.layers = layers;
+  }
+
+  /** A sample of the cgroups of `pid` named `name`; null when it has none (exited, PID reused). */
+  private async sample(pid: number, name: string, key = name): Promise<CgroupSample | null> {
+    const layout = chooseLayout(await this.cgroups.get(pid, name, key));
+    return layout ? readCgroupSample(layout, this.readText) : null;
+  }
 
   async stats(rec: ContainerRecord): Promise<ContainerStatsInit> {
     const attributes = { id: rec.id, metadata: rec.metadata, labels: rec.config.labels ?? {}, annotations: rec.config.annotations ?? {} };
     const upper = rec.resources.rootfs ? path.join(rec.resources.rootfs.layerDir, 'upper') : null;
     const [sample, layer] = await Promise.all([
-      rec.state === 'running' ? sampleContainerCgroup(rec.pid, rec.id) : Promise.resolve(null),
+      rec.state === 'running' ? this.sample(rec.pid, rec.id) : Promise.resolve(null),
       upper ? this.layers.get(upper) : Promise.resolve(null),
     ]);
     const out: ContainerStatsInit = { attributes, ...this.cpuAndMemory(rec.id, sample) };
@@ -241,19 +320,19 @@ export class ContainerStatsCollector {
     if (!ready) return { attributes, linux: { containers: containerStats } };
     const pausePid = sandbox.infraMode === 'pause' ? sandbox.pid : 0;
     const running = containers.filter((c) => c.state === 'running' && c.pid > 0);
-    const pauseDirs = pausePid > 0 ? await processCgroupDirs(pausePid, sandbox.id) : [];
-    const memberDirs = [pauseDirs, ...(await Promise.all(running.map((c) => processCgroupDirs(c.pid, c.id))))].filter((d) => d.length > 0);
+    const pauseDirs = pausePid > 0 ? await this.cgroups.get(pausePid, sandbox.id, `pod:${sandbox.id}`) : [];
+    const memberDirs = [pauseDirs, ...(await Promise.all(running.map((c) => this.cgroups.get(c.pid, c.id))))].filter((d) => d.length > 0);
     let sample: CgroupSample | null = null;
     let pids: bigint | null = null;
     if (sandbox.config.linux?.cgroupParent && memberDirs.length > 0) {
       // Every member's cgroup is <cgroup_parent>/<id>: the parent is the pod's.
       const podDirs = memberDirs[0]!.map((d) => ({ ...d, dir: path.dirname(d.dir) }));
       const layout = chooseLayout(podDirs);
-      if (layout) sample = await readCgroupSample(layout);
+      if (layout) sample = await readCgroupSample(layout, this.readText);
       pids = await readPidsCurrent(podDirs);
     } else {
       const layouts = memberDirs.map(chooseLayout).filter((l): l is CgroupLayout => l !== null);
-      if (layouts.length > 0) sample = sumSamples(await Promise.all(layouts.map(readCgroupSample)));
+      if (layouts.length > 0) sample = sumSamples(await Promise.all(layouts.map((l) => readCgroupSample(l, this.readText))));
       const counts = await Promise.all(memberDirs.map(readPidsCurrent));
       pids = counts.some((n) => n !== null) ? counts.reduce<bigint>((a, n) => a + (n ?? 0n), 0n) : null;
     }
@@ -298,6 +377,7 @@ export class ContainerStatsCollector {
     const ids = new Set([...live.map((r) => r.id), ...(liveSandboxes ?? []).map((s) => `pod:${s.id}`)]);
     if (!liveSandboxes) for (const k of this.previous.keys()) if (k.startsWith('pod:')) ids.add(k);
     for (const id of this.previous.keys()) if (!ids.has(id)) this.previous.delete(id);
+    this.cgroups.retain((key) => ids.has(key) || (!liveSandboxes && key.startsWith('pod:')));
     this.layers.retain(new Set(live.flatMap((r) => (r.resources.rootfs ? [path.join(r.resources.rootfs.layerDir, 'upper')] : []))));
   }
 }
@@ -323,7 +403,7 @@ export function sumSamples(samples: CgroupSample[]): CgroupSample {
 /** pids.current of the v1 pids controller or the unified tree (v1 first, as for the other controllers). */
 async function readPidsCurrent(dirs: CgroupDir[]): Promise<bigint | null> {
   const dir = dirs.find((d) => d.version === 1 && d.controllers.includes('pids')) ?? dirs.find((d) => d.version === 2);
-  return dir ? parseSingle(await read(path.join(dir.dir, 'pids.current'))) : null;
+  return dir ? parseSingle(await readKernelFile(path.join(dir.dir, 'pids.current'))) : null;
 }
 
 export interface InterfaceCounters {
@@ -357,6 +437,6 @@ export function networkUsage(counters: InterfaceCounters[], timestamp: bigint): 
 
 /** Reading /proc/<pid>/net/dev shows the network namespace of that process: no setns needed. */
 async function readNetwork(pid: number): Promise<NetworkUsageInit | null> {
-  const text = await read(`/proc/${pid}/net/dev`);
+  const text = await readKernelFile(`/proc/${pid}/net/dev`);
   return text === null ? null : networkUsage(parseNetDev(text), nowNs());
 }

@@ -113,7 +113,7 @@ test('daemon not running: no socket, or nobody listening, says how to start it (
   const bound = await execFile('python3', ['-c', `import socket; socket.socket(socket.AF_UNIX).bind(${JSON.stringify(dead)})`]);
   assert.equal(bound.code, 0, bound.stderr);
   for (const [sock, why] of [[missing, 'there is no socket'], [dead, 'nothing listens on the socket']] as const) {
-    for (const args of [['version'], ['pods'], ['images'], ['stopp', 'abc']]) {
+    for (const args of [['version'], ['pods'], ['images'], ['stopp', 'abc'], ['ps'], ['logs', 'abc'], ['stats'], ['statsp']]) {
       const r = await corral(...args, '-r', `unix://${sock}`);
       assert.equal(r.code, 1, `${args[0]}: ${r.stdout}`);
       assert.match(r.stderr, new RegExp(`the Corral daemon is not running at unix://${escape(sock)} \\(${why}\\)`), `${args[0]}: ${r.stderr}`);

@@ -1,6 +1,6 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { chooseLayout, LayerUsageCache, nanoCores, networkUsage, parseFlatKeyed, parseNetDev, sampleFromV1, sampleFromV2, sumSamples, type CgroupSample } from '../../src/container/stats.js';
+import { CgroupDirCache, ContainerStatsCollector, chooseLayout, LayerUsageCache, nanoCores, networkUsage, parseFlatKeyed, parseNetDev, sampleFromV1, sampleFromV2, sumSamples, type CgroupSample } from '../../src/container/stats.js';
 
 // Excerpts of real files: cgroup v2 (unified) and v1 memory controller.
 const V2_CPU_STAT = 'usage_usec 2500123\nuser_usec 2000000\nsystem_usec 500123\nnr_periods 0\nnr_throttled 0\nthrottled_usec 0\n';
@@ -124,4 +124,76 @@ test('a pod without a cgroup of its own: the sum of its cgroups, missing figures
   assert.equal(s.memoryLimitBytes, null);
   assert.equal(s.timestampNs, T + 5n);
   assert.equal(sumSamples([b]).memoryUsageBytes, null);
+});
+
+// ---------------------------------------------------------------- cgroup lookups are cached
+
+/** A hybrid host's files for containers c1..cN (init pid 100+i), served from memory, each read counted. */
+function fakeHost(n: number, extraMounts = 300) {
+  const reads = new Map<string, number>();
+  const mountLines = [
+    '30 25 0:26 / /sys/fs/cgroup/cpu,cpuacct rw,nosuid - cgroup cgroup rw,cpu,cpuacct',
+    '31 25 0:27 / /sys/fs/cgroup/memory rw,nosuid - cgroup cgroup rw,memory',
+    '32 25 0:28 / /sys/fs/cgroup/unified rw,nosuid - cgroup2 cgroup2 rw',
+    // A node's many container mounts: what made every lookup expensive.
+    ...Array.from({ length: extraMounts }, (_, i) => `${100 + i} 25 0:${100 + i} / /run/corral/containers/x${i}/rootfs rw - overlay overlay rw,lowerdir=/a:/b,upperdir=/c,workdir=/d`),
+  ];
+  const files = new Map<string, string>([['/proc/self/mountinfo', mountLines.join('\n') + '\n']]);
+  for (let i = 1; i <= n; i++) {
+    files.set(`/proc/${100 + i}/cgroup`, `4:memory:/k8s/c${i}\n3:cpu,cpuacct:/k8s/c${i}\n0::/k8s/c${i}\n`);
+    files.set(`/sys/fs/cgroup/cpu,cpuacct/k8s/c${i}/cpuacct.usage`, `${i}000000\n`);
+    files.set(`/sys/fs/cgroup/memory/k8s/c${i}/memory.usage_in_bytes`, '1000000\n');
+    files.set(`/sys/fs/cgroup/memory/k8s/c${i}/memory.stat`, 'total_inactive_file 1000\ntotal_rss 5000\n');
+    files.set(`/sys/fs/cgroup/memory/k8s/c${i}/memory.limit_in_bytes`, '9223372036854771712\n');
+  }
+  const readText = async (f: string) => {
+    reads.set(f, (reads.get(f) ?? 0) + 1);
+    return files.get(f) ?? null;
+  };
+  return { readText, reads, files };
+}
+
+const record = (i: number, pid = 100 + i): any => ({
+  id: `c${i}`, sandboxId: 'p', metadata: { name: `c${i}`, attempt: 0 }, config: {}, state: 'running', pid,
+  resources: { rootfs: null, runtimeContainer: true },
+});
+
+test('stats calls read /proc/self/mountinfo and each /proc/<pid>/cgroup once, not per container per call; the figures still come from the cgroup files each time', async () => {
+  const host = fakeHost(20);
+  const collector = new ContainerStatsCollector(host.readText);
+  const recs = Array.from({ length: 20 }, (_, i) => record(i + 1));
+  for (let call = 0; call < 5; call++) {
+    const stats = await Promise.all(recs.map((r) => collector.stats(r)));
+    assert.equal(stats[6]!.cpu?.usageCoreNanoSeconds?.value, 7_000_000n);
+    assert.equal(stats[6]!.memory?.workingSetBytes?.value, 999_000n);
+  }
+  assert.equal(host.reads.get('/proc/self/mountinfo'), 1, 'the mount table read once');
+  assert.equal(host.reads.get('/proc/101/cgroup'), 1, "a container's cgroup looked up once");
+  assert.equal(host.reads.get('/sys/fs/cgroup/cpu,cpuacct/k8s/c1/cpuacct.usage'), 5, 'the counters are read on every call');
+
+  // A new init PID for the same ID is looked up again; a removed container is forgotten.
+  host.files.set('/proc/555/cgroup', host.files.get('/proc/101/cgroup')!);
+  await collector.stats(record(1, 555));
+  assert.equal(host.reads.get('/proc/555/cgroup'), 1);
+  collector.retain(recs.slice(1));
+  await collector.stats(record(1, 555));
+  assert.equal(host.reads.get('/proc/555/cgroup'), 2, 'forgotten after retain, looked up again');
+});
+
+test('a process with no cgroup of the container (exited, PID reused) is not cached; a hierarchy mounted later is found', async () => {
+  const host = fakeHost(1, 0);
+  const collector = new ContainerStatsCollector(host.readText);
+  host.files.set('/proc/101/cgroup', '4:memory:/other\n0::/other\n');
+  assert.equal((await collector.stats(record(1))).cpu, undefined);
+  host.files.set('/proc/101/cgroup', '4:memory:/k8s/c1\n3:cpu,cpuacct:/k8s/c1\n0::/k8s/c1\n');
+  assert.equal((await collector.stats(record(1))).cpu?.usageCoreNanoSeconds?.value, 1_000_000n, 'looked up again');
+
+  // A v1 hierarchy (pids) the first mount table did not have: re-read (at most every 10 s) when a new container needs it.
+  const cache = new CgroupDirCache(host.readText, 0);
+  await cache.get(101, 'c1');
+  host.files.set('/proc/102/cgroup', '5:pids:/k8s/c2\n0::/k8s/c2\n');
+  assert.deepEqual((await cache.get(102, 'c2')).map((d) => d.dir), ['/sys/fs/cgroup/unified/k8s/c2']);
+  host.files.set('/proc/self/mountinfo', host.files.get('/proc/self/mountinfo') + '33 25 0:29 / /sys/fs/cgroup/pids rw - cgroup cgroup rw,pids\n');
+  host.files.set('/proc/103/cgroup', '5:pids:/k8s/c3\n0::/k8s/c3\n');
+  assert.deepEqual((await cache.get(103, 'c3')).map((d) => d.dir).sort(), ['/sys/fs/cgroup/pids/k8s/c3', '/sys/fs/cgroup/unified/k8s/c3']);
 });
