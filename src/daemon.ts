@@ -32,8 +32,7 @@ import { conmonCreate, readExitCode, removeConmonFiles, reopenConmonLog, waitFor
 import { msToNs, nowNs } from './util/time.js';
 import { readSeccompProfile, resolveSeccomp } from './oci/seccomp-choice.js';
 import type { LinuxSandboxSecurityContext } from './cri-api/types.js';
-import { StreamingServer } from './streaming/server.js';
-import { createStreamingRuntime, daemonStreamingDeps } from './streaming/backend/index.js';
+import { StreamingListener } from './streaming/listener.js';
 
 export interface Daemon {
   sandboxes: SandboxService;
@@ -221,17 +220,36 @@ export async function startDaemon(cfg: CorralConfig, logger: Logger): Promise<Da
   // off the start path, so ImageFsInfo answers from memory.
   void images.store.usage.warm().catch((e: unknown) => logger.warn({ err: e }, 'measuring the image store failed'));
 
-  // The runtime side of exec/attach/port-forward (corral-streamhelper per session).
-  const streamingRuntime = createStreamingRuntime(daemonStreamingDeps({ config: cfg, containers, sandboxes, logger }));
-  const streaming = await StreamingServer.start({
+  // The port is bound now; the server and the runtime side of exec/attach/port-forward
+  // (corral-streamhelper per session) are loaded when first used (listener.ts says why).
+  const tls = cfg.streaming.tlsCertFile !== '' || cfg.streaming.tlsKeyFile !== '';
+  const streaming = await StreamingListener.listen({
     address: cfg.streaming.address,
     port: cfg.streaming.port,
-    tlsCertFile: cfg.streaming.tlsCertFile,
-    tlsKeyFile: cfg.streaming.tlsKeyFile,
-    idleTimeoutMs: cfg.streaming.idleTimeoutSeconds * 1000,
-    runtime: streamingRuntime,
+    tls,
     logger,
+    async load(baseUrl, tokens) {
+      const [{ StreamingServer }, backend] = await Promise.all([import('./streaming/server.js'), import('./streaming/backend/index.js')]);
+      return StreamingServer.create({
+        baseUrl,
+        tokens,
+        tlsCertFile: cfg.streaming.tlsCertFile,
+        tlsKeyFile: cfg.streaming.tlsKeyFile,
+        address: cfg.streaming.address,
+        port: cfg.streaming.port,
+        idleTimeoutMs: cfg.streaming.idleTimeoutSeconds * 1000,
+        runtime: backend.createStreamingRuntime(backend.daemonStreamingDeps({ config: cfg, containers, sandboxes, logger })),
+        logger,
+      });
+    },
   });
+  // A TLS key or certificate that cannot be read must fail the start, as before.
+  if (tls) {
+    await streaming.server().catch(async (e: unknown) => {
+      await streaming.shutdown();
+      throw e;
+    });
+  }
 
   const server = await CriServer.start({
     socketPath: cfg.socket,
