@@ -7,21 +7,21 @@ import type { CorralConfig } from '../config/config.js';
 import type { Logger } from '../util/log.js';
 import { ImageStore, type ImageRecord } from './image-store.js';
 import { parseReference } from './reference.js';
-import { RegistryClient, pullImageContent, type AuthConfig, type PullProgress } from './registry/index.js';
+import type { AuthConfig, PullProgress, RegistryClient } from './registry/index.js';
 import { BlobTooLargeError } from './content-store.js';
 import { ImageConfigError, imageRuntimeConfig, type ImageRuntimeConfig } from './image-config.js';
 import { invalidArgument } from '../errors.js';
 
 export class ImageService {
   readonly store: ImageStore;
-  private readonly client: RegistryClient;
+  /** The registry client, loaded by the first pull: a node that never pulls does not carry it. */
+  private client: Promise<{ client: RegistryClient; pullImageContent: typeof import('./registry/index.js').pullImageContent }> | undefined;
   private readonly inflight = new Map<string, Promise<ImageRecord>>();
   /** Layers (chain IDs) that running sandboxes and containers have mounted. */
   layersInUse: () => Set<string> = () => new Set();
 
   constructor(private readonly cfg: CorralConfig, private readonly logger: Logger) {
     this.store = new ImageStore(path.join(cfg.rootDir, 'images'), logger.child({ component: 'images' }));
-    this.client = new RegistryClient({ registries: cfg.registries, logger });
   }
 
   /** Pulls an image; a second pull of the same reference while one runs shares it. */
@@ -41,13 +41,17 @@ export class ImageService {
     // moment it is resolved until the image is registered.
     const hold = this.store.holdContent();
     try {
+      const { client, pullImageContent } = await (this.client ??= import('./registry/index.js').then((r) => ({
+        client: new r.RegistryClient({ registries: this.cfg.registries, logger: this.logger }),
+        pullImageContent: r.pullImageContent,
+      })));
       // Layers unpack while later ones still download.
       const stored = new BlobSignals();
       let unpacking: Promise<void> | undefined;
       let pulled;
       try {
         pulled = await pullImageContent(reference, this.store.content, {
-          client: this.client,
+          client,
           auth,
           concurrency: 3,
           onProgress,
@@ -150,7 +154,7 @@ export class ImageService {
   private sandboxRef: string | undefined | null = null;
 
   close(): void {
-    this.client.close();
+    void this.client?.then(({ client }) => client.close());
   }
 }
 
