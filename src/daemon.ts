@@ -33,6 +33,7 @@ import { msToNs, nowNs } from './util/time.js';
 import { readSeccompProfile, resolveSeccomp } from './oci/seccomp-choice.js';
 import type { LinuxSandboxSecurityContext } from './cri-api/types.js';
 import { StreamingListener } from './streaming/listener.js';
+import { IdleCollector } from './util/idle-collector.js';
 
 export interface Daemon {
   sandboxes: SandboxService;
@@ -130,6 +131,7 @@ export async function startDaemon(cfg: CorralConfig, logger: Logger): Promise<Da
   };
 
   const images = new ImageService(cfg, logger);
+  images.pullsSettled = new IdleCollector();
   await images.store.refresh();
   const staleLayers = await images.store.snapshots.removeLeftovers();
   if (staleLayers.length > 0) logger.info({ removed: staleLayers }, 'removed unfinished layer unpacks');

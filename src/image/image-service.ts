@@ -17,6 +17,8 @@ export class ImageService {
   /** The registry client, loaded by the first pull: a node that never pulls does not carry it. */
   private client: Promise<{ client: RegistryClient; pullImageContent: typeof import('./registry/index.js').pullImageContent }> | undefined;
   private readonly inflight = new Map<string, Promise<ImageRecord>>();
+  /** Told when pulls start and when the last one in flight has ended (the daemon gives memory back then). */
+  pullsSettled?: { busy(): void; settled(): void };
   /** Layers (chain IDs) that running sandboxes and containers have mounted. */
   layersInUse: () => Set<string> = () => new Set();
 
@@ -30,7 +32,11 @@ export class ImageService {
     const key = ref.toString();
     const running = this.inflight.get(key);
     if (running) return running;
-    const p = this.doPull(key, auth, onProgress).finally(() => this.inflight.delete(key));
+    this.pullsSettled?.busy();
+    const p = this.doPull(key, auth, onProgress).finally(() => {
+      this.inflight.delete(key);
+      if (this.inflight.size === 0) this.pullsSettled?.settled();
+    });
     this.inflight.set(key, p);
     return p;
   }
