@@ -380,11 +380,12 @@ function printResults(results: Result[]): void {
   printTable(rows);
 
   const m: string[][] = [['memory', 'Corral', 'containerd', 'ratio (containerd / Corral)']];
-  const mrow = (label: string, f: (x: Result) => number) => {
+  const mrow = (label: string, f: (x: Result) => number, fmt: (kib: number) => string = mib) => {
     const a = get(c, f);
     const b = get(d, f);
-    m.push([label, mib(a), mib(b), ratio(b, a)]);
+    m.push([label, fmt(a), fmt(b), ratio(b, a)]);
   };
+  const kib = (v: number) => (Number.isFinite(v) ? `${v.toFixed(0)} KiB` : '-');
   console.log('\n=== Memory (KiB figures from /proc; per pod = growth / pods) ===');
   mrow('daemon RSS idle', (x) => x.idle?.rss ?? NaN);
   mrow('  of which anon', (x) => x.idle?.anon ?? NaN);
@@ -395,8 +396,8 @@ function printResults(results: Result[]): void {
   mrow('daemon RSS with all pods up', (x) => x.up?.rss ?? NaN);
   mrow('helper (shim) PSS, all pods', (x) => x.helpersPss);
   mrow('pause PSS, all pause processes', (x) => x.pausePss);
-  mrow('per pod: daemon RSS growth', (x) => ((x.up?.rss ?? NaN) - (x.beforePods?.rss ?? NaN)) / x.pods);
-  mrow('per pod: daemon growth + shims + pause', (x) => ((x.up?.rss ?? NaN) - (x.beforePods?.rss ?? NaN) + x.helpersPss + x.pausePss) / x.pods);
+  mrow('per pod: daemon RSS growth', (x) => ((x.up?.rss ?? NaN) - (x.beforePods?.rss ?? NaN)) / x.pods, kib);
+  mrow('per pod: daemon growth + shims PSS + pause PSS', (x) => ((x.up?.rss ?? NaN) - (x.beforePods?.rss ?? NaN) + x.helpersPss + x.pausePss) / x.pods, kib);
   printTable(m);
   for (const x of results) {
     console.log(`${x.side}: ${x.pauseCount} pause processes; ${x.errors.length} errors`);
@@ -411,7 +412,7 @@ async function main(): Promise<void> {
   await fs.mkdir(dir, { recursive: true });
   onCleanup('bench dir', () => fs.rm(dir, { recursive: true, force: true, maxRetries: 20, retryDelay: 100 }));
   const logRoot = path.join(dir, 'pod-logs');
-  console.log(`scalebench: ${PODS} pods, ${CONC} in flight, ${SERIAL} serial first, every ${SHARED_EVERY || '-'}th pid POD, ${RESTARTS} restarts, ${IMAGES} images; ${new Date().toISOString()}`);
+  console.log(`scalebench (tag ${tag}): ${PODS} pods, ${CONC} in flight, ${SERIAL} serial first, every ${SHARED_EVERY || '-'}th pid POD, ${RESTARTS} restarts, ${IMAGES} images; ${new Date().toISOString()}`);
   console.log(`machine: ${os.cpus().length} cores, ${(os.totalmem() / 2 ** 30).toFixed(1)} GiB, Linux ${os.release()}, Node ${process.version}; load average ${os.loadavg().map((l) => l.toFixed(2)).join(' ')}`);
 
   let reg: TestRegistry | undefined;
