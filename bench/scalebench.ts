@@ -103,6 +103,8 @@ interface Side {
   launch(): void;
   /** Forget the gRPC channel (the next call makes a fresh one). */
   resetClient(): void;
+  /** The daemon's own account of its last start (Corral logs it), for the restart split. */
+  lastStart?(): Promise<string>;
 }
 
 interface Mem {
@@ -329,7 +331,8 @@ async function runSide(side: Side, n: number, logRoot: string, refs: string[]): 
       note('Status after restart', e);
     }
     r.restarts.push({ exitMs, firstAnswerMs, allReadyMs, statusMs, listed });
-    console.log(`${side.name}: restart ${k + 1}: exit ${fmtMs(exitMs)} ms; first List ${fmtMs(firstAnswerMs)} ms, all ${listed}/${ids.length} READY ${fmtMs(allReadyMs)} ms, Status ${fmtMs(statusMs)} ms`);
+    const own = side.lastStart ? `; the daemon says: ${await side.lastStart()}` : '';
+    console.log(`${side.name}: restart ${k + 1}: exit ${fmtMs(exitMs)} ms; first List ${fmtMs(firstAnswerMs)} ms, all ${listed}/${ids.length} READY ${fmtMs(allReadyMs)} ms, Status ${fmtMs(statusMs)} ms${own}`);
     await sleep(2000);
   }
 
@@ -444,6 +447,11 @@ async function main(): Promise<void> {
         stop: () => corral.stop(),
         launch: () => corral.launch(),
         resetClient: () => corral.dropClient(),
+        async lastStart() {
+          const lines = (await fs.readFile(corral.logFile, 'utf8')).split('\n').filter((l) => l.includes('"corral is serving"'));
+          const e = JSON.parse(lines[lines.length - 1] ?? '{}');
+          return `serving ${e.processMs ?? '?'} ms after its process began, ${e.startupMs ?? '?'} ms of it in startDaemon (recovery included)`;
+        },
       },
       PODS,
       path.join(logRoot, 'corral'),

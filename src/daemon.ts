@@ -265,7 +265,8 @@ export async function startDaemon(cfg: CorralConfig, logger: Logger): Promise<Da
     },
     imageHandlers: imageHandlers(cfg, images),
   });
-  logger.info({ socket: cfg.socket, startupMs: Date.now() - t0 }, 'corral is serving');
+  // startupMs: this function (recovery included); processMs: since the process began (node's own start and loading the modules too).
+  logger.info({ socket: cfg.socket, startupMs: Date.now() - t0, processMs: Math.round(process.uptime() * 1000) }, 'corral is serving');
 
   return {
     sandboxes,
