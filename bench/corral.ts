@@ -41,8 +41,12 @@ export class BenchCorral {
   private child: ChildProcess | undefined;
   private exited: Promise<void> | undefined;
   private client: grpc.Client | undefined;
-  /** Node.js flags of `corral serve`: the launcher's (scripts/start.sh, the installed wrapper) unless set. */
-  nodeFlags: readonly string[] = DAEMON_NODE_FLAGS;
+  /**
+   * Node.js flags of `corral serve`: the launcher's (scripts/start.sh, the installed wrapper)
+   * unless set, or unless CORRAL_BENCH_NODE_FLAGS gives others ("" for none), to compare.
+   */
+  nodeFlags: readonly string[] =
+    process.env.CORRAL_BENCH_NODE_FLAGS === undefined ? DAEMON_NODE_FLAGS : process.env.CORRAL_BENCH_NODE_FLAGS.split(' ').filter(Boolean);
 
   /** dir: a fresh directory of this daemon's own; tag: short unique suffix for host-wide names. */
   constructor(readonly dir: string, tag: string, readonly subnet: string) {
