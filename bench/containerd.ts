@@ -196,13 +196,24 @@ disabled_plugins = ["io.containerd.internal.v1.opt", "io.containerd.snapshotter.
   max_conf_num = 1
 ${this.extraConfig}`,
     );
+    this.launch();
+    await this.waitForNetworkReady(30_000, 200);
+  }
+
+  /** Spawns containerd with the config start() wrote (a restart after stop()); does not wait. */
+  launch(): void {
     const out = openSync(this.logFile, 'a');
     const child = spawn('containerd', ['--config', this.configFile], { stdio: ['ignore', out, out] });
     closeSync(out);
     this.child = child;
     this.exited = new Promise((resolve) => child.on('exit', () => resolve()));
     child.on('error', () => {});
-    const deadline = Date.now() + 30_000;
+  }
+
+  /** Polls Status every pollMs until the CRI reports NetworkReady. */
+  async waitForNetworkReady(timeoutMs: number, pollMs: number): Promise<void> {
+    const child = this.child!;
+    const deadline = Date.now() + timeoutMs;
     for (;;) {
       if (child.exitCode !== null) throw new Error(`containerd exited with ${child.exitCode}:\n${await this.logTail()}`);
       try {
@@ -210,11 +221,30 @@ ${this.extraConfig}`,
         const net = (st.status?.conditions ?? []).find((c: any) => c.type === 'NetworkReady');
         if (net?.status) return;
       } catch {
-        /* not up yet */
+        // A fresh channel next time: grpc-js would wait out its reconnect backoff (1 s and more).
+        this.client?.close();
+        this.client = undefined;
       }
-      if (Date.now() > deadline) throw new Error(`containerd's CRI did not report NetworkReady within 30 s:\n${await this.logTail()}`);
-      await sleep(200);
+      if (Date.now() > deadline) throw new Error(`containerd's CRI did not report NetworkReady within ${timeoutMs / 1000} s:\n${await this.logTail()}`);
+      await sleep(pollMs);
     }
+  }
+
+  /** Forgets the gRPC channel: the next call makes a fresh one (no reconnect backoff). */
+  dropClient(): void {
+    this.client?.close();
+    this.client = undefined;
+  }
+
+  /** SIGTERM and wait for the exit; the shims and pods keep running. */
+  async stop(): Promise<void> {
+    const child = this.child;
+    this.client?.close();
+    this.imageClient?.close();
+    this.client = this.imageClient = undefined;
+    if (!child || child.exitCode !== null || child.signalCode !== null) return;
+    child.kill('SIGTERM');
+    await this.exited;
   }
 
   async importPauseImage(tarball: string): Promise<void> {

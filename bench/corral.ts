@@ -13,6 +13,7 @@ import type { ImageRpcName, RuntimeRpcName } from '../src/cri/proto.js';
 import { packageRoot } from '../src/util/paths.js';
 import { execFile } from '../src/util/exec.js';
 import { onCleanup, sleep } from './lib.js';
+import { DAEMON_NODE_FLAGS } from '../src/cli/node-flags.js';
 
 /** bridge + host-local + portmap, as Corral's default network and the tests use it. */
 export function benchConflist(networkName: string, bridge: string, subnet: string): object {
@@ -40,6 +41,12 @@ export class BenchCorral {
   private child: ChildProcess | undefined;
   private exited: Promise<void> | undefined;
   private client: grpc.Client | undefined;
+  /**
+   * Node.js flags of `corral serve`: the launcher's (scripts/start.sh, the installed wrapper)
+   * unless set, or unless CORRAL_BENCH_NODE_FLAGS gives others ("" for none), to compare.
+   */
+  nodeFlags: readonly string[] =
+    process.env.CORRAL_BENCH_NODE_FLAGS === undefined ? DAEMON_NODE_FLAGS : process.env.CORRAL_BENCH_NODE_FLAGS.split(' ').filter(Boolean);
 
   /** dir: a fresh directory of this daemon's own; tag: short unique suffix for host-wide names. */
   constructor(readonly dir: string, tag: string, readonly subnet: string) {
@@ -80,24 +87,54 @@ export class BenchCorral {
         `bin_dirs = ["/usr/lib/cni"]`,
       ].join('\n') + '\n',
     );
+    this.launch();
+    await this.waitForVersion(20_000, 100);
+  }
+
+  /** Spawns `corral serve` with the config start() wrote (a restart after stop()); does not wait. */
+  launch(): void {
     const out = openSync(this.logFile, 'a');
-    const child = spawn(process.execPath, [path.join(packageRoot(), 'dist/src/cli/main.js'), 'serve', '--config', this.configFile], {
+    const child = spawn(process.execPath, [...this.nodeFlags, path.join(packageRoot(), 'dist/src/cli/main.js'), 'serve', '--config', this.configFile], {
       stdio: ['ignore', out, out],
     });
     closeSync(out);
     this.child = child;
     this.exited = new Promise((resolve) => child.on('exit', () => resolve()));
-    const deadline = Date.now() + 20_000;
+  }
+
+  /** Polls Version every pollMs until it answers. */
+  async waitForVersion(timeoutMs: number, pollMs: number): Promise<void> {
+    const child = this.child!;
+    const deadline = Date.now() + timeoutMs;
     for (;;) {
       if (child.exitCode !== null) throw new Error(`corral serve exited with ${child.exitCode}:\n${await this.logTail()}`);
       try {
         await this.rpc('Version', {}, 1000);
         return;
       } catch {
-        if (Date.now() > deadline) throw new Error(`corral serve did not answer within 20 s:\n${await this.logTail()}`);
-        await sleep(100);
+        // A fresh channel next time: grpc-js would wait out its reconnect backoff (1 s and more).
+        this.client?.close();
+        this.client = undefined;
+        if (Date.now() > deadline) throw new Error(`corral serve did not answer within ${timeoutMs / 1000} s:\n${await this.logTail()}`);
+        await sleep(pollMs);
       }
     }
+  }
+
+  /** Forgets the gRPC channel: the next call makes a fresh one (no reconnect backoff). */
+  dropClient(): void {
+    this.client?.close();
+    this.client = undefined;
+  }
+
+  /** SIGTERM, as systemd stops it, and wait for the exit; the pods keep running. */
+  async stop(): Promise<void> {
+    const child = this.child;
+    this.client?.close();
+    this.client = undefined;
+    if (!child || child.exitCode !== null || child.signalCode !== null) return;
+    child.kill('SIGTERM');
+    await this.exited;
   }
 
   async rpc<T = any>(method: RuntimeRpcName, req: object = {}, deadlineMs = 60_000): Promise<T> {

@@ -20,4 +20,7 @@ if ! ls "$conf_dir"/*.conf "$conf_dir"/*.conflist "$conf_dir"/*.json >/dev/null 
   cp config/cni/10-corral.conflist "$conf_dir/10-corral.conflist"
   echo "corral: installed the default pod network $conf_dir/10-corral.conflist (bridge corral0, 10.88.0.0/16)" >&2
 fi
-exec node dist/src/cli/main.js serve "$@"
+# V8 takes its flags only on the command line (src/cli/node-flags.ts says which and why).
+node_flags=$(node -e 'import(process.argv[1]).then((m) => console.log(m.DAEMON_NODE_FLAGS.join(" ")))' "$PWD/dist/src/cli/node-flags.js")
+# shellcheck disable=SC2086 # the flags are words
+exec node $node_flags dist/src/cli/main.js serve "$@"

@@ -37,8 +37,8 @@ import { conmonCreate, readExitCode, removeConmonFiles, reopenConmonLog, waitFor
 import { msToNs, nowNs } from './util/time.js';
 import { readSeccompProfile, resolveSeccomp } from './oci/seccomp-choice.js';
 import type { LinuxSandboxSecurityContext } from './cri-api/types.js';
-import { StreamingServer } from './streaming/server.js';
-import { createStreamingRuntime, daemonStreamingDeps } from './streaming/backend/index.js';
+import { StreamingListener } from './streaming/listener.js';
+import { IdleCollector } from './util/idle-collector.js';
 
 export interface Daemon {
   sandboxes: SandboxService;
@@ -154,6 +154,7 @@ async function startServing(cfg: CorralConfig, logger: Logger, started: (() => P
   };
 
   const images = new ImageService(cfg, logger, observer);
+  images.pullsSettled = new IdleCollector();
   started.push(() => images.close());
   await images.store.refresh();
   const staleLayers = await images.store.snapshots.removeLeftovers();
@@ -269,18 +270,33 @@ async function startServing(cfg: CorralConfig, logger: Logger, started: (() => P
   // off the start path, so ImageFsInfo answers from memory.
   void images.store.usage.warm().catch((e: unknown) => logger.warn({ err: e }, 'measuring the image store failed'));
 
-  // The runtime side of exec/attach/port-forward (corral-streamhelper per session).
-  const streamingRuntime = createStreamingRuntime(daemonStreamingDeps({ config: cfg, containers, sandboxes, logger }));
-  const streaming = await StreamingServer.start({
+  // The port is bound now; the server and the runtime side of exec/attach/port-forward
+  // (corral-streamhelper per session) are loaded when first used (listener.ts says why).
+  const tls = cfg.streaming.tlsCertFile !== '' || cfg.streaming.tlsKeyFile !== '';
+  const streaming = await StreamingListener.listen({
     address: cfg.streaming.address,
     port: cfg.streaming.port,
-    tlsCertFile: cfg.streaming.tlsCertFile,
-    tlsKeyFile: cfg.streaming.tlsKeyFile,
-    idleTimeoutMs: cfg.streaming.idleTimeoutSeconds * 1000,
-    runtime: streamingRuntime,
+    tls,
     logger,
+    async load(baseUrl, tokens) {
+      const [{ StreamingServer }, backend] = await Promise.all([import('./streaming/server.js'), import('./streaming/backend/index.js')]);
+      return StreamingServer.create({
+        baseUrl,
+        tokens,
+        tlsCertFile: cfg.streaming.tlsCertFile,
+        tlsKeyFile: cfg.streaming.tlsKeyFile,
+        address: cfg.streaming.address,
+        port: cfg.streaming.port,
+        idleTimeoutMs: cfg.streaming.idleTimeoutSeconds * 1000,
+        runtime: backend.createStreamingRuntime(backend.daemonStreamingDeps({ config: cfg, containers, sandboxes, logger })),
+        logger,
+      });
+    },
   });
   started.push(() => streaming.shutdown());
+  // A TLS key or certificate that cannot be read must fail the start, as before (the
+  // listener is then closed with the rest of what started).
+  if (tls) await streaming.server();
 
   const server = await CriServer.start({
     socketPath: cfg.socket,
@@ -297,7 +313,8 @@ async function startServing(cfg: CorralConfig, logger: Logger, started: (() => P
     imageHandlers: imageHandlers(cfg, images),
     onCall: observer && ((method, code, seconds) => observer.observeCall(method, code, seconds)),
   });
-  logger.info({ socket: cfg.socket, startupMs: Date.now() - t0 }, 'corral is serving');
+  // startupMs: this function (recovery included); processMs: since the process began (node's own start and loading the modules too).
+  logger.info({ socket: cfg.socket, startupMs: Date.now() - t0, processMs: Math.round(process.uptime() * 1000) }, 'corral is serving');
 
   return {
     sandboxes,

@@ -7,7 +7,7 @@ import type { CorralConfig } from '../config/config.js';
 import type { Logger } from '../util/log.js';
 import { ImageStore, type ImageRecord } from './image-store.js';
 import { parseReference } from './reference.js';
-import { RegistryClient, pullImageContent, type AuthConfig, type PulledImage, type PullProgress } from './registry/index.js';
+import type { AuthConfig, PulledImage, PullProgress, RegistryClient } from './registry/index.js';
 import { BlobTooLargeError } from './content-store.js';
 import { ImageConfigError, imageRuntimeConfig, type ImageRuntimeConfig } from './image-config.js';
 import { CorralError, invalidArgument } from '../errors.js';
@@ -15,14 +15,16 @@ import type { RuntimeObserver } from '../observer.js';
 
 export class ImageService {
   readonly store: ImageStore;
-  private readonly client: RegistryClient;
+  /** The registry client, loaded by the first pull: a node that never pulls does not carry it. */
+  private client: Promise<{ client: RegistryClient; pullImageContent: typeof import('./registry/index.js').pullImageContent }> | undefined;
   private readonly inflight = new Map<string, Promise<ImageRecord>>();
+  /** Told when pulls start and when the last one in flight has ended (the daemon gives memory back then). */
+  pullsSettled?: { busy(): void; settled(): void };
   /** Layers (chain IDs) that running sandboxes and containers have mounted. */
   layersInUse: () => Set<string> = () => new Set();
 
   constructor(private readonly cfg: CorralConfig, private readonly logger: Logger, private readonly observer?: RuntimeObserver) {
     this.store = new ImageStore(path.join(cfg.rootDir, 'images'), logger.child({ component: 'images' }));
-    this.client = new RegistryClient({ registries: cfg.registries, logger });
   }
 
   /** Pulls an image; a second pull of the same reference while one runs shares it. */
@@ -31,7 +33,11 @@ export class ImageService {
     const key = ref.toString();
     const running = this.inflight.get(key);
     if (running) return running;
-    const p = this.doPull(key, auth, onProgress).finally(() => this.inflight.delete(key));
+    this.pullsSettled?.busy();
+    const p = this.doPull(key, auth, onProgress).finally(() => {
+      this.inflight.delete(key);
+      if (this.inflight.size === 0) this.pullsSettled?.settled();
+    });
     this.inflight.set(key, p);
     return p;
   }
@@ -42,13 +48,17 @@ export class ImageService {
     // moment it is resolved until the image is registered.
     const hold = this.store.holdContent();
     try {
+      const { client, pullImageContent } = await (this.client ??= import('./registry/index.js').then((r) => ({
+        client: new r.RegistryClient({ registries: this.cfg.registries, logger: this.logger }),
+        pullImageContent: r.pullImageContent,
+      })));
       // Layers unpack while later ones still download.
       const stored = new BlobSignals();
       let unpacking: Promise<void> | undefined;
       let pulled;
       try {
         pulled = await pullImageContent(reference, this.store.content, {
-          client: this.client,
+          client,
           auth,
           concurrency: 3,
           onProgress,
@@ -155,7 +165,7 @@ export class ImageService {
   private sandboxRef: string | undefined | null = null;
 
   close(): void {
-    this.client.close();
+    void this.client?.then(({ client }) => client.close());
   }
 }
 

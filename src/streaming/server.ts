@@ -7,7 +7,6 @@
  */
 import http from 'node:http';
 import https from 'node:https';
-import os from 'node:os';
 import net from 'node:net';
 import { promises as fs } from 'node:fs';
 import type { Duplex } from 'node:stream';
@@ -18,6 +17,7 @@ import { SpdySession } from './spdy-session.js';
 import { REMOTE_COMMAND_PROTOCOLS, serveRemoteCommand } from './remote-command.js';
 import { PORT_FORWARD_PROTOCOLS, servePortForward } from './port-forward.js';
 import { WebSocketServer, type WebSocket } from 'ws';
+import { urlHost } from './listener.js';
 import { WS_MAX_PAYLOAD, WS_PORT_FORWARD_PROTOCOLS, WS_REMOTE_COMMAND_PROTOCOLS, chooseWsProtocol, serveWsPortForward, serveWsRemoteCommand } from './websocket.js';
 
 export interface StreamingServerOptions {
@@ -64,6 +64,26 @@ export class StreamingServer {
   }
 
   static async start(opts: StreamingServerOptions): Promise<StreamingServer> {
+    const s = await StreamingServer.create({ ...opts, baseUrl: '' });
+    const server = s.server;
+    await new Promise<void>((resolve, reject) => {
+      server.once('error', reject);
+      server.listen(opts.port, opts.address, () => {
+        server.off('error', reject);
+        resolve();
+      });
+    });
+    const a = server.address() as net.AddressInfo;
+    s.baseUrl = `${server instanceof https.Server ? 'https' : 'http'}://${urlHost(a.address)}:${a.port}/`;
+    opts.logger.info({ url: s.baseUrl }, 'streaming server listening');
+    return s;
+  }
+
+  /**
+   * A server that does not listen: a StreamingListener (listener.ts) bound the port, answers
+   * URLs under baseUrl and hands each connection to accept().
+   */
+  static async create(opts: StreamingServerOptions & { baseUrl: string }): Promise<StreamingServer> {
     const useTls = opts.tlsCertFile !== '' || opts.tlsKeyFile !== '';
     const server = useTls
       ? https.createServer({ cert: await fs.readFile(opts.tlsCertFile), key: await fs.readFile(opts.tlsKeyFile) })
@@ -73,17 +93,14 @@ export class StreamingServer {
     server.requestTimeout = 30_000;
     server.maxHeadersCount = 64;
     const s = new StreamingServer(server, opts);
-    await new Promise<void>((resolve, reject) => {
-      server.once('error', reject);
-      server.listen(opts.port, opts.address, () => {
-        server.off('error', reject);
-        resolve();
-      });
-    });
-    const a = server.address() as net.AddressInfo;
-    s.baseUrl = `${useTls ? 'https' : 'http'}://${urlHost(a.address)}:${a.port}/`;
-    opts.logger.info({ url: s.baseUrl }, 'streaming server listening');
+    s.baseUrl = opts.baseUrl;
     return s;
+  }
+
+  /** Serves a connection accepted by someone else's listening socket (paused or not). */
+  accept(socket: net.Socket): void {
+    this.server.emit('connection', socket);
+    socket.resume();
   }
 
   get url(): string {
@@ -184,12 +201,3 @@ function plainResponse(socket: Duplex, code: number, text: string, body: string,
   socket.end(`HTTP/1.1 ${code} ${text}\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: ${Buffer.byteLength(body)}\r\n${extraHeaders}Connection: close\r\n\r\n${body}`);
 }
 
-/** The host part of the URL: the bound address, or a routable one when bound to every interface. */
-function urlHost(address: string): string {
-  let host = address;
-  if (host === '0.0.0.0' || host === '::') {
-    const candidates = Object.values(os.networkInterfaces()).flat().filter((i) => i && !i.internal && i.family === 'IPv4');
-    host = candidates[0]?.address ?? '127.0.0.1';
-  }
-  return net.isIPv6(host) ? `[${host}]` : host;
-}

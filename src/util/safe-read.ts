@@ -19,7 +19,7 @@
  * missing, ENOTREG, EFBIG, ELOOP, EINVAL, EXDEV when it is refused) so callers can tell
  * "absent" from "refused".
  */
-import { close as closeCb, constants, fstat as fstatCb, open as openCb, read as readCb, readlink as readlinkCb, type Stats } from 'node:fs';
+import { close as closeCb, closeSync, constants, fstat as fstatCb, fstatSync, open as openCb, openSync, read as readCb, readSync, readlink as readlinkCb, type Stats } from 'node:fs';
 import { promisify } from 'node:util';
 
 const openFd = promisify(openCb);
@@ -97,6 +97,53 @@ export async function readRegularFile(file: string, opts: SafeReadOptions): Prom
     return await readThroughPathFd(pathFd, name, opts.maxBytes);
   } finally {
     await closeFd(pathFd).catch(() => undefined);
+  }
+}
+
+/**
+ * readRegularFile with synchronous syscalls, the same checks and caps. For reading many
+ * small files at start-up, before the daemon serves: each async call is a thread-pool round
+ * trip (seven per file), and 500 sandbox records took 0.2–1.4 s that way on 2 busy cores
+ * against 20–130 ms like this. Never while serving: it blocks the event loop.
+ */
+export function readRegularFileSync(file: string, opts: SafeReadOptions): Buffer {
+  const name = opts.describe ?? file;
+  const sys = <T>(fn: () => T): T => {
+    try {
+      return fn();
+    } catch (e) {
+      throw fromErrno(e, name);
+    }
+  };
+  const pathFd = sys(() => openSync(file, O_PATH));
+  try {
+    const st = sys(() => fstatSync(pathFd));
+    checkRegular(st, name, opts.maxBytes);
+    const fd = sys(() => openSync(`/proc/self/fd/${pathFd}`, O_RDONLY | O_NONBLOCK | O_NOCTTY));
+    try {
+      const st2 = sys(() => fstatSync(fd));
+      if (st2.ino !== st.ino || st2.dev !== st.dev) throw new SafeReadError('EIO', name, 'changed while it was opened');
+      checkRegular(st2, name, opts.maxBytes);
+      let buf = Buffer.allocUnsafe(Math.min(st2.size, opts.maxBytes) + 1);
+      let total = 0;
+      for (;;) {
+        if (total === buf.length) {
+          if (buf.length > opts.maxBytes) throw new SafeReadError('EFBIG', name, `grew past the ${opts.maxBytes}-byte limit while it was read`);
+          const bigger = Buffer.allocUnsafe(Math.min(buf.length * 2, opts.maxBytes + 1));
+          buf.copy(bigger, 0, 0, total);
+          buf = bigger;
+        }
+        const n = sys(() => readSync(fd, buf, total, buf.length - total, null));
+        if (n === 0) break;
+        total += n;
+      }
+      if (total > opts.maxBytes) throw new SafeReadError('EFBIG', name, `grew past the ${opts.maxBytes}-byte limit while it was read`);
+      return buf.subarray(0, total);
+    } finally {
+      closeSync(fd);
+    }
+  } finally {
+    closeSync(pathFd);
   }
 }
 

@@ -12,6 +12,7 @@ import { execFile } from '../../src/util/exec.js';
 import { packageRoot } from '../../src/util/paths.js';
 import { resolveConfig, defaultConfig } from '../../src/config/config.js';
 import { parse } from 'smol-toml';
+import { DAEMON_NODE_FLAGS } from '../../src/cli/node-flags.js';
 
 let dir: string;
 let env: NodeJS.ProcessEnv;
@@ -33,6 +34,10 @@ test('install.sh: corral on the given PATH dir, the example config, the unit; a 
   const version = await execFile(path.join(dir, 'bin/corral'), ['--version']);
   assert.equal(version.code, 0, version.stderr);
   assert.match(version.stdout, /^corral \d+\.\d+\.\d+/);
+  // V8 takes these only on the command line: the wrapper (which the unit runs) must pass them.
+  const wrapper = await fs.readFile(path.join(dir, 'bin/corral'), 'utf8');
+  assert.ok(DAEMON_NODE_FLAGS.length > 0);
+  assert.match(wrapper, new RegExp(`^exec "[^"]+" ${DAEMON_NODE_FLAGS.join(' ')} "${path.join(packageRoot(), 'dist/src/cli/main.js')}" "\\$@"$`, 'm'));
 
   const configFile = path.join(dir, 'etc/corral/config.toml');
   const installed = await fs.readFile(configFile, 'utf8');

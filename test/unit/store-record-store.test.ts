@@ -1,7 +1,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
-import { promises as fs } from 'node:fs';
+import { closeSync, constants, openSync, promises as fs } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { RecordStore } from '../../src/store/record-store.js';
@@ -96,4 +96,36 @@ test('writes are atomic: concurrent readers never see a torn record, and no temp
   assert.ok(reads > 0);
   assert.deepEqual(await fs.readdir(store.recordDir('r')), ['record.json'], 'no temp files left');
   assert.equal((await store.loadAll()).records[0]!.state, 'v15');
+});
+
+test('loading does not wait for the thread pool: records load while every pool thread is stuck', async (t) => {
+  const store = await tempStore(t);
+  for (let i = 0; i < 50; i++) await store.save({ id: `r${i}`, state: 'READY' });
+  // Each open of a FIFO with no writer holds one pool thread until a writer comes.
+  const fifoDir = await fs.mkdtemp(path.join(os.tmpdir(), 'corral-pool-'));
+  const threads = Number(process.env.UV_THREADPOOL_SIZE ?? 4);
+  const fifos = Array.from({ length: threads }, (_, i) => path.join(fifoDir, `f${i}`));
+  for (const f of fifos) execFileSync('mkfifo', [f]);
+  const stuck = fifos.map((f) => fs.open(f, 'r'));
+  const release = async () => {
+    for (const f of fifos) {
+      try {
+        closeSync(openSync(f, constants.O_WRONLY | constants.O_NONBLOCK));
+      } catch {
+        /* its reader is already gone */
+      }
+    }
+    for (const h of await Promise.allSettled(stuck)) if (h.status === 'fulfilled') await h.value.close();
+    await fs.rm(fifoDir, { recursive: true, force: true });
+  };
+  // Released before any other cleanup: those need the pool too.
+  let loaded: Awaited<ReturnType<typeof store.loadAll>> | 'stuck';
+  try {
+    await new Promise((r) => setTimeout(r, 100)); // the opens have reached the pool
+    loaded = await Promise.race([store.loadAll(), new Promise<'stuck'>((r) => setTimeout(() => r('stuck'), 3000))]);
+  } finally {
+    await release();
+  }
+  assert.notEqual(loaded, 'stuck', 'loadAll waited for the thread pool');
+  assert.equal((loaded as Exclude<typeof loaded, 'stuck'>).records.length, 50);
 });
