@@ -52,7 +52,7 @@ export class StreamingListener implements StreamingUrls {
     });
     const a = listener.address() as net.AddressInfo;
     const url = `${opts.tls ? 'https' : 'http'}://${urlHost(a.address)}:${a.port}/`;
-    opts.logger.info({ url }, 'streaming server listening (loaded on first use)');
+    opts.logger.info({ url, loaded: 'on first use' }, 'streaming server listening');
     return new StreamingListener(listener, url, opts);
   }
 
