@@ -16,6 +16,7 @@ import { cgroupfsCgroupsPath, clampOomScoreAdj } from './oci/cgroups.js';
 import { validateSysctls, withDefaultSysctls } from './oci/sysctls.js';
 import { ensureBuiltinSandboxRootfs, writeBundle } from './oci/sandbox-rootfs.js';
 import { SandboxStore } from './store/sandbox-store.js';
+import { startPodInit, stopPodInit } from './sandbox/pod-init.js';
 import { SandboxService, type NamespacePinner, type PodNetworkDriver, type SandboxContainerRuntime, type SandboxImageSource } from './sandbox/service.js';
 import { namespaceChoice } from './sandbox/options.js';
 import { CriServer } from './cri/server.js';
@@ -169,6 +170,7 @@ export async function startDaemon(cfg: CorralConfig, logger: Logger): Promise<Da
     network: (handler) => networks.driverFor(handler, settings),
     pinner,
     runtime: containerRuntime,
+    podInit: { start: (spec) => startPodInit({ ...spec, oomScoreAdj: sandboxOomScoreAdj }), stop: stopPodInit },
     prepareSysctls: (sysctls, opts) => {
       validateSysctls(sysctls, opts);
       return withDefaultSysctls(sysctls, opts);

@@ -32,6 +32,8 @@ import type { BandwidthLimits } from '../network/cni/capabilities.js';
 import { processStartTime } from '../util/process.js';
 import { nowNs } from '../util/time.js';
 import { SharedExclusiveLock } from '../util/keyed-lock.js';
+import { cgroupfsCgroupsPath } from '../oci/cgroups.js';
+import { podInitCgroups, type PodInitResources, type PodInitSpec } from './pod-init.js';
 
 /** What the sandbox lifecycle needs from the network layer (CNI) of one handler. */
 export interface PodNetworkDriver {
@@ -70,6 +72,14 @@ export interface SandboxContainerRuntime {
   destroy(handler: RuntimeHandlerConfig, id: string): Promise<void>;
 }
 
+/** Corral's own pause for a shared PID namespace (infra mode 'init'; see pod-init.ts). */
+export interface PodInitLauncher {
+  /** Starts it; nothing is left on failure. The daemon adds the oom_score_adj. */
+  start(spec: Omit<PodInitSpec, 'oomScoreAdj'>): Promise<{ pid: number; startTime: string }>;
+  /** Kills it, waits, removes its cgroups and pidfile; nothing left is success. */
+  stop(res: PodInitResources): Promise<void>;
+}
+
 export interface SandboxBundleInput {
   bundleDir: string;
   /** The sandbox root filesystem (absolute) and the pause command in it. */
@@ -103,6 +113,7 @@ export interface SandboxServiceDeps {
   network: (handler: RuntimeHandlerConfig) => PodNetworkDriver;
   pinner: NamespacePinner;
   runtime: SandboxContainerRuntime;
+  podInit: PodInitLauncher;
   /** Where pause containers get their root filesystem: the built-in one or a sandbox image's layers. */
   sandboxImage: SandboxImageSource;
   /** Validates the pod's sysctls against its namespaces (throws with the reason) and adds the runtime's defaults. */
@@ -252,13 +263,14 @@ export class SandboxService {
             await this.mountSandboxRootfs(run, undo);
             // 8. Network first (default): the netns is wired before the sandbox container is created.
             if (order === 'network-first' || mode === 'pinned') await this.attachNetwork(run, undo);
-            // 9. The pause container, if this pod needs one.
+            // 9. The pause container, if this pod needs one, or Corral's own pause.
             if (mode === 'pause') {
               await this.createPause(run, undo, files);
               await this.startPause(run);
             }
+            if (mode === 'init') await this.startPodInit(run, undo);
             // 10. Start first (by annotation): the network is wired into the running sandbox.
-            if (order === 'start-first' && mode === 'pause') await this.attachNetwork(run, undo);
+            if (order === 'start-first' && mode !== 'pinned') await this.attachNetwork(run, undo);
             // 11. Ready, recorded; the undos are dropped.
             record.state = 'ready';
             timings.total = Math.round((performance.now() - t0) * 100) / 100;
@@ -307,6 +319,7 @@ export class SandboxService {
         cniAttached: !plan.hostNetwork,
         shmMount: plan.shmPath,
         container: plan.mode === 'pause',
+        podInit: plan.mode === 'init' ? this.podInitResources(id, config) : null,
         rootfs: sandboxRootfs && 'chain' in sandboxRootfs ? { target: path.join(this.volatileDir(id), 'rootfs'), chain: sandboxRootfs.chain } : null,
       },
       pid: 0,
@@ -396,6 +409,40 @@ export class SandboxService {
     );
   }
 
+  /** Where the pod's own pause leaves its traces: the pidfile in its state folder, its cgroups. */
+  private podInitResources(id: string, config: PodSandboxConfig): PodInitResources {
+    let cgroupsPath: string;
+    try {
+      cgroupsPath = cgroupfsCgroupsPath(config.linux?.cgroupParent ?? '', id);
+    } catch (e) {
+      throw invalidArgument((e as Error).message);
+    }
+    return { pidFile: path.join(this.volatileDir(id), 'pause.pid'), cgroups: podInitCgroups(cgroupsPath) };
+  }
+
+  /** Corral's own pause: PID 1 of the pod's PID namespace, in the pinned network/IPC/UTS ones. */
+  private async startPodInit(run: SandboxRun, undo: UndoStack): Promise<void> {
+    const { record, plan } = run;
+    const res = record.resources.podInit!;
+    const sc = run.config.linux?.securityContext;
+    // Pushed before start: a failed start may have been cut short (a crash of the helper).
+    undo.push('stop pod pause', () => this.deps.podInit.stop(res));
+    const started = await run.timed('start', () =>
+      this.deps.podInit.start({
+        resources: res,
+        rootDir: run.volatileDir,
+        netnsPath: plan.pins.netnsPath ?? undefined,
+        ipcPath: plan.pins.ipcPath,
+        utsPath: plan.pins.utsPath,
+        privileged: record.privileged,
+        uid: sc?.runAsUser ? Number(sc.runAsUser.value) : undefined,
+        gid: sc?.runAsGroup ? Number(sc.runAsGroup.value) : undefined,
+      }),
+    );
+    record.pid = started.pid;
+    record.pidStartTime = started.startTime;
+  }
+
   /** Starts the pause (its undo is createPause's) and records its start time, to tell a reused PID. */
   private async startPause(run: SandboxRun): Promise<void> {
     const { record } = run;
@@ -452,6 +499,12 @@ export class SandboxService {
       // The pause and the CNI attachments do not depend on each other (the netns is held
       // by its pin either way), so they are released concurrently.
       const stopContainer = async () => {
+        if (res.podInit) {
+          const podInit = res.podInit;
+          await step('container', () => this.deps.podInit.stop(podInit));
+          res.podInit = null;
+          record.pid = 0;
+        }
         if (!res.container) return;
         if (!handler) throw new Error(`runtime handler "${record.runtimeHandler}" is no longer configured; cannot stop its container`);
         await step('container', () => runtime.destroy(handler, id));
@@ -602,7 +655,7 @@ export class SandboxService {
   /** READY only while its namespaces are held: the pause process alive, or the pins in place. */
   async liveState(rec: SandboxRecord): Promise<'SANDBOX_READY' | 'SANDBOX_NOTREADY'> {
     if (rec.state !== 'ready') return 'SANDBOX_NOTREADY';
-    if (rec.infraMode === 'pause') {
+    if (rec.infraMode !== 'pinned') {
       const start = await processStartTime(rec.pid);
       if (start === null || start !== rec.pidStartTime) return 'SANDBOX_NOTREADY';
     } else if (!(await Promise.all(rec.resources.pins.map((p) => this.deps.pinner.isPinned(p)))).every(Boolean)) {
