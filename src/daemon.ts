@@ -9,7 +9,7 @@ import type { CorralConfig, RuntimeHandlerConfig } from './config/config.js';
 import type { Logger } from './util/log.js';
 import { nativeBinary } from './util/paths.js';
 import { CniNetworks } from './network/pod-network.js';
-import { createPinnedNetns, isNetnsPinned, listCorralNetns, netnsPathFor, removePinnedNetns, sandboxIdFromNetnsPath } from './network/netns.js';
+import { createPinnedNetns, isNetnsPinned, listCorralNetns, netnsPathFor, removePinnedNetns, removePins, sandboxIdFromNetnsPath } from './network/netns.js';
 import { OciRuntime, currentCapabilities, oomScoreAdjFloor } from './oci/runtime.js';
 import { BUILTIN_SANDBOX_IMAGE_NAME, DEFAULT_SANDBOX_OOM_SCORE_ADJ, buildSandboxSpec } from './oci/sandbox-spec.js';
 import { cgroupfsCgroupsPath, clampOomScoreAdj } from './oci/cgroups.js';
@@ -71,9 +71,7 @@ export async function startDaemon(cfg: CorralConfig, logger: Logger): Promise<Da
   const pinner: NamespacePinner = {
     pathFor: (id) => netnsPathFor(cfg.netnsDir, id),
     create: (netnsPath, opts) => createPinnedNetns(netnsPath, opts),
-    remove: async (paths) => {
-      for (const p of paths) await removePinnedNetns(p);
-    },
+    remove: (paths) => removePins(paths),
     isPinned: (p) => isNetnsPinned(p),
   };
 

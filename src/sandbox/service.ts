@@ -57,7 +57,9 @@ export interface PodNetworkDriver {
 export interface NamespacePinner {
   pathFor(sandboxId: string): string;
   /** netnsPath null: no network namespace, only the IPC (and UTS) pins. */
-  create(netnsPath: string | null, opts: { sysctls: Record<string, string>; ipcPath?: string; utsPath?: string; hostname?: string }): Promise<void>;
+  /** shmPath: also mount the pod's /dev/shm tmpfs there, in the same helper call. */
+  create(netnsPath: string | null, opts: { sysctls: Record<string, string>; ipcPath?: string; utsPath?: string; hostname?: string; shmPath?: string }): Promise<void>;
+  /** Unpins (or, for a folder such as the shm, unmounts and removes) every path; gone is fine. */
   remove(paths: string[]): Promise<void>;
   isPinned(path: string): Promise<boolean>;
 }
@@ -150,6 +152,8 @@ interface SandboxRun {
   network: PodNetworkDriver;
   sandboxRootfs: Awaited<ReturnType<SandboxImageSource['resolve']>> | undefined;
   timed: <T>(step: string, fn: () => Promise<T>) => Promise<T>;
+  /** The pod's /dev/shm was mounted with the pins (one exec instead of two). */
+  shmMounted?: boolean;
 }
 
 export class SandboxService {
@@ -347,7 +351,11 @@ export class SandboxService {
   private async pinNamespaces(run: SandboxRun, undo: UndoStack): Promise<void> {
     const { pins, ...pinOpts } = run.plan.pins;
     if (pins.length === 0) return;
-    await run.timed('netns', () => this.deps.pinner.create(pinOpts.netnsPath, pinOpts));
+    const shmPath = run.plan.shmPath ?? undefined;
+    // Pushed before: a helper killed mid-way may have mounted it (its own undo covers a failure it reports).
+    if (shmPath) undo.push('unmount shm', () => unmountShm(shmPath));
+    await run.timed('netns', () => this.deps.pinner.create(pinOpts.netnsPath, { ...pinOpts, shmPath }));
+    run.shmMounted = Boolean(shmPath);
     undo.push('remove pinned namespaces', () => this.deps.pinner.remove(pins));
   }
 
@@ -356,7 +364,7 @@ export class SandboxService {
     const files = sandboxFilePaths(run.volatileDir);
     await run.timed('files', () => writeSandboxFiles(files, run.plan.hostname, resolvConf(run.config.dnsConfig)));
     const shmPath = run.plan.shmPath;
-    if (shmPath) {
+    if (shmPath && !run.shmMounted) {
       undo.push('unmount shm', () => unmountShm(shmPath));
       await run.timed('shm', () => mountShm(shmPath));
     }
@@ -529,13 +537,15 @@ export class SandboxService {
         res.rootfs = null;
         releasedLayers = chain;
       }
-      if (res.shmMount) {
+      if (res.shmMount && res.pins.length === 0) {
         await step('shm', () => unmountShm(res.shmMount!));
         res.shmMount = null;
       }
       if (res.pins.length > 0) {
-        await step('netns', () => pinner.remove(res.pins));
+        // The shm folder goes in the same helper call as the pins (one exec, not two).
+        await step('netns', () => pinner.remove(res.shmMount ? [...res.pins, res.shmMount] : res.pins));
         res.pins = [];
+        res.shmMount = null;
       }
       if (record.state !== 'notready' || record.lastError || Object.keys(timings).length > 0) {
         record.state = 'notready';
