@@ -134,11 +134,25 @@ interface SandboxTx {
   claim(): void;
   /** A copy of the current record to change and save; undefined when there is none. */
   current(): SandboxRecord | undefined;
-  /** Writes next to disk, then makes (a copy of) it the record readers see, indexed. */
-  save(next: SandboxRecord): Promise<void>;
+  /**
+   * Writes next to disk, then makes (a copy of) it the record readers see, indexed.
+   * durable false: not fsynced, for states a power loss may roll back harmlessly (see
+   * READY_AND_STOPPED_ARE_NOT_FSYNCED).
+   */
+  save(next: SandboxRecord, opts?: { durable?: boolean }): Promise<void>;
   /** Deletes the record on disk, then forgets it. */
   forget(): Promise<void>;
 }
+
+/**
+ * READY_AND_STOPPED_ARE_NOT_FSYNCED: only the intent (the first write of a Run, before any
+ * side effect) is fsynced. After a power loss nothing of a pod runs any more, and what
+ * survives on disk (CNI's IP reservations) is released from the intent alone: a record
+ * that comes back as 'creating' is rolled back, one that comes back 'ready' is stopped by
+ * kubelet, and every teardown step is idempotent. A daemon crash keeps the page cache,
+ * so these writes are seen after it either way (they stay atomic: temp file + rename).
+ */
+const NOT_FSYNCED = { durable: false } as const;
 
 /** One Run in progress: what its steps read (the plan) and build (the record). */
 interface SandboxRun {
@@ -278,7 +292,7 @@ export class SandboxService {
             // 11. Ready, recorded; the undos are dropped.
             record.state = 'ready';
             timings.total = Math.round((performance.now() - t0) * 100) / 100;
-            await tx.save(record);
+            await tx.save(record, NOT_FSYNCED);
           },
           {
             logger: log,
@@ -550,7 +564,7 @@ export class SandboxService {
       if (record.state !== 'notready' || record.lastError || Object.keys(timings).length > 0) {
         record.state = 'notready';
         delete record.lastError;
-        if (persist) await tx.save(record);
+        if (persist) await tx.save(record, NOT_FSYNCED);
       }
       logger.info({ sandbox: id, timings }, 'pod sandbox stopped');
       if (!persist) return releasedLayers;
@@ -607,11 +621,11 @@ export class SandboxService {
           const rec = this.records.get(id);
           return rec && structuredClone(rec);
         },
-        save: async (next) => {
+        save: async (next, opts) => {
           check();
           if (next.id !== id) throw new Error(`pod sandbox ${id}: cannot save the record of ${next.id}`);
           const committed = structuredClone(next);
-          await this.deps.store.save(committed);
+          await this.deps.store.save(committed, opts);
           next.updatedAt = committed.updatedAt;
           this.records.set(id, committed);
           this.index.add(id);

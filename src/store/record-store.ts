@@ -23,9 +23,10 @@ export class RecordStore<T extends { id: string; updatedAt?: string }> {
     return path.join(this.dir, id);
   }
 
-  async save(record: T): Promise<void> {
+  /** durable false: atomic but not fsynced (see writeFileAtomic), for writes a power loss may lose harmlessly. */
+  async save(record: T, opts: { durable?: boolean } = {}): Promise<void> {
     record.updatedAt = new Date().toISOString();
-    await writeJsonAtomic(path.join(this.recordDir(record.id), this.fileName), record);
+    await writeJsonAtomic(path.join(this.recordDir(record.id), this.fileName), record, 0o600, opts.durable ?? true);
   }
 
   async remove(id: string): Promise<void> {
