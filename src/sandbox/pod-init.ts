@@ -146,29 +146,34 @@ function kill(pid: number): void {
  */
 export async function stopPodInit(res: PodInitResources): Promise<void> {
   const deadline = Date.now() + STOP_TIMEOUT_MS;
-  for (let delay = 1; ; delay = Math.min(delay * 2, 20)) {
+  // The pause is in every one of its cgroups: the first tells who is left (the others are
+  // read only to find a launcher cut short before it moved the pause into all of them).
+  let cgroups = res.cgroups;
+  for (let delay = 0.5; ; delay = Math.min(delay * 2, 20)) {
     const recorded = await recordedPause(res.pidFile);
-    // Everything in the sandbox's cgroups is the pause (or its launcher mid-start).
-    const members = (await Promise.all(res.cgroups.map(cgroupPids))).flat();
+    const members = (await Promise.all(cgroups.map(cgroupPids))).flat();
     if (recorded === null && members.length === 0) break;
     if (recorded !== null) kill(recorded);
     for (const pid of new Set(members)) kill(pid);
+    cgroups = res.cgroups.slice(0, 1);
     if (Date.now() > deadline) throw new Error(`the pod's pause (${[recorded, ...members].filter(Boolean).join(', ')}) is still alive ${STOP_TIMEOUT_MS} ms after SIGKILL`);
     await sleep(delay);
   }
-  for (const dir of res.cgroups) {
-    for (let delay = 1; ; delay = Math.min(delay * 2, 20)) {
-      try {
-        await fs.rmdir(dir);
-        break;
-      } catch (e) {
-        if (isErrno(e, 'ENOENT')) break;
-        // A killed task can linger in a v1 cgroup for a moment after it left cgroup.procs.
-        if (!isErrno(e, 'EBUSY') || Date.now() > deadline) throw new Error(`cannot remove the pause's cgroup ${dir}: ${(e as Error).message}`);
-        await sleep(delay);
-      }
-    }
-  }
+  await Promise.all(res.cgroups.map((dir) => removeCgroup(dir, deadline)));
   await fs.rm(res.pidFile, { force: true });
   await fs.rm(`${res.pidFile}.tmp`, { force: true });
+}
+
+async function removeCgroup(dir: string, deadline: number): Promise<void> {
+  for (let delay = 1; ; delay = Math.min(delay * 2, 20)) {
+    try {
+      await fs.rmdir(dir);
+      return;
+    } catch (e) {
+      if (isErrno(e, 'ENOENT')) return;
+      // A killed task can linger in a v1 cgroup for a moment after it left cgroup.procs.
+      if (!isErrno(e, 'EBUSY') || Date.now() > deadline) throw new Error(`cannot remove the pause's cgroup ${dir}: ${(e as Error).message}`);
+      await sleep(delay);
+    }
+  }
 }
