@@ -142,6 +142,8 @@ interface SandboxTx {
   save(next: SandboxRecord, opts?: { durable?: boolean }): Promise<void>;
   /** Deletes the record on disk, then forgets it. */
   forget(): Promise<void>;
+  /** fsyncs the record as last saved (see INTENT_DURABLE_BEFORE_PERSISTENT_STEPS). */
+  sync(): Promise<void>;
 }
 
 /**
@@ -168,6 +170,8 @@ interface SandboxRun {
   timed: <T>(step: string, fn: () => Promise<T>) => Promise<T>;
   /** The pod's /dev/shm was mounted with the pins (one exec instead of two). */
   shmMounted?: boolean;
+  /** The intent's fsync, under way beside the pins and files; awaited before CNI and the pause. */
+  intentDurable?: Promise<void>;
 }
 
 export class SandboxService {
@@ -355,7 +359,13 @@ export class SandboxService {
       // Anything left behind keeps the record visible (NOTREADY) so Stop/Remove can finish.
       if (failed === 0) await tx.forget();
     });
-    await run.timed('record', () => tx.save(run.record));
+    // INTENT_DURABLE_BEFORE_PERSISTENT_STEPS: written at once (a daemon crash finds it: the
+    // page cache survives), fsynced beside the next steps. Pins, shm and files die with the
+    // machine anyway; what outlives a power loss (CNI's IP reservations, a process) starts
+    // only once the intent is durable (awaitIntent), so a reboot always finds it.
+    await run.timed('record', () => tx.save(run.record, NOT_FSYNCED));
+    run.intentDurable = tx.sync();
+    run.intentDurable.catch(() => { /* awaited by awaitIntent, or moot after a rollback */ });
     await fs.mkdir(volatileDir, { recursive: true, mode: 0o711 });
     undo.push('remove sandbox state dir', async (failed) => {
       if (failed === 0) await fs.rm(volatileDir, { recursive: true, force: true });
@@ -392,10 +402,16 @@ export class SandboxService {
     await run.timed('rootfs', () => this.deps.sandboxImage.mount(rootfs.chain, rootfs.target, path.join(run.volatileDir, 'rootfs-layer')));
   }
 
+  /** The intent is on disk for good before anything that outlives a power loss. */
+  private async awaitIntent(run: SandboxRun): Promise<void> {
+    if (run.intentDurable) await run.timed('durable', () => run.intentDurable!);
+  }
+
   /** CNI ADD of the pod's networks (nothing with host network). */
   private async attachNetwork(run: SandboxRun, undo: UndoStack): Promise<void> {
     const { record, config, plan } = run;
     if (plan.hostNetwork) return;
+    await this.awaitIntent(run);
     // Pushed before ADD: a failed ADD may still have reserved an IP.
     undo.push('CNI DEL', () => run.network.tearDown(this.networkIdentity(record)));
     record.network = await run.timed('cni', () =>
@@ -413,6 +429,7 @@ export class SandboxService {
   private async createPause(run: SandboxRun, undo: UndoStack, files: SandboxFiles): Promise<void> {
     const { id, record, plan, sandboxRootfs } = run;
     const rootfs = record.resources.rootfs;
+    await this.awaitIntent(run);
     // Pushed before create: a failed create may still have left the container.
     undo.push('delete sandbox container', () => this.deps.runtime.destroy(plan.handler, id));
     record.pid = await run.timed('create', () =>
@@ -447,6 +464,7 @@ export class SandboxService {
     const { record, plan } = run;
     const res = record.resources.podInit!;
     const sc = run.config.linux?.securityContext;
+    await this.awaitIntent(run);
     // Pushed before start: a failed start may have been cut short (a crash of the helper).
     undo.push('stop pod pause', () => this.deps.podInit.stop(res));
     const started = await run.timed('start', () =>
@@ -629,6 +647,10 @@ export class SandboxService {
           next.updatedAt = committed.updatedAt;
           this.records.set(id, committed);
           this.index.add(id);
+        },
+        sync: async () => {
+          check();
+          await this.deps.store.sync(id);
         },
         forget: async () => {
           check();

@@ -1,6 +1,7 @@
 import { promises as fs } from 'node:fs';
 import path from 'node:path';
 import { writeJsonAtomic, isErrno } from '../util/atomic.js';
+import { fsyncDir } from '../util/fs.js';
 import { MAX_STATE_FILE_BYTES, readRegularFile } from '../util/safe-read.js';
 
 export interface LoadedRecords<T> {
@@ -27,6 +28,18 @@ export class RecordStore<T extends { id: string; updatedAt?: string }> {
   async save(record: T, opts: { durable?: boolean } = {}): Promise<void> {
     record.updatedAt = new Date().toISOString();
     await writeJsonAtomic(path.join(this.recordDir(record.id), this.fileName), record, 0o600, opts.durable ?? true);
+  }
+
+  /** Makes a record saved with durable false durable: fsyncs the file, its folder and the store's. */
+  async sync(id: string): Promise<void> {
+    const fh = await fs.open(path.join(this.recordDir(id), this.fileName), 'r');
+    try {
+      await fh.sync();
+    } finally {
+      await fh.close();
+    }
+    await fsyncDir(this.recordDir(id));
+    await fsyncDir(this.dir);
   }
 
   async remove(id: string): Promise<void> {
