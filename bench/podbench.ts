@@ -111,7 +111,7 @@ interface Round {
   errors: string[];
 }
 
-const SPLIT_KEYS = ['record', 'netns', 'files', 'shm', 'cni', 'create', 'start', 'total'];
+const SPLIT_KEYS = ['record', 'netns', 'files', 'shm', 'durable', 'cni', 'create', 'start', 'total'];
 
 async function runRound(side: Side, n: number, concurrency: number, pidMode: PidMode, logRoot: string, rep = 0): Promise<Round> {
   const r: Round = {
