@@ -1,6 +1,6 @@
 import { promises as fs } from 'node:fs';
 import path from 'node:path';
-import { writeJsonAtomic, isErrno } from '../util/atomic.js';
+import { writeFileAtomicSync, writeJsonAtomic, isErrno } from '../util/atomic.js';
 import { fsyncDir } from '../util/fs.js';
 import { MAX_STATE_FILE_BYTES, readRegularFile } from '../util/safe-read.js';
 
@@ -27,7 +27,9 @@ export class RecordStore<T extends { id: string; updatedAt?: string }> {
   /** durable false: atomic but not fsynced (see writeFileAtomic), for writes a power loss may lose harmlessly. */
   async save(record: T, opts: { durable?: boolean } = {}): Promise<void> {
     record.updatedAt = new Date().toISOString();
-    await writeJsonAtomic(path.join(this.recordDir(record.id), this.fileName), record, 0o600, opts.durable ?? true);
+    const file = path.join(this.recordDir(record.id), this.fileName);
+    if (opts.durable === false) writeFileAtomicSync(file, JSON.stringify(record, null, 2) + '\n');
+    else await writeJsonAtomic(file, record);
   }
 
   /** Makes a record saved with durable false durable: fsyncs the file, its folder and the store's. */

@@ -1,4 +1,4 @@
-import { promises as fs } from 'node:fs';
+import { promises as fs, mkdirSync, renameSync, rmSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { randomBytes } from 'node:crypto';
 import { fsyncDir } from './fs.js';
@@ -27,6 +27,24 @@ export async function writeFileAtomic(file: string, data: string | Buffer, mode 
     throw e;
   }
   if (durable) await fsyncDir(dir);
+}
+
+/**
+ * writeFileAtomic without fsync, synchronously: with no fsync to wait for, the five calls
+ * (mkdir, open, write, close, rename) are page-cache work of microseconds, while through
+ * the thread pool each waited its turn behind other pods' work (~6 ms per record under load).
+ */
+export function writeFileAtomicSync(file: string, data: string | Buffer, mode = 0o600): void {
+  const dir = path.dirname(file);
+  mkdirSync(dir, { recursive: true });
+  const tmp = path.join(dir, `.${path.basename(file)}.${randomBytes(6).toString('hex')}.tmp`);
+  writeFileSync(tmp, data, { mode });
+  try {
+    renameSync(tmp, file);
+  } catch (e) {
+    rmSync(tmp, { force: true });
+    throw e;
+  }
 }
 
 export async function writeJsonAtomic(file: string, value: unknown, mode = 0o600, durable = true): Promise<void> {

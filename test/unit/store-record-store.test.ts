@@ -97,3 +97,18 @@ test('writes are atomic: concurrent readers never see a torn record, and no temp
   assert.deepEqual(await fs.readdir(store.recordDir('r')), ['record.json'], 'no temp files left');
   assert.equal((await store.loadAll()).records[0]!.state, 'v15');
 });
+
+test('a save with durable false is atomic, private and readable at once; sync() makes it durable later', async (t) => {
+  const store = await tempStore(t);
+  const a: Rec = { id: 'a', state: 'creating' };
+  await store.save(a, { durable: false });
+  assert.ok(a.updatedAt, 'updatedAt stamped');
+  const file = path.join(store.recordDir('a'), 'record.json');
+  assert.equal(JSON.parse(await fs.readFile(file, 'utf8')).state, 'creating');
+  assert.equal((await fs.stat(file)).mode & 0o777, 0o600);
+  await store.save({ ...a, state: 'ready' }, { durable: false });
+  assert.deepEqual(await fs.readdir(store.recordDir('a')), ['record.json'], 'no temp file left');
+  await store.sync('a');
+  assert.deepEqual((await store.loadAll()).records.map((r) => r.state), ['ready']);
+  await assert.rejects(store.sync('missing'), { code: 'ENOENT' });
+});
