@@ -159,13 +159,19 @@ static int install_seccomp(void)
 	return prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, &prog, 0, 0);
 }
 
-static int drop_capabilities(void)
+/* Needs CAP_SETPCAP: done before a setuid to a non-root user clears the effective set. */
+static int drop_bounding_set(void)
 {
 	for (int cap = 0; cap <= 63; cap++)
 		if (prctl(PR_CAPBSET_DROP, cap, 0, 0, 0) != 0 && errno != EINVAL)
 			return -1;
 	if (prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0) != 0 && errno != EINVAL)
 		return -1;
+	return 0;
+}
+
+static int drop_capabilities(void)
+{
 	struct __user_cap_header_struct hdr = { .version = _LINUX_CAPABILITY_VERSION_3, .pid = 0 };
 	struct __user_cap_data_struct data[2];
 	memset(data, 0, sizeof(data));
@@ -228,6 +234,8 @@ static void run_pause(int to_launcher, int from_launcher, const char *root, int 
 			close(fd);
 	if (gid >= 0 && (setgroups(0, NULL) != 0 || setresgid(gid, gid, gid) != 0))
 		pause_fail(to_launcher, "setgid", "cannot set the group");
+	if (drop_bounding_set() != 0)
+		pause_fail(to_launcher, "capabilities", "cannot drop the bounding set");
 	if (uid >= 0 && setresuid(uid, uid, uid) != 0)
 		pause_fail(to_launcher, "setuid", "cannot set the user");
 	if (drop_capabilities() != 0)

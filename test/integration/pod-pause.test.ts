@@ -97,3 +97,21 @@ test('Stop answers only once the pause is gone', async () => {
     await d.rpc('RemovePodSandbox', { podSandboxId: id });
   }
 });
+
+test('a pod asking for a user (runAsUser/runAsGroup) gets a pause running as that user, still without capabilities', async () => {
+  const config = podConfig({
+    linux: { securityContext: { namespaceOptions: { network: 'POD', pid: 'POD', ipc: 'POD' }, runAsUser: { value: 65534 }, runAsGroup: { value: 65534 } } },
+  });
+  const { podSandboxId: id } = await d.rpc('RunPodSandbox', { config });
+  try {
+    const pid = JSON.parse((await d.rpc('PodSandboxStatus', { podSandboxId: id, verbose: true })).info.info).pid;
+    const status = await fs.readFile(`/proc/${pid}/status`, 'utf8');
+    assert.match(status, /^Uid:\s+65534\s+65534\s+65534\s+65534$/m);
+    assert.match(status, /^Gid:\s+65534\s+65534\s+65534\s+65534$/m);
+    const sec = await processSecurity(pid);
+    for (const set of ['CapPrm', 'CapEff', 'CapBnd']) assert.equal(sec[set], '0000000000000000', set);
+  } finally {
+    await d.rpc('RemovePodSandbox', { podSandboxId: id });
+  }
+  assert.deepEqual(await podPauseProcesses(id), []);
+});
