@@ -156,6 +156,13 @@ interface SandboxTx {
  */
 const NOT_FSYNCED = { durable: false } as const;
 
+/** Waits for every step (so none is still running when the rollback starts), then throws the first failure. */
+async function allOrFirstError(steps: Promise<void>[]): Promise<void> {
+  const settled = await Promise.allSettled(steps);
+  const failed = settled.find((r): r is PromiseRejectedResult => r.status === 'rejected');
+  if (failed) throw failed.reason;
+}
+
 /** One Run in progress: what its steps read (the plan) and build (the record). */
 interface SandboxRun {
   id: string;
@@ -284,13 +291,16 @@ export class SandboxService {
             // 7. The sandbox image's layers, when the pause runs from one.
             await this.mountSandboxRootfs(run, undo);
             // 8. Network first (default): the netns is wired before the sandbox container is created.
-            if (order === 'network-first' || mode === 'pinned') await this.attachNetwork(run, undo);
+            // Corral's own pause only joins the pinned namespaces and needs nothing of CNI:
+            // it starts while CNI ADD runs (both push their undos before they begin).
+            if (order === 'network-first' && mode === 'init') await allOrFirstError([this.attachNetwork(run, undo), this.startPodInit(run, undo)]);
+            else if (order === 'network-first' || mode === 'pinned') await this.attachNetwork(run, undo);
             // 9. The pause container, if this pod needs one, or Corral's own pause.
             if (mode === 'pause') {
               await this.createPause(run, undo, files);
               await this.startPause(run);
             }
-            if (mode === 'init') await this.startPodInit(run, undo);
+            if (mode === 'init' && order === 'start-first') await this.startPodInit(run, undo);
             // 10. Start first (by annotation): the network is wired into the running sandbox.
             if (order === 'start-first' && mode !== 'pinned') await this.attachNetwork(run, undo);
             // 11. Ready, recorded; the undos are dropped.

@@ -128,22 +128,27 @@ test('a CNI plugin failing ADD after IPAM allocated: the error names the plugin,
   assert.equal((await d.rpc('PodSandboxStatus', { podSandboxId })).status.state, 'SANDBOX_READY');
 });
 
-test("CNI ADD failing after Corral's own pause started (start-first): the rollback kills the pause and removes its cgroups", async () => {
-  const vethsBefore = await vethCount(d);
-  await fs.writeFile(path.join(binDir, 'fail-add'), '');
-  const config = podConfig({
-    annotations: { 'io.corral.sandbox.network-order': 'start-first' },
-    linux: { securityContext: { namespaceOptions: { network: 'POD', pid: 'POD', ipc: 'POD' } } },
+for (const order of ['start-first', 'network-first'] as const) {
+  test(`CNI ADD failing with Corral's own pause (${order}: ${order === 'start-first' ? 'started before ADD' : 'started while ADD runs'}): the rollback kills the pause and removes its cgroups`, async () => {
+    const vethsBefore = await vethCount(d);
+    await fs.writeFile(path.join(binDir, 'fail-add'), '');
+    await fs.rm(path.join(binDir, 'pauses-at-add'), { force: true });
+    const config = podConfig({
+      annotations: { 'io.corral.sandbox.network-order': order },
+      linux: { securityContext: { namespaceOptions: { network: 'POD', pid: 'POD', ipc: 'POD' } } },
+    });
+    await assert.rejects(d.rpc('RunPodSandbox', { config }), (e: any) => /injected ADD failure/.test(e.details));
+    const id = (await fs.readFile(path.join(binDir, 'add-container-id'), 'utf8')).trim();
+    if (order === 'start-first') {
+      // The plugin saw the pause running during ADD; the rollback removed it.
+      const seen = (await fs.readFile(path.join(binDir, 'pauses-at-add'), 'utf8')).trim().split('\n').filter(Boolean);
+      assert.equal(seen.length, 1, `the pause ran while CNI ADD was called: ${seen.join(', ')}`);
+    }
+    assert.deepEqual(await podPauseProcesses(id), [], 'the pause is killed');
+    assert.deepEqual(await podCgroupDirs(id), [], 'its cgroups are removed');
+    await assertHostClean(vethsBefore);
   });
-  await assert.rejects(d.rpc('RunPodSandbox', { config }), (e: any) => /injected ADD failure/.test(e.details));
-  // The plugin saw the pause running during ADD; the rollback removed it.
-  const id = (await fs.readFile(path.join(binDir, 'add-container-id'), 'utf8')).trim();
-  const seen = (await fs.readFile(path.join(binDir, 'pauses-at-add'), 'utf8')).trim().split('\n').filter(Boolean);
-  assert.equal(seen.length, 1, `the pause ran while CNI ADD was called: ${seen.join(', ')}`);
-  assert.deepEqual(await podPauseProcesses(id), [], 'the pause is killed');
-  assert.deepEqual(await podCgroupDirs(id), [], 'its cgroups are removed');
-  await assertHostClean(vethsBefore);
-});
+}
 
 test('a runtime failing start: the created container is deleted and nothing is left', async () => {
   const vethsBefore = await vethCount(d);
