@@ -27,6 +27,12 @@ export function benchConflist(networkName: string, bridge: string, subnet: strin
   };
 }
 
+/** Runtime handlers that run a pod's pause as an OCI container (runc / crun create + start). */
+export const OCI_PAUSE_HANDLERS = [
+  { name: 'runc-oci-pause', binary: 'runc' },
+  { name: 'crun-oci-pause', binary: 'crun' },
+] as const;
+
 export class BenchCorral {
   readonly socket: string;
   readonly rootDir: string;
@@ -81,6 +87,12 @@ export class BenchCorral {
         `socket = "${this.socket}"`,
         `netns_dir = "${this.netnsDir}"`,
         `log_level = "info"`,
+        // The OCI pause path, for comparison with Corral's own pause (type "vm" keeps a
+        // pause container; nothing else of the vm type applies to runc/crun).
+        // A runtimes table replaces the default handlers: runc (the default) is listed again.
+        `[runtimes.runc]`,
+        `path = "runc"`,
+        ...OCI_PAUSE_HANDLERS.flatMap((h) => [`[runtimes.${h.name}]`, `path = "${h.binary}"`, `type = "vm"`]),
         `[cni]`,
         `conf_dir = "${this.confDir}"`,
         `cache_dir = "${this.cacheDir}"`,

@@ -18,7 +18,7 @@ import path from 'node:path';
 import { randomBytes } from 'node:crypto';
 import { packageRoot } from '../src/util/paths.js';
 import { execFile } from '../src/util/exec.js';
-import { BenchCorral } from './corral.js';
+import { BenchCorral, OCI_PAUSE_HANDLERS } from './corral.js';
 import { BenchContainerd, buildPauseImage, ensureContainerd } from './containerd.js';
 import { Floor, type FloorResult } from './floor.js';
 import {
@@ -48,10 +48,14 @@ interface Args {
   pods: number;
   concurrency: number;
   skipContainerd: boolean;
+  /** Repetitions of the whole interleaved set of rounds; the summary gives medians over them. */
+  rounds: number;
+  /** Also run pid POD rounds with the pause as an OCI container (runc, crun) instead of Corral's own. */
+  pauseOptions: boolean;
 }
 
 function parseArgs(argv: string[]): Args {
-  const a: Args = { pods: 30, concurrency: 4, skipContainerd: false };
+  const a: Args = { pods: 30, concurrency: 4, skipContainerd: false, rounds: 3, pauseOptions: false };
   for (let i = 0; i < argv.length; i++) {
     const k = argv[i]!;
     const num = () => {
@@ -62,8 +66,10 @@ function parseArgs(argv: string[]): Args {
     if (k === '--pods') a.pods = num();
     else if (k === '--concurrency') a.concurrency = num();
     else if (k === '--skip-containerd') a.skipContainerd = true;
+    else if (k === '--rounds') a.rounds = num();
+    else if (k === '--pause-options') a.pauseOptions = true;
     else if (k === '-h' || k === '--help') {
-      console.log('usage: node dist/bench/podbench.js [--pods N] [--concurrency C] [--skip-containerd]');
+      console.log('usage: node dist/bench/podbench.js [--pods N] [--concurrency C] [--rounds R] [--pause-options] [--skip-containerd]');
       process.exit(0);
     } else throw new Error(`unknown argument ${k}`);
   }
@@ -73,6 +79,10 @@ function parseArgs(argv: string[]): Args {
 /** One CRI endpoint under test. */
 interface Side {
   name: string;
+  /** The runtime handler asked for ('' = the default). */
+  handler?: string;
+  /** Only for these pid modes (default: all). */
+  pidModes?: PidMode[];
   rpc: <T = any>(method: any, req: object, deadlineMs?: number) => Promise<T>;
   pid: () => number;
   helpers?: () => number[];
@@ -84,6 +94,8 @@ interface Side {
 
 interface Round {
   side: string;
+  /** Which repetition of the interleaved set (0-based). */
+  rep: number;
   pidMode: PidMode;
   concurrency: number;
   n: number;
@@ -99,11 +111,12 @@ interface Round {
   errors: string[];
 }
 
-const SPLIT_KEYS = ['record', 'netns', 'files', 'shm', 'cni', 'create', 'start', 'total'];
+const SPLIT_KEYS = ['record', 'netns', 'files', 'shm', 'durable', 'cni', 'create', 'start', 'total'];
 
-async function runRound(side: Side, n: number, concurrency: number, pidMode: PidMode, logRoot: string): Promise<Round> {
+async function runRound(side: Side, n: number, concurrency: number, pidMode: PidMode, logRoot: string, rep = 0): Promise<Round> {
   const r: Round = {
     side: side.name,
+    rep,
     pidMode,
     concurrency,
     n,
@@ -144,7 +157,7 @@ async function runRound(side: Side, n: number, concurrency: number, pidMode: Pid
     r.wall[which] = performance.now() - t0;
   };
   await phase('run', async (i) => {
-    const res = await side.rpc<any>('RunPodSandbox', { config: configs[i], runtimeHandler: '' }, 120_000);
+    const res = await side.rpc<any>('RunPodSandbox', { config: configs[i], runtimeHandler: side.handler ?? '' }, 120_000);
     ids[i] = res.podSandboxId;
   });
   r.pss.daemonRss = rssKiB(side.pid());
@@ -227,6 +240,63 @@ function printFloor(f: FloorResult): void {
   for (const e of [...new Set(f.errors)].slice(0, 5)) console.log(`  error: ${e}`);
 }
 
+/** Medians over the repetitions of each side's per-round p50 (and pods/s), with the ratios the goals are stated in. */
+function printMedians(rounds: Round[], floors: (FloorResult & { rep: number })[], reps: number): void {
+  const med = (xs: number[]) => (xs.length ? p50(xs) : NaN);
+  const pps = (wall: number, count: number) => (wall > 0 ? (count / wall) * 1000 : NaN);
+  const sideNames = [...new Set(rounds.map((r) => r.side))];
+  console.log(`\n=== Medians over ${reps} repetitions (each figure: the median of the per-repetition p50) ===`);
+  console.log('  vs containerd = Corral / containerd latency (<1: Corral faster); vs floor = Run / floor setup.');
+  const rows: string[][] = [['round', 'side', 'Run ms', 'Run pods/s', 'Stop ms', 'Remove ms', 'Run vs containerd', 'Stop vs containerd', 'Run vs floor', 'floor ms']];
+  for (const pidMode of ['CONTAINER', 'POD'] as PidMode[]) {
+    for (const c of [...new Set(rounds.map((r) => r.concurrency))]) {
+      const floorMs = med(floors.filter((f) => f.concurrency === c).map((f) => p50(f.setup)));
+      const of = (side: string) => rounds.filter((r) => r.side === side && r.pidMode === pidMode && r.concurrency === c);
+      const ctrd = of('containerd');
+      const ctrdRun = med(ctrd.map((r) => p50(r.run)));
+      const ctrdStop = med(ctrd.map((r) => p50(r.stop)));
+      let first = true;
+      for (const side of sideNames) {
+        const rs = of(side);
+        if (rs.length === 0) continue;
+        const run = med(rs.map((r) => p50(r.run)));
+        const stop = med(rs.map((r) => p50(r.stop)));
+        rows.push([
+          first ? roundLabel({ concurrency: c, pidMode }) : '',
+          side,
+          fmtMs(run),
+          fmtNum(med(rs.map((r) => pps(r.wall.run, r.run.length)))),
+          fmtMs(stop),
+          fmtMs(med(rs.map((r) => p50(r.remove)))),
+          side === 'containerd' ? '' : ratio(run, ctrdRun),
+          side === 'containerd' ? '' : ratio(stop, ctrdStop),
+          ratio(run, floorMs),
+          first ? fmtMs(floorMs) : '',
+        ]);
+        first = false;
+      }
+    }
+  }
+  printTable(rows, 2);
+  const splitRows: string[][] = [['round', 'side', ...SPLIT_KEYS]];
+  for (const r0 of rounds.filter((r) => r.rep === 0 && r.split.total!.length > 0)) {
+    const same = rounds.filter((r) => r.side === r0.side && r.pidMode === r0.pidMode && r.concurrency === r0.concurrency && r.split.total!.length > 0);
+    splitRows.push([roundLabel(r0), r0.side, ...SPLIT_KEYS.map((k) => fmtMs(med(same.map((r) => p50(r.split[k]!)))))]);
+  }
+  console.log('\n  Run split, daemon-side (median over repetitions of the p50 ms):');
+  printTable(splitRows, 2, '    ');
+  const stopRows: string[][] = [];
+  for (const r0 of rounds.filter((r) => r.rep === 0 && Object.keys(r.stopSplit).length > 0)) {
+    const same = rounds.filter((r) => r.side === r0.side && r.pidMode === r0.pidMode && r.concurrency === r0.concurrency);
+    const keys = Object.keys(r0.stopSplit);
+    stopRows.push([roundLabel(r0), r0.side, keys.map((k) => `${k} ${fmtMs(med(same.map((r) => (r.stopSplit[k]?.length ? p50(r.stopSplit[k]!) : NaN)).filter(Number.isFinite)))}`).join(' | ')]);
+  }
+  if (stopRows.length) {
+    console.log('\n  Stop split, from the daemon log (median over repetitions of the p50 ms):');
+    printTable([['round', 'side', 'steps'], ...stopRows], 3, '    ');
+  }
+}
+
 function printComparison(rounds: Round[], floors: FloorResult[], ctrdVersion: string): void {
   const corral = rounds.filter((r) => r.side === 'Corral');
   const ctrd = rounds.filter((r) => r.side === 'containerd');
@@ -295,15 +365,17 @@ async function main(): Promise<void> {
   console.log('note: this machine is shared and noisy; each round runs once per side, and the sides are interleaved round by round.');
   console.log(`load average at start: ${os.loadavg().map((l) => l.toFixed(2)).join(' ')}`);
 
-  // The floor first: the same bridge/host-local/portmap chain with no runtime at all.
+  // The floor: the same bridge/host-local/portmap chain with no runtime at all (again in every repetition).
   const floor = new Floor(tag, `10.251.${octet}.0/24`);
-  const floors: FloorResult[] = [];
-  for (const c of [1, args.concurrency]) {
-    if (isAborted()) break;
-    floors.push(await floor.run(args.pods, c));
-    printFloor(floors[floors.length - 1]!);
-  }
-  await floor.cleanup();
+  onCleanup('floor', () => floor.cleanup());
+  const floors: (FloorResult & { rep: number })[] = [];
+  const runFloor = async (rep: number) => {
+    for (const c of [1, args.concurrency]) {
+      if (isAborted()) break;
+      floors.push({ ...(await floor.run(args.pods, c)), rep });
+      printFloor(floors[floors.length - 1]!);
+    }
+  };
 
   const corral = new BenchCorral(path.join(dir, 'corral'), tag, `10.250.${octet}.0/24`);
   onCleanup('Corral daemon', () => corral.cleanup());
@@ -311,6 +383,11 @@ async function main(): Promise<void> {
   const sides: Side[] = [
     { name: 'Corral', rpc: (m, q, d) => corral.rpc(m, q, d), pid: () => corral.pid, runTimings: true, stopTimings: (ids) => corral.stopTimings(ids) },
   ];
+  if (args.pauseOptions) {
+    for (const h of OCI_PAUSE_HANDLERS) {
+      sides.push({ name: `Corral ${h.binary} pause`, handler: h.name, pidModes: ['POD'], rpc: (m, q, d) => corral.rpc(m, q, d), pid: () => corral.pid, runTimings: true, stopTimings: (ids) => corral.stopTimings(ids) });
+    }
+  }
 
   let ctrdVersion = '';
   if (args.skipContainerd) {
@@ -335,17 +412,27 @@ async function main(): Promise<void> {
   }
 
   const rounds: Round[] = [];
-  for (const pidMode of ['CONTAINER', 'POD'] as PidMode[]) {
-    for (const c of [1, args.concurrency]) {
-      for (const side of sides) {
-        if (isAborted()) break;
-        const r = await runRound(side, args.pods, c, pidMode, logRoot);
-        rounds.push(r);
-        printRound(r);
+  for (let rep = 0; rep < args.rounds; rep++) {
+    console.log(`\n##### repetition ${rep + 1} of ${args.rounds}`);
+    await runFloor(rep);
+    // Alternate which side goes first, so neither always meets the machine in the same state.
+    const order = rep % 2 === 0 ? sides : [...sides].reverse();
+    for (const pidMode of ['CONTAINER', 'POD'] as PidMode[]) {
+      for (const c of [1, args.concurrency]) {
+        for (const side of order) {
+          if (isAborted() || (side.pidModes && !side.pidModes.includes(pidMode))) continue;
+          const r = await runRound(side, args.pods, c, pidMode, logRoot, rep);
+          rounds.push(r);
+          printRound(r);
+        }
       }
     }
   }
-  if (!isAborted()) printComparison(rounds, floors, ctrdVersion);
+  await floor.cleanup();
+  if (!isAborted()) {
+    printComparison(rounds.filter((r) => r.rep === 0), floors.filter((f) => f.rep === 0), ctrdVersion);
+    printMedians(rounds, floors, args.rounds);
+  }
   console.log(`load average at end: ${os.loadavg().map((l) => l.toFixed(2)).join(' ')}`);
 }
 

@@ -30,6 +30,9 @@ n=$(find /sys/fs/cgroup/*/corral /sys/fs/cgroup/*/corral-test* -mindepth 1 -maxd
 [ "$n" -gt 0 ] && report "$n pod cgroup(s) under /sys/fs/cgroup/*/corral"
 n=$(pgrep -f corral-pause | wc -l)
 [ "$n" -gt 0 ] && report "$n corral-pause process(es)"
+# Corral's own pause of a shared-PID pod (native/podpause.c); a zombie awaits init's reaping.
+n=$(pgrep -f '^[^ ]*corral-podpause run ' | while read -r p; do ps -o stat= -p "$p"; done | grep -vc '^Z' || true)
+[ "$n" -gt 0 ] && report "$n corral-podpause process(es) (own pause of a shared-PID pod): $(pgrep -f '^[^ ]*corral-podpause run ' | head -3 | tr '\n' ' ')"
 for d in /var/lib/cni/networks/*/; do
   [ -d "$d" ] || continue
   n=$(find "$d" -maxdepth 1 -type f -name '[0-9a-f]*[.:]*' | wc -l)

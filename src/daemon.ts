@@ -9,7 +9,7 @@ import type { CorralConfig, RuntimeHandlerConfig } from './config/config.js';
 import type { Logger } from './util/log.js';
 import { nativeBinary } from './util/paths.js';
 import { CniNetworks } from './network/pod-network.js';
-import { createPinnedNetns, isNetnsPinned, listCorralNetns, netnsPathFor, removePinnedNetns, sandboxIdFromNetnsPath } from './network/netns.js';
+import { createPinnedNetns, isNetnsPinned, listCorralNetns, netnsPathFor, removePinnedNetns, removePins, sandboxIdFromNetnsPath } from './network/netns.js';
 import { OciRuntime, currentCapabilities, oomScoreAdjFloor } from './oci/runtime.js';
 import { hostIsCgroupV2 } from './oci/cgroup-limits.js';
 import { BUILTIN_SANDBOX_IMAGE_NAME, DEFAULT_SANDBOX_OOM_SCORE_ADJ, buildSandboxSpec } from './oci/sandbox-spec.js';
@@ -17,6 +17,7 @@ import { cgroupfsCgroupsPath, clampOomScoreAdj } from './oci/cgroups.js';
 import { validateSysctls, withDefaultSysctls } from './oci/sysctls.js';
 import { ensureBuiltinSandboxRootfs, writeBundle } from './oci/sandbox-rootfs.js';
 import { SandboxStore } from './store/sandbox-store.js';
+import { startPodInit, stopPodInit } from './sandbox/pod-init.js';
 import { SandboxService, type NamespacePinner, type PodNetworkDriver, type SandboxContainerRuntime, type SandboxImageSource } from './sandbox/service.js';
 import { namespaceChoice } from './sandbox/options.js';
 import { CriServer } from './cri/server.js';
@@ -92,9 +93,7 @@ async function startServing(cfg: CorralConfig, logger: Logger, started: (() => P
   const pinner: NamespacePinner = {
     pathFor: (id) => netnsPathFor(cfg.netnsDir, id),
     create: (netnsPath, opts) => createPinnedNetns(netnsPath, opts),
-    remove: async (paths) => {
-      for (const p of paths) await removePinnedNetns(p);
-    },
+    remove: (paths) => removePins(paths),
     isPinned: (p) => isNetnsPinned(p),
   };
 
@@ -194,6 +193,7 @@ async function startServing(cfg: CorralConfig, logger: Logger, started: (() => P
     network: (handler) => networks.driverFor(handler, settings),
     pinner,
     runtime: containerRuntime,
+    podInit: { start: (spec) => startPodInit({ ...spec, oomScoreAdj: sandboxOomScoreAdj }), stop: stopPodInit },
     prepareSysctls: (sysctls, opts) => {
       validateSysctls(sysctls, opts);
       return withDefaultSysctls(sysctls, opts);

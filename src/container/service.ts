@@ -387,7 +387,7 @@ export class ContainerService {
    */
   private async podNamespaces(sandbox: SandboxRecord, opts: { pid?: string | number; targetId?: string }): Promise<PodNamespaces> {
     const plan = namespacePlan(namespaceChoice(sandbox.config), sandbox.infraMode);
-    const pause = sandbox.infraMode === 'pause' && sandbox.pid > 0 ? `/proc/${sandbox.pid}/ns` : null;
+    const pause = sandbox.infraMode !== 'pinned' && sandbox.pid > 0 ? `/proc/${sandbox.pid}/ns` : null;
     const pinOf = (file: string) => sandbox.resources.pins.find((p) => path.basename(p) === file);
     const held = (holder: 'host' | 'pause' | 'pin', type: 'ipc' | 'uts') => {
       const where = holder === 'host' ? 'host' : holder === 'pause' ? (pause ? `${pause}/${type}` : undefined) : pinOf(PIN_FILES[type]);

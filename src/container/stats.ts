@@ -318,7 +318,7 @@ export class ContainerStatsCollector {
     const attributes = { id: sandbox.id, metadata: sandbox.metadata, labels: sandbox.config.labels ?? {}, annotations: sandbox.config.annotations ?? {} };
     const containerStats = await Promise.all(containers.map((c) => this.stats(c)));
     if (!ready) return { attributes, linux: { containers: containerStats } };
-    const pausePid = sandbox.infraMode === 'pause' ? sandbox.pid : 0;
+    const pausePid = sandbox.infraMode !== 'pinned' ? sandbox.pid : 0;
     const running = containers.filter((c) => c.state === 'running' && c.pid > 0);
     const pauseDirs = pausePid > 0 ? await this.cgroups.get(pausePid, sandbox.id, `pod:${sandbox.id}`) : [];
     const memberDirs = [pauseDirs, ...(await Promise.all(running.map((c) => this.cgroups.get(c.pid, c.id))))].filter((d) => d.length > 0);

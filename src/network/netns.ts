@@ -71,6 +71,8 @@ export interface CreateNetnsOptions {
   /** Also pin a new UTS namespace here, with this hostname. */
   utsPath?: string;
   hostname?: string;
+  /** Also make this folder and mount the pod's /dev/shm tmpfs on it (saves an exec of mount). */
+  shmPath?: string;
 }
 
 interface HelperReply {
@@ -130,6 +132,10 @@ export async function createPinnedNetns(netnsPath: string | null, opts: CreateNe
   }
   if (args.length === 1) throw new Error('netns: nothing to pin (no network, IPC or UTS namespace asked for)');
   if (opts.utsPath && opts.hostname) args.push('--hostname', opts.hostname);
+  if (opts.shmPath) {
+    if (!path.isAbsolute(opts.shmPath)) throw new Error(`netns: --shm path must be absolute, got ${JSON.stringify(opts.shmPath)}`);
+    args.push('--shm', opts.shmPath);
+  }
   for (const [key, value] of Object.entries(opts.sysctls ?? {})) {
     if (key === '' || key.includes('=')) throw new Error(`netns: bad sysctl name ${JSON.stringify(key)}`);
     args.push('--sysctl', `${key}=${value}`);
@@ -154,6 +160,26 @@ export async function removePinnedNetns(netnsPath: string): Promise<void> {
   if (result.code !== 0 || reply?.error) {
     throw helperFailure(`cannot remove network namespace ${netnsPath}`, result, reply);
   }
+}
+
+/**
+ * Unpins and deletes every path (pins, or a --shm folder: unmounted and removed) in one
+ * exec of the helper; paths already gone cost nothing. Succeeds when all are gone.
+ */
+export async function removePins(paths: readonly string[]): Promise<void> {
+  const present: string[] = [];
+  for (const p of paths) {
+    try {
+      await fs.lstat(p);
+      present.push(p);
+    } catch (e) {
+      const code = (e as NodeJS.ErrnoException).code;
+      if (code !== 'ENOENT' && code !== 'ENOTDIR') throw e;
+    }
+  }
+  if (present.length === 0) return;
+  const { result, reply } = await runHelper(['remove', ...present]);
+  if (result.code !== 0 || reply?.error) throw helperFailure(`cannot remove ${present.join(', ')}`, result, reply);
 }
 
 /** True when `netnsPath` is an nsfs mount (a live pin); false when it is missing or a plain file. */

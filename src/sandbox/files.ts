@@ -1,9 +1,8 @@
-import { promises as fs } from 'node:fs';
+import { promises as fs, readFileSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { execFile, ExecError } from '../util/exec.js';
 import { isErrno } from '../util/atomic.js';
 import { isMountPoint } from '../util/mounts.js';
-import { readTextIfExists } from '../util/fs.js';
 
 /** Per-sandbox files bind-mounted into the pause and app containers. */
 export interface SandboxFiles {
@@ -20,11 +19,24 @@ export function sandboxFilePaths(volatileDir: string): SandboxFiles {
   };
 }
 
-/** Writes hostname, a copy of the host's /etc/hosts, and resolv.conf (given, else the host's). */
+/**
+ * Writes hostname, a copy of the host's /etc/hosts, and resolv.conf (given, else the host's).
+ * Synchronously: five small files (two reads, three writes into the state folder, a tmpfs
+ * by default) take microseconds each, while each thread-pool round trip of the async
+ * calls waited behind the other pods' work (~4 ms per Run serially, more in flight).
+ */
 export async function writeSandboxFiles(files: SandboxFiles, hostname: string, resolvConf: string | null): Promise<void> {
-  await fs.writeFile(files.hostname, hostname + '\n', { mode: 0o644 });
-  await fs.writeFile(files.hosts, (await readTextIfExists('/etc/hosts')) ?? '127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n', { mode: 0o644 });
-  await fs.writeFile(files.resolvConf, resolvConf ?? (await readTextIfExists('/etc/resolv.conf')) ?? '', { mode: 0o644 });
+  const hostFile = (file: string) => {
+    try {
+      return readFileSync(file, 'utf8');
+    } catch (e) {
+      if (isErrno(e, 'ENOENT')) return undefined;
+      throw e;
+    }
+  };
+  writeFileSync(files.hostname, hostname + '\n', { mode: 0o644 });
+  writeFileSync(files.hosts, hostFile('/etc/hosts') ?? '127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n', { mode: 0o644 });
+  writeFileSync(files.resolvConf, resolvConf ?? hostFile('/etc/resolv.conf') ?? '', { mode: 0o644 });
 }
 
 export const SHM_SIZE_BYTES = 64 * 1024 * 1024;

@@ -95,10 +95,14 @@ export function networkOrder(annotations: Record<string, string>): NetworkOrder 
  * A pause process is kept when something needs one: a VM runtime (it boots the VM for the
  * sandbox container), a PID namespace shared by the pod (something must be its init), or
  * a config that asks to always run one. Otherwise the namespaces are pinned by mounts only.
+ * ownInit: a shared PID namespace of a non-VM pod gets Corral's own pause ('init', a fork
+ * instead of an OCI runtime's create + start) while the other namespaces stay pinned;
+ * false when the operator configured a sandbox image, which only the OCI path can run.
  */
-export function infraMode(handler: RuntimeHandlerConfig, ns: NamespaceChoice, dropInfraContainer: boolean): InfraMode {
-  if (handler.type === 'vm' || !dropInfraContainer) return 'pause';
-  if (ns.pid === 'POD') return 'pause';
+export function infraMode(handler: RuntimeHandlerConfig, ns: NamespaceChoice, dropInfraContainer: boolean, ownInit = false): InfraMode {
+  if (handler.type === 'vm') return 'pause';
+  if (ns.pid === 'POD') return ownInit ? 'init' : 'pause';
+  if (!dropInfraContainer) return 'pause';
   return 'pinned';
 }
 
@@ -118,11 +122,12 @@ export interface NamespacePlan {
  * The one rule, used both when the pod is made (what to pin) and when its containers
  * join it (where to find each namespace), so the two can never disagree. The network
  * namespace is always pinned (CNI needs a path); host network means host UTS, as kubelet
- * and containerd do; IPC and UTS are held by the pause when there is one, else pinned.
+ * and containerd do; IPC and UTS are held by a pause container when there is one, else
+ * pinned (Corral's own pause, mode 'init', holds only the PID namespace).
  */
 export function namespacePlan(ns: NamespaceChoice, mode: InfraMode): NamespacePlan {
   const held = mode === 'pause' ? 'pause' : 'pin';
-  if (ns.pid === 'POD' && mode !== 'pause') throw internalError('a pod sharing its PID namespace needs a pause process as its init');
+  if (ns.pid === 'POD' && mode === 'pinned') throw internalError('a pod sharing its PID namespace needs a pause process as its init');
   return {
     network: ns.network === 'NODE' ? 'host' : 'pin',
     ipc: ns.ipc === 'NODE' ? 'host' : held,

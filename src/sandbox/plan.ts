@@ -55,7 +55,7 @@ export interface PlanInputs {
 }
 
 /** Decides a pod's shape from its config, or refuses it (INVALID_ARGUMENT, FAILED_PRECONDITION). */
-export function planSandbox(config: PodSandboxConfig, requestedHandler: string, cfg: Pick<CorralConfig, 'runtimes' | 'defaultRuntime' | 'dropInfraContainer'>, inputs: PlanInputs): SandboxPlan {
+export function planSandbox(config: PodSandboxConfig, requestedHandler: string, cfg: Pick<CorralConfig, 'runtimes' | 'defaultRuntime' | 'dropInfraContainer'> & { sandboxImage?: string }, inputs: PlanInputs): SandboxPlan {
   const metadata = podMetadata(config);
   const annotations: Record<string, string> = config.annotations ?? {};
   const ns = namespaceChoice(config);
@@ -63,7 +63,8 @@ export function planSandbox(config: PodSandboxConfig, requestedHandler: string, 
   const hostIpc = ns.ipc === 'NODE';
   const handler = selectHandler(requestedHandler, annotations, ns, cfg);
   const order = networkOrder(annotations);
-  const mode = infraMode(handler, ns, cfg.dropInfraContainer);
+  // Corral's own pause unless the operator chose a sandbox image (only the OCI path runs one).
+  const mode = infraMode(handler, ns, cfg.dropInfraContainer, !cfg.sandboxImage);
   let sysctls: Record<string, string>;
   try {
     sysctls = inputs.prepareSysctls(config.linux?.sysctls ?? {}, { hostNetwork, hostIpc });

@@ -1,10 +1,14 @@
 /** What Corral remembers of one pod sandbox, on disk and in memory. */
 import type { PodSandboxConfig } from '../cri-api/types.js';
+import type { PodInitResources } from './pod-init.js';
 
 export type SandboxState = 'creating' | 'ready' | 'notready';
 
-/** How the pod's namespaces are held: by a pause process, or by bind mounts alone. */
-export type InfraMode = 'pause' | 'pinned';
+/**
+ * How the pod's namespaces are held: by a pause container (OCI runtime), by bind mounts
+ * alone, or by bind mounts plus Corral's own pause as the init of a shared PID namespace.
+ */
+export type InfraMode = 'pause' | 'pinned' | 'init';
 
 /** network-first: CNI before the sandbox container exists; start-first: after it started. */
 export type NetworkOrder = 'network-first' | 'start-first';
@@ -36,6 +40,8 @@ export interface SandboxResources {
   shmMount: string | null;
   /** The OCI runtime may know a container with the sandbox ID. */
   container: boolean;
+  /** Corral's own pause (infra mode 'init') may run: its pidfile and cgroups. Absent in older records. */
+  podInit?: PodInitResources | null;
   /**
    * A sandbox image from the image store: its overlay root filesystem may be mounted at
    * target, and its layers (chain IDs) are in use. Null for the built-in sandbox image.

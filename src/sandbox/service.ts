@@ -34,6 +34,8 @@ import { nowNs } from '../util/time.js';
 import { SharedExclusiveLock } from '../util/keyed-lock.js';
 import type { RuntimeObserver } from '../observer.js';
 import { NO_LIFECYCLE_EVENTS, type LifecycleEvent, type LifecycleEventType, type LifecyclePublisher } from '../events/lifecycle.js';
+import { cgroupfsCgroupsPath } from '../oci/cgroups.js';
+import { podInitCgroups, type PodInitResources, type PodInitSpec } from './pod-init.js';
 
 /** What the sandbox lifecycle needs from the network layer (CNI) of one handler. */
 export interface PodNetworkDriver {
@@ -57,7 +59,9 @@ export interface PodNetworkDriver {
 export interface NamespacePinner {
   pathFor(sandboxId: string): string;
   /** netnsPath null: no network namespace, only the IPC (and UTS) pins. */
-  create(netnsPath: string | null, opts: { sysctls: Record<string, string>; ipcPath?: string; utsPath?: string; hostname?: string }): Promise<void>;
+  /** shmPath: also mount the pod's /dev/shm tmpfs there, in the same helper call. */
+  create(netnsPath: string | null, opts: { sysctls: Record<string, string>; ipcPath?: string; utsPath?: string; hostname?: string; shmPath?: string }): Promise<void>;
+  /** Unpins (or, for a folder such as the shm, unmounts and removes) every path; gone is fine. */
   remove(paths: string[]): Promise<void>;
   isPinned(path: string): Promise<boolean>;
 }
@@ -70,6 +74,14 @@ export interface SandboxContainerRuntime {
   start(handler: RuntimeHandlerConfig, id: string): Promise<void>;
   /** Stops and deletes the container; unknown to the runtime is fine. */
   destroy(handler: RuntimeHandlerConfig, id: string): Promise<void>;
+}
+
+/** Corral's own pause for a shared PID namespace (infra mode 'init'; see pod-init.ts). */
+export interface PodInitLauncher {
+  /** Starts it; nothing is left on failure. The daemon adds the oom_score_adj. */
+  start(spec: Omit<PodInitSpec, 'oomScoreAdj'>): Promise<{ pid: number; startTime: string }>;
+  /** Kills it, waits, removes its cgroups and pidfile; nothing left is success. */
+  stop(res: PodInitResources): Promise<void>;
 }
 
 export interface SandboxBundleInput {
@@ -105,6 +117,7 @@ export interface SandboxServiceDeps {
   network: (handler: RuntimeHandlerConfig) => PodNetworkDriver;
   pinner: NamespacePinner;
   runtime: SandboxContainerRuntime;
+  podInit: PodInitLauncher;
   /** Where pause containers get their root filesystem: the built-in one or a sandbox image's layers. */
   sandboxImage: SandboxImageSource;
   /** Validates the pod's sysctls against its namespaces (throws with the reason) and adds the runtime's defaults. */
@@ -125,10 +138,33 @@ interface SandboxTx {
   claim(): void;
   /** A copy of the current record to change and save; undefined when there is none. */
   current(): SandboxRecord | undefined;
-  /** Writes next to disk, then makes (a copy of) it the record readers see, indexed. */
-  save(next: SandboxRecord): Promise<void>;
+  /**
+   * Writes next to disk, then makes (a copy of) it the record readers see, indexed.
+   * durable false: not fsynced, for states a power loss may roll back harmlessly (see
+   * READY_AND_STOPPED_ARE_NOT_FSYNCED).
+   */
+  save(next: SandboxRecord, opts?: { durable?: boolean }): Promise<void>;
   /** Deletes the record on disk, then forgets it. */
   forget(): Promise<void>;
+  /** fsyncs the record as last saved (see INTENT_DURABLE_BEFORE_PERSISTENT_STEPS). */
+  sync(): Promise<void>;
+}
+
+/**
+ * READY_AND_STOPPED_ARE_NOT_FSYNCED: only the intent (the first write of a Run, before any
+ * side effect) is fsynced. After a power loss nothing of a pod runs any more, and what
+ * survives on disk (CNI's IP reservations) is released from the intent alone: a record
+ * that comes back as 'creating' is rolled back, one that comes back 'ready' is stopped by
+ * kubelet, and every teardown step is idempotent. A daemon crash keeps the page cache,
+ * so these writes are seen after it either way (they stay atomic: temp file + rename).
+ */
+const NOT_FSYNCED = { durable: false } as const;
+
+/** Waits for every step (so none is still running when the rollback starts), then throws the first failure. */
+async function allOrFirstError(steps: Promise<void>[]): Promise<void> {
+  const settled = await Promise.allSettled(steps);
+  const failed = settled.find((r): r is PromiseRejectedResult => r.status === 'rejected');
+  if (failed) throw failed.reason;
 }
 
 /** One Run in progress: what its steps read (the plan) and build (the record). */
@@ -143,6 +179,10 @@ interface SandboxRun {
   network: PodNetworkDriver;
   sandboxRootfs: Awaited<ReturnType<SandboxImageSource['resolve']>> | undefined;
   timed: <T>(step: string, fn: () => Promise<T>) => Promise<T>;
+  /** The pod's /dev/shm was mounted with the pins (one exec instead of two). */
+  shmMounted?: boolean;
+  /** The intent's fsync, under way beside the pins and files; awaited before CNI and the pause. */
+  intentDurable?: Promise<void>;
 }
 
 export class SandboxService {
@@ -260,18 +300,22 @@ export class SandboxService {
             // 7. The sandbox image's layers, when the pause runs from one.
             await this.mountSandboxRootfs(run, undo);
             // 8. Network first (default): the netns is wired before the sandbox container is created.
-            if (order === 'network-first' || mode === 'pinned') await this.attachNetwork(run, undo);
-            // 9. The pause container, if this pod needs one.
+            // Corral's own pause only joins the pinned namespaces and needs nothing of CNI:
+            // it starts while CNI ADD runs (both push their undos before they begin).
+            if (order === 'network-first' && mode === 'init') await allOrFirstError([this.attachNetwork(run, undo), this.startPodInit(run, undo)]);
+            else if (order === 'network-first' || mode === 'pinned') await this.attachNetwork(run, undo);
+            // 9. The pause container, if this pod needs one, or Corral's own pause.
             if (mode === 'pause') {
               await this.createPause(run, undo, files);
               await this.startPause(run);
             }
+            if (mode === 'init' && order === 'start-first') await this.startPodInit(run, undo);
             // 10. Start first (by annotation): the network is wired into the running sandbox.
-            if (order === 'start-first' && mode === 'pause') await this.attachNetwork(run, undo);
+            if (order === 'start-first' && mode !== 'pinned') await this.attachNetwork(run, undo);
             // 11. Ready, recorded; the undos are dropped.
             record.state = 'ready';
             timings.total = Math.round((performance.now() - t0) * 100) / 100;
-            await tx.save(record);
+            await tx.save(record, NOT_FSYNCED);
           },
           {
             logger: log,
@@ -321,6 +365,7 @@ export class SandboxService {
         cniAttached: !plan.hostNetwork,
         shmMount: plan.shmPath,
         container: plan.mode === 'pause',
+        podInit: plan.mode === 'init' ? this.podInitResources(id, config) : null,
         rootfs: sandboxRootfs && 'chain' in sandboxRootfs ? { target: path.join(this.volatileDir(id), 'rootfs'), chain: sandboxRootfs.chain } : null,
       },
       pid: 0,
@@ -338,7 +383,13 @@ export class SandboxService {
       // Anything left behind keeps the record visible (NOTREADY) so Stop/Remove can finish.
       if (failed === 0) await tx.forget();
     });
-    await run.timed('record', () => tx.save(run.record));
+    // INTENT_DURABLE_BEFORE_PERSISTENT_STEPS: written at once (a daemon crash finds it: the
+    // page cache survives), fsynced beside the next steps. Pins, shm and files die with the
+    // machine anyway; what outlives a power loss (CNI's IP reservations, a process) starts
+    // only once the intent is durable (awaitIntent), so a reboot always finds it.
+    await run.timed('record', () => tx.save(run.record, NOT_FSYNCED));
+    run.intentDurable = tx.sync();
+    run.intentDurable.catch(() => { /* awaited by awaitIntent, or moot after a rollback */ });
     await fs.mkdir(volatileDir, { recursive: true, mode: 0o711 });
     undo.push('remove sandbox state dir', async (failed) => {
       if (failed === 0) await fs.rm(volatileDir, { recursive: true, force: true });
@@ -348,7 +399,11 @@ export class SandboxService {
   private async pinNamespaces(run: SandboxRun, undo: UndoStack): Promise<void> {
     const { pins, ...pinOpts } = run.plan.pins;
     if (pins.length === 0) return;
-    await run.timed('netns', () => this.deps.pinner.create(pinOpts.netnsPath, pinOpts));
+    const shmPath = run.plan.shmPath ?? undefined;
+    // Pushed before: a helper killed mid-way may have mounted it (its own undo covers a failure it reports).
+    if (shmPath) undo.push('unmount shm', () => unmountShm(shmPath));
+    await run.timed('netns', () => this.deps.pinner.create(pinOpts.netnsPath, { ...pinOpts, shmPath }));
+    run.shmMounted = Boolean(shmPath);
     undo.push('remove pinned namespaces', () => this.deps.pinner.remove(pins));
   }
 
@@ -357,7 +412,7 @@ export class SandboxService {
     const files = sandboxFilePaths(run.volatileDir);
     await run.timed('files', () => writeSandboxFiles(files, run.plan.hostname, resolvConf(run.config.dnsConfig)));
     const shmPath = run.plan.shmPath;
-    if (shmPath) {
+    if (shmPath && !run.shmMounted) {
       undo.push('unmount shm', () => unmountShm(shmPath));
       await run.timed('shm', () => mountShm(shmPath));
     }
@@ -371,10 +426,16 @@ export class SandboxService {
     await run.timed('rootfs', () => this.deps.sandboxImage.mount(rootfs.chain, rootfs.target, path.join(run.volatileDir, 'rootfs-layer')));
   }
 
+  /** The intent is on disk for good before anything that outlives a power loss. */
+  private async awaitIntent(run: SandboxRun): Promise<void> {
+    if (run.intentDurable) await run.timed('durable', () => run.intentDurable!);
+  }
+
   /** CNI ADD of the pod's networks (nothing with host network). */
   private async attachNetwork(run: SandboxRun, undo: UndoStack): Promise<void> {
     const { record, config, plan } = run;
     if (plan.hostNetwork) return;
+    await this.awaitIntent(run);
     // Pushed before ADD: a failed ADD may still have reserved an IP.
     undo.push('CNI DEL', () => run.network.tearDown(this.networkIdentity(record)));
     record.network = await run.timed('cni', () =>
@@ -392,6 +453,7 @@ export class SandboxService {
   private async createPause(run: SandboxRun, undo: UndoStack, files: SandboxFiles): Promise<void> {
     const { id, record, plan, sandboxRootfs } = run;
     const rootfs = record.resources.rootfs;
+    await this.awaitIntent(run);
     // Pushed before create: a failed create may still have left the container.
     undo.push('delete sandbox container', () => this.deps.runtime.destroy(plan.handler, id));
     record.pid = await run.timed('create', () =>
@@ -408,6 +470,41 @@ export class SandboxService {
         sysctls: plan.sysctls,
       }),
     );
+  }
+
+  /** Where the pod's own pause leaves its traces: the pidfile in its state folder, its cgroups. */
+  private podInitResources(id: string, config: PodSandboxConfig): PodInitResources {
+    let cgroupsPath: string;
+    try {
+      cgroupsPath = cgroupfsCgroupsPath(config.linux?.cgroupParent ?? '', id);
+    } catch (e) {
+      throw invalidArgument((e as Error).message);
+    }
+    return { pidFile: path.join(this.volatileDir(id), 'pause.pid'), cgroups: podInitCgroups(cgroupsPath) };
+  }
+
+  /** Corral's own pause: PID 1 of the pod's PID namespace, in the pinned network/IPC/UTS ones. */
+  private async startPodInit(run: SandboxRun, undo: UndoStack): Promise<void> {
+    const { record, plan } = run;
+    const res = record.resources.podInit!;
+    const sc = run.config.linux?.securityContext;
+    await this.awaitIntent(run);
+    // Pushed before start: a failed start may have been cut short (a crash of the helper).
+    undo.push('stop pod pause', () => this.deps.podInit.stop(res));
+    const started = await run.timed('start', () =>
+      this.deps.podInit.start({
+        resources: res,
+        rootDir: run.volatileDir,
+        netnsPath: plan.pins.netnsPath ?? undefined,
+        ipcPath: plan.pins.ipcPath,
+        utsPath: plan.pins.utsPath,
+        privileged: record.privileged,
+        uid: sc?.runAsUser ? Number(sc.runAsUser.value) : undefined,
+        gid: sc?.runAsGroup ? Number(sc.runAsGroup.value) : undefined,
+      }),
+    );
+    record.pid = started.pid;
+    record.pidStartTime = started.startTime;
   }
 
   /** Starts the pause (its undo is createPause's) and records its start time, to tell a reused PID. */
@@ -467,6 +564,12 @@ export class SandboxService {
       // The pause and the CNI attachments do not depend on each other (the netns is held
       // by its pin either way), so they are released concurrently.
       const stopContainer = async () => {
+        if (res.podInit) {
+          const podInit = res.podInit;
+          await step('container', () => this.deps.podInit.stop(podInit));
+          res.podInit = null;
+          record.pid = 0;
+        }
         if (!res.container) return;
         if (!handler) throw new Error(`runtime handler "${record.runtimeHandler}" is no longer configured; cannot stop its container`);
         await step('container', () => runtime.destroy(handler, id));
@@ -491,18 +594,20 @@ export class SandboxService {
         res.rootfs = null;
         releasedLayers = chain;
       }
-      if (res.shmMount) {
+      if (res.shmMount && res.pins.length === 0) {
         await step('shm', () => unmountShm(res.shmMount!));
         res.shmMount = null;
       }
       if (res.pins.length > 0) {
-        await step('netns', () => pinner.remove(res.pins));
+        // The shm folder goes in the same helper call as the pins (one exec, not two).
+        await step('netns', () => pinner.remove(res.shmMount ? [...res.pins, res.shmMount] : res.pins));
         res.pins = [];
+        res.shmMount = null;
       }
       if (record.state !== 'notready' || record.lastError || Object.keys(timings).length > 0) {
         record.state = 'notready';
         delete record.lastError;
-        if (persist) await tx.save(record);
+        if (persist) await tx.save(record, NOT_FSYNCED);
       }
       // Not twice: a pod whose pause died was announced STOPPED then (noticeDeadSandboxes).
       if (wasReady && !this.announcedDown.delete(id)) this.publish('stopped', persist ? this.records.get(id) : record);
@@ -597,14 +702,18 @@ export class SandboxService {
           const rec = this.records.get(id);
           return rec && structuredClone(rec);
         },
-        save: async (next) => {
+        save: async (next, opts) => {
           check();
           if (next.id !== id) throw new Error(`pod sandbox ${id}: cannot save the record of ${next.id}`);
           const committed = structuredClone(next);
-          await this.deps.store.save(committed);
+          await this.deps.store.save(committed, opts);
           next.updatedAt = committed.updatedAt;
           this.records.set(id, committed);
           this.index.add(id);
+        },
+        sync: async () => {
+          check();
+          await this.deps.store.sync(id);
         },
         forget: async () => {
           check();
@@ -660,7 +769,7 @@ export class SandboxService {
   /** READY only while its namespaces are held: the pause process alive, or the pins in place. */
   async liveState(rec: SandboxRecord): Promise<'SANDBOX_READY' | 'SANDBOX_NOTREADY'> {
     if (rec.state !== 'ready') return 'SANDBOX_NOTREADY';
-    if (rec.infraMode === 'pause') {
+    if (rec.infraMode !== 'pinned') {
       const start = await processStartTime(rec.pid);
       if (start === null || start !== rec.pidStartTime) return 'SANDBOX_NOTREADY';
     } else if (!(await Promise.all(rec.resources.pins.map((p) => this.deps.pinner.isPinned(p)))).every(Boolean)) {

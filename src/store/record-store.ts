@@ -1,7 +1,8 @@
 import { promises as fs, readdirSync } from 'node:fs';
 import path from 'node:path';
 import { setImmediate } from 'node:timers/promises';
-import { writeJsonAtomic, isErrno } from '../util/atomic.js';
+import { writeFileAtomicSync, writeJsonAtomic, isErrno } from '../util/atomic.js';
+import { fsyncDir } from '../util/fs.js';
 import { MAX_STATE_FILE_BYTES, readRegularFileSync } from '../util/safe-read.js';
 
 export interface LoadedRecords<T> {
@@ -24,9 +25,24 @@ export class RecordStore<T extends { id: string; updatedAt?: string }> {
     return path.join(this.dir, id);
   }
 
-  async save(record: T): Promise<void> {
+  /** durable false: atomic but not fsynced (see writeFileAtomic), for writes a power loss may lose harmlessly. */
+  async save(record: T, opts: { durable?: boolean } = {}): Promise<void> {
     record.updatedAt = new Date().toISOString();
-    await writeJsonAtomic(path.join(this.recordDir(record.id), this.fileName), record);
+    const file = path.join(this.recordDir(record.id), this.fileName);
+    if (opts.durable === false) writeFileAtomicSync(file, JSON.stringify(record, null, 2) + '\n');
+    else await writeJsonAtomic(file, record);
+  }
+
+  /** Makes a record saved with durable false durable: fsyncs the file, its folder and the store's. */
+  async sync(id: string): Promise<void> {
+    const fh = await fs.open(path.join(this.recordDir(id), this.fileName), 'r');
+    try {
+      await fh.sync();
+    } finally {
+      await fh.close();
+    }
+    await fsyncDir(this.recordDir(id));
+    await fsyncDir(this.dir);
   }
 
   async remove(id: string): Promise<void> {

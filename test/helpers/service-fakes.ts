@@ -76,7 +76,9 @@ export async function removeServiceDirs(): Promise<void> {
 export async function makeService(opts: { observer?: RuntimeObserver } = {}): Promise<{ svc: SandboxService; fakes: Fakes; cfg: CorralConfig; dir: string }> {
   const dir = await fs.mkdtemp(path.join(os.tmpdir(), 'corral-sandbox-unit-'));
   dirs.push(dir);
-  const cfg = { ...defaultConfig(), rootDir: path.join(dir, 'root'), stateDir: path.join(dir, 'state'), netnsDir: path.join(dir, 'netns') };
+  // A sandbox image keeps pid-POD pods on the OCI pause path these fakes model (Corral's
+  // own pause, mode 'init', forks a real process: covered by the integration tests).
+  const cfg = { ...defaultConfig(), sandboxImage: 'fake.local/pause:1', rootDir: path.join(dir, 'root'), stateDir: path.join(dir, 'state'), netnsDir: path.join(dir, 'netns') };
   const fakes: Fakes = {
     events: [],
     pins: new Set(),
@@ -147,6 +149,10 @@ export async function makeService(opts: { observer?: RuntimeObserver } = {}): Pr
     network: () => network,
     pinner,
     runtime,
+    podInit: {
+      start: async () => assert.fail('the fakes run pid-POD pods through the OCI pause path'),
+      stop: async () => {},
+    },
     sandboxImage: {
       resolve: async () => ({ path: '/nonexistent-rootfs', args: ['/pause'] }),
       mount: async () => {},

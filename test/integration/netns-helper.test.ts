@@ -18,6 +18,7 @@ import {
   listCorralNetns,
   netnsPathFor,
   removePinnedNetns,
+  removePins,
 } from '../../src/network/netns.js';
 import { waitFor } from '../helpers/wait.js';
 
@@ -339,4 +340,31 @@ test('corral-pause as PID 1 of a PID namespace: reaps and stops on SIGTERM', { s
   } finally {
     await killHard(child);
   }
+});
+
+test('--shm mounts the pod\'s /dev/shm tmpfs in the same call; one remove unmounts it with the pins; a failure later undoes it', { skip }, async () => {
+  await buildNative();
+  await withTempDir(async (dir) => {
+    const net = path.join(dir, 'corral-shm');
+    const ipc = path.join(dir, 'sb', 'ipcns');
+    const shm = path.join(dir, 'sb', 'shm');
+    try {
+      await createPinnedNetns(net, { ipcPath: ipc, shmPath: shm });
+      const line = readFileSync('/proc/self/mounts', 'utf8').split('\n').find((l) => l.split(' ')[1] === shm);
+      assert.ok(line, 'shm is mounted');
+      assert.match(line!, /^shm \S+ tmpfs rw,nosuid,nodev,noexec,.*size=65536k/);
+      assert.equal((await fs.stat(shm)).mode & 0o7777, 0o1777);
+      assert.equal(await isNetnsPinned(ipc), true);
+      await removePins([net, ipc, shm]);
+      assert.deepEqual(mountsUnder(dir), []);
+      for (const p of [net, ipc, shm]) assert.equal(await exists(p), false, `${p} removed`);
+      await removePins([net, ipc, shm]); // gone is fine
+      // A failure after the shm was mounted (a refused sysctl) leaves nothing of it.
+      await assert.rejects(createPinnedNetns(net, { ipcPath: ipc, shmPath: shm, sysctls: { 'net.ipv4.ip_unprivileged_port_start': 'not-a-number' } }), NetnsError);
+      assert.deepEqual(mountsUnder(dir), []);
+      assert.equal(await exists(shm), false);
+    } finally {
+      await removePins([net, ipc, shm]).catch(() => {});
+    }
+  });
 });

@@ -1,7 +1,7 @@
 /**
  * Every pod shape kubelet sends runs containers in every infra mode: network, PID and
  * IPC each POD or NODE (PID also CONTAINER), with drop_infra_container true (namespaces
- * pinned, a pause only for a shared PID namespace) and false (always a pause), under
+ * pinned, a pause only for a shared PID namespace: Corral's own) and false (always a pause), under
  * runc (all shapes) and crun (a subset). For each: RunPodSandbox, two busybox
  * containers, their /proc/self/ns/{net,ipc,uts,pid} compared with the host's, the
  * pause's, the pins' and each other's; the pod's IPC sysctl and hostname seen inside;
@@ -20,6 +20,7 @@ import { pushImage, startRegistry, type TestRegistry } from '../helpers/registry
 import { busyboxImage } from '../helpers/test-images.js';
 import { createImageClient, call } from '../../src/cri/client.js';
 import { execFile } from '../../src/util/exec.js';
+import { podCgroupDirs, podPauseProcesses } from '../helpers/pod-pause.js';
 
 type Mode = 'POD' | 'CONTAINER' | 'NODE';
 interface Shape {
@@ -95,6 +96,8 @@ async function assertPodGone(d: TestDaemon, ids: string[]) {
     assert.deepEqual(traces.netns.filter((n) => n.includes(id)), [], `netns of ${id} left`);
   }
   await assert.rejects(fs.access(path.join(d.stateDir, 'sandboxes', ids[0]!)), 'the sandbox state folder (and its pins) is gone');
+  assert.deepEqual(await podPauseProcesses(ids[0]!), [], 'no pause process of the pod left');
+  assert.deepEqual(await podCgroupDirs(ids[0]!), [], 'no cgroup of the pod left');
 }
 
 async function checkShape(d: TestDaemon, handler: string, shape: Shape) {
@@ -131,6 +134,17 @@ async function checkShape(d: TestDaemon, handler: string, shape: Shape) {
         const pin = pins.find((p) => path.basename(p) === (type === 'net' ? `corral-${podId}` : `${type}ns`));
         assert.ok(pin, `${type}: pinned (pins: ${pins.join(', ')})`);
         assert.equal(na, linkOf(type, (await fs.stat(pin!)).ino), `${type}: the pinned one`);
+      }
+    }
+    if (shape.pid === 'POD') {
+      // Every non-VM handler runs Corral's own pause for a shared PID namespace: PID 1 there.
+      assert.equal(info.infraMode, 'init');
+      assert.match(await exec(d, a, ['cat', '/proc/1/cmdline']), /corral-podpause/, 'the pause is PID 1 of the pod');
+      for (const type of ['net', 'ipc', 'uts'] as const) {
+        const hostMode = type === 'ipc' ? shape.ipc === 'NODE' : shape.network === 'NODE';
+        const pin = pins.find((p) => path.basename(p) === (type === 'net' ? `corral-${podId}` : `${type}ns`));
+        if (hostMode) assert.equal(await fs.readlink(`/proc/${pause}/ns/${type}`), await hostNs(type), `${type}: the pause is in the host's`);
+        else assert.equal(await fs.readlink(`/proc/${pause}/ns/${type}`), linkOf(type, (await fs.stat(pin!)).ino), `${type}: the pause joined the pin`);
       }
     }
     if (shape.ipc === 'POD') assert.equal(await exec(d, a, ['cat', '/proc/sys/kernel/shm_rmid_forced']), '1', 'the pod IPC sysctl is applied');

@@ -11,6 +11,7 @@ import { status } from '@grpc/grpc-js';
 import { execFile } from '../../src/util/exec.js';
 import { TestDaemon, hostTraces, podConfig, vethCount } from '../helpers/daemon.js';
 import { eventually } from '../helpers/wait.js';
+import { podCgroupDirs, podPauseProcesses } from '../helpers/pod-pause.js';
 
 // A chained CNI plugin controlled by flag files: fails ADD or DEL on demand, else passes prevResult on.
 const FLAKY_PLUGIN = `#!/bin/bash
@@ -18,6 +19,9 @@ conf=$(cat)
 dir=$(dirname "$0")
 if [ "$CNI_COMMAND" = VERSION ]; then echo '{"cniVersion":"1.0.0","supportedVersions":["0.3.1","0.4.0","1.0.0"]}'; exit 0; fi
 if [ "$CNI_COMMAND" = ADD ] && [ -e "$dir/fail-add" ]; then
+  # What of the pod runs at this point (Corral's own pause, with start-first): for the rollback test.
+  echo "$CNI_CONTAINERID" > "$dir/add-container-id"
+  grep -ls -- "$CNI_CONTAINERID" /proc/[0-9]*/cmdline | xargs -r grep -ls corral-podpause > "$dir/pauses-at-add" || true
   echo '{"cniVersion":"1.0.0","code":11,"msg":"injected ADD failure","details":"flag file fail-add"}'; exit 1
 fi
 if [ "$CNI_COMMAND" = DEL ] && [ -e "$dir/fail-del" ]; then
@@ -39,7 +43,8 @@ exec runc "$@"
 
 const d = new TestDaemon({
   conflist: (t) => withFlaky(t),
-  extraToml: (t) => `[runtimes.runc]\npath = "runc"\n[runtimes.failstart]\npath = "${t.binDir}/failstart-runtime"\n`,
+  // type "vm": a pause container through the OCI runtime (non-VM handlers run Corral's own pause).
+  extraToml: (t) => `[runtimes.runc]\npath = "runc"\n[runtimes.failstart]\npath = "${t.binDir}/failstart-runtime"\ntype = "vm"\n`,
   // Re-read the conf dir on every Status and pod, so a conflist written by a test applies at once.
   cniToml: 'reload_interval_ms = 0',
 });
@@ -122,6 +127,28 @@ test('a CNI plugin failing ADD after IPAM allocated: the error names the plugin,
   const { podSandboxId } = await d.rpc('RunPodSandbox', { config });
   assert.equal((await d.rpc('PodSandboxStatus', { podSandboxId })).status.state, 'SANDBOX_READY');
 });
+
+for (const order of ['start-first', 'network-first'] as const) {
+  test(`CNI ADD failing with Corral's own pause (${order}: ${order === 'start-first' ? 'started before ADD' : 'started while ADD runs'}): the rollback kills the pause and removes its cgroups`, async () => {
+    const vethsBefore = await vethCount(d);
+    await fs.writeFile(path.join(binDir, 'fail-add'), '');
+    await fs.rm(path.join(binDir, 'pauses-at-add'), { force: true });
+    const config = podConfig({
+      annotations: { 'io.corral.sandbox.network-order': order },
+      linux: { securityContext: { namespaceOptions: { network: 'POD', pid: 'POD', ipc: 'POD' } } },
+    });
+    await assert.rejects(d.rpc('RunPodSandbox', { config }), (e: any) => /injected ADD failure/.test(e.details));
+    const id = (await fs.readFile(path.join(binDir, 'add-container-id'), 'utf8')).trim();
+    if (order === 'start-first') {
+      // The plugin saw the pause running during ADD; the rollback removed it.
+      const seen = (await fs.readFile(path.join(binDir, 'pauses-at-add'), 'utf8')).trim().split('\n').filter(Boolean);
+      assert.equal(seen.length, 1, `the pause ran while CNI ADD was called: ${seen.join(', ')}`);
+    }
+    assert.deepEqual(await podPauseProcesses(id), [], 'the pause is killed');
+    assert.deepEqual(await podCgroupDirs(id), [], 'its cgroups are removed');
+    await assertHostClean(vethsBefore);
+  });
+}
 
 test('a runtime failing start: the created container is deleted and nothing is left', async () => {
   const vethsBefore = await vethCount(d);

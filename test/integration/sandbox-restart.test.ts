@@ -11,6 +11,7 @@ import { status } from '@grpc/grpc-js';
 import { TestDaemon, hostTraces, podConfig, vethCount } from '../helpers/daemon.js';
 import { isNetnsPinned } from '../../src/network/netns.js';
 import { waitFor } from '../helpers/wait.js';
+import { podCgroupDirs, podPauseProcesses } from '../helpers/pod-pause.js';
 
 // runc, but `create` announces itself and then takes two seconds: a window to kill the daemon in.
 const SLOW_CREATE_RUNTIME = `#!/bin/bash
@@ -22,7 +23,8 @@ exec runc "$@"
 `;
 
 const d = new TestDaemon({
-  extraToml: (t) => `[runtimes.runc]\npath = "runc"\n[runtimes.slow]\npath = "${t.binDir}/slow-runtime"\n`,
+  // type "vm": a pause container through the OCI runtime (non-VM handlers run Corral's own pause).
+  extraToml: (t) => `[runtimes.runc]\npath = "runc"\n[runtimes.slow]\npath = "${t.binDir}/slow-runtime"\ntype = "vm"\n`,
 });
 
 before(async () => {
@@ -106,6 +108,28 @@ test('kill -9 in the middle of RunPodSandbox: the next start rolls the half-crea
   assert.deepEqual(await fs.readdir(path.join(d.rootDir, 'sandboxes')), []);
   const logs = await d.logLines();
   assert.ok(logs.some((l) => /half-created sandbox .* rolled back/.test(l.msg)), 'the rollback is logged');
+});
+
+test("kill -9 after Corral's own pause started, before the pod was ready: the next start kills the pause and removes its cgroups", async () => {
+  const { podSandboxId: id } = await d.rpc('RunPodSandbox', { config: pausePod() });
+  const info = JSON.parse((await d.rpc('PodSandboxStatus', { podSandboxId: id, verbose: true })).info.info);
+  assert.equal(info.infraMode, 'init');
+  const pausePid: number = info.pid;
+  assert.deepEqual(await podPauseProcesses(id), [pausePid]);
+  assert.ok((await podCgroupDirs(id)).length > 0, 'the pause has cgroups of its own');
+  assert.equal(await d.stopDaemon('SIGKILL'), null);
+  // The record as a crash between the pause's start and the final save leaves it.
+  const file = path.join(d.rootDir, 'sandboxes', id, 'sandbox.json');
+  const rec = JSON.parse(await fs.readFile(file, 'utf8'));
+  await fs.writeFile(file, JSON.stringify({ ...rec, state: 'creating', pid: 0, pidStartTime: '' }));
+  process.kill(pausePid, 0); // the pause outlived the daemon
+
+  await d.spawnDaemon();
+  assert.deepEqual((await d.rpc('ListPodSandbox', {})).items, [], 'the half-created sandbox is not surfaced');
+  assert.deepEqual(await podPauseProcesses(id), [], 'the pause is killed');
+  assert.deepEqual(await podCgroupDirs(id), [], 'its cgroups are removed');
+  const traces = await hostTraces(d);
+  assert.deepEqual([traces.netns, traces.reservations], [[], []]);
 });
 
 test('a Run whose client deadline expires keeps going; the retry gets the same sandbox', async () => {

@@ -305,7 +305,8 @@ test(`an invalid ${ISULAD} value is INVALID_ARGUMENT and touches nothing`, async
 // ---------------------------------------------------------------- 4. plain runc
 
 for (const pid of ['POD', 'CONTAINER'] as const) {
-  const mode = pid === 'POD' ? 'pause' : 'pinned';
+  // A shared PID namespace under runc: Corral's own pause ('init'), no runtime container.
+  const mode = pid === 'POD' ? 'init' : 'pinned';
   test(`runc handler, start-first, pid ${pid} (${mode} mode): the pod gets its network and answers ping`, async () => {
     const vethsBefore = await bridgeVeths();
     const config = podWith({ annotations: { [ORDER]: 'start-first' }, pid });
@@ -315,9 +316,9 @@ for (const pid of ['POD', 'CONTAINER'] as const) {
     assert.equal(info.infraMode, mode);
     assert.equal(info.networkOrder, 'start-first', 'the requested order is kept in the record');
     assert.ok(await isNetnsPinned(info.netnsPath));
-    if (mode === 'pause') {
+    if (mode === 'init') {
       await assertPauseInNetns(info);
-      assert.deepEqual((await hostTraces(d)).runtimeContainers, [id]);
+      assert.deepEqual((await hostTraces(d)).runtimeContainers, [], "Corral's own pause is no runtime container");
     } else {
       // No sandbox container to start first: the network is wired into the pinned netns anyway.
       assert.equal(info.pid, 0);

@@ -33,11 +33,11 @@ const allowedSysctls = (s: Shape): Record<string, string> => ({
 
 for (const drop of [true, false]) {
   for (const handler of ['runc', 'crun']) {
-    test(`every pod shape has a holder for each namespace and for each sysctl (drop_infra_container=${drop}, ${handler})`, () => {
+    for (const ownInit of [false, true]) test(`every pod shape has a holder for each namespace and for each sysctl (drop_infra_container=${drop}, ${handler}, ${ownInit ? "Corral's own pause" : 'pause container'})`, () => {
       for (const s of shapes) {
         const what = `${JSON.stringify(s)} drop=${drop} ${handler}`;
         const ns = namespaceChoice(shapeConfig(s));
-        const mode = infraMode(cfg.runtimes[handler]!, ns, drop);
+        const mode = infraMode(cfg.runtimes[handler]!, ns, drop, ownInit);
         const plan = namespacePlan(ns, mode);
         const hostNetwork = s.network === 'NODE';
         const hostIpc = s.ipc === 'NODE';
@@ -50,7 +50,7 @@ for (const drop of [true, false]) {
         assert.equal(plan.uts, hostNetwork ? 'host' : mode === 'pause' ? 'pause' : 'pin', `${what}: host network means host UTS`);
         assert.equal(plan.ipc, hostIpc ? 'host' : mode === 'pause' ? 'pause' : 'pin', what);
         assert.equal(plan.pid, s.pid === 'NODE' ? 'host' : s.pid === 'POD' ? 'pause' : 'container', what);
-        if (s.pid === 'POD') assert.equal(mode, 'pause', `${what}: a shared PID namespace needs an init`);
+        if (s.pid === 'POD') assert.equal(mode, ownInit ? 'init' : 'pause', `${what}: a shared PID namespace needs an init`);
         // Every pinned namespace has its file, and nothing else is pinned.
         assert.equal(pins.netnsPath !== null, plan.network === 'pin', what);
         assert.equal(pins.ipcPath !== undefined, plan.ipc === 'pin', what);

@@ -60,6 +60,11 @@ test('a pause process only where something needs it', () => {
   assert.equal(infraMode(cfg.runtimes.runc!, privatePid, false), 'pause');
   assert.equal(infraMode(cfg.runtimes.untrusted!, privatePid, true), 'pause', 'vm handlers always get a sandbox container');
   assert.equal(infraMode(cfg.runtimes.runc!, podNs, true), 'pause', 'a shared PID namespace needs an init');
+  // Corral's own pause (no sandbox image configured): only for a shared PID namespace, never for a VM handler.
+  assert.equal(infraMode(cfg.runtimes.runc!, podNs, true, true), 'init');
+  assert.equal(infraMode(cfg.runtimes.runc!, podNs, false, true), 'init');
+  assert.equal(infraMode(cfg.runtimes.runc!, privatePid, false, true), 'pause', 'drop_infra_container=false without a shared PID namespace keeps the pause container');
+  assert.equal(infraMode(cfg.runtimes.untrusted!, podNs, true, true), 'pause', 'vm handlers keep the OCI path');
 });
 
 test('resolv.conf from DNSConfig, null without one', () => {

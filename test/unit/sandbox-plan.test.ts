@@ -52,10 +52,16 @@ test('planSandbox: a plain pod is pinned (no pause), network first, with its own
   assert.equal(plan.bandwidth, undefined);
 });
 
-test('planSandbox: a shared PID namespace gets a pause holding IPC and UTS; host network pins nothing of the network', () => {
+test('planSandbox: a shared PID namespace gets Corral\'s own pause (IPC and UTS pinned); with a sandbox image, a pause container holding them; host network pins nothing of the network', () => {
   const shared = planSandbox(pod({ pid: 'POD' }), '', cfg, inputs);
-  assert.equal(shared.mode, 'pause');
-  assert.deepEqual(shared.pins.pins, ['/netns/corral-sb1']);
+  assert.equal(shared.mode, 'init');
+  assert.deepEqual(shared.namespaces, { network: 'pin', ipc: 'pin', uts: 'pin', pid: 'pause' });
+  assert.deepEqual(shared.pins.pins, ['/netns/corral-sb1', '/state/sb1/ipcns', '/state/sb1/utsns']);
+  const imaged = planSandbox(pod({ pid: 'POD' }), '', { ...cfg, sandboxImage: 'registry.k8s.io/pause:3.9' }, inputs);
+  assert.equal(imaged.mode, 'pause');
+  assert.deepEqual(imaged.pins.pins, ['/netns/corral-sb1']);
+  const vm = planSandbox(pod({ pid: 'POD' }), '', { ...cfg, runtimes: { ...cfg.runtimes, runc: { ...cfg.runtimes.runc!, type: 'vm' } } }, inputs);
+  assert.equal(vm.mode, 'pause', 'a VM handler keeps the OCI path');
   const host = planSandbox(pod({ network: 'NODE', ipc: 'NODE' }), '', cfg, inputs);
   assert.equal(host.pins.netnsPath, null);
   assert.equal(host.shmPath, null);
@@ -115,6 +121,10 @@ test('RunPodSandbox with a bad bandwidth annotation is refused before anything i
       create: async () => (calls.push('pause create'), process.pid),
       start: async () => void calls.push('pause start'),
       destroy: async () => void calls.push('pause destroy'),
+    },
+    podInit: {
+      start: async () => (calls.push('pod init start'), { pid: process.pid, startTime: '' }),
+      stop: async () => void calls.push('pod init stop'),
     },
     sandboxImage: {
       resolve: async () => (calls.push('image'), { path: '/nonexistent-rootfs', args: ['/pause'] }),

@@ -129,3 +129,18 @@ test('loading does not wait for the thread pool: records load while every pool t
   assert.notEqual(loaded, 'stuck', 'loadAll waited for the thread pool');
   assert.equal((loaded as Exclude<typeof loaded, 'stuck'>).records.length, 50);
 });
+
+test('a save with durable false is atomic, private and readable at once; sync() makes it durable later', async (t) => {
+  const store = await tempStore(t);
+  const a: Rec = { id: 'a', state: 'creating' };
+  await store.save(a, { durable: false });
+  assert.ok(a.updatedAt, 'updatedAt stamped');
+  const file = path.join(store.recordDir('a'), 'record.json');
+  assert.equal(JSON.parse(await fs.readFile(file, 'utf8')).state, 'creating');
+  assert.equal((await fs.stat(file)).mode & 0o777, 0o600);
+  await store.save({ ...a, state: 'ready' }, { durable: false });
+  assert.deepEqual(await fs.readdir(store.recordDir('a')), ['record.json'], 'no temp file left');
+  await store.sync('a');
+  assert.deepEqual((await store.loadAll()).records.map((r) => r.state), ['ready']);
+  await assert.rejects(store.sync('missing'), { code: 'ENOENT' });
+});

@@ -62,7 +62,9 @@ export async function writeCachedAttachment(cacheDir: string, a: CachedAttachmen
   const dir = resultsDir(cacheDir);
   await fs.mkdir(dir, { recursive: true, mode: 0o700 });
   const file = cacheFilePath(cacheDir, a.networkName, a.containerId, a.ifName);
-  await writeFileAtomic(file, encodeCacheEntry(a), 0o600);
+  // Atomic, not fsynced, as libcni writes it: after a power loss the pod's record (its
+  // fsynced intent) and the conf dir still let DEL release what the plugins reserved.
+  await writeFileAtomic(file, encodeCacheEntry(a), 0o600, false);
   return file;
 }
 
