@@ -61,7 +61,7 @@ export async function startDaemon(cfg: CorralConfig, logger: Logger): Promise<Da
 
 async function startServing(cfg: CorralConfig, logger: Logger, started: (() => Promise<void> | void)[]): Promise<Daemon> {
   const t0 = Date.now();
-  for (const bin of ['corral-nshelper', 'corral-pause', 'corral-unpack', 'corral-execreaper', 'corral-streamhelper']) {
+  for (const bin of ['corral-nshelper', 'corral-pause', 'corral-unpack', 'corral-execreaper', 'corral-streamhelper', 'corral-podpause']) {
     if (!existsSync(nativeBinary(bin))) throw new Error(`${nativeBinary(bin)} is missing: build Corral first (npm run build)`);
   }
   await fs.mkdir(cfg.rootDir, { recursive: true, mode: 0o711 });
