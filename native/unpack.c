@@ -87,6 +87,12 @@ struct op {
 };
 
 static int root_fd = -1;
+/*
+ * Whether a new file is root:root with exactly the mode it is created with: true in
+ * layer mode when the root directory has no setgid bit, since umask is 0 and directory
+ * modes (setgid included) are applied only after every entry exists.
+ */
+static int root_owns_new_files;
 static unsigned long op_index;
 
 /* ------------------------------------------------------------ reporting */
@@ -355,7 +361,13 @@ static void op_file(struct op *o)
 {
 	const char *base;
 	int dir = resolve_parent("file", o->path, &base);
-	int fd = openat(dir, base, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
+	/*
+	 * Most files are root's: created with their final mode, they need no chown and no
+	 * chmod (see root_owns_new_files). Other owners: chown first, then chmod, since chown
+	 * drops setuid/setgid.
+	 */
+	int rooted = root_owns_new_files && o->uid == 0 && o->gid == 0;
+	int fd = openat(dir, base, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, rooted ? o->mode & 07777 : 0600);
 	if (fd < 0)
 		fail("file", o->path, errno, strerror(errno));
 	uint64_t left = o->data_len;
@@ -369,7 +381,7 @@ static void op_file(struct op *o)
 		left -= n;
 	}
 	struct timespec ts[2] = { mtime_of(o), mtime_of(o) };
-	if (fchown(fd, o->uid, o->gid) != 0 || fchmod(fd, o->mode & 07777) != 0 || futimens(fd, ts) != 0)
+	if ((!rooted && (fchown(fd, o->uid, o->gid) != 0 || fchmod(fd, o->mode & 07777) != 0)) || futimens(fd, ts) != 0)
 		fail("file", o->path, errno, strerror(errno));
 	if (close(fd) != 0)
 		fail("file", o->path, errno, strerror(errno));
@@ -1410,6 +1422,10 @@ static int unpack_layer(const char *blob, const char *dir)
 	root_fd = open(dir, O_PATH | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
 	if (root_fd < 0)
 		fail("open", dir, errno, strerror(errno));
+	struct stat root_st;
+	if (fstat(root_fd, &root_st) != 0)
+		fail("open", dir, errno, strerror(errno));
+	root_owns_new_files = geteuid() == 0 && getegid() == 0 && !(root_st.st_mode & S_ISGID);
 	slots_grow();
 	set_kind("", K_DIR);
 
