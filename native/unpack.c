@@ -67,6 +67,7 @@
 #include <unistd.h>
 #include <stddef.h>
 #include <openssl/evp.h>
+#include <pthread.h>
 #include <zlib.h>
 
 #define HEADER_LEN 52
@@ -859,12 +860,190 @@ static struct slot *set_kind(const char *path, enum kind k)
 	return s;
 }
 
+/* ------------------------------------------------------------ small files, written by worker threads
+ *
+ * Creating a file is kernel work (inode allocation, directory insertion) that runs in
+ * parallel across directories, so in layer mode regular files up to SMALL_FILE_MAX are
+ * handed, data copied, to FILE_WORKERS threads while this thread goes on parsing. Their
+ * parent is resolved here, beneath the root as for every operation, and passed as a
+ * descriptor of its own. Every operation that could touch a file still being written
+ * (remove, hard link, xattr, directory metadata, the end) first waits until the workers
+ * are idle; a path written twice is removed first, so two jobs never share a path.
+ */
+
+#define FILE_WORKERS 3
+#define SMALL_FILE_MAX (256u << 10)
+#define QUEUE_LEN 256
+#define QUEUE_BYTES_MAX (16u << 20)
+
+struct file_job {
+	int dir;
+	char *path;             /* for messages; base points into it */
+	const char *base;
+	struct meta_job {
+		uint32_t mode, uid, gid, mtime_nsec;
+		int64_t mtime_sec;
+	} m;
+	int rooted;
+	unsigned char *data;
+	size_t len;
+	unsigned long index;
+};
+
+static struct file_job queue[QUEUE_LEN];
+static size_t q_head, q_count, q_busy, q_bytes;
+static pthread_mutex_t q_lock = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t q_nonempty = PTHREAD_COND_INITIALIZER, q_space = PTHREAD_COND_INITIALIZER, q_idle = PTHREAD_COND_INITIALIZER;
+static int workers_started;
+static struct {
+	int set, err;
+	unsigned long index;
+	char path[PATH_BYTES_MAX + 1];
+} worker_failure;
+
+static int write_job(struct file_job *j)
+{
+	int fd = openat(j->dir, j->base, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, j->rooted ? j->m.mode & 07777 : 0600);
+	if (fd < 0)
+		return errno;
+	for (size_t off = 0; off < j->len;) {
+		ssize_t w = write(fd, j->data + off, j->len - off);
+		if (w < 0 && errno == EINTR)
+			continue;
+		if (w < 0) {
+			int err = errno;
+			close(fd);
+			return err;
+		}
+		off += (size_t)w;
+	}
+	struct timespec t = { .tv_sec = (time_t)j->m.mtime_sec, .tv_nsec = (long)j->m.mtime_nsec };
+	struct timespec ts[2] = { t, t };
+	if ((!j->rooted && (fchown(fd, j->m.uid, j->m.gid) != 0 || fchmod(fd, j->m.mode & 07777) != 0)) || futimens(fd, ts) != 0) {
+		int err = errno;
+		close(fd);
+		return err;
+	}
+	return close(fd) == 0 ? 0 : errno;
+}
+
+static void *file_worker(void *arg)
+{
+	(void)arg;
+	for (;;) {
+		pthread_mutex_lock(&q_lock);
+		while (q_count == 0)
+			pthread_cond_wait(&q_nonempty, &q_lock);
+		struct file_job j = queue[q_head];
+		q_head = (q_head + 1) % QUEUE_LEN;
+		q_count--;
+		q_busy++;
+		q_bytes -= j.len;
+		int skip = worker_failure.set;
+		pthread_cond_signal(&q_space);
+		pthread_mutex_unlock(&q_lock);
+		int err = skip ? 0 : write_job(&j);
+		pthread_mutex_lock(&q_lock);
+		if (err && !worker_failure.set) {
+			worker_failure.set = 1;
+			worker_failure.err = err;
+			worker_failure.index = j.index;
+			snprintf(worker_failure.path, sizeof worker_failure.path, "%s", j.path);
+		}
+		q_busy--;
+		if (q_count == 0 && q_busy == 0)
+			pthread_cond_broadcast(&q_idle);
+		pthread_mutex_unlock(&q_lock);
+		free(j.data);
+		free(j.path);
+		close(j.dir);
+	}
+	return NULL;
+}
+
+/* A worker's failure, reported as this thread's own. */
+static void check_workers(void)
+{
+	pthread_mutex_lock(&q_lock);
+	int set = worker_failure.set;
+	pthread_mutex_unlock(&q_lock);
+	if (set) {
+		op_index = worker_failure.index;
+		fail("file", worker_failure.path, worker_failure.err, strerror(worker_failure.err));
+	}
+}
+
+/* Waits until every queued file is written; fails with the first worker failure. */
+static void workers_idle(void)
+{
+	if (!workers_started)
+		return;
+	pthread_mutex_lock(&q_lock);
+	while (q_count > 0 || q_busy > 0)
+		pthread_cond_wait(&q_idle, &q_lock);
+	pthread_mutex_unlock(&q_lock);
+	check_workers();
+}
+
+static void start_workers(void)
+{
+	for (int i = 0; i < FILE_WORKERS; i++) {
+		pthread_t t;
+		pthread_attr_t a;
+		pthread_attr_init(&a);
+		pthread_attr_setstacksize(&a, 256 << 10);
+		if (pthread_create(&t, &a, file_worker, NULL) != 0)
+			break; /* fewer workers (or none: files are then written here) */
+		pthread_detach(t);
+		workers_started++;
+	}
+}
+
+/* Queues a small regular file (its data read from the tar now) for a worker. */
+static void queue_file(struct op *o)
+{
+	check_workers();
+	const char *base;
+	int dir = resolve_parent("file", o->path, &base);
+	struct file_job j = {
+		.m = { o->mode, o->uid, o->gid, o->mtime_nsec, o->mtime_sec },
+		.rooted = root_owns_new_files && o->uid == 0 && o->gid == 0,
+		.len = (size_t)o->data_len,
+		.index = op_index,
+	};
+	j.dir = fcntl(dir, F_DUPFD_CLOEXEC, 0);
+	j.path = strdup(o->path);
+	j.data = malloc(j.len ? j.len : 1);
+	if (j.dir < 0 || !j.path || !j.data)
+		fail("file", o->path, errno ? errno : ENOMEM, "cannot queue the file");
+	j.base = j.path + (base - o->path);
+	for (size_t got = 0; got < j.len;) {
+		const unsigned char *p;
+		size_t n = in_peek(j.len - got, &p);
+		if (n == 0)
+			fail("file", o->path, EPIPE, "input ended inside the file's data");
+		memcpy(j.data + got, p, n);
+		in_pos += n;
+		got += n;
+	}
+	pthread_mutex_lock(&q_lock);
+	while (q_count == QUEUE_LEN || (q_count > 0 && q_bytes + j.len > QUEUE_BYTES_MAX))
+		pthread_cond_wait(&q_space, &q_lock);
+	queue[(q_head + q_count) % QUEUE_LEN] = j;
+	q_count++;
+	q_bytes += j.len;
+	pthread_cond_signal(&q_nonempty);
+	pthread_mutex_unlock(&q_lock);
+}
+
 /* ------------------------------------------------------------ operations, as the layer decides them */
 
 static struct op lop; /* the operation being built */
 
 static void lop_begin(char code, const char *path, const char *arg)
 {
+	if (code == 'r' || code == 'h' || code == 'x' || code == 'm')
+		workers_idle(); /* they may touch a file a worker is writing */
 	memset(&lop, 0, offsetof(struct op, path));
 	lop.code = code;
 	lop.path_len = (uint32_t)strlen(path);
@@ -1283,7 +1462,10 @@ static int apply_entry(struct entry *e)
 		lop_begin('f', rel, "");
 		lop_meta(m);
 		lop.data_len = e->size;
-		op_file(&lop);
+		if (workers_started && e->size <= SMALL_FILE_MAX)
+			queue_file(&lop);
+		else
+			op_file(&lop);
 		consumed = 1;
 		break;
 	case '2':
@@ -1428,6 +1610,7 @@ static int unpack_layer(const char *blob, const char *dir)
 	root_owns_new_files = geteuid() == 0 && getegid() == 0 && !(root_st.st_mode & S_ISGID);
 	slots_grow();
 	set_kind("", K_DIR);
+	start_workers();
 
 	static char name_buf[TAR_BLOCK + 2], link_buf[TAR_BLOCK];
 	static struct entry e;
@@ -1448,6 +1631,7 @@ static int unpack_layer(const char *blob, const char *dir)
 		lop_meta(&s->meta);
 		op_meta(&lop);
 	}
+	workers_idle();
 	const char *z = zstd_failure(); /* a zstd stream cut at a tar block boundary still parses */
 	if (z)
 		corrupt(z);

@@ -13,6 +13,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { Readable } from 'node:stream';
 import { gzipSync } from 'node:zlib';
+import { execFileSync } from 'node:child_process';
 import { applyLayer } from '../../src/image/unpack.js';
 import { ImageStore } from '../../src/image/image-store.js';
 import { SnapshotStore, chainIds } from '../../src/image/snapshots.js';
@@ -142,4 +143,20 @@ test('a layer whose diff ID is not the config\'s is found before its snapshot is
   await images.content.ingest(configDigest, config.length, async () => Readable.from([config]));
   await assert.rejects(images.unpackLayers('test/mismatch:1', configDigest, [{ digest: layer.digest, mediaType: layer.mediaType }]), /unpacks to .*, but the config says/);
   assert.deepEqual(await fs.readdir(images.snapshots.dir), [], 'no snapshot and no temporary directory left');
+});
+
+test('a small file the kernel refuses to create (no inodes left) fails the layer with the reason, from whichever thread wrote it; no hang', async (t) => {
+  const mnt = path.join(work, `tiny-${n++}`);
+  await fs.mkdir(mnt);
+  execFileSync('mount', ['-t', 'tmpfs', '-o', 'size=16m,nr_inodes=64', 'tmpfs', mnt]);
+  t.after(() => execFileSync('umount', ['--lazy', mnt]));
+  const dir = path.join(mnt, 'layer');
+  await fs.mkdir(dir);
+  const started = Date.now();
+  await assert.rejects(applyLayer(await file(gzipSync(await makeTar(manyFiles(300)))), MT.ociLayerGzip, dir), (e: Error) => {
+    assert.equal(e.name, 'UnpackHelperError', e.message);
+    assert.match(e.message, /failed: file "d\/f\d+": No space left on device/);
+    return true;
+  });
+  assert.ok(Date.now() - started < 30_000);
 });
