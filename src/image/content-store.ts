@@ -51,6 +51,7 @@ export class BlobTooLargeError extends Error {
 const STALE_INGEST_MS = 24 * 3600 * 1000;
 /** Bytes of a download gathered before one write to its temp file. */
 const WRITE_BATCH = 1 << 20;
+const WRITE_BATCH_MS = 50;
 /** How often a waiter joins a failed shared ingest of the same digest before giving up. */
 const MAX_SHARED_ATTEMPTS = 3;
 
@@ -184,11 +185,14 @@ export class ContentStore {
       signal?.throwIfAborted();
       source = await open();
       signal?.throwIfAborted();
-      // Chunks are written in batches of WRITE_BATCH bytes: one thread-pool write per
-      // batch, not per network chunk (16-64 KiB each).
+      // Chunks are written in batches of up to WRITE_BATCH bytes: one thread-pool write per
+      // batch, not per network chunk (16-64 KiB each); a slow download is still written at
+      // least every WRITE_BATCH_MS, so the temp file's size shows its progress (corral pull).
       let batch: Buffer[] = [];
       let batched = 0;
+      let flushedAt = Date.now();
       const flush = async () => {
+        flushedAt = Date.now();
         if (batched === 0) return;
         const b = batch.length === 1 ? batch[0]! : Buffer.concat(batch, batched);
         batch = [];
@@ -206,7 +210,7 @@ export class ContentStore {
         hash.update(chunk);
         batch.push(chunk);
         batched += chunk.length;
-        if (batched >= WRITE_BATCH) await flush();
+        if (batched >= WRITE_BATCH || Date.now() - flushedAt >= WRITE_BATCH_MS) await flush();
         onProgress?.(written);
       }
       await flush();
