@@ -1,13 +1,15 @@
 /**
- * pullbench: how fast Corral pulls and unpacks an image with many layers from a local
- * registry (Debian's docker-registry on 127.0.0.1), cold (the image and all of its blobs
- * and unpacked layers gone) and warm (the image present), side by side with containerd
- * 1.6 doing the same CRI PullImage in the same run (what `crictl pull` sends), plus where
- * Corral's cold pull time goes: the daemon's own figure, a download floor and its
- * unpacker alone (no network) against GNU tar. Prints medians, ratios and the raw
- * per-round numbers; asserts nothing.
+ * pullbench: how fast Corral pulls and unpacks images from a local registry (Debian's
+ * docker-registry on 127.0.0.1), cold (the image and all of its blobs and unpacked layers
+ * gone) and warm (the image present), side by side with containerd 1.6 doing the same CRI
+ * PullImage in the same run (what `crictl pull` sends). Three shapes of image: many
+ * layers of small files, one layer of thousands of small files, a few large files. For
+ * each, the pulls of the two runtimes alternate, and after them come the floors: Corral's
+ * unpacker alone (no network, MB/s of uncompressed tar), GNU tar, gunzip + sha256 in Node
+ * and a download floor. Prints medians, ratios and the raw per-round numbers; asserts
+ * nothing.
  *
- *   node dist/bench/pullbench.js [--layers N] [--mb-per-layer X] [--rounds R] [--skip-containerd]
+ *   node dist/bench/pullbench.js [--shapes small-files,thousands,large-files] [--rounds R] [--skip-containerd]
  */
 import { createHash, randomBytes } from 'node:crypto';
 import { createReadStream, createWriteStream, promises as fs } from 'node:fs';

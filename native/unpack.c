@@ -64,6 +64,7 @@
 #include <sys/types.h>
 #include <sys/xattr.h>
 #include <sys/wait.h>
+#include <signal.h>
 #include <unistd.h>
 #include <stddef.h>
 #include <openssl/evp.h>
@@ -561,7 +562,8 @@ static const char *zstd_failure(void)
 	while (waitpid(pid, &status, 0) < 0)
 		if (errno != EINTR)
 			return "zstd: cannot wait for the decompressor";
-	if (WIFEXITED(status) && WEXITSTATUS(status) == 0)
+	/* Ended by the pipe this helper closed when it stopped reading: the failure is the tar's. */
+	if ((WIFEXITED(status) && WEXITSTATUS(status) == 0) || (WIFSIGNALED(status) && WTERMSIG(status) == SIGPIPE))
 		return NULL;
 	if (WIFEXITED(status) && WEXITSTATUS(status) == 127)
 		return "zstd: cannot run zstd (apt-get install zstd)";

@@ -89,6 +89,13 @@ test('a corrupt zstd layer fails with zstd\'s verdict, not as a truncated tar', 
   await assert.rejects(applyLayer(await file(bad), layer.mediaType, await emptyDir()), (e: Error) => e.name === 'LayerCorruptError' && /zstd/.test(e.message));
 });
 
+test('a valid zstd stream of a corrupt tar fails with the tar\'s reason (zstd, cut off by the helper, is not blamed)', async () => {
+  const tar = await makeTar([...manyFiles(200), { path: 'a', content: 'a' }]);
+  tar[3] ^= 0x01; // the first header: the helper stops at once, while zstd still has most of the tar to write
+  const layer = await layerFromTar(tar, 'zstd');
+  await assert.rejects(applyLayer(await file(layer.bytes), layer.mediaType, await emptyDir()), (e: Error) => e.name === 'LayerCorruptError' && /invalid header checksum/.test(e.message));
+});
+
 test('several gzip members unpack as one tar, and the diff ID is the sha256 of the whole tar', async () => {
   const tar = await makeTar(manyFiles(30));
   const cut = 512 * 7 + 100;
