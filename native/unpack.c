@@ -1,10 +1,12 @@
 /*
  * corral-unpack: the only code that touches a layer's directory while it is
- * unpacked. Node parses the tar and decides what each entry means (whiteouts,
- * replacements, refusals); this helper applies the resulting operations, and
- * resolves every path it is given *beneath* the layer root without following a
- * symlink in any component, so no sequence of entries can make it create,
- * change or remove anything outside that directory:
+ * unpacked. In layer mode (--layer, see "layer mode" below, what Corral uses) it
+ * reads the blob, decompresses and hashes it, parses the tar and decides what each
+ * entry means (whiteouts, replacements, refusals); in operation mode it is fed those
+ * decisions as a stream of operations. Either way every operation resolves its
+ * path *beneath* the layer root without following a symlink in any component, so
+ * no sequence of entries can make it create, change or remove anything outside
+ * that directory:
  *
  *   - parents are opened with openat2(root, parent, O_PATH | O_DIRECTORY,
  *     RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS |
@@ -20,6 +22,7 @@
  *     descriptor, so a symlink in the tree is unlinked, never entered.
  *
  *   corral-unpack DIR < OPS
+ *   corral-unpack --layer BLOB DIR
  *
  * OPS is a stream of frames, each a 52-byte little-endian header
  *

@@ -57,6 +57,8 @@ export class UnpackHelperError extends Error {
   }
 }
 
+const OUTPUT_KEPT_MAX = 64 * 1024;
+
 /** What the helper prints on stdout: one of these. */
 interface HelperVerdict {
   done?: number;
@@ -84,10 +86,14 @@ export async function applyLayer(layerFile: string, mediaType: string, targetDir
 function runHelper(args: string[], root: string): Promise<AppliedLayer> {
   return new Promise<AppliedLayer>((resolve, reject) => {
     const child = spawn(nativeBinary('corral-unpack'), args, { stdio: ['ignore', 'pipe', 'pipe'] });
+    // The helper prints one line (zstd one more on stderr): whatever else comes is not kept.
     const stdout: Buffer[] = [];
     const stderr: Buffer[] = [];
-    child.stdout!.on('data', (b: Buffer) => stdout.push(b));
-    child.stderr!.on('data', (b: Buffer) => stderr.push(b));
+    const keep = (into: Buffer[]) => (b: Buffer) => {
+      if (into.reduce((n, x) => n + x.length, 0) < OUTPUT_KEPT_MAX) into.push(b);
+    };
+    child.stdout!.on('data', keep(stdout));
+    child.stderr!.on('data', keep(stderr));
     child.on('error', (e) => reject(new UnpackHelperError(`cannot run ${nativeBinary('corral-unpack')} (build Corral: npm run build): ${e.message}`)));
     child.on('close', (code, signal) => {
       const out = Buffer.concat(stdout).toString('utf8').trim();
@@ -101,14 +107,16 @@ function runHelper(args: string[], root: string): Promise<AppliedLayer> {
         resolve({ diffId: v.diffId, size: v.size });
         return;
       }
-      if (v?.refused !== undefined) reject(new LayerRefusedError(v.refused, v.reason ?? 'refused'));
-      else if (v?.corrupt !== undefined) {
+      if (v?.refused !== undefined) {
+        reject(new LayerRefusedError(v.refused, v.reason ?? 'refused'));
+      } else if (v?.corrupt !== undefined) {
         const said = Buffer.concat(stderr).toString('utf8').trim().slice(0, 500); // zstd's own message, if it failed
         reject(new LayerCorruptError(said ? `${v.corrupt}: ${said}` : v.corrupt));
-      }
-      else if (v?.escape) reject(new LayerRefusedError(v.path ?? '', `${v.op}: ${v.error}`));
-      else if (v?.error !== undefined) reject(new UnpackHelperError(`unpacking into ${root} failed: ${v.op} ${JSON.stringify(v.path)}: ${v.error}`));
-      else {
+      } else if (v?.escape) {
+        reject(new LayerRefusedError(v.path ?? '', `${v.op}: ${v.error}`));
+      } else if (v?.error !== undefined) {
+        reject(new UnpackHelperError(`unpacking into ${root} failed: ${v.op} ${JSON.stringify(v.path)}: ${v.error}`));
+      } else {
         const how = signal ? `killed by ${signal}` : `exit status ${code}`;
         const detail = (out || Buffer.concat(stderr).toString('utf8')).trim();
         reject(new UnpackHelperError(`unpack helper for ${root} stopped (${how})${detail ? `: ${detail}` : ''}`));
