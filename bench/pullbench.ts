@@ -1,13 +1,15 @@
 /**
- * pullbench: how fast Corral pulls and unpacks an image with many layers from a local
- * registry (Debian's docker-registry on 127.0.0.1), cold (the image and all of its blobs
- * and unpacked layers gone) and warm (the image present), side by side with containerd
- * 1.6 doing the same CRI PullImage in the same run (what `crictl pull` sends), plus where
- * Corral's cold pull time goes: the daemon's own figure, a download floor and its
- * unpacker alone (no network) against GNU tar. Prints medians, ratios and the raw
- * per-round numbers; asserts nothing.
+ * pullbench: how fast Corral pulls and unpacks images from a local registry (Debian's
+ * docker-registry on 127.0.0.1), cold (the image and all of its blobs and unpacked layers
+ * gone) and warm (the image present), side by side with containerd 1.6 doing the same CRI
+ * PullImage in the same run (what `crictl pull` sends). Three shapes of image: many
+ * layers of small files, one layer of thousands of small files, a few large files. For
+ * each, the pulls of the two runtimes alternate, and after them come the floors: Corral's
+ * unpacker alone (no network, MB/s of uncompressed tar), GNU tar, gunzip + sha256 in Node
+ * and a download floor. Prints medians, ratios and the raw per-round numbers; asserts
+ * nothing.
  *
- *   node dist/bench/pullbench.js [--layers N] [--mb-per-layer X] [--rounds R] [--skip-containerd]
+ *   node dist/bench/pullbench.js [--shapes small-files,thousands,large-files] [--rounds R] [--skip-containerd]
  */
 import { createHash, randomBytes } from 'node:crypto';
 import { createReadStream, createWriteStream, promises as fs } from 'node:fs';
@@ -46,29 +48,28 @@ import {
 
 // ---------------------------------------------------------------- flags
 
-const USAGE = 'usage: node dist/bench/pullbench.js [--layers N] [--mb-per-layer X] [--rounds R] [--skip-containerd]';
+const SHAPES = ['small-files', 'thousands', 'large-files'] as const;
+type ShapeName = (typeof SHAPES)[number];
+const USAGE = `usage: node dist/bench/pullbench.js [--shapes ${SHAPES.join(',')}] [--rounds R] [--skip-containerd]`;
 const flags = parseBenchFlags(USAGE, {
   options: {
-    layers: { type: 'string', default: '20' },
-    'mb-per-layer': { type: 'string', default: '2' },
+    shapes: { type: 'string', default: SHAPES.join(',') },
     rounds: { type: 'string', default: '5' },
     'skip-containerd': { type: 'boolean', default: false },
     help: { type: 'boolean', short: 'h', default: false },
   },
 });
-const LAYERS = Number(flags.layers);
-const MB_PER_LAYER = Number(flags['mb-per-layer']);
 const ROUNDS = Number(flags.rounds);
-if (!Number.isInteger(LAYERS) || LAYERS < 1 || LAYERS > 120 || !(MB_PER_LAYER > 0 && MB_PER_LAYER <= 256) || !Number.isInteger(ROUNDS) || ROUNDS < 1) {
-  console.error(`--layers must be 1..120, --mb-per-layer in (0, 256], --rounds >= 1\n${USAGE}`);
+const SHAPES_RUN = String(flags.shapes).split(',').filter(Boolean) as ShapeName[];
+if (!Number.isInteger(ROUNDS) || ROUNDS < 1 || SHAPES_RUN.length === 0 || SHAPES_RUN.some((x) => !SHAPES.includes(x))) {
+  console.error(`--rounds must be >= 1, --shapes a comma-separated list of ${SHAPES.join(', ')}\n${USAGE}`);
   process.exit(2);
 }
 
 /** Blobs downloaded and layers unpacked at once by a Corral pull (src/image: pull.ts and image-store.ts). */
 const CORRAL_PULL_CONCURRENCY = 3;
-const REPO = 'bench/many-layers';
 
-// ---------------------------------------------------------------- the image
+// ---------------------------------------------------------------- the images
 
 /**
  * Deterministic bytes that gzip shrinks about 2:1: 512-byte blocks alternate between
@@ -96,28 +97,43 @@ function content(seed: number, n: number): Buffer {
   return out;
 }
 
-/**
- * One data layer of about `bytes` bytes: half in many small files (0.5–16 KiB, spread
- * over 8 directories), the other half in two large files (one twice the other).
- */
-function dataLayerEntries(l: number, bytes: number): TarEntry[] {
-  const base = `opt/data${String(l).padStart(3, '0')}`;
-  const entries: TarEntry[] = [{ path: 'opt/', type: 'directory' }, { path: `${base}/`, type: 'directory' }];
-  for (let d = 0; d < 8; d++) entries.push({ path: `${base}/d${d}/`, type: 'directory' });
-  let small = Math.floor(bytes / 2);
-  for (let f = 0; small > 0; f++) {
-    const size = Math.min(small, 512 + ((f * 2654435761 + l * 40503) >>> 0) % (16 * 1024 - 512));
-    entries.push({ path: `${base}/d${f % 8}/f${f}`, content: content(l * 100_000 + f, size), mode: f % 5 === 0 ? 0o755 : 0o644 });
-    small -= size;
+/** `count` files of 1–8 KiB under `base`, spread over `dirs` directories (every fifth one executable). */
+function smallFiles(base: string, seed: number, count: number, dirs: number): TarEntry[] {
+  const entries: TarEntry[] = [{ path: `${base}/`, type: 'directory' }];
+  for (let d = 0; d < dirs; d++) entries.push({ path: `${base}/d${d}/`, type: 'directory' });
+  for (let f = 0; f < count; f++) {
+    const size = 1024 + (((f * 2654435761 + seed * 40503) >>> 0) % (7 * 1024));
+    entries.push({ path: `${base}/d${f % dirs}/f${f}`, content: content(seed * 100_000 + f, size), mode: f % 5 === 0 ? 0o755 : 0o644 });
   }
-  const large = bytes - Math.floor(bytes / 2);
-  entries.push({ path: `${base}/large-a`, content: content(l * 100_000 + 99_998, Math.floor((large * 2) / 3)) });
-  entries.push({ path: `${base}/large-b`, content: content(l * 100_000 + 99_999, large - Math.floor((large * 2) / 3)) });
   return entries;
 }
 
+/**
+ * The shapes of image pulled, each busybox plus:
+ * - small-files: 20 layers of 200 files of 1–8 KiB and one 1 MiB file (issue 11's 21 layers);
+ * - thousands: one layer of 4,200 files of 1–8 KiB in 40 directories;
+ * - large-files: 4 layers of one 24 MiB file each.
+ */
+function shapeLayers(shape: ShapeName): TarEntry[][] {
+  const out: TarEntry[][] = [];
+  const opt: TarEntry = { path: 'opt/', type: 'directory' };
+  if (shape === 'small-files') {
+    for (let l = 0; l < 20; l++) {
+      const base = `opt/data${String(l).padStart(3, '0')}`;
+      out.push([opt, ...smallFiles(base, l, 200, 8), { path: `${base}/large`, content: content(l * 100_000 + 99_999, 1 << 20) }]);
+    }
+  } else if (shape === 'thousands') {
+    out.push([opt, ...smallFiles('opt/many', 7, 4200, 40)]);
+  } else {
+    for (let l = 0; l < 4; l++) out.push([opt, { path: `opt/blob${l}`, content: content(l * 100_000 + 12_345, 24 << 20) }]);
+  }
+  return out;
+}
+
 interface BenchImage {
+  shape: ShapeName;
   image: TestImage;
+  ref: string;
   files: number;
   /** Bytes of the uncompressed layer tars. */
   tarBytes: number;
@@ -125,17 +141,15 @@ interface BenchImage {
   blobBytes: number;
 }
 
-async function manyLayerImage(): Promise<BenchImage> {
+async function shapeImage(shape: ShapeName): Promise<Omit<BenchImage, 'ref'>> {
   const layers = [await buildLayer(busyboxEntries())];
   let files = 0;
-  const bytes = Math.round(MB_PER_LAYER * 1e6);
-  for (let l = 0; l < LAYERS; l++) {
-    const entries = dataLayerEntries(l, bytes);
+  for (const entries of shapeLayers(shape)) {
     files += entries.filter((e) => e.content !== undefined).length;
     layers.push(await buildLayer(entries, 'gzip'));
   }
   const image = buildImage({ layers });
-  return { image, files, tarBytes: layers.reduce((n, l) => n + l.tar.length, 0), blobBytes: layers.reduce((n, l) => n + l.size, 0) };
+  return { shape, image, files, tarBytes: layers.reduce((n, l) => n + l.tar.length, 0), blobBytes: layers.reduce((n, l) => n + l.size, 0) };
 }
 
 // ---------------------------------------------------------------- registry access log
@@ -249,18 +263,6 @@ interface RoundRecord {
   warm: PullRecord;
 }
 
-interface SideResult {
-  side: Side;
-  base: StoreState;
-  idleRss: number;
-  peakRss: number;
-  afterRss: number;
-  warmup?: RoundRecord;
-  rounds: RoundRecord[];
-  imageSize?: number;
-  disk?: { blobs: number; layers: number; layerInodes: number };
-}
-
 async function pullOnce(s: Side, ref: string, meter: RegistryMeter): Promise<PullRecord> {
   await meter.take(); // forget whatever came before
   const { ms } = await timed(() => s.rpc('PullImage', { image: { image: ref } }, 600_000));
@@ -271,30 +273,33 @@ async function pullOnce(s: Side, ref: string, meter: RegistryMeter): Promise<Pul
   return rec;
 }
 
-async function round(r: SideResult, ref: string, meter: RegistryMeter, sampler: RssSampler | undefined): Promise<RoundRecord> {
-  const s = r.side;
-  const { ms: remove } = await timed(() => s.rpc('RemoveImage', { image: { image: ref } }, 120_000));
-  const { ms: gcWait, left } = await waitStoreAt(s, r.base);
+/** A cold pull (the stores at `base`), a warm pull, then RemoveImage and the wait until the stores are at `base` again. */
+async function round(s: Side, base: StoreState, ref: string, meter: RegistryMeter, sampler: RssSampler | undefined): Promise<RoundRecord> {
+  const before = await storeState(s);
+  const left = { blobs: before.blobs - base.blobs, layers: before.layers - base.layers };
   sampler?.start();
   const cold = await pullOnce(s, ref, meter);
   sampler?.stop();
   const coldInodes = (await dirUsage(s.snapshotsDir)).inodes;
   const warm = await pullOnce(s, ref, meter);
+  const { ms: remove } = await timed(() => s.rpc('RemoveImage', { image: { image: ref } }, 120_000));
+  const { ms: gcWait } = await waitStoreAt(s, base);
   return { remove, gcWait, left, cold, coldInodes, warm };
 }
 
 // ---------------------------------------------------------------- floors (no daemon)
 
 /** HTTP GET of every blob from the registry (n at a time, keep-alive), sha256 on the way, written and fsynced. */
-async function downloadFloor(reg: TestRegistry, image: TestImage, dir: string, concurrency: number): Promise<number> {
+async function downloadFloor(reg: TestRegistry, img: BenchImage, dir: string, concurrency: number): Promise<number> {
   await fs.mkdir(dir, { recursive: true });
   const agent = new http.Agent({ keepAlive: true, maxSockets: concurrency });
+  const repo = repoOf(img.shape);
   try {
     const { ms } = await timed(() =>
-      pool(image.blobs, concurrency, async (b) => {
+      pool(img.image.blobs, concurrency, async (b) => {
         const file = path.join(dir, b.digest.slice(7));
         const res = await new Promise<http.IncomingMessage>((resolve, reject) => {
-          http.get(`${reg.url}/v2/${REPO}/blobs/${b.digest}`, { agent }, resolve).on('error', reject);
+          http.get(`${reg.url}/v2/${repo}/blobs/${b.digest}`, { agent }, resolve).on('error', reject);
         });
         if (res.statusCode !== 200) throw new Error(`GET blob ${b.digest}: HTTP ${res.statusCode}`);
         const h = createHash('sha256');
@@ -314,7 +319,7 @@ async function downloadFloor(reg: TestRegistry, image: TestImage, dir: string, c
 }
 
 /** Every layer blob through `fn` into a directory of its own, n layers at a time; the time of the whole. */
-async function overLayers(blobs: { file: string; mediaType: string }[], target: string, concurrency: number, fn: (b: { file: string; mediaType: string }, dir: string) => Promise<unknown>): Promise<number> {
+async function overLayers(blobs: LayerFile[], target: string, concurrency: number, fn: (b: LayerFile, dir: string) => Promise<unknown>): Promise<number> {
   await fs.mkdir(target, { recursive: true });
   try {
     const { ms } = await timed(() =>
@@ -330,7 +335,7 @@ async function overLayers(blobs: { file: string; mediaType: string }[], target: 
   }
 }
 
-/** Decompression and diff-ID hashing alone, as Corral's unpacker reads (1 MiB reads, 256 KiB inflate chunks). */
+/** Decompression and diff-ID hashing alone in Node (what Corral's unpacker did before it went native). */
 async function gunzipHash(file: string): Promise<void> {
   const h = createHash('sha256');
   const sink = new Writable({
@@ -343,28 +348,25 @@ async function gunzipHash(file: string): Promise<void> {
   h.digest();
 }
 
-type FloorName = 'download' | 'unpack1' | 'unpackN' | 'gunzip' | 'tar' | 'create';
+type FloorName = 'download' | 'unpack1' | 'unpackN' | 'gunzip' | 'tar';
+const FLOORS: FloorName[] = ['download', 'unpack1', 'unpackN', 'gunzip', 'tar'];
 
-/** This machine's cost of making one small file: open(O_CREAT|O_EXCL) + 8 KiB write + close, 500 files in 8 dirs, serially; µs per file. */
-async function createProbe(dir: string): Promise<number> {
-  const data = Buffer.alloc(8192, 0x5a);
-  await fs.mkdir(dir, { recursive: true });
-  try {
-    for (let d = 0; d < 8; d++) await fs.mkdir(path.join(dir, `d${d}`));
-    const { ms } = await timed(async () => {
-      for (let i = 0; i < 500 && !isAborted(); i++) {
-        const fh = await fs.open(path.join(dir, `d${i % 8}`, `f${i}`), 'wx', 0o644);
-        await fh.write(data);
-        await fh.close();
-      }
-    });
-    return (ms * 1000) / 500;
-  } finally {
-    await fs.rm(dir, { recursive: true, force: true });
-  }
+interface LayerFile {
+  file: string;
+  mediaType: string;
 }
 
+const repoOf = (shape: ShapeName) => `bench/${shape}`;
+
 // ---------------------------------------------------------------- main
+
+interface ShapeRun {
+  img: BenchImage;
+  /** Per side name: its rounds. */
+  sides: Map<string, { warmup?: RoundRecord; rounds: RoundRecord[] }>;
+  blobs: LayerFile[];
+  floors: Record<FloorName, number[]>;
+}
 
 async function main(): Promise<void> {
   installSignalHandlers();
@@ -374,41 +376,43 @@ async function main(): Promise<void> {
   // Retried: after Ctrl-C a floor may still be making a file or two in there.
   onCleanup('bench dir', () => fs.rm(dir, { recursive: true, force: true, maxRetries: 20, retryDelay: 100 }));
 
-  console.log(`building the image: busybox + ${LAYERS} layers of ~${MB_PER_LAYER} MB (gzip) ...`);
-  const img = await manyLayerImage();
-  const { image } = img;
   const reg = await startRegistry();
   onCleanup('registry', () => reg.stop());
-  await pushImage(reg, REPO, 'v1', image);
+  const runs: ShapeRun[] = [];
+  for (const shape of SHAPES_RUN) {
+    console.log(`building and pushing the ${shape} image ...`);
+    const built = await shapeImage(shape);
+    await pushImage(reg, repoOf(shape), 'v1', built.image);
+    const img: BenchImage = { ...built, ref: `${reg.host}/${repoOf(shape)}:v1` };
+    // The layer blobs as files, for the floors.
+    const blobDir = path.join(dir, 'blobs', shape);
+    await fs.mkdir(blobDir, { recursive: true });
+    const blobs: LayerFile[] = [];
+    for (const l of img.image.layers) {
+      const file = path.join(blobDir, l.digest.slice(7));
+      await fs.writeFile(file, l.bytes);
+      blobs.push({ file, mediaType: l.mediaType });
+    }
+    runs.push({ img, sides: new Map(), blobs, floors: { download: [], unpack1: [], unpackN: [], gunzip: [], tar: [] } });
+    console.log(
+      `  ${img.ref}: ${img.image.layers.length} layers, ${img.files} regular files, ` +
+        `${fmtNum(img.blobBytes / 1e6)} MB compressed, ${fmtNum(img.tarBytes / 1e6)} MB uncompressed (MB = 10^6 bytes)`,
+    );
+  }
   const meter = new RegistryMeter(reg);
-  const ref = `${reg.host}/${REPO}:v1`;
-  const mbTar = img.tarBytes / 1e6;
-  const mbBlob = img.blobBytes / 1e6;
-  console.log(
-    `image ${ref}: ${image.layers.length} layers, ${img.files} regular files, ` +
-      `${fmtNum(mbBlob)} MB compressed, ${fmtNum(mbTar)} MB uncompressed (MB = 10^6 bytes)`,
-  );
 
   // ---- the daemons
-  const results: SideResult[] = [];
+  const sides: Side[] = [];
   const { corral, imageRpc } = await startBenchCorral(path.join(dir, 'corral'), tag, '10.250.253.0/24');
   const corralImages = path.join(corral.rootDir, 'images');
-  results.push({
-    side: {
-      name: 'Corral',
-      pid: () => corral.pid,
-      rpc: imageRpc,
-      blobsDir: path.join(corralImages, 'blobs', 'sha256'),
-      snapshotsDir: path.join(corralImages, 'snapshots'),
-      lastDaemonPull: () => lastCorralPull(corral.logFile),
-    },
-    base: { blobs: 0, layers: 0 },
-    idleRss: 0,
-    peakRss: 0,
-    afterRss: 0,
-    rounds: [],
+  sides.push({
+    name: 'Corral',
+    pid: () => corral.pid,
+    rpc: imageRpc,
+    blobsDir: path.join(corralImages, 'blobs', 'sha256'),
+    snapshotsDir: path.join(corralImages, 'snapshots'),
+    lastDaemonPull: () => lastCorralPull(corral.logFile),
   });
-
   let containerdNote = 'not run (--skip-containerd)';
   if (!flags['skip-containerd']) {
     try {
@@ -418,170 +422,127 @@ async function main(): Promise<void> {
       const ctrd = new BenchContainerd(path.join(dir, 'containerd'), tag, '10.252.253.0/24', mirror);
       onCleanup('containerd', () => ctrd.cleanup());
       await ctrd.start();
-      results.push({
-        side: {
-          name: 'containerd',
-          pid: () => ctrd.pid,
-          rpc: (m, req, ms) => ctrd.imageRpc(m, req, ms),
-          blobsDir: path.join(ctrd.rootDir, 'io.containerd.content.v1.content', 'blobs', 'sha256'),
-          snapshotsDir: path.join(ctrd.rootDir, 'io.containerd.snapshotter.v1.overlayfs', 'snapshots'),
-        },
-        base: { blobs: 0, layers: 0 },
-        idleRss: 0,
-        peakRss: 0,
-        afterRss: 0,
-        rounds: [],
+      sides.push({
+        name: 'containerd',
+        pid: () => ctrd.pid,
+        rpc: (m, req, ms) => ctrd.imageRpc(m, req, ms),
+        blobsDir: path.join(ctrd.rootDir, 'io.containerd.content.v1.content', 'blobs', 'sha256'),
+        snapshotsDir: path.join(ctrd.rootDir, 'io.containerd.snapshotter.v1.overlayfs', 'snapshots'),
       });
     } catch (e) {
       containerdNote = `SKIPPED — ${errMessage(e)}`;
       console.log(`containerd: ${containerdNote}`);
     }
   }
-
-  for (const r of results) {
-    r.base = await storeState(r.side);
-    r.idleRss = rssKiB(r.side.pid());
+  const bases = new Map<string, StoreState>();
+  const peakRss = new Map<string, number>();
+  for (const s of sides) {
+    bases.set(s.name, await storeState(s));
+    peakRss.set(s.name, 0);
   }
 
-  // ---- the layer blobs as files, for the floors
-  const blobDir = path.join(dir, 'blobs');
-  await fs.mkdir(blobDir, { recursive: true });
-  const blobs: { file: string; mediaType: string }[] = [];
-  for (const l of image.layers) {
-    const file = path.join(blobDir, l.digest.slice(7));
-    await fs.writeFile(file, l.bytes);
-    blobs.push({ file, mediaType: l.mediaType });
-  }
-  const floors: Record<FloorName, number[]> = { download: [], unpack1: [], unpackN: [], gunzip: [], tar: [], create: [] };
-  const warmupFloors: Partial<Record<FloorName, number>> = {};
-  /** The floors, measured in every round right after the pulls, so they see the same state of this machine. */
-  const floorRound = async (n: number, into: (k: FloorName, v: number) => void) => {
-    const at = (what: string) => path.join(dir, `${what}-${n}`);
-    const steps: [FloorName, () => Promise<number>][] = [
-      ['download', () => downloadFloor(reg, image, at('download'), CORRAL_PULL_CONCURRENCY)],
-      ['unpack1', () => overLayers(blobs, at('unpack1'), 1, (b, d) => applyLayer(b.file, b.mediaType, d))],
-      ['unpackN', () => overLayers(blobs, at('unpackN'), CORRAL_PULL_CONCURRENCY, (b, d) => applyLayer(b.file, b.mediaType, d))],
-      ['gunzip', () => overLayers(blobs, at('gunzip'), 1, (b) => gunzipHash(b.file))],
-      ['tar', () => overLayers(blobs, at('tar'), 1, (b, d) => execChecked('tar', ['-xzpf', b.file, '-C', d, '--numeric-owner'], { timeoutMs: 120_000 }))],
-      ['create', () => createProbe(at('create'))],
-    ];
-    for (const [name, step] of steps) {
-      if (isAborted()) return;
-      into(name, await step());
+  /** The floors of one shape, right after its pulls, so they see the same state of this machine. */
+  const floorRound = async (run: ShapeRun, n: number): Promise<Partial<Record<FloorName, number>>> => {
+    const at = (what: string) => path.join(dir, `${what}-${run.img.shape}-${n}`);
+    const steps: Record<FloorName, () => Promise<number>> = {
+      download: () => downloadFloor(reg, run.img, at('download'), CORRAL_PULL_CONCURRENCY),
+      unpack1: () => overLayers(run.blobs, at('unpack1'), 1, (b, d) => applyLayer(b.file, b.mediaType, d)),
+      unpackN: () => overLayers(run.blobs, at('unpackN'), CORRAL_PULL_CONCURRENCY, (b, d) => applyLayer(b.file, b.mediaType, d)),
+      gunzip: () => overLayers(run.blobs, at('gunzip'), 1, (b) => gunzipHash(b.file)),
+      tar: () => overLayers(run.blobs, at('tar'), 1, (b, d) => execChecked('tar', ['-xzpf', b.file, '-C', d, '--numeric-owner'], { timeoutMs: 120_000 })),
+    };
+    const got: Partial<Record<FloorName, number>> = {};
+    for (const name of FLOORS) {
+      if (isAborted()) break;
+      got[name] = await steps[name]();
     }
+    return got;
   };
 
-  // ---- one warm-up round (not in the medians), then ROUNDS rounds; the Corral/containerd order alternates.
-  const samplers = new Map(results.map((r) => [r.side.name, new RssSampler(r.side.pid())]));
+  // ---- one warm-up round (not in the medians), then ROUNDS rounds; every round pulls every
+  // shape on both sides, and the order of the sides alternates from one pull to the next.
+  let flip = 0;
   for (let n = -1; n < ROUNDS && !isAborted(); n++) {
     const label = n < 0 ? 'warm-up ' : `round ${n + 1}`;
-    const order = n % 2 === 0 ? results : [...results].reverse();
-    for (const r of order) {
-      if (isAborted()) break;
-      const rec = await round(r, ref, meter, n < 0 ? undefined : samplers.get(r.side.name));
-      if (n < 0) r.warmup = rec;
-      else r.rounds.push(rec);
-      const leftNote = rec.left.blobs || rec.left.layers ? `  NOT COLD: ${rec.left.blobs} blobs, ${rec.left.layers} snapshots left` : '';
-      console.log(
-        `${label}  ${r.side.name.padEnd(10)} cold ${fmtMs(rec.cold.ms).padStart(5)} ms (${rec.cold.blobGets} blob GETs)` +
-          `  warm ${fmtMs(rec.warm.ms).padStart(5)} ms (${rec.warm.blobGets})  RemoveImage ${fmtMs(rec.remove)} ms, stores empty ${fmtMs(rec.gcWait)} ms later${leftNote}`,
-      );
-    }
-    if (n === ROUNDS - 1 && !isAborted()) {
-      // The last round leaves the images in place: sizes, status and memory, before the last floors.
-      await sleep(1000);
-      for (const r of results) {
-        const s = r.side;
-        r.afterRss = rssKiB(s.pid());
-        r.peakRss = samplers.get(s.name)!.peakMain;
-        const st = await s.rpc<any>('ImageStatus', { image: { image: ref } }, 30_000);
-        r.imageSize = Number(st?.image?.size ?? NaN);
-        const [b, l] = await Promise.all([dirUsage(s.blobsDir), dirUsage(s.snapshotsDir)]);
-        r.disk = { blobs: b.bytes, layers: l.bytes, layerInodes: l.inodes };
+    for (const run of runs) {
+      const order = flip++ % 2 === 0 ? sides : [...sides].reverse();
+      for (const s of order) {
+        if (isAborted()) break;
+        const sampler = new RssSampler(s.pid());
+        const rec = await round(s, bases.get(s.name)!, run.img.ref, meter, sampler);
+        peakRss.set(s.name, Math.max(peakRss.get(s.name)!, sampler.peakMain));
+        const per = run.sides.get(s.name) ?? { rounds: [] };
+        run.sides.set(s.name, per);
+        if (n < 0) per.warmup = rec;
+        else per.rounds.push(rec);
+        const leftNote = rec.left.blobs || rec.left.layers ? `  NOT COLD: ${rec.left.blobs} blobs, ${rec.left.layers} snapshots left` : '';
+        console.log(
+          `${label}  ${run.img.shape.padEnd(11)} ${s.name.padEnd(10)} cold ${fmtMs(rec.cold.ms).padStart(5)} ms (${rec.cold.blobGets} blob GETs)` +
+            `  warm ${fmtMs(rec.warm.ms).padStart(5)} ms  RemoveImage ${fmtMs(rec.remove)} ms${leftNote}`,
+        );
       }
+      if (isAborted()) break;
+      const f = await floorRound(run, n);
+      if (n >= 0) for (const k of FLOORS) if (f[k] !== undefined) run.floors[k].push(f[k]!);
+      console.log(`${label}  ${run.img.shape.padEnd(11)} floors     ${FLOORS.map((k) => `${k} ${fmtMs(f[k] ?? NaN)}`).join('  ')} ms`);
     }
-    if (isAborted()) break;
-    await floorRound(n, (k, v) => (n < 0 ? (warmupFloors[k] = v) : floors[k].push(v)));
-    if (isAborted()) break;
-    const f = (k: FloorName) => fmtMs(n < 0 ? warmupFloors[k]! : floors[k].at(-1)!);
-    console.log(`${label}  floors     download ${f('download')}  unpack ${f('unpack1')} / ${f('unpackN')}  gunzip ${f('gunzip')}  tar ${f('tar')} ms  create ${f('create')} µs/file`);
   }
   if (isAborted()) return;
-  for (const r of results) {
-    await r.side.rpc('RemoveImage', { image: { image: ref } }, 120_000);
-    const { left } = await waitStoreAt(r.side, r.base);
-    if (left.blobs || left.layers) console.log(`${r.side.name}: after the last RemoveImage, ${left.blobs} blobs and ${left.layers} snapshots are still there`);
+  for (const s of sides) {
+    for (const run of runs) await s.rpc('RemoveImage', { image: { image: run.img.ref } }, 120_000);
+    const { left } = await waitStoreAt(s, bases.get(s.name)!);
+    if (left.blobs || left.layers) console.log(`${s.name}: after the last RemoveImage, ${left.blobs} blobs and ${left.layers} snapshots are still there`);
   }
 
   // ---- report
-  const cor = results[0]!;
-  const ctd = results[1];
-  const med = (r: SideResult | undefined, f: (x: RoundRecord) => number | undefined) => (r ? p50(r.rounds.map(f).filter((v): v is number => v !== undefined && Number.isFinite(v))) : NaN);
-  const cold = (r?: SideResult) => med(r, (x) => x.cold.ms);
-  const warm = (r?: SideResult) => med(r, (x) => x.warm.ms);
   const mbps = (mb: number, ms: number) => mb / (ms / 1000);
-  const fewestInodes = (r: SideResult) => Math.min(...r.rounds.map((x) => x.coldInodes));
-  const ms = (v: number) => fmtMs(v);
-
-  console.log(`\nPull of ${ref}, medians of ${ROUNDS} rounds (warm-up round excluded; Corral/containerd order alternates each round).`);
+  const med = (run: ShapeRun, side: string | undefined, f: (x: RoundRecord) => number | undefined) =>
+    p50((side ? run.sides.get(side)?.rounds ?? [] : []).map(f).filter((v): v is number => v !== undefined && Number.isFinite(v)));
+  const ctdName = sides[1]?.name;
+  console.log(`\nCold and warm pulls, medians of ${ROUNDS} rounds (warm-up round excluded; the side that goes first alternates from pull to pull).`);
   console.log(`containerd: ${containerdNote}`);
-  console.log('ratio: containerd / Corral for times and memory, Corral / containerd for MB/s; either way above 1 means Corral is ahead.\n');
-  printTable([
-    ['metric', 'Corral', 'containerd', 'ratio'],
-    ['cold pull (ms)', ms(cold(cor)), ms(cold(ctd)), ratio(cold(ctd), cold(cor))],
-    ['warm pull (ms)', ms(warm(cor)), ms(warm(ctd)), ratio(warm(ctd), warm(cor))],
-    ['cold pull, MB/s uncompressed', fmtNum(mbps(mbTar, cold(cor))), fmtNum(mbps(mbTar, cold(ctd))), ratio(mbps(mbTar, cold(cor)), mbps(mbTar, cold(ctd)))],
-    ['cold pull, MB/s compressed', fmtNum(mbps(mbBlob, cold(cor))), fmtNum(mbps(mbBlob, cold(ctd))), ratio(mbps(mbBlob, cold(cor)), mbps(mbBlob, cold(ctd)))],
-    ['registry: blob GETs per cold / warm pull', `${med(cor, (x) => x.cold.blobGets)} / ${med(cor, (x) => x.warm.blobGets)}`, ctd ? `${med(ctd, (x) => x.cold.blobGets)} / ${med(ctd, (x) => x.warm.blobGets)}` : '-', ''],
-    ['registry: MB of blobs per cold pull', fmtNum(med(cor, (x) => x.cold.bytes) / 1e6), ctd ? fmtNum(med(ctd, (x) => x.cold.bytes) / 1e6) : '-', ''],
-    ['registry: manifest requests per cold / warm pull', `${med(cor, (x) => x.cold.manifestRequests)} / ${med(cor, (x) => x.warm.manifestRequests)}`, ctd ? `${med(ctd, (x) => x.cold.manifestRequests)} / ${med(ctd, (x) => x.warm.manifestRequests)}` : '-', ''],
-    ['RemoveImage (ms)', ms(med(cor, (x) => x.remove)), ms(med(ctd, (x) => x.remove)), ratio(med(ctd, (x) => x.remove), med(cor, (x) => x.remove))],
-    ['RemoveImage → stores empty (ms)', ms(med(cor, (x) => x.gcWait)), ms(med(ctd, (x) => x.gcWait)), ''],
-    ['daemon RSS idle, before the pulls', fmtMiB(cor.idleRss), ctd ? fmtMiB(ctd.idleRss) : '-', ratio(ctd?.idleRss ?? NaN, cor.idleRss)],
-    ['daemon RSS peak during cold pulls', fmtMiB(cor.peakRss), ctd ? fmtMiB(ctd.peakRss) : '-', ratio(ctd?.peakRss ?? NaN, cor.peakRss)],
-    ['daemon RSS 1 s after the last pull', fmtMiB(cor.afterRss), ctd ? fmtMiB(ctd.afterRss) : '-', ratio(ctd?.afterRss ?? NaN, cor.afterRss)],
-    ['on disk: blobs', fmtMiB((cor.disk?.blobs ?? NaN) / 1024), ctd ? fmtMiB((ctd.disk?.blobs ?? NaN) / 1024) : '-', ''],
-    ['on disk: unpacked layers', fmtMiB((cor.disk?.layers ?? NaN) / 1024), ctd ? fmtMiB((ctd.disk?.layers ?? NaN) / 1024) : '-', ''],
-    ['unpacked inodes: as a cold pull returned (fewest) / at the end', `${fewestInodes(cor)} / ${cor.disk?.layerInodes ?? '-'}`, ctd ? `${fewestInodes(ctd)} / ${ctd.disk?.layerInodes ?? '-'}` : '-', ''],
-    ['ImageStatus size (bytes)', String(cor.imageSize ?? '-'), ctd ? String(ctd.imageSize ?? '-') : '-', ''],
-  ]);
+  console.log('Corral / containerd: Corral\'s time as a fraction of containerd\'s (issue 11\'s goal for cold pulls: <= 0.50).\n');
+  const rows: string[][] = [['image', 'files', 'MB (gz / tar)', 'Corral cold', 'containerd cold', 'Corral / containerd', 'Corral warm', 'containerd warm', 'Corral in daemon']];
+  for (const run of runs) {
+    const cc = med(run, 'Corral', (x) => x.cold.ms);
+    const kc = med(run, ctdName, (x) => x.cold.ms);
+    rows.push([
+      run.img.shape,
+      String(run.img.files),
+      `${fmtNum(run.img.blobBytes / 1e6)} / ${fmtNum(run.img.tarBytes / 1e6)}`,
+      `${fmtMs(cc)} ms`,
+      `${fmtMs(kc)} ms`,
+      ratio(cc, kc),
+      `${fmtMs(med(run, 'Corral', (x) => x.warm.ms))} ms`,
+      `${fmtMs(med(run, ctdName, (x) => x.warm.ms))} ms`,
+      `${fmtMs(med(run, 'Corral', (x) => x.cold.daemonMs))} ms`,
+    ]);
+  }
+  printTable(rows);
+  console.log(`\n  RemoveImage medians: ${runs.map((r) => `${r.img.shape} ${fmtMs(med(r, 'Corral', (x) => x.remove))} / ${fmtMs(med(r, ctdName, (x) => x.remove))} ms`).join(', ')} (Corral / containerd)`);
+  console.log(`  daemon RSS peak during the cold pulls: ${sides.map((s) => `${s.name} ${fmtMiB(peakRss.get(s.name)!)}`).join(', ')}`);
+  console.log(`  registry blob GETs per cold pull: ${runs.map((r) => `${r.img.shape} ${sides.map((s) => med(r, s.name, (x) => x.cold.blobGets)).join(' / ')}`).join(', ')}`);
 
-  const daemonCold = med(cor, (x) => x.cold.daemonMs);
-  const daemonWarm = med(cor, (x) => x.warm.daemonMs);
-  const unpackRow = (label: string, v: number[], mb: number) => [label, ms(p50(v)), fmtNum(mbps(mb, p50(v))), ratio(p50(v), cold(cor))];
-  console.log(`\nWhere Corral's cold pull time goes (medians; the floors run in the bench process, no daemon, in every round after the pulls; MB/s of uncompressed data unless marked):\n`);
-  printTable([
-    ['what', 'ms', 'MB/s', 'of cold pull'],
-    ['cold pull, as the client sees it', ms(cold(cor)), fmtNum(mbps(mbTar, cold(cor))), '1.00x'],
-    ['cold pull inside the daemon ("image pulled" ms)', ms(daemonCold), fmtNum(mbps(mbTar, daemonCold)), ratio(daemonCold, cold(cor))],
-    [`download floor: GET + sha256 + write + fsync, ${CORRAL_PULL_CONCURRENCY} at a time (MB/s compressed)`, ms(p50(floors.download)), fmtNum(mbps(mbBlob, p50(floors.download))), ratio(p50(floors.download), cold(cor))],
-    ['Corral unpack alone (applyLayer), 1 layer at a time', ms(p50(floors.unpack1)), fmtNum(mbps(mbTar, p50(floors.unpack1))), ratio(p50(floors.unpack1), cold(cor))],
-    [`Corral unpack alone (applyLayer), ${CORRAL_PULL_CONCURRENCY} layers at a time (as a pull does)`, ms(p50(floors.unpackN)), fmtNum(mbps(mbTar, p50(floors.unpackN))), ratio(p50(floors.unpackN), cold(cor))],
-    ['gunzip + sha256 alone (Node zlib), 1 at a time', ms(p50(floors.gunzip)), fmtNum(mbps(mbTar, p50(floors.gunzip))), ratio(p50(floors.gunzip), cold(cor))],
-    ['GNU tar -xzpf, 1 at a time (native floor)', ms(p50(floors.tar)), fmtNum(mbps(mbTar, p50(floors.tar))), ratio(p50(floors.tar), cold(cor))],
-  ]);
-  console.log(`  making one small file on this machine (open O_CREAT + 8 KiB write + close, serial): ${fmtNum(p50(floors.create), 0)} µs; × ${img.files} files = ${ms((p50(floors.create) * img.files) / 1000)} ms`);
-  console.log(`  warm pull inside the daemon: ${ms(daemonWarm)} ms of ${ms(warm(cor))} ms at the client`);
-  console.log(`  blobs Corral reports it downloaded per cold / warm pull: ${med(cor, (x) => x.cold.downloaded)} / ${med(cor, (x) => x.warm.downloaded)}`);
+  console.log('\nUnpack alone and the floors (medians; in the bench process, no daemon, after each shape\'s pulls; MB/s of uncompressed tar unless marked):\n');
+  const frows: string[][] = [['image', 'Corral unpack, 1 layer at a time', `Corral unpack, ${CORRAL_PULL_CONCURRENCY} at a time (as a pull)`, 'GNU tar -xzpf, 1 at a time', 'gunzip + sha256 in Node', 'download floor (MB/s compressed)']];
+  for (const run of runs) {
+    const cell = (k: FloorName, mb: number) => `${fmtMs(p50(run.floors[k]))} ms = ${fmtNum(mbps(mb, p50(run.floors[k])))} MB/s`;
+    const tarMb = run.img.tarBytes / 1e6;
+    frows.push([run.img.shape, cell('unpack1', tarMb), cell('unpackN', tarMb), cell('tar', tarMb), cell('gunzip', tarMb), cell('download', run.img.blobBytes / 1e6)]);
+  }
+  printTable(frows);
 
   console.log('\nper round (ms; w = warm-up, not in the medians):');
-  const list = (r: SideResult, f: (x: RoundRecord) => number | undefined, digits = 0) =>
-    [r.warmup ? `w ${fmtNum(f(r.warmup) ?? NaN, digits)}` : '', ...r.rounds.map((x) => fmtNum(f(x) ?? NaN, digits))].filter(Boolean).join('  ');
-  for (const r of results) {
-    console.log(`  ${r.side.name}`);
-    console.log(`    cold pull          ${list(r, (x) => x.cold.ms)}`);
-    if (r.side.lastDaemonPull) console.log(`    cold, in daemon    ${list(r, (x) => x.cold.daemonMs)}`);
-    console.log(`    warm pull          ${list(r, (x) => x.warm.ms, 1)}`);
-    console.log(`    RemoveImage        ${list(r, (x) => x.remove, 1)}`);
-    console.log(`    until stores empty ${list(r, (x) => x.gcWait, 1)}`);
+  for (const run of runs) {
+    console.log(`  ${run.img.shape}`);
+    for (const s of sides) {
+      const r = run.sides.get(s.name);
+      if (!r) continue;
+      const list = (f: (x: RoundRecord) => number | undefined) => [r.warmup ? `w ${fmtNum(f(r.warmup) ?? NaN, 0)}` : '', ...r.rounds.map((x) => fmtNum(f(x) ?? NaN, 0))].filter(Boolean).join('  ');
+      console.log(`    ${s.name.padEnd(10)} cold ${list((x) => x.cold.ms)}   warm ${list((x) => x.warm.ms)}`);
+    }
+    for (const k of FLOORS) console.log(`    floor ${k.padEnd(8)} ${run.floors[k].map((v) => fmtNum(v, 0)).join('  ')}`);
   }
-  console.log('  floors');
-  console.log(`    download           ${floors.download.map((v) => fmtNum(v, 0)).join('  ')}`);
-  console.log(`    unpack, 1 at once  ${floors.unpack1.map((v) => fmtNum(v, 0)).join('  ')}`);
-  console.log(`    unpack, ${CORRAL_PULL_CONCURRENCY} at once  ${floors.unpackN.map((v) => fmtNum(v, 0)).join('  ')}`);
-  console.log(`    gunzip + sha256    ${floors.gunzip.map((v) => fmtNum(v, 0)).join('  ')}`);
-  console.log(`    GNU tar            ${floors.tar.map((v) => fmtNum(v, 0)).join('  ')}`);
-  console.log(`    µs per small file  ${floors.create.map((v) => fmtNum(v, 0)).join('  ')}`);
 }
 
 main()

@@ -2,14 +2,15 @@
 # Builds Corral's native helpers from native/*.c into dist/native/:
 #   native/pause.c    -> dist/native/corral-pause
 #   native/nshelper.c -> dist/native/corral-nshelper
-#   native/unpack.c   -> dist/native/corral-unpack
+#   native/unpack.c   -> dist/native/corral-unpack (with zlib and libcrypto's sha256)
 #   native/execreaper.c -> dist/native/corral-execreaper
 #   native/streamhelper.c -> dist/native/corral-streamhelper
 #   native/podpause.c -> dist/native/corral-podpause
 # Static binaries (gcc -O2 -static -Wall -Werror), so they need only the kernel.
 # A binary is rebuilt only when its source, a header it includes (listed after the source
 # below) or this script is newer than it.
-# Needs gcc and libc6-dev (which ships the static libc.a) on Debian/Ubuntu.
+# Needs gcc and libc6-dev (which ships the static libc.a) on Debian/Ubuntu, and for
+# corral-unpack zlib1g-dev and libssl-dev (static libz.a and libcrypto.a).
 # Set FORCE=1 to rebuild unconditionally, CC to use another gcc-compatible compiler.
 set -euo pipefail
 
@@ -27,8 +28,13 @@ fi
 mkdir -p "$out_dir"
 
 build() {
-  local name="$1" src="$src_dir/$2" out="$out_dir/$1"
+  local name="$1" src="$src_dir/$2" out="$out_dir/$1" libs=()
   shift 2
+  # "-lNAME" arguments after the sources are libraries to link (static, like libc).
+  while [[ $# -gt 0 && "${@: -1}" == -l* ]]; do
+    libs=("${@: -1}" "${libs[@]}")
+    set -- "${@:1:$#-1}"
+  done
   local stale=""
   for header in "$@"; do
     [[ "$out" -nt "$src_dir/$header" ]] || stale=1
@@ -42,9 +48,10 @@ build() {
     return 0
   fi
   local tmp="$out.tmp.$$"
-  if ! "$cc" -O2 -static -Wall -Werror -o "$tmp" "$src"; then
+  # glibc warns about getaddrinfo in a static libcrypto; corral-unpack never resolves names.
+  if ! "$cc" -O2 -static -Wall -Werror -o "$tmp" "$src" "${libs[@]}" 2> >(grep -v -e 'statically linked applications requires at runtime' -e 'libcrypto[.]a(.*): in function' >&2); then
     rm -f "$tmp"
-    echo "build-native: compiling $src failed (a static build needs libc6-dev: apt-get install libc6-dev)" >&2
+    echo "build-native: compiling $src failed (a static build needs libc6-dev, and corral-unpack zlib1g-dev and libssl-dev: apt-get install libc6-dev zlib1g-dev libssl-dev)" >&2
     exit 1
   fi
   chmod 0755 "$tmp"
@@ -54,7 +61,7 @@ build() {
 
 build corral-pause pause.c
 build corral-nshelper nshelper.c
-build corral-unpack unpack.c
+build corral-unpack unpack.c -lcrypto -lz
 build corral-execreaper execreaper.c helper-common.h
 build corral-streamhelper streamhelper.c helper-common.h
 build corral-podpause podpause.c

@@ -49,6 +49,9 @@ export class BlobTooLargeError extends Error {
 
 /** A partial file older than this is stale even if its writer's PID is alive (PID reuse). */
 const STALE_INGEST_MS = 24 * 3600 * 1000;
+/** Bytes of a download gathered before one write to its temp file. */
+const WRITE_BATCH = 1 << 20;
+const WRITE_BATCH_MS = 50;
 /** How often a waiter joins a failed shared ingest of the same digest before giving up. */
 const MAX_SHARED_ATTEMPTS = 3;
 
@@ -182,6 +185,21 @@ export class ContentStore {
       signal?.throwIfAborted();
       source = await open();
       signal?.throwIfAborted();
+      // Chunks are written in batches of up to WRITE_BATCH bytes: one thread-pool write per
+      // batch, not per network chunk (16-64 KiB each); a slow download is still written at
+      // least every WRITE_BATCH_MS, so the temp file's size shows its progress (corral pull).
+      let batch: Buffer[] = [];
+      let batched = 0;
+      let flushedAt = Date.now();
+      const flush = async () => {
+        flushedAt = Date.now();
+        if (batched === 0) return;
+        const b = batch.length === 1 ? batch[0]! : Buffer.concat(batch, batched);
+        batch = [];
+        batched = 0;
+        let off = 0;
+        while (off < b.length) off += (await fh.write(b, off, b.length - off)).bytesWritten;
+      };
       for await (const piece of source as AsyncIterable<Buffer | string>) {
         signal?.throwIfAborted();
         const chunk = typeof piece === 'string' ? Buffer.from(piece) : piece;
@@ -190,10 +208,12 @@ export class ContentStore {
           throw new BlobVerificationError(digest, 'size', expectedSize, written);
         }
         hash.update(chunk);
-        let off = 0;
-        while (off < chunk.length) off += (await fh.write(chunk, off, chunk.length - off)).bytesWritten;
+        batch.push(chunk);
+        batched += chunk.length;
+        if (batched >= WRITE_BATCH || Date.now() - flushedAt >= WRITE_BATCH_MS) await flush();
         onProgress?.(written);
       }
+      await flush();
       if (expectedSize !== undefined && written !== expectedSize) {
         throw new BlobVerificationError(digest, 'size', expectedSize, written);
       }

@@ -13,7 +13,7 @@ import { invalidArgument } from '../errors.js';
 import { BlobTooLargeError, ContentStore } from './content-store.js';
 import { parseReference } from './reference.js';
 import { SnapshotStore, chainIds } from './snapshots.js';
-import { applyLayer, LayerRefusedError, UnpackHelperError } from './unpack.js';
+import { applyLayer, LayerCorruptError, LayerRefusedError, UnpackHelperError } from './unpack.js';
 import { processAlive } from '../util/process.js';
 import { ImageStoreUsage } from './fs-usage.js';
 
@@ -240,7 +240,7 @@ export class ImageStore {
       await blobReady(layer.digest);
       await this.snapshots.prepare(chain[i]!, async (dir: string) => {
         const { diffId } = await applyLayer(this.content.blobPath(layer.digest), layer.mediaType, dir).catch((e: unknown) => {
-          if (e instanceof LayerRefusedError || e instanceof UnpackHelperError) e.message = `image ${reference}: layer ${layer.digest}: ${e.message}`;
+          if (e instanceof LayerRefusedError || e instanceof LayerCorruptError || e instanceof UnpackHelperError) e.message = `image ${reference}: layer ${layer.digest}: ${e.message}`;
           throw e;
         });
         if (diffId !== diffIds[i]) {
