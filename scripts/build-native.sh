@@ -5,6 +5,7 @@
 #   native/unpack.c   -> dist/native/corral-unpack
 #   native/execreaper.c -> dist/native/corral-execreaper
 #   native/streamhelper.c -> dist/native/corral-streamhelper
+#   native/runscwrap.c -> dist/native/corral-runsc
 # Static binaries (gcc -O2 -static -Wall -Werror), so they need only the kernel.
 # A binary is rebuilt only when its source, a header it includes (listed after the source
 # below) or this script is newer than it.
@@ -56,3 +57,4 @@ build corral-nshelper nshelper.c
 build corral-unpack unpack.c
 build corral-execreaper execreaper.c helper-common.h
 build corral-streamhelper streamhelper.c helper-common.h
+build corral-runsc runscwrap.c
