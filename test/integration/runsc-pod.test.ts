@@ -15,28 +15,41 @@ import { execFile } from '../../src/util/exec.js';
 import { findExecutable } from '../../src/util/paths.js';
 import { runscProcessesOf } from '../../src/oci/runsc.js';
 import { waitFor } from '../helpers/wait.js';
+import { mkdtempSync } from 'node:fs';
 
 const runsc = await findExecutable('runsc');
 const skip = runsc ? false : 'runsc is not installed (apt-get install runsc; scripts/install-deps.sh does it)';
+
+/** runsc, except that `start` fails while <failDir>/fail-start exists: a Run that fails after create. */
+const failDir = mkdtempSync('/run/corral-runsc-fail-');
+const failingRunsc = path.join(failDir, 'runsc-failstart');
+const FAILING_RUNSC_SCRIPT = `#!/bin/sh
+for a in "$@"; do
+  if [ "$a" = start ] && [ -e '${failDir}/fail-start' ]; then echo 'forced start failure' >&2; exit 1; fi
+done
+exec runsc "$@"
+`;
 
 let env: BusyboxDaemon | undefined;
 const d = () => env!.d;
 const root = () => path.join(d().stateDir, 'runsc');
 const untrustedRoot = () => path.join(d().stateDir, 'untrusted');
+const failRoot = () => path.join(d().stateDir, 'runscfail');
+const roots = () => [root(), untrustedRoot(), failRoot()];
 
 /** Every runsc process on the host under this daemon's runsc roots (sandbox, gofer, exec waiters). */
 async function runscProcesses(): Promise<string[]> {
   const r = await execFile('ps', ['-eo', 'pid=,args=']);
   return r.stdout
     .split('\n')
-    .filter((l) => /runsc/.test(l) && (l.includes(`root=${root()}`) || l.includes(`root=${untrustedRoot()}`) || l.includes(`root ${root()}`)))
+    .filter((l) => /runsc/.test(l) && roots().some((r) => l.includes(`root=${r}`) || l.includes(`root ${r}`)))
     .map((l) => l.trim());
 }
 
 /** Containers in runsc's state under the handler roots. */
 async function runscState(): Promise<string[]> {
   const out: string[] = [];
-  for (const r of [root(), untrustedRoot()]) {
+  for (const r of roots()) {
     const l = await execFile('runsc', ['--root', r, 'list', '--quiet']);
     out.push(...l.stdout.split('\n').map((s) => s.trim()).filter((s) => s && s !== 'ID'));
   }
@@ -45,26 +58,29 @@ async function runscState(): Promise<string[]> {
 
 before(async () => {
   if (skip) return;
+  await fs.writeFile(failingRunsc, FAILING_RUNSC_SCRIPT, { mode: 0o755 });
   env = await startDaemonWithBusybox({
     tag: 'runsc',
     daemon: {
-      extraToml: ['[runtimes.runc]', 'path = "runc"', '[runtimes.runsc]', 'path = "runsc"', 'type = "vm"', '[runtimes.untrusted]', 'path = "runsc"', 'type = "vm"'].join('\n'),
+      extraToml: ['[runtimes.runc]', 'path = "runc"', '[runtimes.runsc]', 'path = "runsc"', 'type = "vm"', '[runtimes.untrusted]', 'path = "runsc"', 'type = "vm"', '[runtimes.runscfail]', `path = "${failingRunsc}"`, 'type = "vm"'].join('\n'),
     },
   });
 });
 
 afterEach(async () => {
+  await fs.rm(path.join(failDir, 'fail-start'), { force: true });
   if (skip || !env) return;
   const { items } = await d().rpc('ListPodSandbox', {});
   for (const i of items) await d().rpc('RemovePodSandbox', { podSandboxId: i.id }).catch(() => {});
 });
 
 after(async () => {
+  await fs.rm(failDir, { recursive: true, force: true });
   if (!env) return;
   if (process.env.CORRAL_TEST_LOG) await fs.copyFile(env.d.logFile, process.env.CORRAL_TEST_LOG).catch(() => {});
   try {
     // Whatever a failed test left: the runtime's state, then the processes.
-    for (const r of [root(), untrustedRoot()]) {
+    for (const r of roots()) {
       const l = await execFile('runsc', ['--root', r, 'list', '--quiet']).catch(() => undefined);
       for (const id of (l?.stdout ?? '').split('\n').map((s) => s.trim()).filter((s) => s && s !== 'ID')) {
         await execFile('runsc', ['--root', r, 'delete', '--force', id]).catch(() => {});
@@ -138,4 +154,48 @@ test('runsc pod: sandbox in the pinned netns, reachable on its IP from the host;
   assert.deepEqual(traces.netns, []);
   assert.deepEqual(traces.reservations, []);
   assert.deepEqual(traces.mounts, []);
+});
+
+test('runsc: a Run that fails after create (start refused) leaves no runsc process, no runsc state, no netns', { skip, timeout: 180_000 }, async () => {
+  await fs.writeFile(path.join(failDir, 'fail-start'), '');
+  await assert.rejects(runPod('runscfail'), (e: any) => {
+    assert.equal(e.code, status.INTERNAL);
+    assert.match(e.details, /forced start failure/);
+    return true;
+  });
+  assert.deepEqual((await d().rpc('ListPodSandbox', {})).items, [], 'the failed Run was rolled back completely');
+  assert.deepEqual(await runscProcesses(), [], 'no runsc-sandbox or runsc-gofer left running');
+  assert.deepEqual(await runscState(), [], 'no container left in runsc state');
+  const traces = await hostTraces(d());
+  assert.deepEqual(traces.netns, []);
+  assert.deepEqual(traces.mounts, []);
+});
+
+test('runsc: the untrusted-workload annotation runs the pod with the "untrusted" handler (runsc)', { skip, timeout: 180_000 }, async () => {
+  const pod = await runPod('', { annotations: { 'io.kubernetes.cri.untrusted-workload': 'true' } });
+  const st = await d().rpc('PodSandboxStatus', { podSandboxId: pod.podSandboxId });
+  assert.equal(st.status.runtimeHandler, 'untrusted');
+  const ids = (await execFile('runsc', ['--root', untrustedRoot(), 'list', '--quiet'])).stdout;
+  assert.match(ids, new RegExp(pod.podSandboxId), 'the sandbox runs under the untrusted handler\'s runsc root');
+  const c = await startContainer(d(), pod, env!.image, 'sleeper', ['sleep', '300']);
+  const ex = await d().rpc('ExecSync', { containerId: c, cmd: ['sh', '-c', 'echo in-untrusted'], timeout: 30 });
+  assert.equal(ex.exitCode, 0);
+  assert.equal(Buffer.from(ex.stdout).toString(), 'in-untrusted\n');
+  await d().rpc('StopPodSandbox', { podSandboxId: pod.podSandboxId });
+  assert.equal((await d().rpc('ContainerStatus', { containerId: c })).status.state, 'CONTAINER_EXITED');
+  assert.deepEqual(await runscProcesses(), [], 'StopPodSandbox left no runsc process');
+  await d().rpc('RemovePodSandbox', { podSandboxId: pod.podSandboxId });
+  assert.deepEqual(await runscState(), []);
+});
+
+test('runsc: ExecSync past its timeout is killed inside the sandbox and answers DEADLINE_EXCEEDED', { skip, timeout: 180_000 }, async () => {
+  const pod = await runPod();
+  const c = await startContainer(d(), pod, env!.image, 'sleeper', ['sleep', '300']);
+  const t0 = Date.now();
+  await assert.rejects(d().rpc('ExecSync', { containerId: c, cmd: ['sleep', '100'], timeout: 2 }), (e: any) => e.code === status.DEADLINE_EXCEEDED);
+  assert.ok(Date.now() - t0 < 30_000, 'answered soon after the deadline');
+  const ps = await d().rpc('ExecSync', { containerId: c, cmd: ['ps', '-o', 'args'], timeout: 30 });
+  assert.doesNotMatch(Buffer.from(ps.stdout).toString(), /sleep 100/, 'the timed-out command no longer runs in the sandbox');
+  await d().rpc('RemovePodSandbox', { podSandboxId: pod.podSandboxId });
+  assert.deepEqual(await runscProcesses(), []);
 });
