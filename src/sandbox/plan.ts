@@ -22,6 +22,7 @@ import {
 } from './options.js';
 import type { InfraMode, NetworkOrder, PodMetadata } from './record.js';
 import type { PodSandboxConfig } from '../cri-api/types.js';
+import { isRunscHandler } from '../oci/runsc.js';
 
 export interface SandboxPlan {
   metadata: PodMetadata;
@@ -63,6 +64,10 @@ export function planSandbox(config: PodSandboxConfig, requestedHandler: string, 
   const hostIpc = ns.ipc === 'NODE';
   const handler = selectHandler(requestedHandler, annotations, ns, cfg);
   const order = networkOrder(annotations);
+  // gVisor copies the namespace's interfaces into its own network stack at `start`; wired later, the pod would have none.
+  if (order === 'start-first' && isRunscHandler(handler)) {
+    throw invalidArgument(`runtime handler "${handler.name}" (gVisor) takes the pod's network interfaces when the sandbox starts, so the network cannot be wired after start: drop the start-first annotation (network-first is the default)`);
+  }
   const mode = infraMode(handler, ns, cfg.dropInfraContainer);
   let sysctls: Record<string, string>;
   try {
