@@ -11,7 +11,7 @@ import { nativeBinary } from './util/paths.js';
 import { CniNetworks } from './network/pod-network.js';
 import { createPinnedNetns, isNetnsPinned, listCorralNetns, netnsPathFor, removePinnedNetns, sandboxIdFromNetnsPath } from './network/netns.js';
 import { OciRuntime, currentCapabilities, oomScoreAdjFloor, type OciRuntimeOptions } from './oci/runtime.js';
-import { isRunscHandler, writeRunscWrapper } from './oci/runsc.js';
+import { capabilitiesForHandler, isRunscHandler, writeRunscWrapper } from './oci/runsc.js';
 import { BUILTIN_SANDBOX_IMAGE_NAME, DEFAULT_SANDBOX_OOM_SCORE_ADJ, buildSandboxSpec } from './oci/sandbox-spec.js';
 import { cgroupfsCgroupsPath, clampOomScoreAdj } from './oci/cgroups.js';
 import { validateSysctls, withDefaultSysctls } from './oci/sysctls.js';
@@ -120,7 +120,7 @@ export async function startDaemon(cfg: CorralConfig, logger: Logger): Promise<Da
         hostsPath: b.hostsPath,
         shmPath: b.shmPath,
         annotations: record.config.annotations ?? {},
-        availableCapabilities,
+        availableCapabilities: capabilitiesForHandler(handler, availableCapabilities),
       });
       spec.process.args = b.args;
       await writeBundle(b.bundleDir, spec, b.rootfsPath);

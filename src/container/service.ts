@@ -32,6 +32,7 @@ import type { ContainerRecord } from './record.js';
 import { ResourceValueError, ociResourcesFromCri } from '../oci/update-resources.js';
 import { HugepageLimitError, applyHugepageLimits, hostIsCgroupV2 } from '../oci/cgroup-limits.js';
 import { ContainerStore } from '../store/container-store.js';
+import { capabilitiesForHandler } from '../oci/runsc.js';
 import { KeyedLock } from '../util/keyed-lock.js';
 import { nowNs } from '../util/time.js';
 
@@ -311,7 +312,9 @@ export class ContainerService {
     const args = containerArgs(c.command ?? [], c.args ?? [], imageConfig);
     if (args.length === 0) throw invalidArgument('the container has no command: neither the config nor the image gives one');
     const privileged = Boolean(sc.privileged);
-    const caps = containerCapabilities(privileged, sc.capabilities?.addCapabilities ?? [], sc.capabilities?.dropCapabilities ?? [], this.deps.availableCapabilities);
+    const handler = this.deps.config.runtimes[record.runtimeHandler];
+    const available = handler ? capabilitiesForHandler(handler, this.deps.availableCapabilities) : this.deps.availableCapabilities;
+    const caps = containerCapabilities(privileged, sc.capabilities?.addCapabilities ?? [], sc.capabilities?.dropCapabilities ?? [], available);
     const res = linux.resources ?? ({} as Partial<LinuxContainerResources>);
     const mounts = [];
     for (const m of c.mounts ?? []) {

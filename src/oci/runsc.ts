@@ -57,6 +57,14 @@ export async function runscKnows(root: string, id: string): Promise<boolean> {
   return names.some((n) => n.startsWith(`${id}_sandbox:`) && n.endsWith('.state'));
 }
 
+/** Capabilities newer than this runsc (2022-12): it refuses a spec naming them ("unknown capability"). */
+export const RUNSC_UNKNOWN_CAPABILITIES: readonly string[] = ['CAP_PERFMON', 'CAP_BPF', 'CAP_CHECKPOINT_RESTORE'];
+
+/** The capabilities a handler's containers may be given: for runsc, without those it does not know. */
+export function capabilitiesForHandler(handler: Pick<RuntimeHandlerConfig, 'path'>, available: readonly string[]): readonly string[] {
+  return isRunscHandler(handler) ? available.filter((c) => !RUNSC_UNKNOWN_CAPABILITIES.includes(c)) : available;
+}
+
 /** Where corral-runsc records which process holds a pod container's stdio until its `start`. */
 export function runscStdioRecord(root: string, id: string): string {
   return path.join(root, `${id}.corral-stdio`);

@@ -4,7 +4,8 @@ import { promises as fs } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { execFile } from '../../src/util/exec.js';
-import { isRunscHandler, isRunscProcessOf, runscKnows, runscWrapperScript } from '../../src/oci/runsc.js';
+import { capabilitiesForHandler, isRunscHandler, isRunscProcessOf, runscKnows, runscWrapperScript } from '../../src/oci/runsc.js';
+import { ALL_CAPABILITIES } from '../../src/oci/capabilities.js';
 
 test('isRunscHandler: runsc by its binary name, wherever it lives; runc and crun are not', () => {
   assert.equal(isRunscHandler({ path: 'runsc' }), true);
@@ -64,4 +65,12 @@ test('runscKnows: runsc keeps <id>_sandbox:<sandbox>.state files, not a director
   } finally {
     await fs.rm(root, { recursive: true, force: true });
   }
+});
+
+test('capabilitiesForHandler: runsc (2022-12) is not offered CAP_PERFMON, CAP_BPF, CAP_CHECKPOINT_RESTORE, which it refuses; runc keeps all', () => {
+  const forRunsc = capabilitiesForHandler({ path: 'runsc' }, ALL_CAPABILITIES);
+  assert.equal(forRunsc.length, ALL_CAPABILITIES.length - 3);
+  for (const c of ['CAP_PERFMON', 'CAP_BPF', 'CAP_CHECKPOINT_RESTORE']) assert.ok(!forRunsc.includes(c), c);
+  assert.ok(forRunsc.includes('CAP_SYS_ADMIN') && forRunsc.includes('CAP_AUDIT_READ'));
+  assert.deepEqual(capabilitiesForHandler({ path: 'runc' }, ALL_CAPABILITIES), ALL_CAPABILITIES);
 });
