@@ -70,6 +70,32 @@ export function runscStdioRecord(root: string, id: string): string {
   return path.join(root, `${id}.corral-stdio`);
 }
 
+/**
+ * The OCI process for `runsc exec --process` of `args` in container `id`: the container's own
+ * user, groups, env, cwd and capabilities (from runsc's state file, which holds its spec),
+ * never a terminal. undefined when the state cannot be read (runsc then says why itself).
+ */
+export async function runscExecProcess(root: string, id: string, args: string[]): Promise<Record<string, unknown> | undefined> {
+  const names = await fs.readdir(root).catch(() => [] as string[]);
+  const file = names.find((n) => n.startsWith(`${id}_sandbox:`) && n.endsWith('.state'));
+  if (!file) return undefined;
+  try {
+    const state = JSON.parse(await fs.readFile(path.join(root, file), 'utf8')) as { spec?: { process?: Record<string, unknown> } };
+    return execProcessFrom(state.spec?.process, args);
+  } catch {
+    return undefined;
+  }
+}
+
+/** Pure: an exec's process from the container's spec process (only what an exec inherits). */
+export function execProcessFrom(proc: Record<string, unknown> | undefined, args: string[]): Record<string, unknown> | undefined {
+  if (!proc) return undefined;
+  const out: Record<string, unknown> = { terminal: false, args, cwd: proc.cwd ?? '/', env: proc.env ?? [], user: proc.user ?? { uid: 0, gid: 0 } };
+  if (proc.capabilities) out.capabilities = proc.capabilities;
+  if (proc.noNewPrivileges !== undefined) out.noNewPrivileges = proc.noNewPrivileges;
+  return out;
+}
+
 /** Pure: whether a process's argv (NUL-split /proc/PID/cmdline) is runsc's sandbox or gofer for `id` under `root`. */
 export function isRunscProcessOf(argv: string[], root: string, id: string): boolean {
   if (argv.length === 0) return false;

@@ -19,7 +19,7 @@ import { capabilitiesFromMask } from './capabilities.js';
 import { ExecCgroup } from './exec-cgroup.js';
 import type { OciResources } from './oci-types.js';
 import { TailBuffer } from '../util/tail-buffer.js';
-import { killRunscProcesses, runscKnows, runscStdioRecord } from './runsc.js';
+import { killRunscProcesses, runscExecProcess, runscKnows, runscStdioRecord } from './runsc.js';
 
 export type OciStatus = 'creating' | 'created' | 'running' | 'stopped' | 'paused';
 
@@ -309,10 +309,14 @@ export class OciRuntime {
     const base = path.join(os.tmpdir(), `corral-exec-${process.pid}-${randomBytes(6).toString('hex')}`);
     const pidFile = `${base}.pid`;
     const internalPidFile = `${base}.ipid`;
+    const processFile = `${base}.process.json`;
     try {
-      return await this.execReaped(cg, { pidFile, internalPidFile }, id, args, opts);
+      // runsc's CLI exec runs as root with none of the container's settings (runc takes them from the container).
+      const process = this.runsc ? await runscExecProcess(this.root, id, args) : undefined;
+      if (process) await fs.writeFile(processFile, JSON.stringify(process), { mode: 0o600 });
+      return await this.execReaped(cg, { pidFile, internalPidFile, processFile: process ? processFile : undefined }, id, args, opts);
     } finally {
-      await Promise.all([fs.rm(pidFile, { force: true }), fs.rm(internalPidFile, { force: true })]);
+      await Promise.all([fs.rm(pidFile, { force: true }), fs.rm(internalPidFile, { force: true }), fs.rm(processFile, { force: true })]);
     }
   }
 
@@ -334,12 +338,14 @@ export class OciRuntime {
    * keeps their tails (so a flood never reaches the daemon), exits once the command has
    * exited and the pipes are drained (or the drain time is over), and reports on fd 3.
    */
-  private execReaped(cg: ExecCgroup | null, files: { pidFile: string; internalPidFile: string }, id: string, args: string[], opts: ExecOptions): Promise<ExecResult> {
+  private execReaped(cg: ExecCgroup | null, files: { pidFile: string; internalPidFile: string; processFile?: string }, id: string, args: string[], opts: ExecOptions): Promise<ExecResult> {
     const cap = opts.maxOutputBytes ?? EXEC_OUTPUT_CAP_BYTES;
     const drainMs = opts.drainMs ?? EXEC_DRAIN_MS;
     const { pidFile } = files;
     const placement = cg ? ['--cgroup', cg.name] : ['--internal-pid-file', files.internalPidFile];
-    const runtimeArgs = ['--root', this.root, 'exec', '--detach', '--pid-file', pidFile, ...placement, id, ...args];
+    // runsc: the command as a process file (the container's user, groups, env, cwd, capabilities).
+    const command = files.processFile ? ['--process', files.processFile, id] : [id, ...args];
+    const runtimeArgs = ['--root', this.root, 'exec', '--detach', '--pid-file', pidFile, ...placement, ...command];
     const child = spawn(nativeBinary('corral-execreaper'), [String(cap), String(drainMs), pidFile, this.binary, ...runtimeArgs], {
       stdio: ['ignore', 'pipe', 'pipe', 'pipe'],
       detached: true,

@@ -222,3 +222,17 @@ test('runsc: a privileged pod and container run (every capability the daemon hol
   await d().rpc('RemovePodSandbox', { podSandboxId: pod.podSandboxId });
   assert.deepEqual(await runscProcesses(), []);
 });
+
+test('runsc: ExecSync runs as the container\'s user with its groups and environment (runsc\'s own exec would run as root)', { skip, timeout: 180_000 }, async () => {
+  const pod = await runPod();
+  const c = await startContainer(d(), pod, env!.image, 'user', ['sleep', '300'], {
+    envs: [{ key: 'GREETING', value: Buffer.from('hi') }],
+    linux: { securityContext: { runAsUser: { value: 1001 }, runAsGroup: { value: 2002 }, supplementalGroups: [3003] } },
+  });
+  const ex = await d().rpc('ExecSync', { containerId: c, cmd: ['sh', '-c', 'echo $(id -u) $(id -g) $GREETING; id -G'], timeout: 30 });
+  assert.equal(ex.exitCode, 0, Buffer.from(ex.stderr).toString());
+  const [first, groups] = Buffer.from(ex.stdout).toString().split('\n');
+  assert.equal(first, '1001 2002 hi', Buffer.from(ex.stdout).toString());
+  assert.match(groups!, /\b3003\b/);
+  await d().rpc('RemovePodSandbox', { podSandboxId: pod.podSandboxId });
+});

@@ -4,7 +4,7 @@ import { promises as fs } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { execFile } from '../../src/util/exec.js';
-import { capabilitiesForHandler, isRunscHandler, isRunscProcessOf, runscKnows, runscWrapperScript } from '../../src/oci/runsc.js';
+import { capabilitiesForHandler, execProcessFrom, isRunscHandler, isRunscProcessOf, runscKnows, runscWrapperScript } from '../../src/oci/runsc.js';
 import { ALL_CAPABILITIES } from '../../src/oci/capabilities.js';
 
 test('isRunscHandler: runsc by its binary name, wherever it lives; runc and crun are not', () => {
@@ -73,4 +73,19 @@ test('capabilitiesForHandler: runsc (2022-12) is not offered CAP_PERFMON, CAP_BP
   for (const c of ['CAP_PERFMON', 'CAP_BPF', 'CAP_CHECKPOINT_RESTORE']) assert.ok(!forRunsc.includes(c), c);
   assert.ok(forRunsc.includes('CAP_SYS_ADMIN') && forRunsc.includes('CAP_AUDIT_READ'));
   assert.deepEqual(capabilitiesForHandler({ path: 'runc' }, ALL_CAPABILITIES), ALL_CAPABILITIES);
+});
+
+test('execProcessFrom: an exec runs as the container does (user, groups, env, cwd, capabilities), with its own args and no terminal', () => {
+  const proc = { terminal: true, args: ['/app'], cwd: '/work', env: ['A=1'], user: { uid: 1001, gid: 2000, additionalGids: [3000] }, capabilities: { bounding: ['CAP_KILL'] }, noNewPrivileges: true, oomScoreAdj: 5 };
+  assert.deepEqual(execProcessFrom(proc, ['id', '-u']), {
+    terminal: false,
+    args: ['id', '-u'],
+    cwd: '/work',
+    env: ['A=1'],
+    user: { uid: 1001, gid: 2000, additionalGids: [3000] },
+    capabilities: { bounding: ['CAP_KILL'] },
+    noNewPrivileges: true,
+  });
+  assert.equal(execProcessFrom(undefined, ['x']), undefined);
+  assert.deepEqual(execProcessFrom({}, ['x']), { terminal: false, args: ['x'], cwd: '/', env: [], user: { uid: 0, gid: 0 } });
 });
