@@ -246,6 +246,9 @@ export class OciRuntime {
     if (r.code === 0) return;
     const st = await this.state(id).catch(() => undefined);
     if (st === null || st?.status === 'stopped') return;
+    // runsc cannot signal a container that was never started ("in state created"): nothing of
+    // it runs yet, so killing it is deleting it (its waiter then reports the exit to conmon).
+    if (this.runsc && st?.status === 'created' && signal.replace(/^SIG/, '') === 'KILL') return this.delete(id, true);
     throw this.error('kill', id, r);
   }
 

@@ -236,3 +236,17 @@ test('runsc: ExecSync runs as the container\'s user with its groups and environm
   assert.match(groups!, /\b3003\b/);
   await d().rpc('RemovePodSandbox', { podSandboxId: pod.podSandboxId });
 });
+
+test('runsc: a container created and never started is stopped with its pod (runsc cannot signal it) and nothing is left', { skip, timeout: 180_000 }, async () => {
+  const pod = await runPod();
+  const { containerId } = await d().rpc('CreateContainer', {
+    podSandboxId: pod.podSandboxId,
+    config: { metadata: { name: 'never-started', attempt: 0 }, image: { image: env!.image }, command: ['sleep', '300'], linux: {} },
+    sandboxConfig: pod.sandboxConfig,
+  });
+  await d().rpc('StopPodSandbox', { podSandboxId: pod.podSandboxId });
+  assert.equal((await d().rpc('ContainerStatus', { containerId })).status.state, 'CONTAINER_EXITED');
+  assert.deepEqual(await runscProcesses(), [], 'no runsc process (sandbox, gofer, waiter) after StopPodSandbox');
+  await d().rpc('RemovePodSandbox', { podSandboxId: pod.podSandboxId });
+  assert.deepEqual(await runscState(), []);
+});
