@@ -26,6 +26,9 @@
  * forks a waiter, writes the waiter's PID to the pid file instead, and exits; the waiter
  * (adopted by conmon, a child subreaper) runs `runsc wait <id>` once the container has
  * started (see wait_for_container) and exits with the container's exit status (128+N for signal N, as runsc says).
+ * This runsc also gives a pod container the stdio of the `start` process, not of `create`:
+ * so the waiter keeps conmon's pipes (fds 0-2), records its PID in <root>/<id>.corral-stdio,
+ * and `start` takes them from /proc/<waiter>/fd/0-2 before it becomes runsc.
  *
  * Exit status: runsc's own (this process becomes runsc); 127 when the mount namespace
  * cannot be made or runsc cannot be run, with the reason on stderr.
