@@ -8,6 +8,7 @@
  * controllers — else the unified v2 tree. Parsing is pure; reading is a few small files.
  * Working set = usage minus inactive file cache, the number kubelet evicts on.
  */
+import type { RunscUsage } from '../oci/runsc.js';
 import { promises as fs } from 'node:fs';
 import path from 'node:path';
 import { containerCgroupDirs, parseCgroupMounts, parseProcCgroup, type CgroupDir } from '../oci/exec-cgroup.js';
@@ -214,11 +215,23 @@ export class ContainerStatsCollector {
   private readonly previous = new Map<string, CgroupSample>();
   readonly layers = new LayerUsageCache();
 
+  /** runtimeUsage: a runtime's own account of a container (gVisor), when it has one; else cgroups are read. */
+  constructor(private readonly runtimeUsage?: (rec: ContainerRecord) => Promise<RunscUsage | null> | undefined) {}
+
+  private async sample(rec: ContainerRecord): Promise<CgroupSample | null> {
+    const own = this.runtimeUsage?.(rec);
+    if (!own) return sampleContainerCgroup(rec.pid, rec.id);
+    const u = await own;
+    if (!u) return null;
+    // gVisor's memory usage is what the sandbox accounts to the container: its working set too.
+    return { timestampNs: nowNs(), cpuUsageNs: u.cpuUsageNs, memoryUsageBytes: u.memoryUsageBytes, workingSetBytes: u.memoryUsageBytes, rssBytes: null, pageFaults: null, majorPageFaults: null, memoryLimitBytes: null };
+  }
+
   async stats(rec: ContainerRecord): Promise<ContainerStatsInit> {
     const attributes = { id: rec.id, metadata: rec.metadata, labels: rec.config.labels ?? {}, annotations: rec.config.annotations ?? {} };
     const upper = rec.resources.rootfs ? path.join(rec.resources.rootfs.layerDir, 'upper') : null;
     const [sample, layer] = await Promise.all([
-      rec.state === 'running' ? sampleContainerCgroup(rec.pid, rec.id) : Promise.resolve(null),
+      rec.state === 'running' ? this.sample(rec) : Promise.resolve(null),
       upper ? this.layers.get(upper) : Promise.resolve(null),
     ]);
     const out: ContainerStatsInit = { attributes, ...this.cpuAndMemory(rec.id, sample) };

@@ -65,6 +65,25 @@ export function capabilitiesForHandler(handler: Pick<RuntimeHandlerConfig, 'path
   return isRunscHandler(handler) ? available.filter((c) => !RUNSC_UNKNOWN_CAPABILITIES.includes(c)) : available;
 }
 
+/** What `runsc events --stats` says of a container's use (gVisor accounts it inside the sandbox). */
+export interface RunscUsage {
+  cpuUsageNs: bigint | null;
+  memoryUsageBytes: bigint | null;
+}
+
+/** Pure: the CPU and memory use in `runsc events --stats` output (runc's event format); null if unreadable. */
+export function parseRunscStats(stdout: string): RunscUsage | null {
+  let ev: { type?: string; data?: { cpu?: { usage?: { total?: unknown } }; memory?: { usage?: { usage?: unknown } } } };
+  try {
+    ev = JSON.parse(stdout.trim().split('\n').pop() ?? '') as typeof ev;
+  } catch {
+    return null;
+  }
+  if (ev?.type !== 'stats' || !ev.data) return null;
+  const big = (v: unknown) => (typeof v === 'number' && Number.isFinite(v) && v >= 0 ? BigInt(Math.round(v)) : null);
+  return { cpuUsageNs: big(ev.data.cpu?.usage?.total), memoryUsageBytes: big(ev.data.memory?.usage?.usage) };
+}
+
 /** Where corral-runsc records which process holds a pod container's stdio until its `start`. */
 export function runscStdioRecord(root: string, id: string): string {
   return path.join(root, `${id}.corral-stdio`);

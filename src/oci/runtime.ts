@@ -19,7 +19,7 @@ import { capabilitiesFromMask } from './capabilities.js';
 import { ExecCgroup } from './exec-cgroup.js';
 import type { OciResources } from './oci-types.js';
 import { TailBuffer } from '../util/tail-buffer.js';
-import { killRunscProcesses, runscExecProcess, runscKnows, runscStdioRecord } from './runsc.js';
+import { killRunscProcesses, parseRunscStats, runscExecProcess, runscKnows, runscStdioRecord, type RunscUsage } from './runsc.js';
 
 export type OciStatus = 'creating' | 'created' | 'running' | 'stopped' | 'paused';
 
@@ -428,6 +428,12 @@ export class OciRuntime {
           : parseRuntimeLog(result.stderr.subarray(-4096).toString('utf8')) || `exit status ${m?.[2] ?? child.exitCode}`;
       throw new OciRuntimeError(this.name, 'exec', id, null, why);
     })();
+  }
+
+  /** runsc: a container's CPU and memory use as the sandbox accounts it; null if runsc gives none. */
+  async runscUsage(id: string): Promise<RunscUsage | null> {
+    const r = await this.run(['events', '--stats', id]);
+    return r.code === 0 ? parseRunscStats(r.stdout) : null;
   }
 
   /** The ids of every container under this runtime's root. */

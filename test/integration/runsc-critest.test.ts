@@ -20,10 +20,6 @@ const KNOWN = [
   // "cat: can't open '/proc/sys/fs/mqueue/msg_max': No such file or directory".
   ['should support safe sysctls|should support unsafe sysctls', 'gVisor does not implement these sysctls'],
   ['execSync with timeout', 'the upstream busybox has pgrep; the local stand-in does not (as with runc)'],
-  // Not gVisor's: Corral reads container CPU/memory from the container's host cgroup, and a
-  // gVisor container's processes live inside the sandbox; ListContainerStats answers no CPU
-  // sample, and critest v1.26.1 dereferences it (panic). Needs `runsc events --stats`.
-  ['listing container stats', 'Corral has no per-container stats for gVisor yet (runsc events --stats)'],
 ] as const;
 
 const critest = await execFile('sh', ['-c', 'command -v critest']);

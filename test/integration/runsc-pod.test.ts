@@ -250,3 +250,16 @@ test('runsc: a container created and never started is stopped with its pod (runs
   await d().rpc('RemovePodSandbox', { podSandboxId: pod.podSandboxId });
   assert.deepEqual(await runscState(), []);
 });
+
+test('runsc: ContainerStats of a running gVisor container has CPU and memory (from runsc events --stats)', { skip, timeout: 180_000 }, async () => {
+  const pod = await runPod();
+  const c = await startContainer(d(), pod, env!.image, 'busy', ['sh', '-c', 'i=0; while [ $i -lt 200000 ]; do i=$((i+1)); done; sleep 300']);
+  await waitFor(async () => {
+    const { stats } = await d().rpc('ContainerStats', { containerId: c });
+    return Number(stats?.cpu?.usageCoreNanoSeconds?.value ?? 0) > 0 && Number(stats?.memory?.workingSetBytes?.value ?? 0) > 0;
+  }, { timeoutMs: 30_000, what: 'CPU and memory in ContainerStats' });
+  const { stats: list } = await d().rpc('ListContainerStats', { filter: { id: c } });
+  assert.equal(list.length, 1);
+  assert.ok(list[0].cpu && list[0].memory, 'ListContainerStats has CPU and memory too');
+  await d().rpc('RemovePodSandbox', { podSandboxId: pod.podSandboxId });
+});

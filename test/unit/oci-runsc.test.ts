@@ -4,7 +4,7 @@ import { promises as fs } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { execFile } from '../../src/util/exec.js';
-import { capabilitiesForHandler, execProcessFrom, isRunscHandler, isRunscProcessOf, runscKnows, runscWrapperScript } from '../../src/oci/runsc.js';
+import { capabilitiesForHandler, execProcessFrom, parseRunscStats, isRunscHandler, isRunscProcessOf, runscKnows, runscWrapperScript } from '../../src/oci/runsc.js';
 import { ALL_CAPABILITIES } from '../../src/oci/capabilities.js';
 
 test('isRunscHandler: runsc by its binary name, wherever it lives; runc and crun are not', () => {
@@ -88,4 +88,13 @@ test('execProcessFrom: an exec runs as the container does (user, groups, env, cw
   });
   assert.equal(execProcessFrom(undefined, ['x']), undefined);
   assert.deepEqual(execProcessFrom({}, ['x']), { terminal: false, args: ['x'], cwd: '/', env: [], user: { uid: 0, gid: 0 } });
+});
+
+test('parseRunscStats: CPU and memory from runsc events --stats (runc event format); anything else is null', () => {
+  const out = '{"type":"stats","id":"c1","data":{"cpu":{"usage":{"total":197395139}},"memory":{"usage":{"limit":0,"usage":2752512,"failcnt":0}},"pids":{"current":2}}}\n';
+  assert.deepEqual(parseRunscStats(out), { cpuUsageNs: 197395139n, memoryUsageBytes: 2752512n });
+  assert.deepEqual(parseRunscStats('{"type":"stats","data":{}}'), { cpuUsageNs: null, memoryUsageBytes: null });
+  assert.equal(parseRunscStats('{"type":"oom","data":{}}'), null);
+  assert.equal(parseRunscStats('not json'), null);
+  assert.equal(parseRunscStats(''), null);
 });
