@@ -263,3 +263,14 @@ test('runsc: ContainerStats of a running gVisor container has CPU and memory (fr
   assert.ok(list[0].cpu && list[0].memory, 'ListContainerStats has CPU and memory too');
   await d().rpc('RemovePodSandbox', { podSandboxId: pod.podSandboxId });
 });
+
+test('runsc: start-first and host-network pods are refused (INVALID_ARGUMENT, saying why) before anything is made', { skip, timeout: 60_000 }, async () => {
+  await assert.rejects(runPod('runsc', { annotations: { 'io.corral.sandbox.network-order': 'start-first' } }), (e: any) => e.code === status.INVALID_ARGUMENT && /takes the pod's network interfaces when the sandbox starts/.test(e.details));
+  await assert.rejects(
+    runPod('runsc', { linux: { securityContext: { namespaceOptions: { network: 'NODE', pid: 'CONTAINER', ipc: 'POD' } } } }),
+    (e: any) => e.code === status.INVALID_ARGUMENT && /cannot run host-network pods/.test(e.details),
+  );
+  assert.deepEqual((await d().rpc('ListPodSandbox', {})).items, []);
+  assert.deepEqual(await runscProcesses(), []);
+  assert.deepEqual((await hostTraces(d())).netns, []);
+});
