@@ -6,6 +6,7 @@
 #   native/execreaper.c -> dist/native/corral-execreaper
 #   native/streamhelper.c -> dist/native/corral-streamhelper
 #   native/podpause.c -> dist/native/corral-podpause
+#   native/runscwrap.c -> dist/native/corral-runsc
 # Static binaries (gcc -O2 -static -Wall -Werror), so they need only the kernel.
 # A binary is rebuilt only when its source, a header it includes (listed after the source
 # below) or this script is newer than it.
@@ -65,3 +66,4 @@ build corral-unpack unpack.c -lcrypto -lz
 build corral-execreaper execreaper.c helper-common.h
 build corral-streamhelper streamhelper.c helper-common.h
 build corral-podpause podpause.c
+build corral-runsc runscwrap.c

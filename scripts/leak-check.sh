@@ -21,6 +21,19 @@ for rt in runc crun; do
     [ "$n" -gt 0 ] && report "$n $rt container(s) under $root"
   done
 done
+# gVisor: runsc keeps <id>_sandbox:<sandbox>.state files under its root, and its sandbox and
+# gofer processes (and Corral's per-container waiters) can outlive a `delete --force`.
+if command -v runsc >/dev/null 2>&1; then
+  for root in /run/runsc /var/run/runsc /run/corral/* /run/corral-test*/state/*; do
+    [ -d "$root" ] || continue
+    n=$(find "$root" -maxdepth 1 -name '*_sandbox:*.state' 2>/dev/null | wc -l)
+    [ "$n" -gt 0 ] && report "$n runsc container(s) in state under $root: $(find "$root" -maxdepth 1 -name '*_sandbox:*.state' -printf '%f\n' | cut -d_ -f1 | cut -c1-12 | head -3 | tr '\n' ' ')"
+  done
+fi
+n=$(pgrep -f '^runsc-(sandbox|gofer) ' | wc -l)
+[ "$n" -gt 0 ] && report "$n runsc-sandbox/runsc-gofer process(es): $(pgrep -f '^runsc-(sandbox|gofer) ' | head -5 | tr '\n' ' ')"
+n=$(pgrep -x runsc-waiter | wc -l)
+[ "$n" -gt 0 ] && report "$n corral-runsc waiter process(es) (runsc containers never deleted)"
 # A zombie conmon has exited and waits for init to reap it: not a leak.
 n=$(ps -C conmon -o stat= 2>/dev/null | grep -vc '^Z' || true)
 [ "$n" -gt 0 ] && report "$n conmon process(es)"

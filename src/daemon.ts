@@ -10,8 +10,9 @@ import type { Logger } from './util/log.js';
 import { nativeBinary } from './util/paths.js';
 import { CniNetworks } from './network/pod-network.js';
 import { createPinnedNetns, isNetnsPinned, listCorralNetns, netnsPathFor, removePinnedNetns, removePins, sandboxIdFromNetnsPath } from './network/netns.js';
-import { OciRuntime, currentCapabilities, oomScoreAdjFloor } from './oci/runtime.js';
+import { OciRuntime, currentCapabilities, oomScoreAdjFloor, type OciRuntimeOptions } from './oci/runtime.js';
 import { hostIsCgroupV2 } from './oci/cgroup-limits.js';
+import { capabilitiesForHandler, isRunscHandler, writeRunscWrapper } from './oci/runsc.js';
 import { BUILTIN_SANDBOX_IMAGE_NAME, DEFAULT_SANDBOX_OOM_SCORE_ADJ, buildSandboxSpec } from './oci/sandbox-spec.js';
 import { cgroupfsCgroupsPath, clampOomScoreAdj } from './oci/cgroups.js';
 import { validateSysctls, withDefaultSysctls } from './oci/sysctls.js';
@@ -97,10 +98,15 @@ async function startServing(cfg: CorralConfig, logger: Logger, started: (() => P
     isPinned: (p) => isNetnsPinned(p),
   };
 
+  // gVisor handlers run runsc through a wrapper (see oci/runsc.ts), written now for conmon too.
+  const runtimeOptions = new Map<string, OciRuntimeOptions>();
+  for (const h of Object.values(cfg.runtimes)) {
+    if (isRunscHandler(h)) runtimeOptions.set(h.name, { runsc: true, binary: await writeRunscWrapper(h, path.join(cfg.rootDir, 'runtime-wrappers')) });
+  }
   const runtimes = new Map<string, OciRuntime>();
   const runtimeFor = (h: RuntimeHandlerConfig) => {
     let r = runtimes.get(h.name);
-    if (!r) runtimes.set(h.name, (r = new OciRuntime(h, logger, { observer })));
+    if (!r) runtimes.set(h.name, (r = new OciRuntime(h, logger, { ...runtimeOptions.get(h.name), observer })));
     return r;
   };
   const containerRuntime: SandboxContainerRuntime = {
@@ -136,7 +142,7 @@ async function startServing(cfg: CorralConfig, logger: Logger, started: (() => P
         hostsPath: b.hostsPath,
         shmPath: b.shmPath,
         annotations: record.config.annotations ?? {},
-        availableCapabilities,
+        availableCapabilities: capabilitiesForHandler(handler, availableCapabilities),
       });
       spec.process.args = b.args;
       await writeBundle(b.bundleDir, spec, b.rootfsPath);

@@ -6,6 +6,8 @@ import { loadConfig } from '../config/config.js';
 import { parseOptions } from './commands.js';
 import { findExecutable, isExecutable, nativeBinary } from '../util/paths.js';
 import { exists } from '../util/fs.js';
+import { execFile } from '../util/exec.js';
+import { isRunscHandler, netnsHasRmemDefault } from '../oci/runsc.js';
 
 interface Finding {
   level: 'ok' | 'warn' | 'fail';
@@ -25,6 +27,7 @@ export async function doctorCommand(argv: string[]): Promise<number> {
     const bin = await findExecutable(h.path);
     if (bin) add('ok', `runtime handler "${h.name}": ${bin}`);
     else add('fail', `runtime handler "${h.name}": ${h.path} not found`, debianPackage(h.path));
+    if (isRunscHandler(h)) for (const f of await runscFindings(h.name, h.type, bin)) add(f.level, f.what, f.fix);
   }
   const conmon = await findExecutable('conmon');
   add(conmon ? 'ok' : 'warn', conmon ? `conmon: ${conmon}` : 'conmon not found (needed for containers)', 'apt-get install conmon');
@@ -32,7 +35,7 @@ export async function doctorCommand(argv: string[]): Promise<number> {
   const zstd = await findExecutable('zstd');
   add(zstd ? 'ok' : 'warn', zstd ? `zstd: ${zstd}` : 'zstd not found: images with zstd-compressed layers cannot be unpacked', 'apt-get install zstd');
 
-  for (const bin of ['corral-nshelper', 'corral-pause', 'corral-unpack', 'corral-execreaper', 'corral-streamhelper']) {
+  for (const bin of ['corral-nshelper', 'corral-pause', 'corral-unpack', 'corral-execreaper', 'corral-streamhelper', 'corral-runsc']) {
     const p = nativeBinary(bin);
     add((await isExecutable(p)) ? 'ok' : 'fail', `${bin}: ${p}`, 'build Corral: npm run build (needs gcc and libc6-dev)');
   }
@@ -78,7 +81,42 @@ export async function doctorCommand(argv: string[]): Promise<number> {
 
 function debianPackage(bin: string): string {
   const name = path.basename(bin);
-  return ['runc', 'crun'].includes(name) ? `apt-get install ${name}` : `install ${bin}`;
+  return ['runc', 'crun', 'runsc'].includes(name) ? `apt-get install ${name}` : `install ${bin}`;
+}
+
+/**
+ * A gVisor handler: runsc answers, the handler is a `vm` one, and what this kernel does to
+ * runsc's root-namespace check (and that corral-runsc hides it) is said, checked for real.
+ */
+async function runscFindings(name: string, type: string, bin: string | undefined): Promise<Finding[]> {
+  const out: Finding[] = [];
+  const who = `runtime handler "${name}" (gVisor)`;
+  if (type !== 'vm') out.push({ level: 'fail', what: `${who} has type = "${type}": runsc builds the pod's network from its namespace when the sandbox starts`, fix: `set type = "vm" in [runtimes.${name}]` });
+  if (bin) {
+    const v = await execFile(bin, ['--version'], { timeoutMs: 10_000 }).catch((e: Error) => ({ code: -1, stdout: '', stderr: e.message }));
+    const version = /runsc version (\S+)/.exec(v.stdout)?.[1];
+    if (v.code === 0 && version) out.push({ level: 'ok', what: `${who}: runsc ${version}` });
+    else out.push({ level: 'fail', what: `${who}: ${bin} --version did not answer as runsc: ${(v.stderr || v.stdout).trim().slice(0, 200)}`, fix: 'apt-get install runsc' });
+  }
+  let affected: boolean;
+  try {
+    affected = await netnsHasRmemDefault();
+  } catch (e) {
+    out.push({ level: 'warn', what: `${who}: cannot tell whether this kernel trips runsc's root-namespace check: ${(e as Error).message}`, fix: 'apt-get install util-linux (unshare)' });
+    return out;
+  }
+  if (!affected) {
+    out.push({ level: 'ok', what: `${who}: net.core.rmem_default is not visible in pod network namespaces; runsc's root-namespace check holds` });
+    return out;
+  }
+  // The kernel shows the sysctl in every netns (Linux 6.x): the wrapper must hide it, for real.
+  const hidden = await execFile('unshare', ['--net', nativeBinary('corral-runsc'), 'sh', '-c', 'test ! -e /proc/sys/net/core/rmem_default'], { timeoutMs: 10_000 });
+  if (hidden.code === 0) {
+    out.push({ level: 'ok', what: `${who}: this kernel shows net.core.rmem_default in every network namespace, so runsc would refuse pod networks ("cannot run with network enabled in root network namespace"); Corral runs runsc through corral-runsc, which hides /proc/sys/net from it` });
+  } else {
+    out.push({ level: 'fail', what: `${who}: this kernel makes runsc refuse pod networks, and corral-runsc cannot hide /proc/sys/net: ${(hidden.stderr || hidden.stdout).trim().slice(0, 300)}`, fix: 'run corral as root with CAP_SYS_ADMIN (a private mount namespace and a tmpfs mount are needed), and build Corral (npm run build)' });
+  }
+  return out;
 }
 
 async function firstIn(dirs: string[], name: string): Promise<string | undefined> {

@@ -32,6 +32,7 @@ import type { ContainerRecord } from './record.js';
 import { ResourceValueError, ociResourcesFromCri } from '../oci/update-resources.js';
 import { HugepageLimitError, applyHugepageLimits, hostIsCgroupV2 } from '../oci/cgroup-limits.js';
 import { ContainerStore } from '../store/container-store.js';
+import { capabilitiesForHandler, isRunscHandler, type RunscUsage } from '../oci/runsc.js';
 import { KeyedLock } from '../util/keyed-lock.js';
 import { nowNs } from '../util/time.js';
 import type { RuntimeObserver } from '../observer.js';
@@ -321,7 +322,9 @@ export class ContainerService {
     const args = containerArgs(c.command ?? [], c.args ?? [], imageConfig);
     if (args.length === 0) throw invalidArgument('the container has no command: neither the config nor the image gives one');
     const privileged = Boolean(sc.privileged);
-    const caps = containerCapabilities(privileged, sc.capabilities?.addCapabilities ?? [], sc.capabilities?.dropCapabilities ?? [], this.deps.availableCapabilities);
+    const handler = this.deps.config.runtimes[record.runtimeHandler];
+    const available = handler ? capabilitiesForHandler(handler, this.deps.availableCapabilities) : this.deps.availableCapabilities;
+    const caps = containerCapabilities(privileged, sc.capabilities?.addCapabilities ?? [], sc.capabilities?.dropCapabilities ?? [], available);
     const res = linux.resources ?? ({} as Partial<LinuxContainerResources>);
     const mounts = [];
     for (const m of c.mounts ?? []) {
@@ -582,6 +585,16 @@ export class ContainerService {
     if (r.timedOut && signal?.aborted) throw deadlineExceeded(`the client of ExecSync went away; command ${JSON.stringify(cmd)} in container ${rec.id} and every process it started were killed`);
     if (r.timedOut) throw deadlineExceeded(`command ${JSON.stringify(cmd)} in container ${rec.id} timed out after ${timeoutSeconds}s; it and every process it started were killed`);
     return { stdout: r.stdout, stderr: r.stderr, exitCode: r.exitCode };
+  }
+
+  /**
+   * gVisor: a running container's CPU and memory from runsc (its processes live in the
+   * sandbox, with no host cgroup of their own); undefined for other runtimes (read cgroups).
+   */
+  runtimeUsage(rec: ContainerRecord): Promise<RunscUsage | null> | undefined {
+    const h = this.deps.config.runtimes[rec.runtimeHandler];
+    if (!h || !isRunscHandler(h)) return undefined;
+    return this.deps.runtimeFor(h).runscUsage(rec.id).catch(() => null);
   }
 
   /** ReopenContainerLog: the monitor closes the log file (kubelet rotated it) and starts a new one at its path. */

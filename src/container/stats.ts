@@ -9,6 +9,7 @@
  * Working set = usage minus inactive file cache, the number kubelet evicts on.
  */
 import { readFileSync } from 'node:fs';
+import type { RunscUsage } from '../oci/runsc.js';
 import path from 'node:path';
 import { containerCgroupDirs, parseCgroupMounts, parseProcCgroup, type CgroupDir, type CgroupMount } from '../oci/exec-cgroup.js';
 import { dirUsage, type DirUsage } from '../image/fs-usage.js';
@@ -281,8 +282,15 @@ export class ContainerStatsCollector {
   readonly layers: LayerUsageCache;
   private readonly cgroups: CgroupDirCache;
 
-  /** readText: how cgroup and /proc files are read (tests count the reads). */
-  constructor(private readonly readText: ReadText = readKernelFile, layers = new LayerUsageCache()) {
+  /**
+   * readText: how cgroup and /proc files are read (tests count the reads); runtimeUsage: a
+   * runtime's own account of a container (gVisor), when it has one; else cgroups are read.
+   */
+  constructor(
+    private readonly readText: ReadText = readKernelFile,
+    layers = new LayerUsageCache(),
+    private readonly runtimeUsage?: (rec: ContainerRecord) => Promise<RunscUsage | null> | undefined,
+  ) {
     this.cgroups = new CgroupDirCache(readText);
     this.layers = layers;
   }
@@ -293,11 +301,20 @@ export class ContainerStatsCollector {
     return layout ? readCgroupSample(layout, this.readText) : null;
   }
 
+  private async sampleContainer(rec: ContainerRecord): Promise<CgroupSample | null> {
+    const own = this.runtimeUsage?.(rec);
+    if (!own) return this.sample(rec.pid, rec.id);
+    const u = await own;
+    if (!u) return null;
+    // gVisor's memory usage is what the sandbox accounts to the container: its working set too.
+    return { timestampNs: nowNs(), cpuUsageNs: u.cpuUsageNs, memoryUsageBytes: u.memoryUsageBytes, workingSetBytes: u.memoryUsageBytes, rssBytes: null, pageFaults: null, majorPageFaults: null, memoryLimitBytes: null };
+  }
+
   async stats(rec: ContainerRecord): Promise<ContainerStatsInit> {
     const attributes = { id: rec.id, metadata: rec.metadata, labels: rec.config.labels ?? {}, annotations: rec.config.annotations ?? {} };
     const upper = rec.resources.rootfs ? path.join(rec.resources.rootfs.layerDir, 'upper') : null;
     const [sample, layer] = await Promise.all([
-      rec.state === 'running' ? this.sample(rec.pid, rec.id) : Promise.resolve(null),
+      rec.state === 'running' ? this.sampleContainer(rec) : Promise.resolve(null),
       upper ? this.layers.get(upper) : Promise.resolve(null),
     ]);
     const out: ContainerStatsInit = { attributes, ...this.cpuAndMemory(rec.id, sample) };

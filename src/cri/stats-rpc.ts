@@ -10,7 +10,7 @@ const matchesLabels = (labels: Record<string, string> | undefined, selector: Rec
   Object.entries(selector ?? {}).every(([k, v]) => (labels ?? {})[k] === v);
 
 export function statsHandlers(containers: ContainerService, sandboxes: SandboxService) {
-  const collector = new ContainerStatsCollector();
+  const collector = new ContainerStatsCollector(undefined, undefined, (rec) => containers.runtimeUsage(rec));
 
   /** The full ID a filter's (possibly prefix) ID names; an unknown or ambiguous one matches nothing. */
   const resolveOrNone = (index: { tryResolve(id: string): string | undefined }, id: string) => {

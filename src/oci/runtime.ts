@@ -20,6 +20,7 @@ import { ExecCgroup } from './exec-cgroup.js';
 import type { OciResources } from './oci-types.js';
 import { TailBuffer } from '../util/tail-buffer.js';
 import type { RuntimeObserver } from '../observer.js';
+import { killRunscProcesses, parseRunscStats, runscExecProcess, runscKnows, runscStdioRecord, type RunscUsage } from './runsc.js';
 
 export type OciStatus = 'creating' | 'created' | 'running' | 'stopped' | 'paused';
 
@@ -151,19 +152,29 @@ export interface OciRuntimeOptions {
   commandTimeoutMs?: number;
   /** Told of every failed command (metrics). */
   observer?: RuntimeObserver;
+  /** The executable to run instead of handler.path (gVisor: the wrapper from writeRunscWrapper). */
+  binary?: string;
+  /**
+   * The runtime is gVisor's runsc: exec gets no host cgroup (the command runs inside the
+   * sandbox's kernel, not on the host), and a delete also kills the sandbox and gofer
+   * processes runsc can leave behind (see runsc.ts).
+   */
+  runsc?: boolean;
 }
 
 export class OciRuntime {
   readonly name: string;
   readonly binary: string;
   readonly root: string;
+  readonly runsc: boolean;
   private readonly commandTimeoutMs: number;
   private readonly observer: RuntimeObserver | undefined;
 
   constructor(handler: RuntimeHandlerConfig, private readonly logger?: Logger, opts: OciRuntimeOptions = {}) {
     this.name = handler.name;
-    this.binary = handler.path;
+    this.binary = opts.binary ?? handler.path;
     this.root = handler.root;
+    this.runsc = opts.runsc ?? false;
     this.commandTimeoutMs = opts.commandTimeoutMs ?? 60_000;
     this.observer = opts.observer;
   }
@@ -186,7 +197,8 @@ export class OciRuntime {
   }
 
   async start(id: string): Promise<void> {
-    const r = await this.run(['start', id]);
+    // runsc starts a pod container's gofer at `start`; it would hold pipes open for its life.
+    const r = await this.run(['start', id], { quiet: this.runsc });
     if (r.code !== 0) throw this.error('start', id, r);
   }
 
@@ -239,6 +251,9 @@ export class OciRuntime {
     if (r.code === 0) return;
     const st = await this.state(id).catch(() => undefined);
     if (st === null || st?.status === 'stopped') return;
+    // runsc cannot signal a container that was never started ("in state created"): nothing of
+    // it runs yet, so killing it is deleting it (its waiter then reports the exit to conmon).
+    if (this.runsc && st?.status === 'created' && signal.replace(/^SIG/, '') === 'KILL') return this.delete(id, true);
     throw this.error('kill', id, r);
   }
 
@@ -248,11 +263,24 @@ export class OciRuntime {
     if (force) args.push('--force');
     args.push(id);
     const r = await this.run(args);
-    if (r.code === 0) return;
-    if (!(await this.knows(id))) return;
-    const st = await this.state(id).catch(() => undefined);
-    if (st === null) return;
-    throw this.error('delete', id, r);
+    if (r.code !== 0 && (await this.knows(id))) {
+      const st = await this.state(id).catch(() => undefined);
+      if (st !== null) throw this.error('delete', id, r);
+    }
+    await this.reapLeftovers(id);
+  }
+
+  /**
+   * runsc: once the container is deleted, no process of it may remain. Its `delete --force`
+   * can leave the sandbox and gofer running (they are found by ID and root, and killed).
+   */
+  private async reapLeftovers(id: string): Promise<void> {
+    if (!this.runsc) return;
+    const alive = await killRunscProcesses(this.root, id);
+    await fs.rm(runscStdioRecord(this.root, id), { force: true });
+    if (alive.length > 0) {
+      throw this.failure('delete', id, null, `runsc processes ${alive.join(', ')} of the container are still alive after SIGKILL`);
+    }
   }
 
   /**
@@ -270,6 +298,8 @@ export class OciRuntime {
    * A runtime that cannot run the command at all is an OciRuntimeError, not an exit code.
    */
   async exec(id: string, args: string[], opts: ExecOptions): Promise<ExecResult> {
+    // gVisor: the command runs in the sandbox's own kernel; no host process of it to group.
+    if (this.runsc) return this.execIn(null, id, args, opts);
     let cg: ExecCgroup;
     try {
       cg = await ExecCgroup.create(opts.initPid, id);
@@ -283,13 +313,30 @@ export class OciRuntime {
     }
   }
 
-  private async execIn(cg: ExecCgroup, id: string, args: string[], opts: ExecOptions): Promise<ExecResult> {
-    const pidFile = path.join(os.tmpdir(), `corral-exec-${process.pid}-${randomBytes(6).toString('hex')}.pid`);
+  private async execIn(cg: ExecCgroup | null, id: string, args: string[], opts: ExecOptions): Promise<ExecResult> {
+    const base = path.join(os.tmpdir(), `corral-exec-${process.pid}-${randomBytes(6).toString('hex')}`);
+    const pidFile = `${base}.pid`;
+    const internalPidFile = `${base}.ipid`;
+    const processFile = `${base}.process.json`;
     try {
-      return await this.execReaped(cg, pidFile, id, args, opts);
+      // runsc's CLI exec runs as root with none of the container's settings (runc takes them from the container).
+      const process = this.runsc ? await runscExecProcess(this.root, id, args) : undefined;
+      if (process) await fs.writeFile(processFile, JSON.stringify(process), { mode: 0o600 });
+      return await this.execReaped(cg, { pidFile, internalPidFile, processFile: process ? processFile : undefined }, id, args, opts);
     } finally {
-      await fs.rm(pidFile, { force: true });
+      await Promise.all([fs.rm(pidFile, { force: true }), fs.rm(internalPidFile, { force: true }), fs.rm(processFile, { force: true })]);
     }
+  }
+
+  /**
+   * runsc: SIGKILLs an exec'd command inside the sandbox (by its PID there) and every process
+   * of its process group; its waiter on the host then exits by itself.
+   */
+  private async killInSandbox(id: string, internalPidFile: string): Promise<void> {
+    const pid = Number((await fs.readFile(internalPidFile, 'utf8').catch(() => '')).trim());
+    if (!(pid > 0)) return;
+    const r = await this.run(['kill', '--pid', String(pid), id, 'KILL']);
+    if (r.code !== 0) this.logger?.warn({ id, pid, err: r.detail }, 'runsc: killing a timed-out exec failed');
   }
 
   /**
@@ -299,10 +346,14 @@ export class OciRuntime {
    * keeps their tails (so a flood never reaches the daemon), exits once the command has
    * exited and the pipes are drained (or the drain time is over), and reports on fd 3.
    */
-  private execReaped(cg: ExecCgroup, pidFile: string, id: string, args: string[], opts: ExecOptions): Promise<ExecResult> {
+  private execReaped(cg: ExecCgroup | null, files: { pidFile: string; internalPidFile: string; processFile?: string }, id: string, args: string[], opts: ExecOptions): Promise<ExecResult> {
     const cap = opts.maxOutputBytes ?? EXEC_OUTPUT_CAP_BYTES;
     const drainMs = opts.drainMs ?? EXEC_DRAIN_MS;
-    const runtimeArgs = ['--root', this.root, 'exec', '--detach', '--pid-file', pidFile, '--cgroup', cg.name, id, ...args];
+    const { pidFile } = files;
+    const placement = cg ? ['--cgroup', cg.name] : ['--internal-pid-file', files.internalPidFile];
+    // runsc: the command as a process file (the container's user, groups, env, cwd, capabilities).
+    const command = files.processFile ? ['--process', files.processFile, id] : [id, ...args];
+    const runtimeArgs = ['--root', this.root, 'exec', '--detach', '--pid-file', pidFile, ...placement, ...command];
     const child = spawn(nativeBinary('corral-execreaper'), [String(cap), String(drainMs), pidFile, this.binary, ...runtimeArgs], {
       stdio: ['ignore', 'pipe', 'pipe', 'pipe'],
       detached: true,
@@ -359,10 +410,11 @@ export class OciRuntime {
       if (timedOut) {
         // The tree first, then the reaper and the runtime (which may still be setting the
         // command up); once they are gone nothing new can join, so kill again and wait it out.
-        await cg.killAll(EXEC_KILL_WAIT_MS);
+        if (cg) await cg.killAll(EXEC_KILL_WAIT_MS);
+        else await this.killInSandbox(id, files.internalPidFile);
         killReaper();
         await within(exited, EXEC_KILL_WAIT_MS);
-        if (!(await cg.killAll(EXEC_KILL_WAIT_MS))) {
+        if (cg && !(await cg.killAll(EXEC_KILL_WAIT_MS))) {
           this.logger?.warn({ id, pids: await cg.pids() }, 'timed-out exec: processes still alive after SIGKILL');
         }
       }
@@ -383,6 +435,12 @@ export class OciRuntime {
     })();
   }
 
+  /** runsc: a container's CPU and memory use as the sandbox accounts it; null if runsc gives none. */
+  async runscUsage(id: string): Promise<RunscUsage | null> {
+    const r = await this.run(['events', '--stats', id]);
+    return r.code === 0 ? parseRunscStats(r.stdout) : null;
+  }
+
   /** The ids of every container under this runtime's root. */
   async list(): Promise<string[]> {
     try {
@@ -401,7 +459,7 @@ export class OciRuntime {
    */
   async stopAndDelete(id: string, timeoutMs: number): Promise<void> {
     let st = await this.state(id);
-    if (st === null) return;
+    if (st === null) return this.reapLeftovers(id);
     if (st.status === 'running' || st.status === 'created' || st.status === 'creating') {
       await this.kill(id, 'TERM');
       st = await this.waitStopped(id, timeoutMs);
@@ -423,7 +481,7 @@ export class OciRuntime {
    * to flush, like the pause. Unknown ids are fine; an id still known afterwards is an error.
    */
   async forceDelete(id: string): Promise<void> {
-    if (!(await this.knows(id))) return;
+    if (!(await this.knows(id))) return this.reapLeftovers(id);
     await this.delete(id, true);
     if (await this.knows(id)) {
       throw this.failure('delete', id, null, 'container is still known after delete --force');
@@ -440,9 +498,13 @@ export class OciRuntime {
     }
   }
 
-  /** Whether the runtime keeps a state dir for this id (both runc and crun use `<root>/<id>`). */
+  /**
+   * Whether the runtime keeps state for this id: runc and crun a dir `<root>/<id>`, runsc a
+   * file `<root>/<id>_sandbox:<sandbox id>.state`.
+   */
   private async knows(id: string): Promise<boolean> {
     if (id.includes('/') || id === '.' || id === '..') return false;
+    if (this.runsc) return runscKnows(this.root, id);
     try {
       return (await fs.stat(path.join(this.root, id))).isDirectory();
     } catch {

@@ -22,6 +22,7 @@ import {
 } from './options.js';
 import type { InfraMode, NetworkOrder, PodMetadata } from './record.js';
 import type { PodSandboxConfig } from '../cri-api/types.js';
+import { isRunscHandler } from '../oci/runsc.js';
 
 export interface SandboxPlan {
   metadata: PodMetadata;
@@ -63,6 +64,14 @@ export function planSandbox(config: PodSandboxConfig, requestedHandler: string, 
   const hostIpc = ns.ipc === 'NODE';
   const handler = selectHandler(requestedHandler, annotations, ns, cfg);
   const order = networkOrder(annotations);
+  // runsc (network=sandbox) gives a spec without a netns a fresh, empty one: the pod would silently have no network.
+  if (hostNetwork && isRunscHandler(handler)) {
+    throw invalidArgument(`runtime handler "${handler.name}" (gVisor) cannot run host-network pods: runsc gives the sandbox an empty network namespace of its own, not the host's`);
+  }
+  // gVisor copies the namespace's interfaces into its own network stack at `start`; wired later, the pod would have none.
+  if (order === 'start-first' && isRunscHandler(handler)) {
+    throw invalidArgument(`runtime handler "${handler.name}" (gVisor) takes the pod's network interfaces when the sandbox starts, so the network cannot be wired after start: drop the start-first annotation (network-first is the default)`);
+  }
   // Corral's own pause unless the operator chose a sandbox image (only the OCI path runs one).
   const mode = infraMode(handler, ns, cfg.dropInfraContainer, !cfg.sandboxImage);
   let sysctls: Record<string, string>;

@@ -5,6 +5,10 @@
  * Corral's mirror configuration for gcr.io and registry.k8s.io.
  *
  *   node dist/test/conformance/run-critest.js [--critest PATH] [--focus REGEX] [--skip REGEX]
+ *     [--runtime-handler runsc]
+ *
+ * --runtime-handler runsc configures gVisor (`[runtimes.runsc] path = "runsc", type = "vm"`,
+ * beside runc) and has critest run every pod with it.
  *
  * Defaults: critest from PATH, focus "Image Manager|PodSandbox", skip the spec pinned to
  * an upstream digest. Exit status is critest's. Everything started is cleaned up.
@@ -21,11 +25,15 @@ const { values } = parseArgs({
     critest: { type: 'string', default: 'critest' },
     focus: { type: 'string', default: 'Image Manager|PodSandbox' },
     skip: { type: 'string', default: 'public image with digest' },
+    'runtime-handler': { type: 'string', default: '' },
   },
 });
+const handler = values['runtime-handler']!;
+if (handler && handler !== 'runsc') throw new Error(`--runtime-handler: only runsc is known here, got "${handler}"`);
+const handlerToml = handler ? ['[runtimes.runc]', 'path = "runc"', `[runtimes.${handler}]`, `path = "${handler}"`, 'type = "vm"'].join('\n') : '';
 
 const reg = await startRegistry();
-const d = new TestDaemon({ extraToml: critestMirrorToml(reg) });
+const d = new TestDaemon({ extraToml: [critestMirrorToml(reg), handlerToml].join('\n') });
 let code = 1;
 try {
   await pushCritestImages(reg);
@@ -47,6 +55,7 @@ try {
   await d.start();
   const endpoint = `unix://${d.socket}`;
   const args = [`--runtime-endpoint=${endpoint}`, `--image-endpoint=${endpoint}`, `--ginkgo.focus=${values.focus}`, `--ginkgo.skip=${values.skip}`, '--ginkgo.no-color'];
+  if (handler) args.push(`--runtime-handler=${handler}`);
   console.log(`critest ${args.join(' ')}`);
   code = await new Promise<number>((resolve, reject) => {
     const child = spawn(values.critest!, args, { stdio: 'inherit' });

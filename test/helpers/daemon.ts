@@ -170,6 +170,17 @@ export class TestDaemon {
           for (const id of (list?.stdout ?? '').split('\n').filter(Boolean)) await execFile(rt, ['--root', root, 'delete', '-f', id]);
         }
       }
+      // gVisor: runsc's sandbox, gofer and Corral's waiters of this daemon (runsc roots under its state dir).
+      for (const pid of await fs.readdir('/proc').catch(() => [] as string[])) {
+        const argv = (await fs.readFile(`/proc/${pid}/cmdline`, 'utf8').catch(() => '')).split('\0');
+        if (/^(runsc|corral-runsc)/.test(path.basename(argv[0] ?? '')) && argv.some((a) => a.startsWith(`--root=${this.stateDir}/`))) {
+          try {
+            process.kill(Number(pid), 'SIGKILL');
+          } catch {
+            /* gone */
+          }
+        }
+      }
       const mounts = await fs.readFile('/proc/self/mounts', 'utf8');
       const ours = mounts.split('\n').map((l) => l.split(' ')[1] ?? '').filter((m) => m.startsWith(this.dir)).sort().reverse();
       for (const m of ours) await execFile('umount', ['-l', m]);

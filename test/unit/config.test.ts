@@ -103,6 +103,21 @@ test('config/config.example.toml, the documented reference, is exactly the defau
   assert.deepEqual(resolveConfig(parse(text) as Record<string, unknown>), defaultConfig());
 });
 
+test('config/config.example.toml: the commented gVisor handlers, uncommented, give runsc and untrusted vm handlers beside runc and crun', async () => {
+  const { readFile } = await import('node:fs/promises');
+  const { parse } = await import('smol-toml');
+  const { packageRoot } = await import('../../src/util/paths.js');
+  const text = await readFile(path.join(packageRoot(), 'config', 'config.example.toml'), 'utf8');
+  const uncommented = text.replace(/^#(\[runtimes\.(runsc|untrusted)\]|path = "runsc"|type = "vm".*)$/gm, '$1');
+  assert.notEqual(uncommented, text, 'the example has a commented gVisor block');
+  const cfg = resolveConfig(parse(uncommented) as Record<string, unknown>);
+  assert.deepEqual(Object.keys(cfg.runtimes).sort(), ['crun', 'runc', 'runsc', 'untrusted']);
+  for (const name of ['runsc', 'untrusted']) {
+    assert.equal(cfg.runtimes[name]!.path, 'runsc');
+    assert.equal(cfg.runtimes[name]!.type, 'vm');
+  }
+});
+
 test('registries: mirrors, insecure, TLS and CA settings per host; bad ones refused', () => {
   const cfg = resolveConfig({
     registries: {

@@ -40,6 +40,17 @@ function pod(over: { annotations?: Record<string, string>; network?: string; pid
 
 const invalid = (re: RegExp) => (e: any) => grpcCode(e) === status.INVALID_ARGUMENT && re.test(e.message);
 
+test('planSandbox: gVisor (runsc) pods refuse start-first (runsc takes the interfaces at start), whichever annotation asks, and host network (runsc would give an empty netns)', () => {
+  const withRunsc = { ...cfg, runtimes: { ...cfg.runtimes, runsc: { name: 'runsc', path: '/usr/bin/runsc', root: '/run/corral/runsc', type: 'vm' as const, cniConfDir: '', cniMaxNetworks: 0 } } };
+  assert.throws(() => planSandbox(pod({ annotations: { 'io.corral.sandbox.network-order': 'start-first' } }), 'runsc', withRunsc, inputs), invalid(/gVisor.*start-first/));
+  assert.throws(() => planSandbox(pod({ annotations: { 'cri.sandbox.network.setup.v2': 'false' } }), 'runsc', withRunsc, inputs), invalid(/cannot be wired after start/));
+  assert.equal(planSandbox(pod(), 'runsc', withRunsc, inputs).order, 'network-first');
+  assert.throws(() => planSandbox(pod({ network: 'NODE' }), 'runsc', withRunsc, inputs), invalid(/gVisor.*host-network/));
+  assert.equal(planSandbox(pod({ network: 'NODE' }), 'runc', withRunsc, inputs).hostNetwork, true);
+  // Other handlers keep start-first.
+  assert.equal(planSandbox(pod({ annotations: { 'io.corral.sandbox.network-order': 'start-first' } }), 'runc', withRunsc, inputs).order, 'start-first');
+});
+
 test('planSandbox: a plain pod is pinned (no pause), network first, with its own netns, IPC, UTS and shm', () => {
   const plan = planSandbox(pod(), '', cfg, inputs);
   assert.equal(plan.handler.name, cfg.defaultRuntime);
