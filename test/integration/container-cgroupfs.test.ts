@@ -23,7 +23,9 @@ const MiB = 1024 * 1024;
 
 before(async () => {
   v2 = await hostIsCgroupV2();
-  ({ reg, d, image } = await startDaemonWithBusybox());
+  // drop_infra_container = false: a pod with its own PID namespaces still runs an OCI pause
+  // container (shared-PID pods get Corral's own pause, which has no /sys at all).
+  ({ reg, d, image } = await startDaemonWithBusybox({ daemon: { extraToml: 'drop_infra_container = false' } }));
 });
 
 after(async () => {
@@ -54,8 +56,8 @@ async function hostMemoryDir(containerId: string): Promise<string> {
   return dir.dir;
 }
 
-async function runPod(runtime: string, privileged: boolean) {
-  const cfg = podConfig({ linux: { securityContext: { privileged, namespaceOptions: { network: 'POD', pid: 'POD', ipc: 'POD' } } } });
+async function runPod(runtime: string, privileged: boolean, pid: 'POD' | 'CONTAINER' = 'POD') {
+  const cfg = podConfig({ linux: { securityContext: { privileged, namespaceOptions: { network: 'POD', pid, ipc: 'POD' } } } });
   const podSandboxId = (await d.rpc('RunPodSandbox', { config: cfg, runtimeHandler: runtime })).podSandboxId as string;
   return { podSandboxId, sandboxConfig: cfg };
 }
@@ -120,10 +122,10 @@ for (const runtime of ['runc', 'crun']) {
   });
 
   test(`${runtime}: the pod's pause container sees its own cgroup at /sys/fs/cgroup, read-only`, async () => {
-    const pod = await runPod(runtime, false);
+    const pod = await runPod(runtime, false, 'CONTAINER');
     try {
       const info = JSON.parse((await d.rpc('PodSandboxStatus', { podSandboxId: pod.podSandboxId, verbose: true })).info.info);
-      assert.equal(info.infraMode, 'pause', 'a pod sharing its PID namespace has a pause process');
+      assert.equal(info.infraMode, 'pause', 'with drop_infra_container = false the pod has an OCI pause container');
       assert.ok(info.pid > 0);
       // Through /proc/<pid>/root the host sees the pause's own mounts.
       const root = `/proc/${info.pid}/root`;
