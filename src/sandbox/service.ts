@@ -36,6 +36,7 @@ import type { RuntimeObserver } from '../observer.js';
 import { NO_LIFECYCLE_EVENTS, type LifecycleEvent, type LifecycleEventType, type LifecyclePublisher } from '../events/lifecycle.js';
 import { cgroupfsCgroupsPath } from '../oci/cgroups.js';
 import { podInitCgroups, type PodInitResources, type PodInitSpec } from './pod-init.js';
+import { readSeccompProfile, resolveSeccomp } from '../oci/seccomp-choice.js';
 
 /** What the sandbox lifecycle needs from the network layer (CNI) of one handler. */
 export interface PodNetworkDriver {
@@ -488,6 +489,9 @@ export class SandboxService {
     const { record, plan } = run;
     const res = record.resources.podInit!;
     const sc = run.config.linux?.securityContext;
+    // The pause runs under Corral's own seccomp allow-list (it only waits), but the pod's
+    // profile is still read and checked, as for a pause container: a bad one refuses the pod.
+    await resolveSeccomp(sc, readSeccompProfile);
     await this.awaitIntent(run);
     // Pushed before start: a failed start may have been cut short (a crash of the helper).
     undo.push('stop pod pause', () => this.deps.podInit.stop(res));
