@@ -15,6 +15,7 @@ import { startDaemonWithBusybox, startContainer, type BusyboxDaemon } from '../h
 import { execFile } from '../../src/util/exec.js';
 import { findExecutable } from '../../src/util/paths.js';
 import { runscProcessesOf } from '../../src/oci/runsc.js';
+import { parseRunscPs } from '../../src/streaming/backend/runsc-exec.js';
 import { waitFor } from '../helpers/wait.js';
 
 const runsc = await findExecutable('runsc');
@@ -95,11 +96,13 @@ function startCrictl(args: string[]) {
   return { child, output: () => out };
 }
 
-/** The commands running in a container, as gVisor's `runsc ps` lists them. */
+/** The commands running in a container, as gVisor's `runsc ps` lists them (names only). */
 async function sandboxCommands(id: string): Promise<string[]> {
-  const r = await execFile('runsc', ['--root', root(), 'ps', '--format', 'json', id]);
+  const r = await execFile('runsc', ['--root', root(), 'ps', id]);
   assert.equal(r.code, 0, r.stderr);
-  return ((JSON.parse(r.stdout) ?? []) as { Cmd: string }[]).map((p) => p.Cmd);
+  const procs = parseRunscPs(r.stdout);
+  assert.ok(procs, `runsc ps printed no process table: ${r.stdout}`);
+  return procs.map((p) => p.cmd);
 }
 
 test('runsc crictl exec: runs inside gVisor as the container\'s user with its env; stdout, stderr, exit code', { skip, timeout: 120_000 }, async () => {
@@ -133,7 +136,11 @@ test('runsc crictl exec: the client killed mid-exec leaves no process of it insi
   // runsc ps shows the command's name only: the container runs no sleep of its own.
   const sleeps = async () => (await sandboxCommands(web)).filter((c) => c === 'sleep').length;
   assert.equal(await sleeps(), 0);
-  await waitFor(async () => (await sleeps()) === 3, { timeoutMs: 30_000, what: `the exec's three sleeps in runsc ps (crictl said: ${ex.output()})` });
+  await waitFor(async () => {
+    const seen = await sandboxCommands(web);
+    if (seen.filter((c) => c === 'sleep').length === 3) return true;
+    throw new Error(`crictl said: ${ex.output()}; runsc ps: ${seen.join(' ')}`);
+  }, { timeoutMs: 30_000, what: "the exec's three sleeps in runsc ps" });
   const hostBefore = (await runscProcessesOf(root(), web)).length;
   ex.child.kill('SIGKILL');
   await waitFor(async () => (await sleeps()) === 0, { timeoutMs: 30_000, what: 'no sleep of the exec left inside the sandbox' });

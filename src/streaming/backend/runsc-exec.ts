@@ -1,7 +1,7 @@
 /**
  * gVisor: ending a streaming exec whose client went away. The command runs inside the
  * sandbox's kernel, so no host cgroup holds it; its process tree is found with `runsc ps`
- * (sandbox PIDs and PPIDs) and ended with `runsc kill --pid`. The tree is stopped first
+ * (its table: sandbox PIDs and PPIDs) and ended with `runsc kill --pid`. The tree is stopped first
  * (SIGSTOP, top-down, until no new member appears), so that no process forks or is
  * re-parented away from the tree while it is being killed; then every member gets SIGKILL.
  * A process the command had already detached (double fork, its parent gone) before the
@@ -14,29 +14,33 @@ import type { RuntimeBinary } from './exec.js';
 export interface SandboxProcess {
   pid: number;
   ppid: number;
+  cmd: string;
 }
 
-/** Pure: `runsc ps --format json` output → PIDs and PPIDs; null if unreadable. */
+/**
+ * Pure: `runsc ps` table output (UID PID PPID C STIME TIME CMD; this runsc's json format lists
+ * PIDs only) → PIDs, PPIDs and command names; null if it is not that table.
+ */
 export function parseRunscPs(stdout: string): SandboxProcess[] | null {
-  let list: unknown;
-  try {
-    list = JSON.parse(stdout.trim() || 'null');
-  } catch {
-    return null;
-  }
-  if (list === null) return [];
-  if (!Array.isArray(list)) return null;
+  const lines = stdout.split('\n').filter((l) => l.trim() !== '');
+  if (lines.length === 0) return null;
+  const header = lines[0]!.trim().split(/\s+/);
+  const pidAt = header.indexOf('PID');
+  const ppidAt = header.indexOf('PPID');
+  const cmdAt = header.indexOf('CMD');
+  if (pidAt < 0 || ppidAt < 0 || cmdAt < 0) return null;
   const out: SandboxProcess[] = [];
-  for (const p of list as Array<Record<string, unknown>>) {
-    const pid = Number(p?.PID);
-    const ppid = Number(p?.PPID);
-    if (Number.isInteger(pid) && pid > 0 && Number.isInteger(ppid)) out.push({ pid, ppid });
+  for (const line of lines.slice(1)) {
+    const f = line.trim().split(/\s+/);
+    const pid = Number(f[pidAt]);
+    const ppid = Number(f[ppidAt]);
+    if (Number.isInteger(pid) && pid > 0 && Number.isInteger(ppid)) out.push({ pid, ppid, cmd: f.slice(cmdAt).join(' ') });
   }
   return out;
 }
 
 /** Pure: `root` and its descendants among `procs`, parents before children. */
-export function processTree(procs: readonly SandboxProcess[], root: number): number[] {
+export function processTree(procs: readonly Pick<SandboxProcess, 'pid' | 'ppid'>[], root: number): number[] {
   if (!procs.some((p) => p.pid === root)) return [];
   const out = [root];
   for (let i = 0; i < out.length; i++) {
@@ -46,7 +50,7 @@ export function processTree(procs: readonly SandboxProcess[], root: number): num
 }
 
 async function sandboxProcesses(rt: RuntimeBinary, id: string): Promise<SandboxProcess[] | null> {
-  const r = await execFile(rt.binary, ['--root', rt.root, 'ps', '--format', 'json', id], { timeoutMs: 10_000 });
+  const r = await execFile(rt.binary, ['--root', rt.root, 'ps', id], { timeoutMs: 10_000 });
   return r.code === 0 ? parseRunscPs(r.stdout) : null;
 }
 
