@@ -120,12 +120,14 @@ test('runsc crictl exec -i: stdin reaches the command and its EOF ends it', { sk
   assert.equal(r.stdout, data);
 });
 
-test('runsc crictl exec -it (under script): the command has a terminal and TERM, the exit code passes through', { skip, timeout: 120_000 }, async () => {
-  const cmd = `${crictl} --runtime-endpoint unix://${d().socket} exec -it ${web} sh -c 'echo term=$TERM uid=$(id -u); [ -t 0 ] && echo stdin-is-a-tty; [ -t 1 ] && echo stdout-is-a-tty; exit 5'; echo "crictl-exit=$?"`;
+test('runsc crictl exec -it (under script): the command has a terminal of the client\'s size and TERM, the exit code passes through', { skip, timeout: 120_000 }, async () => {
+  // The terminal's size (set here) reaches the command's pty: the helper resizes the pty master runsc handed over.
+  const cmd = `stty cols 100 rows 30; ${crictl} --runtime-endpoint unix://${d().socket} exec -it ${web} sh -c 'echo term=$TERM uid=$(id -u); [ -t 0 ] && echo stdin-is-a-tty; [ -t 1 ] && echo stdout-is-a-tty; echo size=$(stty size); exit 5'; echo "crictl-exit=$?"`;
   const r = await execFile('script', ['-qec', cmd, '/dev/null'], { timeoutMs: 60_000 });
   assert.match(r.stdout, /term=xterm uid=1000/, r.stdout + r.stderr);
   assert.match(r.stdout, /stdin-is-a-tty/);
   assert.match(r.stdout, /stdout-is-a-tty/);
+  assert.match(r.stdout, /size=30 100/);
   assert.match(r.stdout, /crictl-exit=1/, 'crictl 1.26 exits 1 after a non-zero remote exit code');
   assert.match(r.stdout, /exit code 5/);
 });

@@ -122,9 +122,18 @@ async function execInRunsc(t: ExecTarget, cmd: string[], io: StreamIO): Promise<
     const internalPidFile = path.join(tmp, 'internal-pid');
     await fs.writeFile(processFile, JSON.stringify(proc), { mode: 0o600 });
     const placement = ['--internal-pid-file', internalPidFile];
-    const onAbort = async () => {
-      const pid = Number((await fs.readFile(internalPidFile, 'utf8').catch(() => '')).trim());
-      if (pid > 0) await killExecTreeInSandbox(t.runtime, t.id, pid, KILL_WAIT_MS);
+    const onAbort = async (helperExited: Promise<unknown>) => {
+      // A client that leaves while runsc is still starting the command: wait for its sandbox
+      // PID (or for runsc to give up), as killing runsc on the host would not end it in there.
+      let over = false;
+      void helperExited.then(() => (over = true));
+      const deadline = Date.now() + KILL_WAIT_MS;
+      for (;;) {
+        const pid = Number((await fs.readFile(internalPidFile, 'utf8').catch(() => '')).trim());
+        if (pid > 0) return killExecTreeInSandbox(t.runtime, t.id, pid, KILL_WAIT_MS);
+        if (over || Date.now() >= deadline) return;
+        await sleep(50);
+      }
     };
     return await runExecHelper(t, tmp, placement, ['--process', processFile, t.id], io, onAbort);
   } finally {
@@ -150,7 +159,7 @@ async function runHelper(t: ExecTarget, cg: ExecCgroup, tmp: string, cmd: string
  * command: the rest of `exec`'s arguments (the container ID and command, or --process and the ID);
  * killTree: kills everything the command started, when the client goes away.
  */
-async function runExecHelper(t: ExecTarget, tmp: string, placement: string[], command: string[], io: StreamIO, killTree: () => Promise<unknown>): Promise<number> {
+async function runExecHelper(t: ExecTarget, tmp: string, placement: string[], command: string[], io: StreamIO, killTree: (helperExited: Promise<unknown>) => Promise<unknown>): Promise<number> {
   const pidFile = path.join(tmp, 'pid');
   const logFile = path.join(tmp, 'runtime.log');
   const consoleSocket = path.join(tmp, 'console');
@@ -196,7 +205,7 @@ async function runExecHelper(t: ExecTarget, tmp: string, placement: string[], co
     if (first === 'abort') {
       // The tree first; the helper then reports the command's SIGKILL and exits.
       stopStdin();
-      await killTree();
+      await killTree(exit);
       if (!(await Promise.race([exit.then(() => true), sleep(ABORT_GRACE_MS).then(() => false)]))) killGroup(child);
       await exit;
     }
