@@ -155,14 +155,40 @@ test('runsc crictl exec: the client killed mid-exec leaves no process of it insi
 test('runsc crictl attach: the output of a running container, and stdin to one that reads it', { skip, timeout: 120_000 }, async () => {
   const ticker = await startContainer(d(), pod, env!.image, 'ticker', ['sh', '-c', 'i=0; while true; do echo tick $i; i=$((i+1)); sleep 0.3; done']);
   const a = startCrictl(['attach', ticker]);
-  await waitFor(() => (a.output().match(/^tick \d+$/gm) ?? []).length >= 3, { timeoutMs: 30_000, what: `three ticks through attach (got: ${a.output()})` });
+  await waitFor(() => {
+    if ((a.output().match(/^tick \d+$/gm) ?? []).length < 3) throw new Error(`got: ${a.output()}`);
+    return true;
+  }, { timeoutMs: 30_000, what: 'three ticks through attach' });
   a.child.kill('SIGKILL');
 
   const reader = await startContainer(d(), pod, env!.image, 'reader', ['sh', '-c', 'while read l; do echo got $l; done'], { stdin: true });
   const b = startCrictl(['attach', '-i', reader]);
   b.child.stdin!.write('one\n');
-  await waitFor(() => b.output().includes('got one'), { timeoutMs: 30_000, what: `the echo through attach -i (got: ${b.output()})` });
+  await waitFor(() => {
+    if (!b.output().includes('got one')) throw new Error(`got: ${b.output()}`);
+    return true;
+  }, { timeoutMs: 30_000, what: 'the echo through attach -i' });
   b.child.kill('SIGKILL');
+});
+
+test('runsc crictl attach -it to a TTY container (under script): its terminal output, and input echoed back', { skip, timeout: 120_000 }, async () => {
+  const id = await startContainer(d(), pod, env!.image, 'ttyshell', ['sh', '-c', 'while read l; do echo "got $l, tty $([ -t 0 ] && echo yes)"; done'], { tty: true, stdin: true });
+  // crictl attach -it needs a terminal: under script, whose stdin feeds the terminal crictl reads.
+  const child = spawn('script', ['-qec', `${crictl} --runtime-endpoint unix://${d().socket} attach -it ${id}`, '/dev/null'], { stdio: ['pipe', 'pipe', 'pipe'], detached: true });
+  children.push(child);
+  let out = '';
+  child.stdout!.on('data', (c: Buffer) => (out += c.toString()));
+  child.stderr!.on('data', (c: Buffer) => (out += c.toString()));
+  try {
+    // Typed until the attach is up (a line typed before it is lost, as on a real terminal).
+    await waitFor(() => {
+      child.stdin!.write('hello\r');
+      if (!/got hello, tty yes/.test(out)) throw new Error(`got: ${JSON.stringify(out)}`);
+      return true;
+    }, { timeoutMs: 30_000, intervalMs: 500, what: 'the echo through attach -it' });
+  } finally {
+    process.kill(-child.pid!, 'SIGKILL');
+  }
 });
 
 test('runsc crictl port-forward: a server in the sandbox\'s own network stack answers through it', { skip, timeout: 120_000 }, async () => {
@@ -170,9 +196,10 @@ test('runsc crictl port-forward: a server in the sandbox\'s own network stack an
   let local = 0;
   await waitFor(() => {
     const m = /Forwarding from 127\.0\.0\.1:(\d+)/.exec(pf.output());
-    if (m) local = Number(m[1]);
-    return local > 0;
-  }, { timeoutMs: 30_000, what: `crictl port-forward to listen (said: ${pf.output()})` });
+    if (!m) throw new Error(`crictl said: ${pf.output()}`);
+    local = Number(m[1]);
+    return true;
+  }, { timeoutMs: 30_000, what: 'crictl port-forward to listen' });
   for (let i = 0; i < 3; i++) {
     const r = await execFile('wget', ['-q', '-T', '10', '-O', '-', `http://127.0.0.1:${local}/index.html`], { timeoutMs: 20_000 });
     assert.equal(r.stdout, 'hello-from-gvisor\n', `connection ${i}: ${r.stderr} (port-forward said: ${pf.output()})`);
