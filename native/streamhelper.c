@@ -4,7 +4,7 @@
  *
  *   corral-streamhelper exec <pidfile> <console socket|-> <runtime> <runtime args...>
  *   corral-streamhelper attach <conmon attach socket> [--no-stdin]
- *   corral-streamhelper portforward <netns path|-> <port>
+ *   corral-streamhelper portforward <netns path|-> <port> [address]
  *
  * exec: runs `<runtime> exec --detach --pid-file <pidfile> ...` as a child subreaper, so
  *   the exec'd command is re-parented here and its exit status is ours to collect (as in
@@ -364,6 +364,33 @@ static int run_attach(int argc, char **argv)
 	}
 }
 
+/* Dials address:port (an IPv4 or IPv6 literal): a gVisor pod's own network stack, by its IP. */
+static int dial_address(const char *address, int port)
+{
+	struct sockaddr_in a4 = {.sin_family = AF_INET, .sin_port = htons((unsigned short)port)};
+	struct sockaddr_in6 a6 = {.sin6_family = AF_INET6, .sin6_port = htons((unsigned short)port)};
+	int family;
+	if (inet_pton(AF_INET, address, &a4.sin_addr) == 1)
+		family = AF_INET;
+	else if (inet_pton(AF_INET6, address, &a6.sin6_addr) == 1)
+		family = AF_INET6;
+	else {
+		errno = EINVAL;
+		return -1;
+	}
+	int s = socket(family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	if (s < 0)
+		return -1;
+	int rc = family == AF_INET ? connect(s, (struct sockaddr *)&a4, sizeof a4) : connect(s, (struct sockaddr *)&a6, sizeof a6);
+	if (rc < 0) {
+		int e = errno;
+		close(s);
+		errno = e;
+		return -1;
+	}
+	return s;
+}
+
 static int dial(int family, int port)
 {
 	int s = socket(family, SOCK_STREAM | SOCK_CLOEXEC, 0);
@@ -389,8 +416,8 @@ static int dial(int family, int port)
 
 static int run_portforward(int argc, char **argv)
 {
-	if (argc != 4) {
-		fprintf(stderr, "usage: corral-streamhelper portforward <netns path|-> <port>\n");
+	if (argc != 4 && argc != 5) {
+		fprintf(stderr, "usage: corral-streamhelper portforward <netns path|-> <port> [address]\n");
 		return 2;
 	}
 	char *end;
@@ -408,8 +435,14 @@ static int run_portforward(int argc, char **argv)
 		}
 		close(ns);
 	}
-	int s = dial(AF_INET, (int)port);
-	if (s < 0) {
+	int s;
+	if (argc == 5) {
+		s = dial_address(argv[4], (int)port);
+		if (s < 0) {
+			fprintf(stderr, "dialing %s port %ld: %s\n", argv[4], port, strerror(errno));
+			return 2;
+		}
+	} else if ((s = dial(AF_INET, (int)port)) < 0) {
 		int e4 = errno;
 		s = dial(AF_INET6, (int)port);
 		if (s < 0) {

@@ -294,7 +294,7 @@ async function startServing(cfg: CorralConfig, logger: Logger, started: (() => P
         address: cfg.streaming.address,
         port: cfg.streaming.port,
         idleTimeoutMs: cfg.streaming.idleTimeoutSeconds * 1000,
-        runtime: backend.createStreamingRuntime(backend.daemonStreamingDeps({ config: cfg, containers, sandboxes, logger })),
+        runtime: backend.createStreamingRuntime(backend.daemonStreamingDeps({ config: cfg, containers, sandboxes, runtimeFor, logger })),
         logger,
       });
     },

@@ -11,6 +11,11 @@
  *   helper copies between it and its stdio and applies resize events (a control pipe).
  * - The client going away (io.signal) kills everything in the exec cgroup (setsid-ed or
  *   re-parented descendants included) and then the helper and runtime.
+ * - gVisor (runsc): the command runs inside the sandbox's kernel, so there is no host cgroup
+ *   to put it in. It runs through the handler's wrapper (corral-runsc) with `--process`
+ *   (the container's user, groups, env, cwd; `terminal` for a TTY, as runsc has no --tty)
+ *   and `--internal-pid-file`; the client going away stops and then kills its process tree
+ *   inside the sandbox (src/streaming/backend/runsc-exec.ts).
  * Exit codes are the command's, 128+n when it died of signal n (137 for SIGKILL).
  */
 import { spawn } from 'node:child_process';
@@ -23,13 +28,17 @@ import { EXEC_DRAIN_MS, parseRuntimeLog } from '../../oci/runtime.js';
 import { nativeBinary } from '../../util/paths.js';
 import type { Logger } from '../../util/log.js';
 import type { StreamIO } from '../runtime.js';
+import { runscExecProcess } from '../../oci/runsc.js';
 import { connectHelper, killGroup, readAll, sleep, whenAborted } from './pipes.js';
+import { killExecTreeInSandbox } from './runsc-exec.js';
 
 export interface RuntimeBinary {
   name: string;
   binary: string;
   /** The runtime's --root. */
   root: string;
+  /** gVisor's runsc (through its wrapper): no exec cgroup, a --process file, kills inside the sandbox. */
+  runsc?: boolean;
 }
 
 export interface ExecTarget {
@@ -81,6 +90,7 @@ async function ttyEnv(bundleConfig: string): Promise<string[]> {
 
 export async function execInContainer(t: ExecTarget, cmd: string[], io: StreamIO, logger?: Logger): Promise<number> {
   if (io.signal.aborted) throw new StreamExecError(t.id, t.runtime.name, 'the client went away before the command started');
+  if (t.runtime.runsc) return execInRunsc(t, cmd, io);
   let cg: ExecCgroup;
   try {
     cg = await ExecCgroup.create(t.pid, t.id);
@@ -98,20 +108,64 @@ export async function execInContainer(t: ExecTarget, cmd: string[], io: StreamIO
   }
 }
 
-async function runHelper(t: ExecTarget, cg: ExecCgroup, tmp: string, cmd: string[], io: StreamIO): Promise<number> {
-  const pidFile = path.join(tmp, 'pid');
-  const logFile = path.join(tmp, 'runtime.log');
-  const consoleSocket = path.join(tmp, 'console');
-  const runtimeArgs = ['--root', t.runtime.root, '--log', logFile, '--log-format', 'json', 'exec', '--detach', '--pid-file', pidFile, '--cgroup', cg.name];
+/** gVisor: no host cgroup; the command as a process file, killed inside the sandbox on abort. */
+async function execInRunsc(t: ExecTarget, cmd: string[], io: StreamIO): Promise<number> {
+  const proc = await runscExecProcess(t.runtime.root, t.id, cmd);
+  if (!proc) throw new StreamExecError(t.id, t.runtime.name, `runsc has no state for the container under ${t.runtime.root}`);
   if (io.tty) {
-    runtimeArgs.push('--tty', '--console-socket', consoleSocket);
+    proc.terminal = true;
+    proc.env = withTerm(Array.isArray(proc.env) ? proc.env.filter((e): e is string => typeof e === 'string') : []);
+  }
+  const tmp = await fs.mkdtemp(path.join(os.tmpdir(), 'corral-stream-'));
+  try {
+    const processFile = path.join(tmp, 'process.json');
+    const internalPidFile = path.join(tmp, 'internal-pid');
+    await fs.writeFile(processFile, JSON.stringify(proc), { mode: 0o600 });
+    const placement = ['--internal-pid-file', internalPidFile];
+    const onAbort = async (helperExited: Promise<unknown>) => {
+      // A client that leaves while runsc is still starting the command: wait for its sandbox
+      // PID (or for runsc to give up), as killing runsc on the host would not end it in there.
+      let over = false;
+      void helperExited.then(() => (over = true));
+      const deadline = Date.now() + KILL_WAIT_MS;
+      for (;;) {
+        const pid = Number((await fs.readFile(internalPidFile, 'utf8').catch(() => '')).trim());
+        if (pid > 0) return killExecTreeInSandbox(t.runtime, t.id, pid, KILL_WAIT_MS);
+        if (over || Date.now() >= deadline) return;
+        await sleep(50);
+      }
+    };
+    return await runExecHelper(t, tmp, placement, ['--process', processFile, t.id], io, onAbort);
+  } finally {
+    await fs.rm(tmp, { recursive: true, force: true });
+  }
+}
+
+/** runc/crun: the command in the exec cgroup, which is emptied when the client goes away. */
+async function runHelper(t: ExecTarget, cg: ExecCgroup, tmp: string, cmd: string[], io: StreamIO): Promise<number> {
+  let command = [t.id, ...cmd];
+  if (io.tty) {
     // crun's --env replaces the process env (runc's adds to it): give the whole env, with TERM.
     const env = await ttyEnv(t.bundleConfig).catch((e: Error) => {
       throw new StreamExecError(t.id, t.runtime.name, e.message);
     });
-    for (const e of env) runtimeArgs.push('--env', e);
+    command = ['--tty', ...env.flatMap((e) => ['--env', e]), ...command];
   }
-  runtimeArgs.push(t.id, ...cmd);
+  return runExecHelper(t, tmp, ['--cgroup', cg.name], command, io, () => cg.killAll(KILL_WAIT_MS));
+}
+
+/**
+ * placement: where the command's processes go (runc/crun: --cgroup; runsc: --internal-pid-file);
+ * command: the rest of `exec`'s arguments (the container ID and command, or --process and the ID);
+ * killTree: kills everything the command started, when the client goes away.
+ */
+async function runExecHelper(t: ExecTarget, tmp: string, placement: string[], command: string[], io: StreamIO, killTree: (helperExited: Promise<unknown>) => Promise<unknown>): Promise<number> {
+  const pidFile = path.join(tmp, 'pid');
+  const logFile = path.join(tmp, 'runtime.log');
+  const consoleSocket = path.join(tmp, 'console');
+  const runtimeArgs = ['--root', t.runtime.root, '--log', logFile, '--log-format', 'json', 'exec', '--detach', '--pid-file', pidFile, ...placement];
+  if (io.tty) runtimeArgs.push('--console-socket', consoleSocket);
+  runtimeArgs.push(...command);
   const child = spawn(nativeBinary('corral-streamhelper'), ['exec', pidFile, io.tty ? consoleSocket : '-', t.runtime.binary, ...runtimeArgs], {
     stdio: [
       io.stdin ? 'pipe' : 'ignore',
@@ -151,7 +205,7 @@ async function runHelper(t: ExecTarget, cg: ExecCgroup, tmp: string, cmd: string
     if (first === 'abort') {
       // The tree first; the helper then reports the command's SIGKILL and exits.
       stopStdin();
-      await cg.killAll(KILL_WAIT_MS);
+      await killTree(exit);
       if (!(await Promise.race([exit.then(() => true), sleep(ABORT_GRACE_MS).then(() => false)]))) killGroup(child);
       await exit;
     }

@@ -5,7 +5,7 @@
  * daemon's services, and a test can make them from what the CRI reports.
  */
 import path from 'node:path';
-import type { CorralConfig } from '../../config/config.js';
+import type { CorralConfig, RuntimeHandlerConfig } from '../../config/config.js';
 import type { ContainerService } from '../../container/service.js';
 import type { SandboxService } from '../../sandbox/service.js';
 import { failedPrecondition, internalError } from '../../errors.js';
@@ -26,6 +26,11 @@ export interface StreamingBackendDeps {
   container(id: string): Promise<ContainerTarget>;
   /** The pod's pinned network namespace; null for a host-network pod. Throws for unknown pods. */
   podNetns(podSandboxId: string): Promise<string | null>;
+  /**
+   * The pod's IP when its loopback is not in the pinned namespace (gVisor: the sandbox has a
+   * network stack of its own), to dial from the host instead; null to dial localhost in podNetns.
+   */
+  podAddress?(podSandboxId: string): Promise<string | null>;
   logger?: Logger;
 }
 
@@ -44,8 +49,17 @@ export function conmonStreamPaths(stateDir: string, containerId: string): { atta
   };
 }
 
-/** The lookups, from the daemon's services. */
-export function daemonStreamingDeps(d: { config: CorralConfig; containers: ContainerService; sandboxes: SandboxService; logger?: Logger }): StreamingBackendDeps {
+/**
+ * The lookups, from the daemon's services. runtimeFor: the daemon's runtime of a handler,
+ * for the executable it runs (a runsc handler's wrapper) and whether it is runsc.
+ */
+export function daemonStreamingDeps(d: {
+  config: CorralConfig;
+  containers: ContainerService;
+  sandboxes: SandboxService;
+  runtimeFor: (h: RuntimeHandlerConfig) => { binary: string; runsc: boolean };
+  logger?: Logger;
+}): StreamingBackendDeps {
   return {
     logger: d.logger,
     async container(id) {
@@ -53,10 +67,11 @@ export function daemonStreamingDeps(d: { config: CorralConfig; containers: Conta
       if (rec.state !== 'running') throw failedPrecondition(`container ${rec.id} is ${rec.state}, not running`);
       const h = d.config.runtimes[rec.runtimeHandler];
       if (!h) throw failedPrecondition(`runtime handler "${rec.runtimeHandler}" of container ${rec.id} is no longer configured`);
+      const rt = d.runtimeFor(h);
       return {
         id: rec.id,
         pid: rec.pid,
-        runtime: { name: h.name, binary: h.path, root: h.root },
+        runtime: { name: h.name, binary: rt.binary, root: h.root, runsc: rt.runsc },
         tty: Boolean(rec.config?.tty),
         ...conmonStreamPaths(d.config.stateDir, rec.id),
       };
@@ -67,6 +82,14 @@ export function daemonStreamingDeps(d: { config: CorralConfig; containers: Conta
       if (rec.hostNetwork) return null;
       if (!rec.netnsPath) throw internalError(`pod sandbox ${rec.id} has no network namespace`);
       return rec.netnsPath;
+    },
+    async podAddress(podSandboxId) {
+      const rec = d.sandboxes.get(podSandboxId);
+      const h = d.config.runtimes[rec.runtimeHandler];
+      if (!h || !d.runtimeFor(h).runsc || rec.hostNetwork) return null;
+      const ip = rec.network?.podIp;
+      if (!ip) throw failedPrecondition(`gVisor pod sandbox ${rec.id} has no IP to forward to (its loopback is inside the sandbox)`);
+      return ip;
     },
   };
 }
@@ -83,7 +106,10 @@ export function createStreamingRuntime(deps: StreamingBackendDeps): StreamingRun
     },
     async portForward(podSandboxId, port, stream, signal) {
       const netns = await deps.podNetns(podSandboxId);
-      return forwardPort(podSandboxId, netns, port, stream, signal);
+      const address = (await deps.podAddress?.(podSandboxId)) ?? null;
+      // From the host's namespace: a gVisor pod is reachable there on its IP (runsc takes the
+      // pinned namespace's interface over, so the kernel there no longer holds that address).
+      return address ? forwardPort(podSandboxId, null, port, stream, signal, address) : forwardPort(podSandboxId, netns, port, stream, signal);
     },
   };
 }

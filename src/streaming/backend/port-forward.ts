@@ -5,6 +5,8 @@
  * the client's end half-closes the pod socket, the pod's end ends the client's stream, and
  * the helper exits once both directions are done. A host-network pod dials from the host's
  * namespace the same way. Aborting kills the helper, which closes the connection.
+ * A gVisor (runsc) pod's loopback lives in the sandbox's own network stack, not in the
+ * pinned namespace: it is dialled from the host on the pod's IP instead (`address`).
  */
 import { spawn } from 'node:child_process';
 import type { Duplex } from 'node:stream';
@@ -29,10 +31,10 @@ const DIAL_FAILED = 2;
  */
 export const POD_EOF_GRACE_MS = 1000;
 
-/** netnsPath null: the host's network namespace. */
-export async function forwardPort(podSandboxId: string, netnsPath: string | null, port: number, stream: Duplex, signal: AbortSignal): Promise<void> {
+/** netnsPath null: the host's network namespace; address: dial it (from that namespace) instead of localhost. */
+export async function forwardPort(podSandboxId: string, netnsPath: string | null, port: number, stream: Duplex, signal: AbortSignal, address?: string): Promise<void> {
   if (!Number.isInteger(port) || port < 1 || port > 65535) throw new PortForwardError(podSandboxId, port, 'the port must be 1-65535');
-  const child = spawn(nativeBinary('corral-streamhelper'), ['portforward', netnsPath ?? '-', String(port)], {
+  const child = spawn(nativeBinary('corral-streamhelper'), ['portforward', netnsPath ?? '-', String(port), ...(address ? [address] : [])], {
     stdio: ['pipe', 'pipe', 'pipe'],
     detached: true,
   });
