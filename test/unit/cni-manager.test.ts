@@ -179,7 +179,7 @@ test('a corrupt cache entry is deleted and DEL runs with the loaded config and n
   assert.deepEqual(await fs.readdir(path.join(fake.cacheDir, 'results')), []);
 });
 
-test('loopback and several networks: lo + eth0/eth1 concurrently, DEL in reverse, pod IP from eth0', async (t) => {
+test('loopback and several networks: lo + eth0/eth1 concurrently, DEL of each, pod IP from eth0', async (t) => {
   const { fake, mgr } = await setup(t, { ipPreference: 'ipv6' });
   await fake.addPlugin('loopback');
   await fake.respond('loopback', 'ADD', { stdout: { cniVersion: '0.3.1', interfaces: [{ name: 'lo', sandbox: '/x' }], ips: [{ version: '4', address: '127.0.0.1/8', interface: 0 }] } });
@@ -197,7 +197,25 @@ test('loopback and several networks: lo + eth0/eth1 concurrently, DEL in reverse
   assert.equal(lo.name, 'cni-loopback');
   assert.deepEqual((await fs.readdir(path.join(fake.cacheDir, 'results'))).sort(), ['cni-loopback-c6-lo', 'neta-c6-eth0', 'netb-c6-eth1']);
   await mgr.tearDown('c6', '/var/run/netns/c6');
-  assert.deepEqual((await fake.calls()).slice(-3), ['DEL fc eth1', 'DEL fa eth0', 'DEL loopback lo']);
+  assert.deepEqual((await fake.calls()).slice(-3).sort(), ['DEL fa eth0', 'DEL fc eth1', 'DEL loopback lo']);
+  assert.deepEqual(await fs.readdir(path.join(fake.cacheDir, 'results')), []);
+});
+
+test('tearDown detaches the networks concurrently; each chain still runs in reverse', async (t) => {
+  const { fake, mgr } = await setup(t);
+  await fake.addPlugin('loopback');
+  await fake.respond('loopback', 'ADD', { stdout: { cniVersion: '0.3.1', interfaces: [{ name: 'lo', sandbox: '/x' }], ips: [{ version: '4', address: '127.0.0.1/8', interface: 0 }] } });
+  await twoPluginNet(fake);
+  await mgr.setUp(req('c6b'));
+  await fake.respond('loopback', 'DEL', { sleepSeconds: 1 });
+  await fake.respond('fa', 'DEL', { sleepSeconds: 1 });
+  const start = Date.now();
+  await mgr.tearDown('c6b', '/var/run/netns/c6b');
+  const elapsed = Date.now() - start;
+  assert.ok(elapsed < 1900, `lo's DEL should not wait for eth0's (took ${elapsed} ms)`);
+  const dels = (await fake.calls()).filter((c) => c.startsWith('DEL'));
+  assert.ok(dels.indexOf('DEL fb eth0') < dels.indexOf('DEL fa eth0'), `mynet's chain in reverse: ${dels.join(', ')}`);
+  assert.deepEqual(await fs.readdir(path.join(fake.cacheDir, 'results')), []);
 });
 
 test('operations on one container are serialized; different containers run in parallel', async (t) => {

@@ -6,7 +6,7 @@
  * - Networks: the `loopback` plugin on `lo` (network "cni-loopback", when the
  *   plugin exists) plus every loaded conf-dir network on eth0, eth1, ... in load order.
  * - setUp attaches all networks concurrently and caches each successful attachment.
- * - tearDown detaches from the cache first (its config and args, so a changed or
+ * - tearDown detaches all networks concurrently, from the cache first (its config and args, so a changed or
  *   emptied conf dir does not block it), then any loaded network without a cache.
  * - Operations on one container ID are serialized; different IDs run in parallel.
  */
@@ -115,7 +115,7 @@ interface DelItem {
   unresolvable?: string;
 }
 
-/** DEL order: extra interfaces first, then ethN from the highest N down, lo last. */
+/** Order of tearDown's errors (DELs run concurrently): extra interfaces first, then ethN from the highest N down, lo last. */
 function ifRank(ifName: string): number {
   if (ifName === LOOPBACK_IFNAME) return -1;
   const m = /^eth(\d+)$/.exec(ifName);
@@ -280,8 +280,8 @@ export class CniManager {
   }
 
   /**
-   * Detaches the pod from every network it may be attached to, in reverse order:
-   * cached attachments (with their cached config, args and result), attachments
+   * Detaches the pod from every network it may be attached to, concurrently (each
+   * list's chain in reverse): cached attachments (with their cached config, args and result), attachments
    * whose ADD failed in this process, and any loaded network not covered by those.
    * Every DEL is attempted; failures are combined into one thrown error and their
    * caches kept so a later call retries. With netnsPath '' (netns already gone),
@@ -293,41 +293,44 @@ export class CniManager {
     await this.locks.run(containerId, async () => {
       const items = await this.delItems(containerId, pod);
       items.sort((a, b) => ifRank(b.ifName) - ifRank(a.ifName));
-      const errors: Error[] = [];
-      const done = new Set<string>();
-      for (const it of items) {
-        const log = this.log.child({ containerId, network: it.list.name, ifName: it.ifName, source: it.source });
-        if (it.unresolvable) {
-          log.warn(it.unresolvable);
-          errors.push(new CniError(it.unresolvable));
-          continue;
-        }
-        const rt: RuntimeConf = { containerId, netns: netnsPath, ifName: it.ifName, args: it.args, capabilityArgs: it.capabilityArgs };
-        try {
-          log.debug('CNI DEL');
-          await delNetworkList(it.list, rt, it.cachedResult, this.invokeOptions());
-          log.info('CNI DEL done');
-        } catch (e) {
-          if (isGoneError(e, netnsPath)) {
-            log.info({ err: (e as Error).message }, 'CNI DEL: nothing left to clean up');
-          } else {
-            log.warn({ err: (e as Error).message }, 'CNI DEL failed');
-            errors.push(e instanceof Error ? e : new Error(String(e)));
-            continue;
-          }
-        }
-        done.add(`${it.list.name}\0${it.ifName}`);
-        try {
-          await deleteCachedAttachment(this.opts.cacheDir, it.list.name, containerId, it.ifName);
-        } catch (e) {
-          errors.push(new CniError(`network "${it.list.name}" of pod sandbox ${containerId} was detached but its cache entry could not be removed: ${(e as Error).message}`));
-        }
-      }
+      // Networks are detached concurrently, as setUp attaches them: each list's chain still
+      // runs in reverse, but lo's DEL no longer waits behind eth0's (a veth delete is slow).
+      const outcomes = await Promise.all(items.map((it) => this.detachOne(containerId, netnsPath, it)));
+      const errors = outcomes.flatMap((o) => o.errors);
+      const done = new Set(outcomes.filter((o) => o.detached).map((o) => o.key));
       const left = (this.uncached.get(containerId) ?? []).filter((u) => !done.has(`${u.list.name}\0${u.ifName}`));
       if (left.length > 0) this.uncached.set(containerId, left);
       else this.uncached.delete(containerId);
       if (errors.length > 0) throw combineErrors(`tearing down the network of pod sandbox ${containerId}`, errors);
     });
+  }
+
+  /** DEL of one attachment, then its cache entry removed; failures are returned, never thrown. */
+  private async detachOne(containerId: string, netnsPath: string, it: DelItem): Promise<{ key: string; detached: boolean; errors: Error[] }> {
+    const key = `${it.list.name}\0${it.ifName}`;
+    const log = this.log.child({ containerId, network: it.list.name, ifName: it.ifName, source: it.source });
+    if (it.unresolvable) {
+      log.warn(it.unresolvable);
+      return { key, detached: false, errors: [new CniError(it.unresolvable)] };
+    }
+    const rt: RuntimeConf = { containerId, netns: netnsPath, ifName: it.ifName, args: it.args, capabilityArgs: it.capabilityArgs };
+    try {
+      log.debug('CNI DEL');
+      await delNetworkList(it.list, rt, it.cachedResult, this.invokeOptions());
+      log.info('CNI DEL done');
+    } catch (e) {
+      if (!isGoneError(e, netnsPath)) {
+        log.warn({ err: (e as Error).message }, 'CNI DEL failed');
+        return { key, detached: false, errors: [e instanceof Error ? e : new Error(String(e))] };
+      }
+      log.info({ err: (e as Error).message }, 'CNI DEL: nothing left to clean up');
+    }
+    try {
+      await deleteCachedAttachment(this.opts.cacheDir, it.list.name, containerId, it.ifName);
+    } catch (e) {
+      return { key, detached: true, errors: [new CniError(`network "${it.list.name}" of pod sandbox ${containerId} was detached but its cache entry could not be removed: ${(e as Error).message}`)] };
+    }
+    return { key, detached: true, errors: [] };
   }
 
   /** Works out what to DEL for a container. Unusable cache files are deleted here. */
