@@ -199,9 +199,10 @@ export class CniManager {
     return this.status;
   }
 
+  /** Waits for a load only when none has finished yet; a later re-read runs beside callers. */
   private async ensureLoaded(): Promise<void> {
-    if (this.loading) await this.loading;
-    else if (!this.loadedOnce) await this.reload();
+    if (this.loadedOnce) return;
+    await (this.loading ?? this.reload());
   }
 
   /** The result of the last load. */
