@@ -22,7 +22,8 @@ export class CniNetworks {
   private add(confDir: string, maxNetworks: number): void {
     if (this.managers.has(confDir)) return;
     const c = this.cfg.cni;
-    const manager = new CniManager({ confDir, binDirs: c.binDirs, maxNetworks, cacheDir: c.cacheDir, ipPreference: c.ipPreference, logger: this.logger, observer: this.observer });
+    // No loopback plugin: corral-nshelper brings lo up when it makes the pod's netns.
+    const manager = new CniManager({ confDir, binDirs: c.binDirs, maxNetworks, cacheDir: c.cacheDir, ipPreference: c.ipPreference, logger: this.logger, observer: this.observer, loopbackPlugin: false });
     this.managers.set(confDir, { manager, loadedAt: 0 });
   }
 

@@ -249,3 +249,23 @@ test('several failing attachments are combined', async (t) => {
   await mgr.tearDown('m1', '');
   assert.deepEqual((await fake.calls()).filter((c) => c.startsWith('DEL')), ['DEL fa eth1', 'DEL fa eth0']);
 });
+
+test('loopbackPlugin false: lo is left to whoever made the netns; cached lo attachments are still detached', async (t) => {
+  const { fake, mgr: withLo } = await setup(t);
+  await fake.addPlugin('loopback');
+  await fake.respond('loopback', 'ADD', { stdout: { cniVersion: '0.3.1', interfaces: [{ name: 'lo', sandbox: '/x' }], ips: [{ version: '4', address: '127.0.0.1/8', interface: 0 }] } });
+  await twoPluginNet(fake);
+  // A pod attached while the plugin was on (an older daemon) ...
+  await withLo.setUp(req('c20'));
+  const noLo = new CniManager({ confDir: fake.confDir, binDirs: [fake.binDir], maxNetworks: 0, cacheDir: fake.cacheDir, ipPreference: 'ipv4', logger: silentLogger(), loopbackPlugin: false });
+  const s = await noLo.reload();
+  assert.equal(s.loopback, false);
+  // ... and a pod attached with it off.
+  const res = await noLo.setUp(req('c21'));
+  assert.deepEqual(res.attachments.map((a) => `${a.networkName}/${a.ifName}`), ['mynet/eth0']);
+  assert.deepEqual((await fake.calls()).filter((c) => c.includes('loopback')), ['ADD loopback lo'], 'only the first pod ran the loopback plugin');
+  await noLo.tearDown('c20', '/var/run/netns/c20');
+  await noLo.tearDown('c21', '/var/run/netns/c21');
+  assert.deepEqual((await fake.calls()).filter((c) => c.includes('loopback')), ['ADD loopback lo', 'DEL loopback lo'], "the first pod's cached lo attachment was detached");
+  assert.deepEqual(await fs.readdir(path.join(fake.cacheDir, 'results')), []);
+});

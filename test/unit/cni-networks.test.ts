@@ -53,3 +53,12 @@ test('with nothing loaded, or reload_interval_ms = 0, a Run waits for the re-rea
   await swapNetwork(zero.fake);
   assert.deepEqual(await zero.run('z2'), ['new']);
 });
+
+test("the daemon's networks do not run the loopback plugin: corral-nshelper already brought lo up", async (t) => {
+  const { fake, run } = await setup(t, 1000);
+  await fake.addPlugin('loopback');
+  await fake.respond('loopback', 'ADD', { stdout: { cniVersion: '0.3.1', interfaces: [{ name: 'lo', sandbox: '/x' }], ips: [{ version: '4', address: '127.0.0.1/8', interface: 0 }] } });
+  await fake.writeConf('10-old.conf', { cniVersion: '1.0.0', name: 'old', type: 'fa' });
+  assert.deepEqual(await run('l1'), ['old']);
+  assert.deepEqual(await fake.calls(), ['ADD fa eth0']);
+});

@@ -3,7 +3,7 @@
  * detaches them again, with libcni semantics: each list's plugins run in order for ADD
  * and in reverse for DEL (chain.ts), results cached in libcni's layout (cache.ts).
  *
- * - Networks: the `loopback` plugin on `lo` (network "cni-loopback", when the
+ * - Networks: the `loopback` plugin on `lo` (network "cni-loopback", when enabled and the
  *   plugin exists) plus every loaded conf-dir network on eth0, eth1, ... in load order.
  * - setUp attaches all networks concurrently and caches each successful attachment.
  * - tearDown detaches all networks concurrently, from the cache first (its config and args, so a changed or
@@ -47,6 +47,13 @@ export interface CniManagerOptions {
   pluginTimeoutMs?: number;
   /** Told of every failed plugin invocation (metrics). */
   observer?: RuntimeObserver;
+  /**
+   * Attach lo through the `loopback` plugin (default true). The daemon turns it off: its
+   * netns helper brings lo up when it makes the namespace, so the plugin would only repeat
+   * that, at the price of one more plugin process per Run and per Stop. Cached lo
+   * attachments (made with it on) are still detached from their cache.
+   */
+  loopbackPlugin?: boolean;
 }
 
 export interface LoadStatus {
@@ -58,7 +65,7 @@ export interface LoadStatus {
   networks: string[];
   /** One line per skipped conf file or missing plugin binary. */
   errors: string[];
-  /** Whether the `loopback` plugin was found (lo is brought up by CNI). */
+  /** Whether lo is brought up by CNI: the `loopback` plugin is enabled and was found. */
   loopback: boolean;
 }
 
@@ -183,7 +190,7 @@ export class CniManager {
         if (!found) errors.push(`network "${net.name}" (${net.source}): plugin binary "${plugin.type}" not found in ${binDirs.join(', ')}`);
       }
     }
-    const loopbackBin = await findPlugin('loopback', binDirs);
+    const loopbackBin = this.opts.loopbackPlugin !== false && (await findPlugin('loopback', binDirs));
     this.loopback = loopbackBin ? parseConfList(LOOPBACK_CONFLIST, 'built-in loopback network') : undefined;
     this.networks = load.networks;
     this.loadedOnce = true;
