@@ -269,3 +269,23 @@ test('loopbackPlugin false: lo is left to whoever made the netns; cached lo atta
   assert.deepEqual((await fake.calls()).filter((c) => c.includes('loopback')), ['ADD loopback lo', 'DEL loopback lo'], "the first pod's cached lo attachment was detached");
   assert.deepEqual(await fs.readdir(path.join(fake.cacheDir, 'results')), []);
 });
+
+test('plugin binaries found at load are used as found; one removed since is looked up again, or reported missing', async (t) => {
+  const { fake } = await setup(t);
+  const otherBin = path.join(fake.confDir, '..', 'bin2');
+  await fs.mkdir(otherBin, { recursive: true });
+  const mgr = new CniManager({ confDir: fake.confDir, binDirs: [fake.binDir, otherBin], maxNetworks: 0, cacheDir: fake.cacheDir, ipPreference: 'ipv4', logger: silentLogger() });
+  await twoPluginNet(fake);
+  await mgr.reload();
+  assert.deepEqual((await mgr.setUp(req('k1'))).attachments.map((a) => a.networkName), ['mynet']);
+  // fa moves to the second bin dir after the load: found there on the next call.
+  await fs.copyFile(path.join(fake.binDir, 'fa'), path.join(otherBin, 'fa'));
+  await fs.chmod(path.join(otherBin, 'fa'), 0o755);
+  await fs.rm(path.join(fake.binDir, 'fa'));
+  assert.deepEqual((await mgr.setUp(req('k2'))).attachments.map((a) => a.networkName), ['mynet']);
+  assert.equal((await fake.calls()).filter((c) => c === 'ADD fa eth0').length, 2);
+  // Gone everywhere: the usual "not found", not a spawn error.
+  await fs.rm(path.join(otherBin, 'fa'));
+  await assert.rejects(mgr.setUp(req('k3')), (e: Error) => e instanceof CniPluginError && /plugin binary "fa" not found in/.test(e.message));
+  await mgr.tearDown('k3', '/var/run/netns/k3').catch(() => {});
+});

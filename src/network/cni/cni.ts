@@ -151,6 +151,8 @@ export class CniManager {
   private status: LoadStatus;
   private loading: Promise<LoadStatus> | undefined;
   private loadedOnce = false;
+  /** Plugin binaries found by the last load (see InvokeOptions.knownPlugins). */
+  private knownPlugins: ReadonlyMap<string, string> = new Map();
   /** Attempted attachments without a cache entry, per container (failed ADD, or failed cache write). */
   private readonly uncached = new Map<string, Uncached[]>();
 
@@ -162,7 +164,12 @@ export class CniManager {
 
   private invokeOptions(): InvokeOptions {
     const observer = this.opts.observer;
-    return { binDirs: this.opts.binDirs, timeoutMs: this.opts.pluginTimeoutMs ?? 120_000, onPluginError: observer && ((e) => observer.cniPluginFailed(e.pluginType, e.verb)) };
+    return {
+      binDirs: this.opts.binDirs,
+      knownPlugins: this.knownPlugins,
+      timeoutMs: this.opts.pluginTimeoutMs ?? 120_000,
+      onPluginError: observer && ((e) => observer.cniPluginFailed(e.pluginType, e.verb)),
+    };
   }
 
   /** Re-reads the conf dir (and looks for the loopback plugin again). */
@@ -178,6 +185,7 @@ export class CniManager {
     const { confDir, maxNetworks, binDirs } = this.opts;
     const load = await loadConfDir(confDir, maxNetworks);
     const errors = [...load.errors];
+    const known = new Map<string, string>();
     for (const net of load.networks) {
       for (const plugin of net.plugins) {
         let found: string | undefined;
@@ -187,11 +195,14 @@ export class CniManager {
           errors.push(`network "${net.name}" (${net.source}): ${(e as Error).message}`);
           continue;
         }
+        if (found) known.set(plugin.type, found);
         if (!found) errors.push(`network "${net.name}" (${net.source}): plugin binary "${plugin.type}" not found in ${binDirs.join(', ')}`);
       }
     }
     const loopbackBin = this.opts.loopbackPlugin !== false && (await findPlugin('loopback', binDirs));
     this.loopback = loopbackBin ? parseConfList(LOOPBACK_CONFLIST, 'built-in loopback network') : undefined;
+    if (loopbackBin) known.set('loopback', loopbackBin);
+    this.knownPlugins = known;
     this.networks = load.networks;
     this.loadedOnce = true;
     let message = '';
