@@ -22,7 +22,8 @@ export class CniNetworks {
   private add(confDir: string, maxNetworks: number): void {
     if (this.managers.has(confDir)) return;
     const c = this.cfg.cni;
-    const manager = new CniManager({ confDir, binDirs: c.binDirs, maxNetworks, cacheDir: c.cacheDir, ipPreference: c.ipPreference, logger: this.logger, observer: this.observer });
+    // No loopback plugin: corral-nshelper brings lo up when it makes the pod's netns.
+    const manager = new CniManager({ confDir, binDirs: c.binDirs, maxNetworks, cacheDir: c.cacheDir, ipPreference: c.ipPreference, logger: this.logger, observer: this.observer, loopbackPlugin: false });
     this.managers.set(confDir, { manager, loadedAt: 0 });
   }
 
@@ -30,12 +31,20 @@ export class CniNetworks {
     await Promise.all([...this.managers.keys()].map((d) => this.fresh(d, true)));
   }
 
-  /** Re-reads a conf dir at most every [cni] reload_interval_ms, so a config dropped in later is picked up. */
+  /**
+   * Re-reads a conf dir at most every [cni] reload_interval_ms, so a config dropped in later
+   * is picked up. The caller waits for the re-read only when it is forced, when the interval
+   * is 0 (every call sees the conf dir as it is) or when no network is loaded yet; otherwise
+   * it runs beside the caller's CNI work, which uses the networks already loaded.
+   */
   private async fresh(confDir: string, force = false): Promise<CniManager> {
     const entry = this.managers.get(confDir)!;
-    if (force || Date.now() - entry.loadedAt >= this.cfg.cni.reloadIntervalMs) {
+    const interval = this.cfg.cni.reloadIntervalMs;
+    if (force || Date.now() - entry.loadedAt >= interval) {
       entry.loadedAt = Date.now();
-      await entry.manager.reload();
+      const reload = entry.manager.reload();
+      if (force || interval === 0 || !entry.manager.loadStatus().ready) await reload;
+      else reload.catch((e: unknown) => this.logger.warn({ confDir, err: (e as Error).message }, 'CNI configuration re-read failed'));
     }
     return entry.manager;
   }

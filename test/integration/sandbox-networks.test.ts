@@ -47,13 +47,15 @@ test('two networks: eth0 from the first file (the pod IP), eth1 from the second;
     const st = await d.rpc('PodSandboxStatus', { podSandboxId: id, verbose: true });
     const info = JSON.parse(st.info.info);
     const byIf = Object.fromEntries(info.cniResult.map((a: any) => [a.ifName, a.networkName]));
-    assert.deepEqual(byIf, { lo: 'cni-loopback', eth0: d.networkName, eth1: `${d.networkName}-b` });
+    // No loopback plugin: corral-nshelper brought lo up when it made the netns.
+    assert.deepEqual(byIf, { eth0: d.networkName, eth1: `${d.networkName}-b` });
+    assert.match((await execFile('nsenter', [`--net=${info.netnsPath}`, 'ip', '-o', 'link', 'show', 'lo'])).stdout, /[<,]UP[,>]/);
     const pre0 = d.subnet.split('.').slice(0, 3).join('.');
     assert.ok(st.status.network.ip.startsWith(pre0 + '.'), 'pod IP from the default network');
     assert.match(await addrs(info.netnsPath, 'eth0'), new RegExp(`inet ${pre0.replace(/\./g, '\\.')}\\.`));
     assert.match(await addrs(info.netnsPath, 'eth1'), /inet 10\.\d+\.\d+\.\d+\//);
     const cacheFiles = await fs.readdir(path.join(d.cacheDir, 'results'));
-    assert.deepEqual(cacheFiles.filter((f) => f.includes(id)).sort(), [`cni-loopback-${id}-lo`, `${d.networkName}-${id}-eth0`, `${d.networkName}-b-${id}-eth1`].sort());
+    assert.deepEqual(cacheFiles.filter((f) => f.includes(id)).sort(), [`${d.networkName}-${id}-eth0`, `${d.networkName}-b-${id}-eth1`].sort());
     await d.rpc('StopPodSandbox', { podSandboxId: id });
     assert.deepEqual((await fs.readdir(path.join(d.cacheDir, 'results'))).filter((f) => f.includes(id)), []);
     assert.deepEqual(await fs.readdir(`/var/lib/cni/networks/${d.networkName}-b`).then((f) => f.filter((n) => /^[0-9.]+$/.test(n))), []);
@@ -68,7 +70,7 @@ test('a handler with its own CNI conf dir wires its pods from there', async () =
   try {
     const st = await d.rpc('PodSandboxStatus', { podSandboxId: id, verbose: true });
     assert.ok(st.status.network.ip.startsWith('10.251.7.'), st.status.network.ip);
-    assert.deepEqual(JSON.parse(st.info.info).cniResult.map((a: any) => a.ifName).sort(), ['eth0', 'lo']);
+    assert.deepEqual(JSON.parse(st.info.info).cniResult.map((a: any) => a.ifName).sort(), ['eth0']);
   } finally {
     await d.rpc('RemovePodSandbox', { podSandboxId: id });
   }

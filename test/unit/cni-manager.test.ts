@@ -179,7 +179,7 @@ test('a corrupt cache entry is deleted and DEL runs with the loaded config and n
   assert.deepEqual(await fs.readdir(path.join(fake.cacheDir, 'results')), []);
 });
 
-test('loopback and several networks: lo + eth0/eth1 concurrently, DEL in reverse, pod IP from eth0', async (t) => {
+test('loopback and several networks: lo + eth0/eth1 concurrently, DEL of each, pod IP from eth0', async (t) => {
   const { fake, mgr } = await setup(t, { ipPreference: 'ipv6' });
   await fake.addPlugin('loopback');
   await fake.respond('loopback', 'ADD', { stdout: { cniVersion: '0.3.1', interfaces: [{ name: 'lo', sandbox: '/x' }], ips: [{ version: '4', address: '127.0.0.1/8', interface: 0 }] } });
@@ -197,7 +197,25 @@ test('loopback and several networks: lo + eth0/eth1 concurrently, DEL in reverse
   assert.equal(lo.name, 'cni-loopback');
   assert.deepEqual((await fs.readdir(path.join(fake.cacheDir, 'results'))).sort(), ['cni-loopback-c6-lo', 'neta-c6-eth0', 'netb-c6-eth1']);
   await mgr.tearDown('c6', '/var/run/netns/c6');
-  assert.deepEqual((await fake.calls()).slice(-3), ['DEL fc eth1', 'DEL fa eth0', 'DEL loopback lo']);
+  assert.deepEqual((await fake.calls()).slice(-3).sort(), ['DEL fa eth0', 'DEL fc eth1', 'DEL loopback lo']);
+  assert.deepEqual(await fs.readdir(path.join(fake.cacheDir, 'results')), []);
+});
+
+test('tearDown detaches the networks concurrently; each chain still runs in reverse', async (t) => {
+  const { fake, mgr } = await setup(t);
+  await fake.addPlugin('loopback');
+  await fake.respond('loopback', 'ADD', { stdout: { cniVersion: '0.3.1', interfaces: [{ name: 'lo', sandbox: '/x' }], ips: [{ version: '4', address: '127.0.0.1/8', interface: 0 }] } });
+  await twoPluginNet(fake);
+  await mgr.setUp(req('c6b'));
+  await fake.respond('loopback', 'DEL', { sleepSeconds: 1 });
+  await fake.respond('fa', 'DEL', { sleepSeconds: 1 });
+  const start = Date.now();
+  await mgr.tearDown('c6b', '/var/run/netns/c6b');
+  const elapsed = Date.now() - start;
+  assert.ok(elapsed < 1900, `lo's DEL should not wait for eth0's (took ${elapsed} ms)`);
+  const dels = (await fake.calls()).filter((c) => c.startsWith('DEL'));
+  assert.ok(dels.indexOf('DEL fb eth0') < dels.indexOf('DEL fa eth0'), `mynet's chain in reverse: ${dels.join(', ')}`);
+  assert.deepEqual(await fs.readdir(path.join(fake.cacheDir, 'results')), []);
 });
 
 test('operations on one container are serialized; different containers run in parallel', async (t) => {
@@ -229,5 +247,45 @@ test('several failing attachments are combined', async (t) => {
   await fake.writeConf('20-b.conf', { cniVersion: '1.0.0', name: 'netb', type: 'fa' });
   await assert.rejects(mgr.setUp(req('m1')), (e: unknown) => e instanceof CniMultiError && e.errors.length === 2 && /"neta"/.test(e.message) && /"netb"/.test(e.message));
   await mgr.tearDown('m1', '');
-  assert.deepEqual((await fake.calls()).filter((c) => c.startsWith('DEL')), ['DEL fa eth1', 'DEL fa eth0']);
+  assert.deepEqual((await fake.calls()).filter((c) => c.startsWith('DEL')).sort(), ['DEL fa eth0', 'DEL fa eth1'], 'both networks detached (concurrently)');
+});
+
+test('loopbackPlugin false: lo is left to whoever made the netns; cached lo attachments are still detached', async (t) => {
+  const { fake, mgr: withLo } = await setup(t);
+  await fake.addPlugin('loopback');
+  await fake.respond('loopback', 'ADD', { stdout: { cniVersion: '0.3.1', interfaces: [{ name: 'lo', sandbox: '/x' }], ips: [{ version: '4', address: '127.0.0.1/8', interface: 0 }] } });
+  await twoPluginNet(fake);
+  // A pod attached while the plugin was on (an older daemon) ...
+  await withLo.setUp(req('c20'));
+  const noLo = new CniManager({ confDir: fake.confDir, binDirs: [fake.binDir], maxNetworks: 0, cacheDir: fake.cacheDir, ipPreference: 'ipv4', logger: silentLogger(), loopbackPlugin: false });
+  const s = await noLo.reload();
+  assert.equal(s.loopback, false);
+  // ... and a pod attached with it off.
+  const res = await noLo.setUp(req('c21'));
+  assert.deepEqual(res.attachments.map((a) => `${a.networkName}/${a.ifName}`), ['mynet/eth0']);
+  assert.deepEqual((await fake.calls()).filter((c) => c.includes('loopback')), ['ADD loopback lo'], 'only the first pod ran the loopback plugin');
+  await noLo.tearDown('c20', '/var/run/netns/c20');
+  await noLo.tearDown('c21', '/var/run/netns/c21');
+  assert.deepEqual((await fake.calls()).filter((c) => c.includes('loopback')), ['ADD loopback lo', 'DEL loopback lo'], "the first pod's cached lo attachment was detached");
+  assert.deepEqual(await fs.readdir(path.join(fake.cacheDir, 'results')), []);
+});
+
+test('plugin binaries found at load are used as found; one removed since is looked up again, or reported missing', async (t) => {
+  const { fake } = await setup(t);
+  const otherBin = path.join(fake.confDir, '..', 'bin2');
+  await fs.mkdir(otherBin, { recursive: true });
+  const mgr = new CniManager({ confDir: fake.confDir, binDirs: [fake.binDir, otherBin], maxNetworks: 0, cacheDir: fake.cacheDir, ipPreference: 'ipv4', logger: silentLogger() });
+  await twoPluginNet(fake);
+  await mgr.reload();
+  assert.deepEqual((await mgr.setUp(req('k1'))).attachments.map((a) => a.networkName), ['mynet']);
+  // fa moves to the second bin dir after the load: found there on the next call.
+  await fs.copyFile(path.join(fake.binDir, 'fa'), path.join(otherBin, 'fa'));
+  await fs.chmod(path.join(otherBin, 'fa'), 0o755);
+  await fs.rm(path.join(fake.binDir, 'fa'));
+  assert.deepEqual((await mgr.setUp(req('k2'))).attachments.map((a) => a.networkName), ['mynet']);
+  assert.equal((await fake.calls()).filter((c) => c === 'ADD fa eth0').length, 2);
+  // Gone everywhere: the usual "not found", not a spawn error.
+  await fs.rm(path.join(otherBin, 'fa'));
+  await assert.rejects(mgr.setUp(req('k3')), (e: Error) => e instanceof CniPluginError && /plugin binary "fa" not found in/.test(e.message));
+  await mgr.tearDown('k3', '/var/run/netns/k3').catch(() => {});
 });

@@ -9,9 +9,9 @@
  * An entry is written (atomically) only after a whole ADD chain succeeded, and is
  * what DEL and CHECK use: its config and args let DEL run after the conf dir changed.
  */
-import { promises as fs } from 'node:fs';
+import { promises as fs, mkdirSync, rmSync } from 'node:fs';
 import path from 'node:path';
-import { writeFileAtomic, isErrno } from '../../util/atomic.js';
+import { writeFileAtomicSync, isErrno } from '../../util/atomic.js';
 import { MAX_STATE_FILE_BYTES, readRegularFile } from '../../util/safe-read.js';
 import type { CniArgs } from './invoke.js';
 
@@ -60,16 +60,18 @@ export function encodeCacheEntry(a: CachedAttachment): string {
 
 export async function writeCachedAttachment(cacheDir: string, a: CachedAttachment): Promise<string> {
   const dir = resultsDir(cacheDir);
-  await fs.mkdir(dir, { recursive: true, mode: 0o700 });
   const file = cacheFilePath(cacheDir, a.networkName, a.containerId, a.ifName);
   // Atomic, not fsynced, as libcni writes it: after a power loss the pod's record (its
   // fsynced intent) and the conf dir still let DEL release what the plugins reserved.
-  await writeFileAtomic(file, encodeCacheEntry(a), 0o600, false);
+  // Synchronous: with no fsync these are page-cache calls of microseconds, which through
+  // the thread pool would each wait behind other pods' fsyncs.
+  mkdirSync(dir, { recursive: true, mode: 0o700 });
+  writeFileAtomicSync(file, encodeCacheEntry(a), 0o600);
   return file;
 }
 
 export async function deleteCachedAttachment(cacheDir: string, networkName: string, containerId: string, ifName: string): Promise<void> {
-  await fs.rm(cacheFilePath(cacheDir, networkName, containerId, ifName), { force: true });
+  rmSync(cacheFilePath(cacheDir, networkName, containerId, ifName), { force: true });
 }
 
 export type DecodedCache =
@@ -186,10 +188,12 @@ async function listResultFiles(cacheDir: string): Promise<string[]> {
 export async function listCachedAttachments(cacheDir: string, containerId: string): Promise<ContainerCache> {
   const out: ContainerCache = { attachments: [], unusable: [] };
   const marker = `-${containerId}-`;
-  for (const name of await listResultFiles(cacheDir)) {
-    if (!name.includes(marker)) continue;
+  const names = (await listResultFiles(cacheDir)).filter((name) => name.includes(marker));
+  // Read concurrently, handled in name order.
+  const decoded = await Promise.all(names.map((name) => readCacheFile(path.join(resultsDir(cacheDir), name))));
+  for (const [i, name] of names.entries()) {
     const file = path.join(resultsDir(cacheDir), name);
-    const d = await readCacheFile(file);
+    const d = decoded[i];
     if (!d) continue;
     if (d.ok === true) {
       if (d.entry.containerId !== containerId) continue; // a different container whose name happens to contain ours

@@ -3,10 +3,10 @@
  * detaches them again, with libcni semantics: each list's plugins run in order for ADD
  * and in reverse for DEL (chain.ts), results cached in libcni's layout (cache.ts).
  *
- * - Networks: the `loopback` plugin on `lo` (network "cni-loopback", when the
+ * - Networks: the `loopback` plugin on `lo` (network "cni-loopback", when enabled and the
  *   plugin exists) plus every loaded conf-dir network on eth0, eth1, ... in load order.
  * - setUp attaches all networks concurrently and caches each successful attachment.
- * - tearDown detaches from the cache first (its config and args, so a changed or
+ * - tearDown detaches all networks concurrently, from the cache first (its config and args, so a changed or
  *   emptied conf dir does not block it), then any loaded network without a cache.
  * - Operations on one container ID are serialized; different IDs run in parallel.
  */
@@ -47,6 +47,13 @@ export interface CniManagerOptions {
   pluginTimeoutMs?: number;
   /** Told of every failed plugin invocation (metrics). */
   observer?: RuntimeObserver;
+  /**
+   * Attach lo through the `loopback` plugin (default true). The daemon turns it off: its
+   * netns helper brings lo up when it makes the namespace, so the plugin would only repeat
+   * that, at the price of one more plugin process per Run and per Stop. Cached lo
+   * attachments (made with it on) are still detached from their cache.
+   */
+  loopbackPlugin?: boolean;
 }
 
 export interface LoadStatus {
@@ -58,7 +65,7 @@ export interface LoadStatus {
   networks: string[];
   /** One line per skipped conf file or missing plugin binary. */
   errors: string[];
-  /** Whether the `loopback` plugin was found (lo is brought up by CNI). */
+  /** Whether lo is brought up by CNI: the `loopback` plugin is enabled and was found. */
   loopback: boolean;
 }
 
@@ -115,7 +122,7 @@ interface DelItem {
   unresolvable?: string;
 }
 
-/** DEL order: extra interfaces first, then ethN from the highest N down, lo last. */
+/** Order of tearDown's errors (DELs run concurrently): extra interfaces first, then ethN from the highest N down, lo last. */
 function ifRank(ifName: string): number {
   if (ifName === LOOPBACK_IFNAME) return -1;
   const m = /^eth(\d+)$/.exec(ifName);
@@ -144,6 +151,8 @@ export class CniManager {
   private status: LoadStatus;
   private loading: Promise<LoadStatus> | undefined;
   private loadedOnce = false;
+  /** Plugin binaries found by the last load (see InvokeOptions.knownPlugins). */
+  private knownPlugins: ReadonlyMap<string, string> = new Map();
   /** Attempted attachments without a cache entry, per container (failed ADD, or failed cache write). */
   private readonly uncached = new Map<string, Uncached[]>();
 
@@ -155,7 +164,12 @@ export class CniManager {
 
   private invokeOptions(): InvokeOptions {
     const observer = this.opts.observer;
-    return { binDirs: this.opts.binDirs, timeoutMs: this.opts.pluginTimeoutMs ?? 120_000, onPluginError: observer && ((e) => observer.cniPluginFailed(e.pluginType, e.verb)) };
+    return {
+      binDirs: this.opts.binDirs,
+      knownPlugins: this.knownPlugins,
+      timeoutMs: this.opts.pluginTimeoutMs ?? 120_000,
+      onPluginError: observer && ((e) => observer.cniPluginFailed(e.pluginType, e.verb)),
+    };
   }
 
   /** Re-reads the conf dir (and looks for the loopback plugin again). */
@@ -171,6 +185,7 @@ export class CniManager {
     const { confDir, maxNetworks, binDirs } = this.opts;
     const load = await loadConfDir(confDir, maxNetworks);
     const errors = [...load.errors];
+    const known = new Map<string, string>();
     for (const net of load.networks) {
       for (const plugin of net.plugins) {
         let found: string | undefined;
@@ -180,11 +195,14 @@ export class CniManager {
           errors.push(`network "${net.name}" (${net.source}): ${(e as Error).message}`);
           continue;
         }
+        if (found) known.set(plugin.type, found);
         if (!found) errors.push(`network "${net.name}" (${net.source}): plugin binary "${plugin.type}" not found in ${binDirs.join(', ')}`);
       }
     }
-    const loopbackBin = await findPlugin('loopback', binDirs);
+    const loopbackBin = this.opts.loopbackPlugin !== false && (await findPlugin('loopback', binDirs));
     this.loopback = loopbackBin ? parseConfList(LOOPBACK_CONFLIST, 'built-in loopback network') : undefined;
+    if (loopbackBin) known.set('loopback', loopbackBin);
+    this.knownPlugins = known;
     this.networks = load.networks;
     this.loadedOnce = true;
     let message = '';
@@ -199,9 +217,10 @@ export class CniManager {
     return this.status;
   }
 
+  /** Waits for a load only when none has finished yet; a later re-read runs beside callers. */
   private async ensureLoaded(): Promise<void> {
-    if (this.loading) await this.loading;
-    else if (!this.loadedOnce) await this.reload();
+    if (this.loadedOnce) return;
+    await (this.loading ?? this.reload());
   }
 
   /** The result of the last load. */
@@ -280,8 +299,8 @@ export class CniManager {
   }
 
   /**
-   * Detaches the pod from every network it may be attached to, in reverse order:
-   * cached attachments (with their cached config, args and result), attachments
+   * Detaches the pod from every network it may be attached to, concurrently (each
+   * list's chain in reverse): cached attachments (with their cached config, args and result), attachments
    * whose ADD failed in this process, and any loaded network not covered by those.
    * Every DEL is attempted; failures are combined into one thrown error and their
    * caches kept so a later call retries. With netnsPath '' (netns already gone),
@@ -293,41 +312,44 @@ export class CniManager {
     await this.locks.run(containerId, async () => {
       const items = await this.delItems(containerId, pod);
       items.sort((a, b) => ifRank(b.ifName) - ifRank(a.ifName));
-      const errors: Error[] = [];
-      const done = new Set<string>();
-      for (const it of items) {
-        const log = this.log.child({ containerId, network: it.list.name, ifName: it.ifName, source: it.source });
-        if (it.unresolvable) {
-          log.warn(it.unresolvable);
-          errors.push(new CniError(it.unresolvable));
-          continue;
-        }
-        const rt: RuntimeConf = { containerId, netns: netnsPath, ifName: it.ifName, args: it.args, capabilityArgs: it.capabilityArgs };
-        try {
-          log.debug('CNI DEL');
-          await delNetworkList(it.list, rt, it.cachedResult, this.invokeOptions());
-          log.info('CNI DEL done');
-        } catch (e) {
-          if (isGoneError(e, netnsPath)) {
-            log.info({ err: (e as Error).message }, 'CNI DEL: nothing left to clean up');
-          } else {
-            log.warn({ err: (e as Error).message }, 'CNI DEL failed');
-            errors.push(e instanceof Error ? e : new Error(String(e)));
-            continue;
-          }
-        }
-        done.add(`${it.list.name}\0${it.ifName}`);
-        try {
-          await deleteCachedAttachment(this.opts.cacheDir, it.list.name, containerId, it.ifName);
-        } catch (e) {
-          errors.push(new CniError(`network "${it.list.name}" of pod sandbox ${containerId} was detached but its cache entry could not be removed: ${(e as Error).message}`));
-        }
-      }
+      // Networks are detached concurrently, as setUp attaches them: each list's chain still
+      // runs in reverse, but lo's DEL no longer waits behind eth0's (a veth delete is slow).
+      const outcomes = await Promise.all(items.map((it) => this.detachOne(containerId, netnsPath, it)));
+      const errors = outcomes.flatMap((o) => o.errors);
+      const done = new Set(outcomes.filter((o) => o.detached).map((o) => o.key));
       const left = (this.uncached.get(containerId) ?? []).filter((u) => !done.has(`${u.list.name}\0${u.ifName}`));
       if (left.length > 0) this.uncached.set(containerId, left);
       else this.uncached.delete(containerId);
       if (errors.length > 0) throw combineErrors(`tearing down the network of pod sandbox ${containerId}`, errors);
     });
+  }
+
+  /** DEL of one attachment, then its cache entry removed; failures are returned, never thrown. */
+  private async detachOne(containerId: string, netnsPath: string, it: DelItem): Promise<{ key: string; detached: boolean; errors: Error[] }> {
+    const key = `${it.list.name}\0${it.ifName}`;
+    const log = this.log.child({ containerId, network: it.list.name, ifName: it.ifName, source: it.source });
+    if (it.unresolvable) {
+      log.warn(it.unresolvable);
+      return { key, detached: false, errors: [new CniError(it.unresolvable)] };
+    }
+    const rt: RuntimeConf = { containerId, netns: netnsPath, ifName: it.ifName, args: it.args, capabilityArgs: it.capabilityArgs };
+    try {
+      log.debug('CNI DEL');
+      await delNetworkList(it.list, rt, it.cachedResult, this.invokeOptions());
+      log.info('CNI DEL done');
+    } catch (e) {
+      if (!isGoneError(e, netnsPath)) {
+        log.warn({ err: (e as Error).message }, 'CNI DEL failed');
+        return { key, detached: false, errors: [e instanceof Error ? e : new Error(String(e))] };
+      }
+      log.info({ err: (e as Error).message }, 'CNI DEL: nothing left to clean up');
+    }
+    try {
+      await deleteCachedAttachment(this.opts.cacheDir, it.list.name, containerId, it.ifName);
+    } catch (e) {
+      return { key, detached: true, errors: [new CniError(`network "${it.list.name}" of pod sandbox ${containerId} was detached but its cache entry could not be removed: ${(e as Error).message}`)] };
+    }
+    return { key, detached: true, errors: [] };
   }
 
   /** Works out what to DEL for a container. Unusable cache files are deleted here. */

@@ -64,6 +64,12 @@ export interface InvokeOptions {
   baseEnv?: NodeJS.ProcessEnv;
   /** Told of every failed invocation (metrics). */
   onPluginError?: (e: CniPluginError) => void;
+  /**
+   * Binaries found when the conf dir was last loaded, by plugin type: used without a new
+   * lookup (two file-system calls per plugin, queued behind other pods' fsyncs on the
+   * thread pool); a binary gone since is looked up again.
+   */
+  knownPlugins?: ReadonlyMap<string, string>;
 }
 
 /**
@@ -189,10 +195,39 @@ async function runPlugin(
   rt: RuntimeConf | undefined,
   opts: InvokeOptions,
 ): Promise<string> {
+  const known = opts.knownPlugins?.get(pluginType);
+  if (known !== undefined) {
+    try {
+      return await spawnPlugin(known, network, pluginType, verb, stdin, rt, opts);
+    } catch (e) {
+      if (!(e instanceof StaleBinaryError)) throw e;
+      // Removed or replaced since the load: look it up again below.
+    }
+  }
   const file = await findPlugin(pluginType, opts.binDirs);
   if (!file) {
     throw new CniPluginError({ network, pluginType, verb, msg: `plugin binary "${pluginType}" not found in ${opts.binDirs.length ? opts.binDirs.join(', ') : '(no bin dirs configured)'}` });
   }
+  try {
+    return await spawnPlugin(file, network, pluginType, verb, stdin, rt, opts);
+  } catch (e) {
+    if (e instanceof StaleBinaryError) throw new CniPluginError({ network, pluginType, verb, msg: `cannot execute ${file}: ${e.message}` });
+    throw e;
+  }
+}
+
+/** A spawn that failed because the binary is no longer there (or no longer executable). */
+class StaleBinaryError extends Error {}
+
+async function spawnPlugin(
+  file: string,
+  network: string,
+  pluginType: string,
+  verb: CniVerb,
+  stdin: Record<string, unknown>,
+  rt: RuntimeConf | undefined,
+  opts: InvokeOptions,
+): Promise<string> {
   const env = buildEnv(verb, rt, opts.binDirs, opts.baseEnv ?? process.env);
   const input = JSON.stringify(stdin);
   const delay = opts.busyRetryDelayMs ?? 1000;
@@ -207,6 +242,7 @@ async function runPlugin(
         await sleep(delay);
         continue;
       }
+      if (isErrno(e, 'ENOENT', 'EACCES', 'ENOTDIR')) throw new StaleBinaryError((e as Error).message);
       throw new CniPluginError({ network, pluginType, verb, msg: `cannot execute ${file}: ${(e as Error).message}` });
     }
   }
