@@ -35,12 +35,13 @@ export async function doctorCommand(argv: string[]): Promise<number> {
   const zstd = await findExecutable('zstd');
   add(zstd ? 'ok' : 'warn', zstd ? `zstd: ${zstd}` : 'zstd not found: images with zstd-compressed layers cannot be unpacked', 'apt-get install zstd');
 
-  for (const bin of ['corral-nshelper', 'corral-pause', 'corral-unpack', 'corral-execreaper', 'corral-streamhelper', 'corral-runsc']) {
+  for (const bin of ['corral-nshelper', 'corral-pause', 'corral-unpack', 'corral-execreaper', 'corral-streamhelper', 'corral-podpause', 'corral-runsc']) {
     const p = nativeBinary(bin);
     add((await isExecutable(p)) ? 'ok' : 'fail', `${bin}: ${p}`, 'build Corral: npm run build (needs gcc and libc6-dev)');
   }
 
-  const needed = ['bridge', 'host-local', 'loopback', 'portmap'];
+  // loopback only when asked for: corral-nshelper brings lo up itself.
+  const needed = ['bridge', 'host-local', ...(cfg.cni.loopbackPlugin ? ['loopback'] : []), 'portmap'];
   for (const plugin of needed) {
     const found = await firstIn(cfg.cni.binDirs, plugin);
     if (found) add('ok', `CNI plugin ${plugin}: ${found}`);

@@ -29,6 +29,12 @@ export interface CniConfig {
   ipPreference: 'ipv4' | 'ipv6' | 'cni';
   /** How often (at most) a conf dir is re-read when asked for readiness or a pod, so a config dropped in later is picked up. */
   reloadIntervalMs: number;
+  /**
+   * Run the `loopback` plugin on each pod (as containerd does). Off by default: corral-nshelper
+   * already brings `lo` up when it pins the netns, and the extra plugin process per Run and
+   * Stop cost 13-20 ms on 2 cores.
+   */
+  loopbackPlugin: boolean;
 }
 
 /** How to reach one registry host (e.g. "docker.io", "registry.k8s.io", "127.0.0.1:5000"). */
@@ -138,6 +144,7 @@ export function defaultConfig(): CorralConfig {
       cacheDir: '/var/lib/cni',
       ipPreference: 'ipv4',
       reloadIntervalMs: 1000,
+      loopbackPlugin: false,
     },
     runtimes: {
       runc: handler('runc', 'runc', path.join(stateDir, 'runc')),
@@ -255,6 +262,7 @@ export function resolveConfig(raw: Record<string, unknown>, overrides: ConfigOve
     cacheDir: cni.absPath('cache_dir', d.cni.cacheDir),
     ipPreference: cni.oneOf('ip_preference', ['ipv4', 'ipv6', 'cni'] as const, d.cni.ipPreference),
     reloadIntervalMs: cni.int('reload_interval_ms', d.cni.reloadIntervalMs, 0, 3_600_000),
+    loopbackPlugin: cni.bool('loopback_plugin', d.cni.loopbackPlugin),
   };
   cni.done();
 

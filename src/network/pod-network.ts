@@ -23,7 +23,7 @@ export class CniNetworks {
     if (this.managers.has(confDir)) return;
     const c = this.cfg.cni;
     // No loopback plugin: corral-nshelper brings lo up when it makes the pod's netns.
-    const manager = new CniManager({ confDir, binDirs: c.binDirs, maxNetworks, cacheDir: c.cacheDir, ipPreference: c.ipPreference, logger: this.logger, observer: this.observer, loopbackPlugin: false });
+    const manager = new CniManager({ confDir, binDirs: c.binDirs, maxNetworks, cacheDir: c.cacheDir, ipPreference: c.ipPreference, logger: this.logger, observer: this.observer, loopbackPlugin: c.loopbackPlugin });
     this.managers.set(confDir, { manager, loadedAt: 0 });
   }
 

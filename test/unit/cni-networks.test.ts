@@ -9,12 +9,12 @@ type T = { after: (fn: () => Promise<void>) => void };
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
-async function setup(t: T, reloadIntervalMs: number) {
+async function setup(t: T, reloadIntervalMs: number, extraCni: Record<string, unknown> = {}) {
   const fake = await makeFakeCni();
   t.after(() => fake.cleanup());
   await fake.addPlugin('fa');
   await fake.respond('fa', 'ADD', { stdout: fakeResult(['10.9.0.5/24']) });
-  const cfg = resolveConfig({ cni: { conf_dir: fake.confDir, bin_dirs: [fake.binDir], cache_dir: fake.cacheDir, max_networks: 0, reload_interval_ms: reloadIntervalMs } });
+  const cfg = resolveConfig({ cni: { conf_dir: fake.confDir, bin_dirs: [fake.binDir], cache_dir: fake.cacheDir, max_networks: 0, reload_interval_ms: reloadIntervalMs, ...extraCni } });
   const driver = new CniNetworks(cfg, silentLogger()).driverFor(cfg.runtimes.runc!, { podCidrs: [] });
   const run = async (id: string) => {
     const r = await driver.setUp({ containerId: id, netnsPath: `/var/run/netns/${id}`, podName: 'p', podNamespace: 'ns', podUid: 'u', portMappings: [], annotations: {} });
@@ -61,4 +61,13 @@ test("the daemon's networks do not run the loopback plugin: corral-nshelper alre
   await fake.writeConf('10-old.conf', { cniVersion: '1.0.0', name: 'old', type: 'fa' });
   assert.deepEqual(await run('l1'), ['old']);
   assert.deepEqual(await fake.calls(), ['ADD fa eth0']);
+});
+
+test('[cni] loopback_plugin = true: the loopback plugin runs beside the networks, as containerd does', async (t) => {
+  const { fake, run } = await setup(t, 1000, { loopback_plugin: true });
+  await fake.addPlugin('loopback');
+  await fake.respond('loopback', 'ADD', { stdout: { cniVersion: '0.3.1', interfaces: [{ name: 'lo', sandbox: '/x' }], ips: [{ version: '4', address: '127.0.0.1/8', interface: 0 }] } });
+  await fake.writeConf('10-old.conf', { cniVersion: '1.0.0', name: 'old', type: 'fa' });
+  await run('l2');
+  assert.deepEqual((await fake.calls()).sort(), ['ADD fa eth0', 'ADD loopback lo']);
 });

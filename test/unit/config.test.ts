@@ -15,6 +15,7 @@ test('an empty document gives the documented defaults', () => {
   assert.deepEqual(cfg.cni.binDirs, ['/opt/cni/bin', '/usr/lib/cni']);
   assert.equal(cfg.cni.maxNetworks, 1);
   assert.equal(cfg.cni.reloadIntervalMs, 1000);
+  assert.equal(cfg.cni.loopbackPlugin, false);
   assert.equal(cfg.cgroupDriver, 'cgroupfs');
   assert.deepEqual(Object.keys(cfg.runtimes).sort(), ['crun', 'runc']);
   assert.equal(cfg.runtimes.runc!.root, '/run/corral/runc');
@@ -55,6 +56,7 @@ test('unknown keys and bad values are refused with the key and the reason', () =
     [{ cni: { bin_dirs: [] } }, /cni\.bin_dirs: must be a non-empty list/],
     [{ cni: { reload_interval_ms: -1 } }, /cni\.reload_interval_ms: must be between 0 and 3600000/],
     [{ cni: { reload_interval_ms: 1.5 } }, /cni\.reload_interval_ms: must be/],
+    [{ cni: { loopback_plugin: 'yes' } }, /cni\.loopback_plugin: must be true or false/],
     [{ log_level: 3 }, /log_level: must be one of/],
     [{ log_format: 'pretty' }, /log_format: must be one of "json", "text"/],
     [{ default_runtime: 'nope' }, /default_runtime: "nope" is not a configured runtime/],
