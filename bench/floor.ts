@@ -67,7 +67,7 @@ export class Floor {
     const t0 = performance.now();
     await pool(Array.from({ length: n }, (_, i) => i), concurrency, async (i) => {
       const name = `corralbench-floor-${this.tag}-${concurrency}-${i}`;
-      const id = `${this.tag}floor${concurrency}x${i}`.padEnd(32, '0');
+      const id = `${this.tag}floor${concurrency}x${i}x`.padEnd(32, '0');
       const netns = `${NETNS_DIR}/${name}`;
       try {
         this.live.add(name);
@@ -104,7 +104,7 @@ export class Floor {
     // Anything half-done (a failure or Ctrl-C): DEL with whatever is cached, then drop the netns.
     for (const name of [...this.live]) {
       const concurrencyAndIndex = name.slice(`corralbench-floor-${this.tag}-`.length).split('-');
-      const id = `${this.tag}floor${concurrencyAndIndex[0]}x${concurrencyAndIndex[1]}`.padEnd(32, '0');
+      const id = `${this.tag}floor${concurrencyAndIndex[0]}x${concurrencyAndIndex[1]}x`.padEnd(32, '0');
       for (const p of [...plugins].reverse()) await this.plugin('DEL', p, undefined, id, `${NETNS_DIR}/${name}`, name).catch(() => {});
       await execFile('ip', ['netns', 'del', name]);
       this.live.delete(name);
