@@ -95,7 +95,7 @@ export interface StreamedUnpack {
 
 /**
  * Unpacks a layer from the bytes of its download, as they arrive, into `targetDir`
- * (created here, 0755; its parent must exist). The bytes are not verified yet: the
+ * (created here, 0755, with its parent). The bytes are not verified yet: the
  * caller commits the directory only once the blob's digest and the diff ID both match,
  * and removes it otherwise. The helper reads gzip or plain tar from stdin (a zstd
  * layer fails here: the caller unpacks it from the stored file instead).
@@ -106,13 +106,14 @@ export function applyLayerFromDownload(targetDir: string): StreamedUnpack {
   let broken = false; // the helper stopped reading (it failed, or was killed): nothing more is sent
   let aborted: unknown;
   let settle!: (r: Promise<AppliedLayer>) => void;
-  const result = new Promise<AppliedLayer>((resolve) => (settle = resolve)).then((r) => r);
+  const result = new Promise<AppliedLayer>((resolve) => (settle = resolve));
   // The helper starts at the first chunk (the directory is made then), so a tap taken by
   // a download that fails before its first byte costs nothing.
   let starting: Promise<void> | undefined;
   const start = () =>
     (starting ??= (async () => {
       try {
+        await fs.mkdir(path.dirname(root), { recursive: true });
         await fs.mkdir(root, { mode: 0o700 });
         await fs.chmod(root, 0o755);
       } catch (e) {
@@ -151,14 +152,12 @@ export function applyLayerFromDownload(targetDir: string): StreamedUnpack {
       if (!starting) settle(Promise.reject(reason));
     },
   };
-  result.catch(() => {}); // the caller may never ask (the download did not start)
-  return {
-    tap,
-    result: result.then((r) => {
-      if (aborted !== undefined) throw aborted;
-      return r;
-    }),
-  };
+  const verdict = result.then((r) => {
+    if (aborted !== undefined) throw aborted;
+    return r;
+  });
+  verdict.catch(() => {}); // asked for only once the download ended, or never
+  return { tap, result: verdict };
 }
 
 /** Runs corral-unpack to its end and turns its verdict into the result or the matching error. */
