@@ -61,6 +61,8 @@ export class UnpackHelperError extends Error {
 }
 
 const OUTPUT_KEPT_MAX = 64 * 1024;
+/** Bytes of a download queued for a streamed unpack before the download waits for it. */
+const STREAM_SLACK = 4 << 20;
 
 /** What the helper prints on stdout: one of these. */
 interface HelperVerdict {
@@ -136,7 +138,10 @@ export function applyLayerFromDownload(targetDir: string): StreamedUnpack {
       await start();
       if (broken || aborted !== undefined) return;
       const stdin = child!.stdin!;
-      if (stdin.write(chunk)) return;
+      stdin.write(chunk);
+      // Up to STREAM_SLACK queued for the helper: the download does not wait for each
+      // batch to be unpacked, only when the helper falls that far behind.
+      if (stdin.writableLength <= STREAM_SLACK) return;
       await Promise.race([once(stdin, 'drain'), once(stdin, 'close'), once(child!, 'exit')]).catch(() => undefined);
     },
     end() {
