@@ -221,9 +221,12 @@ export class ImageStore {
   }
 
   /**
-   * Unpacks an image's layers (once per chain ID, shared), each as soon as `blobReady`
-   * says its blob is stored: a pull calls this while it still downloads, so unpacking
-   * overlaps the download. Layers unpack side by side, each into a directory of its own.
+   * Unpacks an image's layers (once per chain ID, shared). A pull calls this before it
+   * downloads: a layer this process then downloads is unpacked from its bytes as they
+   * arrive, and committed once `blobReady` says its blob is stored (digest verified) and
+   * the diff ID matches; others are unpacked from the stored blob. Layers unpack side by
+   * side, each into a directory of its own (commit order does not matter: a snapshot is
+   * used only once the image's whole chain is there).
    */
   async unpackLayers(
     reference: string,
