@@ -477,7 +477,7 @@ async function main(): Promise<void> {
         else per.rounds.push(rec);
         const leftNote = rec.left.blobs || rec.left.layers ? `  NOT COLD: ${rec.left.blobs} blobs, ${rec.left.layers} snapshots left` : '';
         console.log(
-          `${label}  ${run.img.shape.padEnd(11)} ${s.name.padEnd(10)} cold ${fmtMs(rec.cold.ms).padStart(5)} ms (${rec.cold.blobGets} blob GETs)` +
+          `${label}  ${run.img.shape.padEnd(11)} ${s.name.padEnd(10)} cold ${fmtMs(rec.cold.ms).padStart(5)} ms (${rec.cold.blobGets} blob GETs, ${rec.coldInodes} inodes in the snapshots)` +
             `  warm ${fmtMs(rec.warm.ms).padStart(5)} ms  RemoveImage ${fmtMs(rec.remove)} ms${leftNote}`,
         );
       }

@@ -62,6 +62,19 @@ interface SharedIngest {
   listeners: Set<(bytes: number) => void>;
 }
 
+/**
+ * Sees a blob's bytes while they are downloaded, before they are verified: a layer can
+ * be unpacked (into a scratch directory) as it arrives. A tap never fails the download.
+ */
+export interface DownloadTap {
+  /** The next bytes, in order; the download waits for the returned promise (backpressure). Must not throw. */
+  write(chunk: Buffer): Promise<void> | void;
+  /** Every byte was written and the blob's size and digest match (it is not yet fsynced or in place). */
+  end(): void;
+  /** The download failed or was cancelled: the bytes written are not the blob. */
+  abort(reason: unknown): void;
+}
+
 export interface IngestOptions {
   /**
    * Stops this caller: its own download is torn down (the stream destroyed, nothing
@@ -74,6 +87,8 @@ export class ContentStore {
   readonly blobsDir: string;
   readonly ingestDir: string;
   private readonly inflight = new Map<string, SharedIngest>();
+  /** Who wants to see the next download of a digest (taken when that download starts). */
+  private readonly downloadWatchers = new Map<string, Set<() => DownloadTap | undefined>>();
   private prepared: Promise<void> | undefined;
 
   constructor(readonly root: string) {
@@ -152,6 +167,33 @@ export class ContentStore {
     }
   }
 
+  /**
+   * Asks to see the bytes of the next download of `digest` in this process: `start` is
+   * called when it begins and may return a tap. Returns the function that withdraws the
+   * request (a no-op once a download took it).
+   */
+  watchNextDownload(digest: string, start: () => DownloadTap | undefined): () => void {
+    let set = this.downloadWatchers.get(digest);
+    if (!set) this.downloadWatchers.set(digest, (set = new Set()));
+    set.add(start);
+    return () => {
+      const s = this.downloadWatchers.get(digest);
+      s?.delete(start);
+      if (s?.size === 0) this.downloadWatchers.delete(digest);
+    };
+  }
+
+  private takeDownloadTaps(digest: string): DownloadTap[] {
+    const starts = this.downloadWatchers.get(digest);
+    this.downloadWatchers.delete(digest);
+    const taps: DownloadTap[] = [];
+    for (const start of starts ?? []) {
+      const tap = start();
+      if (tap) taps.push(tap);
+    }
+    return taps;
+  }
+
   /** Waits for another caller's download, hearing its progress, until it ends or `signal` aborts. */
   private waitFor(shared: SharedIngest, onProgress: ((bytes: number) => void) | undefined, signal: AbortSignal | undefined): Promise<void> {
     if (onProgress) shared.listeners.add(onProgress);
@@ -181,6 +223,7 @@ export class ContentStore {
     let source: NodeJS.ReadableStream | undefined;
     const onAbort = () => (source as { destroy?: (e?: Error) => void } | undefined)?.destroy?.(signal!.reason);
     signal?.addEventListener('abort', onAbort, { once: true });
+    const taps = this.takeDownloadTaps(digest);
     try {
       signal?.throwIfAborted();
       source = await open();
@@ -197,8 +240,11 @@ export class ContentStore {
         const b = batch.length === 1 ? batch[0]! : Buffer.concat(batch, batched);
         batch = [];
         batched = 0;
-        let off = 0;
-        while (off < b.length) off += (await fh.write(b, off, b.length - off)).bytesWritten;
+        const toFile = (async () => {
+          let off = 0;
+          while (off < b.length) off += (await fh.write(b, off, b.length - off)).bytesWritten;
+        })();
+        await Promise.all([toFile, ...taps.map((t) => t.write(b))]);
       };
       for await (const piece of source as AsyncIterable<Buffer | string>) {
         signal?.throwIfAborted();
@@ -219,11 +265,13 @@ export class ContentStore {
       }
       const actual = `sha256:${hash.digest('hex')}`;
       if (actual !== digest) throw new BlobVerificationError(digest, 'digest', digest, actual);
+      for (const t of taps) t.end(); // an unpack fed from the download finishes while the blob is fsynced
       await fh.sync();
       await fh.close();
       closed = true;
       await fs.rename(tmp, path.join(this.blobsDir, hex));
     } catch (e) {
+      for (const t of taps) t.abort(e);
       if (!closed) await fh.close().catch(() => undefined);
       await fs.rm(tmp, { force: true });
       (source as { destroy?: () => void } | undefined)?.destroy?.();

@@ -13,7 +13,7 @@ import { invalidArgument } from '../errors.js';
 import { BlobTooLargeError, ContentStore } from './content-store.js';
 import { parseReference } from './reference.js';
 import { SnapshotStore, chainIds } from './snapshots.js';
-import { applyLayer, LayerCorruptError, LayerRefusedError, UnpackHelperError } from './unpack.js';
+import { applyLayer, applyLayerFromDownload, LayerCorruptError, LayerRefusedError, UnpackHelperError, type AppliedLayer } from './unpack.js';
 import { processAlive } from '../util/process.js';
 import { ImageStoreUsage } from './fs-usage.js';
 
@@ -221,9 +221,12 @@ export class ImageStore {
   }
 
   /**
-   * Unpacks an image's layers (once per chain ID, shared), each as soon as `blobReady`
-   * says its blob is stored: a pull calls this while it still downloads, so unpacking
-   * overlaps the download. Layers unpack side by side, each into a directory of its own.
+   * Unpacks an image's layers (once per chain ID, shared). A pull calls this before it
+   * downloads: a layer this process then downloads is unpacked from its bytes as they
+   * arrive, and committed once `blobReady` says its blob is stored (digest verified) and
+   * the diff ID matches; others are unpacked from the stored blob. Layers unpack side by
+   * side, each into a directory of its own (commit order does not matter: a snapshot is
+   * used only once the image's whole chain is there).
    */
   async unpackLayers(
     reference: string,
@@ -232,22 +235,73 @@ export class ImageStore {
     blobReady: (digest: string) => Promise<void> = async () => {},
     hold?: ContentHold,
   ): Promise<void> {
-    await blobReady(configDigest);
-    const { diffIds, chain } = await this.layerChain(reference, configDigest, layers.length);
-    await hold?.chains(chain); // before looking for them: a collection must not remove one found present
-    await forEachBounded(layers, UNPACK_CONCURRENCY, async (layer, i) => {
-      if (await this.snapshots.has(chain[i]!)) return;
-      await blobReady(layer.digest);
-      await this.snapshots.prepare(chain[i]!, async (dir: string) => {
-        const { diffId } = await applyLayer(this.content.blobPath(layer.digest), layer.mediaType, dir).catch((e: unknown) => {
-          if (e instanceof LayerRefusedError || e instanceof LayerCorruptError || e instanceof UnpackHelperError) e.message = `image ${reference}: layer ${layer.digest}: ${e.message}`;
-          throw e;
+    // Before the first await: a layer this process then downloads is unpacked from its
+    // bytes as they arrive, not after the blob is stored.
+    const early = new Map<string, EarlyUnpack>();
+    for (const l of layers) if (!early.has(l.digest)) early.set(l.digest, this.unpackWhileDownloading(l.digest, l.mediaType));
+    try {
+      await blobReady(configDigest);
+      const { diffIds, chain } = await this.layerChain(reference, configDigest, layers.length);
+      await hold?.chains(chain); // before looking for them: a collection must not remove one found present
+      await forEachBounded(layers, UNPACK_CONCURRENCY, async (layer, i) => {
+        if (await this.snapshots.has(chain[i]!)) return;
+        // Both checks before a snapshot is committed: the blob's digest (it is stored only
+        // if it matches) and, below, the diff ID of what was unpacked.
+        await blobReady(layer.digest);
+        await this.snapshots.prepare(chain[i]!, async (dir: string) => {
+          const streamed = await early.get(layer.digest)?.take();
+          const { diffId } = streamed
+            ? await fs.rename(streamed.dir, dir).then(() => streamed.applied)
+            : await applyLayer(this.content.blobPath(layer.digest), layer.mediaType, dir).catch((e: unknown) => {
+                if (e instanceof LayerRefusedError || e instanceof LayerCorruptError || e instanceof UnpackHelperError) e.message = `image ${reference}: layer ${layer.digest}: ${e.message}`;
+                throw e;
+              });
+          if (diffId !== diffIds[i]) {
+            throw new Error(`image ${reference}: layer ${layer.digest} unpacks to ${diffId}, but the config says ${diffIds[i]}`);
+          }
         });
-        if (diffId !== diffIds[i]) {
-          throw new Error(`image ${reference}: layer ${layer.digest} unpacks to ${diffId}, but the config says ${diffIds[i]}`);
-        }
       });
-    });
+    } finally {
+      await Promise.all([...early.values()].map((e) => e.discard()));
+    }
+  }
+
+  /**
+   * Asks the content store for the bytes of the layer's next download and unpacks them
+   * as they arrive into a scratch directory. take() gives that directory once the helper
+   * succeeded (else undefined: the caller unpacks the stored file, which also gives the
+   * authoritative error); discard() stops the helper and removes what was not taken.
+   */
+  private unpackWhileDownloading(digest: string, mediaType: string): EarlyUnpack {
+    let started: { scratch: string; result: Promise<AppliedLayer>; stop: (why: Error) => void } | undefined;
+    let taken = false;
+    // zstd is read from the stored file (the helper seeks in it); media types can lie, and
+    // a helper that fails on a stream is simply not used.
+    const withdraw = /zstd|encrypted/.test(mediaType)
+      ? () => {}
+      : this.content.watchNextDownload(digest, () => {
+          const scratch = this.snapshots.scratchDir(digest);
+          const s = applyLayerFromDownload(scratch);
+          started = { scratch, result: s.result, stop: (why) => s.tap.abort(why) };
+          return s.tap;
+        });
+    return {
+      take: async () => {
+        if (!started || taken) return undefined;
+        taken = true;
+        const applied = await started.result.catch(() => undefined);
+        return applied ? { dir: started.scratch, applied } : undefined;
+      },
+      discard: async () => {
+        withdraw();
+        if (!started) return;
+        // Not used (the pull failed, or another one unpacked the chain): its download, maybe
+        // another pull's, goes on without it.
+        if (!taken) started.stop(new Error('layer unpack from the download not needed'));
+        await started.result.catch(() => undefined);
+        await fs.rm(started.scratch, { recursive: true, force: true });
+      },
+    };
   }
 
   private async layerChain(reference: string, configDigest: string, layerCount: number): Promise<{ config: any; diffIds: string[]; chain: string[] }> {
@@ -369,6 +423,12 @@ export class ImageStore {
 
 /** Layers unpacked at once by one registration. */
 const UNPACK_CONCURRENCY = 3;
+
+/** A layer unpacked (or being unpacked) from its download; see ImageStore.unpackWhileDownloading. */
+interface EarlyUnpack {
+  take(): Promise<{ dir: string; applied: AppliedLayer } | undefined>;
+  discard(): Promise<void>;
+}
 
 /** Runs fn over items, at most `limit` at a time; the first failure is thrown after the running ones end. */
 async function forEachBounded<T>(items: readonly T[], limit: number, fn: (item: T, index: number) => Promise<void>): Promise<void> {

@@ -89,6 +89,14 @@ export class SnapshotStore {
     }
   }
 
+  /**
+   * A fresh path (not created) for unpacking a layer before its chain ID is known, e.g.
+   * while it downloads: named like a temporary snapshot, so a start after a crash removes it.
+   */
+  scratchDir(layerDigest: string): string {
+    return path.join(this.dir, `${TEMP_PREFIX}${hexOf(layerDigest)}-${process.pid}-${randomBytes(4).toString('hex')}`);
+  }
+
   /** Chain IDs of the complete snapshots on disk. */
   async list(): Promise<string[]> {
     const names = await fs.readdir(this.dir).catch(() => [] as string[]);

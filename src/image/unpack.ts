@@ -21,8 +21,11 @@
  * xattrs (binary values byte for byte) are kept. The helper runs Debian's zstd tool for
  * zstd layers (their bytes go from zstd to the helper, never through Node).
  */
-import { spawn } from 'node:child_process';
+import { spawn, type ChildProcess } from 'node:child_process';
+import { once } from 'node:events';
+import { promises as fs } from 'node:fs';
 import path from 'node:path';
+import type { DownloadTap } from './content-store.js';
 import { CorralError } from '../errors.js';
 import { nativeBinary } from '../util/paths.js';
 
@@ -58,6 +61,8 @@ export class UnpackHelperError extends Error {
 }
 
 const OUTPUT_KEPT_MAX = 64 * 1024;
+/** Bytes of a download queued for a streamed unpack before the download waits for it. */
+const STREAM_SLACK = 4 << 20;
 
 /** What the helper prints on stdout: one of these. */
 interface HelperVerdict {
@@ -82,10 +87,91 @@ export async function applyLayer(layerFile: string, mediaType: string, targetDir
   return runHelper(['--layer', layerFile, root], root);
 }
 
+/** An unpack fed from a download as its bytes arrive (see applyLayerFromDownload). */
+export interface StreamedUnpack {
+  /** Give to ContentStore: it feeds the helper's stdin. */
+  tap: DownloadTap;
+  /** The helper's verdict; rejects if the download was aborted, or on anything applyLayer would reject. */
+  result: Promise<AppliedLayer>;
+}
+
+/**
+ * Unpacks a layer from the bytes of its download, as they arrive, into `targetDir`
+ * (created here, 0755, with its parent). The bytes are not verified yet: the
+ * caller commits the directory only once the blob's digest and the diff ID both match,
+ * and removes it otherwise. The helper reads gzip or plain tar from stdin (a zstd
+ * layer fails here: the caller unpacks it from the stored file instead).
+ */
+export function applyLayerFromDownload(targetDir: string): StreamedUnpack {
+  const root = path.resolve(targetDir);
+  let child: ChildProcess | undefined;
+  let broken = false; // the helper stopped reading (it failed, or was killed): nothing more is sent
+  let aborted: unknown;
+  let settle!: (r: Promise<AppliedLayer>) => void;
+  const result = new Promise<AppliedLayer>((resolve) => (settle = resolve));
+  // The helper starts at the first chunk (the directory is made then), so a tap taken by
+  // a download that fails before its first byte costs nothing.
+  let starting: Promise<void> | undefined;
+  const start = () =>
+    (starting ??= (async () => {
+      try {
+        await fs.mkdir(path.dirname(root), { recursive: true });
+        await fs.mkdir(root, { mode: 0o700 });
+        await fs.chmod(root, 0o755);
+      } catch (e) {
+        broken = true;
+        settle(Promise.reject(e));
+        return;
+      }
+      if (aborted !== undefined) {
+        broken = true;
+        settle(Promise.reject(aborted));
+        return;
+      }
+      const run = runHelper(['--layer', '-', root], root, true);
+      child = run.child;
+      child.stdin!.on('error', () => (broken = true)); // EPIPE: the helper exited early; its verdict says why
+      settle(run.done);
+    })());
+  const tap: DownloadTap = {
+    async write(chunk) {
+      await start();
+      if (broken || aborted !== undefined) return;
+      const stdin = child!.stdin!;
+      stdin.write(chunk);
+      // Up to STREAM_SLACK queued for the helper: the download does not wait for each
+      // batch to be unpacked, only when the helper falls that far behind.
+      if (stdin.writableLength <= STREAM_SLACK) return;
+      await Promise.race([once(stdin, 'drain'), once(stdin, 'close'), once(child!, 'exit')]).catch(() => undefined);
+    },
+    end() {
+      void start().then(() => {
+        if (!broken) child?.stdin?.end();
+      });
+    },
+    abort(reason) {
+      aborted ??= reason;
+      broken = true;
+      child?.kill('SIGKILL');
+      child?.stdin?.destroy();
+      if (!starting) settle(Promise.reject(reason));
+    },
+  };
+  const verdict = result.then((r) => {
+    if (aborted !== undefined) throw aborted;
+    return r;
+  });
+  verdict.catch(() => {}); // asked for only once the download ended, or never
+  return { tap, result: verdict };
+}
+
 /** Runs corral-unpack to its end and turns its verdict into the result or the matching error. */
-function runHelper(args: string[], root: string): Promise<AppliedLayer> {
-  return new Promise<AppliedLayer>((resolve, reject) => {
-    const child = spawn(nativeBinary('corral-unpack'), args, { stdio: ['ignore', 'pipe', 'pipe'] });
+function runHelper(args: string[], root: string): Promise<AppliedLayer>;
+function runHelper(args: string[], root: string, stdin: true): { child: ChildProcess; done: Promise<AppliedLayer> };
+function runHelper(args: string[], root: string, stdin = false): Promise<AppliedLayer> | { child: ChildProcess; done: Promise<AppliedLayer> } {
+  let child!: ChildProcess;
+  const done = new Promise<AppliedLayer>((resolve, reject) => {
+    child = spawn(nativeBinary('corral-unpack'), args, { stdio: [stdin ? 'pipe' : 'ignore', 'pipe', 'pipe'] });
     // The helper prints one line (zstd one more on stderr): whatever else comes is not kept.
     const stdout: Buffer[] = [];
     const stderr: Buffer[] = [];
@@ -123,4 +209,5 @@ function runHelper(args: string[], root: string): Promise<AppliedLayer> {
       }
     });
   });
+  return stdin ? { child, done } : done;
 }

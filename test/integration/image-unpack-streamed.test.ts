@@ -1,0 +1,143 @@
+/**
+ * Layers unpacked from their download as the bytes arrive (ImageStore.unpackLayers with
+ * ContentStore taps, corral-unpack --layer -): the unpack runs before the blob is whole,
+ * and a snapshot is committed only once the blob's digest and the diff ID both match;
+ * a mismatch or a download that breaks off after files were written leaves no snapshot,
+ * no scratch directory and no partial blob.
+ */
+import { test, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { promises as fs } from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { randomBytes } from 'node:crypto';
+import { PassThrough, Readable } from 'node:stream';
+import { ImageStore } from '../../src/image/image-store.js';
+import { chainIds } from '../../src/image/snapshots.js';
+import { silentLogger } from '../../src/util/log.js';
+import { buildImage, buildLayer, sha256, type TestImage, type TarEntry } from '../helpers/test-images.js';
+
+let root: string;
+let image: TestImage;
+
+before(async () => {
+  root = await fs.mkdtemp(path.join(os.tmpdir(), 'corral-unpack-streamed-'));
+  // Random content: the gzip stays about as large as the tar (3.3 MB), so its first half
+  // is more than one 1 MiB write batch of the content store, and holds files.
+  const entries: TarEntry[] = [{ path: 'd/', type: 'directory' }];
+  for (let i = 0; i < 800; i++) entries.push({ path: `d/f${i}`, content: randomBytes(4096) });
+  image = buildImage({ layers: [await buildLayer(entries)] });
+});
+
+after(async () => {
+  if (root) await fs.rm(root, { recursive: true, force: true });
+});
+
+async function freshStore(): Promise<ImageStore> {
+  const dir = await fs.mkdtemp(path.join(root, 'store-'));
+  const store = new ImageStore(dir, silentLogger());
+  await store.content.ingest(image.config.digest, image.config.size, async () => Readable.from([image.config.bytes]));
+  return store;
+}
+
+/** Scratch and temporary snapshot directories (".tmp-...") under the store's snapshots. */
+async function tempDirs(store: ImageStore): Promise<string[]> {
+  return (await fs.readdir(store.snapshots.dir).catch(() => [] as string[])).filter((n) => n.startsWith('.tmp-'));
+}
+
+async function leftovers(store: ImageStore): Promise<string[]> {
+  const partials = await fs.readdir(store.content.ingestDir).catch(() => [] as string[]);
+  return [...(await tempDirs(store)), ...partials];
+}
+
+/** Waits until a scratch directory holds unpacked files (the unpack runs while the download is incomplete). */
+async function untilUnpackingStarted(store: ImageStore): Promise<void> {
+  for (let i = 0; i < 200; i++) {
+    for (const t of await tempDirs(store)) {
+      const files = await fs.readdir(path.join(store.snapshots.dir, t, 'd')).catch(() => [] as string[]);
+      if (files.length > 0) return;
+    }
+    await new Promise((r) => setTimeout(r, 25));
+  }
+  assert.fail('no layer files were unpacked while the download was incomplete');
+}
+
+/**
+ * One "pull": unpackLayers told about the layer before its download, then the download
+ * fed by hand — the first half, a wait until the unpack wrote files, then `rest`.
+ */
+async function pullWith(store: ImageStore, claimedDigest: string, rest: (s: PassThrough, second: Buffer) => void) {
+  const layer = image.layers[0]!;
+  const source = new PassThrough();
+  let stored!: Promise<void>;
+  const unpacking = store.unpackLayers('test/streamed:latest', image.config.digest, [{ digest: claimedDigest, mediaType: layer.mediaType }], async (d) => {
+    if (d === claimedDigest) await stored;
+  });
+  stored = store.content.ingest(claimedDigest, layer.size, async () => source);
+  const half = layer.bytes.length >> 1;
+  for (let off = 0; off < half; off += 65536) source.write(layer.bytes.subarray(off, Math.min(off + 65536, half)));
+  await untilUnpackingStarted(store);
+  rest(source, layer.bytes.subarray(half));
+  return { stored, unpacking };
+}
+
+test('a layer is unpacked while it downloads and committed once its digest and diff ID match', async () => {
+  const store = await freshStore();
+  const layer = image.layers[0]!;
+  const { stored, unpacking } = await pullWith(store, layer.digest, (s, second) => s.end(second));
+  await stored;
+  await unpacking;
+  const [chain] = chainIds([layer.diffId]);
+  const files = await fs.readdir(path.join(store.snapshots.fsDir(chain!), 'd'));
+  assert.equal(files.length, 800);
+  const f7 = await fs.readFile(path.join(store.snapshots.fsDir(chain!), 'd', 'f7'));
+  assert.equal(f7.length, 4096);
+  assert.ok(await store.content.has(layer.digest));
+  assert.deepEqual(await leftovers(store), []);
+});
+
+test('a digest mismatch found after the unpack wrote files leaves no snapshot, scratch directory or partial blob', async () => {
+  const store = await freshStore();
+  const layer = image.layers[0]!;
+  const wrong = sha256(Buffer.concat([layer.bytes, Buffer.from('x')])); // same size, other digest
+  const { stored, unpacking } = await pullWith(store, wrong, (s, second) => s.end(second));
+  await assert.rejects(stored, /digest mismatch/);
+  await assert.rejects(unpacking, /digest mismatch/);
+  assert.deepEqual(await store.snapshots.list(), []);
+  assert.deepEqual(await leftovers(store), []);
+  assert.equal(await store.content.has(wrong), false);
+});
+
+test('a download that breaks off in the middle of the unpack fails cleanly, leaving nothing', async () => {
+  const store = await freshStore();
+  const layer = image.layers[0]!;
+  const { stored, unpacking } = await pullWith(store, layer.digest, (s) => s.destroy(new Error('connection reset by the test')));
+  await assert.rejects(stored, /connection reset by the test/);
+  await assert.rejects(unpacking, /connection reset by the test/);
+  assert.deepEqual(await store.snapshots.list(), []);
+  assert.deepEqual(await leftovers(store), []);
+  assert.equal(await store.content.has(layer.digest), false);
+});
+
+test('two pulls of one image at once share the download and commit one snapshot', async () => {
+  const store = await freshStore();
+  const layer = image.layers[0]!;
+  const source = new PassThrough();
+  let opened = 0;
+  const pulls = [0, 1].map(() => {
+    let stored!: Promise<void>;
+    const unpacking = store.unpackLayers('test/streamed:latest', image.config.digest, [{ digest: layer.digest, mediaType: layer.mediaType }], async () => stored);
+    stored = store.content.ingest(layer.digest, layer.size, async () => {
+      opened++;
+      return source;
+    });
+    return { stored, unpacking };
+  });
+  for (let off = 0; off < layer.bytes.length; off += 65536) source.write(layer.bytes.subarray(off, off + 65536));
+  source.end();
+  await Promise.all(pulls.flatMap((p) => [p.stored, p.unpacking]));
+  assert.equal(opened, 1);
+  const [chain] = chainIds([layer.diffId]);
+  assert.equal((await fs.readdir(path.join(store.snapshots.fsDir(chain!), 'd'))).length, 800);
+  assert.deepEqual(await leftovers(store), []);
+});
