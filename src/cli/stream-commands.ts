@@ -5,6 +5,7 @@
  * carries stdin's EOF; port-forward: `v4.channel.k8s.io`, one WebSocket per connection).
  * Every message is a channel byte, then the payload. ws and grpc-js are loaded here only.
  */
+import { spawnSync } from 'node:child_process';
 import net from 'node:net';
 import { parseArgs } from 'node:util';
 import type { WebSocket } from 'ws';
@@ -155,6 +156,10 @@ function runSession(ws: WebSocket, opts: { stdin: boolean; tty: boolean; timeout
       if (raw) {
         input.setRawMode(true);
         rawSet = true;
+        // libuv's raw mode keeps output post-processing (ONLCR), so the remote terminal's
+        // \r\n would reach the screen as \r\r\n; crictl's raw mode turns it off too.
+        // setRawMode(false) and Node's exit restore the terminal's saved modes.
+        spawnSync('stty', ['-opost'], { stdio: ['inherit', 'ignore', 'ignore'] });
       }
       if (opts.tty) {
         const sendSize = () => {

@@ -171,6 +171,14 @@ test('corral exec -it under a terminal: the command has a TTY of the terminal\'s
   assert.match(text, /terminal-restored/, 'raw mode was undone');
 });
 
+test('corral exec -t: lines reach the terminal as the remote terminal wrote them (\\r\\n, not \\r\\r\\n)', async () => {
+  const r = await underTerminal(`${process.execPath} ${mainJs} exec -r unix://${d.socket} -it ${containerId} sh -c 'echo first; echo second'; echo "cli-exit=$?"`).done;
+  const text = r.stdout.toString();
+  assert.match(text, /first\r\nsecond\r\n/, JSON.stringify(text));
+  assert.doesNotMatch(text, /\r\r\n/, JSON.stringify(text));
+  assert.match(text, /cli-exit=0/);
+});
+
 test('corral exec -t: the exit code passes through a terminal session too', async () => {
   const r = await underTerminal(`${process.execPath} ${mainJs} exec -r unix://${d.socket} -it ${containerId} sh -c 'exit 7'; echo "cli-exit=$?"`).done;
   assert.match(r.stdout.toString(), /cli-exit=7/);
