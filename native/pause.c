@@ -21,36 +21,7 @@
 
 #define CORRAL_PAUSE_VERSION "0.1.0"
 
-static void on_stop(int sig)
-{
-	(void)sig;
-	_exit(0);
-}
-
-static void reap_all(void)
-{
-	int saved = errno;
-	/* waitpid is async-signal-safe; collect every child that has exited. */
-	while (waitpid(-1, NULL, WNOHANG) > 0)
-		;
-	errno = saved;
-}
-
-static void on_child(int sig)
-{
-	(void)sig;
-	reap_all();
-}
-
-static int install(int sig, void (*fn)(int), int flags)
-{
-	struct sigaction sa;
-	memset(&sa, 0, sizeof(sa));
-	sa.sa_handler = fn;
-	sa.sa_flags = flags;
-	sigfillset(&sa.sa_mask);
-	return sigaction(sig, &sa, NULL);
-}
+#include "pause-loop.h"
 
 static void usage(FILE *to)
 {
@@ -73,8 +44,7 @@ int main(int argc, char **argv)
 		return 2;
 	}
 
-	if (install(SIGINT, on_stop, 0) != 0 || install(SIGTERM, on_stop, 0) != 0 ||
-	    install(SIGCHLD, on_child, SA_NOCLDSTOP | SA_RESTART) != 0) {
+	if (install_pid1_handlers() != 0) {
 		perror("corral-pause: sigaction");
 		return 1;
 	}

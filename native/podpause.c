@@ -62,57 +62,11 @@
 #define MAX_CGROUPS 32
 #define MAX_SETS 32
 
-static void json_string(FILE *out, const char *s)
-{
-	fputc('"', out);
-	for (const unsigned char *p = (const unsigned char *)s; *p; p++) {
-		if (*p == '"' || *p == '\\')
-			fprintf(out, "\\%c", *p);
-		else if (*p < 0x20)
-			fprintf(out, "\\u%04x", *p);
-		else
-			fputc(*p, out);
-	}
-	fputc('"', out);
-}
-
-static void report_error(const char *step, int err, const char *fmt, ...)
-{
-	char msg[1024];
-	va_list ap;
-	va_start(ap, fmt);
-	vsnprintf(msg, sizeof(msg), fmt, ap);
-	va_end(ap);
-	if (err) {
-		size_t len = strlen(msg);
-		snprintf(msg + len, sizeof(msg) - len, ": %s", strerror(err));
-	}
-	fputs("{\"error\":", stdout);
-	json_string(stdout, msg);
-	fputs(",\"step\":", stdout);
-	json_string(stdout, step);
-	if (err)
-		fprintf(stdout, ",\"errno\":%d", err);
-	fputs("}\n", stdout);
-	fflush(stdout);
-}
+#include "json-report.h"
 
 /* ---------- the pause (PID 1 of the pod) ---------- */
 
-static void on_stop(int sig)
-{
-	(void)sig;
-	_exit(0);
-}
-
-static void on_child(int sig)
-{
-	(void)sig;
-	int saved = errno;
-	while (waitpid(-1, NULL, WNOHANG) > 0)
-		;
-	errno = saved;
-}
+#include "pause-loop.h"
 
 #ifndef AUDIT_ARCH_CURRENT
 #if defined(__x86_64__)
@@ -178,16 +132,6 @@ static int drop_capabilities(void)
 	return (int)syscall(SYS_capset, &hdr, data);
 }
 
-static int install(int sig, void (*fn)(int), int flags)
-{
-	struct sigaction sa;
-	memset(&sa, 0, sizeof(sa));
-	sa.sa_handler = fn;
-	sa.sa_flags = flags;
-	sigfillset(&sa.sa_mask);
-	return sigaction(sig, &sa, NULL);
-}
-
 /* Tells the launcher why the pause could not be set up ("step\terrno\tmessage"), exits. */
 static void pause_fail(int fd, const char *step, const char *what)
 {
@@ -242,8 +186,7 @@ static void run_pause(int to_launcher, int from_launcher, const char *root, int 
 		pause_fail(to_launcher, "capabilities", "cannot drop capabilities");
 	if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0)
 		pause_fail(to_launcher, "no_new_privs", "PR_SET_NO_NEW_PRIVS");
-	if (install(SIGINT, on_stop, 0) != 0 || install(SIGTERM, on_stop, 0) != 0 ||
-	    install(SIGCHLD, on_child, SA_NOCLDSTOP | SA_RESTART) != 0)
+	if (install_pid1_handlers() != 0)
 		pause_fail(to_launcher, "sigaction", "sigaction");
 	if (install_seccomp() != 0)
 		pause_fail(to_launcher, "seccomp", "cannot install the seccomp filter");

@@ -60,10 +60,10 @@ build() {
   echo "build-native: built $out"
 }
 
-build corral-pause pause.c
-build corral-nshelper nshelper.c
+build corral-pause pause.c pause-loop.h
+build corral-nshelper nshelper.c json-report.h
 build corral-unpack unpack.c -lcrypto -lz
 build corral-execreaper execreaper.c helper-common.h
 build corral-streamhelper streamhelper.c helper-common.h
-build corral-podpause podpause.c
+build corral-podpause podpause.c json-report.h pause-loop.h
 build corral-runsc runscwrap.c

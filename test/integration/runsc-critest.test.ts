@@ -7,10 +7,8 @@
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
-import path from 'node:path';
-import { execFile } from '../../src/util/exec.js';
-import { findExecutable, packageRoot } from '../../src/util/paths.js';
+import { findExecutable } from '../../src/util/paths.js';
+import { critestMissing, runCritest } from '../helpers/critest-run.js';
 
 const FOCUS = 'PodSandbox|Container runtime should support basic operations|Streaming';
 
@@ -24,28 +22,13 @@ const KNOWN = [
   ['portforward in host network', 'runsc handlers refuse host-network pods (INVALID_ARGUMENT)'],
 ] as const;
 
-const critest = await execFile('sh', ['-c', 'command -v critest']);
 const runsc = await findExecutable('runsc');
-const skip =
-  critest.code !== 0 ? 'critest is not installed (bash scripts/install-deps.sh installs it from ../shared/tools)'
-  : !runsc ? 'runsc is not installed (apt-get install runsc; scripts/install-deps.sh does it)'
-  : false;
+const skip = (await critestMissing()) || (!runsc ? 'runsc is not installed (apt-get install runsc; scripts/install-deps.sh does it)' : false);
 
 test('critest v1.26.1 --runtime-handler=runsc: every PodSandbox, basic container and Streaming spec passes but gVisor\'s known limits', { skip, timeout: 600_000 }, async () => {
-  const runner = path.join(packageRoot(), 'dist', 'test', 'conformance', 'run-critest.js');
-  const out: Buffer[] = [];
-  const code = await new Promise<number | null>((resolve, reject) => {
-    const child = spawn(process.execPath, [runner, '--runtime-handler', 'runsc', '--focus', FOCUS, '--skip', KNOWN.map(([re]) => re).join('|')], { stdio: ['ignore', 'pipe', 'pipe'] });
-    child.stdout.on('data', (b: Buffer) => out.push(b));
-    child.stderr.on('data', (b: Buffer) => out.push(b));
-    child.on('error', reject);
-    child.on('close', resolve);
-  });
-  const text = Buffer.concat(out).toString();
-  const summary = /Ran (\d+) of (\d+) Specs[^\n]*\n(?:[^\n]*\n)?[^\n]*?(\d+) Passed \| (\d+) Failed/.exec(text);
-  const failed = [...new Set(text.match(/\[FAIL\][^\n]*/g) ?? [])];
+  const { code, text, summary, failed } = await runCritest(['--runtime-handler', 'runsc', '--focus', FOCUS, '--skip', KNOWN.map(([re]) => re).join('|')]);
   assert.equal(code, 0, `critest failed:\n${failed.join('\n')}\n${text.slice(-4000)}`);
   assert.ok(summary, `no critest summary in:\n${text.slice(-2000)}`);
-  assert.equal(Number(summary[4]), 0);
-  assert.ok(Number(summary[3]) >= 10, `only ${summary[3]} specs passed`);
+  assert.equal(summary.failed, 0);
+  assert.ok(summary.passed >= 10, `only ${summary.passed} specs passed`);
 });

@@ -153,7 +153,7 @@ export function pluginFailure(network: string, pluginType: string, verb: CniVerb
   try {
     parsed = JSON.parse(stdout);
   } catch {
-    return new CniPluginError({ network, pluginType, verb, msg: `plugin failed (${how}) and its output is not a CNI error: ${JSON.stringify(truncate(stdout, 2000))}`, stderr, ran: true });
+    parsed = undefined; // not JSON: refused below like any other non-object
   }
   if (typeof parsed !== 'object' || parsed === null || Array.isArray(parsed)) {
     return new CniPluginError({ network, pluginType, verb, msg: `plugin failed (${how}) and its output is not a CNI error: ${JSON.stringify(truncate(stdout, 2000))}`, stderr, ran: true });
