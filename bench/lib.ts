@@ -3,6 +3,7 @@
  * also runs on Ctrl-C, kubelet-like pod configs, a concurrency pool and table printing.
  * Nothing here asserts: the benchmark only measures and prints.
  */
+import { execFile } from 'node:child_process';
 import { readFileSync, readdirSync } from 'node:fs';
 import { performance } from 'node:perf_hooks';
 import { randomBytes } from 'node:crypto';
@@ -180,6 +181,27 @@ export function installSignalHandlers(): void {
   process.on('unhandledRejection', (e) => abort(`unhandled rejection: ${(e as Error)?.stack ?? e}`, 1));
   process.stdout.on('error', () => {});
   process.stderr.on('error', () => {});
+}
+
+/**
+ * Runs a benchmark's main: a failure is printed and makes the exit code 1, then everything
+ * registered is cleaned up (unless Ctrl-C already started that) and the veth interfaces
+ * left on the host are counted, so a leak shows in the output.
+ */
+export function runBench(name: string, main: () => Promise<void>): void {
+  main()
+    .catch((e) => {
+      if (isAborted()) return; // a call cut off by the cleanup after Ctrl-C
+      process.exitCode = 1;
+      console.error(`${name} failed: ${(e as Error)?.stack ?? errMessage(e)}`);
+    })
+    .finally(async () => {
+      if (isAborted()) return; // the signal handler is cleaning up
+      console.log('\ncleaning up ...');
+      await runCleanups();
+      const links = await new Promise<string>((resolve) => execFile('ip', ['-o', 'link', 'show', 'type', 'veth'], (_e, out) => resolve(String(out ?? ''))));
+      console.log(`done; veth interfaces left on the host: ${links.split('\n').filter(Boolean).length}`);
+    });
 }
 
 // ---------------------------------------------------------------- pods

@@ -22,7 +22,20 @@ import { pushImage, startRegistry } from '../test/helpers/registry.js';
 import { busyboxImage, buildImage, buildLayer, type TarEntry } from '../test/helpers/test-images.js';
 import { startBenchCorral } from './corral.js';
 import { BenchContainerd, buildPauseImage, ensureContainerd } from './containerd.js';
-import { errMessage, fmtMs, installSignalHandlers, kubeletPodConfig, onCleanup, p50, p95, pool, printTable, ratio, runCleanups, timed } from './lib.js';
+import {
+  errMessage,
+  fmtMs,
+  installSignalHandlers,
+  kubeletPodConfig,
+  onCleanup,
+  p50,
+  p95,
+  pool,
+  printTable,
+  ratio,
+  runBench,
+  timed,
+} from './lib.js';
 
 const { values: flags } = parseArgs({
   options: {
@@ -161,9 +174,4 @@ async function main(): Promise<void> {
   console.log(`a du-like walk of Corral's image store from the bench process (what each ImageFsInfo did before): ${fmtMs(walk.ms)} ms`);
 }
 
-main()
-  .catch((e) => {
-    console.error(e);
-    process.exitCode = 1;
-  })
-  .finally(() => runCleanups());
+runBench('listbench', main);

@@ -22,7 +22,6 @@ import { BenchCorral, OCI_PAUSE_HANDLERS } from './corral.js';
 import { BenchContainerd, buildPauseImage, ensureContainerd } from './containerd.js';
 import { Floor, type FloorResult } from './floor.js';
 import {
-  RssSampler,
   errMessage,
   fmtMiB,
   fmtMs,
@@ -35,10 +34,11 @@ import {
   p95,
   pool,
   printTable,
+  pssKiB,
   ratio,
   rssKiB,
-  pssKiB,
-  runCleanups,
+  RssSampler,
+  runBench,
   sleep,
   timed,
   type PidMode,
@@ -436,15 +436,4 @@ async function main(): Promise<void> {
   console.log(`load average at end: ${os.loadavg().map((l) => l.toFixed(2)).join(' ')}`);
 }
 
-main()
-  .catch((e) => {
-    process.exitCode = 1;
-    console.error(`podbench failed: ${(e as Error).stack ?? e}`);
-  })
-  .finally(async () => {
-    if (isAborted()) return; // the signal handler is cleaning up
-    console.log('\ncleaning up ...');
-    await runCleanups();
-    const veths = (await execFile('ip', ['-o', 'link', 'show', 'type', 'veth'])).stdout.split('\n').filter(Boolean).length;
-    console.log(`done; veth interfaces left on the host: ${veths}`);
-  });
+runBench('podbench', main);

@@ -39,9 +39,9 @@ import {
   pool,
   printTable,
   ratio,
-  RssSampler,
   rssKiB,
-  runCleanups,
+  RssSampler,
+  runBench,
   sleep,
   timed,
 } from './lib.js';
@@ -545,10 +545,4 @@ async function main(): Promise<void> {
   }
 }
 
-main()
-  .catch((e) => {
-    if (isAborted()) return; // a call cut off by the cleanup after Ctrl-C
-    console.error(`pullbench failed: ${(e as Error)?.stack ?? errMessage(e)}`);
-    process.exitCode = 1;
-  })
-  .finally(() => runCleanups());
+runBench('pullbench', main);

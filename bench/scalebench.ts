@@ -51,7 +51,7 @@ import {
   pssKiB,
   ratio,
   rssKiB,
-  runCleanups,
+  runBench,
   sleep,
   timed,
   type PidMode,
@@ -498,15 +498,4 @@ async function main(): Promise<void> {
   console.log(`load average at end: ${os.loadavg().map((l) => l.toFixed(2)).join(' ')}`);
 }
 
-main()
-  .catch((e) => {
-    process.exitCode = 1;
-    console.error(`scalebench failed: ${(e as Error).stack ?? e}`);
-  })
-  .finally(async () => {
-    if (isAborted()) return; // the signal handler is cleaning up
-    console.log('\ncleaning up ...');
-    await runCleanups();
-    const veths = (await execFile('ip', ['-o', 'link', 'show', 'type', 'veth'])).stdout.split('\n').filter(Boolean).length;
-    console.log(`done; veth interfaces left on the host: ${veths}`);
-  });
+runBench('scalebench', main);

@@ -24,7 +24,23 @@ import { pushImage, startRegistry } from '../test/helpers/registry.js';
 import { busyboxImage } from '../test/helpers/test-images.js';
 import { BenchCorral } from './corral.js';
 import { BenchContainerd, buildPauseImage, ensureContainerd } from './containerd.js';
-import { errMessage, fmtMs, installSignalHandlers, isAborted, kubeletPodConfig, onCleanup, p50, p95, parseBenchFlags, pool, printTable, ratio, runCleanups, sleep, timed } from './lib.js';
+import {
+  errMessage,
+  fmtMs,
+  installSignalHandlers,
+  isAborted,
+  kubeletPodConfig,
+  onCleanup,
+  p50,
+  p95,
+  parseBenchFlags,
+  pool,
+  printTable,
+  ratio,
+  runBench,
+  sleep,
+  timed,
+} from './lib.js';
 
 const USAGE = 'usage: node dist/bench/statsbench.js [--pods 50] [--containers-per-pod 2] [--calls 40] [--rounds 4] [--pid CONTAINER|POD] [--skip-containerd]';
 const flags = parseBenchFlags(USAGE, {
@@ -213,9 +229,4 @@ async function removeCgroupTrees(nameSuffix: string): Promise<void> {
   }
 }
 
-main()
-  .catch((e) => {
-    console.error(e);
-    process.exitCode = 1;
-  })
-  .finally(() => runCleanups());
+runBench('statsbench', main);

@@ -33,7 +33,20 @@ import { freePort, pushImage, startRegistry } from '../test/helpers/registry.js'
 import { buildLayer, busyboxImage } from '../test/helpers/test-images.js';
 import { BenchContainerd, buildPauseImage, ensureContainerd } from './containerd.js';
 import { BenchCorral } from './corral.js';
-import { errMessage, fmtMs, fmtNum, installSignalHandlers, isAborted, kubeletPodConfig, onCleanup, p50, parseBenchFlags, printTable, ratio, runCleanups } from './lib.js';
+import {
+  errMessage,
+  fmtMs,
+  fmtNum,
+  installSignalHandlers,
+  isAborted,
+  kubeletPodConfig,
+  onCleanup,
+  p50,
+  parseBenchFlags,
+  printTable,
+  ratio,
+  runBench,
+} from './lib.js';
 
 // ---------------------------------------------------------------- flags
 
@@ -449,14 +462,4 @@ async function main(): Promise<void> {
   console.log(`load average at end: ${os.loadavg().map((l) => l.toFixed(2)).join(' ')}`);
 }
 
-main()
-  .catch((e) => {
-    process.exitCode = 1;
-    console.error(`streambench failed: ${(e as Error).stack ?? e}`);
-  })
-  .finally(async () => {
-    if (isAborted()) return; // the signal handler is cleaning up
-    console.log('\ncleaning up ...');
-    await runCleanups();
-    console.log('done');
-  });
+runBench('streambench', main);

@@ -17,7 +17,6 @@ const KNOWN = [
   // gVisor's own /proc/sys has no fs/mqueue, kernel/shm_rmid_forced...: the container shows
   // "cat: can't open '/proc/sys/fs/mqueue/msg_max': No such file or directory".
   ['should support safe sysctls|should support unsafe sysctls', 'gVisor does not implement these sysctls'],
-  ['execSync with timeout', 'the upstream busybox has pgrep; the local stand-in does not (as with runc)'],
   // Corral refuses host-network pods for runsc: it would give the sandbox an empty netns of its own.
   ['portforward in host network', 'runsc handlers refuse host-network pods (INVALID_ARGUMENT)'],
 ] as const;
