@@ -37,7 +37,6 @@ import { mountOverlayRootfs, unmountOverlayRootfs } from './image/snapshots.js';
 import { CorralError } from './errors.js';
 import { conmonCreate, readExitCode, removeConmonFiles, reopenConmonLog, waitForExit } from './oci/conmon.js';
 import { msToNs, nowNs } from './util/time.js';
-import { readSeccompProfile, resolveSeccomp } from './oci/seccomp-choice.js';
 import type { LinuxSandboxSecurityContext } from './cri-api/types.js';
 import { StreamingListener } from './streaming/listener.js';
 import { IdleCollector } from './util/idle-collector.js';
@@ -136,7 +135,7 @@ async function startServing(cfg: CorralConfig, logger: Logger, started: (() => P
         sysctls: b.sysctls,
         oomScoreAdj: sandboxOomScoreAdj,
         noNewPrivileges: true,
-        seccomp: await resolveSeccomp(sc, readSeccompProfile),
+        seccomp: b.seccomp,
         resolvConfPath: b.resolvConfPath,
         hostnamePath: b.hostnamePath,
         hostsPath: b.hostsPath,

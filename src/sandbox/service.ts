@@ -37,6 +37,7 @@ import { NO_LIFECYCLE_EVENTS, type LifecycleEvent, type LifecycleEventType, type
 import { cgroupfsCgroupsPath } from '../oci/cgroups.js';
 import { podInitCgroups, type PodInitResources, type PodInitSpec } from './pod-init.js';
 import { readSeccompProfile, resolveSeccomp } from '../oci/seccomp-choice.js';
+import type { SeccompChoice } from '../oci/seccomp.js';
 
 /** What the sandbox lifecycle needs from the network layer (CNI) of one handler. */
 export interface PodNetworkDriver {
@@ -97,6 +98,8 @@ export interface SandboxBundleInput {
   shmPath: string | null;
   logDirectory: string;
   sysctls: Record<string, string>;
+  /** The pod's seccomp profile, read and checked by the service (podSeccomp). */
+  seccomp: SeccompChoice;
 }
 
 /** The root filesystem of pause containers. */
@@ -454,6 +457,7 @@ export class SandboxService {
   private async createPause(run: SandboxRun, undo: UndoStack, files: SandboxFiles): Promise<void> {
     const { id, record, plan, sandboxRootfs } = run;
     const rootfs = record.resources.rootfs;
+    const seccomp = await podSeccomp(run.config);
     await this.awaitIntent(run);
     // Pushed before create: a failed create may still have left the container.
     undo.push('delete sandbox container', () => this.deps.runtime.destroy(plan.handler, id));
@@ -469,6 +473,7 @@ export class SandboxService {
         shmPath: plan.shmPath,
         logDirectory: plan.logDirectory,
         sysctls: plan.sysctls,
+        seccomp,
       }),
     );
   }
@@ -491,7 +496,7 @@ export class SandboxService {
     const sc = run.config.linux?.securityContext;
     // The pause runs under Corral's own seccomp allow-list (it only waits), but the pod's
     // profile is still read and checked, as for a pause container: a bad one refuses the pod.
-    await resolveSeccomp(sc, readSeccompProfile);
+    await podSeccomp(run.config);
     await this.awaitIntent(run);
     // Pushed before start: a failed start may have been cut short (a crash of the helper).
     undo.push('stop pod pause', () => this.deps.podInit.stop(res));
@@ -820,4 +825,9 @@ export class SandboxService {
     );
     return { recovered: this.records.size, rolledBack, unreadable: loaded.errors.length };
   }
+}
+
+/** The pod's seccomp profile (either CRI field); a localhost one is read and checked here, once per Run. */
+function podSeccomp(config: PodSandboxConfig): Promise<SeccompChoice> {
+  return resolveSeccomp(config.linux?.securityContext, readSeccompProfile);
 }

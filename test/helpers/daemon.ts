@@ -173,7 +173,7 @@ export class TestDaemon {
       // gVisor: runsc's sandbox, gofer and Corral's waiters of this daemon (runsc roots under its state dir).
       for (const pid of await fs.readdir('/proc').catch(() => [] as string[])) {
         const argv = (await fs.readFile(`/proc/${pid}/cmdline`, 'utf8').catch(() => '')).split('\0');
-        if (/^(runsc|corral-runsc)/.test(path.basename(argv[0] ?? '')) && argv.some((a) => a.startsWith(`--root=${this.stateDir}/`))) {
+        if (/^(runsc|corral-runsc)/.test(path.basename(argv[0] ?? '')) && argv.some((a, i) => a.startsWith(`--root=${this.stateDir}/`) || (a === '--root' && (argv[i + 1] ?? '').startsWith(`${this.stateDir}/`)))) {
           try {
             process.kill(Number(pid), 'SIGKILL');
           } catch {

@@ -1,8 +1,8 @@
 /**
  * critest v1.26.1 with `--runtime-handler=runsc`: every PodSandbox spec and every basic
- * container spec, and the Streaming specs (exec with and without a TTY, attach, port-forward), must pass with gVisor, except the ones gVisor itself cannot pass (listed
- * with what runsc shows) and the environment limits shared with the runc run
- * (critest.test.ts). The rest of critest with runsc (security context, mount
+ * container spec, and the Streaming specs (exec with and without a TTY, attach,
+ * port-forward), must pass with gVisor, except the ones gVisor itself cannot pass (listed
+ * with what runsc shows) and host-network port-forward (refused for runsc). The rest of critest with runsc (security context, mount
  * propagation) is for `node dist/test/conformance/run-critest.js --runtime-handler runsc`.
  */
 import { test } from 'node:test';

@@ -79,21 +79,14 @@ after(async () => {
   if (!env) return;
   if (process.env.CORRAL_TEST_LOG) await fs.copyFile(env.d.logFile, process.env.CORRAL_TEST_LOG).catch(() => {});
   try {
-    // Whatever a failed test left: the runtime's state, then the processes.
+    // Whatever a failed test left in runsc's state.
     for (const r of roots()) {
       const l = await execFile('runsc', ['--root', r, 'list', '--quiet']).catch(() => undefined);
       for (const id of (l?.stdout ?? '').split('\n').map((s) => s.trim()).filter((s) => s && s !== 'ID')) {
         await execFile('runsc', ['--root', r, 'delete', '--force', id]).catch(() => {});
       }
     }
-    for (const line of await runscProcesses()) {
-      const pid = Number(line.split(/\s+/)[0]);
-      try {
-        process.kill(pid, 'SIGKILL');
-      } catch {
-        /* gone */
-      }
-    }
+    // The processes: TestDaemon.cleanup kills every runsc process under the daemon's roots.
   } finally {
     await env.d.cleanup();
     await env.reg.stop();

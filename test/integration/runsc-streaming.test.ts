@@ -54,14 +54,7 @@ after(async () => {
       await d().rpc('StopPodSandbox', { podSandboxId: i.id }).catch(() => {});
       await d().rpc('RemovePodSandbox', { podSandboxId: i.id }).catch(() => {});
     }
-    // Whatever a failed test left of runsc.
-    for (const pid of await runscProcessesOf(root(), pod?.podSandboxId ?? '-')) {
-      try {
-        process.kill(pid, 'SIGKILL');
-      } catch {
-        /* gone */
-      }
-    }
+    // What a failed test left of runsc: TestDaemon.cleanup kills every runsc process under the daemon's roots.
   } finally {
     await env.d.cleanup();
     await env.reg.stop();
