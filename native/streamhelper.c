@@ -391,27 +391,10 @@ static int dial_address(const char *address, int port)
 	return s;
 }
 
+/* Dials the pod's localhost, as containerd does: 127.0.0.1, or ::1. */
 static int dial(int family, int port)
 {
-	int s = socket(family, SOCK_STREAM | SOCK_CLOEXEC, 0);
-	if (s < 0)
-		return -1;
-	int rc;
-	if (family == AF_INET) {
-		struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((unsigned short)port)};
-		a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-		rc = connect(s, (struct sockaddr *)&a, sizeof a);
-	} else {
-		struct sockaddr_in6 a = {.sin6_family = AF_INET6, .sin6_port = htons((unsigned short)port), .sin6_addr = IN6ADDR_LOOPBACK_INIT};
-		rc = connect(s, (struct sockaddr *)&a, sizeof a);
-	}
-	if (rc < 0) {
-		int e = errno;
-		close(s);
-		errno = e;
-		return -1;
-	}
-	return s;
+	return dial_address(family == AF_INET ? "127.0.0.1" : "::1", port);
 }
 
 static int run_portforward(int argc, char **argv)
