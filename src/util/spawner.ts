@@ -8,7 +8,9 @@
  * Same contract as a direct spawn (util/exec.ts execFile): argv, environment, cwd, stdin
  * input, a new session per program, a timeout that SIGKILLs its process group, the result
  * once it exited and closed its output; a program that cannot be started rejects with an
- * errno-coded Error like Node's ('ENOENT', 'EACCES', 'ETXTBSY', ...).
+ * errno-coded Error like Node's ('ENOENT', 'EACCES', 'ETXTBSY', ...). Unlike a direct spawn,
+ * each output stream is kept up to 16 MiB (the rest is read and dropped, and a note says
+ * so): a runaway program cannot grow the daemon's memory without bound.
  *
  * The helper starts on first use and is started again after it died (the calls in flight
  * then fail). It holds the event loop only while a call is in flight, and ends with this
@@ -81,7 +83,14 @@ export interface SpawnReply {
   signal: number;
   stdout: Buffer;
   stderr: Buffer;
+  /** The helper kept the first MAX_OUTPUT bytes of that stream only. */
+  stdoutTruncated: boolean;
+  stderrTruncated: boolean;
 }
+
+/** What the helper keeps of each output stream (MAX_OUTPUT in native/spawner.c). */
+export const SPAWNER_MAX_OUTPUT = 16 << 20;
+const TRUNCATED_NOTE = `\n[corral-spawner: output cut at ${SPAWNER_MAX_OUTPUT} bytes]\n`;
 
 /** Complete replies at the start of buf, and what is left of it (an incomplete one). */
 export function decodeSpawnReplies(buf: Buffer): { replies: SpawnReply[]; rest: Buffer } {
@@ -95,13 +104,14 @@ export function decodeSpawnReplies(buf: Buffer): { replies: SpawnReply[]; rest: 
     const spawnErrno = buf.readInt32LE(p + 4);
     const code = buf.readInt32LE(p + 8);
     const signal = buf.readInt32LE(p + 12);
-    p += 20; // and the truncation flags, which the output itself shows
+    const flags = buf.readUInt32LE(p + 16);
+    p += 20;
     const outLen = buf.readUInt32LE(p);
     const stdout = buf.subarray(p + 4, p + 4 + outLen);
     p += 4 + outLen;
     const errLen = buf.readUInt32LE(p);
     const stderr = buf.subarray(p + 4, p + 4 + errLen);
-    replies.push({ id, spawnErrno, code, signal, stdout, stderr });
+    replies.push({ id, spawnErrno, code, signal, stdout, stderr, stdoutTruncated: (flags & 1) !== 0, stderrTruncated: (flags & 2) !== 0 });
     off += 4 + len;
   }
   return { replies, rest: buf.subarray(off) };
@@ -111,7 +121,9 @@ export class Spawner {
   private child: ChildProcess | undefined;
   private readonly pending = new Map<number, Pending>();
   private nextId = 1;
-  private received: Buffer = Buffer.alloc(0);
+  /** Reply bytes received and not decoded yet. */
+  private chunks: Buffer[] = [];
+  private chunkBytes = 0;
 
   constructor(readonly binary: string) {}
 
@@ -136,7 +148,8 @@ export class Spawner {
     if (this.child) return this.child;
     const child = spawn(this.binary, [], { stdio: ['pipe', 'pipe', 'inherit'] });
     this.child = child;
-    this.received = Buffer.alloc(0);
+    this.chunks = [];
+    this.chunkBytes = 0;
     child.stdin!.on('error', () => { /* its exit fails the calls in flight */ });
     child.stdout!.on('data', (chunk: Buffer) => this.onData(chunk));
     const gone = (why: string) => {
@@ -153,9 +166,17 @@ export class Spawner {
   }
 
   private onData(chunk: Buffer): void {
-    const { replies, rest } = decodeSpawnReplies(this.received.length ? Buffer.concat([this.received, chunk]) : chunk);
-    // Copied: a short remainder must not pin the whole chunk it came in.
-    this.received = rest.length ? Buffer.from(rest) : Buffer.alloc(0);
+    // Chunks are kept as they come and joined once a whole reply is there: joining on
+    // every chunk would copy a large output over and over.
+    this.chunks.push(chunk);
+    this.chunkBytes += chunk.length;
+    if (this.chunkBytes < 4) return;
+    if (this.chunks[0]!.length < 4) this.chunks = [Buffer.concat(this.chunks)];
+    if (this.chunkBytes < 4 + this.chunks[0]!.readUInt32LE(0)) return;
+    const { replies, rest } = decodeSpawnReplies(this.chunks.length === 1 ? this.chunks[0]! : Buffer.concat(this.chunks));
+    // Copied: a short remainder must not pin the whole buffer it came in.
+    this.chunks = rest.length ? [Buffer.from(rest)] : [];
+    this.chunkBytes = rest.length;
     for (const r of replies) {
       const p = this.pending.get(r.id);
       if (!p) continue;
@@ -167,8 +188,8 @@ export class Spawner {
         p.resolve({
           code: r.signal ? null : r.code,
           signal: r.signal ? (SIGNAL_NAMES.get(r.signal) ?? null) : null,
-          stdout: r.stdout.toString('utf8'),
-          stderr: r.stderr.toString('utf8'),
+          stdout: r.stdout.toString('utf8') + (r.stdoutTruncated ? TRUNCATED_NOTE : ''),
+          stderr: r.stderr.toString('utf8') + (r.stderrTruncated ? TRUNCATED_NOTE : ''),
         });
       }
     }

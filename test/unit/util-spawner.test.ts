@@ -124,6 +124,14 @@ withSpawner('large input and output (beyond a pipe buffer), and many programs at
   all.forEach((x, i) => assert.deepEqual(x, { code: 0, signal: null, stdout: `${i}\n`, stderr: `e${i}\n` }));
 });
 
+withSpawner('output beyond 16 MiB per stream is dropped, with a note; the program still runs to its end', async (s) => {
+  const r = await s.run('sh', ['-c', 'head -c 17000000 /dev/zero | tr "\\0" x; echo done >&2'], { timeoutMs: 30_000 });
+  assert.equal(r.code, 0);
+  assert.equal(r.stdout.slice(0, 16 << 20), 'x'.repeat(16 << 20));
+  assert.equal(r.stdout.slice(16 << 20), `\n[corral-spawner: output cut at ${16 << 20} bytes]\n`);
+  assert.equal(r.stderr, 'done\n');
+});
+
 withSpawner('NUL bytes are refused before the helper sees them (it keeps running)', async (s) => {
   await s.run('true', []);
   const pid = s.pid;
