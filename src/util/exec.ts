@@ -1,7 +1,7 @@
 import { spawn } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import { nativeBinary } from './paths.js';
-import { Spawner } from './spawner.js';
+import { Spawner, SpawnerUnavailableError } from './spawner.js';
 
 export interface ExecOptions {
   input?: string | Buffer;
@@ -42,11 +42,18 @@ export function sharedSpawner(): Spawner | null {
  * The program gets a process group of its own, so a timeout kills whatever it started
  * too (a child left holding the output pipes would otherwise keep us waiting).
  * It is started by corral-spawner (util/spawner.ts), so this process is not forked for it;
- * directly when the helper is not built.
+ * directly when the helper is not built or cannot be run (then from now on).
  */
-export function execFile(file: string, args: readonly string[], opts: ExecOptions = {}): Promise<ExecResult> {
+export async function execFile(file: string, args: readonly string[], opts: ExecOptions = {}): Promise<ExecResult> {
   const s = sharedSpawner();
-  return s ? s.run(file, args, opts) : execFileDirect(file, args, opts);
+  if (!s) return execFileDirect(file, args, opts);
+  try {
+    return await s.run(file, args, opts);
+  } catch (e) {
+    if (!(e instanceof SpawnerUnavailableError)) throw e;
+    if (spawner === s) spawner = null; // nothing ran: safe to run it directly
+    return execFileDirect(file, args, opts);
+  }
 }
 
 /** execFile with a fork of this process (child_process.spawn) instead of corral-spawner. */

@@ -23,6 +23,14 @@ import type { ExecOptions, ExecResult } from './exec.js';
 const ERRNO_NAMES = new Map(Object.entries(constants.errno).map(([name, n]) => [n, name]));
 const SIGNAL_NAMES = new Map(Object.entries(constants.signals).map(([name, n]) => [n, name as NodeJS.Signals]));
 
+/** The helper itself could not be run (missing, not executable): none of the calls given to it ran. */
+export class SpawnerUnavailableError extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = 'SpawnerUnavailableError';
+  }
+}
+
 interface Pending {
   file: string;
   args: readonly string[];
@@ -152,14 +160,18 @@ export class Spawner {
     this.chunkBytes = 0;
     child.stdin!.on('error', () => { /* its exit fails the calls in flight */ });
     child.stdout!.on('data', (chunk: Buffer) => this.onData(chunk));
-    const gone = (why: string) => {
+    const gone = (why: string, unavailable = false) => {
       if (this.child !== child) return;
       this.child = undefined;
       const calls = [...this.pending.values()];
       this.pending.clear();
-      for (const p of calls) p.reject(new Error(`running ${p.file}: corral-spawner ${why}`));
+      for (const p of calls) {
+        const msg = `running ${p.file}: corral-spawner ${why}`;
+        p.reject(unavailable ? new SpawnerUnavailableError(msg) : new Error(msg));
+      }
     };
-    child.on('error', (e) => gone(`could not run: ${e.message}`));
+    // 'error' without a process: it never started, so nothing given to it ran.
+    child.on('error', (e) => gone(`could not run: ${e.message}`, child.pid === undefined));
     child.on('exit', (code, signal) => gone(signal ? `was killed by ${signal}` : `exited with status ${code}`));
     this.holdLoop(this.pending.size > 0);
     return child;

@@ -4,7 +4,7 @@ import { spawnSync } from 'node:child_process';
 import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { Spawner } from '../../src/util/spawner.js';
+import { Spawner, SpawnerUnavailableError } from '../../src/util/spawner.js';
 import { execFile, execFileDirect, sharedSpawner, type ExecOptions } from '../../src/util/exec.js';
 import { nativeBinary, packageRoot } from '../../src/util/paths.js';
 
@@ -164,4 +164,19 @@ test('the helper does not keep a process alive once its calls are done, and ends
   // Gone, or a PID already reused by something that is not a spawner.
   const after = procState(spawnerPid);
   assert.ok(!after.alive || after.comm !== 'corral-spawner', 'the spawner ended with its process');
+});
+
+test('a helper that cannot be run fails the calls with SpawnerUnavailableError (none of them ran: execFile then runs them directly)', async () => {
+  const s = new Spawner('/nonexistent/corral-spawner');
+  await assert.rejects(s.run('true', []), (e: Error) => e instanceof SpawnerUnavailableError && /could not run/.test(e.message));
+  // A helper that runs and dies is not that: its calls may have run.
+  const dir = mkdtempSync(path.join(os.tmpdir(), 'spawner-'));
+  try {
+    const crashing = path.join(dir, 'crash');
+    writeFileSync(crashing, '#!/bin/sh\nexit 3\n', { mode: 0o755 });
+    const c = new Spawner(crashing);
+    await assert.rejects(c.run('true', []), (e: Error) => !(e instanceof SpawnerUnavailableError) && /exited with status 3/.test(e.message));
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
 });
