@@ -10,6 +10,8 @@
  * the daemon's own CPU (utime+stime of all its threads; also from schedstat, in ns) and its
  * reaped children's (cutime+cstime: CNI plugins, helpers, and what they ran). The children's
  * share is mostly the plugins' own work, the same for any runtime; the daemon's is Corral's.
+ * Each repetition first runs the floor (bench/floor.ts: ip netns + the CNI chain, run by this
+ * process) and reports this process's CPU per pod for its whole cycle the same way.
  *
  * --build DIR (repeatable): a package root holding another build's dist/ (e.g. a copy saved
  * before a change); each build gets its own daemon and the builds are interleaved round by
