@@ -53,6 +53,8 @@ export class BenchCorral {
    */
   nodeFlags: readonly string[] =
     process.env.CORRAL_BENCH_NODE_FLAGS === undefined ? DAEMON_NODE_FLAGS : process.env.CORRAL_BENCH_NODE_FLAGS.split(' ').filter(Boolean);
+  /** The Corral build to run (a package root with dist/): this one unless set, e.g. to compare a saved copy of an older build. */
+  packageDir = packageRoot();
 
   /** dir: a fresh directory of this daemon's own; tag: short unique suffix for host-wide names. */
   constructor(readonly dir: string, tag: string, readonly subnet: string) {
@@ -106,7 +108,7 @@ export class BenchCorral {
   /** Spawns `corral serve` with the config start() wrote (a restart after stop()); does not wait. */
   launch(): void {
     const out = openSync(this.logFile, 'a');
-    const child = spawn(process.execPath, [...this.nodeFlags, path.join(packageRoot(), 'dist/src/cli/main.js'), 'serve', '--config', this.configFile], {
+    const child = spawn(process.execPath, [...this.nodeFlags, path.join(this.packageDir, 'dist/src/cli/main.js'), 'serve', '--config', this.configFile], {
       stdio: ['ignore', out, out],
     });
     closeSync(out);

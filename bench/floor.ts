@@ -5,6 +5,7 @@
  * cniVersion, runtimeConfig for the portMappings capability and the previous plugin's
  * result as prevResult), then DEL in reverse order with the final ADD result as
  * prevResult, then `ip netns del`. host-local is called by bridge, as in any runtime.
+ * Like the daemons' rounds, all N setups run first (C in flight), then all N teardowns.
  */
 import { promises as fs } from 'node:fs';
 import { execFile, execChecked } from '../src/util/exec.js';
@@ -61,35 +62,48 @@ export class Floor {
     return cmd === 'ADD' ? JSON.parse(r.stdout) : undefined;
   }
 
+  /**
+   * N pods in two phases, as the daemons' rounds run them: every setup (at `concurrency`
+   * in flight), then every teardown. (Setup and teardown of each pod in one go would put
+   * setups beside teardowns, ~1 ADD chain at a time where a daemon's Run phase has
+   * `concurrency` of them, and make the floor look faster than it is under load.)
+   */
   async run(n: number, concurrency: number): Promise<FloorResult> {
     const res: FloorResult = { concurrency, n, setup: [], teardown: [], netns: [], cniAdd: [], cniDel: [], total: [], wall: 0, errors: [] };
     const plugins: any[] = this.conflist.plugins;
-    const t0 = performance.now();
-    await pool(Array.from({ length: n }, (_, i) => i), concurrency, async (i) => {
+    const pods = Array.from({ length: n }, (_, i) => {
       const name = `corralbench-floor-${this.tag}-${concurrency}-${i}`;
-      const id = `${this.tag}floor${concurrency}x${i}x`.padEnd(32, '0');
-      const netns = `${NETNS_DIR}/${name}`;
+      return { name, id: `${this.tag}floor${concurrency}x${i}x`.padEnd(32, '0'), netns: `${NETNS_DIR}/${name}`, result: undefined as any, setupMs: 0, netnsMs: 0, addMs: 0, up: false };
+    });
+    const t0 = performance.now();
+    await pool(pods, concurrency, async (p) => {
       try {
-        this.live.add(name);
+        this.live.add(p.name);
         const a = await timed(async () => {
-          await execChecked('ip', ['netns', 'add', name]);
-          await execChecked('ip', ['-n', name, 'link', 'set', 'lo', 'up']);
+          await execChecked('ip', ['netns', 'add', p.name]);
+          await execChecked('ip', ['-n', p.name, 'link', 'set', 'lo', 'up']);
         });
-        let result: any;
         const b = await timed(async () => {
-          for (const p of plugins) result = await this.plugin('ADD', p, result, id, netns, name);
+          for (const plugin of plugins) p.result = await this.plugin('ADD', plugin, p.result, p.id, p.netns, p.name);
         });
+        Object.assign(p, { netnsMs: a.ms, addMs: b.ms, up: true });
+      } catch (e) {
+        res.errors.push(errMessage(e)); // left in this.live: cleanup() releases it
+      }
+    });
+    await pool(pods.filter((p) => p.up), concurrency, async (p) => {
+      try {
         const c = await timed(async () => {
-          for (const p of [...plugins].reverse()) await this.plugin('DEL', p, result, id, netns, name);
+          for (const plugin of [...plugins].reverse()) await this.plugin('DEL', plugin, p.result, p.id, p.netns, p.name);
         });
-        const d = await timed(() => execChecked('ip', ['netns', 'del', name]));
-        this.live.delete(name);
-        res.netns.push(a.ms + d.ms);
-        res.cniAdd.push(b.ms);
+        const d = await timed(() => execChecked('ip', ['netns', 'del', p.name]));
+        this.live.delete(p.name);
+        res.netns.push(p.netnsMs + d.ms);
+        res.cniAdd.push(p.addMs);
         res.cniDel.push(c.ms);
-        res.setup.push(a.ms + b.ms);
+        res.setup.push(p.netnsMs + p.addMs);
         res.teardown.push(c.ms + d.ms);
-        res.total.push(a.ms + b.ms + c.ms + d.ms);
+        res.total.push(p.netnsMs + p.addMs + c.ms + d.ms);
       } catch (e) {
         res.errors.push(errMessage(e));
       }

@@ -7,6 +7,7 @@
 #   native/streamhelper.c -> dist/native/corral-streamhelper
 #   native/podpause.c -> dist/native/corral-podpause
 #   native/runscwrap.c -> dist/native/corral-runsc
+#   native/spawner.c  -> dist/native/corral-spawner
 # Static binaries (gcc -O2 -static -Wall -Werror), so they need only the kernel.
 # A binary is rebuilt only when its source, a header it includes (listed after the source
 # below) or this script is newer than it.
@@ -67,3 +68,4 @@ build corral-execreaper execreaper.c helper-common.h
 build corral-streamhelper streamhelper.c helper-common.h
 build corral-podpause podpause.c json-report.h pause-loop.h
 build corral-runsc runscwrap.c
+build corral-spawner spawner.c

@@ -91,7 +91,8 @@ export async function startPodInit(spec: PodInitSpec): Promise<{ pid: number; st
   for (const set of cgroupLimits(spec.resources.cgroups, spec.privileged)) args.push('--cgroup-set', set);
   if (spec.gid !== undefined) args.push('--gid', String(spec.gid));
   if (spec.uid !== undefined) args.push('--uid', String(spec.uid));
-  const r = await execFile(nativeBinary(POD_INIT_HELPER), args, { timeoutMs: 30_000 });
+  // No environment: the helper reads none (and the pause it leaves running gets none).
+  const r = await execFile(nativeBinary(POD_INIT_HELPER), args, { timeoutMs: 30_000, env: {} });
   let reply: { pid?: number; startTime?: string; error?: string; step?: string } | undefined;
   try {
     reply = JSON.parse(r.stdout.trim().split('\n').pop() ?? '') as typeof reply;

@@ -2,7 +2,7 @@ import { promises as fs, readdirSync } from 'node:fs';
 import path from 'node:path';
 import { setImmediate } from 'node:timers/promises';
 import { writeFileAtomicSync, writeJsonAtomic, isErrno } from '../util/atomic.js';
-import { fsyncDir } from '../util/fs.js';
+import { fsyncDir, fsyncFile } from '../util/fs.js';
 import { MAX_STATE_FILE_BYTES, readRegularFileSync } from '../util/safe-read.js';
 
 export interface LoadedRecords<T> {
@@ -33,16 +33,51 @@ export class RecordStore<T extends { id: string; updatedAt?: string }> {
     else await writeJsonAtomic(file, record);
   }
 
-  /** Makes a record saved with durable false durable: fsyncs the file, its folder and the store's. */
+  /**
+   * Makes a record saved with durable false durable: fsyncs the file, its folder and the
+   * store's. The three are independent (the record is durable once all are done, in any
+   * order), so they run at once; the store folder's fsync is shared (syncStoreDir).
+   */
   async sync(id: string): Promise<void> {
-    const fh = await fs.open(path.join(this.recordDir(id), this.fileName), 'r');
-    try {
-      await fh.sync();
-    } finally {
-      await fh.close();
-    }
-    await fsyncDir(this.recordDir(id));
-    await fsyncDir(this.dir);
+    const file = path.join(this.recordDir(id), this.fileName);
+    const steps = [fsyncFile(file), this.syncDir(this.recordDir(id)), this.syncStoreDir()];
+    const settled = await Promise.allSettled(steps);
+    const failed = settled.find((r): r is PromiseRejectedResult => r.status === 'rejected');
+    if (failed) throw failed.reason;
+  }
+
+  /** fsync of a folder (tests count them). */
+  protected syncDir(dir: string): Promise<void> {
+    return fsyncDir(dir);
+  }
+
+  private storeDirSyncRunning: Promise<void> | undefined;
+  private storeDirSyncQueued: Promise<void> | undefined;
+
+  /**
+   * Group commit of the store folder: an fsync of it covers every record folder made
+   * before the fsync started. A caller (whose folder exists already) joins the fsync queued
+   * behind the one under way, which has not started yet and so covers it; one fsync thus
+   * serves all the Runs that asked while the previous one ran, instead of one each.
+   */
+  private syncStoreDir(): Promise<void> {
+    if (this.storeDirSyncQueued) return this.storeDirSyncQueued;
+    const start = (): Promise<void> => {
+      const run = this.syncDir(this.dir).finally(() => {
+        if (this.storeDirSyncRunning === run) this.storeDirSyncRunning = undefined;
+      });
+      this.storeDirSyncRunning = run;
+      return run;
+    };
+    if (!this.storeDirSyncRunning) return start();
+    const queued = this.storeDirSyncRunning
+      .catch(() => { /* its own callers got that failure; this one is a new fsync */ })
+      .then(() => {
+        this.storeDirSyncQueued = undefined;
+        return start();
+      });
+    this.storeDirSyncQueued = queued;
+    return queued;
   }
 
   async remove(id: string): Promise<void> {

@@ -1,4 +1,7 @@
 import { spawn } from 'node:child_process';
+import { existsSync } from 'node:fs';
+import { nativeBinary } from './paths.js';
+import { Spawner, SpawnerUnavailableError } from './spawner.js';
 
 export interface ExecOptions {
   input?: string | Buffer;
@@ -23,12 +26,38 @@ export class ExecError extends Error {
   }
 }
 
+let spawner: Spawner | null | undefined;
+
+/** This process's corral-spawner (started on first use); null when it is not built. */
+export function sharedSpawner(): Spawner | null {
+  if (spawner === undefined) {
+    const bin = nativeBinary('corral-spawner');
+    spawner = existsSync(bin) ? new Spawner(bin) : null;
+  }
+  return spawner;
+}
+
 /**
  * Runs a program to completion, collecting its output. Never throws for a non-zero exit.
  * The program gets a process group of its own, so a timeout kills whatever it started
  * too (a child left holding the output pipes would otherwise keep us waiting).
+ * It is started by corral-spawner (util/spawner.ts), so this process is not forked for it;
+ * directly when the helper is not built or cannot be run (then from now on).
  */
-export function execFile(file: string, args: readonly string[], opts: ExecOptions = {}): Promise<ExecResult> {
+export async function execFile(file: string, args: readonly string[], opts: ExecOptions = {}): Promise<ExecResult> {
+  const s = sharedSpawner();
+  if (!s) return execFileDirect(file, args, opts);
+  try {
+    return await s.run(file, args, opts);
+  } catch (e) {
+    if (!(e instanceof SpawnerUnavailableError)) throw e;
+    if (spawner === s) spawner = null; // nothing ran: safe to run it directly
+    return execFileDirect(file, args, opts);
+  }
+}
+
+/** execFile with a fork of this process (child_process.spawn) instead of corral-spawner. */
+export function execFileDirect(file: string, args: readonly string[], opts: ExecOptions = {}): Promise<ExecResult> {
   return new Promise((resolve, reject) => {
     const child = spawn(file, args, {
       env: opts.env ?? process.env,

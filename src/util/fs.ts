@@ -26,6 +26,16 @@ export async function fsyncDir(dir: string): Promise<void> {
   }
 }
 
+/** fsyncs a file's data and inode (opened read-only: fsync needs no write access). */
+export async function fsyncFile(file: string): Promise<void> {
+  const fh = await fs.open(file, 'r');
+  try {
+    await fh.sync();
+  } finally {
+    await fh.close();
+  }
+}
+
 /** A text file's content; undefined when it does not exist (other errors throw). */
 export async function readTextIfExists(file: string): Promise<string | undefined> {
   try {

@@ -93,6 +93,7 @@ test('ADD chain: injection, prevResult, runtimeConfig, cache, pod IP; DEL revers
   assert.deepEqual(sb.runtimeConfig, { portMappings: [{ hostPort: 8080, containerPort: 80, protocol: 'tcp' }] });
   const env = await fake.env('fa', 'ADD', 'eth0');
   assert.equal(env.CNI_NETNS, '/var/run/netns/c1');
+  assert.equal(env.PATH, process.env.PATH, "plugins get the daemon's environment");
   assert.equal(env.CNI_ARGS, 'IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME=web;K8S_POD_INFRA_CONTAINER_ID=c1;K8S_POD_UID=uid-1');
 
   const cacheFile = path.join(fake.cacheDir, 'results', 'mynet-c1-eth0');

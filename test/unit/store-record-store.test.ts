@@ -144,3 +144,77 @@ test('a save with durable false is atomic, private and readable at once; sync() 
   assert.deepEqual((await store.loadAll()).records.map((r) => r.state), ['ready']);
   await assert.rejects(store.sync('missing'), { code: 'ENOENT' });
 });
+
+/** A store whose folder fsyncs are held until released, and counted. */
+class HeldSyncStore extends RecordStore<Rec> {
+  readonly dirSyncs: { dir: string; release: (e?: Error) => void }[] = [];
+  protected override syncDir(dir: string): Promise<void> {
+    return new Promise((resolve, reject) => {
+      this.dirSyncs.push({ dir, release: (e) => (e ? reject(e) : resolve()) });
+    });
+  }
+  storeDirSyncs(): { dir: string; release: (e?: Error) => void }[] {
+    return this.dirSyncs.filter((s) => s.dir === this.dir);
+  }
+}
+
+const turns = async (n = 20) => {
+  for (let i = 0; i < n; i++) await new Promise((r) => setImmediate(r));
+};
+
+test('sync() group-commits the store folder: the Runs that ask while one fsync runs share the next one', async (t) => {
+  const dir = await fs.mkdtemp(path.join(os.tmpdir(), 'corral-records-'));
+  t.after(() => fs.rm(dir, { recursive: true, force: true }));
+  const store = new HeldSyncStore(path.join(dir, 'sandboxes'), 'record.json');
+  for (const id of ['a', 'b', 'c', 'd']) await store.save({ id, state: 'creating' }, { durable: false });
+
+  let aDone = false;
+  const a = store.sync('a').then(() => (aDone = true));
+  await turns();
+  assert.equal(store.storeDirSyncs().length, 1, 'the first sync starts an fsync of the store folder');
+  // Three more while it runs: their folders may be newer than that fsync, so they need
+  // another one; one for all three, not three.
+  const done: string[] = [];
+  const rest = ['b', 'c', 'd'].map((id) => store.sync(id).then(() => done.push(id)));
+  await turns();
+  assert.equal(store.storeDirSyncs().length, 1, 'the next fsync waits for the one under way');
+  for (const s of store.dirSyncs.filter((s) => s.dir !== store.dir)) s.release(); // each record's own folder
+  await turns();
+  assert.equal(aDone, false, 'not durable before the store folder is synced');
+  store.storeDirSyncs()[0]!.release();
+  await a;
+  await turns();
+  assert.equal(store.storeDirSyncs().length, 2, 'one more fsync of the store folder for the three');
+  assert.deepEqual(done, [], 'they wait for their own fsync, not the earlier one');
+  store.storeDirSyncs()[1]!.release();
+  await Promise.all(rest);
+  assert.deepEqual(done.sort(), ['b', 'c', 'd']);
+  assert.equal(store.storeDirSyncs().length, 2);
+  // Idle again: the next sync starts its own fsync at once.
+  const e = store.sync('a');
+  await turns();
+  assert.equal(store.storeDirSyncs().length, 3);
+  for (const s of store.dirSyncs.slice(-2)) s.release();
+  await e;
+});
+
+test('a failed store-folder fsync fails every sync that shared it, and the next sync tries again', async (t) => {
+  const dir = await fs.mkdtemp(path.join(os.tmpdir(), 'corral-records-'));
+  t.after(() => fs.rm(dir, { recursive: true, force: true }));
+  const store = new HeldSyncStore(path.join(dir, 'sandboxes'), 'record.json');
+  for (const id of ['a', 'b', 'c']) await store.save({ id, state: 'creating' }, { durable: false });
+  const a = store.sync('a');
+  await turns();
+  const shared = [store.sync('b'), store.sync('c')];
+  await turns();
+  for (const s of store.dirSyncs.filter((s) => s.dir !== store.dir)) s.release();
+  store.storeDirSyncs()[0]!.release();
+  await a;
+  await turns();
+  store.storeDirSyncs()[1]!.release(new Error('EIO'));
+  for (const p of shared) await assert.rejects(p, /EIO/);
+  const again = store.sync('b');
+  await turns();
+  for (const s of store.dirSyncs.slice(-2)) s.release();
+  await again;
+});
