@@ -1,5 +1,5 @@
 /**
- * ListPodSandbox and ListContainers reuse their items (frozen, so their encoding is reused
+ * ListPodSandbox, ListContainers and ListImages reuse their items (frozen, so their encoding is reused
  * too) while nothing changes, and never show a stale state: against the in-memory fakes of
  * test/helpers/service-fakes.ts (no root).
  */
@@ -7,6 +7,13 @@ import { test, afterEach } from 'node:test';
 import assert from 'node:assert/strict';
 import { sandboxHandlers } from '../../src/cri/sandbox-rpc.js';
 import { containerHandlers } from '../../src/cri/container-rpc.js';
+import { imageHandlers } from '../../src/cri/image-rpc.js';
+import { defaultConfig } from '../../src/config/config.js';
+import type { ImageRecord } from '../../src/image/image-store.js';
+import type { ImageService } from '../../src/image/image-service.js';
+import { promises as fs } from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
 import { containerConfig } from '../helpers/cri-messages.js';
 import { containerService, makeService, pod, removeServiceDirs } from '../helpers/service-fakes.js';
 
@@ -55,4 +62,28 @@ test('ListContainers: the same frozen item while a container is unchanged; a new
   const [again] = await list();
   assert.equal(again.state, 'CONTAINER_EXITED');
   assert.equal((await list())[0], again);
+});
+
+test('ListImages: the same frozen item while an image is unchanged; a new one when its tags or its pin change', async (t) => {
+  const dir = await fs.mkdtemp(path.join(os.tmpdir(), 'corral-list-images-'));
+  t.after(() => fs.rm(dir, { recursive: true, force: true }));
+  const image: ImageRecord = {
+    id: 'sha256:' + 'a'.repeat(64), repoTags: ['example.com/app:1'], repoDigests: ['example.com/app@sha256:' + 'b'.repeat(64)],
+    manifestDigest: 'sha256:' + 'b'.repeat(64), configDigest: 'sha256:' + 'a'.repeat(64), layers: [], diffIds: [], chainIds: [],
+    size: 1234, user: '1000', createdAt: '2026-01-01T00:00:00Z',
+  };
+  let pinned = false;
+  const images = { list: async () => [image], isPinned: () => pinned } as unknown as ImageService;
+  const h = imageHandlers({ ...defaultConfig(), rootDir: dir }, images);
+  const list = async () => (await h.ListImages({} as any)).images as any[];
+  const [first] = await list();
+  assert.ok(Object.isFrozen(first));
+  assert.deepEqual([first.repoTags, first.size, first.uid, first.pinned], [['example.com/app:1'], '1234', { value: 1000 }, false]);
+  assert.equal((await list())[0], first, 'the same item again');
+  image.repoTags.push('example.com/app:latest'); // the store tags a record in place
+  const [tagged] = await list();
+  assert.deepEqual(tagged.repoTags, ['example.com/app:1', 'example.com/app:latest']);
+  pinned = true;
+  assert.equal((await list())[0].pinned, true);
+  assert.equal((await list())[0], (await list())[0]);
 });
