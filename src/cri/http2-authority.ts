@@ -13,8 +13,8 @@
 //
 // How: grpc-js does not listen on the socket itself. Corral's own net.Server accepts
 // each connection and hands grpc-js (through `Server.createConnectionInjector`) a
-// Duplex (interpose, at the end of this file) that forwards the server's bytes untouched (what
-// nghttp2 writes for a call gathered into one writev) and passes the client's bytes
+// Duplex (interpose, at the end of this file) that forwards the server's bytes untouched (each
+// batch nghttp2 writes in one writev) and passes the client's bytes
 // through a small HTTP/2 frame parser (ClientStreamRewriter). The parser keeps an
 // HPACK decoder (hpack.ts) whose dynamic table mirrors the client's encoder exactly (every
 // header block is decoded, in order, always). While no block needs fixing, the
@@ -422,15 +422,6 @@ export class ClientStreamRewriter {
 // ─────────────────────────────────────────────────────────────────────────────
 // The socket front: what the server hands grpc-js instead of the accepted socket.
 
-/** Server bytes buffered for a connection before nghttp2's writes wait for the socket. */
-const FLUSH_BACKLOG_BYTES = 256 * 1024;
-/**
- * Turns of the event loop the server's writes are gathered for before they are sent: a unary
- * call's trailers are written two turns after its HEADERS and DATA (JSStreamSocket reports a
- * write done on the next turn; grpc-js sends the status once the DATA write is done).
- */
-const FLUSH_TURNS = 3;
-
 /**
  * Wraps an accepted socket in a Duplex for nghttp2: server → client bytes pass
  * unchanged, client → server bytes go through a ClientStreamRewriter.
@@ -454,10 +445,17 @@ export function interpose(
       socket.resume();
     },
     write(chunk: Buffer, _enc, cb) {
-      send([chunk], cb);
+      if (socket.destroyed) return cb();
+      socket.write(chunk, () => cb());
     },
+    // nghttp2 hands over all the frames it has ready at once (JSStreamSocket corks this
+    // stream around them): they leave in one writev(2) rather than a write(2) each.
     writev(chunks, cb) {
-      send(chunks.map((c) => c.chunk), cb);
+      if (socket.destroyed) return cb();
+      socket.cork();
+      for (let i = 0; i < chunks.length - 1; i++) socket.write(chunks[i]!.chunk);
+      socket.write(chunks[chunks.length - 1]!.chunk, () => cb());
+      socket.uncork();
     },
     final(cb) {
       socket.end(() => cb());
@@ -467,34 +465,6 @@ export function interpose(
       cb(err);
     },
   });
-  // What nghttp2 writes within FLUSH_TURNS turns of the event loop leaves in one writev(2):
-  // a call's HEADERS, DATA and trailers wake the client once, not once per write (the client
-  // cannot finish the call before the trailers anyway). A write is called back at once while
-  // little is buffered, so that the next one can join it; past FLUSH_BACKLOG_BYTES only once
-  // it is sent, which bounds what a client that does not read can make us hold.
-  let flushing = false;
-  let turnsLeft = 0;
-  const flush = () => {
-    if (--turnsLeft > 0) return void setImmediate(flush);
-    flushing = false;
-    socket.uncork();
-  };
-  function send(chunks: Buffer[], cb: (err?: Error | null) => void): void {
-    if (socket.destroyed) return cb();
-    if (!flushing) {
-      flushing = true;
-      turnsLeft = FLUSH_TURNS;
-      socket.cork();
-      setImmediate(flush);
-    }
-    for (let i = 0; i < chunks.length - 1; i++) socket.write(chunks[i]!);
-    if (socket.writableLength + chunks[chunks.length - 1]!.length <= FLUSH_BACKLOG_BYTES) {
-      socket.write(chunks[chunks.length - 1]!);
-      cb();
-    } else {
-      socket.write(chunks[chunks.length - 1]!, () => cb());
-    }
-  }
   socket.on('data', (chunk: Buffer) => {
     let out: Buffer[];
     try {
