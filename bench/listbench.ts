@@ -10,9 +10,11 @@
  * pushed to a 127.0.0.1 docker-registry and pulled by both daemons. The pods are
  * kubelet-shaped (pid CONTAINER, or POD: with a pause process), made 4 at a time; the first `--containers` of them get
  * one running `sleep` container each. Every call is then sent `--calls` times, one at a
- * time, and the p50/p95 printed; the ratio is containerd / Corral (above 1: Corral ahead).
+ * time, and the p50/p95 printed, with the daemon's CPU time per call (utime + stime of its
+ * process over the calls, which load on the machine does not inflate as it does wall time);
+ * the ratio is containerd / Corral (above 1: Corral ahead).
  */
-import { promises as fs } from 'node:fs';
+import { promises as fs, readFileSync } from 'node:fs';
 import path from 'node:path';
 import { randomBytes } from 'node:crypto';
 import { parseArgs } from 'node:util';
@@ -25,6 +27,7 @@ import { BenchContainerd, buildPauseImage, ensureContainerd } from './containerd
 import {
   errMessage,
   fmtMs,
+  fmtNum,
   installSignalHandlers,
   kubeletPodConfig,
   onCleanup,
@@ -58,12 +61,27 @@ const REPO = 'listbench/img';
 
 interface Side {
   name: string;
+  /** The daemon's process, whose CPU time per call is reported (0: not known). */
+  pid: () => number;
   rpc: (m: RuntimeRpcName, req: object, ms?: number) => Promise<any>;
   imageRpc: (m: ImageRpcName, req: object, ms?: number) => Promise<any>;
   logRoot: string;
 }
 
 type Timings = Record<string, number[]>;
+
+/** utime + stime of a process in microseconds (from /proc/<pid>/stat; NaN if unreadable). */
+function cpuMicros(pid: number): number {
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+    const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+    return ((Number(f[11]) + Number(f[12])) * 1e6) / CLOCK_TICKS;
+  } catch {
+    return NaN;
+  }
+}
+/** USER_HZ: 100 on every Linux architecture Node runs on. */
+const CLOCK_TICKS = 100;
 
 async function populate(side: Side, refs: string[]): Promise<void> {
   let t0 = performance.now();
@@ -89,8 +107,10 @@ async function populate(side: Side, refs: string[]): Promise<void> {
   console.log(`${side.name}: ${CONTAINERS} containers running in ${fmtMs(performance.now() - t0)} ms`);
 }
 
-async function measure(side: Side, refs: string[]): Promise<Timings> {
+/** Per call: wall-clock times (ms), and the daemon's CPU time per call (µs) over the whole batch. */
+async function measure(side: Side, refs: string[]): Promise<{ t: Timings; cpu: Record<string, number> }> {
   const out: Timings = {};
+  const cpu: Record<string, number> = {};
   const calls: [string, (i: number) => Promise<unknown>][] = [
     ['Version (a gRPC round trip)', () => side.rpc('Version', {})],
     ['ImageFsInfo', () => side.imageRpc('ImageFsInfo', {})],
@@ -106,9 +126,11 @@ async function measure(side: Side, refs: string[]): Promise<Timings> {
   console.log(`${side.name}: lists ${images} images, ${pods} pods, ${containers} containers`);
   for (const [name, fn] of calls) {
     await fn(0); // warm-up
+    const cpu0 = cpuMicros(side.pid());
     for (let i = 0; i < CALLS; i++) (out[name] ??= []).push((await timed(() => fn(i))).ms);
+    cpu[name] = (cpuMicros(side.pid()) - cpu0) / CALLS;
   }
-  return out;
+  return { t: out, cpu };
 }
 
 async function main(): Promise<void> {
@@ -131,9 +153,9 @@ async function main(): Promise<void> {
   }
 
   const sides: Side[] = [];
-  const results: { side: Side; t: Timings }[] = [];
+  const results: { side: Side; t: Timings; cpu: Record<string, number> }[] = [];
   const { corral, imageRpc } = await startBenchCorral(path.join(dir, 'corral'), tag, '10.250.250.0/24');
-  sides.push({ name: 'Corral', rpc: (m, q, ms) => corral.rpc(m, q, ms), imageRpc, logRoot: path.join(dir, 'corral-logs') });
+  sides.push({ name: 'Corral', pid: () => corral.pid, rpc: (m, q, ms) => corral.rpc(m, q, ms), imageRpc, logRoot: path.join(dir, 'corral-logs') });
 
   let containerdNote = 'not run (--skip-containerd)';
   if (!flags['skip-containerd']) {
@@ -146,7 +168,7 @@ async function main(): Promise<void> {
       const tarball = await buildPauseImage(path.join(dir, 'image'));
       await ctrd.start();
       await ctrd.importPauseImage(tarball);
-      sides.push({ name: 'containerd', rpc: (m, q, ms) => ctrd.rpc(m, q, ms), imageRpc: (m, q, ms = 60_000) => ctrd.imageRpc(m, q, ms), logRoot: path.join(dir, 'containerd-logs') });
+      sides.push({ name: 'containerd', pid: () => ctrd.pid, rpc: (m, q, ms) => ctrd.rpc(m, q, ms), imageRpc: (m, q, ms = 60_000) => ctrd.imageRpc(m, q, ms), logRoot: path.join(dir, 'containerd-logs') });
     } catch (e) {
       containerdNote = `SKIPPED — ${errMessage(e)}`;
       console.log(`containerd: ${containerdNote}`);
@@ -156,20 +178,23 @@ async function main(): Promise<void> {
   for (const side of sides) await populate(side, refs);
   // containerd samples snapshot usage every 10 s: let it see every snapshot once.
   if (sides.length > 1) await new Promise((r) => setTimeout(r, 11_000));
-  for (const side of sides) results.push({ side, t: await measure(side, refs) });
+  for (const side of sides) results.push({ side, ...(await measure(side, refs)) });
   const walk = await timed(() => dirUsage(path.join(corral.rootDir, 'images')));
   console.log(
     `\n${IMAGES} images (${walk.value.inodes} inodes, ${fmtMs(walk.value.bytes / 1048576)} MiB in Corral's image store), ${PODS} pods (pid ${PID}), ${CONTAINERS} running containers; ` +
       `${CALLS} calls each, one at a time; containerd: ${containerdNote}`,
   );
   const [c, d] = results;
-  const rows = [['call', 'Corral p50', 'p95', ...(d ? ['containerd p50', 'p95', 'ratio p50'] : [])]];
+  const rows = [['call', 'Corral p50', 'p95', 'CPU µs', ...(d ? ['containerd p50', 'p95', 'CPU µs', 'ratio p50'] : [])]];
   for (const name of Object.keys(c!.t)) {
     const a = c!.t[name]!;
     const b = d?.t[name];
-    rows.push([name, fmtMs(p50(a)), fmtMs(p95(a)), ...(b ? [fmtMs(p50(b)), fmtMs(p95(b)), ratio(p50(b), p50(a))] : [])]);
+    rows.push([
+      name, fmtMs(p50(a)), fmtMs(p95(a)), fmtNum(c!.cpu[name]!, 0),
+      ...(b ? [fmtMs(p50(b)), fmtMs(p95(b)), fmtNum(d!.cpu[name]!, 0), ratio(p50(b), p50(a))] : []),
+    ]);
   }
-  console.log('ms:');
+  console.log('ms (CPU µs: the daemon process\'s CPU time per call, over the calls; containerd\'s own process only):');
   printTable(rows);
   console.log(`a du-like walk of Corral's image store from the bench process (what each ImageFsInfo did before): ${fmtMs(walk.ms)} ms`);
 }

@@ -30,7 +30,7 @@ import { statsHandlers } from './cri/stats-rpc.js';
 import { eventsHandlers } from './cri/events-rpc.js';
 import { metricsHandlers } from './cri/metrics-rpc.js';
 import { lifecycleHub } from './events/lifecycle.js';
-import { watchExits } from './container/exit-watcher.js';
+import { exitFileNames, watchExits } from './container/exit-watcher.js';
 import { ContainerService, type ContainerMonitor, type ContainerRootfs } from './container/service.js';
 import { ImageService } from './image/image-service.js';
 import { mountOverlayRootfs, unmountOverlayRootfs } from './image/snapshots.js';
@@ -224,6 +224,7 @@ async function startServing(cfg: CorralConfig, logger: Logger, started: (() => P
       const st = await fs.stat(path.join(exitDir, id)).catch(() => undefined);
       return { code, finishedAt: st ? msToNs(st.mtimeMs) : nowNs() };
     },
+    exitedIds: () => exitFileNames(exitDir),
     waitForExit: (id, timeoutMs) => waitForExit(exitDir, id, timeoutMs),
     removeFiles: (id) => removeConmonFiles({ id, exitDir, socketDir }),
     reopenLog: (o) => reopenConmonLog(o),

@@ -4,7 +4,7 @@
  * sweep backs the watch up (inotify can overflow its queue; the folder can be replaced), so
  * an exit is never noticed later than one sweep interval.
  */
-import { watch, type FSWatcher } from 'node:fs';
+import { readdirSync, watch, type FSWatcher } from 'node:fs';
 import type { Logger } from '../util/log.js';
 
 export interface ExitWatcherOptions {
@@ -53,4 +53,18 @@ export function watchExits(o: ExitWatcherOptions): ExitWatcher {
       watcher = undefined;
     },
   };
+}
+
+/**
+ * The names in conmon's exit folder: the IDs of containers whose exit is recorded (or being
+ * written). An empty set when the folder does not exist yet (no container was ever created);
+ * undefined when it cannot be read. Synchronous: one small folder on the state dir's tmpfs,
+ * listed for each ListContainers.
+ */
+export function exitFileNames(exitDir: string): ReadonlySet<string> | undefined {
+  try {
+    return new Set(readdirSync(exitDir));
+  } catch (e) {
+    return (e as NodeJS.ErrnoException).code === 'ENOENT' ? new Set() : undefined;
+  }
 }

@@ -55,6 +55,12 @@ export interface ContainerMonitor {
   create(opts: MonitorCreateOptions): Promise<{ pid: number }>;
   /** The exit the monitor recorded (code, and when, in ns); null while the container has not exited. */
   readExit(id: string): Promise<{ code: number; finishedAt: string } | null>;
+  /**
+   * IDs of the containers that have an exit record (or one being written): a container not in
+   * the set has not exited, so readExit need not be asked. Undefined when the monitor cannot
+   * tell (then readExit is asked of each).
+   */
+  exitedIds?(): ReadonlySet<string> | undefined;
   /** The exit code once recorded, waiting up to timeoutMs; null if none came. */
   waitForExit(id: string, timeoutMs: number): Promise<number | null>;
   /** The files the monitor keeps for the container (exit code, attach link); none is fine. */
@@ -564,7 +570,12 @@ export class ContainerService {
   }
 
   async list(): Promise<ContainerRecord[]> {
-    const all = await Promise.all([...this.records.keys()].map((id) => this.current(id).catch(() => undefined)));
+    // One listing of the monitor's exit records, rather than a read (a failing open) for every
+    // live container: only those that have one can have exited.
+    const exited = this.deps.monitor.exitedIds?.();
+    const all = await Promise.all(
+      [...this.records].map(([id, rec]) => (exited && !exited.has(id) ? rec : this.current(id).catch(() => undefined))),
+    );
     return all.filter((r): r is ContainerRecord => r !== undefined);
   }
 

@@ -3,6 +3,7 @@ import type { ContainerService } from '../container/service.js';
 import type { ContainerRecord } from '../container/record.js';
 import { failedPrecondition, invalidArgument, unavailable } from '../errors.js';
 import type { RuntimeHandlers } from './rpc-types.js';
+import { frozenMessage } from './proto.js';
 import type { ContainerFilter, ContainerState as CriContainerState } from '../cri-api/types.js';
 import { attachRequest, execRequest, type StreamingUrls } from '../streaming/requests.js';
 
@@ -25,7 +26,16 @@ export function containerHandlers(containers: ContainerService, streaming?: Stre
     return streaming;
   };
 
-  const summary = containerSummaryOf;
+  /**
+   * ListContainers' item of a record, made once and reused, so that it is encoded once too
+   * (frozenMessage). A record is never changed in place (a change is a new record object).
+   */
+  const summaries = new WeakMap<ContainerRecord, Readonly<ReturnType<typeof containerSummaryOf>>>();
+  const summary = (r: ContainerRecord) => {
+    let s = summaries.get(r);
+    if (!s) summaries.set(r, (s = frozenMessage(containerSummaryOf(r))));
+    return s;
+  };
 
   return {
     async CreateContainer(req) {
@@ -66,7 +76,7 @@ export function containerHandlers(containers: ContainerService, streaming?: Stre
       if (state) list = list.filter((r) => CRI_STATE[r.state] === state.state);
       const selector: Record<string, string> = f.labelSelector ?? {};
       list = list.filter((r) => Object.entries(selector).every(([k, v]) => (r.config.labels ?? {})[k] === v));
-      return { containers: list.map(summary) };
+      return { containers: list.map((r) => summary(r)) };
     },
 
     async ContainerStatus(req) {

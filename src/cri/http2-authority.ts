@@ -13,7 +13,8 @@
 //
 // How: grpc-js does not listen on the socket itself. Corral's own net.Server accepts
 // each connection and hands grpc-js (through `Server.createConnectionInjector`) a
-// Duplex (interpose, at the end of this file) that forwards the server's bytes untouched and passes the client's bytes
+// Duplex (interpose, at the end of this file) that forwards the server's bytes untouched (each
+// batch nghttp2 writes in one writev) and passes the client's bytes
 // through a small HTTP/2 frame parser (ClientStreamRewriter). The parser keeps an
 // HPACK decoder (hpack.ts) whose dynamic table mirrors the client's encoder exactly (every
 // header block is decoded, in order, always). While no block needs fixing, the
@@ -275,9 +276,16 @@ export class ClientStreamRewriter {
     return this.pending.length + (this.block?.bytes ?? 0);
   }
 
-  /** Feed client bytes; returns the bytes for nghttp2. Throws when the connection must be closed. */
+  /**
+   * Feed client bytes; returns the bytes for nghttp2. Throws when the connection must be closed.
+   * A chunk of whole frames that needs no rewriting comes back as itself, not in pieces: each
+   * piece would be its own hand-over to nghttp2 (a JS → C++ call and a parse pass each).
+   */
   push(chunk: Buffer): Buffer[] {
     if (this.passthrough) return [chunk];
+    // Nothing held from earlier chunks: if this one is forwarded whole and unchanged, the
+    // pieces below are exactly its bytes in order.
+    const startsClean = this.pending.length === 0 && this.block === null && !this.reencoding;
     const out: Buffer[] = [];
     const q = this.pending;
     q.push(chunk);
@@ -336,6 +344,7 @@ export class ClientStreamRewriter {
       }
       throw err;
     }
+    if (startsClean && !this.reencoding && q.length === 0 && this.block === null && out.length > 1) return [chunk];
     return out;
   }
 
@@ -438,6 +447,15 @@ export function interpose(
     write(chunk: Buffer, _enc, cb) {
       if (socket.destroyed) return cb();
       socket.write(chunk, () => cb());
+    },
+    // nghttp2 hands over all the frames it has ready at once (JSStreamSocket corks this
+    // stream around them): they leave in one writev(2) rather than a write(2) each.
+    writev(chunks, cb) {
+      if (socket.destroyed) return cb();
+      socket.cork();
+      for (let i = 0; i < chunks.length - 1; i++) socket.write(chunks[i]!.chunk);
+      socket.write(chunks[chunks.length - 1]!.chunk, () => cb());
+      socket.uncork();
     },
     final(cb) {
       socket.end(() => cb());

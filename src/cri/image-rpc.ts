@@ -8,6 +8,7 @@ import { imageUser } from '../image/image-user.js';
 import { invalidArgument } from '../errors.js';
 import { msToNs, nowNs } from '../util/time.js';
 import type { ImageHandlers } from './rpc-types.js';
+import { frozenMessage } from './proto.js';
 import type { ImageSpec } from '../cri-api/types.js';
 
 export function imageHandlers(cfg: CorralConfig, images: ImageService) {
@@ -26,6 +27,20 @@ export function imageHandlers(cfg: CorralConfig, images: ImageService) {
       spec: { image: i.id, annotations: {} },
       pinned: images.isPinned(i),
     };
+  };
+
+  /**
+   * ListImages' item of an image, made once and reused while the image's tags, digests and
+   * pin stay as they were, so that it is encoded once too (frozenMessage). The store changes
+   * a record's tags in place, so they are part of the check.
+   */
+  const listItems = new WeakMap<ImageRecord, { key: string; item: Readonly<ReturnType<typeof toCri>> }>();
+  const listItem = (i: ImageRecord) => {
+    const pinned = images.isPinned(i);
+    const key = `${pinned}\0${i.repoTags.join('\0')}\0\0${i.repoDigests.join('\0')}`;
+    let memo = listItems.get(i);
+    if (memo?.key !== key) listItems.set(i, (memo = { key, item: frozenMessage(toCri(i)) }));
+    return memo.item;
   };
 
   return {
@@ -52,7 +67,7 @@ export function imageHandlers(cfg: CorralConfig, images: ImageService) {
         const match = await images.find(wanted);
         list = match ? [match] : [];
       }
-      return { images: list.map(toCri) };
+      return { images: list.map(listItem) };
     },
 
     async ImageStatus(req) {

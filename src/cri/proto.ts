@@ -69,10 +69,92 @@ function withoutBigInts(value: unknown): unknown {
   return out ?? value;
 }
 
+/**
+ * Wire bytes of frozen messages, by object. A frozen message cannot change, so neither can its
+ * bytes: a handler that answers again with the same frozen object (a List item of a record
+ * that did not change, see frozenMessage) has it encoded once, not on every call.
+ */
+const encodedFrozen = new WeakMap<object, Uint8Array>();
+
+/**
+ * A deep-frozen copy of a message object, for handlers to reuse from call to call: its
+ * encoding is kept (see encodedFrozen). Nested objects are copied too, so nothing the caller
+ * still holds (a record's labels) is frozen, and nothing can change it afterwards.
+ */
+export function frozenMessage<T extends object>(value: T): Readonly<T> {
+  return deepFreeze(structuredClone(value));
+}
+
+function deepFreeze<T>(value: T): T {
+  if (value !== null && typeof value === 'object' && !Object.isFrozen(value)) {
+    for (const v of Object.values(value)) deepFreeze(v);
+    Object.freeze(value);
+  }
+  return value;
+}
+
+function varintBytes(n: number): number {
+  let len = 1;
+  while (n >= 0x80) {
+    n = Math.floor(n / 0x80);
+    len++;
+  }
+  return len;
+}
+
+function putVarint(buf: Buffer, at: number, n: number): number {
+  while (n >= 0x80) {
+    buf[at++] = (n % 0x80) | 0x80;
+    n = Math.floor(n / 0x80);
+  }
+  buf[at++] = n;
+  return at;
+}
+
+function encodeObject(type: Protobuf.Type, value: object): Uint8Array {
+  return type.encode(type.fromObject(withoutBigInts(value) as Record<string, unknown>)).finish();
+}
+
 function serializerFor(type: Protobuf.Type): (value: object) => Buffer {
+  // Repeated message fields (List answers' items): their elements are encoded one by one when
+  // they are frozen, each from encodedFrozen. Protobuf readers accept fields in any order, so
+  // the elements may follow the rest of the message.
+  const lists = type.fieldsArray.filter((f) => f.repeated && !f.map && f.resolve().resolvedType instanceof protobuf.Type);
   return (value) => {
-    const message = type.fromObject(withoutBigInts(value ?? {}) as Record<string, unknown>);
-    return Buffer.from(type.encode(message).finish());
+    value ??= {};
+    let rest = value as Record<string, unknown>;
+    let elements: { tag: number; bytes: Uint8Array }[] | undefined;
+    for (const f of lists) {
+      const list = rest[f.name];
+      if (!Array.isArray(list) || list.length === 0 || !Object.isFrozen(list[0])) continue;
+      if (rest === value) rest = { ...rest };
+      rest[f.name] = undefined;
+      const elementType = f.resolvedType as Protobuf.Type;
+      const tag = f.id * 8 + 2; // length-delimited
+      elements ??= [];
+      for (const el of list) {
+        let bytes = Object.isFrozen(el) ? encodedFrozen.get(el) : undefined;
+        if (!bytes) {
+          bytes = encodeObject(elementType, el);
+          if (Object.isFrozen(el)) encodedFrozen.set(el, bytes);
+        }
+        elements.push({ tag, bytes });
+      }
+    }
+    const head = encodeObject(type, rest);
+    if (!elements) return Buffer.from(head.buffer, head.byteOffset, head.byteLength);
+    let total = head.length;
+    for (const e of elements) total += varintBytes(e.tag) + varintBytes(e.bytes.length) + e.bytes.length;
+    const out = Buffer.allocUnsafe(total);
+    out.set(head, 0);
+    let at = head.length;
+    for (const e of elements) {
+      at = putVarint(out, at, e.tag);
+      at = putVarint(out, at, e.bytes.length);
+      out.set(e.bytes, at);
+      at += e.bytes.length;
+    }
+    return out;
   };
 }
 

@@ -6,9 +6,22 @@ import { failedPrecondition, invalidArgument, unavailable } from '../errors.js';
 import { portForwardRequest, type StreamingUrls } from '../streaming/requests.js';
 import { nowNs } from '../util/time.js';
 import type { RuntimeHandlers } from './rpc-types.js';
+import { frozenMessage } from './proto.js';
 import type { PodSandboxFilter } from '../cri-api/types.js';
 
 export function sandboxHandlers(sandboxes: SandboxService, streaming?: StreamingUrls) {
+  /**
+   * ListPodSandbox's item of a record in a state, made once and then reused, so that it is
+   * encoded once too (frozenMessage). Every field of it but the state is fixed when the pod is
+   * created; a saved record is a new object, so a change could not leave a stale item anyway.
+   */
+  const items = new WeakMap<SandboxRecord, Partial<Record<SandboxLiveState, ReturnType<typeof podSandboxItemOf>>>>();
+  const itemOf = (r: SandboxRecord, state: SandboxLiveState) => {
+    let byState = items.get(r);
+    if (!byState) items.set(r, (byState = {}));
+    return (byState[state] ??= podSandboxItemOf(r, state));
+  };
+
   return {
     async PortForward(req) {
       const request = portForwardRequest(req);
@@ -56,23 +69,30 @@ export function sandboxHandlers(sandboxes: SandboxService, streaming?: Streaming
       }
       const selector: Record<string, string> = filter.labelSelector ?? {};
       records = records.filter((r) => Object.entries(selector).every(([k, v]) => (r.config.labels ?? {})[k] === v));
-      const items = [];
+      const list = [];
       for (const r of records) {
         const state = await sandboxes.liveState(r);
         if (filter.state && filter.state.state !== state) continue;
-        items.push({
-          id: r.id,
-          metadata: r.metadata,
-          state,
-          createdAt: r.createdAt,
-          labels: r.config.labels ?? {},
-          annotations: r.config.annotations ?? {},
-          runtimeHandler: r.runtimeHandler,
-        });
+        list.push(itemOf(r, state));
       }
-      return { items };
+      return { items: list };
     },
   } satisfies RuntimeHandlers;
+}
+
+type SandboxLiveState = 'SANDBOX_READY' | 'SANDBOX_NOTREADY';
+
+/** The CRI PodSandbox (ListPodSandbox's item) of a record in the given (live) state, deep-frozen. */
+function podSandboxItemOf(r: SandboxRecord, state: SandboxLiveState) {
+  return frozenMessage({
+    id: r.id,
+    metadata: r.metadata,
+    state,
+    createdAt: r.createdAt,
+    labels: r.config.labels ?? {},
+    annotations: r.config.annotations ?? {},
+    runtimeHandler: r.runtimeHandler,
+  });
 }
 
 /** The CRI PodSandboxStatus of a record in the given (live) state. */

@@ -205,6 +205,9 @@ export class CriServer {
       'grpc.max_receive_message_length': MAX_MESSAGE_BYTES,
       'grpc.max_send_message_length': MAX_MESSAGE_BYTES,
       'grpc.max_concurrent_streams': MAX_CONCURRENT_STREAMS,
+      // Channelz (gRPC's introspection service) is not served: its per-call and per-session
+      // bookkeeping (counters, timestamps, a registry entry per connection) would be pure cost.
+      'grpc.enable_channelz': 0,
     });
     const injector = grpcServer.createConnectionInjector(grpc.ServerCredentials.createInsecure());
     const netServer = net.createServer();

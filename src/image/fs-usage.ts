@@ -129,6 +129,21 @@ export async function readSnapshotUsage(snapshotDir: string): Promise<DirUsage |
 }
 
 const HEX64 = /^[0-9a-f]{64}$/;
+
+/**
+ * The names of a listing that are 64 hex digits (snapshots, blobs), worked out once per
+ * listing: listings are reused while their directory is unchanged, and testing every name
+ * of them on every ImageFsInfo was most of its CPU time.
+ */
+const hexNamesOf = new WeakMap<readonly string[], { set: ReadonlySet<string>; list: string[] }>();
+function hexNames(names: readonly string[]): { set: ReadonlySet<string>; list: string[] } {
+  let hex = hexNamesOf.get(names);
+  if (!hex) {
+    const list = names.filter((n) => HEX64.test(n));
+    hexNamesOf.set(names, (hex = { set: new Set(list), list }));
+  }
+  return hex;
+}
 /** How long after a directory's last change its listing may be cached (well above the file-time tick). */
 const LISTING_SETTLE_MS = 1000;
 
@@ -227,7 +242,7 @@ export class ImageStoreUsage {
     let snapshotHexes: string[] = [];
     let blobHexes: string[] = [];
     const ingestDir = path.join(this.root, 'ingest');
-    const walk = (p: string, skip: (name: string) => boolean): void => {
+    const walk = (p: string, skip: (name: string, isHex: boolean) => boolean): void => {
       let st: Stats;
       try {
         st = lstatSync(p);
@@ -241,13 +256,14 @@ export class ImageStoreUsage {
       usage.bytes += st.blocks * 512;
       if (!st.isDirectory()) return;
       const names = this.listing(p, st);
-      if (p === this.snapshotsDir) snapshotHexes = names.filter((n) => HEX64.test(n));
-      if (p === this.blobsDir) blobHexes = names.filter((n) => HEX64.test(n));
+      const hex = hexNames(names);
+      if (p === this.snapshotsDir) snapshotHexes = hex.list;
+      if (p === this.blobsDir) blobHexes = hex.list;
       for (const name of names) {
-        if (skip(name)) continue;
+        if (skip(name, hex.set.has(name))) continue;
         const child = path.join(p, name);
-        if (child === this.snapshotsDir) walk(child, (n) => HEX64.test(n) || n.startsWith('.tmp-') || n.startsWith('.trash-'));
-        else if (child === this.blobsDir) walk(child, (n) => HEX64.test(n));
+        if (child === this.snapshotsDir) walk(child, (n, isHex) => isHex || n.startsWith('.tmp-') || n.startsWith('.trash-'));
+        else if (child === this.blobsDir) walk(child, (_n, isHex) => isHex);
         else if (child === ingestDir) walk(child, (n) => n.endsWith('.partial'));
         else walk(child, () => false);
       }

@@ -57,6 +57,8 @@ export interface Fakes {
   monitorFiles: Set<string>;
   /** The exits the monitor recorded (conmon's exit files), by container ID. */
   exits: Map<string, { code: number; finishedAt: string }>;
+  /** The container IDs the monitor's readExit was asked about, in order. */
+  exitReads: string[];
   /** false (the default): the fake image's layers are not unpacked, so mounting its rootfs fails. */
   layersUnpacked: boolean;
   /**
@@ -88,6 +90,7 @@ export async function makeService(opts: { observer?: RuntimeObserver } = {}): Pr
     mounts: new Set(),
     monitorFiles: new Set(),
     exits: new Map(),
+    exitReads: [],
     layersUnpacked: false,
     gates: {},
     failures: {},
@@ -260,9 +263,11 @@ export function containerService(svc: SandboxService, cfg: CorralConfig, fakes: 
       return { pid: process.pid };
     },
     readExit: async (id) => {
+      fakes.exitReads.push(id);
       const exit = fakes.exits.get(id);
       return exit ? { ...exit } : null;
     },
+    exitedIds: () => new Set(fakes.exits.keys()),
     async waitForExit(id, timeoutMs) {
       fakes.events.push(`monitor wait ${timeoutMs}`);
       const deadline = Date.now() + timeoutMs;

@@ -166,6 +166,25 @@ test('a grpc-js client (authority "localhost") gets the Version answer; socket i
   assert.equal(server.inFlight(), 0);
 });
 
+test('the server keeps no channelz records (no per-call or per-connection bookkeeping nobody reads)', async () => {
+  const { getChannelzHandlers } = (await import('@grpc/grpc-js/build/src/channelz.js')) as any;
+  const servers = () =>
+    new Promise<number[]>((resolve, reject) =>
+      getChannelzHandlers().GetServers({ request: { start_server_id: 0, max_results: 1000 } }, (err: Error | null, res: any) =>
+        err ? reject(err) : resolve(res.server.map((s: any) => Number(s.ref.server_id))),
+      ),
+    );
+  const before = await servers();
+  const { socketPath } = await startServer();
+  const client = createRuntimeClient(socketPath, { timeoutMs: 5000 });
+  try {
+    await call(client, 'Version', {});
+  } finally {
+    client.close();
+  }
+  assert.deepEqual(await servers(), before, 'no channelz server registered for Corral');
+});
+
 test('the socket never exists with a mode other than 0660, not even for an instant after bind', async () => {
   const socketPath = tempSocket();
   await import('node:fs/promises').then((f) => f.mkdir(path.dirname(socketPath), { recursive: true }));

@@ -217,6 +217,21 @@ test('a running container whose exit the monitor reports is exited with that cod
   assert.deepEqual(fakes.events, [], 'nothing to signal');
 });
 
+test('ListContainers asks for the exit of only the containers with an exit record, and lists each exit at once', async () => {
+  const { fakes, sandboxId, containers } = await mountableSetup();
+  const a = await containers.create(sandboxId, containerConfig({ metadata: { name: 'a', attempt: 0 }, image: { image: 'img' } }));
+  const b = await containers.create(sandboxId, containerConfig({ metadata: { name: 'b', attempt: 0 }, image: { image: 'img' } }));
+  await containers.start(a);
+  await containers.start(b);
+  fakes.exitReads.length = 0;
+  const states = async () => Object.fromEntries((await containers.list()).map((r) => [r.id, r.state]));
+  assert.deepEqual(await states(), { [a]: 'running', [b]: 'running' });
+  assert.deepEqual(fakes.exitReads, [], 'no exit record: nothing read');
+  fakes.exits.set(b, { code: 0, finishedAt: '1' });
+  assert.deepEqual(await states(), { [a]: 'running', [b]: 'exited' }, 'the exit shows in the very next list');
+  assert.ok(fakes.exitReads.length > 0 && fakes.exitReads.every((id) => id === b), `read: ${fakes.exitReads.join(', ')}`);
+});
+
 test('start failing: the container is exited with reason StartError and code 128, and the caller gets INTERNAL', async () => {
   const { fakes, sandboxId, containers } = await mountableSetup();
   const id = await containers.create(sandboxId, appConfig());

@@ -1,9 +1,14 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import http2 from 'node:http2';
+import net from 'node:net';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import { once } from 'node:events';
 import { Duplex } from 'node:stream';
 import { HpackDecoder, HpackError, encodeStateless, huffmanDecode } from '../../src/cri/hpack.js';
-import { ClientLimitError, ClientStreamRewriter, RequestBodyBudget, isValidAuthority } from '../../src/cri/http2-authority.js';
+import { ClientLimitError, ClientStreamRewriter, RequestBodyBudget, interpose, isValidAuthority } from '../../src/cri/http2-authority.js';
 
 const hex = (s: string) => Buffer.from(s.replace(/\s+/g, ''), 'hex');
 const pairs = (fields: { name: string; value: string }[]) => fields.map((f) => [f.name, f.value]);
@@ -336,4 +341,77 @@ test('HPACK garbage is an HpackError, never a crash or a huge allocation', () =>
   for (let i = 0; i < 1000; i++) t.decode(Buffer.concat([Buffer.from([0x40]), literal('n', String(i).padEnd(60, 'x')).subarray(1)]));
   assert.ok(t.dynamicTableSize <= 4096, String(t.dynamicTableSize));
   assert.ok(t.dynamicTableEntries <= 4096 / 32);
+});
+
+// ─── Per-call cost of the pass-through path ──────────────────────────────────
+
+test('a chunk of whole frames that needs no rewriting is handed on as itself, not in pieces', () => {
+  const request = Buffer.concat([
+    h2frame(0x1, 0x4, 1, Buffer.concat([Buffer.from([0x83, 0x86]), literal(':authority', 'localhost')])),
+    h2frame(0x0, 0x1, 1, Buffer.from('\0\0\0\0\0')),
+    h2frame(0x8, 0x0, 0, Buffer.from([0, 0, 0, 5])), // WINDOW_UPDATE
+  ]);
+  const rw = new ClientStreamRewriter();
+  const first = Buffer.concat([PREFACE, request]);
+  const out = rw.push(first);
+  assert.equal(out.length, 1);
+  assert.equal(out[0], first, 'the chunk itself: one hand-over to nghttp2');
+  // A frame split across chunks is still forwarded byte for byte, once whole.
+  const split = rw.push(request.subarray(0, 20));
+  const rest = rw.push(request.subarray(20));
+  assert.deepEqual(Buffer.concat([...split, ...rest]), request);
+  // Once re-encoding, a chunk is never handed on as itself (its header blocks change).
+  const re = reencodingRewriter();
+  const again = Buffer.concat([h2frame(0x1, 0x5, 3, Buffer.concat([Buffer.from([0x83, 0x86]), literal(':authority', 'localhost')]))]);
+  const reOut = re.push(again);
+  assert.notEqual(reOut[0], again);
+  assert.equal(new HpackDecoder().decode(Buffer.concat(reOut).subarray(9)).find((f) => f.name === ':authority')?.value, 'localhost');
+});
+
+test('interpose sends the frames nghttp2 hands over together in one socket write, unchanged', async (t) => {
+  const dir = mkdtempSync(path.join(tmpdir(), 'corral-interpose-'));
+  const server = net.createServer();
+  t.after(() => {
+    server.close();
+    rmSync(dir, { recursive: true, force: true });
+  });
+  server.listen(path.join(dir, 's'));
+  await once(server, 'listening');
+  const client = net.connect(path.join(dir, 's'));
+  const [accepted] = (await once(server, 'connection')) as [net.Socket];
+  t.after(() => {
+    client.destroy();
+    accepted.destroy();
+  });
+  // What reaches the socket, per write request (a write(2) or writev(2) each).
+  const writes: number[] = [];
+  const s = accepted as any;
+  const { _write, _writev } = s;
+  s._write = function (...args: unknown[]) {
+    writes.push(1);
+    return _write.apply(this, args);
+  };
+  s._writev = function (chunks: unknown[], cb: unknown) {
+    writes.push(chunks.length);
+    return _writev.call(this, chunks, cb);
+  };
+  const duplex = interpose(accepted, {}, 10_000, () => undefined, () => undefined);
+  const frames = [Buffer.from('headers frame'), Buffer.from('data frame'), Buffer.from('trailers frame')];
+  let received = Buffer.alloc(0);
+  const all = Buffer.concat(frames);
+  const got = new Promise<void>((resolve) => client.on('data', (c: Buffer) => {
+    received = Buffer.concat([received, c]);
+    if (received.length >= all.length) resolve();
+  }));
+  let callbacks = 0;
+  // As JSStreamSocket (between nghttp2 and this Duplex) writes a batch: corked.
+  duplex.cork();
+  for (const f of frames) duplex.write(f, () => callbacks++);
+  duplex.uncork();
+  await got;
+  assert.deepEqual(received, all);
+  assert.deepEqual(writes, [3], 'one writev of the three frames');
+  await new Promise((r) => setImmediate(r));
+  assert.equal(callbacks, 3, 'every write is called back');
+  duplex.destroy();
 });
