@@ -35,7 +35,6 @@ import { ContainerService, type ContainerMonitor, type ContainerRootfs } from '.
 import { ImageService } from './image/image-service.js';
 import { mountOverlayRootfs, unmountOverlayRootfs } from './image/snapshots.js';
 import { CorralError } from './errors.js';
-import { conmonCreate, readExitCode, removeConmonFiles, reopenConmonLog, waitForExit } from './oci/conmon.js';
 import { msToNs, nowNs } from './util/time.js';
 import type { LinuxSandboxSecurityContext } from './cri-api/types.js';
 import { StreamingListener } from './streaming/listener.js';
@@ -212,22 +211,24 @@ async function startServing(cfg: CorralConfig, logger: Logger, started: (() => P
   // conmon writes <exitDir>/<id> holding the exit code, and the attach link under socketDir.
   const exitDir = path.join(cfg.stateDir, 'exits');
   const socketDir = path.join(cfg.stateDir, 'attach');
+  // conmon's driver is loaded with the first container (a start without containers does not need it).
+  const conmon = () => import('./oci/conmon.js');
   const monitor: ContainerMonitor = {
     async create(opts) {
       await fs.mkdir(exitDir, { recursive: true, mode: 0o700 });
-      return conmonCreate({ ...opts, exitDir, socketDir });
+      return (await conmon()).conmonCreate({ ...opts, exitDir, socketDir });
     },
     async readExit(id) {
-      const code = await readExitCode(exitDir, id);
+      const code = await (await conmon()).readExitCode(exitDir, id);
       if (code === null) return null;
       // conmon writes the file as the container exits: its mtime is the exit time.
       const st = await fs.stat(path.join(exitDir, id)).catch(() => undefined);
       return { code, finishedAt: st ? msToNs(st.mtimeMs) : nowNs() };
     },
     exitedIds: () => exitFileNames(exitDir),
-    waitForExit: (id, timeoutMs) => waitForExit(exitDir, id, timeoutMs),
-    removeFiles: (id) => removeConmonFiles({ id, exitDir, socketDir }),
-    reopenLog: (o) => reopenConmonLog(o),
+    waitForExit: async (id, timeoutMs) => (await conmon()).waitForExit(exitDir, id, timeoutMs),
+    removeFiles: async (id) => (await conmon()).removeConmonFiles({ id, exitDir, socketDir }),
+    reopenLog: async (o) => (await conmon()).reopenConmonLog(o),
   };
   const containers = new ContainerService({
     config: cfg,
