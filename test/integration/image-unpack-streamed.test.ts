@@ -173,13 +173,14 @@ test('a layer its helper refuses half way is still stored, checked from the file
   await store.content.ingest(hostile.config.digest, hostile.config.size, async () => Readable.from([hostile.config.bytes]));
   let stored!: Promise<void>;
   const unpacking = store.unpackLayers('test/refused:latest', hostile.config.digest, [{ digest: layer.digest, mediaType: layer.mediaType }], async () => stored);
+  const refused = assert.rejects(unpacking, /refusing layer entry "\.\.\/escape"/); // handled now: it may settle while the blob is checked below
   const chunks: Buffer[] = [];
   for (let off = 0; off < layer.bytes.length; off += 65536) chunks.push(layer.bytes.subarray(off, off + 65536));
   stored = store.content.ingest(layer.digest, layer.size, async () => Readable.from(chunks));
   await stored;
   assert.equal(await store.content.has(layer.digest), true);
   assert.deepEqual(await fs.readFile(store.content.blobPath(layer.digest)), layer.bytes);
-  await assert.rejects(unpacking, /refusing layer entry "\.\.\/escape"/);
+  await refused;
   assert.deepEqual(await store.snapshots.list(), []);
   assert.deepEqual(await leftovers(store), []);
 });
