@@ -108,6 +108,12 @@ export interface IngestOptions {
    * kept), or it stops waiting for another caller's, which goes on.
    */
   signal?: AbortSignal;
+  /**
+   * Told when this caller's own download has every byte in its temp file (not when it
+   * waits on another's): what follows (the digest, from a tap that may still be unpacking,
+   * the fsync, the rename) needs no more from the network.
+   */
+  onDownloaded?: () => void;
 }
 
 export class ContentStore {
@@ -185,7 +191,7 @@ export class ContentStore {
       shared.done = (async () => {
         await this.prepare();
         if (await this.has(digest)) return;
-        await this.write(digest, expectedSize, open, report, signal);
+        await this.write(digest, expectedSize, open, report, signal, opts.onDownloaded);
       })().finally(() => {
         if (this.inflight.get(digest) === shared) this.inflight.delete(digest);
       });
@@ -240,6 +246,7 @@ export class ContentStore {
     open: () => Promise<NodeJS.ReadableStream>,
     onProgress?: (bytes: number) => void,
     signal?: AbortSignal,
+    onDownloaded?: () => void,
   ): Promise<void> {
     const hex = digestHex(digest);
     const tmp = path.join(this.ingestDir, `${hex}.${process.pid}.${randomBytes(6).toString('hex')}.partial`);
@@ -296,6 +303,7 @@ export class ContentStore {
       if (expectedSize !== undefined && written !== expectedSize) {
         throw new BlobVerificationError(digest, 'size', expectedSize, written);
       }
+      onDownloaded?.();
       if (!hasher) {
         const actual = `sha256:${hash.digest('hex')}`;
         if (actual !== digest) throw new BlobVerificationError(digest, 'digest', digest, actual);

@@ -296,3 +296,29 @@ test('a tap that could not hash the whole download (failed, or saw fewer bytes) 
       assert.equal(await store.has(d), false);
     }
   }));
+
+test('onDownloaded is told once the bytes are in, while the check still waits for the tap that hashes them', () =>
+  withStore(async (store) => {
+    const data = Buffer.from('a layer whose unpack is still running');
+    const d = digestOf(data);
+    let finishUnpack!: () => void;
+    const unpacked = new Promise<void>((resolve) => (finishUnpack = resolve));
+    store.watchNextDownload(d, () => ({
+      write: () => {},
+      end: () => {},
+      abort: () => {},
+      digest: async () => {
+        await unpacked;
+        return { digest: d, size: data.length };
+      },
+    }));
+    let downloaded = false;
+    let stored = false;
+    const ingest = store.ingest(d, data.length, fromChunks(data), undefined, { onDownloaded: () => (downloaded = true) }).then(() => (stored = true));
+    await waitFor(() => downloaded, { what: 'onDownloaded' });
+    assert.equal(stored, false);
+    assert.equal(await store.has(d), false); // not in place before its digest is known
+    finishUnpack();
+    await ingest;
+    assert.equal(await store.has(d), true);
+  }));
