@@ -10,7 +10,8 @@
  * its progress, and try themselves if it fails. Temp files left by a process that died
  * are removed the first time the store is used.
  */
-import { promises as fs } from 'node:fs';
+import { createReadStream, promises as fs } from 'node:fs';
+import { pipeline } from 'node:stream/promises';
 import path from 'node:path';
 import { createHash, randomBytes } from 'node:crypto';
 import { digestHex, validateDigest } from './reference.js';
@@ -47,6 +48,23 @@ export class BlobTooLargeError extends Error {
   }
 }
 
+/** p, or the signal's reason once it aborts. */
+function untilAborted<T>(p: Promise<T>, signal: AbortSignal | undefined): Promise<T> {
+  if (!signal) return p;
+  return new Promise<T>((resolve, reject) => {
+    const onAbort = () => reject(signal.reason);
+    if (signal.aborted) return onAbort();
+    signal.addEventListener('abort', onAbort, { once: true });
+    p.then(resolve, reject).finally(() => signal.removeEventListener('abort', onAbort));
+  });
+}
+
+async function sha256OfFile(file: string): Promise<string> {
+  const hash = createHash('sha256');
+  await pipeline(createReadStream(file), hash);
+  return `sha256:${hash.digest('hex')}`;
+}
+
 /** A partial file older than this is stale even if its writer's PID is alive (PID reuse). */
 const STALE_INGEST_MS = 24 * 3600 * 1000;
 /** Bytes of a download gathered before one write to its temp file. */
@@ -68,9 +86,18 @@ interface SharedIngest {
  */
 export interface DownloadTap {
   /** The next bytes, in order; the download waits for the returned promise (backpressure). Must not throw. */
-  write(chunk: Buffer): Promise<void> | void;
-  /** Every byte was written and the blob's size and digest match (it is not yet fsynced or in place). */
+  write(batch: readonly Buffer[]): Promise<void> | void;
+  /**
+   * Every byte was written and the blob's size matches (its digest is checked after, if
+   * the tap hashes the bytes, else it already matched; abort() follows a mismatch).
+   */
   end(): void;
+  /**
+   * A tap that hashes the bytes it is given (the layer's unpack helper reads each one
+   * anyway): the sha256 and length of all of them once they are all in, or undefined if
+   * it could not tell (then the stored file is hashed). The download does not hash them.
+   */
+  digest?(): Promise<{ digest: string; size: number } | undefined>;
   /** The download failed or was cancelled: the bytes written are not the blob. */
   abort(reason: unknown): void;
 }
@@ -81,6 +108,12 @@ export interface IngestOptions {
    * kept), or it stops waiting for another caller's, which goes on.
    */
   signal?: AbortSignal;
+  /**
+   * Told when this caller's own download has every byte in its temp file (not when it
+   * waits on another's): what follows (the digest, from a tap that may still be unpacking,
+   * the fsync, the rename) needs no more from the network.
+   */
+  onDownloaded?: () => void;
 }
 
 export class ContentStore {
@@ -158,7 +191,7 @@ export class ContentStore {
       shared.done = (async () => {
         await this.prepare();
         if (await this.has(digest)) return;
-        await this.write(digest, expectedSize, open, report, signal);
+        await this.write(digest, expectedSize, open, report, signal, opts.onDownloaded);
       })().finally(() => {
         if (this.inflight.get(digest) === shared) this.inflight.delete(digest);
       });
@@ -213,6 +246,7 @@ export class ContentStore {
     open: () => Promise<NodeJS.ReadableStream>,
     onProgress?: (bytes: number) => void,
     signal?: AbortSignal,
+    onDownloaded?: () => void,
   ): Promise<void> {
     const hex = digestHex(digest);
     const tmp = path.join(this.ingestDir, `${hex}.${process.pid}.${randomBytes(6).toString('hex')}.partial`);
@@ -224,6 +258,7 @@ export class ContentStore {
     const onAbort = () => (source as { destroy?: (e?: Error) => void } | undefined)?.destroy?.(signal!.reason);
     signal?.addEventListener('abort', onAbort, { once: true });
     const taps = this.takeDownloadTaps(digest);
+    const hasher = taps.find((t) => t.digest);
     try {
       signal?.throwIfAborted();
       source = await open();
@@ -237,12 +272,17 @@ export class ContentStore {
       const flush = async () => {
         flushedAt = Date.now();
         if (batched === 0) return;
-        const b = batch.length === 1 ? batch[0]! : Buffer.concat(batch, batched);
+        const b = batch;
+        const bytes = batched;
         batch = [];
         batched = 0;
         const toFile = (async () => {
+          // One writev for the batch; a short write (rare) is finished from one buffer.
+          const n = (await fh.writev(b)).bytesWritten;
+          if (n === bytes) return;
+          const rest = Buffer.concat(b, bytes).subarray(n);
           let off = 0;
-          while (off < b.length) off += (await fh.write(b, off, b.length - off)).bytesWritten;
+          while (off < rest.length) off += (await fh.write(rest, off, rest.length - off)).bytesWritten;
         })();
         await Promise.all([toFile, ...taps.map((t) => t.write(b))]);
       };
@@ -253,7 +293,7 @@ export class ContentStore {
         if (expectedSize !== undefined && written > expectedSize) {
           throw new BlobVerificationError(digest, 'size', expectedSize, written);
         }
-        hash.update(chunk);
+        if (!hasher) hash.update(chunk);
         batch.push(chunk);
         batched += chunk.length;
         if (batched >= WRITE_BATCH || Date.now() - flushedAt >= WRITE_BATCH_MS) await flush();
@@ -263,10 +303,19 @@ export class ContentStore {
       if (expectedSize !== undefined && written !== expectedSize) {
         throw new BlobVerificationError(digest, 'size', expectedSize, written);
       }
-      const actual = `sha256:${hash.digest('hex')}`;
-      if (actual !== digest) throw new BlobVerificationError(digest, 'digest', digest, actual);
-      for (const t of taps) t.end(); // an unpack fed from the download finishes while the blob is fsynced
-      await fh.sync();
+      onDownloaded?.();
+      if (!hasher) {
+        const actual = `sha256:${hash.digest('hex')}`;
+        if (actual !== digest) throw new BlobVerificationError(digest, 'digest', digest, actual);
+      }
+      // An unpack fed from the download finishes while the blob is fsynced.
+      for (const t of taps) t.end();
+      const [, seen] = await Promise.all([fh.sync(), hasher && untilAborted(hasher.digest!(), signal)]);
+      if (hasher) {
+        // The helper's sha256 of what it read is the blob's if it read it all; else the file is hashed.
+        const actual = seen && seen.size === written ? seen.digest : await sha256OfFile(tmp);
+        if (actual !== digest) throw new BlobVerificationError(digest, 'digest', digest, actual);
+      }
       await fh.close();
       closed = true;
       await fs.rename(tmp, path.join(this.blobsDir, hex));

@@ -34,6 +34,8 @@ export interface AppliedLayer {
   diffId: string;
   /** Bytes of the uncompressed tar. */
   size: number;
+  /** Unpacked from stdin (a download): sha256 and length of every byte the helper read. */
+  input?: { digest: string; size: number };
 }
 
 /** A layer whose content Corral will not unpack (an escape, a name Linux cannot hold ...): bad input, 'invalid-argument'. */
@@ -69,6 +71,8 @@ interface HelperVerdict {
   done?: number;
   diffId?: string;
   size?: number;
+  inputDigest?: string;
+  inputSize?: number;
   refused?: string;
   reason?: string;
   corrupt?: string;
@@ -134,11 +138,14 @@ export function applyLayerFromDownload(targetDir: string): StreamedUnpack {
       settle(run.done);
     })());
   const tap: DownloadTap = {
-    async write(chunk) {
+    async write(batch) {
       await start();
       if (broken || aborted !== undefined) return;
       const stdin = child!.stdin!;
-      stdin.write(chunk);
+      // One writev for the batch, no copy into one buffer.
+      stdin.cork();
+      for (const chunk of batch) stdin.write(chunk);
+      stdin.uncork();
       // Up to STREAM_SLACK queued for the helper: the download does not wait for each
       // batch to be unpacked, only when the helper falls that far behind.
       if (stdin.writableLength <= STREAM_SLACK) return;
@@ -149,6 +156,9 @@ export function applyLayerFromDownload(targetDir: string): StreamedUnpack {
         if (!broken) child?.stdin?.end();
       });
     },
+    // The helper hashes what it reads (it reads every byte of a layer it unpacks): the
+    // download need not hash the same bytes again. Undefined if it did not finish.
+    digest: () => verdict.then((r) => r.input, () => undefined),
     abort(reason) {
       aborted ??= reason;
       broken = true;
@@ -190,7 +200,8 @@ function runHelper(args: string[], root: string, stdin = false): Promise<Applied
         v = undefined;
       }
       if (code === 0 && v && typeof v.diffId === 'string' && typeof v.size === 'number') {
-        resolve({ diffId: v.diffId, size: v.size });
+        const input = typeof v.inputDigest === 'string' && typeof v.inputSize === 'number' ? { digest: v.inputDigest, size: v.inputSize } : undefined;
+        resolve({ diffId: v.diffId, size: v.size, ...(input ? { input } : {}) });
         return;
       }
       if (v?.refused !== undefined) {

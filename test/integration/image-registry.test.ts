@@ -6,6 +6,7 @@
  */
 import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
+import { createHash } from 'node:crypto';
 import { promises as fs } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
@@ -228,6 +229,37 @@ test('the concurrency bound is respected', async () => {
   await pullImageContent(`${proxy.host}/test/many`, store, { concurrency: 2 });
   assert.ok(peak <= 2, `at most 2 blob downloads at once (saw ${peak})`);
   assert.equal(proxy.count('GET', /\/blobs\//), 7);
+});
+
+test('a download slot is given back once the blob\'s bytes are in, while its check still waits (on the unpack that hashes it)', async () => {
+  const img = await busyboxImage({ extraLayers: [(await tinyImage('second layer\n')).layers[0]!] });
+  await pushImage(reg, 'test/slots', 'latest', img);
+  const [first, second] = img.layers;
+  let secondRequested!: () => void;
+  const secondGet = new Promise<void>((resolve) => (secondRequested = resolve));
+  const proxy = await newProxy((r) => {
+    if (r.path.endsWith(`/blobs/${second!.digest}`)) secondRequested();
+  });
+  const store = await newStore();
+  // The first layer's check waits for a tap (as for an unpack helper's digest) that
+  // answers only once the second layer's download has started: with one slot, that
+  // happens only if the slot was given back when the first layer's bytes were in.
+  store.watchNextDownload(first!.digest, () => {
+    const seen: Buffer[] = [];
+    return {
+      write: (batch) => void seen.push(...batch),
+      end: () => {},
+      abort: () => {},
+      digest: async () => {
+        await secondGet;
+        const all = Buffer.concat(seen);
+        return { digest: `sha256:${createHash('sha256').update(all).digest('hex')}`, size: all.length };
+      },
+    };
+  });
+  const r = await pullImageContent(`${proxy.host}/test/slots`, store, { concurrency: 1, timeoutMs: 20_000 });
+  assert.deepEqual([...r.downloaded].sort(), [img.config.digest, first!.digest, second!.digest].sort());
+  await assertStored(store, img);
 });
 
 test('a tampered layer is refused as a digest mismatch and never stored', async () => {

@@ -12,10 +12,13 @@ import os from 'node:os';
 import path from 'node:path';
 import { randomBytes } from 'node:crypto';
 import { PassThrough, Readable } from 'node:stream';
+import { gzipSync } from 'node:zlib';
 import { ImageStore } from '../../src/image/image-store.js';
+import { applyLayerFromDownload } from '../../src/image/unpack.js';
+import { hostileTar } from '../helpers/hostile-tar.js';
 import { chainIds } from '../../src/image/snapshots.js';
 import { silentLogger } from '../../src/util/log.js';
-import { buildImage, buildLayer, sha256, type TestImage, type TarEntry } from '../helpers/test-images.js';
+import { buildImage, buildLayer, layerFromTar, sha256, type TestImage, type TarEntry } from '../helpers/test-images.js';
 
 let root: string;
 let image: TestImage;
@@ -139,5 +142,45 @@ test('two pulls of one image at once share the download and commit one snapshot'
   assert.equal(opened, 1);
   const [chain] = chainIds([layer.diffId]);
   assert.equal((await fs.readdir(path.join(store.snapshots.fsDir(chain!), 'd'))).length, 800);
+  assert.deepEqual(await leftovers(store), []);
+});
+
+test('the unpack helper hashes every byte it reads: its sha256 of a streamed layer is the blob digest, trailing gzip member included', async () => {
+  const layer = image.layers[0]!;
+  // A second gzip member after the first (gzip -c a b does that): part of the blob, and read.
+  const bytes = Buffer.concat([layer.bytes, gzipSync(Buffer.alloc(0))]);
+  const dir = path.join(await fs.mkdtemp(path.join(root, 'direct-')), 'fs');
+  const s = applyLayerFromDownload(dir);
+  for (let off = 0; off < bytes.length; off += 1 << 20) await s.tap.write([bytes.subarray(off, off + 300_000), bytes.subarray(off + 300_000, off + (1 << 20))]);
+  s.tap.end();
+  const applied = await s.result;
+  assert.equal(applied.diffId, layer.diffId);
+  assert.deepEqual(applied.input, { digest: sha256(bytes), size: bytes.length });
+  assert.deepEqual(await s.tap.digest!(), { digest: sha256(bytes), size: bytes.length });
+  assert.equal((await fs.readdir(path.join(dir, 'd'))).length, 800);
+});
+
+test('a layer its helper refuses half way is still stored, checked from the file, and refused with nothing left', async () => {
+  // The refused entry first, then more than the pipe and the slack hold: the helper exits
+  // long before the end of the download, which it therefore cannot hash.
+  const tar = await hostileTar([
+    { name: '../escape', content: 'x' },
+    { name: 'big', content: randomBytes(8 << 20) },
+  ]);
+  const layer = await layerFromTar(tar);
+  const hostile = buildImage({ layers: [layer] });
+  const store = new ImageStore(await fs.mkdtemp(path.join(root, 'store-')), silentLogger());
+  await store.content.ingest(hostile.config.digest, hostile.config.size, async () => Readable.from([hostile.config.bytes]));
+  let stored!: Promise<void>;
+  const unpacking = store.unpackLayers('test/refused:latest', hostile.config.digest, [{ digest: layer.digest, mediaType: layer.mediaType }], async () => stored);
+  const refused = assert.rejects(unpacking, /refusing layer entry "\.\.\/escape"/); // handled now: it may settle while the blob is checked below
+  const chunks: Buffer[] = [];
+  for (let off = 0; off < layer.bytes.length; off += 65536) chunks.push(layer.bytes.subarray(off, off + 65536));
+  stored = store.content.ingest(layer.digest, layer.size, async () => Readable.from(chunks));
+  await stored;
+  assert.equal(await store.content.has(layer.digest), true);
+  assert.deepEqual(await fs.readFile(store.content.blobPath(layer.digest)), layer.bytes);
+  await refused;
+  assert.deepEqual(await store.snapshots.list(), []);
   assert.deepEqual(await leftovers(store), []);
 });

@@ -241,3 +241,84 @@ test('stale partial files of dead processes are removed on first use; live ones 
     await fs.rm(root, { recursive: true, force: true });
   }
 });
+
+/** A download tap that keeps what it is given and reports `says` as its digest of it. */
+function hashingTap(says: (seen: Buffer) => { digest: string; size: number } | undefined) {
+  const seen: Buffer[] = [];
+  const events: string[] = [];
+  return {
+    seen,
+    events,
+    tap: {
+      write: (batch: readonly Buffer[]) => void seen.push(...batch),
+      end: () => void events.push('end'),
+      abort: () => void events.push('abort'),
+      digest: async () => says(Buffer.concat(seen)),
+    },
+  };
+}
+
+test('a tap that hashes the download decides the digest check: its mismatch is refused, its match stored', () =>
+  withStore(async (store) => {
+    const data = Buffer.from('layer bytes, hashed by the unpack helper');
+    const d = digestOf(data);
+    // The tap saw other bytes than the digest promises (as the helper would report): refused, nothing kept.
+    const lying = hashingTap((b) => ({ digest: digestOf(Buffer.concat([b, Buffer.from('!')])), size: b.length }));
+    store.watchNextDownload(d, () => lying.tap);
+    await assert.rejects(store.ingest(d, data.length, fromChunks(data.subarray(0, 7), data.subarray(7))), (e: unknown) => e instanceof BlobVerificationError && e.check === 'digest');
+    assert.deepEqual(lying.events, ['end', 'abort']);
+    assert.equal(await store.has(d), false);
+    assert.deepEqual(await fs.readdir(store.ingestDir), []);
+    // The tap's sha256 of what it was given: the blob is stored, byte for byte.
+    const honest = hashingTap((b) => ({ digest: digestOf(b), size: b.length }));
+    store.watchNextDownload(d, () => honest.tap);
+    await store.ingest(d, data.length, fromChunks(data.subarray(0, 7), data.subarray(7)));
+    assert.deepEqual(Buffer.concat(honest.seen), data);
+    assert.deepEqual(honest.events, ['end']);
+    assert.deepEqual(await store.readBuffer(d), data);
+  }));
+
+test('a tap that could not hash the whole download (failed, or saw fewer bytes) leaves the check to the stored file', () =>
+  withStore(async (store) => {
+    const data = Buffer.from('a layer its helper refused half way');
+    const d = digestOf(data);
+    for (const says of [() => undefined, (b: Buffer) => ({ digest: digestOf(b.subarray(0, 4)), size: 4 })]) {
+      const t = hashingTap(says);
+      store.watchNextDownload(d, () => t.tap);
+      await store.ingest(d, data.length, fromChunks(data.subarray(0, 4), data.subarray(4)));
+      assert.deepEqual(await store.readBuffer(d), data);
+      await store.delete(d);
+      // The file is hashed: other bytes than the digest's are refused even with no word from the tap.
+      const t2 = hashingTap(says);
+      store.watchNextDownload(d, () => t2.tap);
+      const other = Buffer.from(data).fill(0x7a, 0, 1); // "z", not "a": same size, other bytes
+      await assert.rejects(store.ingest(d, data.length, fromChunks(other)), (e: unknown) => e instanceof BlobVerificationError && e.check === 'digest');
+      assert.equal(await store.has(d), false);
+    }
+  }));
+
+test('onDownloaded is told once the bytes are in, while the check still waits for the tap that hashes them', () =>
+  withStore(async (store) => {
+    const data = Buffer.from('a layer whose unpack is still running');
+    const d = digestOf(data);
+    let finishUnpack!: () => void;
+    const unpacked = new Promise<void>((resolve) => (finishUnpack = resolve));
+    store.watchNextDownload(d, () => ({
+      write: () => {},
+      end: () => {},
+      abort: () => {},
+      digest: async () => {
+        await unpacked;
+        return { digest: d, size: data.length };
+      },
+    }));
+    let downloaded = false;
+    let stored = false;
+    const ingest = store.ingest(d, data.length, fromChunks(data), undefined, { onDownloaded: () => (downloaded = true) }).then(() => (stored = true));
+    await waitFor(() => downloaded, { what: 'onDownloaded' });
+    assert.equal(stored, false);
+    assert.equal(await store.has(d), false); // not in place before its digest is known
+    finishUnpack();
+    await ingest;
+    assert.equal(await store.has(d), true);
+  }));

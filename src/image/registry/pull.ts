@@ -104,19 +104,40 @@ export async function pullImageContent(ref: ImageReference | string, store: Cont
       seen.add(l.digest);
     }
     const failFast = (e: unknown) => watch.abort(e); // the other downloads stop at once
-    await runBounded(jobs, Math.max(1, opts.concurrency ?? 3), failFast, async ({ d, kind }) => {
+    // A download slot is given back once the blob's bytes are in: its check may wait for
+    // the unpack fed from it (whose helper hashes it), which needs no more network.
+    const finishing: Promise<void>[] = [];
+    const blobs = runBounded(jobs, Math.max(1, opts.concurrency ?? 3), failFast, async ({ d, kind }) => {
       if (!(await store.has(d.digest))) {
         let last = 0;
-        await ingestBlob(client, r, resolved, store, d, opts, signal, () => void (downloaded.includes(d.digest) || downloaded.push(d.digest)), (n) => {
+        let bytesIn!: () => void;
+        const inFile = new Promise<void>((resolve) => (bytesIn = resolve));
+        const stored = ingestBlob(client, r, resolved, store, d, opts, signal, () => void (downloaded.includes(d.digest) || downloaded.push(d.digest)), (n) => {
           // n restarts from 0 when a download is retried or another caller's is joined
           watch.bytes(n >= last ? n - last : n);
           last = n;
           opts.onProgress?.({ digest: d.digest, kind, downloaded: n, size: d.size });
+        }, bytesIn).then(() => {
+          watch.step(`blobs of ${resolved.manifestDigest}`);
+          opts.onBlobStored?.(d.digest);
         });
+        const finished = stored.catch((e: unknown) => {
+          failFast(e);
+          throw e;
+        });
+        finished.catch(() => {}); // awaited below, whatever the other blobs do
+        finishing.push(finished);
+        await Promise.race([stored, inFile]);
+        return;
       }
       watch.step(`blobs of ${resolved.manifestDigest}`);
       opts.onBlobStored?.(d.digest);
     });
+    // Nothing of this pull runs on once it answers: every ingest has ended.
+    await blobs.catch(() => {});
+    await Promise.allSettled(finishing);
+    await blobs;
+    await Promise.all(finishing);
     await ingestBytes(store, r, resolved, resolved.manifestDigest, resolved.manifest);
     if (resolved.indexDigest && resolved.index) await ingestBytes(store, r, resolved, resolved.indexDigest, resolved.index);
     opts.logger?.debug({ ref: r.toString(), manifest: resolved.manifestDigest, endpoint: resolved.endpoint, downloaded: downloaded.length }, 'pulled image content');
@@ -235,6 +256,7 @@ async function ingestBlob(
   signal: AbortSignal,
   onOpen: () => void,
   onProgress: (n: number) => void,
+  onDownloaded?: () => void,
 ): Promise<void> {
   const attempts = Math.max(1, opts.attempts ?? 2);
   const where = { url: resolved.endpoint, mirror: resolved.mirror };
@@ -248,7 +270,7 @@ async function ingestBlob(
           return client.fetchBlob(r, d, opts.auth, { endpoint: resolved.endpoint, signal });
         },
         onProgress,
-        { signal },
+        { signal, onDownloaded },
       );
       return;
     } catch (e) {
