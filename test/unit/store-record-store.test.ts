@@ -211,8 +211,10 @@ test('a failed store-folder fsync fails every sync that shared it, and the next 
   store.storeDirSyncs()[0]!.release();
   await a;
   await turns();
+  // Both rejections are awaited together: awaiting one while the other is already rejected would leave it unhandled.
+  const failures = shared.map((p) => assert.rejects(p, /EIO/));
   store.storeDirSyncs()[1]!.release(new Error('EIO'));
-  for (const p of shared) await assert.rejects(p, /EIO/);
+  await Promise.all(failures);
   const again = store.sync('b');
   await turns();
   for (const s of store.dirSyncs.slice(-2)) s.release();
