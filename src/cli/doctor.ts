@@ -39,6 +39,9 @@ export async function doctorCommand(argv: string[]): Promise<number> {
     const p = nativeBinary(bin);
     add((await isExecutable(p)) ? 'ok' : 'fail', `${bin}: ${p}`, 'build Corral: npm run build (needs gcc and libc6-dev)');
   }
+  // corral-unpack alone is linked dynamically (ISA-L's libisal.so.2): the loader exits 127 without it.
+  const unpack = await execFile(nativeBinary('corral-unpack'), [], { timeoutMs: 10_000 }).catch((e: Error) => ({ code: -1, stdout: '', stderr: e.message }));
+  if (unpack.code === 127) add('fail', `corral-unpack cannot start: ${unpack.stderr.trim().slice(0, 300)}`, 'apt-get install libisal2 (ISA-L: its gzip decoder)');
 
   // loopback only when asked for: corral-nshelper brings lo up itself.
   const needed = ['bridge', 'host-local', ...(cfg.cni.loopbackPlugin ? ['loopback'] : []), 'portmap'];
