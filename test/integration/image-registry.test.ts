@@ -261,6 +261,27 @@ test('a download slot is given back once the blob\'s bytes are in, while its che
   await assertStored(store, img);
 });
 
+test('an unpack that lags behind its download is local work: the no-progress deadline does not fail the pull once every byte is in', async () => {
+  const img = await busyboxImage();
+  await pushImage(reg, 'test/lagging', 'latest', img);
+  const store = await newStore();
+  const [layer] = img.layers;
+  // The layer's check waits (as for a helper still unpacking what was downloaded long
+  // ago) three times the no-progress deadline after its download ended.
+  store.watchNextDownload(layer!.digest, (file) => ({
+    written: () => {},
+    end: () => {},
+    abort: () => {},
+    digest: async () => {
+      await new Promise((r) => setTimeout(r, 1200));
+      const all = await fs.readFile(file);
+      return { digest: `sha256:${createHash('sha256').update(all).digest('hex')}`, size: all.length };
+    },
+  }));
+  await pullImageContent(`${reg.host}/test/lagging`, store, { progressDeadlineMs: 400, timeoutMs: 20_000 });
+  await assertStored(store, img);
+});
+
 test('a tampered layer is refused as a digest mismatch and never stored', async () => {
   const layer = busybox.layers[0]!;
   const proxy = await newProxy((r) => {
