@@ -1,7 +1,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { createHash } from 'node:crypto';
-import { promises as fs } from 'node:fs';
+import { closeSync, openSync, promises as fs, readSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { PassThrough, Readable } from 'node:stream';
@@ -298,6 +298,46 @@ test('a tap that could not hash the whole download (failed, or saw fewer bytes) 
       await assert.rejects(store.ingest(d, data.length, fromChunks(other)), (e: unknown) => e instanceof BlobVerificationError && e.check === 'digest');
       assert.equal(await store.has(d), false);
     }
+  }));
+
+test('a tap is told a length only once the file holds those bytes, in order, and the final size at the end', () =>
+  withStore(async (store) => {
+    // 3 MiB in 64 KiB chunks: several write batches.
+    const data = Buffer.alloc(3 << 20);
+    for (let i = 0; i < data.length; i += 4) data.writeUInt32LE(i, i);
+    const d = digestOf(data);
+    const told: number[] = [];
+    const problems: string[] = [];
+    let ended: number | undefined;
+    let file = '';
+    store.watchNextDownload(d, (f) => {
+      file = f;
+      return {
+        written: (n) => {
+          told.push(n);
+          // What the helper would read now: the file's first n bytes are the blob's.
+          const fd = openSync(f, 'r');
+          try {
+            const got = Buffer.alloc(n);
+            const r = readSync(fd, got, 0, n, 0);
+            if (r !== n || !got.equals(data.subarray(0, n))) problems.push(`told ${n}, the file holds ${r} bytes${r === n ? ' that differ' : ''}`);
+          } finally {
+            closeSync(fd);
+          }
+        },
+        end: (size) => void (ended = size),
+        abort: () => void problems.push('aborted'),
+      };
+    });
+    const chunks: Buffer[] = [];
+    for (let off = 0; off < data.length; off += 65536) chunks.push(data.subarray(off, off + 65536));
+    await store.ingest(d, data.length, async () => Readable.from(chunks));
+    assert.ok(file.startsWith(store.ingestDir), file);
+    assert.deepEqual(problems, []);
+    assert.ok(told.length >= 3, `told ${told.length} times`);
+    assert.deepEqual([...told].sort((a, b) => a - b), told);
+    assert.equal(told.at(-1), data.length);
+    assert.equal(ended, data.length);
   }));
 
 test('onDownloaded is told once the bytes are in, while the check still waits for the tap that hashes them', () =>
