@@ -282,3 +282,40 @@ test('the helper reads a followed file only up to the length announced: not the 
     await s.result.catch(() => undefined);
   }
 });
+
+test('a pull cancelled after its download ended, while its unpack still lags behind, stops the helper and leaves nothing', async () => {
+  const layer = image.layers[0]!;
+  const store = await freshStore();
+  const cancel = new AbortController();
+  let stored!: Promise<void>;
+  const unpacking = store.unpackLayers('test/cancelled:latest', image.config.digest, [{ digest: layer.digest, mediaType: layer.mediaType }], async () => stored);
+  let downloaded = false;
+  const source = new PassThrough();
+  stored = store.content.ingest(layer.digest, layer.size, async () => source, undefined, { signal: cancel.signal, onDownloaded: () => (downloaded = true) });
+  const stopped: number[] = [];
+  try {
+    source.write(layer.bytes.subarray(0, 3 << 19));
+    let helpers: number[] = [];
+    await waitFor(async () => (helpers = await unpackHelpersUnder(store.snapshots.dir)).length === 1, { what: 'the unpack helper' });
+    process.kill(helpers[0]!, 'SIGSTOP'); // it lags: stopped until it is killed
+    stopped.push(helpers[0]!);
+    source.end(layer.bytes.subarray(3 << 19));
+    await waitFor(() => downloaded, { what: 'the download to end' });
+    cancel.abort(new Error('pull cancelled by the test'));
+    await assert.rejects(stored, /pull cancelled by the test/);
+    await assert.rejects(unpacking, /pull cancelled by the test/);
+    await waitFor(async () => (await unpackHelpersUnder(store.snapshots.dir)).length === 0, { what: 'the helper to be gone' });
+  } finally {
+    for (const pid of stopped) {
+      try {
+        process.kill(pid, 'SIGCONT');
+      } catch {
+        // gone, as it should be
+      }
+    }
+    await Promise.allSettled([stored, unpacking]);
+  }
+  assert.deepEqual(await store.snapshots.list(), []);
+  assert.deepEqual(await leftovers(store), []);
+  assert.equal(await store.content.has(layer.digest), false);
+});
