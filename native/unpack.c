@@ -526,14 +526,15 @@ static void op_meta(struct op *o)
 /* ================================================================ layer mode
  *
  * corral-unpack --layer BLOB DIR reads a layer blob (gzip or plain tar; BLOB "-" is
- * stdin: a download, or a tar another decompressor produces), hashes the uncompressed stream (the
+ * stdin: a tar another decompressor produces), hashes the uncompressed stream (the
  * diff ID), parses the tar and decides what each entry means, then applies it with the
  * same operations as above. Node does no per-file work; the checks below mirror what
  * src/image/unpack.ts documents and refuse a hostile layer with a reason; the resolution
  * above keeps the host safe whatever they miss.
  *
  * The verdict is one line of JSON on stdout: {"done":N,"diffId":"sha256:…","size":N},
- * with "inputDigest" and "inputSize" (sha256 and length of every byte read) for stdin;
+ * with "inputDigest" and "inputSize" (sha256 and length of every byte read) for stdin
+ * and --layer-follow;
  * {"refused":ENTRY,"reason":…} for a layer Corral will not unpack; {"corrupt":…} for a
  * blob that is not a valid gzip or tar; or the operation failure above.
  */
@@ -632,23 +633,88 @@ static const char *quoted(const char *s)
 }
 
 /*
- * A layer read from stdin (a download) is hashed as read, every byte of it up to its end
- * (a successful unpack reads to the end): the daemon checks the blob's digest with this
- * instead of hashing the same bytes again.
+ * A layer read from stdin or followed as it downloads is hashed as read, every byte of it
+ * up to its end (a successful unpack reads to the end): the daemon checks the blob's
+ * digest with this instead of hashing the same bytes again.
  */
-static int from_stdin;
+static int hash_input;
 static EVP_MD_CTX *input_ctx;
 static uint64_t input_bytes;
+
+/*
+ * corral-unpack --layer-follow FILE DIR unpacks a blob while the daemon downloads it into
+ * FILE: the daemon writes each batch to the file, then announces on stdin how many bytes of
+ * the file are complete, one line each: "N\n" (the first N bytes are written), and last
+ * "end N\n" (the blob is N bytes long). The helper reads only announced bytes, never past
+ * them, and waits on stdin when it has read them all; so the download is paced by the
+ * network and the disk, never by the unpack. stdin closed before "end N" is a failure.
+ */
+static int following;
+static uint64_t blob_pos, announced;
+static int announced_end;
+
+/* Reads announcements until one says more than blob_pos is complete, or the end. */
+static void await_announcement(void)
+{
+	static char line[64];
+	static size_t line_len;
+	while (blob_pos >= announced && !announced_end) {
+		ssize_t n;
+		do
+			n = read(0, line + line_len, sizeof line - line_len);
+		while (n < 0 && errno == EINTR);
+		if (n < 0)
+			fail("read", NULL, errno, strerror(errno));
+		if (n == 0)
+			fail("read", NULL, EPIPE, "the download stopped before its length was announced");
+		line_len += (size_t)n;
+		char *nl;
+		while (!announced_end && (nl = memchr(line, '\n', line_len)) != NULL) {
+			*nl = '\0';
+			int end = strncmp(line, "end ", 4) == 0;
+			const char *num = end ? line + 4 : line;
+			char *stop;
+			errno = 0;
+			unsigned long long v = strtoull(num, &stop, 10);
+			/* Lengths only grow; a line that is not a number is a daemon bug, not data. */
+			if (*num < '0' || *num > '9' || *stop != '\0' || errno != 0 || v < announced)
+				fail("read", NULL, EINVAL, "bad announcement of the blob's length");
+			announced = v;
+			announced_end = end;
+			size_t used = (size_t)(nl + 1 - line);
+			memmove(line, nl + 1, line_len - used);
+			line_len -= used;
+		}
+		if (line_len == sizeof line)
+			fail("read", NULL, EINVAL, "bad announcement of the blob's length");
+	}
+}
+
+/* Up to cap announced bytes of the followed file; 0 once all of it was read. */
+static ssize_t read_followed(unsigned char *buf, size_t cap)
+{
+	await_announcement();
+	if (blob_pos >= announced)
+		return 0;
+	if (cap > announced - blob_pos)
+		cap = (size_t)(announced - blob_pos);
+	ssize_t n = pread(blob_fd, buf, cap, (off_t)blob_pos);
+	if (n == 0)
+		fail("read", NULL, EIO, "the blob file is shorter than its announced length");
+	if (n > 0)
+		blob_pos += (uint64_t)n;
+	return n;
+}
 
 static size_t read_blob(unsigned char *buf, size_t cap)
 {
 	ssize_t n;
 	do
-		n = read(blob_fd, buf, cap);
+		n = following ? read_followed(buf, cap) : read(blob_fd, buf, cap);
 	while (n < 0 && errno == EINTR);
 	if (n < 0)
 		fail("read", NULL, errno, strerror(errno));
-	if (from_stdin && n > 0) {
+	if (hash_input && n > 0) {
 		EVP_DigestUpdate(input_ctx, buf, (size_t)n);
 		input_bytes += (uint64_t)n;
 	}
@@ -1615,6 +1681,8 @@ static int apply_entry(struct entry *e)
 static void start_zstd(void)
 {
 	int p[2];
+	if (following) /* zstd would read the file past what was announced */
+		fail("zstd", NULL, EINVAL, "a zstd layer is unpacked from its stored file, not followed");
 	if (lseek(blob_fd, 0, SEEK_SET) != 0)
 		fail("zstd", NULL, errno, "a zstd layer must be a file (it is read again from its start)");
 	if (pipe2(p, O_CLOEXEC) != 0)
@@ -1635,18 +1703,21 @@ static void start_zstd(void)
 	zs.avail_in = 0; /* those two bytes are zstd's to read again */
 }
 
-static int unpack_layer(const char *blob, const char *dir)
+static int unpack_layer(const char *blob, const char *dir, int follow)
 {
-	if (strcmp(blob, "-") == 0) {
-		blob_fd = 0;
-		from_stdin = 1;
+	if (follow || strcmp(blob, "-") == 0) {
+		hash_input = 1;
 		input_ctx = EVP_MD_CTX_new();
 		if (!input_ctx || EVP_DigestInit_ex(input_ctx, EVP_sha256(), NULL) != 1)
 			fail("sha256", NULL, ENOMEM, "cannot start a sha256 digest");
-		/* A pipe of 1 MiB (if allowed): fewer wake-ups of both sides per MiB of download. */
+	}
+	if (!follow && strcmp(blob, "-") == 0) {
+		blob_fd = 0;
+		/* A pipe of 1 MiB (if allowed): fewer wake-ups of both sides per MiB of input. */
 		(void)fcntl(0, F_SETPIPE_SZ, 1 << 20);
 	} else {
-		blob_fd = open(blob, O_RDONLY | O_CLOEXEC);
+		following = follow;
+		blob_fd = open(blob, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
 		if (blob_fd < 0)
 			fail("open", blob, errno, strerror(errno));
 	}
@@ -1714,7 +1785,7 @@ static int unpack_layer(const char *blob, const char *dir)
 	for (unsigned i = 0; i < md_len; i++)
 		printf("%02x", md[i]);
 	printf("\",\"size\":%llu", (unsigned long long)diff_bytes);
-	if (from_stdin) {
+	if (hash_input) {
 		EVP_DigestFinal_ex(input_ctx, md, &md_len);
 		printf(",\"inputDigest\":\"sha256:");
 		for (unsigned i = 0; i < md_len; i++)
@@ -1727,12 +1798,12 @@ static int unpack_layer(const char *blob, const char *dir)
 
 int main(int argc, char **argv)
 {
-	if (argc == 4 && strcmp(argv[1], "--layer") == 0) {
+	if (argc == 4 && (strcmp(argv[1], "--layer") == 0 || strcmp(argv[1], "--layer-follow") == 0)) {
 		umask(0);
-		return unpack_layer(argv[2], argv[3]);
+		return unpack_layer(argv[2], argv[3], strcmp(argv[1], "--layer-follow") == 0);
 	}
 	if (argc != 2) {
-		fprintf(stderr, "usage: corral-unpack DIR < OPS | corral-unpack --layer BLOB DIR (see native/unpack.c)\n");
+		fprintf(stderr, "usage: corral-unpack DIR < OPS | corral-unpack --layer BLOB DIR | corral-unpack --layer-follow FILE DIR < LENGTHS (see native/unpack.c)\n");
 		return 2;
 	}
 	umask(0);

@@ -81,19 +81,20 @@ interface SharedIngest {
 }
 
 /**
- * Sees a blob's bytes while they are downloaded, before they are verified: a layer can
- * be unpacked (into a scratch directory) as it arrives. A tap never fails the download.
+ * Follows a blob's download through its temp file (named when the tap is made), before
+ * the bytes are verified: a layer can be unpacked (into a scratch directory) as it
+ * arrives. The download never waits for a tap, and a tap never fails it.
  */
 export interface DownloadTap {
-  /** The next bytes, in order; the download waits for the returned promise (backpressure). Must not throw. */
-  write(batch: readonly Buffer[]): Promise<void> | void;
+  /** The first `bytes` bytes of the temp file are written (called after each write; must not throw). */
+  written(bytes: number): void;
   /**
-   * Every byte was written and the blob's size matches (its digest is checked after, if
-   * the tap hashes the bytes, else it already matched; abort() follows a mismatch).
+   * All `size` bytes are in the file and the blob's size matches (its digest is checked
+   * after, if the tap hashes the bytes, else it already matched; abort() follows a mismatch).
    */
-  end(): void;
+  end(size: number): void;
   /**
-   * A tap that hashes the bytes it is given (the layer's unpack helper reads each one
+   * A tap that hashes the bytes it reads (the layer's unpack helper reads each one
    * anyway): the sha256 and length of all of them once they are all in, or undefined if
    * it could not tell (then the stored file is hashed). The download does not hash them.
    */
@@ -121,7 +122,7 @@ export class ContentStore {
   readonly ingestDir: string;
   private readonly inflight = new Map<string, SharedIngest>();
   /** Who wants to see the next download of a digest (taken when that download starts). */
-  private readonly downloadWatchers = new Map<string, Set<() => DownloadTap | undefined>>();
+  private readonly downloadWatchers = new Map<string, Set<(file: string) => DownloadTap | undefined>>();
   private prepared: Promise<void> | undefined;
 
   constructor(readonly root: string) {
@@ -201,11 +202,11 @@ export class ContentStore {
   }
 
   /**
-   * Asks to see the bytes of the next download of `digest` in this process: `start` is
-   * called when it begins and may return a tap. Returns the function that withdraws the
-   * request (a no-op once a download took it).
+   * Asks to follow the next download of `digest` in this process: `start` is called with
+   * its temp file when it begins and may return a tap. Returns the function that withdraws
+   * the request (a no-op once a download took it).
    */
-  watchNextDownload(digest: string, start: () => DownloadTap | undefined): () => void {
+  watchNextDownload(digest: string, start: (file: string) => DownloadTap | undefined): () => void {
     let set = this.downloadWatchers.get(digest);
     if (!set) this.downloadWatchers.set(digest, (set = new Set()));
     set.add(start);
@@ -216,12 +217,12 @@ export class ContentStore {
     };
   }
 
-  private takeDownloadTaps(digest: string): DownloadTap[] {
+  private takeDownloadTaps(digest: string, file: string): DownloadTap[] {
     const starts = this.downloadWatchers.get(digest);
     this.downloadWatchers.delete(digest);
     const taps: DownloadTap[] = [];
     for (const start of starts ?? []) {
-      const tap = start();
+      const tap = start(file);
       if (tap) taps.push(tap);
     }
     return taps;
@@ -257,7 +258,7 @@ export class ContentStore {
     let source: NodeJS.ReadableStream | undefined;
     const onAbort = () => (source as { destroy?: (e?: Error) => void } | undefined)?.destroy?.(signal!.reason);
     signal?.addEventListener('abort', onAbort, { once: true });
-    const taps = this.takeDownloadTaps(digest);
+    const taps = this.takeDownloadTaps(digest, tmp);
     const hasher = taps.find((t) => t.digest);
     try {
       signal?.throwIfAborted();
@@ -266,8 +267,11 @@ export class ContentStore {
       // Chunks are written in batches of up to WRITE_BATCH bytes: one thread-pool write per
       // batch, not per network chunk (16-64 KiB each); a slow download is still written at
       // least every WRITE_BATCH_MS, so the temp file's size shows its progress (corral pull).
+      // Taps are told of each batch once it is in the file: they read it from there, so no
+      // Buffer waits on a slower reader, and the download is paced by network and disk only.
       let batch: Buffer[] = [];
       let batched = 0;
+      let inFile = 0;
       let flushedAt = Date.now();
       const flush = async () => {
         flushedAt = Date.now();
@@ -276,15 +280,15 @@ export class ContentStore {
         const bytes = batched;
         batch = [];
         batched = 0;
-        const toFile = (async () => {
-          // One writev for the batch; a short write (rare) is finished from one buffer.
-          const n = (await fh.writev(b)).bytesWritten;
-          if (n === bytes) return;
+        // One writev for the batch; a short write (rare) is finished from one buffer.
+        const n = (await fh.writev(b)).bytesWritten;
+        if (n !== bytes) {
           const rest = Buffer.concat(b, bytes).subarray(n);
           let off = 0;
           while (off < rest.length) off += (await fh.write(rest, off, rest.length - off)).bytesWritten;
-        })();
-        await Promise.all([toFile, ...taps.map((t) => t.write(b))]);
+        }
+        inFile += bytes;
+        for (const t of taps) t.written(inFile);
       };
       for await (const piece of source as AsyncIterable<Buffer | string>) {
         signal?.throwIfAborted();
@@ -308,8 +312,8 @@ export class ContentStore {
         const actual = `sha256:${hash.digest('hex')}`;
         if (actual !== digest) throw new BlobVerificationError(digest, 'digest', digest, actual);
       }
-      // An unpack fed from the download finishes while the blob is fsynced.
-      for (const t of taps) t.end();
+      // An unpack following the download finishes while the blob is fsynced.
+      for (const t of taps) t.end(written);
       const [, seen] = await Promise.all([fh.sync(), hasher && untilAborted(hasher.digest!(), signal)]);
       if (hasher) {
         // The helper's sha256 of what it read is the blob's if it read it all; else the file is hashed.

@@ -279,9 +279,9 @@ export class ImageStore {
     // a helper that fails on a stream is simply not used.
     const withdraw = /zstd|encrypted/.test(mediaType)
       ? () => {}
-      : this.content.watchNextDownload(digest, () => {
+      : this.content.watchNextDownload(digest, (blobFile) => {
           const scratch = this.snapshots.scratchDir(digest);
-          const s = applyLayerFromDownload(scratch);
+          const s = applyLayerFromDownload(scratch, blobFile);
           started = { scratch, result: s.result, stop: (why) => s.tap.abort(why) };
           return s.tap;
         });

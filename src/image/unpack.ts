@@ -22,7 +22,6 @@
  * zstd layers (their bytes go from zstd to the helper, never through Node).
  */
 import { spawn, type ChildProcess } from 'node:child_process';
-import { once } from 'node:events';
 import { promises as fs } from 'node:fs';
 import path from 'node:path';
 import type { DownloadTap } from './content-store.js';
@@ -34,7 +33,7 @@ export interface AppliedLayer {
   diffId: string;
   /** Bytes of the uncompressed tar. */
   size: number;
-  /** Unpacked from stdin (a download): sha256 and length of every byte the helper read. */
+  /** Unpacked from a download as it arrived: sha256 and length of every byte the helper read. */
   input?: { digest: string; size: number };
 }
 
@@ -63,8 +62,6 @@ export class UnpackHelperError extends Error {
 }
 
 const OUTPUT_KEPT_MAX = 64 * 1024;
-/** Bytes of a download queued for a streamed unpack before the download waits for it. */
-const STREAM_SLACK = 4 << 20;
 
 /** What the helper prints on stdout: one of these. */
 interface HelperVerdict {
@@ -91,29 +88,47 @@ export async function applyLayer(layerFile: string, mediaType: string, targetDir
   return runHelper(['--layer', layerFile, root], root);
 }
 
-/** An unpack fed from a download as its bytes arrive (see applyLayerFromDownload). */
+/** An unpack following a download as its bytes arrive (see applyLayerFromDownload). */
 export interface StreamedUnpack {
-  /** Give to ContentStore: it feeds the helper's stdin. */
+  /** Give to ContentStore: it tells the helper how much of the blob's file is written. */
   tap: DownloadTap;
   /** The helper's verdict; rejects if the download was aborted, or on anything applyLayer would reject. */
   result: Promise<AppliedLayer>;
 }
 
 /**
- * Unpacks a layer from the bytes of its download, as they arrive, into `targetDir`
- * (created here, 0755, with its parent). The bytes are not verified yet: the
- * caller commits the directory only once the blob's digest and the diff ID both match,
- * and removes it otherwise. The helper reads gzip or plain tar from stdin (a zstd
- * layer fails here: the caller unpacks it from the stored file instead).
+ * Unpacks a layer from its download, as the bytes arrive, into `targetDir` (created here,
+ * 0755, with its parent): the helper (`corral-unpack --layer-follow`) reads `blobFile`,
+ * the download's temp file, up to the length the tap last announced on its stdin, and
+ * waits for more, so the download never waits for the unpack and no Buffer of it is kept
+ * for the helper. The bytes are not verified yet: the caller commits the directory only
+ * once the blob's digest and the diff ID both match, and removes it otherwise. A zstd
+ * layer fails here: the caller unpacks it from the stored file instead.
  */
-export function applyLayerFromDownload(targetDir: string): StreamedUnpack {
+export function applyLayerFromDownload(targetDir: string, blobFile: string): StreamedUnpack {
   const root = path.resolve(targetDir);
   let child: ChildProcess | undefined;
   let broken = false; // the helper stopped reading (it failed, or was killed): nothing more is sent
   let aborted: unknown;
   let settle!: (r: Promise<AppliedLayer>) => void;
   const result = new Promise<AppliedLayer>((resolve) => (settle = resolve));
-  // The helper starts at the first chunk (the directory is made then), so a tap taken by
+  // What the file holds, and what the helper was told: one line per write at most, and
+  // none while its stdin is backed up (then only the latest length is sent, on 'drain').
+  let complete = 0;
+  let told = 0;
+  let finalSize: number | undefined;
+  let backedUp = false;
+  const announce = () => {
+    if (!child || broken || backedUp) return;
+    const stdin = child.stdin!;
+    if (finalSize !== undefined) {
+      if (!stdin.writableEnded) stdin.end(`end ${finalSize}\n`);
+    } else if (complete > told) {
+      told = complete;
+      backedUp = !stdin.write(`${complete}\n`);
+    }
+  };
+  // The helper starts at the first write (the directory is made then), so a tap taken by
   // a download that fails before its first byte costs nothing.
   let starting: Promise<void> | undefined;
   const start = () =>
@@ -132,29 +147,24 @@ export function applyLayerFromDownload(targetDir: string): StreamedUnpack {
         settle(Promise.reject(aborted));
         return;
       }
-      const run = runHelper(['--layer', '-', root], root, true);
+      const run = runHelper(['--layer-follow', blobFile, root], root, true);
       child = run.child;
       child.stdin!.on('error', () => (broken = true)); // EPIPE: the helper exited early; its verdict says why
+      child.stdin!.on('drain', () => {
+        backedUp = false;
+        announce();
+      });
       settle(run.done);
+      announce();
     })());
   const tap: DownloadTap = {
-    async write(batch) {
-      await start();
-      if (broken || aborted !== undefined) return;
-      const stdin = child!.stdin!;
-      // One writev for the batch, no copy into one buffer.
-      stdin.cork();
-      for (const chunk of batch) stdin.write(chunk);
-      stdin.uncork();
-      // Up to STREAM_SLACK queued for the helper: the download does not wait for each
-      // batch to be unpacked, only when the helper falls that far behind.
-      if (stdin.writableLength <= STREAM_SLACK) return;
-      await Promise.race([once(stdin, 'drain'), once(stdin, 'close'), once(child!, 'exit')]).catch(() => undefined);
+    written(bytes) {
+      complete = bytes;
+      void start().then(announce);
     },
-    end() {
-      void start().then(() => {
-        if (!broken) child?.stdin?.end();
-      });
+    end(size) {
+      finalSize = size;
+      void start().then(announce);
     },
     // The helper hashes what it reads (it reads every byte of a layer it unpacks): the
     // download need not hash the same bytes again. Undefined if it did not finish.

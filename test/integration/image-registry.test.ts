@@ -244,21 +244,41 @@ test('a download slot is given back once the blob\'s bytes are in, while its che
   // The first layer's check waits for a tap (as for an unpack helper's digest) that
   // answers only once the second layer's download has started: with one slot, that
   // happens only if the slot was given back when the first layer's bytes were in.
-  store.watchNextDownload(first!.digest, () => {
-    const seen: Buffer[] = [];
+  store.watchNextDownload(first!.digest, (file) => {
     return {
-      write: (batch) => void seen.push(...batch),
+      written: () => {},
       end: () => {},
       abort: () => {},
       digest: async () => {
         await secondGet;
-        const all = Buffer.concat(seen);
+        const all = await fs.readFile(file);
         return { digest: `sha256:${createHash('sha256').update(all).digest('hex')}`, size: all.length };
       },
     };
   });
   const r = await pullImageContent(`${proxy.host}/test/slots`, store, { concurrency: 1, timeoutMs: 20_000 });
   assert.deepEqual([...r.downloaded].sort(), [img.config.digest, first!.digest, second!.digest].sort());
+  await assertStored(store, img);
+});
+
+test('an unpack that lags behind its download is local work: the no-progress deadline does not fail the pull once every byte is in', async () => {
+  const img = await busyboxImage();
+  await pushImage(reg, 'test/lagging', 'latest', img);
+  const store = await newStore();
+  const [layer] = img.layers;
+  // The layer's check waits (as for a helper still unpacking what was downloaded long
+  // ago) three times the no-progress deadline after its download ended.
+  store.watchNextDownload(layer!.digest, (file) => ({
+    written: () => {},
+    end: () => {},
+    abort: () => {},
+    digest: async () => {
+      await new Promise((r) => setTimeout(r, 1200));
+      const all = await fs.readFile(file);
+      return { digest: `sha256:${createHash('sha256').update(all).digest('hex')}`, size: all.length };
+    },
+  }));
+  await pullImageContent(`${reg.host}/test/lagging`, store, { progressDeadlineMs: 400, timeoutMs: 20_000 });
   await assertStored(store, img);
 });
 

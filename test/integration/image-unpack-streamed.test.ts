@@ -1,6 +1,6 @@
 /**
  * Layers unpacked from their download as the bytes arrive (ImageStore.unpackLayers with
- * ContentStore taps, corral-unpack --layer -): the unpack runs before the blob is whole,
+ * ContentStore taps, corral-unpack --layer-follow): the unpack runs before the blob is whole,
  * and a snapshot is committed only once the blob's digest and the diff ID both match;
  * a mismatch or a download that breaks off after files were written leaves no snapshot,
  * no scratch directory and no partial blob.
@@ -19,6 +19,7 @@ import { hostileTar } from '../helpers/hostile-tar.js';
 import { chainIds } from '../../src/image/snapshots.js';
 import { silentLogger } from '../../src/util/log.js';
 import { buildImage, buildLayer, layerFromTar, sha256, type TestImage, type TarEntry } from '../helpers/test-images.js';
+import { waitFor } from '../helpers/wait.js';
 
 let root: string;
 let image: TestImage;
@@ -149,10 +150,21 @@ test('the unpack helper hashes every byte it reads: its sha256 of a streamed lay
   const layer = image.layers[0]!;
   // A second gzip member after the first (gzip -c a b does that): part of the blob, and read.
   const bytes = Buffer.concat([layer.bytes, gzipSync(Buffer.alloc(0))]);
-  const dir = path.join(await fs.mkdtemp(path.join(root, 'direct-')), 'fs');
-  const s = applyLayerFromDownload(dir);
-  for (let off = 0; off < bytes.length; off += 1 << 20) await s.tap.write([bytes.subarray(off, off + 300_000), bytes.subarray(off + 300_000, off + (1 << 20))]);
-  s.tap.end();
+  const work = await fs.mkdtemp(path.join(root, 'direct-'));
+  const dir = path.join(work, 'fs');
+  const file = path.join(work, 'blob.partial');
+  const fh = await fs.open(file, 'wx');
+  const s = applyLayerFromDownload(dir, file);
+  try {
+    for (let off = 0; off < bytes.length; off += 300_000) {
+      const piece = bytes.subarray(off, off + 300_000);
+      await fh.write(piece);
+      s.tap.written(off + piece.length);
+    }
+  } finally {
+    await fh.close();
+  }
+  s.tap.end(bytes.length);
   const applied = await s.result;
   assert.equal(applied.diffId, layer.diffId);
   assert.deepEqual(applied.input, { digest: sha256(bytes), size: bytes.length });
@@ -183,4 +195,127 @@ test('a layer its helper refuses half way is still stored, checked from the file
   await refused;
   assert.deepEqual(await store.snapshots.list(), []);
   assert.deepEqual(await leftovers(store), []);
+});
+
+/** PIDs of corral-unpack helpers whose command line names `dir`. */
+async function unpackHelpersUnder(dir: string): Promise<number[]> {
+  const pids: number[] = [];
+  for (const name of await fs.readdir('/proc')) {
+    if (!/^\d+$/.test(name)) continue;
+    const argv = (await fs.readFile(`/proc/${name}/cmdline`).catch(() => Buffer.alloc(0))).toString().split('\0');
+    if (argv[0]?.endsWith('corral-unpack') && argv.some((a) => a.startsWith(dir))) pids.push(Number(name));
+  }
+  return pids;
+}
+
+test('a download finishes at network speed while its unpack is stopped: the helper follows the file, it is not fed', async () => {
+  // 12 MiB of random files: far more than a pipe and any queue in front of a helper hold.
+  const entries: TarEntry[] = [{ path: 'big/', type: 'directory' }];
+  for (let i = 0; i < 6; i++) entries.push({ path: `big/r${i}`, content: randomBytes(2 << 20) });
+  const layer = await buildLayer(entries);
+  const big = buildImage({ layers: [layer] });
+  const store = new ImageStore(await fs.mkdtemp(path.join(root, 'store-')), silentLogger());
+  await store.content.ingest(big.config.digest, big.config.size, async () => Readable.from([big.config.bytes]));
+  const source = new PassThrough();
+  let stored!: Promise<void>;
+  const unpacking = store.unpackLayers('test/follow:latest', big.config.digest, [{ digest: layer.digest, mediaType: layer.mediaType }], async () => stored);
+  let downloaded = false;
+  stored = store.content.ingest(layer.digest, layer.size, async () => source, undefined, { onDownloaded: () => (downloaded = true) });
+  const stopped: number[] = [];
+  try {
+    // More than one write batch: the helper starts; then it is stopped before the rest comes.
+    const first = 3 << 19;
+    source.write(layer.bytes.subarray(0, first));
+    let helpers: number[] = [];
+    await waitFor(async () => (helpers = await unpackHelpersUnder(store.snapshots.dir)).length === 1, { what: 'the unpack helper', timeoutMs: 10_000 });
+    process.kill(helpers[0]!, 'SIGSTOP');
+    stopped.push(helpers[0]!);
+    for (let off = first; off < layer.bytes.length; off += 65536) source.write(layer.bytes.subarray(off, Math.min(off + 65536, layer.bytes.length)));
+    source.end();
+    await waitFor(() => downloaded, { what: 'the download to end while its unpack is stopped', timeoutMs: 10_000 });
+    // Nothing is committed meanwhile: the blob waits for the helper's digest of it.
+    assert.equal(await store.content.has(layer.digest), false);
+    process.kill(stopped.pop()!, 'SIGCONT');
+    await stored;
+    await unpacking;
+  } finally {
+    for (const pid of stopped) process.kill(pid, 'SIGCONT');
+    source.destroy();
+    await Promise.allSettled([stored, unpacking]);
+  }
+  const [chain] = chainIds([layer.diffId]);
+  assert.deepEqual(await fs.readFile(path.join(store.snapshots.fsDir(chain!), 'big', 'r5')), entries[6]!.content);
+  assert.deepEqual(await leftovers(store), []);
+});
+
+/** Bytes the process read with read(2) and pread(2) so far (/proc/PID/io rchar). */
+async function bytesRead(pid: number): Promise<number> {
+  return Number(/^rchar: (\d+)$/m.exec(await fs.readFile(`/proc/${pid}/io`, 'utf8'))![1]);
+}
+
+test('the helper reads a followed file only up to the length announced: not the rest of the file, not what follows the end', async () => {
+  const layer = image.layers[0]!;
+  const work = await fs.mkdtemp(path.join(root, 'announced-'));
+  const dir = path.join(work, 'fs');
+  const file = path.join(work, 'blob.partial');
+  // The whole blob and 1 MiB of junk after it are in the file from the start.
+  await fs.writeFile(file, Buffer.concat([layer.bytes, randomBytes(1 << 20)]));
+  const s = applyLayerFromDownload(dir, file);
+  const half = layer.bytes.length >> 1;
+  let pid = 0;
+  try {
+    s.tap.written(half);
+    await waitFor(async () => ([pid = 0] = await unpackHelpersUnder(dir)).length === 1 && pid > 0, { what: 'the unpack helper' });
+    await waitFor(async () => (await bytesRead(pid)) >= half, { what: 'the helper to read the announced half' });
+    await new Promise((r) => setTimeout(r, 300)); // it would read on now if it did not wait
+    // The announced half, plus the announcements on its stdin and OpenSSL's config file
+    // (12 KiB): not the other 1.6 MB of the blob, nor the junk, both already in the file.
+    const read = await bytesRead(pid);
+    assert.ok(read <= half + (64 << 10), `read ${read} bytes, ${half} announced`);
+    s.tap.written(layer.bytes.length);
+    s.tap.end(layer.bytes.length);
+    const applied = await s.result;
+    assert.deepEqual(applied.input, { digest: layer.digest, size: layer.bytes.length });
+    assert.equal(applied.diffId, layer.diffId);
+  } finally {
+    s.tap.abort(new Error('test over'));
+    await s.result.catch(() => undefined);
+  }
+});
+
+test('a pull cancelled after its download ended, while its unpack still lags behind, stops the helper and leaves nothing', async () => {
+  const layer = image.layers[0]!;
+  const store = await freshStore();
+  const cancel = new AbortController();
+  let stored!: Promise<void>;
+  const unpacking = store.unpackLayers('test/cancelled:latest', image.config.digest, [{ digest: layer.digest, mediaType: layer.mediaType }], async () => stored);
+  let downloaded = false;
+  const source = new PassThrough();
+  stored = store.content.ingest(layer.digest, layer.size, async () => source, undefined, { signal: cancel.signal, onDownloaded: () => (downloaded = true) });
+  const stopped: number[] = [];
+  try {
+    source.write(layer.bytes.subarray(0, 3 << 19));
+    let helpers: number[] = [];
+    await waitFor(async () => (helpers = await unpackHelpersUnder(store.snapshots.dir)).length === 1, { what: 'the unpack helper' });
+    process.kill(helpers[0]!, 'SIGSTOP'); // it lags: stopped until it is killed
+    stopped.push(helpers[0]!);
+    source.end(layer.bytes.subarray(3 << 19));
+    await waitFor(() => downloaded, { what: 'the download to end' });
+    cancel.abort(new Error('pull cancelled by the test'));
+    await assert.rejects(stored, /pull cancelled by the test/);
+    await assert.rejects(unpacking, /pull cancelled by the test/);
+    await waitFor(async () => (await unpackHelpersUnder(store.snapshots.dir)).length === 0, { what: 'the helper to be gone' });
+  } finally {
+    for (const pid of stopped) {
+      try {
+        process.kill(pid, 'SIGCONT');
+      } catch {
+        // gone, as it should be
+      }
+    }
+    await Promise.allSettled([stored, unpacking]);
+  }
+  assert.deepEqual(await store.snapshots.list(), []);
+  assert.deepEqual(await leftovers(store), []);
+  assert.equal(await store.content.has(layer.digest), false);
 });

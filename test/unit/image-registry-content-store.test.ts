@@ -1,7 +1,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { createHash } from 'node:crypto';
-import { promises as fs } from 'node:fs';
+import { closeSync, openSync, promises as fs, readSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { PassThrough, Readable } from 'node:stream';
@@ -242,19 +242,22 @@ test('stale partial files of dead processes are removed on first use; live ones 
   }
 });
 
-/** A download tap that keeps what it is given and reports `says` as its digest of it. */
+/**
+ * A download tap that reads the temp file once the download ended (what the tap was told
+ * is written) and reports `says` as its digest of it.
+ */
 function hashingTap(says: (seen: Buffer) => { digest: string; size: number } | undefined) {
-  const seen: Buffer[] = [];
+  const state = { seen: Buffer.alloc(0), written: 0 };
   const events: string[] = [];
   return {
-    seen,
+    state,
     events,
-    tap: {
-      write: (batch: readonly Buffer[]) => void seen.push(...batch),
-      end: () => void events.push('end'),
+    start: (file: string) => ({
+      written: (n: number) => void (state.written = n),
+      end: (size: number) => void events.push(`end ${size}`),
       abort: () => void events.push('abort'),
-      digest: async () => says(Buffer.concat(seen)),
-    },
+      digest: async () => says((state.seen = (await fs.readFile(file)).subarray(0, state.written))),
+    }),
   };
 }
 
@@ -264,17 +267,17 @@ test('a tap that hashes the download decides the digest check: its mismatch is r
     const d = digestOf(data);
     // The tap saw other bytes than the digest promises (as the helper would report): refused, nothing kept.
     const lying = hashingTap((b) => ({ digest: digestOf(Buffer.concat([b, Buffer.from('!')])), size: b.length }));
-    store.watchNextDownload(d, () => lying.tap);
+    store.watchNextDownload(d, lying.start);
     await assert.rejects(store.ingest(d, data.length, fromChunks(data.subarray(0, 7), data.subarray(7))), (e: unknown) => e instanceof BlobVerificationError && e.check === 'digest');
-    assert.deepEqual(lying.events, ['end', 'abort']);
+    assert.deepEqual(lying.events, [`end ${data.length}`, 'abort']);
     assert.equal(await store.has(d), false);
     assert.deepEqual(await fs.readdir(store.ingestDir), []);
     // The tap's sha256 of what it was given: the blob is stored, byte for byte.
     const honest = hashingTap((b) => ({ digest: digestOf(b), size: b.length }));
-    store.watchNextDownload(d, () => honest.tap);
+    store.watchNextDownload(d, honest.start);
     await store.ingest(d, data.length, fromChunks(data.subarray(0, 7), data.subarray(7)));
-    assert.deepEqual(Buffer.concat(honest.seen), data);
-    assert.deepEqual(honest.events, ['end']);
+    assert.deepEqual(honest.state.seen, data);
+    assert.deepEqual(honest.events, [`end ${data.length}`]);
     assert.deepEqual(await store.readBuffer(d), data);
   }));
 
@@ -284,17 +287,57 @@ test('a tap that could not hash the whole download (failed, or saw fewer bytes) 
     const d = digestOf(data);
     for (const says of [() => undefined, (b: Buffer) => ({ digest: digestOf(b.subarray(0, 4)), size: 4 })]) {
       const t = hashingTap(says);
-      store.watchNextDownload(d, () => t.tap);
+      store.watchNextDownload(d, t.start);
       await store.ingest(d, data.length, fromChunks(data.subarray(0, 4), data.subarray(4)));
       assert.deepEqual(await store.readBuffer(d), data);
       await store.delete(d);
       // The file is hashed: other bytes than the digest's are refused even with no word from the tap.
       const t2 = hashingTap(says);
-      store.watchNextDownload(d, () => t2.tap);
+      store.watchNextDownload(d, t2.start);
       const other = Buffer.from(data).fill(0x7a, 0, 1); // "z", not "a": same size, other bytes
       await assert.rejects(store.ingest(d, data.length, fromChunks(other)), (e: unknown) => e instanceof BlobVerificationError && e.check === 'digest');
       assert.equal(await store.has(d), false);
     }
+  }));
+
+test('a tap is told a length only once the file holds those bytes, in order, and the final size at the end', () =>
+  withStore(async (store) => {
+    // 3 MiB in 64 KiB chunks: several write batches.
+    const data = Buffer.alloc(3 << 20);
+    for (let i = 0; i < data.length; i += 4) data.writeUInt32LE(i, i);
+    const d = digestOf(data);
+    const told: number[] = [];
+    const problems: string[] = [];
+    let ended: number | undefined;
+    let file = '';
+    store.watchNextDownload(d, (f) => {
+      file = f;
+      return {
+        written: (n) => {
+          told.push(n);
+          // What the helper would read now: the file's first n bytes are the blob's.
+          const fd = openSync(f, 'r');
+          try {
+            const got = Buffer.alloc(n);
+            const r = readSync(fd, got, 0, n, 0);
+            if (r !== n || !got.equals(data.subarray(0, n))) problems.push(`told ${n}, the file holds ${r} bytes${r === n ? ' that differ' : ''}`);
+          } finally {
+            closeSync(fd);
+          }
+        },
+        end: (size) => void (ended = size),
+        abort: () => void problems.push('aborted'),
+      };
+    });
+    const chunks: Buffer[] = [];
+    for (let off = 0; off < data.length; off += 65536) chunks.push(data.subarray(off, off + 65536));
+    await store.ingest(d, data.length, async () => Readable.from(chunks));
+    assert.ok(file.startsWith(store.ingestDir), file);
+    assert.deepEqual(problems, []);
+    assert.ok(told.length >= 3, `told ${told.length} times`);
+    assert.deepEqual([...told].sort((a, b) => a - b), told);
+    assert.equal(told.at(-1), data.length);
+    assert.equal(ended, data.length);
   }));
 
 test('onDownloaded is told once the bytes are in, while the check still waits for the tap that hashes them', () =>
@@ -304,7 +347,7 @@ test('onDownloaded is told once the bytes are in, while the check still waits fo
     let finishUnpack!: () => void;
     const unpacked = new Promise<void>((resolve) => (finishUnpack = resolve));
     store.watchNextDownload(d, () => ({
-      write: () => {},
+      written: () => {},
       end: () => {},
       abort: () => {},
       digest: async () => {

@@ -135,6 +135,9 @@ export async function pullImageContent(ref: ImageReference | string, store: Cont
     });
     // Nothing of this pull runs on once it answers: every ingest has ended.
     await blobs.catch(() => {});
+    // Every byte is in: what is left (a layer's unpack, following its file, hashes it) is
+    // local work, however far it lags behind its download, not a stalled registry.
+    watch.networkDone('the layers to be checked and unpacked');
     await Promise.allSettled(finishing);
     await blobs;
     await Promise.all(finishing);
@@ -196,6 +199,16 @@ class PullWatchdog {
     this.total += n;
     this.windowBytes += n;
     if (this.windowBytes >= this.minBytes) this.progressed();
+  }
+
+  /**
+   * Nothing more is awaited from the registry: the no-progress deadline stops (the
+   * overall cap and cancellation still apply); `next` is what the pull waits for now.
+   */
+  networkDone(next: string): void {
+    this.waitingFor = next;
+    clearTimeout(this.timer);
+    this.timer = undefined;
   }
 
   /** A step of the pull is done (counts as progress); `next` is what it waits for now. */
