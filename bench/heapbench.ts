@@ -5,7 +5,10 @@
  * It only measures and prints; it asserts nothing.
  *
  *   npm run build && node dist/bench/heapbench.js [--shapes large-files,thousands] [--pulls 5] [--runs 3]
- *       [--settings shipped,none,mmap128,...]
+ *       [--settings shipped,none,mmap32,arena2,...]
+ *
+ * `shipped` is what the launchers give (DAEMON_ENV, src/cli/node-flags.ts), `none` nothing;
+ * the others are in SETTINGS below. The defaults compare the two on the two shapes, 3 runs.
  *
  * Per run, per shape, per setting (a fresh daemon each time, the settings' order rotated from
  * one run to the next): 3 s after the daemon answers, its memory idle; then `--pulls` cold
@@ -59,7 +62,7 @@ const flags = parseBenchFlags(USAGE, {
     shapes: { type: 'string', default: 'large-files,thousands' },
     pulls: { type: 'string', default: '5' },
     runs: { type: 'string', default: '3' },
-    settings: { type: 'string', default: 'none,mmap128,mmap256,arena2' },
+    settings: { type: 'string', default: 'shipped,none' },
     help: { type: 'boolean', short: 'h', default: false },
   },
 });
