@@ -21,10 +21,11 @@ export const DAEMON_NODE_FLAGS: readonly string[] = ['--max-semi-space-size=1', 
  *   back to the kernel when freed. By default glibc raises the threshold to the size of the
  *   largest mmapped chunk freed (up to 32 MiB), so after the first pull those Buffers come from
  *   the main heap, and the few that live on between the freed ones keep it from shrinking:
- *   5 cold pulls left the idle daemon 3.6–48.5 MiB larger (median 23), 4–4.4 MiB of [heap]
- *   with this setting (growth −2.1 to +4.0 MiB). It costs page faults: about 10,000 (+45 ms
- *   CPU) more per pull of 96 MiB of large files, nothing measurable per pod cycle
- *   (bench/heapbench.ts; bench/README.md, "Memory after pulls"). A fixed threshold also fixes
+ *   5 cold pulls of 4 × 24 MiB files left the daemon's RSS 15 s later 3.2–48.5 MiB over idle
+ *   (median 24.8, 9 runs); with this setting −1.8 to +4.0 (6 runs), [heap] back to 4 MiB.
+ *   It costs page faults: ~10,000 more per such pull (+40 ms of the daemon's CPU, +19 %; +7 %
+ *   with the unpacker's), none measurable on thousands of small files or per pod cycle
+ *   (bench/heapbench.ts, cpubench; bench/README.md, "After pulls"). A fixed threshold also fixes
  *   trim_threshold at its 128 KiB default. arena_max 1/2/4 did not help: the growth is in the
  *   main heap, not in the threads' arenas.
  */
