@@ -13,7 +13,18 @@ import type { ImageRpcName, RuntimeRpcName } from '../src/cri/proto.js';
 import { packageRoot } from '../src/util/paths.js';
 import { execFile } from '../src/util/exec.js';
 import { onCleanup, sleep } from './lib.js';
-import { DAEMON_NODE_FLAGS } from '../src/cli/node-flags.js';
+import { DAEMON_ENV, DAEMON_NODE_FLAGS, daemonEnv } from '../src/cli/node-flags.js';
+
+/** "NAME=value NAME=value" → { NAME: value } (for CORRAL_BENCH_DAEMON_ENV). */
+export function parseEnvWords(words: string): Record<string, string> {
+  const env: Record<string, string> = {};
+  for (const w of words.split(' ').filter(Boolean)) {
+    const eq = w.indexOf('=');
+    if (eq <= 0) throw new Error(`CORRAL_BENCH_DAEMON_ENV: "${w}" is not NAME=value`);
+    env[w.slice(0, eq)] = w.slice(eq + 1);
+  }
+  return env;
+}
 
 /** bridge + host-local + portmap, as Corral's default network and the tests use it. */
 export function benchConflist(networkName: string, bridge: string, subnet: string): object {
@@ -53,6 +64,12 @@ export class BenchCorral {
    */
   nodeFlags: readonly string[] =
     process.env.CORRAL_BENCH_NODE_FLAGS === undefined ? DAEMON_NODE_FLAGS : process.env.CORRAL_BENCH_NODE_FLAGS.split(' ').filter(Boolean);
+  /**
+   * Environment of `corral serve` on top of this process's: the launchers' (DAEMON_ENV) unless
+   * set, or unless CORRAL_BENCH_DAEMON_ENV gives another ("NAME=value NAME=value", "" for none).
+   */
+  daemonEnv: Readonly<Record<string, string>> =
+    process.env.CORRAL_BENCH_DAEMON_ENV === undefined ? DAEMON_ENV : parseEnvWords(process.env.CORRAL_BENCH_DAEMON_ENV);
   /** The Corral build to run (a package root with dist/): this one unless set, e.g. to compare a saved copy of an older build. */
   packageDir = packageRoot();
 
@@ -110,6 +127,7 @@ export class BenchCorral {
     const out = openSync(this.logFile, 'a');
     const child = spawn(process.execPath, [...this.nodeFlags, path.join(this.packageDir, 'dist/src/cli/main.js'), 'serve', '--config', this.configFile], {
       stdio: ['ignore', out, out],
+      env: daemonEnv(process.env, this.daemonEnv),
     });
     closeSync(out);
     this.child = child;

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs the built Corral of this checkout on this machine:
 #   - `corral` on PATH: a wrapper in $BIN_DIR (default /usr/local/bin) running this checkout's
-#     dist/src/cli/main.js with this node and the daemon's Node.js flags (src/cli/node-flags.ts);
+#     dist/src/cli/main.js with this node and the daemon's Node.js flags and environment
+#     (src/cli/node-flags.ts);
 #   - the example configuration as $CONFIG_DIR/config.toml (default /etc/corral), only if there
 #     is none (an existing one is never overwritten);
 #   - the systemd unit corral.service in $UNIT_DIR (default /etc/systemd/system).
@@ -48,7 +49,9 @@ mkdir -p "$BIN_DIR"
 tmp="$wrapper.tmp.$$"
 # V8 takes its flags only on the command line: the daemon's (src/cli/node-flags.ts) go in the wrapper.
 node_flags=$("$node_bin" -e 'import(process.argv[1]).then((m) => console.log(m.DAEMON_NODE_FLAGS.join(" ")))' "$repo/dist/src/cli/node-flags.js")
-printf '#!/bin/sh\n%s\nexec "%s" %s "%s" "$@"\n' "$marker" "$node_bin" "$node_flags" "$main_js" >"$tmp"
+# glibc reads its malloc tunables only at start: the daemon's environment (same file) goes in it too.
+daemon_env=$("$node_bin" -e 'import(process.argv[1]).then((m) => console.log(m.daemonEnvShell()))' "$repo/dist/src/cli/node-flags.js")
+printf '#!/bin/sh\n%s\n%s\nexec "%s" %s "%s" "$@"\n' "$marker" "$daemon_env" "$node_bin" "$node_flags" "$main_js" >"$tmp"
 chmod 0755 "$tmp"
 mv -f "$tmp" "$wrapper"
 echo "corral install: $wrapper -> $main_js"

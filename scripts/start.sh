@@ -22,5 +22,9 @@ if ! ls "$conf_dir"/*.conf "$conf_dir"/*.conflist "$conf_dir"/*.json >/dev/null 
 fi
 # V8 takes its flags only on the command line (src/cli/node-flags.ts says which and why).
 node_flags=$(node -e 'import(process.argv[1]).then((m) => console.log(m.DAEMON_NODE_FLAGS.join(" ")))' "$PWD/dist/src/cli/node-flags.js")
+# glibc reads its malloc tunables only at start: the daemon's environment (same file; a
+# GLIBC_TUNABLES of your own is kept). An assignment first, so that a failure stops here.
+daemon_env=$(node -e 'import(process.argv[1]).then((m) => console.log(m.daemonEnvShell()))' "$PWD/dist/src/cli/node-flags.js")
+eval "$daemon_env"
 # shellcheck disable=SC2086 # the flags are words
 exec node $node_flags dist/src/cli/main.js serve "$@"

@@ -4,7 +4,7 @@
  * it over the CRI socket. cleanup() removes every pod, stops the daemon and deletes all
  * it made, so a failing test leaves nothing behind.
  */
-import { DAEMON_NODE_FLAGS } from '../../src/cli/node-flags.js';
+import { DAEMON_NODE_FLAGS, daemonEnv } from '../../src/cli/node-flags.js';
 import { spawn, type ChildProcess } from 'node:child_process';
 import { promises as fs, openSync, closeSync } from 'node:fs';
 import path from 'node:path';
@@ -92,6 +92,7 @@ export class TestDaemon {
     const out = openSync(this.logFile, 'a');
     const child = spawn(process.execPath, [...DAEMON_NODE_FLAGS, ...(typeof this.opts.nodeArgs === 'function' ? this.opts.nodeArgs(this) : (this.opts.nodeArgs ?? [])), path.join(packageRoot(), 'dist/src/cli/main.js'), 'serve', '--config', this.configFile], {
       stdio: ['ignore', out, out],
+      env: daemonEnv(process.env),
     });
     closeSync(out);
     this.child = child;

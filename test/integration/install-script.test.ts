@@ -12,7 +12,7 @@ import { execFile } from '../../src/util/exec.js';
 import { packageRoot } from '../../src/util/paths.js';
 import { resolveConfig, defaultConfig } from '../../src/config/config.js';
 import { parse } from 'smol-toml';
-import { DAEMON_NODE_FLAGS } from '../../src/cli/node-flags.js';
+import { DAEMON_ENV, DAEMON_NODE_FLAGS, daemonEnv } from '../../src/cli/node-flags.js';
 
 let dir: string;
 let env: NodeJS.ProcessEnv;
@@ -38,6 +38,18 @@ test('install.sh: corral on the given PATH dir, the example config, the unit; a 
   const wrapper = await fs.readFile(path.join(dir, 'bin/corral'), 'utf8');
   assert.ok(DAEMON_NODE_FLAGS.length > 0);
   assert.match(wrapper, new RegExp(`^exec "[^"]+" ${DAEMON_NODE_FLAGS.join(' ')} "${path.join(packageRoot(), 'dist/src/cli/main.js')}" "\\$@"$`, 'm'));
+  // glibc reads its malloc tunables only at start: the wrapper gives the daemon's environment,
+  // keeping a GLIBC_TUNABLES of the user's own. Run with `env` in place of node, it shows it.
+  assert.ok(Object.keys(DAEMON_ENV).length > 0);
+  const showEnv = path.join(dir, 'wrapper-env.sh');
+  await fs.writeFile(showEnv, wrapper.replace(/^exec .*$/m, 'exec env'), { mode: 0o755 });
+  for (const user of [{}, { GLIBC_TUNABLES: 'glibc.malloc.perturb=7' }] as NodeJS.ProcessEnv[]) {
+    const base = { PATH: process.env.PATH, ...user };
+    const shown = await execFile(showEnv, [], { env: base });
+    assert.equal(shown.code, 0, shown.stderr);
+    const want = daemonEnv(base);
+    for (const k of Object.keys(DAEMON_ENV)) assert.ok(shown.stdout.split('\n').includes(`${k}=${want[k]}`), `the wrapper sets ${k}=${want[k]} (user env ${JSON.stringify(user)}):\n${shown.stdout}`);
+  }
 
   const configFile = path.join(dir, 'etc/corral/config.toml');
   const installed = await fs.readFile(configFile, 'utf8');
