@@ -208,3 +208,104 @@ test('encodeSpawnRequest: the frame native/spawner.c reads, byte for byte (multi
   assert.equal(off + inputLen, frame.length, 'nothing after the input');
   assert.throws(() => encodeSpawnRequest(1, 'x', ['a\0b'], {}), { code: 'ERR_INVALID_ARG_VALUE' });
 });
+
+withSpawner('start(): stdin streamed in several frames reaches the program in order, and end() closes it', async (s) => {
+  const p = s.start('sh', ['-c', 'cat; echo "eof after cat"'], { input: 'first\n' });
+  for (let i = 0; i < 50; i++) p.write(`line ${i}\n`);
+  p.write(Buffer.from('bytes\n'));
+  await new Promise((res) => setTimeout(res, 50)); // the program is waiting on an open pipe meanwhile
+  p.end('last\n');
+  p.write('after the end: dropped\n');
+  const r = await p.result;
+  const want = ['first', ...Array.from({ length: 50 }, (_, i) => `line ${i}`), 'bytes', 'last', 'eof after cat'].join('\n') + '\n';
+  assert.deepEqual(r, { code: 0, signal: null, stdout: want, stderr: '' });
+});
+
+withSpawner('start(): a program whose stdin is never ended waits for it; end() with nothing written gives it EOF', async (s) => {
+  const p = s.start('sh', ['-c', 'read x; echo "got:$x"; cat; echo done']);
+  const early = await Promise.race([p.result.then(() => 'finished'), new Promise((res) => setTimeout(() => res('waiting'), 300))]);
+  assert.equal(early, 'waiting', 'stdin stays open until end()');
+  p.end();
+  assert.deepEqual(await p.result, { code: 0, signal: null, stdout: 'got:\ndone\n', stderr: '' });
+});
+
+withSpawner('start(): kill() SIGKILLs the whole process group and the result reports the signal', async (s) => {
+  const dir = mkdtempSync(path.join(os.tmpdir(), 'spawner-'));
+  try {
+    const pidFile = path.join(dir, 'bg.pid');
+    const p = s.start('sh', ['-c', `sleep 30 & echo $! > ${pidFile}; cat`]);
+    for (let i = 0; i < 250 && !existsSync(pidFile); i++) await new Promise((res) => setTimeout(res, 20));
+    const bg = Number(readFileSync(pidFile, 'utf8'));
+    assert.ok(bg > 0 && alive(bg));
+    p.kill();
+    const r = await p.result;
+    assert.equal(r.signal, 'SIGKILL');
+    assert.equal(r.code, null);
+    for (let i = 0; i < 50 && alive(bg); i++) await new Promise((res) => setTimeout(res, 20));
+    assert.equal(alive(bg), false, 'the background sleep was killed with its group');
+    p.kill(); // after the end: nothing happens
+    assert.equal((await s.run('echo', ['still here'])).stdout, 'still here\n');
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+withSpawner('start(): a program that does not read its stdin blocks no other job; past 1 MiB queued it is killed', async (s) => {
+  const stuck = s.start('sleep', ['30']);
+  // A pipe holds 64 KiB: the rest waits in the helper, which meanwhile serves other jobs.
+  const chunk = 'y'.repeat(64 * 1024);
+  for (let i = 0; i < 8; i++) stuck.write(chunk);
+  const others = await Promise.all(Array.from({ length: 8 }, (_, i) => s.run('sh', ['-c', `echo ${i}`])));
+  others.forEach((r, i) => assert.equal(r.stdout, `${i}\n`));
+  const streamed = s.start('cat', []);
+  streamed.write('through\n');
+  streamed.end();
+  assert.equal((await streamed.result).stdout, 'through\n');
+  const early = await Promise.race([stuck.result.then(() => 'finished'), new Promise((res) => setTimeout(() => res('running'), 200))]);
+  assert.equal(early, 'running', '576 KiB queued: still within the bound');
+  for (let i = 0; i < 16; i++) stuck.write(chunk);
+  const r = await stuck.result;
+  assert.equal(r.signal, 'SIGKILL');
+  assert.match(r.stderr, /killed: more than 1048576 bytes of stdin waited for it/);
+});
+
+test('startProgram: through the shared spawner (this process is not forked), stdin streamed, kill reported', async () => {
+  const { startProgram } = await import('../../src/util/exec.js');
+  const p = startProgram('sh', ['-c', 'echo $PPID; cat']);
+  p.write('a\n');
+  p.end('b\n');
+  const r = await p.result;
+  assert.equal(r.stdout, `${sharedSpawner()!.pid}\na\nb\n`);
+  const k = startProgram('sleep', ['30']);
+  k.kill();
+  assert.equal((await k.result).signal, 'SIGKILL');
+});
+
+test('startProgramDirect: the same contract with a direct spawn (the fallback when the helper cannot be run)', async () => {
+  const { startProgramDirect } = await import('../../src/util/exec.js');
+  const p = startProgramDirect('sh', ['-c', 'echo $PPID; cat'], { input: 'a\n' });
+  p.write('b\n');
+  p.end('c\n');
+  assert.equal((await p.result).stdout, `${process.pid}\na\nb\nc\n`);
+  const k = startProgramDirect('sh', ['-c', 'sleep 30 & wait']);
+  k.kill();
+  assert.equal((await k.result).signal, 'SIGKILL');
+  await assert.rejects(startProgramDirect('/nonexistent/prog', []).result, { code: 'ENOENT' });
+});
+
+test('encodeSpawnerControl and encodeStreamingSpawnRequest: the frames native/spawner.c reads', async () => {
+  const { encodeSpawnerControl, encodeStreamingSpawnRequest, encodeSpawnRequest, SpawnerControl } = await import('../../src/util/spawner.js');
+  const data = encodeSpawnerControl(SpawnerControl.StdinData, 9, Buffer.from('12\n'));
+  assert.deepEqual([data.readUInt32LE(0), data.readUInt32LE(4), data.readUInt32LE(8), data.readUInt32LE(12)], [15, 0, 1, 9]);
+  assert.equal(data.subarray(16).toString(), '12\n');
+  const kill = encodeSpawnerControl(SpawnerControl.Kill, 9);
+  assert.deepEqual([...kill], [12, 0, 0, 0, 0, 0, 0, 0, 3, 0, 0, 0, 9, 0, 0, 0]);
+  // The same frame as a plain request with an (empty) input, but for flag bit 1.
+  const opts = { env: { A: 'b' } };
+  const streaming = encodeStreamingSpawnRequest(3, 'cat', [], opts);
+  const plain = encodeSpawnRequest(3, 'cat', [], { ...opts, input: '' });
+  assert.equal(streaming.readUInt32LE(12), 3);
+  assert.equal(plain.readUInt32LE(12), 1);
+  streaming.writeUInt32LE(1, 12);
+  assert.deepEqual(streaming, plain);
+});
