@@ -1,7 +1,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
-import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { copyFileSync, existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { Spawner, SpawnerUnavailableError } from '../../src/util/spawner.js';
@@ -308,4 +308,36 @@ test('encodeSpawnerControl and encodeStreamingSpawnRequest: the frames native/sp
   assert.equal(plain.readUInt32LE(12), 1);
   streaming.writeUInt32LE(1, 12);
   assert.deepEqual(streaming, plain);
+});
+
+test('startProgram: when the helper cannot be run, the program runs directly and gets what was written meanwhile', () => {
+  // A package of exec.js and its imports whose corral-spawner exists but cannot be executed.
+  const pkg = mkdtempSync(path.join(os.tmpdir(), 'spawner-pkg-'));
+  try {
+    const utilDir = path.join(pkg, 'dist/src/util');
+    mkdirSync(utilDir, { recursive: true });
+    mkdirSync(path.join(pkg, 'dist/native'));
+    writeFileSync(path.join(pkg, 'package.json'), '{"type":"module"}');
+    for (const f of ['exec.js', 'paths.js', 'spawner.js']) copyFileSync(path.join(packageRoot(), 'dist/src/util', f), path.join(utilDir, f));
+    writeFileSync(path.join(pkg, 'dist/native/corral-spawner'), 'not a program', { mode: 0o644 });
+    const modUrl = new URL(`file://${path.join(utilDir, 'exec.js')}`).href;
+    const script = `import(${JSON.stringify(modUrl)}).then(async (m) => {
+      const p = m.startProgram('sh', ['-c', 'echo "$PPID"; cat'], { input: 'a\\n' });
+      p.write('b\\n');
+      p.end('c\\n');
+      const r = await p.result;
+      const k = m.startProgram('sleep', ['30']);
+      k.kill();
+      console.log(JSON.stringify({ me: process.pid, r, killed: (await k.result).signal, spawner: m.sharedSpawner() }));
+    });`;
+    const out = spawnSync(process.execPath, ['-e', script], { encoding: 'utf8', timeout: 15_000 });
+    assert.equal(out.status, 0, out.stderr);
+    const got = JSON.parse(out.stdout) as { me: number; r: { stdout: string; code: number }; killed: string; spawner: unknown };
+    assert.equal(got.r.code, 0);
+    assert.equal(got.r.stdout, `${got.me}\na\nb\nc\n`, 'a direct child, with every write in order');
+    assert.equal(got.killed, 'SIGKILL');
+    assert.equal(got.spawner, null, 'from then on without the helper');
+  } finally {
+    rmSync(pkg, { recursive: true, force: true });
+  }
 });
