@@ -246,8 +246,10 @@ interface PullRecord {
   /** Bytes of those blob GETs. */
   bytes: number;
   manifestRequests: number;
-  /** CPU time of the daemon and of its children it reaped (Corral's unpack helpers) during the pull. */
+  /** CPU time of the daemon and of its helpers (reaped by it, or by its corral-spawner) during the pull. */
   cpuMs: number;
+  /** The daemon's own CPU time (utime + stime) during the pull. */
+  selfCpuMs: number;
   /** Corral only. */
   daemonMs?: number;
   downloaded?: number;
@@ -265,23 +267,36 @@ interface RoundRecord {
   warm: PullRecord;
 }
 
-/** utime + stime + cutime + cstime of a process, in ms (children count once they were reaped). */
-async function cpuMsOf(pid: number): Promise<number> {
+/** utime + stime (+ cutime + cstime: children count once they were reaped) of a process, in ms. */
+async function cpuMsOf(pid: number, withChildren = true): Promise<number> {
   const stat = await fs.readFile(`/proc/${pid}/stat`, 'utf8').catch(() => '');
   const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
   // Fields 14-17 of proc(5) (utime, stime, cutime, cstime), here 11-14 from the state field (3).
-  const ticks = [11, 12, 13, 14].reduce((n, i) => n + Number(f[i] ?? NaN), 0);
+  const ticks = (withChildren ? [11, 12, 13, 14] : [11, 12]).reduce((n, i) => n + Number(f[i] ?? NaN), 0);
   return (ticks * 1000) / CLOCK_TICKS;
+}
+
+/** The daemon's CPU and that of its live corral-spawner (which reaps the programs it runs: the daemon's cutime misses them). */
+async function daemonCpuMs(pid: number): Promise<{ total: number; self: number }> {
+  let total = await cpuMsOf(pid);
+  for (const task of await fs.readdir(`/proc/${pid}/task`).catch(() => [] as string[])) {
+    const kids = (await fs.readFile(`/proc/${pid}/task/${task}/children`, 'utf8').catch(() => '')).split(' ').filter(Boolean).map(Number);
+    for (const kid of kids) {
+      const comm = (await fs.readFile(`/proc/${kid}/comm`, 'utf8').catch(() => '')).trim();
+      if (comm === 'corral-spawner') total += await cpuMsOf(kid);
+    }
+  }
+  return { total, self: await cpuMsOf(pid, false) };
 }
 const CLOCK_TICKS = 100;
 
 async function pullOnce(s: Side, ref: string, meter: RegistryMeter): Promise<PullRecord> {
   await meter.take(); // forget whatever came before
-  const cpu0 = await cpuMsOf(s.pid());
+  const cpu0 = await daemonCpuMs(s.pid());
   const { ms } = await timed(() => s.rpc('PullImage', { image: { image: ref } }, 600_000));
-  const cpuMs = (await cpuMsOf(s.pid())) - cpu0;
+  const cpu1 = await daemonCpuMs(s.pid());
   const got = await meter.take();
-  const rec: PullRecord = { ms, cpuMs, ...got };
+  const rec: PullRecord = { ms, cpuMs: cpu1.total - cpu0.total, selfCpuMs: cpu1.self - cpu0.self, ...got };
   const daemon = await s.lastDaemonPull?.();
   if (daemon) Object.assign(rec, { daemonMs: daemon.ms, downloaded: daemon.downloaded });
   return rec;
@@ -491,7 +506,7 @@ async function main(): Promise<void> {
         else per.rounds.push(rec);
         const leftNote = rec.left.blobs || rec.left.layers ? `  NOT COLD: ${rec.left.blobs} blobs, ${rec.left.layers} snapshots left` : '';
         console.log(
-          `${label}  ${run.img.shape.padEnd(11)} ${s.name.padEnd(10)} cold ${fmtMs(rec.cold.ms).padStart(5)} ms (CPU ${fmtMs(rec.cold.cpuMs)} ms, ${rec.cold.blobGets} blob GETs, ${rec.coldInodes} inodes in the snapshots)` +
+          `${label}  ${run.img.shape.padEnd(11)} ${s.name.padEnd(10)} cold ${fmtMs(rec.cold.ms).padStart(5)} ms (CPU ${fmtMs(rec.cold.cpuMs)} ms, daemon self ${fmtMs(rec.cold.selfCpuMs)}, ${rec.cold.blobGets} blob GETs, ${rec.coldInodes} inodes in the snapshots)` +
             `  warm ${fmtMs(rec.warm.ms).padStart(5)} ms  RemoveImage ${fmtMs(rec.remove)} ms${leftNote}`,
         );
       }
@@ -535,6 +550,7 @@ async function main(): Promise<void> {
   printTable(rows);
   console.log(`\n  RemoveImage medians: ${runs.map((r) => `${r.img.shape} ${fmtMs(med(r, 'Corral', (x) => x.remove))} / ${fmtMs(med(r, ctdName, (x) => x.remove))} ms`).join(', ')} (Corral / containerd)`);
   console.log(`  CPU time of the daemon and its helpers per cold pull, medians: ${runs.map((r) => `${r.img.shape} ${sides.map((s) => `${fmtMs(med(r, s.name, (x) => x.cold.cpuMs))}`).join(' / ')} ms`).join(', ')} (${sides.map((s) => s.name).join(' / ')})`);
+  console.log(`  of which the daemon itself (utime + stime), medians: ${runs.map((r) => `${r.img.shape} ${sides.map((s) => `${fmtMs(med(r, s.name, (x) => x.cold.selfCpuMs))}`).join(' / ')} ms`).join(', ')} (${sides.map((s) => s.name).join(' / ')})`);
   console.log(`  daemon RSS peak during the cold pulls: ${sides.map((s) => `${s.name} ${fmtMiB(peakRss.get(s.name)!)}`).join(', ')}`);
   console.log(`  registry blob GETs per cold pull: ${runs.map((r) => `${r.img.shape} ${sides.map((s) => med(r, s.name, (x) => x.cold.blobGets)).join(' / ')}`).join(', ')}`);
 
@@ -554,7 +570,7 @@ async function main(): Promise<void> {
       const r = run.sides.get(s.name);
       if (!r) continue;
       const list = (f: (x: RoundRecord) => number | undefined) => [r.warmup ? `w ${fmtNum(f(r.warmup) ?? NaN, 0)}` : '', ...r.rounds.map((x) => fmtNum(f(x) ?? NaN, 0))].filter(Boolean).join('  ');
-      console.log(`    ${s.name.padEnd(10)} cold ${list((x) => x.cold.ms)}   warm ${list((x) => x.warm.ms)}   cold CPU ${list((x) => x.cold.cpuMs)}`);
+      console.log(`    ${s.name.padEnd(10)} cold ${list((x) => x.cold.ms)}   warm ${list((x) => x.warm.ms)}   cold CPU ${list((x) => x.cold.cpuMs)}   self ${list((x) => x.cold.selfCpuMs)}`);
     }
     for (const k of FLOORS) console.log(`    floor ${k.padEnd(8)} ${run.floors[k].map((v) => fmtNum(v, 0)).join('  ')}`);
   }

@@ -9,14 +9,23 @@
  *
  * Protocol, on stdin (requests) and stdout (replies); native-endian u32 fields; a "str" is
  * a u32 length and that many bytes:
- *   request: u32 len (of what follows), u32 id, u32 timeout_ms (0: none), u32 flags
- *            (bit 0: the program gets `input` on a pipe as its stdin, else /dev/null),
+ *   request: u32 len (of what follows), u32 id (never 0), u32 timeout_ms (0: none), u32 flags
+ *            (bit 0: the program gets `input` on a pipe as its stdin, else /dev/null;
+ *            bit 1, with bit 0: that pipe stays open after `input` for "stdin data"
+ *            frames, until an "end stdin" frame),
  *            u32 argc, argc × str (argv[0] is the program: a path, or a name looked up in
  *            the PATH of the given environment), u32 envc, envc × str ("K=V"),
  *            str cwd (empty: the spawner's), str input
+ *   control: u32 len, u32 0, u32 op, u32 job id, then for op 1 the bytes (the rest):
+ *            op 1 "stdin data": queued for the job's stdin pipe (bit 1 above), written as
+ *            the program reads it (POLLOUT: a program that does not read blocks nobody);
+ *            more than MAX_STDIN_QUEUED bytes waiting SIGKILLs the job (reply flag bit 2);
+ *            op 2 "end stdin": the pipe is closed once what is queued is written;
+ *            op 3 "kill": SIGKILL to the job's process group, as at its timeout.
+ *            A control frame for a job that is gone (or whose stdin is) is ignored.
  *   reply:   u32 len, u32 id, i32 spawn_errno (0: it ran), i32 exit_code (-1: killed or
  *            not run), i32 signal (0: none), u32 flags (bit 0/1: stdout/stderr truncated
- *            at MAX_OUTPUT), str stdout, str stderr
+ *            at MAX_OUTPUT; bit 2: killed for too much stdin queued), str stdout, str stderr
  * The reply is sent once the program has exited and both its output pipes are closed
  * (as Node's 'close' event). Each program is the leader of a new session (as `detached`),
  * with default signal dispositions, an empty signal mask and only fds 0-2; at its timeout
@@ -46,6 +55,12 @@
 #define MAX_FRAME (64u << 20)
 #define MAX_OUTPUT (16u << 20)
 #define MAX_ITEMS 65536u
+#define MAX_STDIN_QUEUED (1u << 20)
+#define FLAG_INPUT 1u
+#define FLAG_STDIN_STREAM 2u
+#define OP_STDIN_DATA 1u
+#define OP_STDIN_END 2u
+#define OP_KILL 3u
 #define DEFAULT_PATH "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 struct buf {
@@ -58,8 +73,10 @@ struct job {
 	uint32_t id;
 	pid_t pid;
 	int out_fd, err_fd, in_fd;
-	char *input;
+	char *input; /* what is still to be written to in_fd: input_off..input_len */
 	size_t input_len, input_off;
+	int stdin_open; /* a streamed stdin the daemon has not ended yet */
+	int stdin_overflow;
 	struct buf out, err;
 	int exited, status, killed;
 	long long deadline; /* ms, CLOCK_MONOTONIC; 0: none */
@@ -130,7 +147,7 @@ static void put_u32(struct buf *b, uint32_t v)
 	buf_add(b, &v, 4, SIZE_MAX);
 }
 
-static void reply(uint32_t id, int spawn_errno, int code, int sig, struct buf *out, struct buf *err)
+static void reply(uint32_t id, int spawn_errno, int code, int sig, struct buf *out, struct buf *err, int stdin_overflow)
 {
 	struct buf r = {0};
 	size_t outl = out ? out->len : 0, errl = err ? err->len : 0;
@@ -139,7 +156,7 @@ static void reply(uint32_t id, int spawn_errno, int code, int sig, struct buf *o
 	put_u32(&r, (uint32_t)spawn_errno);
 	put_u32(&r, (uint32_t)code);
 	put_u32(&r, (uint32_t)sig);
-	put_u32(&r, (out && out->truncated ? 1u : 0u) | (err && err->truncated ? 2u : 0u));
+	put_u32(&r, (out && out->truncated ? 1u : 0u) | (err && err->truncated ? 2u : 0u) | (stdin_overflow ? 4u : 0u));
 	put_u32(&r, (uint32_t)outl);
 	if (outl)
 		buf_add(&r, out->p, outl, SIZE_MAX);
@@ -334,11 +351,11 @@ static void start_job(const char *frame, size_t len)
 
 	int out[2] = {-1, -1}, err[2] = {-1, -1}, in[2] = {-1, -1};
 	int e = 0;
-	if (pipe2(out, O_CLOEXEC) < 0 || pipe2(err, O_CLOEXEC) < 0 || ((flags & 1) && pipe2(in, O_CLOEXEC) < 0))
+	if (pipe2(out, O_CLOEXEC) < 0 || pipe2(err, O_CLOEXEC) < 0 || ((flags & FLAG_INPUT) && pipe2(in, O_CLOEXEC) < 0))
 		e = errno;
 	pid_t pid = -1;
 	if (!e) {
-		pid = spawn_program(argv, envp, (flags & 1) ? in[0] : -1, out[1], err[1], cwd);
+		pid = spawn_program(argv, envp, (flags & FLAG_INPUT) ? in[0] : -1, out[1], err[1], cwd);
 		if (pid < 0)
 			e = (int)-pid;
 	}
@@ -356,7 +373,7 @@ static void start_job(const char *frame, size_t len)
 			if (ours[i] >= 0)
 				close(ours[i]);
 		free(input);
-		reply(id, e, -1, 0, NULL, NULL);
+		reply(id, e, -1, 0, NULL, NULL, 0);
 		return;
 	}
 	struct job *j = xrealloc(NULL, sizeof *j);
@@ -368,12 +385,13 @@ static void start_job(const char *frame, size_t len)
 	j->in_fd = in[1];
 	j->input = input;
 	j->input_len = input_len;
+	j->stdin_open = (flags & FLAG_INPUT) && (flags & FLAG_STDIN_STREAM);
 	j->deadline = timeout_ms ? now_ms() + timeout_ms : 0;
 	fcntl(j->out_fd, F_SETFL, O_NONBLOCK);
 	fcntl(j->err_fd, F_SETFL, O_NONBLOCK);
 	if (j->in_fd >= 0) {
 		fcntl(j->in_fd, F_SETFL, O_NONBLOCK);
-		if (input_len == 0) {
+		if (input_len == 0 && !j->stdin_open) {
 			close(j->in_fd);
 			j->in_fd = -1;
 		}
@@ -408,6 +426,7 @@ static void drain(int *fd, struct buf *b)
 	}
 }
 
+/* Writes what the pipe takes of the job's queued stdin; closes it once all is written and no more can come. */
 static void feed(struct job *j)
 {
 	while (j->input_off < j->input_len) {
@@ -420,9 +439,89 @@ static void feed(struct job *j)
 			continue;
 		if (w < 0 && errno == EAGAIN)
 			return;
-		break; /* EPIPE: the program exited without reading it all, as Node ignores too */
+		/* EPIPE: the program exited without reading it all, as Node ignores too */
+		j->stdin_open = 0;
+		break;
 	}
+	j->input_off = j->input_len = 0;
+	if (j->stdin_open)
+		return;
 	close_fd(&j->in_fd);
+	free(j->input);
+	j->input = NULL;
+}
+
+static void kill_job(struct job *j)
+{
+	/* Its whole group: whatever it started would keep the pipes open. Once the leader is
+	   reaped its PID may be reused: then only the group (which still holds that ID if it
+	   has members). */
+	if (kill(-j->pid, SIGKILL) < 0 && !j->exited)
+		kill(j->pid, SIGKILL);
+	j->killed = 1;
+}
+
+/* The job with this id that has not been answered yet, if any. */
+static struct job *find_job(uint32_t id)
+{
+	for (struct job *j = jobs; j; j = j->next)
+		if (j->id == id)
+			return j;
+	return NULL;
+}
+
+static void queue_stdin(struct job *j, const char *data, size_t n)
+{
+	if (j->in_fd < 0 || !j->stdin_open || n == 0)
+		return; /* its stdin is closed (it exited, or was ended): nobody will read this */
+	size_t queued = j->input_len - j->input_off;
+	if (queued + n > MAX_STDIN_QUEUED) {
+		/* It does not read its stdin: the daemon is not told to wait, so the queue would grow without bound. */
+		j->stdin_overflow = 1;
+		j->stdin_open = 0;
+		close_fd(&j->in_fd);
+		free(j->input);
+		j->input = NULL;
+		j->input_off = j->input_len = 0;
+		kill_job(j);
+		return;
+	}
+	if (j->input_off > 0) {
+		memmove(j->input, j->input + j->input_off, queued);
+		j->input_off = 0;
+		j->input_len = queued;
+	}
+	j->input = xrealloc(j->input, queued + n);
+	memcpy(j->input + queued, data, n);
+	j->input_len = queued + n;
+	feed(j); /* most often the pipe takes it at once: no poll round */
+}
+
+static void control(const char *frame, size_t len)
+{
+	struct cursor c = {frame, frame + len};
+	(void)get_u32(&c); /* 0: a control frame */
+	uint32_t op = get_u32(&c);
+	struct job *j = find_job(get_u32(&c));
+	if (op == OP_STDIN_DATA) {
+		if (j)
+			queue_stdin(j, c.p, (size_t)(c.end - c.p));
+		return;
+	}
+	if (c.p != c.end)
+		die("malformed request (trailing bytes in a control frame)");
+	if (op == OP_STDIN_END) {
+		if (j && j->stdin_open) {
+			j->stdin_open = 0;
+			if (j->in_fd >= 0 && j->input_off == j->input_len)
+				feed(j); /* nothing queued: closes it now */
+		}
+	} else if (op == OP_KILL) {
+		if (j)
+			kill_job(j);
+	} else {
+		die("malformed request (unknown control operation)");
+	}
 }
 
 static void reap(void)
@@ -451,7 +550,7 @@ static void finish_jobs(void)
 		close_fd(&j->in_fd);
 		int code = WIFEXITED(j->status) ? WEXITSTATUS(j->status) : -1;
 		int sig = WIFSIGNALED(j->status) ? WTERMSIG(j->status) : 0;
-		reply(j->id, 0, code, sig, &j->out, &j->err);
+		reply(j->id, 0, code, sig, &j->out, &j->err, j->stdin_overflow);
 		*pp = j->next;
 		free(j->out.p);
 		free(j->err.p);
@@ -499,12 +598,9 @@ int main(void)
 		long long next_deadline = 0, now = now_ms();
 		for (struct job *j = jobs; j; j = j->next) {
 			if (j->deadline && !j->killed) {
-				if (j->deadline <= now) {
-					/* Its whole group: whatever it started would keep the pipes open. */
-					if (kill(-j->pid, SIGKILL) < 0)
-						kill(j->pid, SIGKILL);
-					j->killed = 1;
-				} else if (!next_deadline || j->deadline < next_deadline) {
+				if (j->deadline <= now)
+					kill_job(j);
+				else if (!next_deadline || j->deadline < next_deadline) {
 					next_deadline = j->deadline;
 				}
 			}
@@ -512,7 +608,7 @@ int main(void)
 				owner[n] = j, pfds[n++] = (struct pollfd){.fd = j->out_fd, .events = POLLIN};
 			if (j->err_fd >= 0)
 				owner[n] = j, pfds[n++] = (struct pollfd){.fd = j->err_fd, .events = POLLIN};
-			if (j->in_fd >= 0)
+			if (j->in_fd >= 0 && j->input_off < j->input_len)
 				owner[n] = j, pfds[n++] = (struct pollfd){.fd = j->in_fd, .events = POLLOUT};
 		}
 		int timeout = next_deadline ? (int)(next_deadline - now + 1) : -1;
@@ -558,7 +654,13 @@ int main(void)
 					die("request too large");
 				if (req.len - off - 4 < flen)
 					break;
-				start_job(req.p + off + 4, flen);
+				uint32_t first = 0;
+				if (flen >= 4)
+					memcpy(&first, req.p + off + 4, 4);
+				if (first == 0)
+					control(req.p + off + 4, flen);
+				else
+					start_job(req.p + off + 4, flen);
 				off += 4 + (size_t)flen;
 			}
 			memmove(req.p, req.p + off, req.len - off);

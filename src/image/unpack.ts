@@ -20,13 +20,17 @@
  * Modes (with setuid/setgid/sticky), numeric owners, mtimes, symlinks, hard links and
  * xattrs (binary values byte for byte) are kept. The helper runs Debian's zstd tool for
  * zstd layers (their bytes go from zstd to the helper, never through Node).
+ *
+ * The helper is started by corral-spawner (util/exec.ts startProgram), like every other
+ * program: a fork of the daemon per layer cost its main thread ~10 ms.
  */
-import { spawn, type ChildProcess } from 'node:child_process';
 import { promises as fs } from 'node:fs';
 import path from 'node:path';
 import type { DownloadTap } from './content-store.js';
 import { CorralError } from '../errors.js';
 import { nativeBinary } from '../util/paths.js';
+import { startProgram } from '../util/exec.js';
+import type { RunningProgram } from '../util/spawner.js';
 
 export interface AppliedLayer {
   /** "sha256:<hex>" of the uncompressed tar. */
@@ -85,7 +89,7 @@ export async function applyLayer(layerFile: string, mediaType: string, targetDir
     throw new Error(`unsupported layer media type ${mediaType}`);
   }
   const root = path.resolve(targetDir);
-  return runHelper(['--layer', layerFile, root], root);
+  return runHelper(['--layer', layerFile, root], root).done;
 }
 
 /** An unpack following a download as its bytes arrive (see applyLayerFromDownload). */
@@ -107,25 +111,26 @@ export interface StreamedUnpack {
  */
 export function applyLayerFromDownload(targetDir: string, blobFile: string): StreamedUnpack {
   const root = path.resolve(targetDir);
-  let child: ChildProcess | undefined;
-  let broken = false; // the helper stopped reading (it failed, or was killed): nothing more is sent
+  let helper: RunningProgram | undefined;
+  let broken = false; // the helper was killed, or could not be started: nothing more is sent
   let aborted: unknown;
   let settle!: (r: Promise<AppliedLayer>) => void;
   const result = new Promise<AppliedLayer>((resolve) => (settle = resolve));
-  // What the file holds, and what the helper was told: one line per write at most, and
-  // none while its stdin is backed up (then only the latest length is sent, on 'drain').
+  // What the file holds, and what the helper was told: one line per write at most (the
+  // spawner queues them for it; a helper that stopped reading is killed past 1 MiB queued,
+  // and the caller then unpacks the stored file).
   let complete = 0;
   let told = 0;
   let finalSize: number | undefined;
-  let backedUp = false;
+  let ended = false;
   const announce = () => {
-    if (!child || broken || backedUp) return;
-    const stdin = child.stdin!;
+    if (!helper || broken || ended) return;
     if (finalSize !== undefined) {
-      if (!stdin.writableEnded) stdin.end(`end ${finalSize}\n`);
+      ended = true;
+      helper.end(`end ${finalSize}\n`);
     } else if (complete > told) {
       told = complete;
-      backedUp = !stdin.write(`${complete}\n`);
+      helper.write(`${complete}\n`);
     }
   };
   // The helper starts at the first write (the directory is made then), so a tap taken by
@@ -147,13 +152,8 @@ export function applyLayerFromDownload(targetDir: string, blobFile: string): Str
         settle(Promise.reject(aborted));
         return;
       }
-      const run = runHelper(['--layer-follow', blobFile, root], root, true);
-      child = run.child;
-      child.stdin!.on('error', () => (broken = true)); // EPIPE: the helper exited early; its verdict says why
-      child.stdin!.on('drain', () => {
-        backedUp = false;
-        announce();
-      });
+      const run = runHelper(['--layer-follow', blobFile, root], root);
+      helper = run.program;
       settle(run.done);
       announce();
     })());
@@ -172,8 +172,7 @@ export function applyLayerFromDownload(targetDir: string, blobFile: string): Str
     abort(reason) {
       aborted ??= reason;
       broken = true;
-      child?.kill('SIGKILL');
-      child?.stdin?.destroy();
+      helper?.kill(); // its result settles once it is gone: the caller waits for that
       if (!starting) settle(Promise.reject(reason));
     },
   };
@@ -185,24 +184,21 @@ export function applyLayerFromDownload(targetDir: string, blobFile: string): Str
   return { tap, result: verdict };
 }
 
-/** Runs corral-unpack to its end and turns its verdict into the result or the matching error. */
-function runHelper(args: string[], root: string): Promise<AppliedLayer>;
-function runHelper(args: string[], root: string, stdin: true): { child: ChildProcess; done: Promise<AppliedLayer> };
-function runHelper(args: string[], root: string, stdin = false): Promise<AppliedLayer> | { child: ChildProcess; done: Promise<AppliedLayer> } {
-  let child!: ChildProcess;
-  const done = new Promise<AppliedLayer>((resolve, reject) => {
-    child = spawn(nativeBinary('corral-unpack'), args, { stdio: [stdin ? 'pipe' : 'ignore', 'pipe', 'pipe'] });
-    // The helper prints one line (zstd one more on stderr): whatever else comes is not kept.
-    const stdout: Buffer[] = [];
-    const stderr: Buffer[] = [];
-    const keep = (into: Buffer[]) => (b: Buffer) => {
-      if (into.reduce((n, x) => n + x.length, 0) < OUTPUT_KEPT_MAX) into.push(b);
-    };
-    child.stdout!.on('data', keep(stdout));
-    child.stderr!.on('data', keep(stderr));
-    child.on('error', (e) => reject(new UnpackHelperError(`cannot run ${nativeBinary('corral-unpack')} (build Corral: npm run build): ${e.message}`)));
-    child.on('close', (code, signal) => {
-      const out = Buffer.concat(stdout).toString('utf8').trim();
+/** Starts corral-unpack and turns its verdict (once it ended) into the result or the matching error. */
+function runHelper(args: string[], root: string): { program: RunningProgram | undefined; done: Promise<AppliedLayer> } {
+  const bin = nativeBinary('corral-unpack');
+  const cannotRun = (e: unknown) => new UnpackHelperError(`cannot run ${bin} (build Corral: npm run build): ${e instanceof Error ? e.message : String(e)}`);
+  let program: RunningProgram;
+  try {
+    program = startProgram(bin, args);
+  } catch (e) {
+    return { program: undefined, done: Promise.reject(cannotRun(e)) };
+  }
+  const done = program.result.then(
+    ({ code, signal, stdout, stderr }) => {
+      // The helper prints one line (zstd one more on stderr): whatever else came is not kept.
+      const out = stdout.slice(0, OUTPUT_KEPT_MAX).trim();
+      const err = stderr.slice(0, OUTPUT_KEPT_MAX);
       let v: HelperVerdict | undefined;
       try {
         v = JSON.parse(out) as HelperVerdict;
@@ -211,24 +207,26 @@ function runHelper(args: string[], root: string, stdin = false): Promise<Applied
       }
       if (code === 0 && v && typeof v.diffId === 'string' && typeof v.size === 'number') {
         const input = typeof v.inputDigest === 'string' && typeof v.inputSize === 'number' ? { digest: v.inputDigest, size: v.inputSize } : undefined;
-        resolve({ diffId: v.diffId, size: v.size, ...(input ? { input } : {}) });
-        return;
+        return { diffId: v.diffId, size: v.size, ...(input ? { input } : {}) };
       }
       if (v?.refused !== undefined) {
-        reject(new LayerRefusedError(v.refused, v.reason ?? 'refused'));
+        throw new LayerRefusedError(v.refused, v.reason ?? 'refused');
       } else if (v?.corrupt !== undefined) {
-        const said = Buffer.concat(stderr).toString('utf8').trim().slice(0, 500); // zstd's own message, if it failed
-        reject(new LayerCorruptError(said ? `${v.corrupt}: ${said}` : v.corrupt));
+        const said = err.trim().slice(0, 500); // zstd's own message, if it failed
+        throw new LayerCorruptError(said ? `${v.corrupt}: ${said}` : v.corrupt);
       } else if (v?.escape) {
-        reject(new LayerRefusedError(v.path ?? '', `${v.op}: ${v.error}`));
+        throw new LayerRefusedError(v.path ?? '', `${v.op}: ${v.error}`);
       } else if (v?.error !== undefined) {
-        reject(new UnpackHelperError(`unpacking into ${root} failed: ${v.op} ${JSON.stringify(v.path)}: ${v.error}`));
-      } else {
-        const how = signal ? `killed by ${signal}` : `exit status ${code}`;
-        const detail = (out || Buffer.concat(stderr).toString('utf8')).trim();
-        reject(new UnpackHelperError(`unpack helper for ${root} stopped (${how})${detail ? `: ${detail}` : ''}`));
+        throw new UnpackHelperError(`unpacking into ${root} failed: ${v.op} ${JSON.stringify(v.path)}: ${v.error}`);
       }
-    });
-  });
-  return stdin ? { child, done } : done;
+      const how = signal ? `killed by ${signal}` : `exit status ${code}`;
+      const detail = (out || err).trim();
+      throw new UnpackHelperError(`unpack helper for ${root} stopped (${how})${detail ? `: ${detail}` : ''}`);
+    },
+    (e: unknown) => {
+      // An errno code: it could not be started. Otherwise the spawner died under it.
+      throw (e as NodeJS.ErrnoException).code !== undefined ? cannotRun(e) : new UnpackHelperError(`unpack helper for ${root}: ${e instanceof Error ? e.message : String(e)}`);
+    },
+  );
+  return { program, done };
 }

@@ -14,7 +14,9 @@ import { randomBytes } from 'node:crypto';
 import { PassThrough, Readable } from 'node:stream';
 import { gzipSync } from 'node:zlib';
 import { ImageStore } from '../../src/image/image-store.js';
-import { applyLayerFromDownload } from '../../src/image/unpack.js';
+import { applyLayer, applyLayerFromDownload } from '../../src/image/unpack.js';
+import { sharedSpawner } from '../../src/util/exec.js';
+import { execFileSync } from 'node:child_process';
 import { hostileTar } from '../helpers/hostile-tar.js';
 import { chainIds } from '../../src/image/snapshots.js';
 import { silentLogger } from '../../src/util/log.js';
@@ -318,4 +320,48 @@ test('a pull cancelled after its download ended, while its unpack still lags beh
   assert.deepEqual(await store.snapshots.list(), []);
   assert.deepEqual(await leftovers(store), []);
   assert.equal(await store.content.has(layer.digest), false);
+});
+
+/** The parent PID of a process (/proc/PID/stat, field 4). */
+async function parentOf(pid: number): Promise<number> {
+  const stat = await fs.readFile(`/proc/${pid}/stat`, 'utf8');
+  return Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[1]);
+}
+
+test('the helper is started by corral-spawner, not by a fork of this process: followed layers and plain --layer runs', async () => {
+  const layer = image.layers[0]!;
+  const work = await fs.mkdtemp(path.join(root, 'spawned-'));
+  // Followed: the helper waits for announcements meanwhile.
+  const followed = applyLayerFromDownload(path.join(work, 'followed'), path.join(work, 'blob'));
+  try {
+    await fs.writeFile(path.join(work, 'blob'), layer.bytes);
+    followed.tap.written(1000);
+    let pid = 0;
+    await waitFor(async () => ([pid = 0] = await unpackHelpersUnder(path.join(work, 'followed'))).length === 1 && pid > 0, { what: 'the followed unpack helper' });
+    assert.ok(sharedSpawner()?.pid, 'the shared spawner runs');
+    assert.equal(await parentOf(pid), sharedSpawner()!.pid);
+    followed.tap.written(layer.bytes.length);
+    followed.tap.end(layer.bytes.length);
+    assert.equal((await followed.result).diffId, layer.diffId);
+  } finally {
+    followed.tap.abort(new Error('test over'));
+    await followed.result.catch(() => undefined);
+  }
+  // Plain: the blob is a FIFO, so the helper waits in open() until the test writes it.
+  const fifo = path.join(work, 'blob.fifo');
+  execFileSync('mkfifo', [fifo]);
+  const plainDir = path.join(work, 'plain');
+  await fs.mkdir(plainDir);
+  const plain = applyLayer(fifo, layer.mediaType, plainDir);
+  plain.catch(() => undefined);
+  let writer: Promise<void> | undefined;
+  try {
+    let pid = 0;
+    await waitFor(async () => ([pid = 0] = await unpackHelpersUnder(plainDir)).length === 1 && pid > 0, { what: 'the plain unpack helper' });
+    assert.equal(await parentOf(pid), sharedSpawner()!.pid);
+  } finally {
+    writer = fs.writeFile(fifo, layer.bytes); // also lets a helper that was not found end
+  }
+  await writer;
+  assert.equal((await plain).diffId, layer.diffId);
 });

@@ -1,7 +1,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
-import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { copyFileSync, existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { Spawner, SpawnerUnavailableError } from '../../src/util/spawner.js';
@@ -178,5 +178,166 @@ test('a helper that cannot be run fails the calls with SpawnerUnavailableError (
     await assert.rejects(c.run('true', []), (e: Error) => !(e instanceof SpawnerUnavailableError) && /exited with status 3/.test(e.message));
   } finally {
     rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+test('encodeSpawnRequest: the frame native/spawner.c reads, byte for byte (multi-byte UTF-8, input, environment without undefined values)', async () => {
+  const { encodeSpawnRequest } = await import('../../src/util/spawner.js');
+  const frame = encodeSpawnRequest(7, '/bin/é', ['a b', '🙂', ''], { env: { K: 'v=1', GONE: undefined, Ü: 'ß' }, cwd: '/tmp/ä', input: Buffer.from([0, 1, 2]), timeoutMs: 1500.2 });
+  let off = 0;
+  const u32 = () => {
+    const n = frame.readUInt32LE(off);
+    off += 4;
+    return n;
+  };
+  const str = () => {
+    const n = u32();
+    const s = frame.subarray(off, off + n);
+    off += n;
+    return s.toString('utf8');
+  };
+  assert.equal(u32(), frame.length - 4, 'length of the rest');
+  assert.deepEqual([u32(), u32(), u32()], [7, 1501, 1], 'id, timeout (rounded up), has input');
+  const argc = u32();
+  assert.deepEqual(Array.from({ length: argc }, str), ['/bin/é', 'a b', '🙂', '']);
+  const envc = u32();
+  assert.deepEqual(Array.from({ length: envc }, str), ['K=v=1', 'Ü=ß']);
+  assert.equal(str(), '/tmp/ä');
+  const inputLen = u32();
+  assert.deepEqual([...frame.subarray(off, off + inputLen)], [0, 1, 2]);
+  assert.equal(off + inputLen, frame.length, 'nothing after the input');
+  assert.throws(() => encodeSpawnRequest(1, 'x', ['a\0b'], {}), { code: 'ERR_INVALID_ARG_VALUE' });
+});
+
+withSpawner('start(): stdin streamed in several frames reaches the program in order, and end() closes it', async (s) => {
+  const p = s.start('sh', ['-c', 'cat; echo "eof after cat"'], { input: 'first\n' });
+  for (let i = 0; i < 50; i++) p.write(`line ${i}\n`);
+  p.write(Buffer.from('bytes\n'));
+  await new Promise((res) => setTimeout(res, 50)); // the program is waiting on an open pipe meanwhile
+  p.end('last\n');
+  p.write('after the end: dropped\n');
+  const r = await p.result;
+  const want = ['first', ...Array.from({ length: 50 }, (_, i) => `line ${i}`), 'bytes', 'last', 'eof after cat'].join('\n') + '\n';
+  assert.deepEqual(r, { code: 0, signal: null, stdout: want, stderr: '' });
+});
+
+withSpawner('start(): a program whose stdin is never ended waits for it; end() with nothing written gives it EOF', async (s) => {
+  const p = s.start('sh', ['-c', 'read x; echo "got:$x"; cat; echo done']);
+  const early = await Promise.race([p.result.then(() => 'finished'), new Promise((res) => setTimeout(() => res('waiting'), 300))]);
+  assert.equal(early, 'waiting', 'stdin stays open until end()');
+  p.end();
+  assert.deepEqual(await p.result, { code: 0, signal: null, stdout: 'got:\ndone\n', stderr: '' });
+});
+
+withSpawner('start(): kill() SIGKILLs the whole process group and the result reports the signal', async (s) => {
+  const dir = mkdtempSync(path.join(os.tmpdir(), 'spawner-'));
+  try {
+    const pidFile = path.join(dir, 'bg.pid');
+    const p = s.start('sh', ['-c', `sleep 30 & echo $! > ${pidFile}; cat`]);
+    for (let i = 0; i < 250 && !existsSync(pidFile); i++) await new Promise((res) => setTimeout(res, 20));
+    const bg = Number(readFileSync(pidFile, 'utf8'));
+    assert.ok(bg > 0 && alive(bg));
+    p.kill();
+    const r = await p.result;
+    assert.equal(r.signal, 'SIGKILL');
+    assert.equal(r.code, null);
+    for (let i = 0; i < 50 && alive(bg); i++) await new Promise((res) => setTimeout(res, 20));
+    assert.equal(alive(bg), false, 'the background sleep was killed with its group');
+    p.kill(); // after the end: nothing happens
+    assert.equal((await s.run('echo', ['still here'])).stdout, 'still here\n');
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+withSpawner('start(): a program that does not read its stdin blocks no other job; past 1 MiB queued it is killed', async (s) => {
+  const stuck = s.start('sleep', ['30']);
+  // A pipe holds 64 KiB: the rest waits in the helper, which meanwhile serves other jobs.
+  const chunk = 'y'.repeat(64 * 1024);
+  for (let i = 0; i < 8; i++) stuck.write(chunk);
+  const others = await Promise.all(Array.from({ length: 8 }, (_, i) => s.run('sh', ['-c', `echo ${i}`])));
+  others.forEach((r, i) => assert.equal(r.stdout, `${i}\n`));
+  const streamed = s.start('cat', []);
+  streamed.write('through\n');
+  streamed.end();
+  assert.equal((await streamed.result).stdout, 'through\n');
+  const early = await Promise.race([stuck.result.then(() => 'finished'), new Promise((res) => setTimeout(() => res('running'), 200))]);
+  assert.equal(early, 'running', '576 KiB queued: still within the bound');
+  for (let i = 0; i < 16; i++) stuck.write(chunk);
+  const r = await stuck.result;
+  assert.equal(r.signal, 'SIGKILL');
+  assert.match(r.stderr, /killed: more than 1048576 bytes of stdin waited for it/);
+});
+
+test('startProgram: through the shared spawner (this process is not forked), stdin streamed, kill reported', async () => {
+  const { startProgram } = await import('../../src/util/exec.js');
+  const p = startProgram('sh', ['-c', 'echo $PPID; cat']);
+  p.write('a\n');
+  p.end('b\n');
+  const r = await p.result;
+  assert.equal(r.stdout, `${sharedSpawner()!.pid}\na\nb\n`);
+  const k = startProgram('sleep', ['30']);
+  k.kill();
+  assert.equal((await k.result).signal, 'SIGKILL');
+});
+
+test('startProgramDirect: the same contract with a direct spawn (the fallback when the helper cannot be run)', async () => {
+  const { startProgramDirect } = await import('../../src/util/exec.js');
+  const p = startProgramDirect('sh', ['-c', 'echo $PPID; cat'], { input: 'a\n' });
+  p.write('b\n');
+  p.end('c\n');
+  assert.equal((await p.result).stdout, `${process.pid}\na\nb\nc\n`);
+  const k = startProgramDirect('sh', ['-c', 'sleep 30 & wait']);
+  k.kill();
+  assert.equal((await k.result).signal, 'SIGKILL');
+  await assert.rejects(startProgramDirect('/nonexistent/prog', []).result, { code: 'ENOENT' });
+});
+
+test('encodeSpawnerControl and encodeStreamingSpawnRequest: the frames native/spawner.c reads', async () => {
+  const { encodeSpawnerControl, encodeStreamingSpawnRequest, encodeSpawnRequest, SpawnerControl } = await import('../../src/util/spawner.js');
+  const data = encodeSpawnerControl(SpawnerControl.StdinData, 9, Buffer.from('12\n'));
+  assert.deepEqual([data.readUInt32LE(0), data.readUInt32LE(4), data.readUInt32LE(8), data.readUInt32LE(12)], [15, 0, 1, 9]);
+  assert.equal(data.subarray(16).toString(), '12\n');
+  const kill = encodeSpawnerControl(SpawnerControl.Kill, 9);
+  assert.deepEqual([...kill], [12, 0, 0, 0, 0, 0, 0, 0, 3, 0, 0, 0, 9, 0, 0, 0]);
+  // The same frame as a plain request with an (empty) input, but for flag bit 1.
+  const opts = { env: { A: 'b' } };
+  const streaming = encodeStreamingSpawnRequest(3, 'cat', [], opts);
+  const plain = encodeSpawnRequest(3, 'cat', [], { ...opts, input: '' });
+  assert.equal(streaming.readUInt32LE(12), 3);
+  assert.equal(plain.readUInt32LE(12), 1);
+  streaming.writeUInt32LE(1, 12);
+  assert.deepEqual(streaming, plain);
+});
+
+test('startProgram: when the helper cannot be run, the program runs directly and gets what was written meanwhile', () => {
+  // A package of exec.js and its imports whose corral-spawner exists but cannot be executed.
+  const pkg = mkdtempSync(path.join(os.tmpdir(), 'spawner-pkg-'));
+  try {
+    const utilDir = path.join(pkg, 'dist/src/util');
+    mkdirSync(utilDir, { recursive: true });
+    mkdirSync(path.join(pkg, 'dist/native'));
+    writeFileSync(path.join(pkg, 'package.json'), '{"type":"module"}');
+    for (const f of ['exec.js', 'paths.js', 'spawner.js']) copyFileSync(path.join(packageRoot(), 'dist/src/util', f), path.join(utilDir, f));
+    writeFileSync(path.join(pkg, 'dist/native/corral-spawner'), 'not a program', { mode: 0o644 });
+    const modUrl = new URL(`file://${path.join(utilDir, 'exec.js')}`).href;
+    const script = `import(${JSON.stringify(modUrl)}).then(async (m) => {
+      const p = m.startProgram('sh', ['-c', 'echo "$PPID"; cat'], { input: 'a\\n' });
+      p.write('b\\n');
+      p.end('c\\n');
+      const r = await p.result;
+      const k = m.startProgram('sleep', ['30']);
+      k.kill();
+      console.log(JSON.stringify({ me: process.pid, r, killed: (await k.result).signal, spawner: m.sharedSpawner() }));
+    });`;
+    const out = spawnSync(process.execPath, ['-e', script], { encoding: 'utf8', timeout: 15_000 });
+    assert.equal(out.status, 0, out.stderr);
+    const got = JSON.parse(out.stdout) as { me: number; r: { stdout: string; code: number }; killed: string; spawner: unknown };
+    assert.equal(got.r.code, 0);
+    assert.equal(got.r.stdout, `${got.me}\na\nb\nc\n`, 'a direct child, with every write in order');
+    assert.equal(got.killed, 'SIGKILL');
+    assert.equal(got.spawner, null, 'from then on without the helper');
+  } finally {
+    rmSync(pkg, { recursive: true, force: true });
   }
 });
