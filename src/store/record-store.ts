@@ -1,4 +1,4 @@
-import { promises as fs, readdirSync } from 'node:fs';
+import { readdirSync, rmSync } from 'node:fs';
 import path from 'node:path';
 import { setImmediate } from 'node:timers/promises';
 import { writeFileAtomicSync, writeJsonAtomic, isErrno } from '../util/atomic.js';
@@ -80,8 +80,9 @@ export class RecordStore<T extends { id: string; updatedAt?: string }> {
     return queued;
   }
 
+  /** Synchronous, as save is (see writeFileAtomicSync): one small file and its folder. */
   async remove(id: string): Promise<void> {
-    await fs.rm(this.recordDir(id), { recursive: true, force: true });
+    rmSync(this.recordDir(id), { recursive: true, force: true });
   }
 
   /**
