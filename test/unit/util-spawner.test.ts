@@ -180,3 +180,31 @@ test('a helper that cannot be run fails the calls with SpawnerUnavailableError (
     rmSync(dir, { recursive: true, force: true });
   }
 });
+
+test('encodeSpawnRequest: the frame native/spawner.c reads, byte for byte (multi-byte UTF-8, input, environment without undefined values)', async () => {
+  const { encodeSpawnRequest } = await import('../../src/util/spawner.js');
+  const frame = encodeSpawnRequest(7, '/bin/é', ['a b', '🙂', ''], { env: { K: 'v=1', GONE: undefined, Ü: 'ß' }, cwd: '/tmp/ä', input: Buffer.from([0, 1, 2]), timeoutMs: 1500.2 });
+  let off = 0;
+  const u32 = () => {
+    const n = frame.readUInt32LE(off);
+    off += 4;
+    return n;
+  };
+  const str = () => {
+    const n = u32();
+    const s = frame.subarray(off, off + n);
+    off += n;
+    return s.toString('utf8');
+  };
+  assert.equal(u32(), frame.length - 4, 'length of the rest');
+  assert.deepEqual([u32(), u32(), u32()], [7, 1501, 1], 'id, timeout (rounded up), has input');
+  const argc = u32();
+  assert.deepEqual(Array.from({ length: argc }, str), ['/bin/é', 'a b', '🙂', '']);
+  const envc = u32();
+  assert.deepEqual(Array.from({ length: envc }, str), ['K=v=1', 'Ü=ß']);
+  assert.equal(str(), '/tmp/ä');
+  const inputLen = u32();
+  assert.deepEqual([...frame.subarray(off, off + inputLen)], [0, 1, 2]);
+  assert.equal(off + inputLen, frame.length, 'nothing after the input');
+  assert.throws(() => encodeSpawnRequest(1, 'x', ['a\0b'], {}), { code: 'ERR_INVALID_ARG_VALUE' });
+});
