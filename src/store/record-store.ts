@@ -1,4 +1,4 @@
-import { linkSync, mkdirSync, readdirSync, renameSync, rmSync, writeFileSync } from 'node:fs';
+import { closeSync, existsSync, ftruncateSync, linkSync, mkdirSync, openSync, readdirSync, renameSync, rmSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { setImmediate } from 'node:timers/promises';
 import { writeJsonAtomic, isErrno } from '../util/atomic.js';
@@ -31,6 +31,7 @@ export class RecordStore<T extends { id: string; updatedAt?: string }> {
    */
   private readonly spares: string[] = [];
   private spareSerial = 0;
+  private spareDirMade = false;
   private static readonly MAX_SPARES = 32;
 
   /** Beside the store's folder (same file system, for rename and link), not in it: that holds records only. */
@@ -41,8 +42,21 @@ export class RecordStore<T extends { id: string; updatedAt?: string }> {
   /** A path in the spare folder for an inode about to be kept; undefined when the pool is full. */
   private newSparePath(): string | undefined {
     if (this.spares.length >= RecordStore.MAX_SPARES) return undefined;
-    mkdirSync(this.spareDir(), { recursive: true, mode: 0o700 });
+    if (!this.spareDirMade) mkdirSync(this.spareDir(), { recursive: true, mode: 0o700 });
+    this.spareDirMade = true;
     return path.join(this.spareDir(), String(++this.spareSerial));
+  }
+
+  /** A spare renamed to `tmp` and opened for writing; undefined when there is none. */
+  private openSpareAs(tmp: string): number | undefined {
+    const spare = this.spares.pop();
+    if (!spare) return undefined;
+    try {
+      renameSync(spare, tmp);
+      return openSync(tmp, 'r+');
+    } catch {
+      return undefined; // gone (a hand-cleaned folder): a new file then
+    }
   }
 
   /**
@@ -53,22 +67,24 @@ export class RecordStore<T extends { id: string; updatedAt?: string }> {
     const dir = path.dirname(file);
     mkdirSync(dir, { recursive: true });
     const tmp = path.join(dir, `.${path.basename(file)}.tmp`);
-    const spare = this.spares.pop();
-    if (spare) {
-      try {
-        renameSync(spare, tmp);
-      } catch {
-        // Gone (a hand-cleaned folder): the write below makes a new file.
-      }
-    }
-    // O_TRUNC: a spare's old content is gone before the new is written.
-    writeFileSync(tmp, data, { mode: 0o600 });
-    let kept: string | undefined;
+    const bytes = Buffer.from(data, 'utf8');
+    // A spare is written over in place and cut to the new length (its blocks reused, none
+    // freed and allocated again); without one, a new file.
+    const fd = this.openSpareAs(tmp) ?? openSync(tmp, 'w', 0o600);
     try {
-      kept = this.newSparePath();
-      if (kept) linkSync(file, kept);
-    } catch {
-      kept = undefined; // first save (no file yet), or the link failed: the replaced inode is freed
+      writeFileSync(fd, bytes);
+      ftruncateSync(fd, bytes.length);
+    } finally {
+      closeSync(fd);
+    }
+    let kept: string | undefined;
+    if (existsSync(file)) {
+      try {
+        kept = this.newSparePath();
+        if (kept) linkSync(file, kept);
+      } catch {
+        kept = undefined; // the replaced inode is freed, as without spares
+      }
     }
     try {
       renameSync(tmp, file);
@@ -171,6 +187,7 @@ export class RecordStore<T extends { id: string; updatedAt?: string }> {
     // Spares of an earlier run are dropped (their names would clash with this run's).
     rmSync(this.spareDir(), { recursive: true, force: true });
     this.spares.length = 0;
+    this.spareDirMade = false;
     for (const name of entries) {
       const dir = path.join(this.dir, name);
       try {
