@@ -12,7 +12,7 @@
  * matches), waits until they are empty, removes them and the pidfile. Every step is
  * idempotent, so a Stop after a crash at any point (even mid-launch) leaves nothing.
  */
-import { promises as fs, readFileSync } from 'node:fs';
+import { readFileSync, rmSync, rmdirSync } from 'node:fs';
 import path from 'node:path';
 import { execFile } from '../util/exec.js';
 import { isErrno } from '../util/atomic.js';
@@ -106,9 +106,12 @@ export async function startPodInit(spec: PodInitSpec): Promise<{ pid: number; st
   throw new Error(`cannot start the pod's pause${reply?.step ? ` (${reply.step})` : ''}: ${why}`);
 }
 
-async function cgroupPids(dir: string): Promise<number[]> {
+// Stop reads, kills and removes synchronously: cgroupfs, procfs and the pidfile (in the
+// pod's state folder, on tmpfs by default) answer from memory in ~10 µs a call, while each of
+// the ~50 thread-pool round trips a Stop made (11 cgroup v1 hierarchies) cost ~0.1 ms of CPU.
+function cgroupPids(dir: string): number[] {
   try {
-    const text = await fs.readFile(path.join(dir, 'cgroup.procs'), 'utf8');
+    const text = readFileSync(path.join(dir, 'cgroup.procs'), 'utf8');
     return text.split('\n').filter(Boolean).map(Number).filter((n) => n > 0);
   } catch (e) {
     if (isErrno(e, 'ENOENT', 'ENODEV')) return [];
@@ -120,7 +123,7 @@ async function cgroupPids(dir: string): Promise<number[]> {
 async function recordedPause(pidFile: string): Promise<number | null> {
   let text: string;
   try {
-    text = await fs.readFile(pidFile, 'utf8');
+    text = readFileSync(pidFile, 'utf8');
   } catch (e) {
     if (isErrno(e, 'ENOENT')) return null;
     throw e;
@@ -152,7 +155,7 @@ export async function stopPodInit(res: PodInitResources): Promise<void> {
   let cgroups = res.cgroups;
   for (let delay = 0.5; ; delay = Math.min(delay * 2, 20)) {
     const recorded = await recordedPause(res.pidFile);
-    const members = (await Promise.all(cgroups.map(cgroupPids))).flat();
+    const members = cgroups.flatMap(cgroupPids);
     if (recorded === null && members.length === 0) break;
     if (recorded !== null) kill(recorded);
     for (const pid of new Set(members)) kill(pid);
@@ -161,14 +164,14 @@ export async function stopPodInit(res: PodInitResources): Promise<void> {
     await sleep(delay);
   }
   await Promise.all(res.cgroups.map((dir) => removeCgroup(dir, deadline)));
-  await fs.rm(res.pidFile, { force: true });
-  await fs.rm(`${res.pidFile}.tmp`, { force: true });
+  rmSync(res.pidFile, { force: true });
+  rmSync(`${res.pidFile}.tmp`, { force: true });
 }
 
 async function removeCgroup(dir: string, deadline: number): Promise<void> {
   for (let delay = 1; ; delay = Math.min(delay * 2, 20)) {
     try {
-      await fs.rmdir(dir);
+      rmdirSync(dir);
       return;
     } catch (e) {
       if (isErrno(e, 'ENOENT')) return;

@@ -12,7 +12,7 @@
  * that arrives while Run is between steps waits for Run to finish or roll back, then stops
  * what Run made; a container being created keeps its pod from being removed under it.
  */
-import { promises as fs } from 'node:fs';
+import { promises as fs, mkdirSync, rmSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { performance } from 'node:perf_hooks';
@@ -394,7 +394,8 @@ export class SandboxService {
     await run.timed('record', () => tx.save(run.record, NOT_FSYNCED));
     run.intentDurable = tx.sync();
     run.intentDurable.catch(() => { /* awaited by awaitIntent, or moot after a rollback */ });
-    await fs.mkdir(volatileDir, { recursive: true, mode: 0o711 });
+    // Synchronous, as the files written into it (writeSandboxFiles): a folder on tmpfs.
+    mkdirSync(volatileDir, { recursive: true, mode: 0o711 });
     undo.push('remove sandbox state dir', async (failed) => {
       if (failed === 0) await fs.rm(volatileDir, { recursive: true, force: true });
     });
@@ -647,7 +648,9 @@ export class SandboxService {
       if (!record) return;
       await this.containers.removeAll(id);
       const releasedLayers = await this.stopLocked(tx, id, false);
-      await fs.rm(this.volatileDir(id), { recursive: true, force: true });
+      // Synchronous: a handful of small files on tmpfs, where rm's async walk made ~10
+      // thread-pool round trips (lstat, readdir, unlink, rmdir), ~0.1 ms of CPU each.
+      rmSync(this.volatileDir(id), { recursive: true, force: true });
       await tx.forget();
       this.announcedDown.delete(id);
       this.names.release(sandboxNameKey(record.metadata), id);

@@ -1,5 +1,8 @@
 /** Small file-system helpers shared across the daemon. */
-import { promises as fs } from 'node:fs';
+import { promises as fs, closeSync, fsync, openSync } from 'node:fs';
+import { promisify } from 'node:util';
+
+const fsyncFd = promisify(fsync);
 
 /**
  * Whether something (a file, a directory, a symlink even if dangling) is at p. Absent is
@@ -18,22 +21,26 @@ export async function exists(p: string): Promise<boolean> {
 
 /** fsyncs a directory, so that a rename or create in it survives a crash. */
 export async function fsyncDir(dir: string): Promise<void> {
-  const dh = await fs.open(dir, 'r');
+  await fsyncPath(dir);
+}
+
+/**
+ * Only the fsync goes to the thread pool: open and close of a file or folder whose
+ * blocks are cached take microseconds, while each thread-pool round trip costs the
+ * daemon ~0.1 ms of CPU (a wake-up of a worker and of the event loop), three per fsync.
+ */
+async function fsyncPath(p: string): Promise<void> {
+  const fd = openSync(p, 'r');
   try {
-    await dh.sync();
+    await fsyncFd(fd);
   } finally {
-    await dh.close();
+    closeSync(fd);
   }
 }
 
 /** fsyncs a file's data and inode (opened read-only: fsync needs no write access). */
 export async function fsyncFile(file: string): Promise<void> {
-  const fh = await fs.open(file, 'r');
-  try {
-    await fh.sync();
-  } finally {
-    await fh.close();
-  }
+  await fsyncPath(file);
 }
 
 /** A text file's content; undefined when it does not exist (other errors throw). */

@@ -104,7 +104,8 @@ export async function readRegularFile(file: string, opts: SafeReadOptions): Prom
  * readRegularFile with synchronous syscalls, the same checks and caps. For reading many
  * small files at start-up, before the daemon serves: each async call is a thread-pool round
  * trip (seven per file), and 500 sandbox records took 0.2–1.4 s that way on 2 busy cores
- * against 20–130 ms like this. Never while serving: it blocks the event loop.
+ * against 20–130 ms like this. While serving, only for small files whose blocks are
+ * cached (a CNI cache entry written at ADD): it blocks the event loop.
  */
 export function readRegularFileSync(file: string, opts: SafeReadOptions): Buffer {
   const name = opts.describe ?? file;

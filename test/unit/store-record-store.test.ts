@@ -220,3 +220,74 @@ test('a failed store-folder fsync fails every sync that shared it, and the next 
   for (const s of store.dirSyncs.slice(-2)) s.release();
   await again;
 });
+
+test('INODES_RECYCLED: pod cycles (intent, ready, stopped, removed) write into the files of earlier records, not new ones', async (t) => {
+  const store = await tempStore(t);
+  const seen = new Set<number>();
+  /** The inodes of a cycle's saves with durable false; every inode it had goes into `seen` after the check. */
+  const cycle = async (id: string): Promise<number[]> => {
+    const inodes: number[] = [];
+    const ino = async () => {
+      const st = await fs.stat(path.join(store.recordDir(id), 'record.json'));
+      assert.equal(st.mode & 0o777, 0o600, 'still private');
+      return st.ino;
+    };
+    for (const state of ['creating', 'ready', 'notready']) {
+      await store.save({ id, state, payload: `${id}:${state}` }, { durable: false });
+      inodes.push(await ino());
+    }
+    await store.save({ id, state: 'notready', payload: `${id}:durable` }); // a durable save (a new file, as before)
+    const durable = await ino();
+    await store.remove(id);
+    return [...inodes, -durable];
+  };
+  const remember = (inodes: number[]) => inodes.forEach((i) => seen.add(Math.abs(i)));
+  remember(await cycle('first'));
+  remember(await cycle('second'));
+  for (const id of ['third', 'fourth']) {
+    const inodes = await cycle(id);
+    assert.deepEqual(inodes.filter((i) => i > 0 && !seen.has(i)), [], `${id}: every save with durable false reused a file of an earlier record`);
+    remember(inodes);
+  }
+  assert.deepEqual(await fs.readdir(path.join(path.dirname(store.dir))).then((n) => n.sort()), ['.sandboxes-spare', 'sandboxes'], 'spares live beside the store, not in it');
+  assert.deepEqual(await fs.readdir(store.dir), [], 'no record left');
+});
+
+test('INODES_RECYCLED: a spare never shares its file with a live record; records stay whole; a restart drops the spares', async (t) => {
+  const store = await tempStore(t);
+  const ids = ['a', 'b', 'c'];
+  for (let round = 0; round < 4; round++) {
+    for (const id of ids) await store.save({ id, state: `r${round}`, payload: `${id}`.repeat(1000 * (round + 1)) }, { durable: false });
+    await store.remove('b');
+  }
+  const spareDir = path.join(path.dirname(store.dir), '.sandboxes-spare');
+  const spareInodes = new Set(await Promise.all((await fs.readdir(spareDir)).map(async (n) => (await fs.stat(path.join(spareDir, n))).ino)));
+  assert.ok(spareInodes.size > 0);
+  for (const id of ['a', 'c']) {
+    const file = path.join(store.recordDir(id), 'record.json');
+    const st = await fs.stat(file);
+    assert.equal(st.nlink, 1, `${id}: its file has no other name`);
+    assert.ok(!spareInodes.has(st.ino), `${id}: not a spare`);
+    assert.deepEqual(await fs.readdir(store.recordDir(id)), ['record.json'], `${id}: no temp file left`);
+  }
+  const again = new RecordStore<Rec>(store.dir, 'record.json');
+  const loaded = await again.loadAll();
+  assert.deepEqual(loaded.errors, []);
+  assert.deepEqual(loaded.records.sort(byId).map((r) => [r.id, r.state, r.payload]), [['a', 'r3', 'a'.repeat(4000)], ['c', 'r3', 'c'.repeat(4000)]]);
+  await assert.rejects(fs.stat(spareDir), { code: 'ENOENT' }, 'spares of the earlier run dropped');
+  await again.save({ id: 'a', state: 'after', payload: 'x' }, { durable: false });
+  assert.equal((await again.loadAll()).records.find((r) => r.id === 'a')?.state, 'after');
+});
+
+test('INODES_RECYCLED: a shorter record written into a longer spare leaves none of the old bytes', async (t) => {
+  const store = await tempStore(t);
+  await store.save({ id: 'big', state: 'x', payload: 'b'.repeat(50_000) }, { durable: false });
+  await store.save({ id: 'big', state: 'y', payload: 'b'.repeat(40_000) }, { durable: false }); // the 50 kB file becomes a spare
+  await store.remove('big'); // and the 40 kB one
+  for (const id of ['s1', 's2', 's3']) await store.save({ id, state: 'small' }, { durable: false });
+  for (const id of ['s1', 's2', 's3']) {
+    const text = await fs.readFile(path.join(store.recordDir(id), 'record.json'), 'utf8');
+    assert.equal(JSON.parse(text).state, 'small');
+    assert.ok(text.length < 200, `${id}: ${text.length} bytes, nothing of the spare's old content`);
+  }
+});

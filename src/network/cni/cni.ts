@@ -162,15 +162,20 @@ export class CniManager {
     this.status = { ready: false, message: 'CNI configuration not loaded yet', networks: [], errors: [], loopback: false };
   }
 
+  /**
+   * The daemon's environment for the plugins, copied once per manager: each read of
+   * process.env goes through libuv's environment lock (~60 µs for a copy here, per chain
+   * and network), and the daemon never changes its environment once started.
+   */
+  private readonly baseEnv: NodeJS.ProcessEnv = { ...process.env };
+
   private invokeOptions(): InvokeOptions {
     const observer = this.opts.observer;
     return {
       binDirs: this.opts.binDirs,
       knownPlugins: this.knownPlugins,
       timeoutMs: this.opts.pluginTimeoutMs ?? 120_000,
-      // The daemon's environment, read once for the whole chain instead of once per plugin
-      // (each read of process.env goes through libuv's environment lock: ~60 µs here).
-      baseEnv: { ...process.env },
+      baseEnv: this.baseEnv,
       onPluginError: observer && ((e) => observer.cniPluginFailed(e.pluginType, e.verb)),
     };
   }

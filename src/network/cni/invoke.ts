@@ -60,7 +60,7 @@ export interface InvokeOptions {
   timeoutMs?: number;
   /** Pause between "text file busy" retries (tests shorten it). */
   busyRetryDelayMs?: number;
-  /** The environment plugins get besides the CNI_ variables: process.env unless set (CniManager passes a copy read once per chain). */
+  /** The environment plugins get besides the CNI_ variables: process.env unless set (CniManager passes a copy it read once); never changed. */
   baseEnv?: NodeJS.ProcessEnv;
   /** Told of every failed invocation (metrics). */
   onPluginError?: (e: CniPluginError) => void;
