@@ -56,42 +56,14 @@ export async function execFile(file: string, args: readonly string[], opts: Exec
   }
 }
 
-/** execFile with a fork of this process (child_process.spawn) instead of corral-spawner. */
+/**
+ * execFile with a fork of this process (child_process.spawn) instead of corral-spawner: the
+ * same contract, output kept up to SPAWNER_MAX_OUTPUT bytes per stream as through the helper.
+ */
 export function execFileDirect(file: string, args: readonly string[], opts: ExecOptions = {}): Promise<ExecResult> {
-  return new Promise((resolve, reject) => {
-    const child = spawn(file, args, {
-      env: opts.env ?? process.env,
-      cwd: opts.cwd,
-      stdio: [opts.input === undefined ? 'ignore' : 'pipe', 'pipe', 'pipe'],
-      detached: true,
-    });
-    const out: Buffer[] = [];
-    const err: Buffer[] = [];
-    child.stdout!.on('data', (b: Buffer) => out.push(b));
-    child.stderr!.on('data', (b: Buffer) => err.push(b));
-    let timer: NodeJS.Timeout | undefined;
-    if (opts.timeoutMs) {
-      timer = setTimeout(() => {
-        try {
-          if (child.pid) process.kill(-child.pid, 'SIGKILL');
-        } catch {
-          child.kill('SIGKILL');
-        }
-      }, opts.timeoutMs);
-    }
-    child.on('error', (e) => {
-      if (timer) clearTimeout(timer);
-      reject(e);
-    });
-    child.on('close', (code, signal) => {
-      if (timer) clearTimeout(timer);
-      resolve({ code, signal, stdout: Buffer.concat(out).toString('utf8'), stderr: Buffer.concat(err).toString('utf8') });
-    });
-    if (opts.input !== undefined) {
-      child.stdin!.on('error', () => { /* the program may exit without reading its input */ });
-      child.stdin!.end(opts.input);
-    }
-  });
+  const program = spawnDirect(file, args, opts, false);
+  program.end();
+  return program.result;
 }
 
 /**
@@ -140,7 +112,17 @@ export function startProgram(file: string, args: readonly string[], opts: ExecOp
 
 /** startProgram with a fork of this process; each output stream kept up to SPAWNER_MAX_OUTPUT bytes, as through the helper. */
 export function startProgramDirect(file: string, args: readonly string[], opts: ExecOptions = {}): RunningProgram {
-  const child = spawn(file, args, { env: opts.env ?? process.env, cwd: opts.cwd, stdio: ['pipe', 'pipe', 'pipe'], detached: true });
+  return spawnDirect(file, args, opts, true);
+}
+
+/**
+ * The direct spawn behind execFileDirect and startProgramDirect: a process group of its own
+ * (the timeout and kill() SIGKILL all of it), output capped; stdin is /dev/null unless there
+ * is input or it is kept open for writes (`stdinOpen`), as corral-spawner does.
+ */
+function spawnDirect(file: string, args: readonly string[], opts: ExecOptions, stdinOpen: boolean): RunningProgram {
+  const pipedStdin = stdinOpen || opts.input !== undefined;
+  const child = spawn(file, args, { env: opts.env ?? process.env, cwd: opts.cwd, stdio: [pipedStdin ? 'pipe' : 'ignore', 'pipe', 'pipe'], detached: true });
   const killGroup = () => {
     try {
       if (child.pid) process.kill(-child.pid, 'SIGKILL');
@@ -175,20 +157,21 @@ export function startProgramDirect(file: string, args: readonly string[], opts: 
       resolve({ code, signal, stdout: out(), stderr: err() });
     });
   });
-  const stdin = child.stdin!;
-  stdin.on('error', () => { /* the program may exit without reading its input */ });
-  if (opts.input !== undefined) stdin.write(opts.input);
+  const stdin = child.stdin;
+  stdin?.on('error', () => { /* the program may exit without reading its input */ });
+  if (opts.input !== undefined) stdin!.write(opts.input);
+  const open = () => stdin !== null && !stdin.writableEnded && !stdin.destroyed;
   return {
     result,
     write(data) {
-      if (!stdin.writableEnded && !stdin.destroyed) stdin.write(data);
+      if (open()) stdin!.write(data);
     },
     end(data) {
-      if (!stdin.writableEnded && !stdin.destroyed) stdin.end(data);
+      if (open()) stdin!.end(data);
     },
     kill() {
       killGroup();
-      stdin.destroy();
+      stdin?.destroy();
     },
   };
 }

@@ -8,9 +8,10 @@
  * Same contract as a direct spawn (util/exec.ts execFile): argv, environment, cwd, stdin
  * input, a new session per program, a timeout that SIGKILLs its process group, the result
  * once it exited and closed its output; a program that cannot be started rejects with an
- * errno-coded Error like Node's ('ENOENT', 'EACCES', 'ETXTBSY', ...). Unlike a direct spawn,
+ * errno-coded Error like Node's ('ENOENT', 'EACCES', 'ETXTBSY', ...). Unlike a bare spawn,
  * each output stream is kept up to 16 MiB (the rest is read and dropped, and a note says
- * so): a runaway program cannot grow the daemon's memory without bound.
+ * so): a runaway program cannot grow the daemon's memory without bound (the direct
+ * fallback in util/exec.ts keeps the same cap).
  *
  * start() runs a program whose stdin stays open: the caller writes to it as it goes (each
  * write one frame to the helper, which queues it for the program and writes it as the
