@@ -74,6 +74,9 @@ export class RecordStore<T extends { id: string; updatedAt?: string }> {
     try {
       writeFileSync(fd, bytes);
       ftruncateSync(fd, bytes.length);
+    } catch (e) {
+      rmSync(tmp, { force: true }); // a failed write (ENOSPC) leaves no temp file
+      throw e;
     } finally {
       closeSync(fd);
     }
