@@ -22,11 +22,10 @@
 import { promises as fs, readFileSync, readdirSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { randomBytes } from 'node:crypto';
 import { packageRoot } from '../src/util/paths.js';
 import { BenchCorral } from './corral.js';
 import { Floor } from './floor.js';
-import { fmtMs, installSignalHandlers, isAborted, kubeletPodConfig, onCleanup, p50, parseBenchFlags, pool, printTable, runBench, sleep, type PidMode } from './lib.js';
+import { fmtMs, installSignalHandlers, isAborted, kubeletPodConfig, makeBenchDir, onCleanup, p50, parseBenchFlags, pool, printTable, procCpu, runBench, sleep, spawnerPids, type PidMode } from './lib.js';
 
 const USAGE = 'usage: node dist/bench/cpubench.js [--pods 60] [--concurrency 4] [--rounds 2] [--pid CONTAINER,POD] [--build DIR]...';
 const flags = parseBenchFlags(USAGE, {
@@ -46,7 +45,6 @@ const PID_MODES = flags.pid.split(',').map((m) => (m.trim().toUpperCase() === 'P
 const BUILDS = flags.build?.length ? flags.build.map((b) => path.resolve(b)) : [packageRoot()];
 
 /** Clock ticks per second of /proc/<pid>/stat's times (USER_HZ: 100 on every Linux port that matters). */
-const CLK_TCK = 100;
 
 interface CpuSample {
   /** utime+stime of the process (all threads), ms. */
@@ -58,10 +56,7 @@ interface CpuSample {
 }
 
 function cpuOfProcess(pid: number): CpuSample {
-  const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
-  // Fields after the command (which may contain spaces): state is field 3, utime 14 ... cstime 17.
-  const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
-  const ticks = (i: number) => Number(f[i - 3]);
+  const { self, children } = procCpu(pid);
   let selfNs = 0;
   for (const t of readdirSync(`/proc/${pid}/task`)) {
     try {
@@ -70,7 +65,7 @@ function cpuOfProcess(pid: number): CpuSample {
       // the thread exited
     }
   }
-  return { self: ((ticks(14) + ticks(15)) * 1000) / CLK_TCK, children: ((ticks(16) + ticks(17)) * 1000) / CLK_TCK, selfNs: selfNs / 1e6 };
+  return { self, children, selfNs: selfNs / 1e6 };
 }
 
 /**
@@ -80,16 +75,9 @@ function cpuOfProcess(pid: number): CpuSample {
  */
 function cpuOf(pid: number): CpuSample {
   const total = cpuOfProcess(pid);
-  let kids: string[] = [];
-  try {
-    kids = readFileSync(`/proc/${pid}/task/${pid}/children`, 'utf8').trim().split(/\s+/).filter(Boolean);
-  } catch {
-    // no children file: nothing to add
-  }
-  for (const k of kids) {
+  for (const k of spawnerPids(pid)) {
     try {
-      if (readFileSync(`/proc/${k}/comm`, 'utf8').trim() !== 'corral-spawner') continue;
-      const h = cpuOfProcess(Number(k));
+      const h = cpuOfProcess(k);
       total.self += h.self;
       total.selfNs += h.selfNs;
       total.children += h.children;
@@ -145,10 +133,7 @@ async function round(corral: BenchCorral, build: string, pidMode: PidMode, concu
 
 async function main(): Promise<void> {
   installSignalHandlers();
-  const tag = randomBytes(3).toString('hex');
-  const dir = `/run/corral-bench-${tag}`;
-  await fs.mkdir(dir, { recursive: true });
-  onCleanup('bench dir', () => fs.rm(dir, { recursive: true, force: true }));
+  const { tag, dir } = await makeBenchDir();
   const logRoot = path.join(dir, 'pod-logs');
   console.log(`cpubench: ${PODS} pods per round, pid ${PID_MODES.join(', ')}, serial and ${CONCURRENCY} in flight, ${ROUNDS} rounds; ${new Date().toISOString()}`);
   console.log(`load average at start: ${os.loadavg().map((l) => l.toFixed(2)).join(' ')}; daemon node flags: ${process.env.CORRAL_BENCH_NODE_FLAGS ?? '(default)'}`);

@@ -16,8 +16,9 @@
  * the peak; its memory right after, 5 s and 15 s later. Memory is VmRSS, RssAnon and, from
  * /proc/<pid>/smaps, the resident part of glibc's main heap ([heap]) and of the anonymous
  * mappings (V8's heap, glibc's mmapped chunks and thread arenas). CPU per pull is the
- * daemon's utime+stime (plus its reaped children's) over the pulls, divided by their count;
- * minor faults per pull too (an allocator that mmaps every big Buffer pays them).
+ * daemon's utime+stime with its corral-spawner's (plus the unpack helpers they reaped) over
+ * the pulls, divided by their count; the daemon's minor faults per pull too (an allocator
+ * that mmaps every big Buffer pays them).
  *
  * Shapes (each busybox plus, distinct per image): large-files, 4 layers of one 24 MiB file;
  * thousands, one layer of 4,200 files of 1–8 KiB; scale, scalebench's (200 small files, 2 × 1 MiB).
@@ -29,7 +30,7 @@ import { DAEMON_ENV } from '../src/cli/node-flags.js';
 import { pushImage, startRegistry } from '../test/helpers/registry.js';
 import { buildImage, buildLayer, busyboxEntries, type TarEntry, type TestImage } from '../test/helpers/test-images.js';
 import { BenchCorral } from './corral.js';
-import { installSignalHandlers, isAborted, onCleanup, p50, parseBenchFlags, printTable, runBench, sleep } from './lib.js';
+import { compressibleBytes, daemonCpu, fmtNum, installSignalHandlers, isAborted, makeBenchDir, onCleanup, p50, parseBenchFlags, printTable, runBench, sleep, smallFileEntries } from './lib.js';
 import { createImageClient, call } from '../src/cri/client.js';
 
 const T = (s: string) => ({ GLIBC_TUNABLES: s });
@@ -75,42 +76,10 @@ if (!(PULLS >= 1 && RUNS >= 1) || SHAPES_RUN.some((s) => !SHAPES.includes(s)) ||
   process.exit(2);
 }
 
-const CLK_TCK = 100;
-
-/** Deterministic bytes gzip shrinks about 2:1 (as pullbench's): xorshift noise and a pattern, alternating by 512 bytes. */
-function content(seed: number, n: number): Buffer {
-  const out = Buffer.alloc(n);
-  let x = ((seed + 1) * 2654435761) >>> 0 || 1;
-  for (let start = 0, block = 0; start < n; start += 512, block++) {
-    const end = Math.min(n, start + 512);
-    if (block & 1) {
-      for (let i = start; i < end; i++) out[i] = (i * 7 + seed) & 0x3f;
-      continue;
-    }
-    for (let i = start; i < end; i += 4) {
-      x ^= x << 13;
-      x >>>= 0;
-      x ^= x >>> 17;
-      x ^= x << 5;
-      x >>>= 0;
-      for (let k = 0; k < 4 && i + k < end; k++) out[i + k] = (x >>> (8 * k)) & 0xff;
-    }
-  }
-  return out;
-}
-
 function layersOf(shape: Shape, i: number): TarEntry[][] {
   const opt: TarEntry = { path: 'opt/', type: 'directory' };
-  if (shape === 'large-files') return [0, 1, 2, 3].map((l) => [opt, { path: `opt/blob${l}`, content: content(i * 1000 + l, 24 << 20) }]);
-  if (shape === 'thousands') {
-    const entries: TarEntry[] = [opt, { path: 'opt/many/', type: 'directory' }];
-    for (let d = 0; d < 40; d++) entries.push({ path: `opt/many/d${d}/`, type: 'directory' });
-    for (let f = 0; f < 4200; f++) {
-      const size = 1024 + (((f * 2654435761 + i * 40503) >>> 0) % (7 * 1024));
-      entries.push({ path: `opt/many/d${f % 40}/f${f}`, content: content(i * 100_000 + f, size) });
-    }
-    return [entries];
-  }
+  if (shape === 'large-files') return [0, 1, 2, 3].map((l) => [opt, { path: `opt/blob${l}`, content: compressibleBytes(i * 1000 + l, 24 << 20) }]);
+  if (shape === 'thousands') return [[opt, ...smallFileEntries('opt/many', i, 4200, 40)]];
   const small: TarEntry[] = [{ path: `data${i}/`, type: 'directory' }];
   for (let f = 0; f < 200; f++) small.push({ path: `data${i}/f${f}`, content: randomBytes(512 + ((f * 997) % 8000)) });
   return [small, [{ path: `big${i}/`, type: 'directory' }, { path: `big${i}/a`, content: randomBytes(1 << 20) }, { path: `big${i}/b`, content: randomBytes(1 << 20) }]];
@@ -149,14 +118,6 @@ function memOf(pid: number): Mem {
   return { rss: kib('VmRSS'), anon: kib('RssAnon'), heap, anonMaps };
 }
 
-/** CPU ms of the process (all threads) and of its reaped children, and its minor faults. */
-function cpuOf(pid: number): { self: number; children: number; minflt: number } {
-  const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
-  const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
-  // Fields from 3 (state) on: minflt is 10, utime 14, stime 15, cutime 16, cstime 17.
-  const n = (field: number) => Number(f[field - 3]);
-  return { self: ((n(14) + n(15)) * 1000) / CLK_TCK, children: ((n(16) + n(17)) * 1000) / CLK_TCK, minflt: n(10) };
-}
 
 interface Record_ {
   setting: string;
@@ -194,7 +155,7 @@ async function oneDaemon(dir: string, tag: string, setting: string, shape: Shape
         /* gone */
       }
     }, 50);
-    const c0 = cpuOf(pid);
+    const c0 = daemonCpu(pid);
     const t0 = performance.now();
     try {
       for (const ref of refs) await call(images, 'PullImage', { image: { image: ref } }, { deadlineMs: 300_000 });
@@ -202,7 +163,7 @@ async function oneDaemon(dir: string, tag: string, setting: string, shape: Shape
       clearInterval(sampler);
     }
     const pullMs = (performance.now() - t0) / refs.length;
-    const c1 = cpuOf(pid);
+    const c1 = daemonCpu(pid);
     const after = memOf(pid);
     await sleep(5000);
     const after5 = memOf(pid);
@@ -229,14 +190,11 @@ async function oneDaemon(dir: string, tag: string, setting: string, shape: Shape
   }
 }
 
-const mib = (kib: number) => (kib / 1024).toFixed(1);
+const mib = (kib: number) => fmtNum(kib / 1024);
 
 async function main(): Promise<void> {
   installSignalHandlers();
-  const tag = randomBytes(3).toString('hex');
-  const dir = `/run/corral-bench-${tag}`;
-  await fs.mkdir(dir, { recursive: true });
-  onCleanup('bench dir', () => fs.rm(dir, { recursive: true, force: true, maxRetries: 20, retryDelay: 100 }));
+  const { tag, dir } = await makeBenchDir();
   console.log(`heapbench ${tag}: ${PULLS} cold pulls per daemon; shapes ${SHAPES_RUN.join(', ')}; settings ${SETTINGS_RUN.join(', ')}; ${RUNS} runs`);
   for (const s of SETTINGS_RUN) console.log(`  ${s}: ${Object.entries(SETTINGS[s]!).map(([k, v]) => `${k}=${v}`).join(' ') || '(nothing added)'}`);
 
@@ -272,7 +230,7 @@ async function main(): Promise<void> {
     }
   }
 
-  console.log(`\nMedians over ${RUNS} runs (MiB; growth = RSS − idle RSS; CPU per pull in ms, daemon + reaped children):\n`);
+  console.log(`\nMedians over ${RUNS} runs (MiB; growth = RSS − idle RSS; CPU per pull in ms, daemon and its spawner + the helpers they reaped):\n`);
   const rows: string[][] = [['shape', 'setting', 'idle', 'peak', 'peak anon', 'after', '+5 s', '+15 s', 'growth +15 s (min–max)', 'heap +15 s', 'anon maps +15 s', 'CPU/pull', 'faults/pull', 'ms/pull']];
   for (const shape of SHAPES_RUN) {
     for (const setting of SETTINGS_RUN) {

@@ -1,13 +1,15 @@
 /**
- * Shared pieces of the pod benchmark: statistics, an RSS sampler, a cleanup registry that
- * also runs on Ctrl-C, kubelet-like pod configs, a concurrency pool and table printing.
+ * Shared pieces of the benchmarks: statistics, RSS and CPU readings (a daemon with its
+ * corral-spawner), a cleanup registry that also runs on Ctrl-C and the bench dir, kubelet-like
+ * pod configs, image content, a concurrency pool and table printing.
  * Nothing here asserts: the benchmark only measures and prints.
  */
 import { execFile } from 'node:child_process';
-import { readFileSync, readdirSync } from 'node:fs';
+import { promises as fs, readFileSync, readdirSync } from 'node:fs';
 import { performance } from 'node:perf_hooks';
 import { randomBytes } from 'node:crypto';
 import { parseArgs, type ParseArgsConfig } from 'node:util';
+import type { TarEntry } from '../test/helpers/test-images.js';
 
 // ---------------------------------------------------------------- statistics
 
@@ -88,6 +90,59 @@ export function pidsWithCmdline(...needles: string[]): number[] {
   return out;
 }
 
+// ---------------------------------------------------------------- CPU
+
+/** Clock ticks per second of /proc/<pid>/stat's times (USER_HZ). */
+export const CLK_TCK = 100;
+
+/** CPU of one process from /proc/<pid>/stat, in ms: its own (all threads), and of the children it reaped; its minor faults. Throws if it is gone. */
+export function procCpu(pid: number): { self: number; children: number; minflt: number } {
+  const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+  // Fields after the command (which may contain spaces): state is field 3, minflt 10, utime 14 ... cstime 17.
+  const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+  const n = (field: number) => Number(f[field - 3]);
+  return { self: ((n(14) + n(15)) * 1000) / CLK_TCK, children: ((n(16) + n(17)) * 1000) / CLK_TCK, minflt: n(10) };
+}
+
+/**
+ * The live corral-spawner children of a daemon: the long-lived helper that runs the
+ * daemon's programs (CNI plugins, corral-unpack, ...) and reaps them, so the daemon's own
+ * cutime misses them.
+ */
+export function spawnerPids(pid: number): number[] {
+  let kids: string[] = [];
+  try {
+    kids = readFileSync(`/proc/${pid}/task/${pid}/children`, 'utf8').trim().split(/\s+/).filter(Boolean);
+  } catch {
+    return [];
+  }
+  return kids.map(Number).filter((k) => {
+    try {
+      return readFileSync(`/proc/${k}/comm`, 'utf8').trim() === 'corral-spawner';
+    } catch {
+      return false; // it exited
+    }
+  });
+}
+
+/**
+ * A Corral daemon's CPU in ms, counting its corral-spawner as part of it: self is the
+ * daemon's and the spawner's own CPU, children what either reaped (the programs they ran).
+ */
+export function daemonCpu(pid: number): { self: number; children: number; minflt: number } {
+  const total = procCpu(pid);
+  for (const k of spawnerPids(pid)) {
+    try {
+      const h = procCpu(k);
+      total.self += h.self;
+      total.children += h.children;
+    } catch {
+      // it exited
+    }
+  }
+  return total;
+}
+
 /**
  * Samples the RSS of a main process (and optionally of helper processes, e.g.
  * containerd's shims, re-discovered every 250 ms) every 50 ms and keeps the peaks.
@@ -137,6 +192,18 @@ let inflight = 0;
 /** Registers something to undo at the end (run in reverse order of registration). */
 export function onCleanup(what: string, fn: () => Promise<void>): void {
   cleanups.push({ what, fn });
+}
+
+/**
+ * A fresh /run/corral-bench-<tag> for everything a run makes, removed at the end (retried:
+ * after Ctrl-C a floor or helper may still be making a file or two in there).
+ */
+export async function makeBenchDir(): Promise<{ tag: string; dir: string }> {
+  const tag = randomBytes(3).toString('hex');
+  const dir = `/run/corral-bench-${tag}`;
+  await fs.mkdir(dir, { recursive: true });
+  onCleanup('bench dir', () => fs.rm(dir, { recursive: true, force: true, maxRetries: 20, retryDelay: 100 }));
+  return { tag, dir };
 }
 
 /** True once Ctrl-C (or SIGTERM) arrived: long loops stop starting new work. */
@@ -282,4 +349,40 @@ export function parseBenchFlags<T extends ParseArgsConfig>(usage: string, config
     process.exit(0);
   }
   return values;
+}
+
+// ---------------------------------------------------------------- image content
+
+/** Deterministic bytes gzip shrinks about 2:1: xorshift noise and a pattern, alternating by 512 bytes. */
+export function compressibleBytes(seed: number, n: number): Buffer {
+  const out = Buffer.alloc(n);
+  let x = ((seed + 1) * 2654435761) >>> 0 || 1;
+  for (let block = 0; block * 512 < n; block++) {
+    const start = block * 512;
+    const end = Math.min(n, start + 512);
+    if (block & 1) {
+      for (let i = start; i < end; i++) out[i] = (i * 7 + seed) & 0x3f;
+      continue;
+    }
+    for (let i = start; i < end; i += 4) {
+      x ^= x << 13;
+      x >>>= 0;
+      x ^= x >>> 17;
+      x ^= x << 5;
+      x >>>= 0;
+      for (let k = 0; k < 4 && i + k < end; k++) out[i + k] = (x >>> (8 * k)) & 0xff;
+    }
+  }
+  return out;
+}
+
+/** `count` files of 1–8 KiB under `base`, spread over `dirs` directories (every fifth one executable). */
+export function smallFileEntries(base: string, seed: number, count: number, dirs: number): TarEntry[] {
+  const entries: TarEntry[] = [{ path: `${base}/`, type: 'directory' }];
+  for (let d = 0; d < dirs; d++) entries.push({ path: `${base}/d${d}/`, type: 'directory' });
+  for (let f = 0; f < count; f++) {
+    const size = 1024 + (((f * 2654435761 + seed * 40503) >>> 0) % (7 * 1024));
+    entries.push({ path: `${base}/d${f % dirs}/f${f}`, content: compressibleBytes(seed * 100_000 + f, size), mode: f % 5 === 0 ? 0o755 : 0o644 });
+  }
+  return entries;
 }

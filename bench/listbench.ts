@@ -14,9 +14,8 @@
  * process over the calls, which load on the machine does not inflate as it does wall time);
  * the ratio is containerd / Corral (above 1: Corral ahead).
  */
-import { promises as fs, readFileSync } from 'node:fs';
+import { promises as fs } from 'node:fs';
 import path from 'node:path';
-import { randomBytes } from 'node:crypto';
 import { parseArgs } from 'node:util';
 import type { ImageRpcName, RuntimeRpcName } from '../src/cri/proto.js';
 import { dirUsage } from '../src/image/fs-usage.js';
@@ -30,11 +29,13 @@ import {
   fmtNum,
   installSignalHandlers,
   kubeletPodConfig,
+  makeBenchDir,
   onCleanup,
   p50,
   p95,
   pool,
   printTable,
+  procCpu,
   ratio,
   runBench,
   timed,
@@ -73,15 +74,11 @@ type Timings = Record<string, number[]>;
 /** utime + stime of a process in microseconds (from /proc/<pid>/stat; NaN if unreadable). */
 function cpuMicros(pid: number): number {
   try {
-    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
-    const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
-    return ((Number(f[11]) + Number(f[12])) * 1e6) / CLOCK_TICKS;
+    return procCpu(pid).self * 1000;
   } catch {
     return NaN;
   }
 }
-/** USER_HZ: 100 on every Linux architecture Node runs on. */
-const CLOCK_TICKS = 100;
 
 async function populate(side: Side, refs: string[]): Promise<void> {
   let t0 = performance.now();
@@ -135,10 +132,7 @@ async function measure(side: Side, refs: string[]): Promise<{ t: Timings; cpu: R
 
 async function main(): Promise<void> {
   installSignalHandlers();
-  const tag = randomBytes(3).toString('hex');
-  const dir = `/run/corral-bench-${tag}`;
-  await fs.mkdir(dir, { recursive: true });
-  onCleanup('bench dir', () => fs.rm(dir, { recursive: true, force: true, maxRetries: 20, retryDelay: 100 }));
+  const { tag, dir } = await makeBenchDir();
 
   console.log(`building ${IMAGES} images: busybox + a layer of ${FILES} files each ...`);
   const busybox = await busyboxImage();

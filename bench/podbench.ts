@@ -15,7 +15,6 @@
 import { promises as fs } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { randomBytes } from 'node:crypto';
 import { packageRoot } from '../src/util/paths.js';
 import { execFile } from '../src/util/exec.js';
 import { BenchCorral, OCI_PAUSE_HANDLERS } from './corral.js';
@@ -29,6 +28,7 @@ import {
   installSignalHandlers,
   isAborted,
   kubeletPodConfig,
+  makeBenchDir,
   onCleanup,
   p50,
   p95,
@@ -353,11 +353,8 @@ function printComparison(rounds: Round[], floors: FloorResult[], ctrdVersion: st
 async function main(): Promise<void> {
   const args = parseArgs(process.argv.slice(2));
   installSignalHandlers();
-  const tag = randomBytes(3).toString('hex');
+  const { tag, dir } = await makeBenchDir();
   const octet = parseInt(tag.slice(0, 2), 16);
-  const dir = `/run/corral-bench-${tag}`;
-  await fs.mkdir(dir, { recursive: true });
-  onCleanup('bench dir', () => fs.rm(dir, { recursive: true, force: true }));
   const logRoot = path.join(dir, 'pod-logs');
 
   console.log(`podbench: ${args.pods} pods per round, concurrency 1 and ${args.concurrency}; ${new Date().toISOString()}`);

@@ -11,7 +11,7 @@
  *
  *   node dist/bench/pullbench.js [--shapes small-files,thousands,large-files] [--rounds R] [--skip-containerd]
  */
-import { createHash, randomBytes } from 'node:crypto';
+import { createHash } from 'node:crypto';
 import { createReadStream, createWriteStream, promises as fs } from 'node:fs';
 import http from 'node:http';
 import path from 'node:path';
@@ -27,22 +27,27 @@ import { buildImage, buildLayer, busyboxEntries, type TarEntry, type TestImage }
 import { BenchContainerd, ensureContainerd } from './containerd.js';
 import { startBenchCorral } from './corral.js';
 import {
+  compressibleBytes,
+  daemonCpu,
   errMessage,
   fmtMiB,
   fmtMs,
   fmtNum,
   installSignalHandlers,
   isAborted,
+  makeBenchDir,
   onCleanup,
   p50,
   parseBenchFlags,
   pool,
   printTable,
+  procCpu,
   ratio,
   rssKiB,
   RssSampler,
   runBench,
   sleep,
+  smallFileEntries,
   timed,
 } from './lib.js';
 
@@ -72,43 +77,6 @@ const CORRAL_PULL_CONCURRENCY = 3;
 // ---------------------------------------------------------------- the images
 
 /**
- * Deterministic bytes that gzip shrinks about 2:1: 512-byte blocks alternate between
- * xorshift noise and a short repeating pattern (roughly what binaries and data do).
- */
-function content(seed: number, n: number): Buffer {
-  const out = Buffer.alloc(n);
-  let x = ((seed + 1) * 2654435761) >>> 0 || 1;
-  for (let block = 0; block * 512 < n; block++) {
-    const start = block * 512;
-    const end = Math.min(n, start + 512);
-    if (block & 1) {
-      for (let i = start; i < end; i++) out[i] = (i * 7 + seed) & 0x3f;
-      continue;
-    }
-    for (let i = start; i < end; i += 4) {
-      x ^= x << 13;
-      x >>>= 0;
-      x ^= x >>> 17;
-      x ^= x << 5;
-      x >>>= 0;
-      for (let k = 0; k < 4 && i + k < end; k++) out[i + k] = (x >>> (8 * k)) & 0xff;
-    }
-  }
-  return out;
-}
-
-/** `count` files of 1–8 KiB under `base`, spread over `dirs` directories (every fifth one executable). */
-function smallFiles(base: string, seed: number, count: number, dirs: number): TarEntry[] {
-  const entries: TarEntry[] = [{ path: `${base}/`, type: 'directory' }];
-  for (let d = 0; d < dirs; d++) entries.push({ path: `${base}/d${d}/`, type: 'directory' });
-  for (let f = 0; f < count; f++) {
-    const size = 1024 + (((f * 2654435761 + seed * 40503) >>> 0) % (7 * 1024));
-    entries.push({ path: `${base}/d${f % dirs}/f${f}`, content: content(seed * 100_000 + f, size), mode: f % 5 === 0 ? 0o755 : 0o644 });
-  }
-  return entries;
-}
-
-/**
  * The shapes of image pulled, each busybox plus:
  * - small-files: 20 layers of 200 files of 1–8 KiB and one 1 MiB file (issue 11's 21 layers);
  * - thousands: one layer of 4,200 files of 1–8 KiB in 40 directories;
@@ -120,12 +88,12 @@ function shapeLayers(shape: ShapeName): TarEntry[][] {
   if (shape === 'small-files') {
     for (let l = 0; l < 20; l++) {
       const base = `opt/data${String(l).padStart(3, '0')}`;
-      out.push([opt, ...smallFiles(base, l, 200, 8), { path: `${base}/large`, content: content(l * 100_000 + 99_999, 1 << 20) }]);
+      out.push([opt, ...smallFileEntries(base, l, 200, 8), { path: `${base}/large`, content: compressibleBytes(l * 100_000 + 99_999, 1 << 20) }]);
     }
   } else if (shape === 'thousands') {
-    out.push([opt, ...smallFiles('opt/many', 7, 4200, 40)]);
+    out.push([opt, ...smallFileEntries('opt/many', 7, 4200, 40)]);
   } else {
-    for (let l = 0; l < 4; l++) out.push([opt, { path: `opt/blob${l}`, content: content(l * 100_000 + 12_345, 24 << 20) }]);
+    for (let l = 0; l < 4; l++) out.push([opt, { path: `opt/blob${l}`, content: compressibleBytes(l * 100_000 + 12_345, 24 << 20) }]);
   }
   return out;
 }
@@ -267,34 +235,21 @@ interface RoundRecord {
   warm: PullRecord;
 }
 
-/** utime + stime (+ cutime + cstime: children count once they were reaped) of a process, in ms. */
-async function cpuMsOf(pid: number, withChildren = true): Promise<number> {
-  const stat = await fs.readFile(`/proc/${pid}/stat`, 'utf8').catch(() => '');
-  const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
-  // Fields 14-17 of proc(5) (utime, stime, cutime, cstime), here 11-14 from the state field (3).
-  const ticks = (withChildren ? [11, 12, 13, 14] : [11, 12]).reduce((n, i) => n + Number(f[i] ?? NaN), 0);
-  return (ticks * 1000) / CLOCK_TICKS;
-}
-
-/** The daemon's CPU and that of its live corral-spawner (which reaps the programs it runs: the daemon's cutime misses them). */
-async function daemonCpuMs(pid: number): Promise<{ total: number; self: number }> {
-  let total = await cpuMsOf(pid);
-  for (const task of await fs.readdir(`/proc/${pid}/task`).catch(() => [] as string[])) {
-    const kids = (await fs.readFile(`/proc/${pid}/task/${task}/children`, 'utf8').catch(() => '')).split(' ').filter(Boolean).map(Number);
-    for (const kid of kids) {
-      const comm = (await fs.readFile(`/proc/${kid}/comm`, 'utf8').catch(() => '')).trim();
-      if (comm === 'corral-spawner') total += await cpuMsOf(kid);
-    }
+/** The daemon's CPU in ms, all of it (with its corral-spawner and the programs they reaped) and its own; NaN once it is gone. */
+function daemonCpuMs(pid: number): { total: number; self: number } {
+  try {
+    const d = daemonCpu(pid);
+    return { total: d.self + d.children, self: procCpu(pid).self };
+  } catch {
+    return { total: NaN, self: NaN };
   }
-  return { total, self: await cpuMsOf(pid, false) };
 }
-const CLOCK_TICKS = 100;
 
 async function pullOnce(s: Side, ref: string, meter: RegistryMeter): Promise<PullRecord> {
   await meter.take(); // forget whatever came before
-  const cpu0 = await daemonCpuMs(s.pid());
+  const cpu0 = daemonCpuMs(s.pid());
   const { ms } = await timed(() => s.rpc('PullImage', { image: { image: ref } }, 600_000));
-  const cpu1 = await daemonCpuMs(s.pid());
+  const cpu1 = daemonCpuMs(s.pid());
   const got = await meter.take();
   const rec: PullRecord = { ms, cpuMs: cpu1.total - cpu0.total, selfCpuMs: cpu1.self - cpu0.self, ...got };
   const daemon = await s.lastDaemonPull?.();
@@ -399,11 +354,7 @@ interface ShapeRun {
 
 async function main(): Promise<void> {
   installSignalHandlers();
-  const tag = randomBytes(3).toString('hex');
-  const dir = `/run/corral-bench-${tag}`;
-  await fs.mkdir(dir, { recursive: true });
-  // Retried: after Ctrl-C a floor may still be making a file or two in there.
-  onCleanup('bench dir', () => fs.rm(dir, { recursive: true, force: true, maxRetries: 20, retryDelay: 100 }));
+  const { tag, dir } = await makeBenchDir();
 
   const reg = await startRegistry();
   onCleanup('registry', () => reg.stop());

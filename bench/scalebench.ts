@@ -41,6 +41,7 @@ import {
   installSignalHandlers,
   isAborted,
   kubeletPodConfig,
+  makeBenchDir,
   onCleanup,
   p50,
   p95,
@@ -411,10 +412,7 @@ function printResults(results: Result[]): void {
 
 async function main(): Promise<void> {
   installSignalHandlers();
-  const tag = randomBytes(3).toString('hex');
-  const dir = `/run/corral-bench-${tag}`;
-  await fs.mkdir(dir, { recursive: true });
-  onCleanup('bench dir', () => fs.rm(dir, { recursive: true, force: true, maxRetries: 20, retryDelay: 100 }));
+  const { tag, dir } = await makeBenchDir();
   const logRoot = path.join(dir, 'pod-logs');
   console.log(`scalebench (tag ${tag}): ${PODS} pods, ${CONC} in flight, ${SERIAL} serial first, every ${SHARED_EVERY || '-'}th pid POD, ${RESTARTS} restarts, ${IMAGES} images; ${new Date().toISOString()}`);
   console.log(`machine: ${os.cpus().length} cores, ${(os.totalmem() / 2 ** 30).toFixed(1)} GiB, Linux ${os.release()}, Node ${process.version}; load average ${os.loadavg().map((l) => l.toFixed(2)).join(' ')}`);

@@ -16,7 +16,6 @@
  */
 import { promises as fs } from 'node:fs';
 import path from 'node:path';
-import { randomBytes } from 'node:crypto';
 import type { RuntimeRpcName } from '../src/cri/proto.js';
 import { execFile } from '../src/util/exec.js';
 import { packageRoot } from '../src/util/paths.js';
@@ -30,6 +29,7 @@ import {
   installSignalHandlers,
   isAborted,
   kubeletPodConfig,
+  makeBenchDir,
   onCleanup,
   p50,
   p95,
@@ -136,10 +136,7 @@ async function round(side: Side): Promise<void> {
 
 async function main(): Promise<void> {
   installSignalHandlers();
-  const tag = randomBytes(3).toString('hex');
-  const dir = `/run/corral-bench-${tag}`;
-  await fs.mkdir(dir, { recursive: true });
-  onCleanup('bench dir', () => fs.rm(dir, { recursive: true, force: true, maxRetries: 20, retryDelay: 100 }));
+  const { tag, dir } = await makeBenchDir();
   const octet = 100 + (parseInt(tag.slice(0, 2), 16) % 100);
 
   // Registered first, so it runs last: the pods' cgroups, once both daemons have removed their containers.

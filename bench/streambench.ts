@@ -19,7 +19,6 @@
  *   node dist/bench/streambench.js [--rounds R] [--execs-per-round N] [--mb X] [--skip-containerd]
  */
 import { spawn, type ChildProcess } from 'node:child_process';
-import { randomBytes } from 'node:crypto';
 import { promises as fs } from 'node:fs';
 import net from 'node:net';
 import os from 'node:os';
@@ -40,6 +39,7 @@ import {
   installSignalHandlers,
   isAborted,
   kubeletPodConfig,
+  makeBenchDir,
   onCleanup,
   p50,
   parseBenchFlags,
@@ -370,11 +370,8 @@ function report(sides: Side[]): void {
 
 async function main(): Promise<void> {
   installSignalHandlers();
-  const tag = randomBytes(3).toString('hex');
+  const { tag, dir } = await makeBenchDir();
   const octet = parseInt(tag.slice(0, 2), 16);
-  const dir = `/run/corral-bench-${tag}`;
-  await fs.mkdir(dir, { recursive: true });
-  onCleanup('bench dir', () => fs.rm(dir, { recursive: true, force: true, maxRetries: 20, retryDelay: 100 }));
   const logRoot = path.join(dir, 'pod-logs');
 
   console.log(`streambench: ${ROUNDS} rounds; per round and side ${EXECS} crictl version + exec true pairs, one ${BYTES / 1e6} MB exec stdout, one ${BYTES / 1e6} MB port-forward; ${new Date().toISOString()}`);
