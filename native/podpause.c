@@ -262,6 +262,28 @@ static int inherit_cpuset(const char *dir)
 	return 0;
 }
 
+/* mkdir, making missing parents first: 1 if it made buf, 0 if buf was there, -1 on error. The
+ * leaf is tried first, as its parents (the pod's and kubelet's cgroups, shared with other
+ * pods) nearly always exist: one mkdir per hierarchy, not one per path component. */
+static int make_dir_and_parents(char *buf)
+{
+	if (mkdir(buf, 0755) == 0)
+		return inherit_cpuset(buf) == 0 ? 1 : -1;
+	if (errno == EEXIST)
+		return 0;
+	char *slash = strrchr(buf, '/');
+	if (errno != ENOENT || !slash || slash == buf)
+		return -1;
+	*slash = '\0';
+	int parent = make_dir_and_parents(buf);
+	*slash = '/';
+	if (parent < 0)
+		return -1;
+	if (mkdir(buf, 0755) == 0)
+		return inherit_cpuset(buf) == 0 ? 1 : -1;
+	return errno == EEXIST ? 0 : -1;
+}
+
 /* mkdir -p; remembers the leaf if it made it (parents are shared with other pods and stay). */
 static int make_cgroup(const char *dir)
 {
@@ -270,23 +292,12 @@ static int make_cgroup(const char *dir)
 		errno = ENAMETOOLONG;
 		return -1;
 	}
-	for (char *p = buf + 1;; p++) {
-		if (*p != '/' && *p != '\0')
-			continue;
-		char saved = *p;
-		*p = '\0';
-		if (mkdir(buf, 0755) == 0) {
-			if (inherit_cpuset(buf) != 0)
-				return -1;
-			if (saved == '\0' && n_made_cgroups < MAX_CGROUPS)
-				made_cgroups[n_made_cgroups++] = strdup(buf);
-		} else if (errno != EEXIST) {
-			return -1;
-		}
-		*p = saved;
-		if (saved == '\0')
-			return 0;
-	}
+	int made = make_dir_and_parents(buf);
+	if (made < 0)
+		return -1;
+	if (made == 1 && n_made_cgroups < MAX_CGROUPS)
+		made_cgroups[n_made_cgroups++] = strdup(buf);
+	return 0;
 }
 
 static void undo_cgroups(void)

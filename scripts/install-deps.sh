@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-packages=(runc crun runsc conmon containernetworking-plugins iproute2 iptables util-linux mount procps iputils-ping gcc libc6-dev libisal-dev libssl-dev jq python3 zstd busybox-static docker-registry apache2-utils openssl)
+packages=(runc crun runsc conmon containernetworking-plugins iproute2 iptables util-linux mount procps iputils-ping gcc libc6-dev musl-tools libisal-dev libssl-dev jq python3 zstd busybox-static docker-registry apache2-utils openssl)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
