@@ -25,7 +25,7 @@ import path from 'node:path';
 import { packageRoot } from '../src/util/paths.js';
 import { BenchCorral } from './corral.js';
 import { Floor } from './floor.js';
-import { fmtMs, installSignalHandlers, isAborted, kubeletPodConfig, makeBenchDir, onCleanup, p50, parseBenchFlags, pool, printTable, procCpu, runBench, sleep, spawnerPids, type PidMode } from './lib.js';
+import { fmtMs, installSignalHandlers, isAborted, kubeletPodConfig, makeBenchDir, onCleanup, p50, parseBenchFlags, pool, printTable, procCpu, runBench, sleep, withSpawners, type PidMode } from './lib.js';
 
 const USAGE = 'usage: node dist/bench/cpubench.js [--pods 60] [--concurrency 4] [--rounds 2] [--pid CONTAINER,POD] [--build DIR]...';
 const flags = parseBenchFlags(USAGE, {
@@ -74,18 +74,11 @@ function cpuOfProcess(pid: number): CpuSample {
  * children, as if the daemon had reaped them).
  */
 function cpuOf(pid: number): CpuSample {
-  const total = cpuOfProcess(pid);
-  for (const k of spawnerPids(pid)) {
-    try {
-      const h = cpuOfProcess(k);
-      total.self += h.self;
-      total.selfNs += h.selfNs;
-      total.children += h.children;
-    } catch {
-      // it exited
-    }
-  }
-  return total;
+  return withSpawners(pid, cpuOfProcess, (total, h) => {
+    total.self += h.self;
+    total.selfNs += h.selfNs;
+    total.children += h.children;
+  });
 }
 
 type Phase = 'run' | 'stop' | 'remove';

@@ -126,21 +126,30 @@ export function spawnerPids(pid: number): number[] {
 }
 
 /**
- * A Corral daemon's CPU in ms, counting its corral-spawner as part of it: self is the
- * daemon's and the spawner's own CPU, children what either reaped (the programs they ran).
+ * A reading of a Corral daemon with its corral-spawner added in: `read` of the daemon, plus
+ * `read` of each live spawner folded in by `add` (a spawner that exits meanwhile is skipped).
  */
-export function daemonCpu(pid: number): { self: number; children: number; minflt: number } {
-  const total = procCpu(pid);
+export function withSpawners<T>(pid: number, read: (pid: number) => T, add: (total: T, spawner: T) => void): T {
+  const total = read(pid);
   for (const k of spawnerPids(pid)) {
     try {
-      const h = procCpu(k);
-      total.self += h.self;
-      total.children += h.children;
+      add(total, read(k));
     } catch {
       // it exited
     }
   }
   return total;
+}
+
+/**
+ * A Corral daemon's CPU in ms, counting its corral-spawner as part of it: self is the
+ * daemon's and the spawner's own CPU, children what either reaped (the programs they ran).
+ */
+export function daemonCpu(pid: number): { self: number; children: number; minflt: number } {
+  return withSpawners(pid, procCpu, (total, h) => {
+    total.self += h.self;
+    total.children += h.children;
+  });
 }
 
 /**

@@ -267,21 +267,20 @@ static int inherit_cpuset(const char *dir)
  * pods) nearly always exist: one mkdir per hierarchy, not one per path component. */
 static int make_dir_and_parents(char *buf)
 {
-	if (mkdir(buf, 0755) == 0)
-		return inherit_cpuset(buf) == 0 ? 1 : -1;
-	if (errno == EEXIST)
-		return 0;
-	char *slash = strrchr(buf, '/');
-	if (errno != ENOENT || !slash || slash == buf)
-		return -1;
-	*slash = '\0';
-	int parent = make_dir_and_parents(buf);
-	*slash = '/';
-	if (parent < 0)
-		return -1;
-	if (mkdir(buf, 0755) == 0)
-		return inherit_cpuset(buf) == 0 ? 1 : -1;
-	return errno == EEXIST ? 0 : -1;
+	for (int made_parent = 0;; made_parent = 1) {
+		if (mkdir(buf, 0755) == 0)
+			return inherit_cpuset(buf) == 0 ? 1 : -1;
+		if (errno == EEXIST)
+			return 0;
+		char *slash = strrchr(buf, '/');
+		if (errno != ENOENT || made_parent || !slash || slash == buf)
+			return -1;
+		*slash = '\0';
+		int parent = make_dir_and_parents(buf);
+		*slash = '/';
+		if (parent < 0)
+			return -1;
+	}
 }
 
 /* mkdir -p; remembers the leaf if it made it (parents are shared with other pods and stay). */

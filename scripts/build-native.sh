@@ -63,11 +63,12 @@ else
 fi
 # A binary records which libc it was built with, so a switch (musl installed later) rebuilds it.
 libc_stamp="$out_dir/.static-libc"
-[[ -f "$libc_stamp" && "$(cat "$libc_stamp")" == "$static_libc" ]] || FORCE_STATIC=1
+libc_changed=""
+[[ -f "$libc_stamp" && "$(cat "$libc_stamp")" == "$static_libc" ]] || libc_changed=1
 
 build() {
   # --dynamic: link glibc and the -l libraries dynamically (-l:libNAME.a for a static one).
-  local link=(-static) compiler=("${static_cc[@]}") force="${FORCE_STATIC:-}"
+  local link=(-static) compiler=("${static_cc[@]}") force="$libc_changed"
   if [[ "$1" == --dynamic ]]; then link=(); compiler=("$cc"); force=""; shift; fi
   local name="$1" src="$src_dir/$2" out="$out_dir/$1" libs=()
   shift 2
