@@ -4,7 +4,7 @@
  * not distort (CPU time, not wall clock).
  *
  *   npm run build && node dist/bench/cpubench.js [--pods 60] [--concurrency 4] [--rounds 2]
- *       [--pid CONTAINER,POD] [--build DIR]...
+ *       [--pid CONTAINER,POD] [--build DIR]... [--node-flags=FLAGS]...
  *
  * For each phase it reads the daemon's /proc/<pid>/stat before and after and prints, per pod:
  * the daemon's own CPU (utime+stime of all its threads; also from schedstat, in ns) and its
@@ -16,6 +16,9 @@
  * --build DIR (repeatable): a package root holding another build's dist/ (e.g. a copy saved
  * before a change); each build gets its own daemon and the builds are interleaved round by
  * round, so before/after figures meet the machine in the same state. Without it, this build.
+ * --node-flags=FLAGS (repeatable; with "=", as the value starts with a dash): one daemon per
+ * build and flag set, e.g. --node-flags= --node-flags=--max-opt=1 to compare V8 settings the same interleaved way (each set replaces the
+ * daemon's default flags, src/cli/node-flags.ts). Without it, one daemon per build with the defaults.
  * CORRAL_BENCH_NODE_FLAGS sets the daemons' Node flags (e.g. add --cpu-prof --cpu-prof-dir=D:
  * the profile is written when the daemon exits at the end).
  */
@@ -27,7 +30,7 @@ import { BenchCorral } from './corral.js';
 import { Floor } from './floor.js';
 import { fmtMs, installSignalHandlers, isAborted, kubeletPodConfig, makeBenchDir, onCleanup, p50, parseBenchFlags, pool, printTable, procCpu, runBench, sleep, withSpawners, type PidMode } from './lib.js';
 
-const USAGE = 'usage: node dist/bench/cpubench.js [--pods 60] [--concurrency 4] [--rounds 2] [--pid CONTAINER,POD] [--build DIR]...';
+const USAGE = 'usage: node dist/bench/cpubench.js [--pods 60] [--concurrency 4] [--rounds 2] [--pid CONTAINER,POD] [--build DIR]... [--node-flags=FLAGS]...';
 const flags = parseBenchFlags(USAGE, {
   options: {
     pods: { type: 'string', default: '60' },
@@ -35,6 +38,7 @@ const flags = parseBenchFlags(USAGE, {
     rounds: { type: 'string', default: '2' },
     pid: { type: 'string', default: 'CONTAINER,POD' },
     build: { type: 'string', multiple: true },
+    'node-flags': { type: 'string', multiple: true },
     help: { type: 'boolean', short: 'h', default: false },
   },
 });
@@ -43,6 +47,8 @@ const CONCURRENCY = Number(flags.concurrency);
 const ROUNDS = Number(flags.rounds);
 const PID_MODES = flags.pid.split(',').map((m) => (m.trim().toUpperCase() === 'POD' ? 'POD' : 'CONTAINER')) as PidMode[];
 const BUILDS = flags.build?.length ? flags.build.map((b) => path.resolve(b)) : [packageRoot()];
+/** Node flag sets to compare (undefined: the daemon's defaults, as BenchCorral has them). */
+const FLAG_SETS: (string[] | undefined)[] = flags['node-flags']?.length ? flags['node-flags'].map((f) => f.split(' ').filter(Boolean)) : [undefined];
 
 /** Clock ticks per second of /proc/<pid>/stat's times (USER_HZ: 100 on every Linux port that matters). */
 
@@ -131,15 +137,20 @@ async function main(): Promise<void> {
   console.log(`cpubench: ${PODS} pods per round, pid ${PID_MODES.join(', ')}, serial and ${CONCURRENCY} in flight, ${ROUNDS} rounds; ${new Date().toISOString()}`);
   console.log(`load average at start: ${os.loadavg().map((l) => l.toFixed(2)).join(' ')}; daemon node flags: ${process.env.CORRAL_BENCH_NODE_FLAGS ?? '(default)'}`);
 
-  const daemons: { build: string; corral: BenchCorral }[] = [];
-  for (const [i, build] of BUILDS.entries()) {
+  // One daemon per build and flag set; `build` is the label results are grouped by.
+  const daemons: { build: string; name: string; corral: BenchCorral }[] = [];
+  const variants = BUILDS.flatMap((build) => FLAG_SETS.map((nodeFlags) => ({ build, nodeFlags })));
+  for (const [i, { build, nodeFlags }] of variants.entries()) {
     const octet = (parseInt(tag.slice(0, 2), 16) + i) % 256;
     const corral = new BenchCorral(path.join(dir, `corral${i}`), `${tag.slice(0, 5)}${i}`, `10.250.${octet}.0/24`);
     corral.packageDir = build;
-    onCleanup(`Corral daemon ${build}`, () => corral.cleanup());
+    if (nodeFlags) corral.nodeFlags = nodeFlags;
+    const name = nodeFlags ? `${path.basename(build)} ${nodeFlags.join(' ') || '(no flags)'}` : path.basename(build);
+    const label = `${i} ${name}`;
+    onCleanup(`Corral daemon ${label}`, () => corral.cleanup());
     await corral.start();
-    console.log(`daemon ${i}: pid ${corral.pid}, build ${build}`);
-    daemons.push({ build, corral });
+    console.log(`daemon ${i}: pid ${corral.pid}, build ${build}, node flags ${corral.nodeFlags.join(' ') || '(none)'}`);
+    daemons.push({ build: label, name, corral });
   }
   // One warm-up round per daemon: the first Runs load code and the CNI config.
   for (const d of daemons) await round(d.corral, d.build, 'CONTAINER', 1, logRoot).catch(() => undefined);
@@ -173,7 +184,7 @@ async function main(): Promise<void> {
           results.push(r);
           const e = r.errors.length ? `  ERRORS ${r.errors.length}: ${r.errors[0]}` : '';
           console.log(
-            `rep ${rep + 1} ${path.basename(d.build).padEnd(12)} pid ${pidMode.padEnd(9)} c=${c}: ` +
+            `rep ${rep + 1} ${d.name.padEnd(12)} pid ${pidMode.padEnd(9)} c=${c}: ` +
               (['run', 'stop', 'remove'] as Phase[]).map((p) => `${p} self ${r.cpu[p].selfNs.toFixed(2)} kids ${r.cpu[p].children.toFixed(2)} p50 ${fmtMs(p50(r.latency[p]))}`).join(' | ') +
               e,
           );
@@ -193,7 +204,7 @@ async function main(): Promise<void> {
         const m = (p: Phase, k: 'self' | 'selfNs' | 'children') => med(rs.map((r) => r.cpu[p][k]));
         const all = (k: 'selfNs' | 'children') => med(rs.map((r) => r.cpu.run[k] + r.cpu.stop[k] + r.cpu.remove[k]));
         rows.push([
-          path.basename(d.build),
+          d.name,
           pidMode,
           String(c),
           `${m('run', 'selfNs').toFixed(2)} [${m('run', 'self').toFixed(1)}]`,
