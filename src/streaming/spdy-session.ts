@@ -23,7 +23,7 @@ import {
   RstStatus,
   SpdyProtocolError,
   decodeHeaderBlock,
-  encodeData,
+  encodeDataHeader,
   encodeGoaway,
   encodeHeaderBlock,
   encodePing,
@@ -258,6 +258,23 @@ export class SpdySession extends EventEmitter {
     return this.socket.write(frame);
   }
 
+  /**
+   * Writes a DATA frame as its header and the payload itself, corked into one writev: the
+   * payload (up to DATA_CHUNK of what a helper's pipe gave) is not copied into a frame
+   * buffer. False when the socket's buffer is full (wait for drained()).
+   */
+  sendData(streamId: number, payload: Buffer, fin: boolean): boolean {
+    if (this.closed || this.socket.destroyed || this.socket.writableEnded) return true;
+    this.touch();
+    const head = encodeDataHeader(streamId, payload.length, fin);
+    if (payload.length === 0) return this.socket.write(head);
+    this.socket.cork();
+    this.socket.write(head);
+    const room = this.socket.write(payload);
+    this.socket.uncork();
+    return room;
+  }
+
   /** Resolves when the socket can take more (or is gone). */
   drained(): Promise<void> {
     if (this.closed || this.socket.writableLength === 0 || !this.socket.writableNeedDrain) return Promise.resolve();
@@ -443,7 +460,7 @@ export class SpdyStream extends Duplex {
       const part = chunk.subarray(o, o + DATA_CHUNK);
       const last = o + DATA_CHUNK >= chunk.length;
       if (fin && last) this.localFinished = true;
-      if (!this.session.send(encodeData(this.id, part, fin && last))) await this.session.drained();
+      if (!this.session.sendData(this.id, part, fin && last)) await this.session.drained();
       if (fin && last) break;
     }
     if (fin) this.maybeDone();

@@ -2,12 +2,15 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { createHash } from 'node:crypto';
 import zlib from 'node:zlib';
+import { Duplex } from 'node:stream';
+import { SpdySession } from '../../src/streaming/spdy-session.js';
 import { SPDY3_DICTIONARY } from '../../src/streaming/spdy-dictionary.js';
 import {
   FrameParser,
   SpdyProtocolError,
   decodeHeaderBlock,
   encodeData,
+  encodeDataHeader,
   encodeGoaway,
   encodeHeaderBlock,
   encodePing,
@@ -53,6 +56,67 @@ test('frames split at every byte boundary come out whole and in order', () => {
     const got = [...p.push(wire.subarray(0, cut)), ...p.push(wire.subarray(cut))];
     assert.deepEqual(got.map((f) => f.kind), ['data', 'ping', 'data', 'goaway'], `cut at ${cut}`);
     assert.equal(p.pending, 0);
+  }
+});
+
+test('frames fed one byte at a time come out whole, with their payloads intact', () => {
+  const payloads = [Buffer.alloc(40_000, 7), Buffer.from('x'), Buffer.alloc(0), Buffer.alloc(70_000, 9)];
+  const wire = Buffer.concat([...payloads.map((b, i) => encodeData(3, b, i === payloads.length - 1)), encodePing(2)]);
+  const p = new FrameParser();
+  const got = [];
+  for (let i = 0; i < wire.length; i++) got.push(...p.push(wire.subarray(i, i + 1)));
+  assert.deepEqual(got.map((f) => f.kind), ['data', 'data', 'data', 'data', 'ping']);
+  got.slice(0, 4).forEach((f, i) => assert.ok(f.kind === 'data' && f.payload.equals(payloads[i]!), `payload ${i}`));
+  assert.equal(p.pending, 0);
+});
+
+test('a frame gathered from many small chunks is copied about once, not once per chunk', () => {
+  // The old parser concatenated the pending bytes with every chunk: ~512 MiB copied for this frame.
+  const payload = Buffer.alloc(1024 * 1024, 5);
+  const wire = encodeData(1, payload, true);
+  const p = new FrameParser();
+  const got = [];
+  for (let o = 0; o < wire.length; o += 1024) got.push(...p.push(wire.subarray(o, o + 1024)));
+  assert.equal(got.length, 1);
+  assert.ok(got[0]!.kind === 'data' && got[0]!.payload.equals(payload));
+  assert.ok(p.gathered <= 3 * wire.length, `copied ${p.gathered} bytes for a frame of ${wire.length}`);
+});
+
+test('whole frames inside one chunk are handed out as views of it (no copy)', () => {
+  const wire = Buffer.concat([encodeData(1, Buffer.alloc(5000, 1), false), encodeData(1, Buffer.alloc(3000, 2), false)]); // over the Buffer pool size: its own ArrayBuffer
+  const p = new FrameParser();
+  const frames = p.push(wire);
+  assert.equal(frames.length, 2);
+  for (const f of frames) assert.ok(f.kind === 'data' && f.payload.buffer === wire.buffer);
+  assert.equal(p.gathered, 0);
+});
+
+test('sendData writes the header and the payload itself in one writev, and the bytes are a DATA frame', () => {
+  const batches: Buffer[][] = [];
+  const socket = new Duplex({
+    read() {},
+    write(chunk: Buffer, _enc, cb) {
+      batches.push([chunk]);
+      cb();
+    },
+    writev(chunks, cb) {
+      batches.push(chunks.map((c) => c.chunk as Buffer));
+      cb();
+    },
+  });
+  const session = new SpdySession(socket);
+  try {
+    const payload = Buffer.alloc(32 * 1024, 3);
+    session.sendData(7, payload, false);
+    session.sendData(7, Buffer.alloc(0), true);
+    assert.equal(batches.length, 2);
+    assert.equal(batches[0]!.length, 2);
+    assert.equal(batches[0]![1], payload, 'the payload buffer itself, not a copy');
+    const [frame] = new FrameParser().push(Buffer.concat(batches.flat()));
+    assert.ok(frame?.kind === 'data' && frame.streamId === 7 && !frame.fin && frame.payload.equals(payload));
+    assert.deepEqual(batches[1]![0], encodeDataHeader(7, 0, true));
+  } finally {
+    session.destroy();
   }
 });
 
