@@ -33,7 +33,10 @@
  *
  * EOF on stdin (the daemon is gone) ends the spawner at once; so does the daemon's death
  * (PR_SET_PDEATHSIG). A malformed request ends it with a message on stderr: the daemon
- * fails the calls in flight and starts another.
+ * fails the calls in flight and starts another. Programs in flight die with the spawner
+ * (each gets PR_SET_PDEATHSIG SIGKILL): nobody would enforce their timeout or read their
+ * result any more, and a CNI ADD that ran on after the daemon's rollback (its DEL) had
+ * undone it would leave its veth and IP reservation behind.
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -235,10 +238,15 @@ struct kernel_sigaction {
  * then execve of argv[0], looked up in the PATH of its environment like execvp. Never
  * returns: on failure the errno goes to err_pipe and the child exits 127. No malloc here.
  */
+static pid_t spawner_pid;
+
 static void child_exec(char **argv, char **envp, int in_fd, int out_fd, int err_fd, const char *cwd, int err_pipe)
 {
 	int e = 0;
 	setsid();
+	/* Dies with the spawner (see the top); a spawner already gone before this: not run at all. */
+	if (prctl(PR_SET_PDEATHSIG, SIGKILL) < 0 || getppid() != spawner_pid)
+		goto fail;
 	for (int sig = 1; sig <= 64; sig++) {
 		struct kernel_sigaction dfl = {.handler = SIG_DFL};
 		syscall(SYS_rt_sigaction, sig, &dfl, NULL, 8);
@@ -562,6 +570,7 @@ static void finish_jobs(void)
 int main(void)
 {
 	pid_t parent = getppid();
+	spawner_pid = getpid();
 	if (prctl(PR_SET_PDEATHSIG, SIGKILL) < 0 || getppid() != parent)
 		return 0;
 	/* fds 0-2 open, whatever the daemon's were: a pipe made later must not take one of them. */

@@ -153,6 +153,29 @@ withSpawner('when the helper dies, the calls in flight fail with a reason and th
   assert.equal(Number(r.stdout), s.pid);
 });
 
+withSpawner('programs in flight die with the helper (no CNI plugin or helper runs on unsupervised)', async (s) => {
+  // The program writes its PID, then waits; the spawner is killed under it.
+  const dir = mkdtempSync(path.join(os.tmpdir(), 'corral-spawner-'));
+  try {
+    const pidFile = path.join(dir, 'pid');
+    const inFlight = s.run('sh', ['-c', `echo $$ > ${pidFile}; exec sleep 30`]);
+    inFlight.catch(() => undefined);
+    let program = 0;
+    for (let i = 0; i < 200 && !program; i++) {
+      program = existsSync(pidFile) ? Number(readFileSync(pidFile, 'utf8').trim()) : 0;
+      if (!program) await new Promise((r) => setTimeout(r, 10));
+    }
+    assert.ok(program > 0, 'the program started');
+    assert.ok(alive(program));
+    process.kill(s.pid!, 'SIGKILL');
+    await assert.rejects(inFlight, /corral-spawner was killed/);
+    for (let i = 0; i < 200 && alive(program); i++) await new Promise((r) => setTimeout(r, 10));
+    assert.equal(alive(program), false, 'the program was killed with its spawner');
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
+
 test('the helper does not keep a process alive once its calls are done, and ends with it', () => {
   const modUrl = new URL(`file://${path.join(packageRoot(), 'dist/src/util/exec.js')}`).href;
   const script = `import(${JSON.stringify(modUrl)}).then(async (m) => { const r = await m.execFile('sh', ['-c', 'echo $PPID']); console.log(r.stdout.trim()); });`;
