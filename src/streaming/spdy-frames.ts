@@ -65,21 +65,23 @@ export class SpdyProtocolError extends Error {
 }
 
 /**
- * Cuts frames out of the bytes pushed in, copying each byte at most once: frames that lie
- * whole in a pushed chunk are views of it; a frame cut by a chunk's end is gathered into a
- * buffer of its exact size, allocated once its header is in and its length checked against
- * the limits. (Re-concatenating the pending bytes with every chunk, as this did before, was
- * quadratic in the frame size: a 1 MiB frame in 1 KiB chunks copied ~512 MiB, a hostile
- * client's 1-byte chunks far more.) So a peer can make it hold one frame under the limit.
+ * Cuts frames out of the bytes pushed in: frames that lie whole in a pushed chunk are views
+ * of it (no copy); a frame cut by a chunk's end is gathered into a buffer of its own, checked
+ * against the limits as soon as its header is in, that grows geometrically up to the frame's
+ * size as its bytes come (so each byte is copied about once, and what is held is at most twice
+ * what the peer sent, or 64 KiB, never the size a header merely declares). Re-concatenating the pending
+ * bytes with every chunk, as this did before, was quadratic in the frame size: a 1 MiB frame
+ * in 1 KiB chunks copied ~512 MiB, a hostile client's 1-byte chunks far more.
  */
 export class FrameParser {
   /** The first bytes of a header cut by a chunk's end. */
   private readonly head = Buffer.alloc(8);
   private headLen = 0;
-  /** The frame being gathered (header included) and how much of it has come. */
+  /** The frame being gathered (header included): its bytes so far in frame[0, filled), `total` in all. */
   private frame: Buffer | null = null;
   private filled = 0;
-  /** Bytes copied to gather frames cut by chunk ends (each such byte once). */
+  private total = 0;
+  /** Bytes copied to gather frames cut by chunk ends (each such byte about once). */
   gathered = 0;
 
   constructor(private readonly limits: FrameLimits = DEFAULT_FRAME_LIMITS) {}
@@ -104,12 +106,14 @@ export class FrameParser {
       this.headLen = 0;
     }
     if (this.frame) {
-      const n = chunk.copy(this.frame, this.filled, off, Math.min(chunk.length, off + this.frame.length - this.filled));
+      const take = Math.min(chunk.length - off, this.total - this.filled);
+      this.reserve(this.filled + take);
+      const n = chunk.copy(this.frame, this.filled, off, off + take);
       this.filled += n;
       this.gathered += n;
       off += n;
-      if (this.filled < this.frame.length) return frames;
-      const parsed = parseFrame(this.frame);
+      if (this.filled < this.total) return frames;
+      const parsed = parseFrame(this.frame.subarray(0, this.total));
       this.frame = null;
       this.filled = 0;
       if (parsed) frames.push(parsed);
@@ -133,10 +137,20 @@ export class FrameParser {
     return length;
   }
 
-  /** A buffer for the whole frame whose first `have` bytes (header included) are in `first`. */
+  /** Starts gathering the frame whose first `have` bytes (header included) are in `first`. */
   private startFrame(first: Buffer, have: number): void {
-    this.frame = Buffer.allocUnsafe(8 + this.frameLength(first));
+    this.total = 8 + this.frameLength(first);
+    // Frames up to 64 KiB (Go clients send 32 KiB) get their whole buffer at once; larger ones grow.
+    this.frame = Buffer.allocUnsafe(Math.min(this.total, Math.max(2 * have, 64 * 1024)));
     this.filled = first.copy(this.frame, 0, 0, have);
+  }
+
+  /** Room for `need` bytes of the frame: twice as much (at most the frame's size) when it lacks. */
+  private reserve(need: number): void {
+    if (need <= this.frame!.length) return;
+    const grown = Buffer.allocUnsafe(Math.min(this.total, Math.max(2 * this.frame!.length, need)));
+    this.gathered += this.frame!.copy(grown, 0, 0, this.filled);
+    this.frame = grown;
   }
 
   /** Parses whole frames from the front of b; returns how many bytes they took. */

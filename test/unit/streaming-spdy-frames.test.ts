@@ -82,6 +82,14 @@ test('a frame gathered from many small chunks is copied about once, not once per
   assert.ok(p.gathered <= 3 * wire.length, `copied ${p.gathered} bytes for a frame of ${wire.length}`);
 });
 
+test('a frame header alone does not make the parser hold the size it declares', () => {
+  const p = new FrameParser();
+  p.push(encodeDataHeader(1, 1024 * 1024, false)); // a 1 MiB DATA frame announced, 8 bytes sent
+  assert.equal(p.pending, 8);
+  const held = (p as unknown as { frame: Buffer }).frame;
+  assert.ok(held.length <= 64 * 1024, `holds ${held.length} bytes for 8 received`);
+});
+
 test('whole frames inside one chunk are handed out as views of it (no copy)', () => {
   const wire = Buffer.concat([encodeData(1, Buffer.alloc(5000, 1), false), encodeData(1, Buffer.alloc(3000, 2), false)]); // over the Buffer pool size: its own ArrayBuffer
   const p = new FrameParser();
