@@ -17,8 +17,9 @@
  * before a change); each build gets its own daemon and the builds are interleaved round by
  * round, so before/after figures meet the machine in the same state. Without it, this build.
  * --node-flags=FLAGS (repeatable; with "=", as the value starts with a dash): one daemon per
- * build and flag set, e.g. --node-flags= --node-flags=--max-opt=1 to compare V8 settings the same interleaved way (each set replaces the
- * daemon's default flags, src/cli/node-flags.ts). Without it, one daemon per build with the defaults.
+ * build and flag set, interleaved the same way, each set replacing the daemon's default flags
+ * (src/cli/node-flags.ts), e.g. "--node-flags=--max-semi-space-size=1 --expose-gc" and
+ * "--node-flags=--max-semi-space-size=1 --expose-gc --jitless". Without it, the defaults.
  * CORRAL_BENCH_NODE_FLAGS sets the daemons' Node flags (e.g. add --cpu-prof --cpu-prof-dir=D:
  * the profile is written when the daemon exits at the end).
  */

@@ -232,14 +232,15 @@ struct kernel_sigaction {
 	uint64_t mask;
 };
 
+/* This process: what a program checks its parent against (see child_exec). */
+static pid_t spawner_pid;
+
 /*
  * In the forked child: what Node's spawn gives a program (a new session, every signal at
  * its default, none blocked, only fds 0-2: every other fd of the spawner is O_CLOEXEC),
  * then execve of argv[0], looked up in the PATH of its environment like execvp. Never
  * returns: on failure the errno goes to err_pipe and the child exits 127. No malloc here.
  */
-static pid_t spawner_pid;
-
 static void child_exec(char **argv, char **envp, int in_fd, int out_fd, int err_fd, const char *cwd, int err_pipe)
 {
 	int e = 0;
