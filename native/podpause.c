@@ -268,8 +268,14 @@ static int inherit_cpuset(const char *dir)
 static int make_dir_and_parents(char *buf)
 {
 	for (int made_parent = 0;; made_parent = 1) {
-		if (mkdir(buf, 0755) == 0)
-			return inherit_cpuset(buf) == 0 ? 1 : -1;
+		if (mkdir(buf, 0755) == 0) {
+			if (inherit_cpuset(buf) == 0)
+				return 1;
+			int e = errno;
+			rmdir(buf); /* made here and unusable: not left behind (the caller records only a leaf that worked) */
+			errno = e;
+			return -1;
+		}
 		if (errno == EEXIST)
 			return 0;
 		char *slash = strrchr(buf, '/');

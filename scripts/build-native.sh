@@ -48,7 +48,7 @@ musl_cc="${MUSL_CC-musl-gcc}"
 if [[ -z "${CC:-}" && -n "$musl_cc" ]] && command -v "$musl_cc" >/dev/null 2>&1; then
   kernel_headers="$(mktemp -d)"
   trap 'rm -rf "$kernel_headers"' EXIT
-  multiarch="$(gcc -print-multiarch 2>/dev/null || true)"
+  multiarch="$("$cc" -print-multiarch 2>/dev/null || true)"
   ln -s /usr/include/linux "$kernel_headers/linux"
   ln -s /usr/include/asm-generic "$kernel_headers/asm-generic"
   if [[ -n "$multiarch" && -d "/usr/include/$multiarch/asm" ]]; then

@@ -251,28 +251,25 @@ export class SpdySession extends EventEmitter {
 
   // ------------------------------------------------------------------ outbound
 
-  /** Writes a frame; false when the socket's buffer is full (wait for drained()). */
-  send(frame: Buffer): boolean {
-    if (this.closed || this.socket.destroyed || this.socket.writableEnded) return true;
-    this.touch();
-    return this.socket.write(frame);
-  }
-
   /**
-   * Writes a DATA frame as its header and the payload itself, corked into one writev: the
-   * payload (up to DATA_CHUNK of what a helper's pipe gave) is not copied into a frame
-   * buffer. False when the socket's buffer is full (wait for drained()).
+   * Writes a frame given as one or more buffers (a header and a payload: corked into one
+   * writev, the payload not copied); false when the socket's buffer is full (wait for drained()).
    */
-  sendData(streamId: number, payload: Buffer, fin: boolean): boolean {
+  send(...parts: Buffer[]): boolean {
     if (this.closed || this.socket.destroyed || this.socket.writableEnded) return true;
     this.touch();
-    const head = encodeDataHeader(streamId, payload.length, fin);
-    if (payload.length === 0) return this.socket.write(head);
+    const nonEmpty = parts.filter((p) => p.length > 0);
+    if (nonEmpty.length <= 1) return this.socket.write(nonEmpty[0] ?? parts[0]!);
     this.socket.cork();
-    this.socket.write(head);
-    const room = this.socket.write(payload);
+    let room = true;
+    for (const p of nonEmpty) room = this.socket.write(p);
     this.socket.uncork();
     return room;
+  }
+
+  /** A DATA frame: its header and the payload itself (up to DATA_CHUNK of what a helper's pipe gave). */
+  sendData(streamId: number, payload: Buffer, fin: boolean): boolean {
+    return this.send(encodeDataHeader(streamId, payload.length, fin), payload);
   }
 
   /** Resolves when the socket can take more (or is gone). */

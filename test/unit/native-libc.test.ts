@@ -8,12 +8,15 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
 import { readFileSync } from 'node:fs';
-import { nativeBinary } from '../../src/util/paths.js';
+import path from 'node:path';
+import { nativeBinary, packageRoot } from '../../src/util/paths.js';
 
-const STATIC_HELPERS = ['corral-pause', 'corral-nshelper', 'corral-execreaper', 'corral-streamhelper', 'corral-podpause', 'corral-runsc', 'corral-spawner'];
+/** Every helper scripts/build-native.sh builds statically (its `build NAME ...` lines without --dynamic). */
+const STATIC_HELPERS = [...readFileSync(path.join(packageRoot(), 'scripts/build-native.sh'), 'utf8').matchAll(/^build (corral-\S+)/gm)].map((m) => m[1]!);
 const haveMusl = spawnSync('sh', ['-c', 'command -v musl-gcc'], { encoding: 'utf8' }).status === 0;
 
 test('with musl-gcc installed, every static helper is static and has no glibc in it', { skip: haveMusl ? false : 'musl-gcc is not installed' }, () => {
+  assert.ok(STATIC_HELPERS.length >= 7, `static helpers found in build-native.sh: ${STATIC_HELPERS.join(', ')}`);
   assert.equal(readFileSync(nativeBinary('.static-libc'), 'utf8').trim(), 'musl');
   for (const name of STATIC_HELPERS) {
     const bin = readFileSync(nativeBinary(name));
