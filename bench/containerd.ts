@@ -16,7 +16,7 @@ import type { ImageRpcName, RuntimeRpcName } from '../src/cri/proto.js';
 import { packageRoot } from '../src/util/paths.js';
 import { execFile, execChecked } from '../src/util/exec.js';
 import { benchConflist } from './corral.js';
-import { pidsWithCmdline, sleep } from './lib.js';
+import { mountTmpfs, pidsWithCmdline, sleep } from './lib.js';
 
 export const PAUSE_IMAGE = 'corral.local/pause:builtin';
 const SHIM_SOCKET_DIR = '/run/containerd';
@@ -116,6 +116,8 @@ export class BenchContainerd {
   private exited: Promise<void> | undefined;
   private client: grpc.Client | undefined;
   private imageClient: grpc.Client | undefined;
+  /** State dir on a tmpfs of its own (mounted by start(), unmounted by cleanup()), as /run is on a systemd host. */
+  stateOnTmpfs = false;
   /** Host state that existed before, so cleanup removes only what containerd made. */
   private before = { netns: new Set<string>(), shimDir: true, cgroups: new Map<string, boolean>() };
 
@@ -143,6 +145,7 @@ export class BenchContainerd {
 
   async start(): Promise<void> {
     await fs.mkdir(this.confDir, { recursive: true });
+    if (this.stateOnTmpfs) await mountTmpfs(this.stateDir);
     this.before.netns = new Set(await fs.readdir('/var/run/netns').catch(() => [] as string[]));
     this.before.shimDir = existsSync(SHIM_SOCKET_DIR);
     for (const c of await cgroupHierarchies()) this.before.cgroups.set(c, existsSync(path.join(c, 'k8s.io')));

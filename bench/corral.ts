@@ -12,7 +12,7 @@ import { createImageClient, createRuntimeClient, call } from '../src/cri/client.
 import type { ImageRpcName, RuntimeRpcName } from '../src/cri/proto.js';
 import { packageRoot } from '../src/util/paths.js';
 import { execFile } from '../src/util/exec.js';
-import { onCleanup, sleep } from './lib.js';
+import { mountTmpfs, onCleanup, sleep } from './lib.js';
 import { DAEMON_ENV, DAEMON_NODE_FLAGS, daemonEnv } from '../src/cli/node-flags.js';
 
 /** "NAME=value NAME=value" → { NAME: value } (for CORRAL_BENCH_DAEMON_ENV). */
@@ -72,6 +72,8 @@ export class BenchCorral {
     process.env.CORRAL_BENCH_DAEMON_ENV === undefined ? DAEMON_ENV : parseEnvWords(process.env.CORRAL_BENCH_DAEMON_ENV);
   /** The Corral build to run (a package root with dist/): this one unless set, e.g. to compare a saved copy of an older build. */
   packageDir = packageRoot();
+  /** State dir on a tmpfs of its own (mounted by start(), unmounted by cleanup()), as /run is on a systemd host. */
+  stateOnTmpfs = false;
 
   /** dir: a fresh directory of this daemon's own; tag: short unique suffix for host-wide names. */
   constructor(readonly dir: string, tag: string, readonly subnet: string) {
@@ -97,6 +99,7 @@ export class BenchCorral {
 
   async start(): Promise<void> {
     await fs.mkdir(this.confDir, { recursive: true });
+    if (this.stateOnTmpfs) await mountTmpfs(this.stateDir);
     await fs.writeFile(path.join(this.confDir, '10-bench.conflist'), JSON.stringify(this.conflist, null, 2));
     await fs.writeFile(
       this.configFile,

@@ -9,7 +9,7 @@
  */
 import { promises as fs } from 'node:fs';
 import { execFile, execChecked } from '../src/util/exec.js';
-import { isAborted, onCleanup, pool, timed, errMessage } from './lib.js';
+import { isAborted, machineCpu, onCleanup, pool, timed, errMessage } from './lib.js';
 import { benchConflist } from './corral.js';
 
 const CNI_BIN = '/usr/lib/cni';
@@ -25,6 +25,8 @@ export interface FloorResult {
   cniDel: number[];
   total: number[];
   wall: number;
+  /** The whole machine's busy and stolen CPU during the setup phase, ms per pod (machineCpu). */
+  setupMachine: { busy: number; steal: number };
   errors: string[];
 }
 
@@ -69,13 +71,14 @@ export class Floor {
    * `concurrency` of them, and make the floor look faster than it is under load.)
    */
   async run(n: number, concurrency: number): Promise<FloorResult> {
-    const res: FloorResult = { concurrency, n, setup: [], teardown: [], netns: [], cniAdd: [], cniDel: [], total: [], wall: 0, errors: [] };
+    const res: FloorResult = { concurrency, n, setup: [], teardown: [], netns: [], cniAdd: [], cniDel: [], total: [], wall: 0, setupMachine: { busy: 0, steal: 0 }, errors: [] };
     const plugins: any[] = this.conflist.plugins;
     const pods = Array.from({ length: n }, (_, i) => {
       const name = `corralbench-floor-${this.tag}-${concurrency}-${i}`;
       return { name, id: `${this.tag}floor${concurrency}x${i}x`.padEnd(32, '0'), netns: `${NETNS_DIR}/${name}`, result: undefined as any, setupMs: 0, netnsMs: 0, addMs: 0, up: false };
     });
     const t0 = performance.now();
+    const m0 = machineCpu();
     await pool(pods, concurrency, async (p) => {
       try {
         this.live.add(p.name);
@@ -91,6 +94,8 @@ export class Floor {
         res.errors.push(errMessage(e)); // left in this.live: cleanup() releases it
       }
     });
+    const m1 = machineCpu();
+    res.setupMachine = { busy: (m1.busy - m0.busy) / n, steal: (m1.steal - m0.steal) / n };
     await pool(pods.filter((p) => p.up), concurrency, async (p) => {
       try {
         const c = await timed(async () => {

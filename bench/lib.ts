@@ -9,6 +9,7 @@ import { promises as fs, readFileSync, readdirSync } from 'node:fs';
 import { performance } from 'node:perf_hooks';
 import { randomBytes } from 'node:crypto';
 import { parseArgs, type ParseArgsConfig } from 'node:util';
+import { execChecked } from '../src/util/exec.js';
 import type { TarEntry } from '../test/helpers/test-images.js';
 
 // ---------------------------------------------------------------- statistics
@@ -102,6 +103,18 @@ export function procCpu(pid: number): { self: number; children: number; minflt: 
   const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
   const n = (field: number) => Number(f[field - 3]);
   return { self: ((n(14) + n(15)) * 1000) / CLK_TCK, children: ((n(16) + n(17)) * 1000) / CLK_TCK, minflt: n(10) };
+}
+
+/**
+ * The whole machine's CPU so far, from /proc/stat's first line, in ms: `busy` is every
+ * core's user, nice, system, irq and softirq time (kernel threads, RCU and work queues
+ * included, which no process's own figures show); `steal` is time the hypervisor gave to
+ * other guests while this one had work, i.e. capacity the machine did not have.
+ */
+export function machineCpu(): { busy: number; steal: number } {
+  const f = readFileSync('/proc/stat', 'utf8').split('\n', 1)[0]!.trim().split(/\s+/).slice(1).map(Number);
+  const [user = 0, nice = 0, system = 0, , , irq = 0, softirq = 0, steal = 0] = f;
+  return { busy: ((user + nice + system + irq + softirq) * 1000) / CLK_TCK, steal: (steal * 1000) / CLK_TCK };
 }
 
 /**
@@ -213,6 +226,18 @@ export async function makeBenchDir(): Promise<{ tag: string; dir: string }> {
   await fs.mkdir(dir, { recursive: true });
   onCleanup('bench dir', () => fs.rm(dir, { recursive: true, force: true, maxRetries: 20, retryDelay: 100 }));
   return { tag, dir };
+}
+
+/**
+ * Mounts a tmpfs on `dir` (made if missing), for a daemon's state dir: on a systemd host
+ * /run is a tmpfs, on this VM it is part of the root ext4, which has no journal, so each new
+ * inode there skips every inode freed in the last 30 s (ext4's recently_deleted): a cost a
+ * daemon's volatile files would not meet on the hosts it runs on. The daemons' cleanups
+ * unmount every mount under their folder.
+ */
+export async function mountTmpfs(dir: string): Promise<void> {
+  await fs.mkdir(dir, { recursive: true });
+  await execChecked('mount', ['-t', 'tmpfs', '-o', 'mode=0711', 'corral-bench-state', dir]);
 }
 
 /** True once Ctrl-C (or SIGTERM) arrived: long loops stop starting new work. */

@@ -1,7 +1,7 @@
 /**
  * Pod sandbox benchmark: Corral vs. containerd 1.6 vs. the bare netns + CNI floor.
  *
- *   npm run build && node dist/bench/podbench.js [--pods N] [--concurrency C] [--skip-containerd]
+ *   npm run build && node dist/bench/podbench.js [--pods N] [--concurrency C] [--skip-containerd] [--state-tmpfs]
  *
  * Each side gets N kubelet-shaped pods per round, in four rounds: serial and at
  * concurrency C, each with pid:CONTAINER (Corral pins namespaces, no pause process)
@@ -10,7 +10,8 @@
  * are interleaved (Corral, containerd, Corral, ...) so slow spells of this shared
  * machine hit both. Prints figures only; it never asserts. Everything it starts
  * (daemons, pods, netns, bridges, containerd state) is removed at the end, also on
- * failure or Ctrl-C.
+ * failure or Ctrl-C. --state-tmpfs puts both daemons' state dirs on a tmpfs each, as /run is
+ * on a systemd host (here it is on an ext4 without a journal; see bench/lib.ts mountTmpfs).
  */
 import { promises as fs } from 'node:fs';
 import os from 'node:os';
@@ -52,10 +53,12 @@ interface Args {
   rounds: number;
   /** Also run pid POD rounds with the pause as an OCI container (runc, crun) instead of Corral's own. */
   pauseOptions: boolean;
+  /** Both daemons' state dirs on a tmpfs each, as /run is on a systemd host (bench/lib.ts mountTmpfs). */
+  stateTmpfs: boolean;
 }
 
 function parseArgs(argv: string[]): Args {
-  const a: Args = { pods: 30, concurrency: 4, skipContainerd: false, rounds: 3, pauseOptions: false };
+  const a: Args = { pods: 30, concurrency: 4, skipContainerd: false, rounds: 3, pauseOptions: false, stateTmpfs: false };
   for (let i = 0; i < argv.length; i++) {
     const k = argv[i]!;
     const num = () => {
@@ -68,8 +71,9 @@ function parseArgs(argv: string[]): Args {
     else if (k === '--skip-containerd') a.skipContainerd = true;
     else if (k === '--rounds') a.rounds = num();
     else if (k === '--pause-options') a.pauseOptions = true;
+    else if (k === '--state-tmpfs') a.stateTmpfs = true;
     else if (k === '-h' || k === '--help') {
-      console.log('usage: node dist/bench/podbench.js [--pods N] [--concurrency C] [--rounds R] [--pause-options] [--skip-containerd]');
+      console.log('usage: node dist/bench/podbench.js [--pods N] [--concurrency C] [--rounds R] [--pause-options] [--skip-containerd] [--state-tmpfs]');
       process.exit(0);
     } else throw new Error(`unknown argument ${k}`);
   }
@@ -357,7 +361,7 @@ async function main(): Promise<void> {
   const octet = parseInt(tag.slice(0, 2), 16);
   const logRoot = path.join(dir, 'pod-logs');
 
-  console.log(`podbench: ${args.pods} pods per round, concurrency 1 and ${args.concurrency}; ${new Date().toISOString()}`);
+  console.log(`podbench: ${args.pods} pods per round, concurrency 1 and ${args.concurrency}; state dirs on ${args.stateTmpfs ? "a tmpfs each (--state-tmpfs)" : "the bench folder's file system"}; ${new Date().toISOString()}`);
   console.log(`machine: ${os.cpus().length} cores (${os.cpus()[0]?.model ?? '?'}), ${(os.totalmem() / 2 ** 30).toFixed(1)} GiB, Linux ${os.release()}, Node ${process.version}`);
   console.log('note: this machine is shared and noisy; each round runs once per side, and the sides are interleaved round by round.');
   console.log(`load average at start: ${os.loadavg().map((l) => l.toFixed(2)).join(' ')}`);
@@ -376,6 +380,7 @@ async function main(): Promise<void> {
 
   const corral = new BenchCorral(path.join(dir, 'corral'), tag, `10.250.${octet}.0/24`);
   onCleanup('Corral daemon', () => corral.cleanup());
+  corral.stateOnTmpfs = args.stateTmpfs;
   await corral.start();
   const sides: Side[] = [
     { name: 'Corral', rpc: (m, q, d) => corral.rpc(m, q, d), pid: () => corral.pid, runTimings: true, stopTimings: (ids) => corral.stopTimings(ids) },
@@ -396,6 +401,7 @@ async function main(): Promise<void> {
       if (prep.code !== 0) throw new Error(`scripts/prepare-cgroups.sh failed: ${prep.stderr.trim()}`);
       const ctrd = new BenchContainerd(path.join(dir, 'containerd'), tag, `10.252.${octet}.0/24`);
       onCleanup('containerd', () => ctrd.cleanup());
+      ctrd.stateOnTmpfs = args.stateTmpfs;
       await fs.mkdir(ctrd.dir, { recursive: true });
       const tarball = await buildPauseImage(path.join(dir, 'image'));
       await ctrd.start();
