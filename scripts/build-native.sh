@@ -8,6 +8,7 @@
 #   native/podpause.c -> dist/native/corral-podpause
 #   native/runscwrap.c -> dist/native/corral-runsc
 #   native/spawner.c  -> dist/native/corral-spawner
+#   native/netns-dial.c -> dist/native/corral-netns-dial.node (a Node-API addon; see below)
 # Static binaries (-O2 -static -Wall -Werror), so they need only the kernel, linked with musl
 # (musl-gcc, Debian's musl-tools) when it is installed: a static glibc program spends ~0.45 ms
 # of CPU at every start on this kind of VM asking the CPU for its caches (~75 CPUID
@@ -110,3 +111,26 @@ build corral-podpause podpause.c json-report.h pause-loop.h
 build corral-runsc runscwrap.c
 build corral-spawner spawner.c
 printf '%s\n' "$static_libc" >"$libc_stamp.tmp.$$" && mv -f "$libc_stamp.tmp.$$" "$libc_stamp"
+
+# native/netns-dial.c -> dist/native/corral-netns-dial.node: a Node-API addon loaded by the
+# daemon (port-forward dials the pod from a thread of its own; src/streaming/backend/
+# netns-dial.ts). It needs Node's headers (node_api.h, shipped with Node.js: NODE_INCLUDE to
+# point elsewhere); without them it is not built and port-forward runs corral-streamhelper.
+node_include="${NODE_INCLUDE:-}"
+if [[ -z "$node_include" ]] && command -v node >/dev/null 2>&1; then
+  node_include="$(dirname "$(dirname "$(readlink -f "$(command -v node)")")")/include/node"
+fi
+addon="$out_dir/corral-netns-dial.node"
+if [[ -z "$node_include" || ! -f "$node_include/node_api.h" ]]; then
+  echo "build-native: no node_api.h (Node.js headers) found${node_include:+ in $node_include}: corral-netns-dial.node not built, port-forward goes through corral-streamhelper" >&2
+elif [[ -z "${FORCE:-}" && -f "$addon" && "$addon" -nt "$src_dir/netns-dial.c" && "$addon" -nt "$script" ]]; then
+  echo "build-native: corral-netns-dial.node is up to date"
+else
+  if ! "$cc" -O2 -Wall -Werror -fPIC -shared -I "$node_include" -o "$addon.tmp.$$" "$src_dir/netns-dial.c" -lpthread; then
+    rm -f "$addon.tmp.$$"
+    echo "build-native: compiling $src_dir/netns-dial.c failed" >&2
+    exit 1
+  fi
+  mv -f "$addon.tmp.$$" "$addon"
+  echo "build-native: built $addon"
+fi

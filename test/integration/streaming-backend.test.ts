@@ -17,9 +17,11 @@ import { TestDaemon, podConfig } from '../helpers/daemon.js';
 import type { TestRegistry } from '../helpers/registry.js';
 import { startDaemonWithBusybox } from '../helpers/busybox-daemon.js';
 import { conmonStreamPaths, createStreamingRuntime, PortForwardError, type StreamingBackendDeps } from '../../src/streaming/backend/index.js';
-import { POD_EOF_GRACE_MS } from '../../src/streaming/backend/port-forward.js';
+import { forwardPort, POD_EOF_GRACE_MS } from '../../src/streaming/backend/port-forward.js';
+import { NETNS_DIAL_ADDON, netnsDialer } from '../../src/streaming/backend/netns-dial.js';
 import type { StreamingRuntime, StreamIO, TerminalSize } from '../../src/streaming/runtime.js';
 import { sleep, waitFor } from '../helpers/wait.js';
+import { execFile } from '../../src/util/exec.js';
 import { containerCgroupDirs, parseCgroupMounts, parseProcCgroup } from '../../src/oci/exec-cgroup.js';
 
 let reg: TestRegistry;
@@ -357,6 +359,55 @@ test('port-forward moves 1 MB each way to a server inside the pod, which the hos
   await assert.rejects(new Promise((res, rej) => net.connect(port, '127.0.0.1').on('connect', res).on('error', rej)));
 });
 
+test('port-forward: the daemon dials the pod itself (netns-dial addon, no helper process); without the addon corral-streamhelper does it', async (t) => {
+  if (!netnsDialer()) {
+    // The build skips the addon only when Node.js's headers are missing (scripts/build-native.sh).
+    const headers = path.join(path.dirname(path.dirname(await fs.realpath(process.execPath))), 'include', 'node', 'node_api.h');
+    assert.equal(await fs.stat(headers).then(() => true, () => false), false, `${NETNS_DIAL_ADDON} is missing although ${headers} exists: npm run build`);
+    t.skip(`${NETNS_DIAL_ADDON} not built (no ${headers}); port-forward goes through corral-streamhelper, which the tests above used`);
+    return;
+  }
+  const p = await pod('runc');
+  const port = 7000 + randomInt(1000);
+  await container('runc', ['sh', '-c', `exec nc -ll -p ${port} -e cat`], p);
+  const netns = (await testDeps().podNetns(p.podSandboxId))!;
+  await waitFor(async () => {
+    try {
+      return (await forward(p.podSandboxId, port, Buffer.from('ping'))).toString() === 'ping';
+    } catch (e) {
+      if (e instanceof PortForwardError) return false; // not listening yet
+      throw e;
+    }
+  }, { what: 'the server in the pod', timeoutMs: 15_000 });
+  const helpers = async () => (await execFile('pgrep', ['-f', 'corral-streamhelper portforward'])).stdout.trim();
+  // A connection held open: echoed bytes arrive while no helper process exists.
+  const clientSide = new PassThrough();
+  const received = new Collector();
+  const open = rt.portForward(p.podSandboxId, port, Duplex.from({ readable: clientSide, writable: received }), AbortSignal.timeout(20_000));
+  const sent = randomBytes(256 * 1024);
+  clientSide.write(sent);
+  await waitFor(() => received.buffer.length === sent.length, { what: 'the echo' });
+  assert.equal(await helpers(), '', 'no corral-streamhelper while the addon-dialled connection is open');
+  clientSide.end();
+  await open;
+  assert.ok(received.buffer.equals(sent), 'echoed intact through the daemon\'s own socket');
+  // Every dialled socket is closed with its connection (the runtime runs in this process).
+  const fds = async () => (await fs.readdir('/proc/self/fd')).length;
+  const fdsBefore = await fds();
+  for (let i = 0; i < 20; i++) assert.equal((await forward(p.podSandboxId, port, Buffer.from(`n${i}`))).toString(), `n${i}`);
+  await assert.rejects(forward(p.podSandboxId, 1, Buffer.from('x')), (e: Error) => e instanceof PortForwardError && /refused/i.test(e.message));
+  assert.equal(await fds(), fdsBefore, 'no fd left behind by 20 connections and a refused dial');
+  // The fallback: the same through corral-streamhelper (dialer null).
+  const viaHelper = async (port_: number, send: Buffer) => {
+    const got = new Collector();
+    await forwardPort(p.podSandboxId, netns, port_, Duplex.from({ readable: Readable.from([send]), writable: got }), new AbortController().signal, undefined, null);
+    return got.buffer;
+  };
+  const again = randomBytes(256 * 1024);
+  assert.ok((await viaHelper(port, again)).equals(again), 'echoed intact through corral-streamhelper');
+  await assert.rejects(viaHelper(1, Buffer.from('x')), (e: Error) => e instanceof PortForwardError && /refused/i.test(e.message));
+});
+
 test('port-forward of a host-network pod dials the host; many connections at once', async () => {
   const p = await pod('runc', 'NODE');
   const server = net.createServer((c) => c.pipe(c)); // echo
@@ -399,7 +450,7 @@ test('port-forward: once the pod closes its side, the connection ends within the
 });
 
 for (const how of ['abort', 'stream destroyed (client reset)'] as const) {
-  test(`port-forward: ${how} ends the connection and its helper`, async () => {
+  test(`port-forward: ${how} ends the connection`, async () => {
     const p = await pod('runc', 'NODE');
     let serverSide: net.Socket | undefined;
     const server = net.createServer((c) => (serverSide = c));

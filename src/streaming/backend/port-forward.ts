@@ -1,16 +1,23 @@
 /**
- * Port-forward: one corral-streamhelper per connection enters the pod's pinned network
- * namespace (setns in the helper, never in the daemon, whose libuv thread opens every
- * socket) and dials 127.0.0.1:port, then [::1]:port. Bytes go both ways through its stdio:
- * the client's end half-closes the pod socket, the pod's end ends the client's stream, and
- * the helper exits once both directions are done. A host-network pod dials from the host's
- * namespace the same way. Aborting kills the helper, which closes the connection.
- * A gVisor (runsc) pod's loopback lives in the sandbox's own network stack, not in the
- * pinned namespace: it is dialled from the host on the pod's IP instead (`address`).
+ * Port-forward: one connection to the pod's 127.0.0.1:port (else [::1]:port), bridged to the
+ * session's data stream with backpressure both ways: the client's end half-closes the pod
+ * socket, the pod's end ends the client's stream (and after a grace period the connection),
+ * aborting or the client's reset closes it.
+ *
+ * Where the connection comes from: the daemon dials it itself, through the netns-dial addon
+ * (a thread of its own enters the pod's pinned network namespace; see netns-dial.ts), so
+ * bytes go pod socket <-> daemon <-> client. A host-network pod is dialled from the daemon's
+ * own (the host's) namespace, and a gVisor (runsc) pod on its IP from there too, since its
+ * loopback lives in the sandbox's own network stack, not in the pinned namespace. Without
+ * the addon, one corral-streamhelper per connection enters the namespace (setns in the
+ * helper, never in the daemon, whose libuv threads open every socket), dials and copies
+ * through its stdio.
  */
 import { spawn } from 'node:child_process';
+import type net from 'node:net';
 import type { Duplex } from 'node:stream';
 import { nativeBinary } from '../../util/paths.js';
+import { dialFromHost, dialInNetns, netnsDialer } from './netns-dial.js';
 import { exited, killGroup, readAll, whenAborted } from './pipes.js';
 
 export class PortForwardError extends Error {
@@ -31,10 +38,80 @@ const DIAL_FAILED = 2;
  */
 export const POD_EOF_GRACE_MS = 1000;
 
-/** netnsPath null: the host's network namespace; address: dial it (from that namespace) instead of localhost. */
-export async function forwardPort(podSandboxId: string, netnsPath: string | null, port: number, stream: Duplex, signal: AbortSignal, address?: string): Promise<void> {
+/** How long one dial (127.0.0.1, then ::1) may wait for the pod to answer (a SYN dropped by the pod's firewall). */
+export const DIAL_TIMEOUT_MS = 20_000;
+
+/**
+ * netnsPath null: the host's network namespace; address: dial it (from the host's namespace)
+ * instead of localhost. dialer: the netns-dial addon (null: the helper; for tests).
+ */
+export async function forwardPort(podSandboxId: string, netnsPath: string | null, port: number, stream: Duplex, signal: AbortSignal, address?: string, dialer = netnsDialer()): Promise<void> {
   if (!Number.isInteger(port) || port < 1 || port > 65535) throw new PortForwardError(podSandboxId, port, 'the port must be 1-65535');
-  const child = spawn(nativeBinary('corral-streamhelper'), ['portforward', netnsPath ?? '-', String(port), ...(address ? [address] : [])], {
+  if (netnsPath !== null && !address && !dialer) return forwardThroughHelper(podSandboxId, netnsPath, port, stream, signal);
+  let socket: net.Socket;
+  try {
+    if (address) socket = await dialFromHost(address, port, DIAL_TIMEOUT_MS);
+    else if (netnsPath === null) socket = await dialLocalhostFromHost(port);
+    else socket = await dialInNetns(dialer!, netnsPath, port, DIAL_TIMEOUT_MS, signal);
+  } catch (e) {
+    if (signal.aborted) return;
+    throw new PortForwardError(podSandboxId, port, `dialing ${address ?? 'localhost'} in the pod: ${(e as Error).message}`);
+  }
+  await relay(socket, stream, signal);
+}
+
+/** A host-network pod's localhost, as containerd dials it: 127.0.0.1, else ::1. */
+async function dialLocalhostFromHost(port: number): Promise<net.Socket> {
+  try {
+    return await dialFromHost('127.0.0.1', port, DIAL_TIMEOUT_MS);
+  } catch (e4) {
+    try {
+      return await dialFromHost('::1', port, DIAL_TIMEOUT_MS);
+    } catch (e6) {
+      throw new Error(`127.0.0.1: ${(e4 as Error).message}; [::1]: ${(e6 as Error).message}`);
+    }
+  }
+}
+
+/**
+ * Bridges the pod's socket and the client's stream until both directions are done (or the
+ * grace period after the pod's end ran out, or abort, or the client's reset); resolves once
+ * everything the pod sent was handed to the stream and the socket is closed. Never rejects:
+ * a connection that fails midway simply ends, as a TCP connection would.
+ */
+async function relay(socket: net.Socket, stream: Duplex, signal: AbortSignal): Promise<void> {
+  const noop = () => {};
+  socket.on('error', noop);
+  stream.on('error', noop);
+  const closed = new Promise<void>((resolve) => socket.once('close', () => resolve()));
+  stream.pipe(socket); // the client's end: the pod socket's SHUT_WR
+  socket.pipe(stream); // the pod's EOF: the stream's end
+  const onStreamClose = () => {
+    if (!(stream.readableEnded && stream.writableFinished)) socket.destroy();
+  };
+  stream.once('close', onStreamClose);
+  let grace: NodeJS.Timeout | undefined;
+  socket.once('end', () => {
+    grace = setTimeout(() => socket.destroy(), POD_EOF_GRACE_MS);
+  });
+  const abort = whenAborted(signal);
+  try {
+    await Promise.race([closed, abort.promise]);
+    if (signal.aborted) socket.destroy();
+    await closed;
+  } finally {
+    clearTimeout(grace);
+    abort.dispose();
+    stream.off('close', onStreamClose);
+    stream.unpipe(socket);
+    socket.unpipe(stream);
+    stream.off('error', noop);
+  }
+}
+
+/** The fallback without the addon: corral-streamhelper enters the namespace, dials and copies through its stdio. */
+async function forwardThroughHelper(podSandboxId: string, netnsPath: string, port: number, stream: Duplex, signal: AbortSignal): Promise<void> {
+  const child = spawn(nativeBinary('corral-streamhelper'), ['portforward', netnsPath, String(port)], {
     stdio: ['pipe', 'pipe', 'pipe'],
     detached: true,
   });
