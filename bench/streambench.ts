@@ -10,7 +10,9 @@
  *     reads BYTES (timed to the last byte), then notes whether and when the forwarder
  *     closes the connection that the pod closed;
  *   - port-forward echo: the same through `nc -ll -p 5202 -e cat`: BYTES up and BYTES back
- *     at the same time, timed to the last echoed byte.
+ *     at the same time, timed to the last echoed byte;
+ *   - port-forward short connections: 20 per round through the echo port, each connect, 100
+ *     bytes up, half-close, echo back, close (an HTTP request through kubectl port-forward).
  *
  * Rounds are interleaved (the side that goes first alternates), so slow spells of this
  * shared machine hit both. Prints medians, the raw figures and containerd/Corral ratios;
@@ -71,6 +73,8 @@ if (!Number.isInteger(ROUNDS) || ROUNDS < 1 || !Number.isInteger(EXECS) || EXECS
 /** Ports in the pod's own netns (no clash with the host): a source of BYTES zeros per connection, and an echo. */
 const SOURCE_PORT = 5201;
 const ECHO_PORT = 5202;
+/** Short connections per round through the echo port (each a new stream pair and a new dial into the pod). */
+const SHORT_CONNECTIONS = 20;
 const CRICTL = 'crictl';
 
 // ---------------------------------------------------------------- crictl
@@ -230,6 +234,33 @@ function echoThrough(port: number, total: number, timeoutMs = 120_000): Promise<
   });
 }
 
+/**
+ * One short connection through the forwarded echo port, as an HTTP request through `kubectl
+ * port-forward` makes: connect, send 100 bytes, half-close, read the echo until the pod
+ * closes; ms from connect() to the close. Each is a new stream pair for the runtime, and a
+ * new dial into the pod.
+ */
+function shortEcho(port: number, timeoutMs = 30_000): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const t0 = performance.now();
+    const payload = Buffer.alloc(100, 0x61);
+    let back = 0;
+    const sock = net.connect({ host: '127.0.0.1', port });
+    const timer = setTimeout(() => sock.destroy(new Error(`no close within ${timeoutMs / 1000} s (${back} of 100 bytes back)`)), timeoutMs);
+    sock.on('connect', () => sock.end(payload));
+    sock.on('data', (c: Buffer) => (back += c.length));
+    sock.on('error', (e) => {
+      clearTimeout(timer);
+      reject(e);
+    });
+    sock.on('close', () => {
+      clearTimeout(timer);
+      if (back === payload.length) resolve(performance.now() - t0);
+      else reject(new Error(`${back} of ${payload.length} bytes came back`));
+    });
+  });
+}
+
 // ---------------------------------------------------------------- the two runtimes
 
 interface Side {
@@ -250,6 +281,8 @@ interface Side {
   closeMs: (number | undefined)[];
   /** Per echo run: ms until all BYTES came back (BYTES went up at the same time). */
   echoMs: number[];
+  /** Per short connection (shortEcho): ms from connect to the pod's close. */
+  shortMs: number[];
   errors: string[];
 }
 
@@ -329,6 +362,13 @@ async function round(s: Side): Promise<void> {
   } catch (e) {
     s.errors.push(`port-forward echo: ${errMessage(e)}`);
   }
+  for (let i = 0; i < SHORT_CONNECTIONS && !isAborted(); i++) {
+    try {
+      s.shortMs.push(await shortEcho(s.echoPort));
+    } catch (e) {
+      s.errors.push(`port-forward short connection: ${errMessage(e)}`);
+    }
+  }
 }
 
 // ---------------------------------------------------------------- report
@@ -349,6 +389,7 @@ function report(sides: Side[]): void {
   row('  minus version baseline, MB/s', mbps(BYTES, stdoutNet(c)), mbps(BYTES, stdoutNet(d)), (v) => fmtNum(v), true);
   row(`port-forward ${BYTES / 1e6} MB pod -> client, MB/s`, mbps(BYTES, p50(c.portForwardMs)), d ? mbps(BYTES, p50(d.portForwardMs)) : NaN, (v) => fmtNum(v), true);
   row(`port-forward echo, ${BYTES / 1e6} MB each way at once, MB/s`, mbps(BYTES, p50(c.echoMs)), d ? mbps(BYTES, p50(d.echoMs)) : NaN, (v) => fmtNum(v), true);
+  row('port-forward short connection (100 bytes echoed), p50 ms', p50(c.shortMs), d ? p50(d.shortMs) : NaN, fmtMs);
   console.log(`\n=== Side by side: medians (ratio: containerd/Corral for ms, Corral/containerd for MB/s; >1 means Corral is ahead) ===`);
   printTable(rows);
   console.log(`\nraw figures (ms):`);
@@ -360,6 +401,7 @@ function report(sides: Side[]): void {
     console.log(`    exec stdout ${list(s.stdoutMs)}  (baseline ${list(s.stdoutBase)})`);
     console.log(`    port-fwd    ${list(s.portForwardMs)}`);
     console.log(`    port-fwd echo ${list(s.echoMs)}`);
+    console.log(`    port-fwd short connections ${list(s.shortMs)}`);
     console.log(`    port-fwd close after the last byte: ${s.closeMs.map((x) => (x === undefined ? `still open after ${CLOSE_WAIT_MS / 1000} s` : fmtMs(x))).join(', ')}`);
     for (const e of [...new Set(s.errors)].slice(0, 5)) console.log(`    error: ${e}`);
     if (s.errors.length) console.log(`    (${s.errors.length} errors)`);
@@ -404,7 +446,7 @@ async function main(): Promise<void> {
     };
     const localPort = await forward(SOURCE_PORT);
     const echoPort = await forward(ECHO_PORT);
-    sides.push({ name, socket, podId, containerId, localPort, echoPort, version: [], execTrue: [], stdoutMs: [], stdoutBase: [], portForwardMs: [], closeMs: [], echoMs: [], errors: [] });
+    sides.push({ name, socket, podId, containerId, localPort, echoPort, version: [], execTrue: [], stdoutMs: [], stdoutBase: [], portForwardMs: [], closeMs: [], echoMs: [], shortMs: [], errors: [] });
   };
 
   const corral = new BenchCorral(path.join(dir, 'corral'), tag, `10.250.${octet}.0/24`);
