@@ -4,7 +4,7 @@
  *
  *   corral-streamhelper exec <pidfile> <console socket|-> <runtime> <runtime args...>
  *   corral-streamhelper attach <conmon attach socket> [--no-stdin]
- *   corral-streamhelper portforward <netns path|-> <port> [address]
+ *   corral-streamhelper portforward <netns path> <port>
  *
  * exec: runs `<runtime> exec --detach --pid-file <pidfile> ...` as a child subreaper, so
  *   the exec'd command is re-parented here and its exit status is ours to collect (as in
@@ -21,8 +21,9 @@
  *   re-frames its packets (1 byte stream id, then data): id 2 to fd 1, id 3 to fd 2. fd 0
  *   goes to the socket as raw bytes; its EOF is shutdown(SHUT_WR), which conmon turns into
  *   the container's stdin EOF (for stdin_once containers). Ends when conmon closes.
- * portforward: setns(CLONE_NEWNET) into the pinned network namespace ("-": stay in the
- *   host's), connects to 127.0.0.1:<port>, else [::1]:<port>, and copies fd 0 to the socket
+ * portforward (only when the daemon's netns-dial addon is not built: the daemon dials
+ *   itself otherwise): setns(CLONE_NEWNET) into the pinned network namespace, connects to
+ *   127.0.0.1:<port>, else [::1]:<port>, and copies fd 0 to the socket
  *   (its EOF half-closes the socket) and the socket to fd 1 (its EOF closes fd 1), until
  *   both directions are done (a write to a pod that closed ends the first). Exit 2 (message on stderr) when the dial fails.
  * Static, so it needs only the kernel.
@@ -364,7 +365,7 @@ static int run_attach(int argc, char **argv)
 	}
 }
 
-/* Dials address:port (an IPv4 or IPv6 literal): a gVisor pod's own network stack, by its IP. */
+/* Dials address:port (an IPv4 or IPv6 literal). */
 static int dial_address(const char *address, int port)
 {
 	struct sockaddr_in a4 = {.sin_family = AF_INET, .sin_port = htons((unsigned short)port)};
@@ -399,8 +400,8 @@ static int dial(int family, int port)
 
 static int run_portforward(int argc, char **argv)
 {
-	if (argc != 4 && argc != 5) {
-		fprintf(stderr, "usage: corral-streamhelper portforward <netns path|-> <port> [address]\n");
+	if (argc != 4) {
+		fprintf(stderr, "usage: corral-streamhelper portforward <netns path> <port>\n");
 		return 2;
 	}
 	char *end;
@@ -410,22 +411,14 @@ static int run_portforward(int argc, char **argv)
 		return 2;
 	}
 	signal(SIGPIPE, SIG_IGN);
-	if (strcmp(argv[2], "-") != 0) {
-		int ns = open(argv[2], O_RDONLY | O_CLOEXEC);
-		if (ns < 0 || setns(ns, CLONE_NEWNET) < 0) {
-			fprintf(stderr, "entering the pod's network namespace %s: %s\n", argv[2], strerror(errno));
-			return 2;
-		}
-		close(ns);
+	int ns = open(argv[2], O_RDONLY | O_CLOEXEC);
+	if (ns < 0 || setns(ns, CLONE_NEWNET) < 0) {
+		fprintf(stderr, "entering the pod's network namespace %s: %s\n", argv[2], strerror(errno));
+		return 2;
 	}
+	close(ns);
 	int s;
-	if (argc == 5) {
-		s = dial_address(argv[4], (int)port);
-		if (s < 0) {
-			fprintf(stderr, "dialing %s port %ld: %s\n", argv[4], port, strerror(errno));
-			return 2;
-		}
-	} else if ((s = dial(AF_INET, (int)port)) < 0) {
+	if ((s = dial(AF_INET, (int)port)) < 0) {
 		int e4 = errno;
 		s = dial(AF_INET6, (int)port);
 		if (s < 0) {
