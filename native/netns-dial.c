@@ -221,6 +221,9 @@ static napi_value dial(napi_env env, napi_callback_info info)
 		free(d);
 		return throw_type(env, "cannot create the completion callback");
 	}
+	/* A dial in flight does not keep the daemon's event loop alive (shutdown is not held up
+	 * by a pod that drops SYNs); its callback still runs while the loop does. */
+	napi_unref_threadsafe_function(env, d->done);
 	pthread_attr_t attr;
 	pthread_t th;
 	int started = -1;
@@ -230,7 +233,7 @@ static napi_value dial(napi_env env, napi_callback_info info)
 		strcpy(d->step, "too many dials");
 	} else if (pthread_attr_init(&attr) == 0) {
 		pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
-		pthread_attr_setstacksize(&attr, 64 * 1024);
+		pthread_attr_setstacksize(&attr, 256 * 1024); /* room for the process's static TLS */
 		started = pthread_create(&th, &attr, dial_thread, d);
 		pthread_attr_destroy(&attr);
 		if (started != 0) {
