@@ -45,6 +45,7 @@ export interface FrameLimits {
 
 export const DEFAULT_FRAME_LIMITS: FrameLimits = { maxControlLength: 16 * 1024, maxDataLength: 1024 * 1024 };
 
+/** A parsed frame. 'data' may be a piece of a DATA frame (FrameParser): its FIN is on its last piece. */
 export type Frame =
   | { kind: 'data'; streamId: number; fin: boolean; payload: Buffer }
   | { kind: 'syn_stream'; streamId: number; associatedId: number; fin: boolean; unidirectional: boolean; headerBlock: Buffer }
@@ -65,11 +66,13 @@ export class SpdyProtocolError extends Error {
 }
 
 /**
- * Cuts frames out of the bytes pushed in: frames that lie whole in a pushed chunk are views
- * of it (no copy); a frame cut by a chunk's end is gathered into a buffer of its own, checked
- * against the limits as soon as its header is in, that grows geometrically up to the frame's
- * size as its bytes come (so each byte is copied about once, and what is held is at most twice
- * what the peer sent, or 64 KiB, never the size a header merely declares). Re-concatenating the pending
+ * Cuts frames out of the bytes pushed in. Frames that lie whole in a pushed chunk are views of
+ * it (no copy). A DATA frame cut by a chunk's end is handed out in pieces as its bytes come,
+ * each a view of its chunk, FIN on the last one: a stream is a byte stream, so nothing of a
+ * payload is ever copied or held here, whatever size its header declares. A control frame
+ * (at most maxControlLength) cut by a chunk's end is gathered into a buffer of its own,
+ * checked against the limits as soon as its header is in, that grows geometrically up to the
+ * frame's size as its bytes come (each byte copied about once). Re-concatenating the pending
  * bytes with every chunk, as this did before, was quadratic in the frame size: a 1 MiB frame
  * in 1 KiB chunks copied ~512 MiB, a hostile client's 1-byte chunks far more.
  */
@@ -77,33 +80,46 @@ export class FrameParser {
   /** The first bytes of a header cut by a chunk's end. */
   private readonly head = Buffer.alloc(8);
   private headLen = 0;
-  /** The frame being gathered (header included): its bytes so far in frame[0, filled), `total` in all. */
+  /** The control frame being gathered (header included): its bytes so far in frame[0, filled), `total` in all. */
   private frame: Buffer | null = null;
   private filled = 0;
   private total = 0;
-  /** Bytes copied to gather frames cut by chunk ends (each such byte about once). */
+  /** The DATA frame whose payload is being handed out: bytes still to come, its stream, its FIN. */
+  private dataLeft = 0;
+  private dataStreamId = 0;
+  private dataFin = false;
+  /** Bytes copied to gather frames cut by chunk ends (control frames and headers only). */
   gathered = 0;
 
   constructor(private readonly limits: FrameLimits = DEFAULT_FRAME_LIMITS) {}
 
-  /** Bytes waiting for the rest of their frame. */
+  /** Bytes held while waiting for the rest of their frame. */
   get pending(): number {
     return this.frame ? this.filled : this.headLen;
   }
 
-  /** Every whole frame now available; throws SpdyProtocolError on malformed input. */
+  /** Every frame (and piece of a DATA frame) now available; throws SpdyProtocolError on malformed input. */
   push(chunk: Buffer): Frame[] {
     const frames: Frame[] = [];
     let off = 0;
-    // 1. The frame the previous chunk cut: its header first, then its body.
+    // 0. The rest of the payload of a DATA frame an earlier chunk began.
+    if (this.dataLeft > 0) {
+      off = this.takeData(chunk, 0, frames);
+      if (this.dataLeft > 0) return frames;
+    }
+    // 1. The frame the previous chunk cut in its header: the header first, then its body.
     if (!this.frame && this.headLen > 0) {
-      const n = chunk.copy(this.head, this.headLen, 0, Math.min(8 - this.headLen, chunk.length));
+      const n = chunk.copy(this.head, this.headLen, off, off + Math.min(8 - this.headLen, chunk.length - off));
       this.headLen += n;
       this.gathered += n;
-      off = n;
+      off += n;
       if (this.headLen < 8) return frames;
-      this.startFrame(this.head, 8);
       this.headLen = 0;
+      if (isData(this.head)) {
+        this.beginData(this.head, frames);
+        off = this.takeData(chunk, off, frames);
+        if (this.dataLeft > 0) return frames;
+      } else this.startFrame(this.head, 8);
     }
     if (this.frame) {
       const take = Math.min(chunk.length - off, this.total - this.filled);
@@ -120,12 +136,39 @@ export class FrameParser {
     }
     // 2. Whole frames straight out of the chunk, no copy.
     off += this.cut(chunk.subarray(off), frames);
-    // 3. The start of a frame the next chunks finish.
+    // 3. The start of a frame the next chunks finish: a DATA frame's payload so far goes out now.
     const rest = chunk.subarray(off);
-    if (rest.length >= 8) this.startFrame(rest, rest.length);
-    else if (rest.length > 0) this.headLen = rest.copy(this.head, 0);
-    this.gathered += rest.length;
+    if (rest.length >= 8 && isData(rest)) {
+      this.beginData(rest, frames);
+      this.takeData(rest, 8, frames);
+    } else if (rest.length >= 8) {
+      this.startFrame(rest, rest.length);
+      this.gathered += rest.length;
+    } else if (rest.length > 0) {
+      this.headLen = rest.copy(this.head, 0);
+      this.gathered += rest.length;
+    }
     return frames;
+  }
+
+  /** Takes in the header of a DATA frame whose payload comes in pieces; an empty one is handed out at once. */
+  private beginData(h: Buffer, frames: Frame[]): void {
+    const length = this.frameLength(h);
+    const streamId = h.readUInt32BE(0) & 0x7fffffff;
+    if (streamId === 0) throw new SpdyProtocolError('DATA frame on stream 0');
+    this.dataStreamId = streamId;
+    this.dataFin = (h[4]! & FLAG_FIN) !== 0;
+    this.dataLeft = length;
+    if (length === 0) frames.push({ kind: 'data', streamId, fin: this.dataFin, payload: Buffer.alloc(0) });
+  }
+
+  /** Hands out what chunk[off..] holds of the current DATA frame's payload (a view); returns the new offset. */
+  private takeData(chunk: Buffer, off: number, frames: Frame[]): number {
+    const take = Math.min(chunk.length - off, this.dataLeft);
+    if (take === 0) return off;
+    this.dataLeft -= take;
+    frames.push({ kind: 'data', streamId: this.dataStreamId, fin: this.dataLeft === 0 && this.dataFin, payload: chunk.subarray(off, off + take) });
+    return off + take;
   }
 
   /** The declared length of the frame whose header starts b, checked against the limits. */
@@ -165,6 +208,11 @@ export class FrameParser {
     }
     return o;
   }
+}
+
+/** Whether the frame whose header starts b is a DATA frame (control bit clear). */
+function isData(b: Buffer): boolean {
+  return (b[0]! & 0x80) === 0;
 }
 
 /** One complete frame (8-byte header + body). Unknown control types are a protocol error, as in spdystream. */
