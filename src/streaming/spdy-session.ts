@@ -371,6 +371,21 @@ export class SpdySession extends EventEmitter {
  * writable: our DATA, sent in 32 KiB frames after the SYN_REPLY, end() = FIN. Writes after
  * a reset are dropped (the session's abort tells the producer to stop).
  */
+/**
+ * What a stream buffers of a payload: the payload itself (a view of the socket read it came
+ * in, no copy), or a copy when it is a small part of that read. A stream's buffer is bounded
+ * by the bytes it counts, but a view keeps its whole read alive: a client could otherwise
+ * make a stream nobody reads hold thousands of reads of ~64 KiB through 1-byte frames, each
+ * cut from a read that is otherwise another stream's (so memory ≤ 8x what streams count).
+ */
+export function keptPayload(payload: Buffer): Buffer {
+  if (payload.length * 8 >= payload.buffer.byteLength) return payload;
+  // A buffer of its own (not a slice of Node's shared pool, which would pin a pool slab instead).
+  const own = Buffer.allocUnsafeSlow(payload.length);
+  payload.copy(own);
+  return own;
+}
+
 export class SpdyStream extends Duplex {
   private replied: Promise<void> | undefined;
   remoteFinished = false;
@@ -409,7 +424,7 @@ export class SpdyStream extends Duplex {
     if (payload.length === 0) return;
     // Node may call _read inside push(): only a read not yet asked for leaves the stream blocked.
     this.readRequested = false;
-    if (!this.push(payload) && !this.readRequested) this.session.block(this);
+    if (!this.push(keptPayload(payload)) && !this.readRequested) this.session.block(this);
   }
 
   receiveFin(): void {

@@ -3,7 +3,7 @@ import assert from 'node:assert/strict';
 import { createHash } from 'node:crypto';
 import zlib from 'node:zlib';
 import { Duplex } from 'node:stream';
-import { SpdySession } from '../../src/streaming/spdy-session.js';
+import { SpdySession, keptPayload } from '../../src/streaming/spdy-session.js';
 import { SPDY3_DICTIONARY } from '../../src/streaming/spdy-dictionary.js';
 import {
   FrameParser,
@@ -143,6 +143,17 @@ test('whole frames inside one chunk are handed out as views of it (no copy)', ()
   assert.equal(frames.length, 2);
   for (const f of frames) assert.ok(f.kind === 'data' && f.payload.buffer === wire.buffer);
   assert.equal(p.gathered, 0);
+});
+
+test('a stream keeps a payload that is most of its read as a view, a small part of a large read as a copy of its own', () => {
+  const read = Buffer.alloc(64 * 1024, 1);
+  const big = read.subarray(0, 40_000);
+  assert.equal(keptPayload(big), big, 'most of the read: the view itself');
+  const small = read.subarray(100, 101);
+  const kept = keptPayload(small);
+  assert.ok(kept.equals(small));
+  assert.notEqual(kept.buffer, read.buffer, 'a 1-byte piece does not keep its 64 KiB read alive');
+  assert.equal(kept.buffer.byteLength, 1, 'nor a slab of the shared pool');
 });
 
 test('sendData writes the header and the payload itself in one writev, and the bytes are a DATA frame', () => {
