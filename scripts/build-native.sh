@@ -113,8 +113,8 @@ build corral-spawner spawner.c
 printf '%s\n' "$static_libc" >"$libc_stamp.tmp.$$" && mv -f "$libc_stamp.tmp.$$" "$libc_stamp"
 
 # native/netns-dial.c -> dist/native/corral-netns-dial.node: a Node-API addon loaded by the
-# daemon (port-forward dials the pod from a thread of its own; src/streaming/backend/
-# netns-dial.ts). It needs Node's headers (node_api.h, shipped with Node.js: NODE_INCLUDE to
+# daemon (port-forward's socket made in the pod's netns on a thread of its own; src/streaming/
+# backend/netns-dial.ts). It needs Node's headers (node_api.h, shipped with Node.js: NODE_INCLUDE to
 # point elsewhere); without them it is not built and port-forward runs corral-streamhelper.
 node_include="${NODE_INCLUDE:-}"
 if [[ -z "$node_include" ]] && command -v node >/dev/null 2>&1; then

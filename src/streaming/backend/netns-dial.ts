@@ -1,10 +1,11 @@
 /**
- * A TCP connection to a port in a pod's network namespace, owned by the daemon itself:
- * native/netns-dial.c (a Node-API addon) enters the namespace on a thread of its own, dials
- * there and hands back the connected socket, which becomes a net.Socket here. Port-forward
- * bytes then go pod socket <-> daemon <-> client, as in containerd, with no helper process
- * per connection and no pipe hop. When the addon is not built (no Node headers at build
- * time), `netnsDialer()` is null and port-forward runs corral-streamhelper instead.
+ * TCP connections to a port in a pod's network namespace, owned by the daemon itself:
+ * native/netns-dial.c (a Node-API addon) makes the socket inside the namespace on a thread of
+ * its own, and Node connects it here like any other (a socket stays in the namespace it was
+ * made in). Port-forward bytes then go pod socket <-> daemon <-> client, as in containerd,
+ * with no helper process per connection and no pipe hop. When the addon is not built (no
+ * Node headers at build time), `netnsDialer()` is null and port-forward runs
+ * corral-streamhelper instead.
  */
 import { closeSync } from 'node:fs';
 import { createRequire } from 'node:module';
@@ -13,8 +14,9 @@ import { nativeBinary } from '../../util/paths.js';
 
 export const NETNS_DIAL_ADDON = 'corral-netns-dial.node';
 
-interface NetnsDialAddon {
-  dial(netnsPath: string, port: number, timeoutMs: number, done: (err: (Error & { code?: string }) | null, fd?: number) => void): void;
+export interface NetnsDialAddon {
+  /** A new unconnected, non-blocking TCP socket of that family in the namespace pinned at netnsPath; throws with `code`. */
+  socketIn(netnsPath: string, family: 4 | 6): number;
 }
 
 let addon: NetnsDialAddon | null | undefined;
@@ -32,45 +34,44 @@ export function netnsDialer(): NetnsDialAddon | null {
 }
 
 /**
- * Dials 127.0.0.1:port, else [::1]:port, inside the network namespace pinned at netnsPath
- * (each try bounded by timeoutMs). The socket is half-open capable: the pod's EOF does not
- * end what the client still sends. An abort before the dial finishes closes what it made.
+ * Connects `socket` (a fresh net.Socket) to host:port within timeoutMs. The socket is
+ * half-open capable: the pod's EOF does not end what the client still sends.
  */
-export function dialInNetns(dialer: NetnsDialAddon, netnsPath: string, port: number, timeoutMs: number, signal?: AbortSignal): Promise<net.Socket> {
+function connect(socket: net.Socket, host: string, port: number, timeoutMs: number): Promise<net.Socket> {
   return new Promise((resolve, reject) => {
-    dialer.dial(netnsPath, port, timeoutMs, (err, fd) => {
-      if (err || fd === undefined) return reject(err ?? new Error('the dial returned no socket'));
-      if (signal?.aborted) {
-        closeSync(fd);
-        return reject(signal.reason ?? new Error('aborted'));
-      }
-      try {
-        resolve(new net.Socket({ fd, readable: true, writable: true, allowHalfOpen: true }));
-      } catch (e) {
-        closeSync(fd);
-        reject(e);
-      }
+    const timer = setTimeout(() => {
+      socket.destroy();
+      reject(Object.assign(new Error(`connect ${host} port ${port}: no answer within ${timeoutMs} ms`), { code: 'ETIMEDOUT' }));
+    }, timeoutMs);
+    socket.once('connect', () => {
+      clearTimeout(timer);
+      socket.removeAllListeners('error');
+      resolve(socket);
     });
+    socket.once('error', (e) => {
+      clearTimeout(timer);
+      socket.destroy();
+      reject(e);
+    });
+    socket.connect({ host, port });
   });
+}
+
+/** Dials host:port (127.0.0.1 or ::1) from inside the network namespace pinned at netnsPath. */
+export function dialInNetns(dialer: NetnsDialAddon, netnsPath: string, host: '127.0.0.1' | '::1', port: number, timeoutMs: number): Promise<net.Socket> {
+  const fd = dialer.socketIn(netnsPath, host === '::1' ? 6 : 4);
+  let socket: net.Socket;
+  try {
+    // manualStart: no read before it is connected (reading starts once it is).
+    socket = new net.Socket({ fd, allowHalfOpen: true, manualStart: true } as net.SocketConstructorOpts);
+  } catch (e) {
+    closeSync(fd);
+    throw e;
+  }
+  return connect(socket, host, port, timeoutMs);
 }
 
 /** Dials host:port from the daemon's own (the host's) namespace: a host-network pod, a gVisor pod's IP. */
 export function dialFromHost(host: string, port: number, timeoutMs: number): Promise<net.Socket> {
-  return new Promise((resolve, reject) => {
-    const s = net.connect({ host, port, allowHalfOpen: true });
-    const timer = setTimeout(() => {
-      s.destroy();
-      reject(Object.assign(new Error(`connect: ${host} port ${port}: timed out after ${timeoutMs} ms`), { code: 'ETIMEDOUT' }));
-    }, timeoutMs);
-    s.once('connect', () => {
-      clearTimeout(timer);
-      s.removeAllListeners('error');
-      resolve(s);
-    });
-    s.once('error', (e) => {
-      clearTimeout(timer);
-      s.destroy();
-      reject(e);
-    });
-  });
+  return connect(new net.Socket({ allowHalfOpen: true }), host, port, timeoutMs);
 }

@@ -4,9 +4,9 @@
  * socket, the pod's end ends the client's stream (and after a grace period the connection),
  * aborting or the client's reset closes it.
  *
- * Where the connection comes from: the daemon dials it itself, through the netns-dial addon
- * (a thread of its own enters the pod's pinned network namespace; see netns-dial.ts), so
- * bytes go pod socket <-> daemon <-> client. A host-network pod is dialled from the daemon's
+ * Where the connection comes from: the daemon dials it itself. The netns-dial addon makes the
+ * socket inside the pod's pinned network namespace (on a short-lived thread of its own; see
+ * netns-dial.ts) and the daemon connects it, so bytes go pod socket <-> daemon <-> client. A host-network pod is dialled from the daemon's
  * own (the host's) namespace, and a gVisor (runsc) pod on its IP from there too, since its
  * loopback lives in the sandbox's own network stack, not in the pinned namespace. Without
  * the addon, one corral-streamhelper per connection enters the namespace (setns in the
@@ -51,22 +51,26 @@ export async function forwardPort(podSandboxId: string, netnsPath: string | null
   let socket: net.Socket;
   try {
     if (address) socket = await dialFromHost(address, port, DIAL_TIMEOUT_MS);
-    else if (netnsPath === null) socket = await dialLocalhostFromHost(port);
-    else socket = await dialInNetns(dialer!, netnsPath, port, DIAL_TIMEOUT_MS, signal);
+    else if (netnsPath === null) socket = await dialLocalhost((host) => dialFromHost(host, port, DIAL_TIMEOUT_MS));
+    else socket = await dialLocalhost((host) => dialInNetns(dialer!, netnsPath, host, port, DIAL_TIMEOUT_MS));
   } catch (e) {
     if (signal.aborted) return;
     throw new PortForwardError(podSandboxId, port, `dialing ${address ?? 'localhost'} in the pod: ${(e as Error).message}`);
   }
+  if (signal.aborted) {
+    socket.destroy();
+    return;
+  }
   await relay(socket, stream, signal);
 }
 
-/** A host-network pod's localhost, as containerd dials it: 127.0.0.1, else ::1. */
-async function dialLocalhostFromHost(port: number): Promise<net.Socket> {
+/** The pod's localhost, as containerd dials it: 127.0.0.1, else ::1. */
+async function dialLocalhost(dial: (host: '127.0.0.1' | '::1') => Promise<net.Socket>): Promise<net.Socket> {
   try {
-    return await dialFromHost('127.0.0.1', port, DIAL_TIMEOUT_MS);
+    return await dial('127.0.0.1');
   } catch (e4) {
     try {
-      return await dialFromHost('::1', port, DIAL_TIMEOUT_MS);
+      return await dial('::1');
     } catch (e6) {
       throw new Error(`127.0.0.1: ${(e4 as Error).message}; [::1]: ${(e6 as Error).message}`);
     }
