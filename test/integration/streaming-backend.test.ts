@@ -408,6 +408,19 @@ test('port-forward: the daemon dials the pod itself (netns-dial addon, no helper
   await assert.rejects(viaHelper(1, Buffer.from('x')), (e: Error) => e instanceof PortForwardError && /refused/i.test(e.message));
 });
 
+test('netns-dial: a missing pin, or a file that is no network namespace, is an error named by its errno; bad arguments a TypeError', async (t) => {
+  // (That the socket it makes is the pod's: the port-forward tests above reach servers only the pod's namespace has.)
+  const dialer = netnsDialer();
+  if (!dialer) return t.skip(`${NETNS_DIAL_ADDON} not built`);
+  const fds = async () => (await fs.readdir('/proc/self/fd')).length;
+  const before = await fds();
+  assert.throws(() => dialer.socketIn('/run/corral-no-such-pin', 4), (e: NodeJS.ErrnoException) => e.code === 'ENOENT' && e.errno === 2);
+  assert.throws(() => dialer.socketIn('/etc/hostname', 6), (e: NodeJS.ErrnoException) => e.code === 'EINVAL' && /network namespace \/etc\/hostname/.test(e.message));
+  assert.throws(() => dialer.socketIn('relative/path', 4), TypeError);
+  assert.throws(() => dialer.socketIn('/proc/self/ns/net', 5 as 4), TypeError);
+  assert.equal(await fds(), before, 'a failed call leaves no fd open');
+});
+
 test('port-forward of a host-network pod dials the host; many connections at once', async () => {
   const p = await pod('runc', 'NODE');
   const server = net.createServer((c) => c.pipe(c)); // echo
