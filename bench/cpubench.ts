@@ -23,7 +23,8 @@
  * --state-tmpfs: each daemon's state dir on a tmpfs of its own, as /run is on a systemd host
  * (bench/lib.ts mountTmpfs: here /run is on an ext4 without a journal, whose inode allocator
  * makes every file a daemon creates there cost more the more files were removed in the last
- * 30 s). The floor's netns files stay in /var/run/netns either way, Corral's pins in its netns dir beside the state dir.
+ * 30 s). The floor's netns files stay in /var/run/netns either way, and Corral's pins in its
+ * netns dir beside the state dir.
  * CORRAL_CPUBENCH_PHASE_LOG=FILE appends `<build> <pid> c=<n> <phase> <start> <end>` per phase
  * (CLOCK_MONOTONIC ns), to cut a `perf record -a -k CLOCK_MONOTONIC` profile to one phase.
  * CORRAL_BENCH_NODE_FLAGS sets the daemons' Node flags (e.g. add --cpu-prof --cpu-prof-dir=D:
@@ -116,7 +117,7 @@ async function round(corral: BenchCorral, build: string, pidMode: PidMode, concu
   const phase = async (name: Phase, fn: (i: number) => Promise<void>) => {
     const before = cpuOf(corral.pid);
     const m0 = machineCpu();
-    const t0 = process.hrtime.bigint();
+    const phaseStart = process.hrtime.bigint();
     await pool(configs, concurrency, async (_c, i) => {
       const t0 = performance.now();
       try {
@@ -129,7 +130,7 @@ async function round(corral: BenchCorral, build: string, pidMode: PidMode, concu
     const after = cpuOf(corral.pid);
     const m1 = machineCpu();
     // CLOCK_MONOTONIC ns, as `perf record -k CLOCK_MONOTONIC` stamps samples: a profile of the whole machine can be cut to one phase.
-    if (PHASE_LOG) appendFileSync(PHASE_LOG, `${build} ${pidMode} c=${concurrency} ${name} ${t0} ${process.hrtime.bigint()}\n`);
+    if (PHASE_LOG) appendFileSync(PHASE_LOG, `${build} ${pidMode} c=${concurrency} ${name} ${phaseStart} ${process.hrtime.bigint()}\n`);
     r.cpu[name] = {
       self: (after.self - before.self) / PODS,
       selfNs: (after.selfNs - before.selfNs) / PODS,

@@ -39,8 +39,11 @@ export async function doctorCommand(argv: string[]): Promise<number> {
     const p = nativeBinary(bin);
     add((await isExecutable(p)) ? 'ok' : 'fail', `${bin}: ${p}`, 'build Corral: npm run build (needs gcc and libc6-dev)');
   }
-  const dialAddon = nativeBinary('corral-netns-dial.node');
-  add((await exists(dialAddon)) ? 'ok' : 'warn', `corral-netns-dial.node: ${dialAddon}${(await exists(dialAddon)) ? '' : ' not built: port-forward runs a corral-streamhelper per connection'}`, 'install Node.js\'s headers (node_api.h) and build Corral: npm run build');
+  // Loaded as the daemon loads it (a build for another Node.js ABI would not be).
+  const { netnsDialer, NETNS_DIAL_ADDON } = await import('../streaming/backend/netns-dial.js');
+  const dialAddon = nativeBinary(NETNS_DIAL_ADDON);
+  if (netnsDialer()) add('ok', `${NETNS_DIAL_ADDON}: ${dialAddon}`);
+  else add('warn', `${NETNS_DIAL_ADDON} ${(await exists(dialAddon)) ? 'does not load' : 'not built'}: port-forward runs a corral-streamhelper per connection`, 'install Node.js\'s headers (node_api.h) and build Corral: npm run build');
   // corral-unpack alone is linked dynamically (ISA-L's libisal.so.2): the loader exits 127 without it.
   const unpack = await execFile(nativeBinary('corral-unpack'), [], { timeoutMs: 10_000 }).catch((e: Error) => ({ code: -1, stdout: '', stderr: e.message }));
   if (unpack.code === 127) add('fail', `corral-unpack cannot start: ${unpack.stderr.trim().slice(0, 300)}`, 'apt-get install libisal2 (ISA-L: its gzip decoder)');
