@@ -53,6 +53,33 @@ export function formatLogTime(time: string): string {
   return `${base}.${(m[2] ?? '').padEnd(9, '0')}Z`;
 }
 
+/** A CRI record's time (RFC 3339 with up to nine fractional digits) as nanoseconds since the epoch; null if unparseable. */
+export function logTimeNs(time: string): bigint | null {
+  const m = /^(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(?:\.(\d{1,9}))?(Z|[+-]\d\d:\d\d)$/.exec(time);
+  if (!m) return null;
+  const ms = Date.parse(`${m[1]}${m[3] === 'Z' ? 'Z' : m[3]}`);
+  if (Number.isNaN(ms)) return null;
+  return BigInt(ms) * 1_000_000n + BigInt((m[2] ?? '').padEnd(9, '0'));
+}
+
+/**
+ * `--since` as crictl takes it: an RFC 3339 time, or a duration back from `nowMs` (Go's
+ * form: 30s, 5m, 1h30m, 1.5h, 250ms); as nanoseconds since the epoch. Throws on anything else.
+ */
+export function parseSince(value: string, nowMs: number): bigint {
+  const at = logTimeNs(value);
+  if (at !== null) return at;
+  const unit: Record<string, number> = { ns: 1e-6, us: 1e-3, µs: 1e-3, ms: 1, s: 1000, m: 60_000, h: 3_600_000 };
+  const parts = /^(?:\d+(?:\.\d+)?(?:ns|us|µs|ms|s|m|h))+$/.test(value) ? value.match(/\d+(?:\.\d+)?(?:ns|us|µs|ms|s|m|h)/g)! : null;
+  if (!parts) throw new Error(`--since must be an RFC 3339 time (2026-12-03T10:00:00Z) or a duration back from now (30s, 5m, 1h30m), got "${value}"`);
+  let ms = 0;
+  for (const p of parts) {
+    const [, n, u] = /^(\d+(?:\.\d+)?)(.*)$/.exec(p)!;
+    ms += Number(n) * unit[u!]!;
+  }
+  return BigInt(Math.round(nowMs)) * 1_000_000n - BigInt(Math.round(ms * 1e6));
+}
+
 export interface LogWriter {
   write(stream: LogStream, data: Buffer | string): void | Promise<void>;
 }
@@ -65,11 +92,26 @@ export interface LogWriter {
 export class LogPrinter {
   private readonly midLine: Record<LogStream, boolean> = { stdout: false, stderr: false };
   private readonly skipping: Record<LogStream, boolean> = { stdout: false, stderr: false };
+  /** Bytes still allowed out (--limit-bytes), or undefined for no limit. */
+  private left: number | undefined;
 
+  /**
+   * since: only records written at or after it (ns since the epoch; --since), as kubelet
+   * filters; a record whose time cannot be read is shown. limitBytes: stop after that many
+   * bytes of output, timestamps included (--limit-bytes).
+   */
   constructor(
     private readonly out: LogWriter,
     private readonly timestamps: boolean,
-  ) {}
+    private readonly opts: { since?: bigint; limitBytes?: number } = {},
+  ) {
+    this.left = opts.limitBytes;
+  }
+
+  /** True once --limit-bytes is used up: nothing more is printed. */
+  get full(): boolean {
+    return this.left !== undefined && this.left <= 0;
+  }
 
   /** Skip the rest of a line already begun on `stream` before the records printed next (tail). */
   skipLineInProgress(stream: LogStream): void {
@@ -81,9 +123,21 @@ export class LogPrinter {
       if (!rec.partial) this.skipping[rec.stream] = false;
       return;
     }
-    if (this.timestamps && !this.midLine[rec.stream]) await this.out.write(rec.stream, `${formatLogTime(rec.time)} `);
-    await this.out.write(rec.stream, rec.partial ? rec.text : Buffer.concat([rec.text, Buffer.from('\n')]));
+    if (this.opts.since !== undefined) {
+      const at = logTimeNs(rec.time);
+      if (at !== null && at < this.opts.since) return;
+    }
+    if (this.timestamps && !this.midLine[rec.stream]) await this.emit(rec.stream, Buffer.from(`${formatLogTime(rec.time)} `));
+    await this.emit(rec.stream, rec.partial ? rec.text : Buffer.concat([rec.text, Buffer.from('\n')]));
     this.midLine[rec.stream] = rec.partial;
+  }
+
+  private async emit(stream: LogStream, data: Buffer): Promise<void> {
+    if (this.left === undefined) return this.out.write(stream, data);
+    if (this.left <= 0) return;
+    const part = data.length > this.left ? data.subarray(0, this.left) : data;
+    this.left -= part.length;
+    await this.out.write(stream, part);
   }
 }
 

@@ -1,14 +1,17 @@
 /**
- * `corral logs [-f] [--tail N] [-t] CONTAINER`: the container's CRI log file, read as
- * crictl reads it (the path from ContainerStatus; stdout records to stdout, stderr records to
- * stderr; P records joined into their line). -f follows the file until the container is no
+ * `corral logs [-f] [--tail N] [-t] [--since T] [--limit-bytes N] [-p] CONTAINER`: the
+ * container's CRI log file, read as crictl reads it (the path from ContainerStatus; stdout
+ * records to stdout, stderr records to stderr; P records joined into their line). --since
+ * keeps records written at or after a time (RFC 3339, or a duration back from now),
+ * --limit-bytes stops after that much output, --previous reads the previous instance's file
+ * (kubelet names them by attempt: `<attempt - 1>.log` beside this one's), as crictl does. -f follows the file until the container is no
  * longer running, across kubelet's rotation: the file renamed and a new one opened in its
  * place (ReopenContainerLog) — the rest of the old file is read, then the new one from its start.
  */
 import { promises as fs } from 'node:fs';
 import { parseArgs } from 'node:util';
 import { parseOptions } from './commands.js';
-import { LineSplitter, LogPrinter, TailFinder, parseCriRecord, type LogStream } from './cri-log.js';
+import { LineSplitter, LogPrinter, TailFinder, parseCriRecord, parseSince, type LogStream } from './cri-log.js';
 import { connectRuntime, resolveContainer, type Rpc } from './daemon-client.js';
 
 const CHUNK = 64 * 1024;
@@ -26,13 +29,21 @@ export async function logsCommand(argv: string[]): Promise<number> {
     if (!Number.isInteger(tail) || tail < -1) throw new Error(`--tail must be a whole number of lines (-1: all), got "${values.tail}"`);
     if (tail === -1) tail = undefined;
   }
+  const since = values.since === undefined ? undefined : parseSince(String(values.since), Date.now());
+  let limitBytes: number | undefined;
+  if (values['limit-bytes'] !== undefined) {
+    limitBytes = Number(values['limit-bytes']);
+    if (!Number.isInteger(limitBytes) || limitBytes < 1) throw new Error(`--limit-bytes must be a positive whole number of bytes, got "${values['limit-bytes']}"`);
+  }
+  if (values.previous && values.follow) throw new Error('--previous and --follow together: the previous instance is not running');
   const daemon = await connectRuntime(values);
   try {
     const { id, status } = await resolveContainer(daemon.rpc, positionals[0]!);
-    const logPath = status.logPath as string;
+    let logPath = status.logPath as string;
     if (!logPath) throw new Error(`container ${id} has no log file (it was created without a log path)`);
+    if (values.previous) logPath = previousLogPath(id, logPath, Number(status.metadata?.attempt ?? 0));
     const out = new Output();
-    const printer = new LogPrinter(out, values.timestamps === true);
+    const printer = new LogPrinter(out, values.timestamps === true, { since, limitBytes });
     const reader = await LogFile.open(logPath, id);
     try {
       if (tail !== undefined) await reader.seekTail(tail, printer);
@@ -46,6 +57,18 @@ export async function logsCommand(argv: string[]): Promise<number> {
   } finally {
     daemon.close();
   }
+}
+
+/**
+ * The previous instance's log file, as crictl finds it: kubelet names a container's log
+ * `<attempt>.log` in its folder, so the previous one is `<attempt - 1>.log` beside it.
+ */
+export function previousLogPath(id: string, logPath: string, attempt: number): string {
+  if (!(attempt > 0)) throw new Error(`container ${id} is its pod's first instance (attempt 0): there is no previous one`);
+  const dir = logPath.slice(0, logPath.lastIndexOf('/') + 1);
+  const dot = logPath.lastIndexOf('.');
+  const ext = dot > dir.length ? logPath.slice(dot) : '';
+  return `${dir}${attempt - 1}${ext}`;
 }
 
 /** stdout and stderr with backpressure; a closed reader (`| head`) ends the command quietly. */
@@ -93,17 +116,18 @@ class LogFile {
     return new LogFile(logPath, handle, (await handle.stat()).ino);
   }
 
-  /** Reads up to the end as it is now; calls `onLine` for each complete line with its offset. */
-  private async readToEnd(onLine: (line: Buffer, offset: number) => Promise<void> | void): Promise<number> {
+  /** Reads up to the end as it is now (or until `done`); calls `onLine` for each complete line with its offset. */
+  private async readToEnd(onLine: (line: Buffer, offset: number) => Promise<void> | void, done: () => boolean = () => false): Promise<number> {
     const buf = Buffer.allocUnsafe(CHUNK);
     let total = 0;
-    for (;;) {
+    while (!done()) {
       const { bytesRead } = await this.handle.read(buf, 0, CHUNK, this.position);
       if (bytesRead === 0) return total;
       this.position += bytesRead;
       total += bytesRead;
       for (const { line, offset } of this.splitter.push(buf.subarray(0, bytesRead))) await onLine(line, offset);
     }
+    return total;
   }
 
   /** Positions the reader at the start of the last `lines` lines (two passes: find, then print from there). */
@@ -122,15 +146,16 @@ class LogFile {
     for (const s of ['stdout', 'stderr'] as const) if (start.midLine[s]) printer.skipLineInProgress(s);
   }
 
-  /** Prints what the file holds now; the number of bytes read. */
+  /** Prints what the file holds now (until --limit-bytes is used up); the number of bytes read. */
   printAvailable(printer: LogPrinter): Promise<number> {
     return this.readToEnd(async (line) => {
+      if (printer.full) return;
       const rec = parseCriRecord(line);
       if (rec) return printer.print(rec);
       // Not a CRI record: shown as it is (once warned), rather than lost.
       if (this.badLines++ === 0) process.stderr.write(`corral logs: ${this.path} has lines not in the CRI log format; they are shown as they are\n`);
       return printer.print({ time: '', stream: 'stdout', partial: false, text: line });
-    });
+    }, () => printer.full);
   }
 
   /**
@@ -175,7 +200,7 @@ async function follow(rpc: Rpc, id: string, state: string, reader: LogFile, prin
   process.once('SIGINT', onSignal);
   process.once('SIGTERM', onSignal);
   try {
-    while (!interrupted) {
+    while (!interrupted && !printer.full) {
       if ((await reader.printAvailable(printer)) > 0) continue;
       const change = await reader.changed();
       if (change === 'rotated') {

@@ -121,6 +121,35 @@ test('logs: lines as written, the 20 KiB line joined from its partial records, s
   assert.match(missing.stderr, /no container has the ID, ID prefix or name "no-such-container" \(see: corral ps -a\)/);
 });
 
+test('logs --since, --limit-bytes and --previous (attempt 1 in kubelet\'s <name>/<attempt>.log layout, attempt 0 written before)', async () => {
+  // --since: a time after every line prints nothing; one before all of them prints everything.
+  assert.equal((await corral('logs', '--since', '2099-01-01T00:00:00Z', 'long')).stdout, '');
+  const recent = await corral('logs', '--since', '1h', 'long');
+  assert.equal(recent.code, 0, recent.stderr);
+  assert.equal(recent.stdout, `${'x'.repeat(LONG)}\nshort line\n`);
+  const limited = await corral('logs', '--limit-bytes', '100', 'long');
+  assert.equal(limited.code, 0, limited.stderr);
+  assert.equal(limited.stdout + limited.stderr, 'x'.repeat(100), 'the first 100 bytes, then it stops');
+  const bad = await corral('logs', '--since', 'yesterday', 'long');
+  assert.equal(bad.code, 1);
+  assert.match(bad.stderr, /--since must be an RFC 3339 time/);
+  const first = await corral('logs', '--previous', 'long');
+  assert.equal(first.code, 1);
+  assert.match(first.stderr, /is its pod's first instance \(attempt 0\): there is no previous one/);
+
+  // A restarted container as kubelet makes it: attempt 1, its log app/1.log; app/0.log is the first instance's.
+  await fs.mkdir(path.join(pod.logDirectory, 'app'), { recursive: true });
+  await fs.writeFile(path.join(pod.logDirectory, 'app', '0.log'), '2026-12-02T15:54:23.000000000+00:00 stdout F from the first instance\n');
+  const id = await startContainer(d, pod, image, 'app', ['/bin/busybox', 'sh', '-c', 'echo from the second instance'], { metadata: { name: 'app', attempt: 1 }, logPath: 'app/1.log' });
+  await eventually(async () => assert.equal((await corral('logs', id)).stdout, 'from the second instance\n'), { what: 'the second instance\'s line' });
+  const prev = await corral('logs', '-p', id);
+  assert.equal(prev.code, 0, prev.stderr);
+  assert.equal(prev.stdout, 'from the first instance\n');
+  const both = await corral('logs', '-p', '-f', id);
+  assert.equal(both.code, 1);
+  assert.match(both.stderr, /--previous and --follow together/);
+});
+
 test('logs -f: new lines as they come, every line once across a rotation (rename + ReopenContainerLog), and it ends when the container stops', async () => {
   const child = spawn(process.execPath, [mainJs, 'logs', '-f', '--tail', '1', 'ticker', ...ep], { stdio: ['ignore', 'pipe', 'pipe'] });
   let out = '';

@@ -1,7 +1,8 @@
 /** Pure parts of `corral logs` (the CRI log format, joining partial lines, --tail) and of `corral stats`/`statsp` (crictl's figures). */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { LineSplitter, LogPrinter, TailFinder, formatLogTime, parseCriRecord, type LogRecord, type LogStream } from '../../src/cli/cri-log.js';
+import { LineSplitter, LogPrinter, TailFinder, formatLogTime, logTimeNs, parseCriRecord, parseSince, type LogRecord, type LogStream } from '../../src/cli/cri-log.js';
+import { previousLogPath } from '../../src/cli/logs-command.js';
 import { containerStatsRows, cpuPercent, podStatsRows } from '../../src/cli/stats-view.js';
 import { ago, decimalSize } from '../../src/cli/format.js';
 import { labelSelector, pickByName } from '../../src/cli/daemon-client.js';
@@ -27,6 +28,46 @@ test('timestamps as crictl prints them: UTC with Z, always nine fractional digit
   assert.equal(formatLogTime('2026-12-02T17:54:23.5+02:00'), '2026-12-02T15:54:23.500000000Z');
   assert.equal(formatLogTime('2026-12-31T23:30:00.25-01:00'), '2027-01-01T00:30:00.250000000Z');
   assert.equal(formatLogTime('garbage'), 'garbage');
+});
+
+test('--since: RFC 3339 times to the nanosecond, in any offset, or Go durations back from now; anything else refused', () => {
+  assert.equal(logTimeNs('2026-12-02T15:54:23.603252879+00:00'), 1796226863603252879n);
+  assert.equal(logTimeNs('2026-12-02T17:54:23.603252879+02:00'), 1796226863603252879n, 'the same instant in another offset');
+  assert.equal(logTimeNs('2026-12-02T15:54:23Z'), 1796226863000000000n);
+  assert.equal(logTimeNs('yesterday'), null);
+  const now = Date.parse('2026-12-03T10:00:00Z');
+  assert.equal(parseSince('2026-12-03T09:00:00Z', now), BigInt(now - 3_600_000) * 1_000_000n);
+  assert.equal(parseSince('1h', now), BigInt(now - 3_600_000) * 1_000_000n);
+  assert.equal(parseSince('1h30m', now), BigInt(now - 5_400_000) * 1_000_000n);
+  assert.equal(parseSince('1.5s', now), BigInt(now - 1500) * 1_000_000n);
+  assert.equal(parseSince('250ms', now), BigInt(now - 250) * 1_000_000n);
+  for (const bad of ['', '5', '5 m', 'm5', '1d', '-5m', 'soon']) assert.throws(() => parseSince(bad, now), /--since must be an RFC 3339 time/, bad);
+});
+
+test('--since keeps the records written at or after it; --limit-bytes stops after that much output, timestamps counted', async () => {
+  const at = (s: number) => `2026-12-02T15:54:${String(s).padStart(2, '0')}.000000000+00:00`;
+  const records = [rec(`${at(1)} stdout F one`), rec(`${at(2)} stderr F two`), rec(`${at(3)} stdout P thr`), rec(`${at(4)} stdout F ee`)];
+  const print = async (opts: { since?: bigint; limitBytes?: number }, timestamps = false) => {
+    const got: Record<LogStream, string> = { stdout: '', stderr: '' };
+    const p = new LogPrinter({ write: (s, d) => void (got[s] += d.toString()) }, timestamps, opts);
+    for (const r of records) await p.print(r);
+    return { got, full: p.full };
+  };
+  assert.deepEqual((await print({ since: logTimeNs(at(2))! })).got, { stdout: 'three\n', stderr: 'two\n' });
+  assert.deepEqual((await print({ since: logTimeNs(at(5))! })).got, { stdout: '', stderr: '' });
+  const limited = await print({ limitBytes: 6 });
+  assert.deepEqual(limited.got, { stdout: 'one\n', stderr: 'tw' });
+  assert.equal(limited.full, true);
+  assert.equal((await print({ limitBytes: 1000 })).full, false);
+  const stamped = await print({ limitBytes: 40 }, true);
+  assert.equal(stamped.got.stdout, '2026-12-02T15:54:01.000000000Z one\n');
+  assert.equal(stamped.got.stderr, '2026-', '40 bytes: the first line with its timestamp (35) and 5 of the next');
+});
+
+test('--previous: the log of attempt - 1 beside this one, as kubelet names them; none for a first instance', () => {
+  assert.equal(previousLogPath('c1', '/var/log/pods/ns_p_uid/app/3.log', 3), '/var/log/pods/ns_p_uid/app/2.log');
+  assert.equal(previousLogPath('c1', 'logs/app/1.log', 1), 'logs/app/0.log');
+  assert.throws(() => previousLogPath('c1', '/var/log/pods/x/app/0.log', 0), /container c1 is its pod's first instance \(attempt 0\)/);
 });
 
 /** Prints records and returns what each stream got. */
