@@ -4,9 +4,10 @@
  * records to stdout, stderr records to stderr; P records joined into their line). --since
  * keeps records written at or after a time (RFC 3339, or a duration back from now),
  * --limit-bytes stops after that much output, --previous reads the previous instance's file
- * (kubelet names them by attempt: `<attempt - 1>.log` beside this one's), as crictl does. -f follows the file until the container is no
- * longer running, across kubelet's rotation: the file renamed and a new one opened in its
- * place (ReopenContainerLog) — the rest of the old file is read, then the new one from its start.
+ * (kubelet names them by attempt: `<attempt - 1>.log` beside this one's), as crictl does.
+ * -f follows the file until the container is no longer running, across kubelet's rotation:
+ * the file renamed and a new one opened in its place (ReopenContainerLog) — the rest of the
+ * old file is read, then the new one from its start.
  */
 import { promises as fs } from 'node:fs';
 import { parseArgs } from 'node:util';
