@@ -35,31 +35,25 @@ export function parseCriRecord(line: Buffer): LogRecord | null {
   return { time, stream, partial: tag === 'P', text: s3 < 0 ? Buffer.alloc(0) : line.subarray(s3 + 1) };
 }
 
+/** A CRI record's time (RFC 3339 with up to nine fractional digits, any offset) as nanoseconds since the epoch; null if unparseable. */
+export function logTimeNs(time: string): bigint | null {
+  const m = /^(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(?:\.(\d{1,9}))?(Z|[+-]\d\d:\d\d)$/.exec(time);
+  if (!m) return null;
+  const ms = Date.parse(`${m[1]}${m[3]}`);
+  if (Number.isNaN(ms)) return null;
+  return BigInt(ms) * 1_000_000n + BigInt((m[2] ?? '').padEnd(9, '0'));
+}
+
 /**
  * RFC 3339 as written by conmon (`2026-12-02T15:54:23.603252879+00:00`) → crictl's output
  * form (kubelet's `2006-01-02T15:04:05.000000000Z07:00`): UTC, always nine fractional
  * digits. Unparseable input is returned as is.
  */
 export function formatLogTime(time: string): string {
-  const m = /^(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(?:\.(\d{1,9}))?(Z|[+-]\d\d:\d\d)$/.exec(time);
-  if (!m) return time;
-  let base = m[1]!;
-  const zone = m[3]!;
-  if (zone !== 'Z' && zone !== '+00:00' && zone !== '-00:00') {
-    const ms = Date.parse(`${base}${zone}`);
-    if (Number.isNaN(ms)) return time;
-    base = new Date(ms).toISOString().slice(0, 19);
-  }
-  return `${base}.${(m[2] ?? '').padEnd(9, '0')}Z`;
-}
-
-/** A CRI record's time (RFC 3339 with up to nine fractional digits) as nanoseconds since the epoch; null if unparseable. */
-export function logTimeNs(time: string): bigint | null {
-  const m = /^(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(?:\.(\d{1,9}))?(Z|[+-]\d\d:\d\d)$/.exec(time);
-  if (!m) return null;
-  const ms = Date.parse(`${m[1]}${m[3] === 'Z' ? 'Z' : m[3]}`);
-  if (Number.isNaN(ms)) return null;
-  return BigInt(ms) * 1_000_000n + BigInt((m[2] ?? '').padEnd(9, '0'));
+  const ns = logTimeNs(time);
+  if (ns === null) return time;
+  const seconds = ns / 1_000_000_000n;
+  return `${new Date(Number(seconds) * 1000).toISOString().slice(0, 19)}.${String(ns - seconds * 1_000_000_000n).padStart(9, '0')}Z`;
 }
 
 /**
@@ -69,14 +63,12 @@ export function logTimeNs(time: string): bigint | null {
 export function parseSince(value: string, nowMs: number): bigint {
   const at = logTimeNs(value);
   if (at !== null) return at;
-  const unit: Record<string, number> = { ns: 1e-6, us: 1e-3, µs: 1e-3, ms: 1, s: 1000, m: 60_000, h: 3_600_000 };
-  const parts = /^(?:\d+(?:\.\d+)?(?:ns|us|µs|ms|s|m|h))+$/.test(value) ? value.match(/\d+(?:\.\d+)?(?:ns|us|µs|ms|s|m|h)/g)! : null;
-  if (!parts) throw new Error(`--since must be an RFC 3339 time (2026-12-03T10:00:00Z) or a duration back from now (30s, 5m, 1h30m), got "${value}"`);
-  let ms = 0;
-  for (const p of parts) {
-    const [, n, u] = /^(\d+(?:\.\d+)?)(.*)$/.exec(p)!;
-    ms += Number(n) * unit[u!]!;
+  const unitMs: Record<string, number> = { ns: 1e-6, us: 1e-3, µs: 1e-3, ms: 1, s: 1000, m: 60_000, h: 3_600_000 };
+  const parts = [...value.matchAll(/(\d+(?:\.\d+)?)(ns|us|µs|ms|s|m|h)/g)];
+  if (parts.length === 0 || parts.map((p) => p[0]).join('') !== value) {
+    throw new Error(`--since must be an RFC 3339 time (2026-12-03T10:00:00Z) or a duration back from now (30s, 5m, 1h30m), got "${value}"`);
   }
+  const ms = parts.reduce((sum, [, n, unit]) => sum + Number(n) * unitMs[unit!]!, 0);
   return BigInt(Math.round(nowMs)) * 1_000_000n - BigInt(Math.round(ms * 1e6));
 }
 
