@@ -17,7 +17,7 @@ import { TestDaemon, podConfig } from '../helpers/daemon.js';
 import type { TestRegistry } from '../helpers/registry.js';
 import { startDaemonWithBusybox } from '../helpers/busybox-daemon.js';
 import { conmonStreamPaths, createStreamingRuntime, PortForwardError, type StreamingBackendDeps } from '../../src/streaming/backend/index.js';
-import { forwardPort, POD_EOF_GRACE_MS } from '../../src/streaming/backend/port-forward.js';
+import { DIAL_TIMEOUT_MS, forwardPort, POD_EOF_GRACE_MS } from '../../src/streaming/backend/port-forward.js';
 import { NETNS_DIAL_ADDON, netnsDialer } from '../../src/streaming/backend/netns-dial.js';
 import type { StreamingRuntime, StreamIO, TerminalSize } from '../../src/streaming/runtime.js';
 import { sleep, waitFor } from '../helpers/wait.js';
@@ -406,6 +406,27 @@ test('port-forward: the daemon dials the pod itself (netns-dial addon, no helper
   const again = randomBytes(256 * 1024);
   assert.ok((await viaHelper(port, again)).equals(again), 'echoed intact through corral-streamhelper');
   await assert.rejects(viaHelper(1, Buffer.from('x')), (e: Error) => e instanceof PortForwardError && /refused/i.test(e.message));
+});
+
+test('port-forward: an abort while the pod does not answer the dial (SYNs dropped) ends it at once and leaves no socket', async (t) => {
+  if (!netnsDialer()) return t.skip(`${NETNS_DIAL_ADDON} not built`);
+  const p = await pod('runc');
+  const netns = (await testDeps().podNetns(p.podSandboxId))!;
+  const port = 7000 + randomInt(1000);
+  const drop = await execFile('nsenter', [`--net=${netns}`, 'iptables', '-w', '-A', 'INPUT', '-p', 'tcp', '--dport', String(port), '-j', 'DROP']);
+  assert.equal(drop.code, 0, drop.stderr);
+  const fds = async () => (await fs.readdir('/proc/self/fd')).length;
+  const before = await fds();
+  const ac = new AbortController();
+  const stream = Duplex.from({ readable: new PassThrough(), writable: new Collector() });
+  const t0 = Date.now();
+  const done = rt.portForward(p.podSandboxId, port, stream, ac.signal);
+  await sleep(300);
+  assert.ok((await fds()) > before, 'the dial is under way (its socket open)');
+  ac.abort();
+  await done;
+  assert.ok(Date.now() - t0 < 3000, `ended ${Date.now() - t0} ms after it began; the dial would wait ${DIAL_TIMEOUT_MS} ms`);
+  assert.equal(await fds(), before, 'the dialling socket is closed');
 });
 
 test('netns-dial: a missing pin, or a file that is no network namespace, is an error named by its errno; bad arguments a TypeError', async (t) => {

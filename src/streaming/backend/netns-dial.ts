@@ -34,31 +34,35 @@ export function netnsDialer(): NetnsDialAddon | null {
 }
 
 /**
- * Connects `socket` (a fresh net.Socket) to host:port within timeoutMs. The socket is
- * half-open capable: the pod's EOF does not end what the client still sends.
+ * Connects `socket` (a fresh net.Socket) to host:port within timeoutMs; an abort destroys it
+ * at once (nothing of a dial outlives the session that asked for it). The socket is half-open
+ * capable: the pod's EOF does not end what the client still sends.
  */
-function connect(socket: net.Socket, host: string, port: number, timeoutMs: number): Promise<net.Socket> {
+function connect(socket: net.Socket, host: string, port: number, timeoutMs: number, signal?: AbortSignal): Promise<net.Socket> {
   return new Promise((resolve, reject) => {
-    const timer = setTimeout(() => {
+    const fail = (e: Error) => {
+      clearTimeout(timer);
+      signal?.removeEventListener('abort', onAbort);
       socket.destroy();
-      reject(Object.assign(new Error(`connect ${host} port ${port}: no answer within ${timeoutMs} ms`), { code: 'ETIMEDOUT' }));
-    }, timeoutMs);
+      reject(e);
+    };
+    const onAbort = () => fail(Object.assign(new Error(`connect ${host} port ${port}: aborted`), { code: 'ABORT_ERR' }));
+    const timer = setTimeout(() => fail(Object.assign(new Error(`connect ${host} port ${port}: no answer within ${timeoutMs} ms`), { code: 'ETIMEDOUT' })), timeoutMs);
+    if (signal?.aborted) return onAbort();
+    signal?.addEventListener('abort', onAbort, { once: true });
     socket.once('connect', () => {
       clearTimeout(timer);
+      signal?.removeEventListener('abort', onAbort);
       socket.removeAllListeners('error');
       resolve(socket);
     });
-    socket.once('error', (e) => {
-      clearTimeout(timer);
-      socket.destroy();
-      reject(e);
-    });
+    socket.once('error', fail);
     socket.connect({ host, port });
   });
 }
 
 /** Dials host:port (127.0.0.1 or ::1) from inside the network namespace pinned at netnsPath. */
-export function dialInNetns(dialer: NetnsDialAddon, netnsPath: string, host: '127.0.0.1' | '::1', port: number, timeoutMs: number): Promise<net.Socket> {
+export function dialInNetns(dialer: NetnsDialAddon, netnsPath: string, host: '127.0.0.1' | '::1', port: number, timeoutMs: number, signal?: AbortSignal): Promise<net.Socket> {
   const fd = dialer.socketIn(netnsPath, host === '::1' ? 6 : 4);
   let socket: net.Socket;
   try {
@@ -68,10 +72,10 @@ export function dialInNetns(dialer: NetnsDialAddon, netnsPath: string, host: '12
     closeSync(fd);
     throw e;
   }
-  return connect(socket, host, port, timeoutMs);
+  return connect(socket, host, port, timeoutMs, signal);
 }
 
 /** Dials host:port from the daemon's own (the host's) namespace: a host-network pod, a gVisor pod's IP. */
-export function dialFromHost(host: string, port: number, timeoutMs: number): Promise<net.Socket> {
-  return connect(new net.Socket({ allowHalfOpen: true }), host, port, timeoutMs);
+export function dialFromHost(host: string, port: number, timeoutMs: number, signal?: AbortSignal): Promise<net.Socket> {
+  return connect(new net.Socket({ allowHalfOpen: true }), host, port, timeoutMs, signal);
 }

@@ -15,7 +15,7 @@
  */
 import { spawn } from 'node:child_process';
 import type net from 'node:net';
-import type { Duplex } from 'node:stream';
+import type { Duplex, Readable, Writable } from 'node:stream';
 import { nativeBinary } from '../../util/paths.js';
 import { dialFromHost, dialInNetns, netnsDialer } from './netns-dial.js';
 import { exited, killGroup, readAll, whenAborted } from './pipes.js';
@@ -50,25 +50,24 @@ export async function forwardPort(podSandboxId: string, netnsPath: string | null
   if (netnsPath !== null && !address && !dialer) return forwardThroughHelper(podSandboxId, netnsPath, port, stream, signal);
   let socket: net.Socket;
   try {
-    if (address) socket = await dialFromHost(address, port, DIAL_TIMEOUT_MS);
-    else if (netnsPath === null) socket = await dialLocalhost((host) => dialFromHost(host, port, DIAL_TIMEOUT_MS));
-    else socket = await dialLocalhost((host) => dialInNetns(dialer!, netnsPath, host, port, DIAL_TIMEOUT_MS));
+    if (address) socket = await dialFromHost(address, port, DIAL_TIMEOUT_MS, signal);
+    else if (netnsPath === null) socket = await dialLocalhost((host) => dialFromHost(host, port, DIAL_TIMEOUT_MS, signal), signal);
+    else socket = await dialLocalhost((host) => dialInNetns(dialer!, netnsPath, host, port, DIAL_TIMEOUT_MS, signal), signal);
   } catch (e) {
     if (signal.aborted) return;
     throw new PortForwardError(podSandboxId, port, `dialing ${address ?? 'localhost'} in the pod: ${(e as Error).message}`);
   }
-  if (signal.aborted) {
-    socket.destroy();
-    return;
-  }
-  await relay(socket, stream, signal);
+  // A connection that fails midway simply ends (bridge ignores its errors), as TCP does.
+  const closed = new Promise<void>((resolve) => socket.once('close', () => resolve()));
+  await bridge(stream, socket, socket, () => socket.destroy(), closed, signal);
 }
 
 /** The pod's localhost, as containerd dials it: 127.0.0.1, else ::1. */
-async function dialLocalhost(dial: (host: '127.0.0.1' | '::1') => Promise<net.Socket>): Promise<net.Socket> {
+async function dialLocalhost(dial: (host: '127.0.0.1' | '::1') => Promise<net.Socket>, signal: AbortSignal): Promise<net.Socket> {
   try {
     return await dial('127.0.0.1');
   } catch (e4) {
+    if (signal.aborted) throw e4;
     try {
       return await dial('::1');
     } catch (e6) {
@@ -78,37 +77,38 @@ async function dialLocalhost(dial: (host: '127.0.0.1' | '::1') => Promise<net.So
 }
 
 /**
- * Bridges the pod's socket and the client's stream until both directions are done (or the
- * grace period after the pod's end ran out, or abort, or the client's reset); resolves once
- * everything the pod sent was handed to the stream and the socket is closed. Never rejects:
- * a connection that fails midway simply ends, as a TCP connection would.
+ * Bridges the client's stream and the pod's side (`podOut`: what the pod sends, `podIn`: what
+ * it receives) with backpressure both ways: the client's end is passed on (the pod socket's
+ * SHUT_WR), the pod's end ends the stream and, POD_EOF_GRACE_MS later, the connection (`kill`);
+ * the client's reset or an abort kills it at once. Resolves when `finished` does (the pod side
+ * closed, everything it sent handed to the stream). Never rejects.
  */
-async function relay(socket: net.Socket, stream: Duplex, signal: AbortSignal): Promise<void> {
+async function bridge(stream: Duplex, podOut: Readable, podIn: Writable, kill: () => void, finished: Promise<unknown>, signal: AbortSignal): Promise<void> {
   const noop = () => {};
-  socket.on('error', noop);
+  podIn.on('error', noop);
   stream.on('error', noop);
-  const closed = new Promise<void>((resolve) => socket.once('close', () => resolve()));
-  stream.pipe(socket); // the client's end: the pod socket's SHUT_WR
-  socket.pipe(stream); // the pod's EOF: the stream's end
+  stream.pipe(podIn);
+  podOut.pipe(stream);
+  // A stream that closes because both its sides are done leaves the pod side to finish on its own.
   const onStreamClose = () => {
-    if (!(stream.readableEnded && stream.writableFinished)) socket.destroy();
+    if (!(stream.readableEnded && stream.writableFinished)) kill();
   };
   stream.once('close', onStreamClose);
   let grace: NodeJS.Timeout | undefined;
-  socket.once('end', () => {
-    grace = setTimeout(() => socket.destroy(), POD_EOF_GRACE_MS);
+  podOut.once('end', () => {
+    grace = setTimeout(kill, POD_EOF_GRACE_MS);
   });
   const abort = whenAborted(signal);
   try {
-    await Promise.race([closed, abort.promise]);
-    if (signal.aborted) socket.destroy();
-    await closed;
+    await Promise.race([finished, abort.promise]);
+    if (signal.aborted) kill();
+    await finished;
   } finally {
     clearTimeout(grace);
     abort.dispose();
     stream.off('close', onStreamClose);
-    stream.unpipe(socket);
-    socket.unpipe(stream);
+    stream.unpipe(podIn);
+    podOut.unpipe(stream);
     stream.off('error', noop);
   }
 }
@@ -121,38 +121,15 @@ async function forwardThroughHelper(podSandboxId: string, netnsPath: string, por
   });
   const exit = exited(child);
   const stderr = readAll(child.stderr);
-  const noop = () => {};
-  child.stdin!.on('error', noop);
-  stream.on('error', noop);
-  // Backpressure both ways; each side's end is passed on (stream end → the pod socket's
-  // SHUT_WR; the pod's EOF → the stream's end).
-  stream.pipe(child.stdin!);
-  child.stdout!.pipe(stream);
-  // The server destroying the stream (client reset) ends the connection; a stream that
-  // closes because both its sides are done leaves the helper to finish on its own.
-  const onClose = () => {
-    if (!(stream.readableEnded && stream.writableFinished)) killGroup(child);
-  };
-  stream.once('close', onClose);
-  let grace: NodeJS.Timeout | undefined;
-  child.stdout!.once('end', () => {
-    grace = setTimeout(() => killGroup(child), POD_EOF_GRACE_MS);
-  });
-  const abort = whenAborted(signal);
+  const stdoutClosed = new Promise<void>((resolve) => child.stdout!.once('close', () => resolve()));
+  // Finished once it exited and everything it wrote reached the stream (a spawn failure has no output).
+  const finished = exit.then((r) => (r.spawnError ? r : stdoutClosed.then(() => r)));
   try {
-    await Promise.race([exit, abort.promise]);
-    if (signal.aborted) killGroup(child);
+    await bridge(stream, child.stdout!, child.stdin!, () => killGroup(child), finished, signal);
     const { code, spawnError } = await exit;
     if (spawnError) throw new PortForwardError(podSandboxId, port, `cannot run corral-streamhelper: ${spawnError.message}`);
     if (code === DIAL_FAILED) throw new PortForwardError(podSandboxId, port, (await stderr).trim() || 'dial failed');
-    // Everything the pod sent is handed to the stream before this resolves.
-    if (!child.stdout!.readableEnded && !child.stdout!.destroyed) await new Promise((r) => child.stdout!.once('close', r));
   } finally {
-    clearTimeout(grace);
-    abort.dispose();
-    stream.off('close', onClose);
-    stream.unpipe(child.stdin!);
-    stream.off('error', noop);
     if (child.exitCode === null && child.signalCode === null) killGroup(child);
   }
 }
