@@ -70,9 +70,8 @@ export class SpdyProtocolError extends Error {
  * it (no copy). A DATA frame cut by a chunk's end is handed out in pieces as its bytes come,
  * each a view of its chunk, FIN on the last one: a stream is a byte stream, so nothing of a
  * payload is ever copied or held here, whatever size its header declares. A control frame
- * (at most maxControlLength) cut by a chunk's end is gathered into a buffer of its own,
- * checked against the limits as soon as its header is in, that grows geometrically up to the
- * frame's size as its bytes come (each byte copied about once). Re-concatenating the pending
+ * cut by a chunk's end is checked against maxControlLength (16 KiB) as soon as its header is
+ * in and gathered into a buffer of its size (each byte copied once). Re-concatenating the pending
  * bytes with every chunk, as this did before, was quadratic in the frame size: a 1 MiB frame
  * in 1 KiB chunks copied ~512 MiB, a hostile client's 1-byte chunks far more.
  */
@@ -123,7 +122,6 @@ export class FrameParser {
     }
     if (this.frame) {
       const take = Math.min(chunk.length - off, this.total - this.filled);
-      this.reserve(this.filled + take);
       const n = chunk.copy(this.frame, this.filled, off, off + take);
       this.filled += n;
       this.gathered += n;
@@ -180,20 +178,11 @@ export class FrameParser {
     return length;
   }
 
-  /** Starts gathering the frame whose first `have` bytes (header included) are in `first`. */
+  /** Starts gathering the control frame whose first `have` bytes (header included) are in `first`. */
   private startFrame(first: Buffer, have: number): void {
     this.total = 8 + this.frameLength(first);
-    // Frames up to 64 KiB (Go clients send 32 KiB) get their whole buffer at once; larger ones grow.
-    this.frame = Buffer.allocUnsafe(Math.min(this.total, Math.max(2 * have, 64 * 1024)));
+    this.frame = Buffer.allocUnsafe(this.total); // at most maxControlLength + 8
     this.filled = first.copy(this.frame, 0, 0, have);
-  }
-
-  /** Room for `need` bytes of the frame: twice as much (at most the frame's size) when it lacks. */
-  private reserve(need: number): void {
-    if (need <= this.frame!.length) return;
-    const grown = Buffer.allocUnsafe(Math.min(this.total, Math.max(2 * this.frame!.length, need)));
-    this.gathered += this.frame!.copy(grown, 0, 0, this.filled);
-    this.frame = grown;
   }
 
   /** Parses whole frames from the front of b; returns how many bytes they took. */

@@ -367,11 +367,6 @@ export class SpdySession extends EventEmitter {
 }
 
 /**
- * One client-initiated stream. Readable: the client's DATA until its FIN (or a reset);
- * writable: our DATA, sent in 32 KiB frames after the SYN_REPLY, end() = FIN. Writes after
- * a reset are dropped (the session's abort tells the producer to stop).
- */
-/**
  * What a stream buffers of a payload: the payload itself (a view of the socket read it came
  * in, no copy), or a copy when it is a small part of that read. A stream's buffer is bounded
  * by the bytes it counts, but a view keeps its whole read alive: a client could otherwise
@@ -386,6 +381,11 @@ export function keptPayload(payload: Buffer): Buffer {
   return own;
 }
 
+/**
+ * One client-initiated stream. Readable: the client's DATA until its FIN (or a reset);
+ * writable: our DATA, sent in 32 KiB frames after the SYN_REPLY, end() = FIN. Writes after
+ * a reset are dropped (the session's abort tells the producer to stop).
+ */
 export class SpdyStream extends Duplex {
   private replied: Promise<void> | undefined;
   remoteFinished = false;
