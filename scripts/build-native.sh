@@ -69,8 +69,10 @@ libc_changed=""
 
 build() {
   # --dynamic: link glibc and the -l libraries dynamically (-l:libNAME.a for a static one).
+  # --addon: a Node-API addon (a shared object against Node's headers in $node_include).
   local link=(-static) compiler=("${static_cc[@]}") force="$libc_changed"
   if [[ "$1" == --dynamic ]]; then link=(); compiler=("$cc"); force=""; shift; fi
+  if [[ "$1" == --addon ]]; then link=(-fPIC -shared -I "$node_include"); compiler=("$cc"); force=""; shift; fi
   local name="$1" src="$src_dir/$2" out="$out_dir/$1" libs=()
   shift 2
   # "-lNAME" arguments after the sources are libraries to link (static, like libc).
@@ -120,17 +122,8 @@ node_include="${NODE_INCLUDE:-}"
 if [[ -z "$node_include" ]] && command -v node >/dev/null 2>&1; then
   node_include="$(dirname "$(dirname "$(readlink -f "$(command -v node)")")")/include/node"
 fi
-addon="$out_dir/corral-netns-dial.node"
-if [[ -z "$node_include" || ! -f "$node_include/node_api.h" ]]; then
-  echo "build-native: no node_api.h (Node.js headers) found${node_include:+ in $node_include}: corral-netns-dial.node not built, port-forward goes through corral-streamhelper" >&2
-elif [[ -z "${FORCE:-}" && -f "$addon" && "$addon" -nt "$src_dir/netns-dial.c" && "$addon" -nt "$script" ]]; then
-  echo "build-native: corral-netns-dial.node is up to date"
+if [[ -n "$node_include" && -f "$node_include/node_api.h" ]]; then
+  build --addon corral-netns-dial.node netns-dial.c -lpthread
 else
-  if ! "$cc" -O2 -Wall -Werror -fPIC -shared -I "$node_include" -o "$addon.tmp.$$" "$src_dir/netns-dial.c" -lpthread; then
-    rm -f "$addon.tmp.$$"
-    echo "build-native: compiling $src_dir/netns-dial.c failed" >&2
-    exit 1
-  fi
-  mv -f "$addon.tmp.$$" "$addon"
-  echo "build-native: built $addon"
+  echo "build-native: no node_api.h (Node.js headers) found${node_include:+ in $node_include}: corral-netns-dial.node not built, port-forward goes through corral-streamhelper" >&2
 fi
