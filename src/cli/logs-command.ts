@@ -150,7 +150,6 @@ class LogFile {
   /** Prints what the file holds now (until --limit-bytes is used up); the number of bytes read. */
   printAvailable(printer: LogPrinter): Promise<number> {
     return this.readToEnd(async (line) => {
-      if (printer.full) return;
       const rec = parseCriRecord(line);
       if (rec) return printer.print(rec);
       // Not a CRI record: shown as it is (once warned), rather than lost.
